@@ -1,0 +1,267 @@
+"""The `lifeline` command.
+
+    lifeline run [--config PATH]                 run the daemon (systemd's ExecStart)
+    lifeline status [--json]                     what every service is doing
+    lifeline events [--follow] [--kind K ...]    recent events, or a live stream
+    lifeline config check FILE                   validate a config; exit 0 or 1
+    lifeline config show FILE                    the effective config, defaults filled in
+    lifeline lab [...]                           the lab: start the daemon, drill, report
+
+Client commands find the control socket from ``--socket``, else from the config file
+(``--config``, default /etc/lifeline/lifeline.toml), else the default path.
+
+Imports are lazy so that client commands such as `lifeline status` start fast: they do
+not load trio, psutil or ccxt.
+
+Exit codes: 0 success / all healthy; 1 a check failed or something is unhealthy;
+2 usage error or the daemon could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+DEFAULT_SOCKET = Path("/run/lifeline/control.sock")
+DEFAULT_CONFIG = Path("/etc/lifeline/lifeline.toml")
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", type=Path, help="control socket (default: from the config)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help=f"config file to read the socket path from (default {DEFAULT_CONFIG})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lifeline", description="Resilience daemon for hardened trading hosts.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground (as systemd does)")
+    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+
+    status = sub.add_parser("status", help="print every service's state")
+    _add_client_options(status)
+    status.add_argument("--json", action="store_true", help="print the full status as JSON")
+
+    events = sub.add_parser("events", help="print recent events, or follow them live")
+    _add_client_options(events)
+    events.add_argument("--follow", "-f", action="store_true", help="stream events until interrupted")
+    events.add_argument("--kind", action="append", default=None, help="only events of this kind (repeatable)")
+    events.add_argument("--limit", type=int, default=50, help="how many recent events (default 50)")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    config = sub.add_parser("config", help="check or show a config file")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = config_sub.add_parser("check", help="validate FILE; exit 0 if usable, 1 otherwise")
+    check.add_argument("file", type=Path)
+    show = config_sub.add_parser("show", help="print FILE's effective config with every default filled in")
+    show.add_argument("file", type=Path)
+
+    from daemon.lab.cli import add_lab_parser
+
+    add_lab_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from daemon import __version__
+
+        print(f"lifeline {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handler = {
+        "run": cmd_run,
+        "status": cmd_status,
+        "events": cmd_events,
+        "config": cmd_config,
+        "lab": _lab,
+    }[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from daemon.lab.cli import run_lab_command
+
+    return run_lab_command(args)
+
+
+# ---------------------------------------------------------------------- run / config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from daemon import log
+    from daemon.config import ConfigError, load_config
+
+    log.setup("info")
+    logger = log.get_logger("cli")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            logger.error("config.invalid", problem=problem)
+        print(f"lifeline: refusing to start, {len(exc.problems)} problem(s) in the config:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    log.setup(config.log.level)
+    from daemon.app import run_daemon
+
+    return run_daemon(config)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from daemon.config import ConfigError, dump_toml, load_config, to_dict
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"{args.file}: INVALID, {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    if args.config_command == "check":
+        print(f"{args.file}: OK (node {config.node.name}, control socket {config.control.socket})")
+        return 0
+    print(f"# effective config of {args.file}, defaults filled in")
+    print(dump_toml(to_dict(config)), end="")
+    return 0
+
+
+# ---------------------------------------------------------------------- client commands
+
+
+def socket_path(args: argparse.Namespace) -> Path:
+    """--socket, else the config's control.socket, else the default."""
+    if getattr(args, "socket", None):
+        return Path(args.socket)
+    config_path = args.config or DEFAULT_CONFIG
+    if config_path.exists():
+        from daemon.config import ConfigError, load_config
+
+        try:
+            return Path(load_config(config_path).control.socket)
+        except ConfigError as exc:
+            if args.config:
+                print(f"lifeline: cannot use {config_path}:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+                raise SystemExit(2)
+    elif args.config:
+        print(f"lifeline: {config_path}: no such file", file=sys.stderr)
+        raise SystemExit(2)
+    return DEFAULT_SOCKET
+
+
+def _connect(args: argparse.Namespace) -> Any:
+    from daemon.control_client import ControlClient
+
+    path = socket_path(args)
+    try:
+        return ControlClient(path).connect()
+    except ConnectionError as exc:
+        print(f"lifeline: {exc}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from daemon.control_client import ControlError
+
+    with _connect(args) as client:
+        try:
+            status = client.call("status")
+        except ControlError as exc:
+            print(f"lifeline: the daemon refused status: {exc}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(format_status(status))
+    healthy = all(s.get("health") == "ok" for s in status.get("services", [])) and status.get("ready")
+    return 0 if healthy else 1
+
+
+def format_duration_short(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The human table of `lifeline status`."""
+    lines = [
+        f"lifeline {status.get('version', '?')} on {status.get('node', '?')} "
+        f"(pid {status.get('pid', '?')}, up {format_duration_short(status.get('uptime_s', 0))}"
+        f"{'' if status.get('ready') else ', NOT READY'})",
+        status.get("summary", ""),
+        "",
+    ]
+    rows = [("SERVICE", "STATE", "HEALTH", "SUMMARY")]
+    for service in status.get("services", []):
+        rows.append((service["name"], service.get("lifecycle", "?"), service.get("health", "?"),
+                     service.get("summary", "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+    events = status.get("events", {})
+    subscribers = events.get("subscribers", [])
+    lines.append("")
+    lines.append(f"events: {events.get('published', 0)} published, {events.get('dropped', 0)} dropped "
+                 f"for slow subscribers, {len(subscribers)} subscriber(s)")
+    return "\n".join(lines)
+
+
+def format_event(event: dict[str, Any]) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.get("wall_time", 0)))
+    fields = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("kind", "wall_time", "sequence"))
+    return f"{stamp} {event.get('kind', '?')} {fields}"
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from daemon.control_client import ControlError
+
+    with _connect(args) as client:
+        try:
+            if not args.follow:
+                result = client.call("events.recent", {"limit": args.limit})
+                for event in result["events"]:
+                    if args.kind and event["kind"] not in args.kind:
+                        continue
+                    print(json.dumps(event) if args.json else format_event(event))
+                return 0
+            client.call("events.subscribe", {"kinds": args.kind} if args.kind else {})
+            print("following events; Ctrl-C to stop", file=sys.stderr)
+            while True:
+                line = client.read_line(timeout=None)
+                if "dropped" in line:
+                    print(f"... {line['dropped']} event(s) dropped: this client was too slow", file=sys.stderr)
+                    continue
+                event = line.get("event", {})
+                print(json.dumps(event) if args.json else format_event(event), flush=True)
+        except ControlError as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+        except ConnectionError as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,549 @@
+"""The daemon's configuration: one TOML file, typed and validated before anything starts.
+
+The schema is a tree of frozen dataclasses. Each field carries its documentation and its
+limits (``option(...)``); the loader walks the TOML document against that tree and
+collects *every* problem before refusing, each one naming the file, the dotted key path
+(``uplinks.fibre.interval``), what was expected and what was found. Nothing is guessed:
+an unknown key is an error (it is usually a typo of a key whose default then silently
+applies), a wrong type is an error, an out-of-range number is an error.
+
+Durations are strings with a unit (``"200ms"``, ``"3s"``, ``"2m"``, ``"1h"``) and load
+as :class:`Duration`, a float of seconds. Relative paths are resolved against the
+directory of the config file, so a config and its key files can travel together.
+
+Later capabilities add their sections here (``uplinks``, ``standby``, ``venues``, ...);
+one place defines what a valid config is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 and older
+    import tomli as tomllib
+
+DEFAULT_CONFIG_PATH = Path("/etc/lifeline/lifeline.toml")
+
+
+class ConfigError(Exception):
+    """The config cannot be used. ``problems`` holds one line per problem, each naming
+    the file and the key path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class Duration(float):
+    """A length of time in seconds, written in config as ``"200ms"``, ``"3s"``, ``"2m"``."""
+
+    _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    _PATTERN = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+
+    @classmethod
+    def parse(cls, text: str) -> "Duration":
+        match = cls._PATTERN.match(text)
+        if not match:
+            raise ValueError(text)
+        return cls(float(match.group(1)) * cls._UNITS[match.group(2)])
+
+    def __str__(self) -> str:
+        return format_duration(self)
+
+    def __repr__(self) -> str:
+        return f"Duration({format_duration(self)!r})"
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling: ``0.2`` → ``"200ms"``, ``120`` → ``"2m"``."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    ms = seconds * 1000
+    if abs(ms - round(ms)) < 1e-9:
+        return f"{int(round(ms))}ms"
+    return f"{ms:g}ms"
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    doc: str,
+    min: float | None = None,
+    max: float | None = None,
+    above: float | None = None,
+    factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A config field with its documentation and limits.
+
+    ``min``/``max`` are inclusive bounds; ``above`` is an exclusive lower bound (for
+    durations and thresholds that must be positive). A field without a default is
+    required.
+    """
+    metadata = {"doc": doc, "min": min, "max": max, "above": above}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str = option(doc="This host's name in the pair; shown in logs, status and events.")
+    state_dir: Path = option(
+        Path("/var/lib/lifeline"), doc="Durable state: journal segments, epochs, audit log."
+    )
+    runtime_dir: Path = option(Path("/run/lifeline"), doc="Runtime files: pid, sockets.")
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", self.name):
+            problems.append(
+                ("name", f"expected 1-63 letters, digits, '.', '_' or '-', found {self.name!r}")
+            )
+        return problems
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = option(
+        "info", doc="Lowest level written to stderr (journald)."
+    )
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: Path = option(
+        Path("/run/lifeline/control.sock"),
+        doc="Unix socket for `lifeline status`, `events` and the trading engine.",
+    )
+    mode: str = option("0660", doc="Permission bits of the socket, octal.")
+    group: str = option(
+        "lifeline",
+        doc="Group that owns the socket; its members may talk to the daemon. "
+        "If the group does not exist the daemon's own group is kept and a warning logged.",
+    )
+    max_request_bytes: int = option(
+        4 * 1024 * 1024,
+        doc="Longest request line accepted; a longer one is answered with an error and "
+        "the connection is closed.",
+        min=1024,
+        max=64 * 1024 * 1024,
+    )
+
+    @property
+    def mode_bits(self) -> int:
+        return int(self.mode, 8)
+
+    def validate(self) -> list[tuple[str, str]]:
+        if not re.fullmatch(r"0?[0-7]{3}", self.mode):
+            return [("mode", f'expected octal permission bits such as "0660", found {self.mode!r}')]
+        if self.mode_bits & 0o600 != 0o600:
+            return [("mode", f"the daemon itself needs read and write (0600), found {self.mode!r}")]
+        return []
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = option(True, doc="Serve Prometheus metrics over HTTP.")
+    listen: str = option(
+        "127.0.0.1:9469",
+        doc='Address and port of the metrics endpoint, "HOST:PORT" ("[::1]:9469" for IPv6). '
+        "Port 0 picks a free port (tests).",
+    )
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_host_port(self.listen)
+
+    def validate(self) -> list[tuple[str, str]]:
+        try:
+            parse_host_port(self.listen)
+        except ValueError as exc:
+            return [("listen", str(exc))]
+        return []
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    interval: Duration = option(Duration(2.0), doc="How often host health is sampled.", above=0)
+    cpu_threshold: float = option(
+        0.90, doc="CPU busy fraction (all cores) above which the host is overloaded.", above=0, max=1
+    )
+    memory_threshold: float = option(
+        0.90, doc="Fraction of memory in use (1 - available/total) above which the host is overloaded.",
+        above=0, max=1,
+    )
+    disk_threshold: float = option(
+        0.90, doc="Fraction of the state directory's filesystem in use above which the host is overloaded.",
+        above=0, max=1,
+    )
+    temperature_threshold_c: float = option(
+        85.0, doc="Hottest sensor (°C) above which the host is overloaded; ignored where the host has no sensors.",
+        above=0, max=150,
+    )
+    sustain: Duration = option(
+        Duration(10.0), doc="A threshold must be crossed for this long before the state changes.", min=0
+    )
+    recover_margin: float = option(
+        0.05, doc="Hysteresis: a value must drop this far below its threshold to count as recovered.",
+        min=0, max=0.5,
+    )
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    subscriber_buffer: int = option(
+        1024,
+        doc="Events buffered per subscriber; past it the oldest are dropped and counted, "
+        "so a slow subscriber never blocks a publisher.",
+        min=16, max=1_000_000,
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeConfig = option(doc="This host.")
+    log: LogConfig = option(factory=LogConfig, doc="Logging.")
+    control: ControlConfig = option(factory=ControlConfig, doc="The control socket.")
+    metrics: MetricsConfig = option(factory=MetricsConfig, doc="Prometheus metrics.")
+    system: SystemConfig = option(factory=SystemConfig, doc="Host health (psutil) and its circuit breaker.")
+    events: EventsConfig = option(factory=EventsConfig, doc="The event bus.")
+
+    #: The file this config came from (not a config key).
+    source: Path = field(default=Path("<memory>"), metadata={"internal": True}, compare=False)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9469"`` → ``("127.0.0.1", 9469)``; ``"[::1]:9469"`` → ``("::1", 9469)``."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
+    if not match:
+        raise ValueError(f'expected "HOST:PORT" such as "127.0.0.1:9469", found {text!r}')
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ValueError(f"expected a port from 0 to 65535, found {port}")
+    if match.group(1):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"expected an IPv6 address inside [...], found {host!r}") from None
+    return host, port
+
+
+def _describe(value: Any) -> str:
+    """How a found value is shown in an error: its TOML spelling and its type."""
+    kind = {
+        bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"
+    }.get(type(value), type(value).__name__)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return f"an array of {len(value)}"
+    if isinstance(value, str):
+        return f'"{value}" (string)'
+    if isinstance(value, bool):
+        return f"{'true' if value else 'false'} (boolean)"
+    return f"{value!r} ({kind})"
+
+
+def _type_name(tp: Any) -> str:
+    if tp is Duration:
+        return 'a duration such as "200ms", "3s" or "2m"'
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if tp is Path:
+        return "a path (string)"
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(f'"{a}"' for a in get_args(tp))
+    if origin is list:
+        return f"an array of {_type_name(get_args(tp)[0])}"
+    if origin is dict or dataclasses.is_dataclass(tp):
+        return "a table"
+    return str(tp)
+
+
+class _Loader:
+    def __init__(self, source: str, base_dir: Path) -> None:
+        self.source = source
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{self.source}: {path}: {message}")
+
+    def section(self, cls: type, data: Any, path: str) -> Any:
+        where = path or "top level"
+        if not isinstance(data, dict):
+            self.problem(where, f"expected a table, found {_describe(data)}")
+            return None
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+        for key in data:
+            if key not in fields:
+                close = _closest(key, fields)
+                hint = f' (did you mean "{close}"?)' if close else ""
+                known = ", ".join(fields)
+                self.problem(_join(path, key), f"unknown key{hint}; known keys here: {known}")
+        values: dict[str, Any] = {}
+        for name, f in fields.items():
+            key_path = _join(path, name)
+            if name in data:
+                value = self.value(hints[name], data[name], key_path, f.metadata)
+                if value is not _INVALID:
+                    values[name] = value
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                tp = hints[name]
+                if dataclasses.is_dataclass(tp):
+                    # A required section: load it from an empty table, so each of its own
+                    # required keys is reported by name.
+                    self.problem(key_path, f"missing required section [{key_path}]")
+                    self.section(tp, {}, key_path)
+                else:
+                    self.problem(key_path, f"missing required key; expected {_type_name(tp)}")
+        if len(values) != len(fields) and any(
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in values
+            for n, f in fields.items()
+        ):
+            return None
+        try:
+            instance = cls(**values)
+        except TypeError:
+            return None
+        validate = getattr(instance, "validate", None)
+        if validate is not None and not any(p.startswith(f"{self.source}: {path}") for p in self.problems):
+            for key, message in validate():
+                self.problem(_join(path, key), message)
+        return instance
+
+    def value(self, tp: Any, data: Any, path: str, meta: Any) -> Any:
+        origin = get_origin(tp)
+        if origin in (Union, types.UnionType):
+            args = [a for a in get_args(tp) if a is not type(None)]
+            return self.value(args[0], data, path, meta)
+        if dataclasses.is_dataclass(tp):
+            result = self.section(tp, data, path)
+            return _INVALID if result is None else result
+        if origin is dict:
+            _, value_tp = get_args(tp)
+            if not isinstance(data, dict):
+                self.problem(path, f"expected a table, found {_describe(data)}")
+                return _INVALID
+            out = {}
+            for key, item in data.items():
+                if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", key):
+                    self.problem(_join(path, key), "names are 1-32 letters, digits, '_' or '-'")
+                    continue
+                loaded = self.value(value_tp, item, _join(path, key), {})
+                if loaded is not _INVALID:
+                    out[key] = loaded
+            return out
+        if origin is list:
+            (item_tp,) = get_args(tp)
+            if not isinstance(data, list):
+                self.problem(path, f"expected {_type_name(tp)}, found {_describe(data)}")
+                return _INVALID
+            items = [self.value(item_tp, item, f"{path}[{i}]", meta) for i, item in enumerate(data)]
+            return _INVALID if any(i is _INVALID for i in items) else items
+        if origin is Literal:
+            choices = get_args(tp)
+            if data not in choices or isinstance(data, bool):
+                self.problem(path, f"expected {_type_name(tp)}, found {_describe(data)}")
+                return _INVALID
+            return data
+        return self.scalar(tp, data, path, meta)
+
+    def scalar(self, tp: Any, data: Any, path: str, meta: Any) -> Any:
+        value: Any
+        if tp is Duration:
+            if not isinstance(data, str):
+                self.problem(path, f"expected {_type_name(tp)}, found {_describe(data)}")
+                return _INVALID
+            try:
+                value = Duration.parse(data)
+            except ValueError:
+                self.problem(path, f"expected {_type_name(tp)} (units ms, s, m, h), found {_describe(data)}")
+                return _INVALID
+        elif tp is bool:
+            if not isinstance(data, bool):
+                self.problem(path, f"expected {_type_name(tp)}, found {_describe(data)}")
+                return _INVALID
+            value = data
+        elif tp is int:
+            if isinstance(data, bool) or not isinstance(data, int):
+                self.problem(path, f"expected {_type_name(tp)}, found {_describe(data)}")
+                return _INVALID
+            value = data
+        elif tp is float:
+            if isinstance(data, bool) or not isinstance(data, (int, float)) or not math.isfinite(data):
+                self.problem(path, f"expected {_type_name(tp)}, found {_describe(data)}")
+                return _INVALID
+            value = float(data)
+        elif tp is str:
+            if not isinstance(data, str):
+                self.problem(path, f"expected {_type_name(tp)}, found {_describe(data)}")
+                return _INVALID
+            value = data
+        elif tp is Path:
+            if not isinstance(data, str) or not data:
+                self.problem(path, f"expected {_type_name(tp)}, found {_describe(data)}")
+                return _INVALID
+            p = Path(data)
+            value = p if p.is_absolute() else (self.base_dir / p)
+        else:  # pragma: no cover - a schema bug, not a user error
+            raise TypeError(f"config schema: unsupported type {tp!r} at {path}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            low, high, above = meta.get("min"), meta.get("max"), meta.get("above")
+            shown = format_duration(value) if tp is Duration else value
+            if above is not None and not value > above:
+                bound = format_duration(above) if tp is Duration else above
+                self.problem(path, f"expected a value above {bound}, found {shown}")
+                return _INVALID
+            if low is not None and value < low:
+                bound = format_duration(low) if tp is Duration else low
+                self.problem(path, f"expected a value of at least {bound}, found {shown}")
+                return _INVALID
+            if high is not None and value > high:
+                bound = format_duration(high) if tp is Duration else high
+                self.problem(path, f"expected a value of at most {bound}, found {shown}")
+                return _INVALID
+        return value
+
+
+_INVALID = object()
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _closest(key: str, candidates: typing.Iterable[str]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.7)
+    return matches[0] if matches else None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_config(text: str, source: str = "<memory>", base_dir: Path | None = None) -> Config:
+    """Parse and validate config text; raise :class:`ConfigError` listing every problem."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
+    loader = _Loader(source, base_dir or Path.cwd())
+    config = loader.section(Config, document, "")
+    if loader.problems or config is None:
+        raise ConfigError(loader.problems or [f"{source}: invalid config"])
+    return dataclasses.replace(config, source=Path(source))
+
+
+def load_config(path: Path | str) -> Config:
+    """Load the config file at ``path``; raise :class:`ConfigError` naming it if unusable."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            [f"{path}: no such file; pass --config PATH (a commented example is examples/lifeline.toml)"]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    return parse_config(text, str(path), path.resolve().parent)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain TOML-able values (durations as strings, paths as strings)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        if f.metadata.get("internal"):
+            continue
+        out[f.name] = _plain(getattr(config, f.name))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_dict(value)
+    if isinstance(value, Duration):
+        return format_duration(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Write plain nested dicts (from :func:`to_dict`) as TOML; tables after scalars."""
+    lines: list[str] = []
+    _dump_table(data, [], lines)
+    return "\n".join(lines).strip() + "\n"
+
+
+def _dump_table(data: dict[str, Any], path: list[str], lines: list[str]) -> None:
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    if path and (scalars or not tables):
+        lines.append("")
+        lines.append("[" + ".".join(_toml_key(p) for p in path) + "]")
+    for key, value in scalars.items():
+        lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in tables.items():
+        _dump_table(value, path + [key], lines)
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_string(key)
+
+
+def _toml_string(text: str) -> str:
+    escaped = (
+        text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    )
+    return f'"{escaped}"'
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")

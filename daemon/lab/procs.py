@@ -1,0 +1,159 @@
+"""Real lifeline processes for the lab and the tests, started the way systemd starts them.
+
+:class:`NotifyListener` plays systemd's side of sd_notify: a datagram socket whose path
+goes into the child's ``$NOTIFY_SOCKET``; every datagram is kept with its arrival time.
+:class:`DaemonProcess` starts ``lifeline run`` with it, waits for ``READY=1``, and stops
+it with SIGTERM, recording how long each took and the exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+
+@dataclass
+class Notification:
+    at: float  # time.monotonic() on arrival
+    fields: dict[str, str]
+
+
+class NotifyListener:
+    """A bound AF_UNIX datagram socket collecting sd_notify messages."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.unlink(missing_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.messages: list[Notification] = []
+
+    def poll(self, timeout: float) -> Notification | None:
+        """Receive one datagram within ``timeout`` seconds, or None."""
+        self.sock.settimeout(max(timeout, 0.0001))
+        try:
+            data = self.sock.recv(65536)
+        except (socket.timeout, BlockingIOError):
+            return None
+        fields = {}
+        for line in data.decode("utf-8", "replace").split("\n"):
+            key, _, value = line.partition("=")
+            if key:
+                fields[key] = value
+        note = Notification(time.monotonic(), fields)
+        self.messages.append(note)
+        return note
+
+    def wait_for(self, key: str, value: str | None = None, timeout: float = 10.0) -> Notification | None:
+        """Wait until a message with ``key`` (= ``value``) arrives; already-received ones count."""
+        for note in self.messages:
+            if key in note.fields and (value is None or note.fields[key] == value):
+                return note
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            note = self.poll(left)
+            if note and key in note.fields and (value is None or note.fields[key] == value):
+                return note
+        return None
+
+    def drain(self, duration: float) -> None:
+        deadline = time.monotonic() + duration
+        while (left := deadline - time.monotonic()) > 0:
+            self.poll(left)
+
+    def with_key(self, key: str) -> list[Notification]:
+        return [n for n in self.messages if key in n.fields]
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class DaemonProcess:
+    """One `lifeline run` child process, started as systemd would start it."""
+
+    config: Path
+    workdir: Path
+    watchdog_usec: int | None = 2_000_000
+    env: Mapping[str, str] = field(default_factory=dict)
+    argv_prefix: list[str] = field(default_factory=lambda: [sys.executable, "-m", "daemon.cli"])
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.notify = NotifyListener(self.workdir / "notify.sock")
+        self.stderr_path = self.workdir / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.ready_after: float | None = None
+        self.stopped_after: float | None = None
+        self.exit_code: int | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env.update(self.env)
+        env["NOTIFY_SOCKET"] = str(self.notify.path)
+        env.pop("WATCHDOG_PID", None)
+        if self.watchdog_usec:
+            env["WATCHDOG_USEC"] = str(self.watchdog_usec)
+        else:
+            env.pop("WATCHDOG_USEC", None)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self._stderr = open(self.stderr_path, "wb")
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(
+            [*self.argv_prefix, "run", "--config", str(self.config)],
+            stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=self._stderr, env=env,
+        )
+
+    def wait_ready(self, timeout: float = 20.0) -> bool:
+        """True once READY=1 arrived; False if the process died or the time ran out."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            note = self.notify.wait_for("READY", "1", timeout=min(left, 0.2))
+            if note is not None:
+                self.ready_after = note.at - self.started_at
+                return True
+            if self.proc.poll() is not None:
+                return False
+        return False
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, wait, return the exit code (None if it had to be killed)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            began = time.monotonic()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.exit_code = self.proc.wait(timeout)
+                self.stopped_after = time.monotonic() - began
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                self.exit_code = None
+        else:
+            self.exit_code = self.proc.returncode
+        self.notify.drain(0.05)
+        self._stderr.close()
+        return self.exit_code
+
+    def log_text(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.notify.close()

@@ -1,0 +1,151 @@
+"""Prometheus metrics over HTTP: ``GET /metrics`` in the text exposition format 0.0.4.
+
+The numbers come from the same objects as ``lifeline status`` (the supervisor asks
+every running service for its ``metrics()``), so the two never disagree.
+
+The HTTP server is deliberately tiny: it reads one request head (capped at 8 KiB, with a
+deadline, so a slow or garbage client costs only its own connection), answers
+``/metrics`` (and ``/`` with a pointer), 404 to other paths, 405 to other methods, and
+closes the connection. It listens on loopback by default; put a reverse proxy in front
+for anything else.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import trio
+
+from daemon.log import get_logger
+from daemon.service import MetricFamily, ServiceStatus
+
+log = get_logger("metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MAX_HEAD = 8192
+REQUEST_DEADLINE = 5.0
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _format_value(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value))
+
+
+def render(families: Iterable[MetricFamily]) -> str:
+    """The text exposition of ``families``; families with the same name are merged."""
+    merged: dict[str, MetricFamily] = {}
+    for family in families:
+        if family.name in merged:
+            previous = merged[family.name]
+            merged[family.name] = MetricFamily(family.name, previous.type, previous.help,
+                                               previous.samples + family.samples)
+        else:
+            merged[family.name] = family
+    lines: list[str] = []
+    for family in merged.values():
+        kind = "gauge" if family.type == "info" else family.type
+        lines.append(f"# HELP {family.name} {_escape_help(family.help)}")
+        lines.append(f"# TYPE {family.name} {kind}")
+        for sample in family.samples:
+            if sample.labels:
+                labels = ",".join(f'{k}="{_escape_label(str(v))}"' for k, v in sample.labels.items())
+                lines.append(f"{family.name}{{{labels}}} {_format_value(sample.value)}")
+            else:
+                lines.append(f"{family.name} {_format_value(sample.value)}")
+    return "\n".join(lines) + "\n"
+
+
+class MetricsServer:
+    """Serves ``collect()``'s families on ``host:port``; a service for the supervisor."""
+
+    name = "metrics"
+
+    def __init__(self, host: str, port: int, collect: Callable[[], Iterable[MetricFamily]]) -> None:
+        self.host = host
+        self.port = port
+        self.collect = collect
+        self.bound_port: int | None = None
+        self.scrapes = 0
+        self.bad_requests = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        self.bound_port = listeners[0].socket.getsockname()[1]
+        log.info("metrics.listening", address=f"{self.host}:{self.bound_port}", path="/metrics")
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            await trio.serve_listeners(self._serve, listeners, handler_nursery=nursery)
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        try:
+            with trio.move_on_after(REQUEST_DEADLINE):
+                await self._handle(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            with trio.move_on_after(1, shield=True):
+                await stream.aclose()
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        head = bytearray()
+        while b"\r\n\r\n" not in head and b"\n\n" not in head:
+            if len(head) > MAX_HEAD:
+                self.bad_requests += 1
+                await self._reply(stream, 431, "request head too large\n")
+                return
+            data = await stream.receive_some(4096)
+            if not data:
+                return
+            head += data
+        request_line = bytes(head).split(b"\n", 1)[0].strip()
+        parts = request_line.split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+            self.bad_requests += 1
+            await self._reply(stream, 400, "bad request line\n")
+            return
+        method, target = parts[0], parts[1].split(b"?", 1)[0]
+        if method not in (b"GET", b"HEAD"):
+            await self._reply(stream, 405, "only GET\n", extra="Allow: GET, HEAD\r\n")
+            return
+        if target == b"/metrics":
+            self.scrapes += 1
+            try:
+                body = render(self.collect())
+            except Exception as exc:
+                log.exception("metrics.collect_failed")
+                await self._reply(stream, 500, f"collecting metrics failed: {type(exc).__name__}\n")
+                return
+            await self._reply(stream, 200, body, content_type=CONTENT_TYPE, head_only=method == b"HEAD")
+        elif target == b"/":
+            await self._reply(stream, 200, "lifeline: metrics at /metrics\n")
+        else:
+            await self._reply(stream, 404, "not found; metrics are at /metrics\n")
+
+    async def _reply(self, stream: trio.SocketStream, code: int, body: str, *,
+                     content_type: str = "text/plain; charset=utf-8", extra: str = "",
+                     head_only: bool = False) -> None:
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+                  431: "Request Header Fields Too Large", 500: "Internal Server Error"}[code]
+        payload = body.encode()
+        head = (f"HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n{extra}\r\n")
+        await stream.send_all(head.encode() + (b"" if head_only else payload))
+
+    def status(self) -> ServiceStatus:
+        return ServiceStatus("ok", f"http://{self.host}:{self.bound_port}/metrics ({self.scrapes} scrapes)",
+                             {"address": f"{self.host}:{self.bound_port}", "scrapes": self.scrapes,
+                              "bad_requests": self.bad_requests})

@@ -1,0 +1,66 @@
+"""What a service is, for the supervisor, the control socket and the metrics endpoint.
+
+A service is an object with a ``name``, an ``async def run(*, task_status)`` that calls
+``task_status.started()`` once it is ready and then runs until cancelled, a
+``status()`` that says in one line how it is doing, and optionally ``metrics()``.
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal, Protocol, runtime_checkable
+
+import trio
+
+Health = Literal["ok", "degraded", "failing", "stopped"]
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """How a service is doing: ``health`` for machines, ``summary`` for humans (one line),
+    ``details`` for ``status --json``."""
+
+    health: Health
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sample:
+    labels: dict[str, str]
+    value: float
+
+
+@dataclass(frozen=True)
+class MetricFamily:
+    """One Prometheus metric family (text exposition format 0.0.4)."""
+
+    name: str
+    type: Literal["gauge", "counter", "info"]
+    help: str
+    samples: list[Sample]
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", self.name):
+            raise ValueError(f"invalid metric name {self.name!r}")
+
+    @classmethod
+    def single(cls, name: str, type: Literal["gauge", "counter"], help: str, value: float, **labels: str) -> "MetricFamily":
+        return cls(name, type, help, [Sample(dict(labels), value)])
+
+
+@runtime_checkable
+class Service(Protocol):
+    name: str
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None: ...
+
+    def status(self) -> ServiceStatus: ...
+
+
+def service_metrics(service: object) -> Iterable[MetricFamily]:
+    """A service's metrics, or none if it exports none."""
+    metrics = getattr(service, "metrics", None)
+    return metrics() if callable(metrics) else ()
