@@ -18,6 +18,8 @@ one place defines what a valid config is.
 from __future__ import annotations
 
 import dataclasses
+import decimal
+import fractions
 import ipaddress
 import math
 import re
@@ -48,15 +50,21 @@ class ConfigError(Exception):
 class Duration(float):
     """A length of time in seconds, written in config as ``"200ms"``, ``"3s"``, ``"2m"``."""
 
-    _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    _PATTERN = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+    _UNITS = {
+        "ms": fractions.Fraction(1, 1000),
+        "s": fractions.Fraction(1),
+        "m": fractions.Fraction(60),
+        "h": fractions.Fraction(3600),
+    }
+    _PATTERN = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*", re.ASCII)
 
     @classmethod
     def parse(cls, text: str) -> "Duration":
-        match = cls._PATTERN.match(text)
+        match = cls._PATTERN.fullmatch(text)
         if not match:
             raise ValueError(text)
-        return cls(float(match.group(1)) * cls._UNITS[match.group(2)])
+        # Exact arithmetic, rounded once: "300ms" is exactly 0.3, the same float as "0.3s".
+        return cls(float(fractions.Fraction(match.group(1)) * cls._UNITS[match.group(2)]))
 
     def __str__(self) -> str:
         return format_duration(self)
@@ -66,17 +74,35 @@ class Duration(float):
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest exact spelling: ``0.2`` → ``"200ms"``, ``120`` → ``"2m"``."""
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{int(seconds // 3600)}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{int(seconds // 60)}m"
+    """The shortest exact spelling: ``0.2`` → ``"200ms"``, ``120`` → ``"2m"``.
+
+    Exact means ``Duration.parse(format_duration(x)) == x`` for every finite ``x``.
+    """
+    seconds = float(seconds)
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a finite duration: {seconds!r}")
     if seconds == int(seconds):
-        return f"{int(seconds)}s"
-    ms = seconds * 1000
-    if abs(ms - round(ms)) < 1e-9:
-        return f"{int(round(ms))}ms"
-    return f"{ms:g}ms"
+        whole = int(seconds)
+        if whole >= 3600 and whole % 3600 == 0:
+            return f"{whole // 3600}h"
+        if whole >= 60 and whole % 60 == 0:
+            return f"{whole // 60}m"
+        return f"{whole}s"
+    ms = round(seconds * 1000)
+    if ms / 1000 == seconds:
+        return f"{ms}ms"
+    for text in (_decimal(seconds * 1000) + "ms", _decimal(seconds) + "s"):
+        if float(Duration.parse(text)) == seconds:
+            return text
+    return _decimal(seconds) + "s"  # pragma: no cover - the seconds spelling is always exact
+
+
+def _decimal(value: float) -> str:
+    """``repr``'s shortest round-tripping digits, without an exponent (``1e-05`` → ``0.00001``)."""
+    text = format(decimal.Decimal(repr(value)), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
 
 
 def option(
@@ -337,9 +363,13 @@ class _Loader:
         except TypeError:
             return None
         validate = getattr(instance, "validate", None)
-        if validate is not None and not any(p.startswith(f"{self.source}: {path}") for p in self.problems):
+        if validate is not None:
+            # Checks across keys run on the values that loaded (defaults stand in for the
+            # rejected ones); a key already reported is not reported twice.
             for key, message in validate():
-                self.problem(_join(path, key), message)
+                key_path = _join(path, key)
+                if not any(p.startswith(f"{self.source}: {key_path}:") for p in self.problems):
+                    self.problem(key_path, message)
         return instance
 
     def value(self, tp: Any, data: Any, path: str, meta: Any) -> Any:
@@ -530,11 +560,20 @@ def _toml_key(key: str) -> str:
     return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_string(key)
 
 
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
 def _toml_string(text: str) -> str:
-    escaped = (
-        text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
-    )
-    return f'"{escaped}"'
+    """A TOML basic string; every control character escaped (TOML refuses them raw)."""
+    out = []
+    for ch in text:
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _toml_value(value: Any) -> str:

@@ -97,10 +97,11 @@ class Supervisor:
                     await nursery.start(self._watch_signals, nursery.cancel_scope)
                 for service in self.services:
                     await self._start(nursery, service)
-                await nursery.start(self.notifier.run_watchdog)
                 line = self.status_line()
                 self.notifier.ready(line)
                 self._last_status_line = line
+                # systemd arms the watchdog once the unit is up; ping from then on.
+                await nursery.start(self.notifier.run_watchdog)
                 self.bus.publish(DaemonReady(source="supervisor", services=[s.name for s in self.services]))
                 log.info("daemon.ready", node=self.node, status=line)
                 self.ready.set()
@@ -159,7 +160,7 @@ class Supervisor:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             # A cancellation wrapped in a group is still a cancellation.
-            if isinstance(exc, BaseExceptionGroup) and exc.subgroup(lambda e: not isinstance(e, trio.Cancelled)) is None:
+            if isinstance(exc, BaseExceptionGroup) and exc.split(trio.Cancelled)[1] is None:
                 slot.lifecycle = "stopped"
                 raise
             slot.lifecycle = "failed"

@@ -88,8 +88,8 @@ class Decision:
 # Names of the judged resources, in the order reasons and status list them.
 RESOURCES = ("cpu", "memory", "disk", "temperature")
 
-# Sample times are floats: a sustain of 1s sampled every 200 ms must trip on the sixth
-# sample, even though 5 * 0.2 sums to 0.9999999999999999 on a clock stepped by adds.
+# Sample times are floats: a sustain of 1s sampled every 100 ms must trip on the 11th
+# sample, even though ten adds of 0.1 make 0.9999999999999999.
 _TIME_EPSILON = 1e-9
 
 
@@ -140,7 +140,9 @@ class HostHealthMachine:
       → 80.75 °C): one config knob keeps governing hysteresis everywhere, and a margin of
       0 still means "no hysteresis" for every resource. A sample without a temperature
       (``None``) leaves temperature out of both decisions and breaks any run it had: an
-      unknown reading is neither evidence of heat nor of cooling.
+      unknown reading is neither evidence of heat nor of cooling. So when a sensor that
+      was not clear goes silent, every recovery run restarts at that sample: a host
+      overloaded by heat does not "recover" the moment its sensor disappears.
     * Load averages are reported but not judged: they count tasks in uninterruptible
       sleep too and mean different things on different core counts; ``cpu_fraction``
       already judges the CPU.
@@ -170,9 +172,9 @@ class HostHealthMachine:
         if resource == "temperature":
             return self.config.temperature_threshold_c * (1.0 - margin)
         # A threshold smaller than the margin would otherwise ask for a negative value.
-        return max(self._threshold(resource) - margin, 0.0)
+        return max(self.threshold(resource) - margin, 0.0)
 
-    def _threshold(self, resource: str) -> float:
+    def threshold(self, resource: str) -> float:
         return {
             "cpu": self.config.cpu_threshold,
             "memory": self.config.memory_threshold,
@@ -188,7 +190,7 @@ class HostHealthMachine:
             "temperature": sample.temperature_c,
         }
         return [
-            _Reading(name, float(value), self._threshold(name), self.recover_level(name))
+            _Reading(name, float(value), self.threshold(name), self.recover_level(name))
             for name, value in values.items()
             if value is not None
         ]
@@ -201,8 +203,13 @@ class HostHealthMachine:
         self.last_sample = sample
         readings = self._readings(sample)
         seen = {r.resource for r in readings}
+        restart_clear_runs = False
         for name, track in self._tracks.items():
             if name not in seen:
+                # A resource that was over (or in its band) and is now unreadable: the
+                # others may have been clear for long, but the host as a whole has been
+                # known to be clear only from now on.
+                restart_clear_runs |= track.last is not None and track.clear_since is None
                 self._tracks[name] = _Track()
         for reading in readings:
             track = self._tracks[reading.resource]
@@ -219,6 +226,10 @@ class HostHealthMachine:
             else:
                 track.over_since = None
                 track.clear_since = None
+        if restart_clear_runs:
+            for track in self._tracks.values():
+                if track.clear_since is not None:
+                    track.clear_since = now
 
         sustain = self.config.sustain - _TIME_EPSILON
         if self.state is HostState.NORMAL:
@@ -506,7 +517,7 @@ class SystemHealthService:
             "last_error": self.last_error,
             "last_transition": self.last_decision.reason if self.last_decision else None,
             "thresholds": {
-                name: {"over": machine._threshold(name), "recover_at_or_below": machine.recover_level(name)}
+                name: {"over": machine.threshold(name), "recover_at_or_below": machine.recover_level(name)}
                 for name in RESOURCES
             },
         }
