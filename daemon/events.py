@@ -47,9 +47,20 @@ class Event:
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": self.kind}
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            data[f.name] = value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
+            data[f.name] = _plain(getattr(self, f.name))
         return data
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-able data. Containers are copied: an event is shared by every
+    subscriber, so a consumer editing its dict must not edit the event itself."""
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
 
 
 # --- lifecycle events (the supervisor's) -----------------------------------------------
