@@ -154,6 +154,10 @@ class ControlServer:
             pass  # the client went away; that is its business
         except trio.TooSlowError:
             log.warning("control.client_too_slow", reason="reply not read within timeout")
+        except Exception:
+            # A bug of ours in serving one connection must cost that connection only,
+            # not the listener (an exception here would end serve_listeners).
+            log.exception("control.connection_failed")
         finally:
             self.active -= 1
             with trio.move_on_after(1, shield=True):
@@ -189,7 +193,9 @@ class ControlServer:
         try:
             try:
                 request = json.loads(line)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            except (ValueError, RecursionError) as exc:
+                # ValueError covers JSONDecodeError and UnicodeDecodeError, and also the
+                # integer digit limit; RecursionError is deep nesting. All the peer's fault.
                 raise ControlError("bad_request", f"not a JSON object: {exc}") from None
             if not isinstance(request, dict):
                 raise ControlError("bad_request", "expected a JSON object like {\"method\": \"status\"}")
@@ -217,7 +223,15 @@ class ControlServer:
             self.errors += 1
             log.exception("control.handler_failed", error=f"{type(exc).__name__}: {exc}")
             reply = _error(request_id, "internal", f"{type(exc).__name__}: {exc} (logged by the daemon)")
-        await self._send(stream, reply)
+        try:
+            data = _encode(reply)
+        except (TypeError, ValueError, RecursionError) as exc:
+            # default=str cannot help with, say, a tuple as a dict key: the handler's bug.
+            self.errors += 1
+            log.error("control.reply_not_json", error=f"{type(exc).__name__}: {exc}")
+            data = _encode(_error(request_id, "internal",
+                                  f"the reply could not be written as JSON: {exc} (logged by the daemon)"))
+        await self._send_bytes(stream, data)
 
     async def _stream(self, stream: trio.SocketStream, request_id: Any, method: _Method,
                       params: dict[str, Any]) -> None:
@@ -238,20 +252,24 @@ class ControlServer:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch_for_hangup)
+            # Set only when the handler raises; a hang-up cancels it, which this nursery
+            # absorbs, and then there is nothing to re-raise.
+            error: Exception | None = None
             try:
                 await method.handler(params, reply)  # type: ignore[call-arg]
-            except (ControlError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                # Re-raised below, outside the nursery, so it is not wrapped in a group.
-                error: BaseException | None = exc
-            else:
-                error = None
+            except Exception as exc:
+                # Re-raised below, outside the nursery, so it is not wrapped in a group
+                # and _answer sees the handler's own exception.
+                error = exc
             finally:
                 nursery.cancel_scope.cancel()
         if error is not None:
             raise error
 
     async def _send(self, stream: trio.SocketStream, obj: dict[str, Any]) -> None:
-        data = json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
+        await self._send_bytes(stream, _encode(obj))
+
+    async def _send_bytes(self, stream: trio.SocketStream, data: bytes) -> None:
         with trio.fail_after(SEND_TIMEOUT):
             await stream.send_all(data)
 
@@ -285,6 +303,10 @@ class StreamReply:
         await self._server._send(self._stream, obj)
 
 
+def _encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
+
+
 def _error(request_id: Any, code: str, message: str) -> dict[str, Any]:
     return {"id": request_id, "ok": False, "error": {"code": code, "message": message}}
 
@@ -306,9 +328,15 @@ def _remove_stale_socket(path: Path) -> None:
         path.unlink(missing_ok=True)  # stale: nobody listens
         log.info("control.stale_socket_removed", socket=str(path))
         return
-    except OSError:
-        path.unlink(missing_ok=True)
-        return
+    except (TimeoutError, BlockingIOError):
+        # connect() blocks when the listener's backlog is full: alive, only busy.
+        raise OSError(errno.EADDRINUSE, f"another daemon is answering on {path} (busy: connecting "
+                                        "timed out); stop it first or set control.socket") from None
+    except OSError as exc:
+        # Anything else (EACCES: someone else's socket, say) says nothing about
+        # staleness; removing a live daemon's socket would orphan it.
+        raise OSError(exc.errno, f"cannot tell whether {path} is in use ({exc.strerror}); "
+                                 "remove it if no daemon runs, or set control.socket") from exc
     finally:
         probe.close()
     raise OSError(errno.EADDRINUSE, f"another daemon is answering on {path}; stop it first or set control.socket")

@@ -217,6 +217,10 @@ class EventBus:
         if sub in self._subscriptions:
             self._subscriptions.remove(sub)
 
+    def pending(self) -> int:
+        """Events buffered for subscribers and not yet received."""
+        return sum(s._send.statistics().current_buffer_used for s in self._subscriptions)
+
     def stats(self) -> dict[str, Any]:
         return {
             "published": self.published,

@@ -39,6 +39,9 @@ Lifecycle = Literal["pending", "starting", "running", "failed", "stopped"]
 #: How long a service may take to report started() before the daemon gives up.
 DEFAULT_START_TIMEOUT = 30.0
 
+#: Longest wait for event subscribers to drain on a clean stop.
+SHUTDOWN_DRAIN = 0.5
+
 #: How often the one-line STATUS= summary is refreshed for systemctl status.
 STATUS_REFRESH = 5.0
 
@@ -80,6 +83,7 @@ class Supervisor:
         self.started_wall: float = time.time()
         self.stop_reason: str | None = None
         self._root: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
         self._last_status_line = ""
 
     # ------------------------------------------------------------------ lifecycle
@@ -93,6 +97,7 @@ class Supervisor:
         try:
             async with trio.open_nursery() as nursery:
                 self._root = nursery.cancel_scope
+                self._nursery = nursery
                 if self.handle_signals:
                     await nursery.start(self._watch_signals, nursery.cancel_scope)
                 for service in self.services:
@@ -114,18 +119,32 @@ class Supervisor:
                 raise crashed from exc
             raise
         finally:
+            self._nursery = None
             for slot in self._slots.values():
                 if slot.lifecycle in ("running", "starting"):
                     slot.lifecycle = "stopped"
             self.notifier.close()
 
     def stop(self, reason: str) -> None:
-        """Ask the daemon to stop cleanly (as SIGTERM does)."""
+        """Ask the daemon to stop cleanly (as SIGTERM does). A second call stops at once."""
         if self.stop_reason is None:
             self.stop_reason = reason
             log.info("daemon.stopping", reason=reason)
             self.bus.publish(DaemonStopping(source="supervisor", reason=reason))
             self.notifier.stopping(f"stopping: {reason}")
+            if self._nursery is not None:
+                self._nursery.start_soon(self._drain_then_cancel)
+                return
+        if self._root is not None:
+            self._root.cancel()
+
+    async def _drain_then_cancel(self) -> None:
+        """Give event subscribers (`lifeline events --follow`, the audit log) a bounded
+        moment to take the last events, DaemonStopping among them, then cancel."""
+        with trio.move_on_after(SHUTDOWN_DRAIN):
+            while self.bus.pending() > 0:
+                await trio.sleep(0.01)
+            await trio.sleep(0.05)  # let the subscribers' writes go out
         if self._root is not None:
             self._root.cancel()
 

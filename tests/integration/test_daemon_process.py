@@ -86,7 +86,7 @@ def test_run_status_events_metrics_and_sigterm(daemon: DaemonProcess, tmp_path: 
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
         body = response.read().decode()
     assert 'lifeline_service_up{service="control"} 1' in body
-    assert "lifeline_host_cpu_fraction" in body
+    assert "lifeline_host_overloaded 0" in body
 
     assert daemon.stop(20) == 0, daemon.log_text()
     assert daemon.notify.wait_for("STOPPING", "1", timeout=1) is not None
