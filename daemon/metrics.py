@@ -25,6 +25,8 @@ log = get_logger("metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_HEAD = 8192
 REQUEST_DEADLINE = 5.0
+#: How long, at most, to wait for the client's FIN after answering (see _serve).
+LINGER = 2.0
 
 
 def _escape_label(value: str) -> str:
@@ -69,6 +71,13 @@ def render(families: Iterable[MetricFamily]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _end_of_head(head: bytes | bytearray) -> int:
+    """The index just past the blank line ending the request head, or -1 if none yet.
+    Bare ``\\n`` line ends are accepted (RFC 9112 section 2.2)."""
+    ends = [i + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := head.find(sep)) >= 0]
+    return min(ends) if ends else -1
+
+
 class MetricsServer:
     """Serves ``collect()``'s families on ``host:port``; a service for the supervisor."""
 
@@ -94,6 +103,14 @@ class MetricsServer:
         try:
             with trio.move_on_after(REQUEST_DEADLINE):
                 await self._handle(stream)
+                # Lingering close (RFC 9112 section 9.6): closing a TCP socket with
+                # unread input (a POST body, the rest of an oversized head) sends a
+                # reset, which can destroy our answer in the client's buffers before it
+                # reads it. So half-close, then discard input until the client closes.
+                await stream.send_eof()
+                with trio.move_on_after(LINGER):
+                    while await stream.receive_some(65536):
+                        pass
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -102,11 +119,15 @@ class MetricsServer:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         head = bytearray()
-        while b"\r\n\r\n" not in head and b"\n\n" not in head:
-            if len(head) > MAX_HEAD:
+        while True:
+            end = _end_of_head(head)
+            # The whole head, blank line included, must fit in MAX_HEAD.
+            if end > MAX_HEAD or (end < 0 and len(head) >= MAX_HEAD):
                 self.bad_requests += 1
                 await self._reply(stream, 431, "request head too large\n")
                 return
+            if end >= 0:
+                break
             data = await stream.receive_some(4096)
             if not data:
                 return
@@ -121,19 +142,21 @@ class MetricsServer:
         if method not in (b"GET", b"HEAD"):
             await self._reply(stream, 405, "only GET\n", extra="Allow: GET, HEAD\r\n")
             return
+        head_only = method == b"HEAD"  # a response to HEAD never has a body (RFC 9110 9.3.2)
         if target == b"/metrics":
             self.scrapes += 1
             try:
                 body = render(self.collect())
             except Exception as exc:
                 log.exception("metrics.collect_failed")
-                await self._reply(stream, 500, f"collecting metrics failed: {type(exc).__name__}\n")
+                await self._reply(stream, 500, f"collecting metrics failed: {type(exc).__name__}\n",
+                                  head_only=head_only)
                 return
-            await self._reply(stream, 200, body, content_type=CONTENT_TYPE, head_only=method == b"HEAD")
+            await self._reply(stream, 200, body, content_type=CONTENT_TYPE, head_only=head_only)
         elif target == b"/":
-            await self._reply(stream, 200, "lifeline: metrics at /metrics\n")
+            await self._reply(stream, 200, "lifeline: metrics at /metrics\n", head_only=head_only)
         else:
-            await self._reply(stream, 404, "not found; metrics are at /metrics\n")
+            await self._reply(stream, 404, "not found; metrics are at /metrics\n", head_only=head_only)
 
     async def _reply(self, stream: trio.SocketStream, code: int, body: str, *,
                      content_type: str = "text/plain; charset=utf-8", extra: str = "",
