@@ -22,6 +22,7 @@ from daemon.notify import Notifier
 from daemon.service import Service
 from daemon.supervisor import ServiceCrashed, Supervisor
 from daemon.system import SystemHealthService
+from daemon.uplinks.service import UplinkService
 
 log = get_logger("app")
 
@@ -41,6 +42,11 @@ class Daemon:
         )
         self.system = SystemHealthService(config.system, config.node.state_dir, self.bus)
         services: list[Service] = [self.control, self.system]
+        self.uplinks: UplinkService | None = None
+        if config.uplinks:
+            self.uplinks = UplinkService(config, self.bus)
+            self.uplinks.register_control(self.control)
+            services.append(self.uplinks)
         self.metrics: MetricsServer | None = None
         if config.metrics.enabled:
             host, port = config.metrics.host_port

@@ -62,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     show = config_sub.add_parser("show", help="print FILE's effective config with every default filled in")
     show.add_argument("file", type=Path)
 
+    uplink = sub.add_parser("uplink", help="show the uplinks, pin one, or return to automatic choice")
+    uplink_sub = uplink.add_subparsers(dest="uplink_command", metavar="ACTION", required=True)
+    for action, text in (("status", "every uplink's health and the active one"),
+                         ("use", "pin NAME: traffic goes through it while it is usable"),
+                         ("auto", "remove the pin: automatic choice again")):
+        p = uplink_sub.add_parser(action, help=text)
+        _add_client_options(p)
+        if action == "use":
+            p.add_argument("name")
+        if action == "status":
+            p.add_argument("--json", action="store_true")
+
     from daemon.lab.cli import add_lab_parser
 
     add_lab_parser(sub)
@@ -84,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": cmd_status,
         "events": cmd_events,
         "config": cmd_config,
+        "uplink": cmd_uplink,
         "lab": _lab,
     }[args.command]
     try:
@@ -116,6 +129,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             logger.error("config.invalid", problem=problem)
         print(f"lifeline: refusing to start, {len(exc.problems)} problem(s) in the config:", file=sys.stderr)
         for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    from daemon.uplinks.service import check_uplinks_on_host
+
+    host_problems = check_uplinks_on_host(config)
+    if host_problems:
+        print(f"lifeline: refusing to start, {len(host_problems)} problem(s) with this host:", file=sys.stderr)
+        for problem in host_problems:
+            logger.error("config.host_mismatch", problem=problem)
             print(f"  {problem}", file=sys.stderr)
         return 1
     log.setup(config.log.level)
@@ -225,6 +247,50 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"events: {events.get('published', 0)} published, {events.get('dropped', 0)} dropped "
                  f"for slow subscribers, {len(subscribers)} subscriber(s)")
+    return "\n".join(lines)
+
+
+def cmd_uplink(args: argparse.Namespace) -> int:
+    from daemon.control_client import ControlError
+
+    with _connect(args) as client:
+        try:
+            if args.uplink_command == "use":
+                result = client.call("uplink.use", {"name": args.name})
+                print(f"pinned {args.name}; active uplink: {result['active']}"
+                      + (f" ({result['note']})" if result.get("note") else ""))
+                return 0
+            if args.uplink_command == "auto":
+                result = client.call("uplink.auto")
+                print(f"automatic choice; active uplink: {result['active']}")
+                return 0
+            details = client.call("uplink.status")
+        except ControlError as exc:
+            print(f"lifeline: {exc.message}", file=sys.stderr)
+            return 1 if exc.code != "unknown_method" else 2
+    if args.json:
+        print(json.dumps(details, indent=2, sort_keys=True))
+        return 0
+    print(format_uplinks(details))
+    return 0 if not details.get("all_down") else 1
+
+
+def format_uplinks(details: dict[str, Any]) -> str:
+    pin = f", pinned {details['pinned']}" if details.get("pinned") else ""
+    lines = [f"active uplink: {details.get('active') or 'none'}{pin} (route backend {details.get('backend')}, "
+             f"{details.get('switches', 0)} switches, {details.get('route_errors', 0)} route errors)"]
+    if details.get("last_decision"):
+        lines.append(f"last decision: {details['last_decision']}")
+    rows = [("UPLINK", "STATE", "FOR", "RTT", "JITTER", "LOSS", "PRIO", "REASON")]
+    for name, u in details.get("uplinks", {}).items():
+        rows.append((name, u["state"].upper(), format_duration_short(u.get("for_s") or 0),
+                     f"{u['rtt_ms']:.1f}ms" if u.get("rtt_ms") is not None else "-",
+                     f"{u['jitter_ms']:.1f}ms" if u.get("jitter_ms") is not None else "-",
+                     f"{u['loss']:.1%}", str(u.get("priority")), u.get("reason", "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(7)]
+    lines.append("")
+    for row in rows:
+        lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(row[:7])) + "  " + row[7])
     return "\n".join(lines)
 
 

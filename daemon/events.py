@@ -227,3 +227,59 @@ class EventBus:
             "subscribers": [s.stats() for s in self._subscriptions],
             "dropped": self.dropped_total,
         }
+
+
+# --- uplinks (daemon.uplinks) -------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class UplinkHealthChanged(Event):
+    uplink: str
+    previous: str
+    state: str
+    reason: str
+
+    @property
+    def severity(self) -> str:  # type: ignore[override]
+        return "warning" if self.state in ("down", "degraded") else "info"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActiveUplinkChanged(Event):
+    """The default route moved. ``kind``: initial, failover, failback or manual. The
+    engine should re-dial its venue connections on this event."""
+
+    previous: str | None
+    active: str
+    kind: str
+    reason: str
+    #: From the last good probe round of the previous uplink to the decision (failover).
+    detection_ms: float | None
+    #: How long the route change itself took.
+    route_ms: float | None
+    #: Conntrack entries deleted for the uplink traffic left.
+    flushed_flows: int
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AllUplinksDown(Event):
+    reason: str
+    severity: ClassVar[str] = "error"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteRepaired(Event):
+    """Someone else changed the default route; lifeline put its choice back."""
+
+    uplink: str
+    found: str
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteChangeFailed(Event):
+    uplink: str
+    error: str
+    attempt: int
+    severity: ClassVar[str] = "error"

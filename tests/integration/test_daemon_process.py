@@ -25,6 +25,8 @@ EXAMPLE = ROOT / "examples" / "lifeline.toml"
 def example_config_in(tmp_path: Path, **overrides: dict[str, Any]) -> Path:
     """The shipped example config with its paths moved under tmp_path."""
     data = tomllib.loads(EXAMPLE.read_text())
+    # The example's uplinks name interfaces of a real edge host; the lab tests them.
+    data.pop("uplinks", None)
     data["node"]["state_dir"] = str(tmp_path / "state")
     data["node"]["runtime_dir"] = str(tmp_path / "run")
     data.setdefault("control", {})["socket"] = str(tmp_path / "run" / "control.sock")
@@ -145,6 +147,16 @@ def test_a_failing_service_exits_nonzero_naming_it(tmp_path: Path) -> None:
             proc.close()
     finally:
         blocker.close()
+
+
+def test_unknown_interface_refuses_to_start_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "lifeline.toml"
+    # (Interface names that cannot exist here, whatever this machine's NICs are called.)
+    path.write_text(EXAMPLE.read_text().replace('"eth1"', '"llabsent1"').replace('"eth2"', '"llabsent2"'))
+    result = cli("run", "--config", str(path))
+    assert result.returncode == 1
+    assert f"{path}: uplinks.fibre.interface: no interface 'llabsent1' on this host" in result.stderr
+    assert f"{path}: uplinks.starlink.interface: no interface 'llabsent2' on this host" in result.stderr
 
 
 def test_status_without_a_daemon_says_what_to_do(tmp_path: Path) -> None:
