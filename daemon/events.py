@@ -246,12 +246,12 @@ class UplinkHealthChanged(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class ActiveUplinkChanged(Event):
-    """The default route moved. ``kind``: initial, failover, failback or manual. The
+    """The default route moved. ``change``: initial, failover, failback or manual. The
     engine should re-dial its venue connections on this event."""
 
     previous: str | None
     active: str
-    kind: str
+    change: str
     reason: str
     #: From the last good probe round of the previous uplink to the decision (failover).
     detection_ms: float | None

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import re
 import secrets
 import socket as stdlib_socket
@@ -576,5 +575,3 @@ def _insecure_tls_context() -> ssl.SSLContext:
 
 
 __all__ = ["COUNTERS", "DnsProber", "UplinkProber", "reason_for"]
-
-_ = os  # (kept for symmetry with other shells; no process-level state is used)

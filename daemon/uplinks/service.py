@@ -255,7 +255,7 @@ class UplinkService:
                     reason=decision.reason, detection_ms=_r(detection_ms), route_ms=_r(route_ms),
                     flushed_flows=flushed)
         self.bus.publish(ActiveUplinkChanged(
-            source=self.name, previous=decision.previous, active=decision.active, kind=decision.kind,
+            source=self.name, previous=decision.previous, active=decision.active, change=decision.kind,
             reason=decision.reason, detection_ms=_r(detection_ms), route_ms=_r(route_ms), flushed_flows=flushed))
 
     async def _apply_route(self, name: str) -> float | None:
