@@ -74,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "status":
             p.add_argument("--json", action="store_true")
 
+    drill = sub.add_parser("drill", help="scripted failures in the lab, timed (needs root)")
+    drill_sub = drill.add_subparsers(dest="drill_command", metavar="DRILL", required=True)
+    uplink_drill = drill_sub.add_parser("uplink", help="cut the fibre, time detection, failover and failback; "
+                                                       "then a loss soak that must not flap")
+    uplink_drill.add_argument("--repeat", type=int, default=5, help="cut/restore repetitions (default 5)")
+    uplink_drill.add_argument("--soak", default="10m",
+                              help='simulated length of the 5 %% loss soak ("10m"; "0" skips it)')
+    uplink_drill.add_argument("--compress", type=float, default=10.0,
+                              help="run the soak this many times faster than real time (default 10)")
+    uplink_drill.add_argument("--hold-down", default="3s",
+                              help='hold-down before failback in the drill (default "3s"; the daemon\'s is 30s)')
+    uplink_drill.add_argument("--workdir", type=Path, default=None, help="keep the drill's files here")
+    uplink_drill.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+
     from daemon.lab.cli import add_lab_parser
 
     add_lab_parser(sub)
@@ -97,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "events": cmd_events,
         "config": cmd_config,
         "uplink": cmd_uplink,
+        "drill": cmd_drill,
         "lab": _lab,
     }[args.command]
     try:
@@ -292,6 +307,35 @@ def format_uplinks(details: dict[str, Any]) -> str:
     for row in rows:
         lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(row[:7])) + "  " + row[7])
     return "\n".join(lines)
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import tempfile
+
+    from daemon.config import Duration
+    from daemon.lab.drills import DrillSettings, format_report, report_json, run_uplink_drill
+
+    if os.geteuid() != 0:
+        print("lifeline drill: needs root (it builds network namespaces); run it with sudo", file=sys.stderr)
+        return 2
+    try:
+        soak = 0.0 if args.soak in ("0", "0s") else float(Duration.parse(args.soak))
+        Duration.parse(args.hold_down)
+    except ValueError as exc:
+        print(f'lifeline drill: expected a duration such as "10m" or "3s", found {exc}', file=sys.stderr)
+        return 2
+    settings = DrillSettings(repeat=args.repeat, soak=soak, compress=args.compress, hold_down=args.hold_down)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lifeline-drill-"))
+    progress = (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        report = run_uplink_drill(workdir, settings, progress=progress)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(report_json(report) if args.json else format_report(report))
+    return 0 if report.ok else 1
 
 
 def format_event(event: dict[str, Any]) -> str:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 from typing import Any
 
@@ -66,33 +67,34 @@ async def flush_uplink_flows(source: str) -> int:
     never turn into a filter that matches everything.
     """
     address = ipaddress.ip_address(source)  # raises ValueError before anything is touched
-    deleted, unavailable = await trio.to_thread.run_sync(_flush_sync, address)
+    deleted, unavailable, failure = await trio.to_thread.run_sync(_flush_sync, address)
     if unavailable is not None:
         if unavailable not in _reported:
             _reported.add(unavailable)
             log.warning("conntrack.unavailable", source=source, reason=unavailable,
                         effect="flows NATed to this uplink are not flushed")
-        return deleted
-    log.info("conntrack.flushed", source=source, deleted=deleted)
+    elif failure is not None:
+        log.warning("conntrack.flush_failed", source=source, deleted=deleted, reason=failure)
+    else:
+        log.info("conntrack.flushed", source=source, deleted=deleted)
     return deleted
 
 
 def _reason(exc: BaseException) -> tuple[int | None, str]:
     code = getattr(exc, "code", None) or getattr(exc, "errno", None)
     if isinstance(code, int) and code in errno.errorcode:
-        import os
-
         return code, f"{os.strerror(code)} ({errno.errorcode[code]})"
     return None, f"{type(exc).__name__}: {exc}"
 
 
-def _flush_sync(source: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, str | None]:
-    """Runs in a worker thread. Returns (deleted, why conntrack is unavailable or None)."""
+def _flush_sync(source: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, str | None, str | None]:
+    """Runs in a worker thread (no trio, no logging decisions). Returns the number deleted,
+    why conntrack is unavailable (or None), and why the flush stopped early (or None)."""
     try:
         from pyroute2 import Conntrack
         from pyroute2.netlink.exceptions import NetlinkError
     except ImportError as exc:  # pragma: no cover - pyroute2 is a dependency
-        return 0, f"pyroute2 missing: {exc}"
+        return 0, f"pyroute2 missing: {exc}", None
 
     family = socket.AF_INET6 if source.version == 6 else socket.AF_INET
     deleted = 0
@@ -114,7 +116,6 @@ def _flush_sync(source: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[
     except (NetlinkError, OSError) as exc:
         code, reason = _reason(exc)
         if code in _UNAVAILABLE:
-            return deleted, reason
-        log.warning("conntrack.flush_failed", source=str(source), deleted=deleted, reason=reason)
-        return deleted, None
-    return deleted, None
+            return deleted, reason, None
+        return deleted, None, reason
+    return deleted, None, None
