@@ -164,6 +164,12 @@ class UplinkService:
                     if uplink.dns is not None:
                         nursery.start_soon(self._dns_loop, uplink, name=f"dns-{uplink.name}")
                 nursery.start_soon(self._route_check_loop)
+                for uplink in self.uplinks.values():
+                    if uplink.config.starlink_dish:
+                        from daemon.uplinks.starlink import StarlinkDishMonitor
+
+                        monitor = StarlinkDishMonitor(uplink.name, uplink.config.starlink_dish, self.set_hint)
+                        nursery.start_soon(monitor.run, name=f"starlink-{uplink.name}")
                 log.info("uplinks.started", uplinks=list(self.uplinks), backend=self.backend.name)
                 task_status.started()
         finally:
