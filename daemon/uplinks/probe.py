@@ -10,8 +10,9 @@ worse than no probe.
 A network error is a probe result, never an exception: the health machine wants a loss
 with a reason (``"timeout"``, ``"unreachable"``, ``"no source address"``, ...), and an
 uplink whose interface vanished must keep being probed so it is noticed when it comes
-back. Sockets whose binding died (the address or the device went away) are closed and
-re-opened at the start of a later round, at most once per round.
+back. A shared socket whose send fails is closed and re-opened at the start of the next
+round (at most once per round): a socket bound to a device that was deleted stays bound
+to the dead one, even after a device of the same name comes back.
 
 Replies are matched to outstanding probes by (target address and port, sequence, nonce);
 anything else is counted in :attr:`UplinkProber.counters` and ignored.
@@ -66,8 +67,6 @@ _UNREACHABLE_ERRNOS = {
     errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN,
     errno.EPERM, errno.EACCES, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE,
 }
-# After these the socket's binding is dead: close it, re-open on a later round.
-_REOPEN_ERRNOS = _NO_SOURCE_ERRNOS | _NO_INTERFACE_ERRNOS
 
 _HTTP_STATUS_CAP = 8192
 _HTTP_STATUS = re.compile(rb"HTTP/\d(?:\.\d)? (\d{3})(?: .*)?", re.DOTALL)
@@ -197,6 +196,13 @@ class UplinkProber:
         self._highest_seq = -1
         self._udp_sources = {(_normal(t.address), t.port) for t in self.targets if t.kind == "udp"}
         self._icmp_sources = {_normal(t.address) for t in self.targets if t.kind == "icmp"}
+
+    @property
+    def icmp_socket(self) -> str | None:
+        """``"ping"`` (unprivileged ping socket), ``"raw"``, or None when none is open."""
+        if self._icmp.sock is None:
+            return None
+        return "raw" if self._icmp.raw else "ping"
 
     # ------------------------------------------------------------------ service
 
@@ -348,7 +354,9 @@ class UplinkProber:
                 return self._result(target, seq, sent_at, error=channel.error or NO_SOURCE)
             self.counters["errors"] += 1
             reason = reason_for(exc)
-            if exc.errno in _REOPEN_ERRNOS and channel.sock is sock:
+            # Start afresh next round: a socket bound to a device that was deleted stays
+            # bound to the dead one (ENETUNREACH for ever, even once the device is back).
+            if channel.sock is sock:
                 self._close(channel, reason)
             return self._result(target, seq, sent_at, error=reason)
         self.counters["sent"] += 1

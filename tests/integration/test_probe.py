@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from daemon.lab.echo import EchoResponder, parse_delay, serve
-from daemon.uplinks.echo import decode_reply, encode_dns_name, encode_probe
+from daemon.uplinks.echo import decode_reply, encode_dns_name, encode_icmp_echo, encode_probe, internet_checksum
 from daemon.uplinks.probe import DnsProber, UplinkProber
 from daemon.uplinks.targets import parse_target
 
@@ -134,10 +134,11 @@ async def test_udp_echo_over_ipv6_loopback() -> None:
         pytest.skip("no IPv6 on loopback")
     with trio.fail_after(10):
         async with echo_responder("::1") as responder:
-            p = prober(f"udp://[::1]:{responder.addresses[0][1]}", "udp://127.0.0.2:7", source="::1")
+            p = prober(f"udp://[::1]:{responder.addresses[0][1]}", "icmp://[::1]", "udp://127.0.0.2:7", source="::1")
             async with running(p):
-                echo, mismatch = await p.probe_round(0)
+                echo, ping, mismatch = await p.probe_round(0)
     assert echo.ok, echo
+    assert ping.ok or ping.error == "icmp not permitted", ping
     assert not mismatch.ok and mismatch.error == "address family mismatch"
 
 
@@ -248,7 +249,8 @@ async def http_server(host: str, ssl_context: ssl.SSLContext | None = None
 
     async with trio.open_nursery() as nursery:
         if ssl_context is None:
-            listeners = await nursery.start(lambda task_status: trio.serve_tcp(handler, 0, host=host, task_status=task_status))
+            listeners = await nursery.start(
+                lambda task_status: trio.serve_tcp(handler, 0, host=host, task_status=task_status))
         else:
             listeners = await nursery.start(
                 lambda task_status: trio.serve_ssl_over_tcp(handler, 0, ssl_context, host=host,
@@ -349,6 +351,34 @@ async def test_icmp_echo_on_loopback() -> None:
             assert result.rtt is not None and result.rtt < 0.5
     assert p.counters["received"] == 6
     assert p.counters["garbage"] == p.counters["wrong_source"] == p.counters["duplicate"] == 0
+
+
+async def test_forged_icmp_replies_are_counted_and_ignored() -> None:
+    p = prober("icmp://127.0.0.1", timeout=0.5)
+    with trio.fail_after(10):
+        async with running(p):
+            if p.icmp_socket != "raw":
+                pytest.skip("forging replies to a ping socket's kernel-chosen id needs the raw path")
+            rogue = trio.socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_RAW, stdlib_socket.IPPROTO_ICMP)
+            await rogue.bind(("127.0.0.5", 0))
+
+            def reply(identifier: int, seq: int, payload: bytes) -> bytes:
+                request = encode_icmp_echo(identifier, seq & 0xFFFF, payload)
+                body = b"\0\0\0\0" + request[4:]  # type 0 (echo reply), checksum recomputed below
+                return body[:2] + internet_checksum(body).to_bytes(2, "big") + body[4:]
+
+            (before,) = await p.probe_round(0)
+            valid = encode_probe(p.uplink_id, 0, 0, p.nonce)
+            await rogue.sendto(reply(p.icmp_id, 0, b"junk"), ("127.0.0.1", 0))  # garbage
+            await rogue.sendto(reply(p.icmp_id, 0, encode_probe(p.uplink_id, 0, 0, b"\1" * 8)), ("127.0.0.1", 0))
+            await rogue.sendto(reply(p.icmp_id, 0, valid), ("127.0.0.1", 0))  # right payload, wrong source
+            await rogue.sendto(reply(p.icmp_id ^ 1, 0, valid), ("127.0.0.1", 0))  # someone else's ping: not ours
+            await trio.sleep(0.05)
+            (after,) = await p.probe_round(1)
+            rogue.close()
+    assert before.ok and after.ok
+    assert p.counters["garbage"] == 2 and p.counters["wrong_source"] == 1
+    assert p.counters["received"] == 2 and p.counters["duplicate"] == p.counters["late"] == 0
 
 
 # ------------------------------------------------------------------ DNS

@@ -34,7 +34,9 @@ from daemon.uplinks.routes import CurrentRoute, NetlinkRouteBackend, RouteError,
 
 FIBRE = UplinkRoute(name="fibre", interface="fibre0", source="10.71.1.2", gateway="10.71.1.1", table=1001)
 STAR = UplinkRoute(name="starlink", interface="star0", source="10.71.2.2", gateway="10.71.2.1", table=1002)
-UPLINKS = {u.name: u for u in (FIBRE, STAR)}
+FIBRE6 = UplinkRoute(name="fibre6", interface="fibre0", source="2001:db8:1::2", gateway="2001:db8:1::1", table=1001)
+STAR6 = UplinkRoute(name="starlink6", interface="star0", source="2001:db8:2::2", gateway="2001:db8:2::1", table=1002)
+UPLINKS = {u.name: u for u in (FIBRE, STAR, FIBRE6, STAR6)}
 PRIORITY = 1000  # fibre's rule at 1000, starlink's at 1001
 FAR = "198.51.100.1"  # somewhere beyond both routers
 
@@ -297,6 +299,30 @@ async def test_an_interface_missing_at_start_is_reported_and_installed_once_it_a
             assert repaired == ["starlink: replace default via 10.71.2.1 dev star0 table 1002"]
             assert await backend.pending() == {}
             assert "dev star0 table 1002" in world.route_get(STAR.source)
+
+
+async def test_ipv6_uplinks_get_the_same_treatment(world: World) -> None:
+    for uplink in (FIBRE6, STAR6):
+        # nodad: usable at once instead of after duplicate address detection
+        world.ip("addr", "add", f"{uplink.source}/64", "dev", uplink.interface, "nodad")
+        ip("-n", world.router, "addr", "add", f"{uplink.gateway}/64", "dev", f"r-{uplink.interface}", "nodad")
+    with trio.fail_after(10):
+        async with backend_in(world) as backend:
+            await backend.prepare(FIBRE6, STAR6)
+            rules = [" ".join(line.split()) for line in world.ip("-6", "rule").splitlines()]
+            assert "1001: from 2001:db8:2::2 lookup 1002" in rules
+            assert "dev star0 table 1002" in world.ip("-6", "route", "get", "2001:db8:99::1", "from", STAR6.source)
+            await backend.apply(FIBRE6)
+            await backend.apply(STAR6)
+            defaults = world.ip("-6", "route", "show", "default").splitlines()
+            assert [" ".join(d.split()) for d in defaults] == [
+                "default via 2001:db8:2::1 dev star0 proto static metric 1024 pref medium"]
+            current = await backend.current()
+            assert current == CurrentRoute(gateway="2001:db8:2::1", interface="star0", metric=1024, protocol="static")
+            assert route_matches(current, STAR6) and not route_matches(current, FIBRE6)
+            await backend.cleanup()
+            assert world.ip("-6", "route", "show", "table", "1002").strip() == ""
+            assert len(world.ip("-6", "route", "show", "default").splitlines()) == 1
 
 
 # ---------------------------------------------------------------------------- watching

@@ -36,7 +36,8 @@ def test_probe_round_trip() -> None:
     assert decode_reply(data) == EchoReply(7, 42, 123_456_789, NONCE)
 
 
-@given(st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.binary(min_size=8, max_size=8))
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1),
+       st.binary(min_size=8, max_size=8))
 def test_probe_round_trip_any_fields(uplink_id: int, seq: int, sent_ns: int, nonce: bytes) -> None:
     assert decode_reply(encode_probe(uplink_id, seq, sent_ns, nonce)) == EchoReply(uplink_id, seq, sent_ns, nonce)
 
