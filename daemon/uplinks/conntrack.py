@@ -18,9 +18,10 @@ tests/integration/test_conntrack_netns.py), in a worker thread. On Linux 5.15 an
 the kernel filters the dump (two dumps: original source, reply destination), so the cost
 grows with the uplink's flows, not with the table: about 0.25 ms to decode and 0.3 ms to
 delete each matching entry in pyroute2, 15 ms to pass over 20 000 others. Older kernels
-get one unfiltered dump matched here: tuple filters arrived in 5.8 and filtering on the
-reply tuple was broken until 5.15 (pyroute2 PR #857), and a filter that silently matched
-too little would leave dead flows pinned (this path decodes every entry: ~0.35 ms each).
+(and every IPv6 flush) get one unfiltered dump matched here: tuple filters arrived in
+5.8, filtering on the reply tuple was broken until 5.15 (pyroute2 PR #857), pyroute2's
+IPv6 filters match nothing, and a filter that silently matched too little would leave
+dead flows pinned (this path decodes every entry: ~0.35 ms each).
 Every entry is checked here again before it is deleted, whatever the kernel returned.
 All matches are collected before the first delete, so a dump is never read while the
 table changes under it. An entry gone between dump and delete (ENOENT) is not counted.
@@ -74,7 +75,7 @@ async def flush_uplink_flows(source: str, *, kernel_filter: bool | None = None) 
     """Delete the conntrack entries of flows NATed to or sent from ``source`` (an uplink's
     own address); return how many were deleted.
 
-    ``kernel_filter``: let the kernel filter the dump (default: when
+    ``kernel_filter``: let the kernel filter the dump (IPv4 only; default: when
     :func:`kernel_filters_reliably`). ``ValueError`` if ``source`` is not an IP address:
     an empty or unparsable source must never turn into a filter that matches everything.
     """
@@ -113,7 +114,9 @@ def _flush_sync(source: ipaddress.IPv4Address | ipaddress.IPv6Address,
         return 0, f"pyroute2 missing: {exc}", None
 
     family = socket.AF_INET6 if source.version == 6 else socket.AF_INET
-    if kernel_filter:
+    # IPv6 always takes the full dump: pyroute2 0.9.7's IPv6 tuple filters matched
+    # nothing at all on Linux 6.18, where the unfiltered dump finds the flows.
+    if kernel_filter and family == socket.AF_INET:
         filters: list[dict[str, Any]] = [
             {"tuple_orig": NFCTAttrTuple(family=family, saddr=str(source))},
             {"tuple_reply": NFCTAttrTuple(family=family, daddr=str(source))},

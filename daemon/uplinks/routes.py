@@ -41,7 +41,7 @@ import os
 import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import trio
 
@@ -420,10 +420,11 @@ def _oif(ipr: Any, uplink: UplinkRoute, operation: str) -> int:
     return int(indexes[0])
 
 
-def _routes(ipr: Any, family: int, table: int) -> Iterator[Any]:
-    for route in ipr.route("dump", family=family, table=table, dst_len=0):
-        if route.get("table") == table and route.get("dst_len") == 0:
-            yield route
+def _routes(ipr: Any, family: int, table: int) -> list[Any]:
+    """The default routes of ``table``, read to the end before anything else is sent on
+    the socket (a dump left half-read would leak its messages into the next answer)."""
+    return [route for route in ipr.route("dump", family=family, table=table, dst_len=0)
+            if route.get("table") == table and route.get("dst_len") == 0]
 
 
 def _apply_sync(ipr: Any, uplink: UplinkRoute, metric: int | None, family: int,
@@ -526,7 +527,7 @@ def _ensure_rule(ipr: Any, uplink: UplinkRoute, family: int, priority: int, outc
     source = ipaddress.ip_address(uplink.source)
     full = source.max_prefixlen
     found = False
-    for rule in ipr.rule("dump", family=family, priority=priority):
+    for rule in list(ipr.rule("dump", family=family, priority=priority)):
         if rule.get("FRA_PRIORITY") != priority:
             continue
         src = rule.get("FRA_SRC")

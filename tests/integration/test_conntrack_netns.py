@@ -58,6 +58,12 @@ table ip lifeline_test {
         oifname { "fibre0", "star0" } masquerade
     }
 }
+table ip6 lifeline_test {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname { "fibre0", "star0" } masquerade
+    }
+}
 """
 
 FLUSH = """
@@ -74,7 +80,7 @@ SEND = """
 import socket, sys
 for spec in sys.argv[1:]:
     bind, dst, port = spec.split(",")
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_DGRAM)
     if bind:
         s.bind((bind, 0))
     s.sendto(b"x", (dst, int(port)))
@@ -196,6 +202,23 @@ async def test_without_permission_the_flush_returns_zero_and_says_why_once(world
     assert log.count("event=conntrack.unavailable") == 1, log
     assert 'reason="Operation not permitted (EPERM)"' in log
     assert sorted(world.flows()) == sorted(flows)
+
+
+@needs_root
+async def test_ipv6_flows_are_flushed_by_the_uplinks_ipv6_address(world: World) -> None:
+    fibre6, star6 = "2001:db8:1::2", "2001:db8:2::2"
+    for dev, address, gateway in (("fibre0", fibre6, "2001:db8:1::1"), ("star0", star6, "2001:db8:2::1")):
+        run("ip", "-n", world.host, "addr", "add", f"{address}/64", "dev", dev, "nodad")
+        run("ip", "-n", world.router, "addr", "add", f"{gateway}/64", "dev", f"r-{dev}", "nodad")
+    world.in_host(sys.executable, "-c", SEND, f"{fibre6},2001:db8:1::1,7000", f"{fibre6},2001:db8:1::1,7001",
+                  f"{star6},2001:db8:2::1,7000")
+    v6 = [line for line in world.in_host("conntrack", "-L", "-f", "ipv6").stdout.splitlines() if line.strip()]
+    assert len(v6) == 3, v6
+
+    deleted, _ = flush_in(world, fibre6)
+    assert deleted == [2]
+    left = world.in_host("conntrack", "-L", "-f", "ipv6").stdout.splitlines()
+    assert len(left) == 1 and f"src={star6}" in left[0], left
 
 
 async def test_a_source_that_is_not_an_address_is_refused_before_anything_is_touched() -> None:

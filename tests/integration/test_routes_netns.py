@@ -186,6 +186,14 @@ async def test_prepare_installs_both_tables_and_rules_and_is_idempotent(world: W
             assert await backend.refresh(FIBRE, STAR) == []
 
 
+async def test_a_leftover_rule_at_our_priority_is_replaced(world: World) -> None:
+    world.ip("rule", "add", "from", "10.71.9.9", "lookup", "999", "priority", str(PRIORITY))  # an older config's
+    with trio.fail_after(10):
+        async with backend_in(world) as backend:
+            await backend.prepare(FIBRE, STAR)
+            assert world.rules() == ["1000: from 10.71.1.2 lookup 1001", "1001: from 10.71.2.2 lookup 1002"]
+
+
 async def test_apply_switches_the_default_route_without_ever_removing_it(world: World) -> None:
     with trio.fail_after(20):
         async with backend_in(world) as backend:
