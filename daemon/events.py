@@ -257,9 +257,17 @@ class ActiveUplinkChanged(Event):
     detection_ms: float | None
     #: How long the route change itself took.
     route_ms: float | None
-    #: Conntrack entries deleted for the uplink traffic left.
-    flushed_flows: int
     severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class UplinkFlowsFlushed(Event):
+    """Conntrack entries of the uplink traffic left were deleted (after the switch, so a
+    large table never delays ActiveUplinkChanged)."""
+
+    uplink: str
+    flows: int
+    took_ms: float
 
 
 @dataclass(frozen=True, kw_only=True)

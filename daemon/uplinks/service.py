@@ -29,6 +29,7 @@ from daemon.events import (
     EventBus,
     RouteChangeFailed,
     RouteRepaired,
+    UplinkFlowsFlushed,
     UplinkHealthChanged,
 )
 from daemon.log import get_logger
@@ -251,18 +252,16 @@ class UplinkService:
             detection_ms = (now - previous.health.last_good_at) * 1000
         self._wanted = decision.active
         route_ms = await self._apply_route(decision.active)
-        flushed = 0
-        if previous is not None and self.failover.flush_conntrack:
-            if decision.kind in ("failover", "manual") or (decision.kind == "failback"
-                                                           and self.failover.failback_flows == "move"):
-                flushed = await self._flush(previous)
         self.last_switch_wall = time.time()
         log.warning("uplink.switched", kind=decision.kind, active=decision.active, previous=decision.previous,
-                    reason=decision.reason, detection_ms=_r(detection_ms), route_ms=_r(route_ms),
-                    flushed_flows=flushed)
+                    reason=decision.reason, detection_ms=_r(detection_ms), route_ms=_r(route_ms))
         self.bus.publish(ActiveUplinkChanged(
             source=self.name, previous=decision.previous, active=decision.active, change=decision.kind,
-            reason=decision.reason, detection_ms=_r(detection_ms), route_ms=_r(route_ms), flushed_flows=flushed))
+            reason=decision.reason, detection_ms=_r(detection_ms), route_ms=_r(route_ms)))
+        if previous is not None and self.failover.flush_conntrack and self._nursery is not None:
+            if decision.kind in ("failover", "manual") or (decision.kind == "failback"
+                                                           and self.failover.failback_flows == "move"):
+                self._nursery.start_soon(self._flush, previous)
 
     async def _apply_route(self, name: str) -> float | None:
         """Point the default route at ``name``; retry with backoff until it works or the
@@ -290,12 +289,19 @@ class UplinkService:
                 return (trio.current_time() - began) * 1000
         return None
 
-    async def _flush(self, uplink: Uplink) -> int:
+    async def _flush(self, uplink: Uplink) -> None:
+        """Delete the conntrack entries of flows through ``uplink`` (only those), so NATed
+        connections re-establish on the new uplink instead of hanging."""
+        began = trio.current_time()
         try:
-            return int(await self._flush_flows(uplink.config.source))
+            flows = int(await self._flush_flows(uplink.config.source))
         except Exception as exc:
             log.warning("conntrack.flush_failed", uplink=uplink.name, error=str(exc))
-            return 0
+            return
+        took_ms = (trio.current_time() - began) * 1000
+        log.info("conntrack.flushed", uplink=uplink.name, flows=flows, took_ms=round(took_ms, 1))
+        self.bus.publish(UplinkFlowsFlushed(source=self.name, uplink=uplink.name, flows=flows,
+                                            took_ms=round(took_ms, 2)))
 
     async def _route_check_loop(self) -> None:
         from daemon.uplinks.routes import route_matches
