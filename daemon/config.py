@@ -385,7 +385,9 @@ class Config:
         problems: list[tuple[str, str]] = []
         seen: dict[tuple[str, str], str] = {}
         for name, uplink in self.uplinks.items():
-            for key in ("interface", "source"):
+            # Two uplinks may share an interface (several gateways on one segment, the
+            # loopback lab), never a source address: probes are told apart by it.
+            for key in ("source",):
                 value = getattr(uplink, key)
                 if (key, value) in seen:
                     problems.append((f"uplinks.{name}.{key}", f"{value!r} is also used by uplinks.{seen[(key, value)]}"))

@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from daemon.config import dump_toml, format_duration
+from daemon.config import format_duration
 from daemon.control_client import ControlClient
 from daemon.lab import world as lab_world
+from daemon.lab.netns import socket_in_netns
 
 VENUE_TARGET = ("10.75.0.1", 7)
 FIBRE_GATEWAY = "10.71.1.1"
@@ -289,7 +290,7 @@ def _failover_phase(world: Any, workdir: Path, settings: DrillSettings, report: 
     try:
         socket_path = workdir / "run" / "control.sock"
         follow_events(socket_path, timeline, stop)
-        venue_prober(lab_world.socket_in_netns(lab_world.EDGE, socket.AF_INET, socket.SOCK_DGRAM), timeline, stop)
+        venue_prober(socket_in_netns(lab_world.EDGE, socket.AF_INET, socket.SOCK_DGRAM), timeline, stop)
         if _wait_active(socket_path, "fibre", settings.timeout) is None:
             raise RuntimeError("the edge daemon never put the default route on the fibre")
         time.sleep(settings.settle)

@@ -2,13 +2,13 @@
 
 ::
 
-                  fibre0 10.71.1.2/24        edge0 10.71.1.1/24   core0 10.73.1.1/24
-                 ┌───────────────────── ll-rfib (terrestrial) ─────────────────────┐
-    ll-edge ─────┤                                                                 ├── ll-venue
-   (lifeline run)│  star0 10.72.1.2/24        edge0 10.72.1.1/24   core0 10.74.1.1/24│  fib0 10.73.1.2/24
-                 └───────────────────── ll-rsat (satellite) ───────────────────────┘  sat0 10.74.1.2/24
-                                                                                     lo 10.75.0.1, 10.75.0.2
-                                                                                     UDP echo on :7
+    ll-edge (lifeline run)        ll-rfib (terrestrial)         ll-venue
+      fibre0 10.71.1.2/24 ─── edge0 10.71.1.1/24
+                                  core0 10.73.1.1/24 ─── fib0 10.73.1.2/24
+                                                         lo   10.75.0.1/32, 10.75.0.2/32
+                                  core0 10.74.1.1/24 ─── sat0 10.74.1.2/24   (UDP echo on :7)
+      star0  10.72.1.2/24 ─── edge0 10.72.1.1/24
+                              ll-rsat (satellite)
 
 The edge has no default route of its own: the daemon under test installs it. The venue's
 echo responder (:mod:`daemon.lab.echo`) delays its replies by the sender's network, since
@@ -16,14 +16,16 @@ this kernel has no netem: 1-3 ms for the fibre's 10.71/16, 25-60 ms for Starlink
 
 Impairments act on the routers, upstream of the edge, so the edge's own links stay up and
 only the probes can notice (like a fibre cut in the street). Each router has an nftables
-table ``inet lifeline_lab`` whose ``forward`` chain holds at most one impairment at a time:
+table ``inet lifeline_lab`` (every lab namespace has one) whose ``forward`` chain holds at most one impairment at a time:
 :meth:`LabWorld.cut` (drop everything), :meth:`LabWorld.loss` (drop N % at random),
 :meth:`LabWorld.restore` (flush). :meth:`LabWorld.link_down` / :meth:`LabWorld.link_up`
 are the other way to cut: the router's side of the veth goes down, so the edge sees
 NO-CARRIER on its interface.
 
 Every name starts with :data:`PREFIX` and every link lives inside a lab namespace, so
-:meth:`LabWorld.down` removes exactly the lab and nothing else, also after a crash.
+:meth:`LabWorld.down` removes exactly the lab and nothing else, also after a crash. The
+names being fixed, one lab exists at a time: :meth:`LabWorld.up` takes :class:`LabLock`
+and holds it until :meth:`LabWorld.down`, so a drill and a test run take turns.
 
 Without root (or without ``ip``/``nft``) :class:`LoopbackWorld` stands in; see its
 docstring for what it can and cannot do.
@@ -32,6 +34,7 @@ docstring for what it can and cannot do.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import select
@@ -41,6 +44,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +53,7 @@ from typing import Any, Iterator, Sequence
 from daemon.config import dump_toml
 from daemon.lab import netns
 from daemon.lab.lifecycle import default_lab_config
-from daemon.lab.netns import LabError
+from daemon.lab.netns import LabError, socket_in_netns  # noqa: F401  (re-exported for the drills)
 from daemon.lab.procs import DaemonProcess
 
 PREFIX = "ll-"
@@ -64,7 +68,10 @@ VENUE_TARGETS: tuple[tuple[str, int], ...] = (("10.75.0.1", 7), ("10.75.0.2", 7)
 #: The project root: the echo responder runs as ``python -m daemon.lab.echo`` from here.
 ROOT = Path(__file__).resolve().parents[2]
 ECHO_READY_TIMEOUT = 15.0
-DEFAULT_WORKDIR = Path("/tmp/lifeline-lab")
+DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "lifeline-lab"
+#: Held by the process using the namespace world, from ``up()`` to ``down()``.
+LOCK_PATH = Path("/run/lifeline-lab.lock")
+LOCK_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -85,10 +92,6 @@ class Link:
     delay: str
     #: Table and rule priority of the temporary routes :meth:`LabWorld.check_paths` adds.
     check_table: int
-
-    @property
-    def edge_prefix(self) -> str:
-        return self.source.rsplit(".", 1)[0] + ".0/24"
 
 
 LINKS: dict[str, Link] = {
@@ -135,11 +138,11 @@ def echo_round_trips(sock: socket.socket, target: tuple[str, int], count: int = 
     stats = EchoStats(sent=count)
     sock.setblocking(False)
     seq = 0
-    next_send = time.monotonic()
+    next_send = last_sent = time.monotonic()
     while True:
         now = time.monotonic()
         if seq < count and now >= next_send:
-            sent_at[seq] = now
+            sent_at[seq] = last_sent = now
             try:
                 sock.sendto(b"lifeline-lab %s %d" % (nonce, seq), target)
             except OSError:
@@ -147,7 +150,7 @@ def echo_round_trips(sock: socket.socket, target: tuple[str, int], count: int = 
             seq += 1
             next_send += interval
             continue
-        deadline = next_send if seq < count else max(sent_at.values(), default=now) + wait
+        deadline = next_send if seq < count else last_sent + wait
         if seq >= count and now >= deadline:
             return stats
         ready, _, _ = select.select([sock], [], [], max(0.0, deadline - now))
@@ -281,6 +284,90 @@ def _edge_base_config(workdir: Path, backend: str, hold_down: str, min_dwell: st
     return config
 
 
+# --------------------------------------------------------------------------- one lab at a time
+
+
+class LabLock:
+    """An exclusive ``flock`` on :data:`LOCK_PATH`: the lab's names are fixed, so two users
+    (a drill and a test run, say) would otherwise tear down each other's world. The
+    kernel drops the lock when its holder exits, so a crash never leaves it taken."""
+
+    def __init__(self, path: Path = LOCK_PATH) -> None:
+        self.path = path
+        self._handle: Any = None
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None
+
+    def acquire(self, timeout: float = LOCK_TIMEOUT) -> None:
+        if self._handle is not None:
+            return
+        handle = open(self.path, "a+")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "unknown"
+                    handle.close()
+                    raise LabError(f"another lab is in use (pid {holder} holds {self.path}); "
+                                   f"waited {timeout:g} s") from None
+                time.sleep(0.1)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> LabLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# --------------------------------------------------------------------------- the daemon under test
+
+
+def edge_config(workdir: Path, *, backend: str = "netlink", hold_down: str = "30s",
+                min_dwell: str = "10s") -> dict[str, Any]:
+    """The config of the edge's ``lifeline run`` in the namespace world: both uplinks
+    probing both venue targets, every file under ``workdir``."""
+    config = _edge_base_config(workdir, backend, hold_down, min_dwell)
+    config["uplinks"] = {name: _uplink_table(link, VENUE_TARGETS, link.edge_if) for name, link in LINKS.items()}
+    return config
+
+
+def start_edge_daemon(workdir: Path, config: dict[str, Any]) -> DaemonProcess:
+    """Write ``config`` to ``workdir/lifeline.toml`` and start ``lifeline run`` inside
+    ll-edge the way systemd would (notify socket and watchdog; the notify socket is a
+    path, reachable from the namespace because mounts are shared). The caller waits for
+    READY (:meth:`DaemonProcess.wait_ready`) and stops it."""
+    return _start_daemon(workdir, config, netns.exec_argv(EDGE, [sys.executable, "-m", "daemon.cli"]))
+
+
+def _start_daemon(workdir: Path, config: dict[str, Any], argv_prefix: list[str] | None = None) -> DaemonProcess:
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "lifeline.toml"
+    path.write_text(dump_toml(config))
+    daemon = (DaemonProcess(config=path, workdir=workdir, argv_prefix=argv_prefix) if argv_prefix
+              else DaemonProcess(config=path, workdir=workdir))
+    daemon.start()
+    return daemon
+
+
 # --------------------------------------------------------------------------- the namespace world
 
 
@@ -303,17 +390,23 @@ class LabWorld:
         self.workdir = Path(workdir) if workdir else DEFAULT_WORKDIR
         self.python = python
         self.echo: subprocess.Popen[bytes] | None = None
+        self.lock = LabLock()
         self._check_depth = 0
 
     # ------------------------------------------------------------------ build and remove
 
-    def up(self, workdir: Path | None = None) -> UpReport:
+    def up(self, workdir: Path | None = None, *, lock_timeout: float = LOCK_TIMEOUT) -> UpReport:
         """Build the world (removing a left-over one first), start the venue's echo
-        responder, check both paths end to end. On failure nothing is left behind."""
+        responder, check both paths end to end. On failure nothing is left behind.
+
+        Waits up to ``lock_timeout`` for another process's lab to be taken down first,
+        and holds :class:`LabLock` until :meth:`down` (or this process's exit).
+        """
         if workdir is not None:
             self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.down()
+        self.lock.acquire(lock_timeout)
+        self.down(release=False)
         try:
             return self._build()
         except BaseException:
@@ -363,12 +456,22 @@ class LabWorld:
     def echo_log(self) -> Path:
         return self.workdir / "echo.log"
 
-    def down(self) -> list[str]:
+    def down(self, *, release: bool = True) -> list[str]:
         """Stop every process in the lab's namespaces and delete every namespace named
         ``PREFIX*`` (their veths go with them). Safe when nothing exists, after a crash,
-        and with a namespace already gone; returns what it removed."""
+        and with a namespace already gone; returns what it removed. It does not wait for
+        :class:`LabLock`: taking a lab down is what an operator asks for explicitly."""
+        try:
+            return self._remove()
+        finally:
+            if release:
+                self.lock.release()
+
+    def _remove(self) -> list[str]:
         removed: list[str] = []
         present = netns.lab_namespaces(PREFIX) if shutil.which("ip") else []
+        # Every process first: a namespace deleted while a process is still inside it
+        # only loses its name, and lives on with its links.
         for ns in present:
             for pid in netns.kill_netns_pids(ns):
                 removed.append(f"process {pid} in {ns}")
@@ -425,17 +528,41 @@ class LabWorld:
 
     def restore(self, link: str) -> None:
         """Remove the impairment on ``link`` (and bring its router's link up if it was down)."""
-        router = self._link(link).router
-        netns.nft(router, f"flush chain inet {NFT_TABLE} forward\n")
-        netns.link_set(router, "edge0", up=True)
+        spec = self._link(link)
+        netns.nft(spec.router, f"flush chain inet {NFT_TABLE} forward\n")
+        if " state UP " not in netns.ip(EDGE, "link", "show", spec.edge_if).stdout:
+            self.link_up(link)
 
-    def link_down(self, link: str) -> None:
-        """The other kind of cut: the router's end of the veth goes down (the edge sees
-        NO-CARRIER on its interface, and the kernel marks its routes linkdown)."""
-        netns.link_set(self._link(link).router, "edge0", up=False)
+    def link_down(self, link: str, timeout: float = 3.0) -> None:
+        """The other kind of cut: the router's end of the veth goes down, so the edge
+        sees NO-CARRIER on its interface. Returns once the edge's kernel has noticed."""
+        spec = self._link(link)
+        netns.link_set(spec.router, "edge0", up=False)
+        self._wait_edge_state(spec, up=False, timeout=timeout)
 
-    def link_up(self, link: str) -> None:
-        netns.link_set(self._link(link).router, "edge0", up=True)
+    def link_up(self, link: str, timeout: float = 3.0) -> None:
+        """Bring the router's end up again; returns once the edge's interface is UP.
+
+        As on a real host, traffic may need up to another second: datagrams sent while the
+        link was down left the edge's ARP entry for the gateway INCOMPLETE, and the kernel
+        asks again only at its next ARP retry (``retrans_time``, 1 s).
+        """
+        spec = self._link(link)
+        netns.link_set(spec.router, "edge0", up=True)
+        self._wait_edge_state(spec, up=True, timeout=timeout)
+
+    def _wait_edge_state(self, spec: Link, *, up: bool, timeout: float) -> None:
+        # The carrier flag changes at once, but the operational state (and with it the
+        # device's queue: no packet leaves before it is activated) changes when the
+        # kernel's link watcher runs, which it may delay up to a second. Waiting for the
+        # state makes down-then-up sequences deterministic.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (" state UP " in netns.ip(EDGE, "link", "show", spec.edge_if).stdout) == up:
+                return
+            time.sleep(0.02)
+        raise LabError(f"{EDGE} {spec.edge_if} not {'UP' if up else 'down'} within {timeout:g} s after "
+                       f"{spec.router} edge0 went {'up' if up else 'down'}")
 
     def impairment(self, link: str) -> str:
         """The router's forward chain as nft prints it (for status and reports)."""
@@ -485,23 +612,10 @@ class LabWorld:
 
     def edge_config(self, workdir: Path, *, backend: str = "netlink", hold_down: str = "30s",
                     min_dwell: str = "10s") -> dict[str, Any]:
-        """The config of the edge's ``lifeline run``: both uplinks probing both venue targets."""
-        config = _edge_base_config(workdir, backend, hold_down, min_dwell)
-        config["uplinks"] = {name: _uplink_table(link, VENUE_TARGETS, link.edge_if) for name, link in LINKS.items()}
-        return config
+        return edge_config(workdir, backend=backend, hold_down=hold_down, min_dwell=min_dwell)
 
     def start_edge_daemon(self, workdir: Path, config: dict[str, Any]) -> DaemonProcess:
-        """Write ``config`` and start ``lifeline run`` inside ll-edge the way systemd would
-        (notify socket and watchdog; the socket is a path, reachable from the namespace
-        because mounts are shared). The caller waits for READY and stops it."""
-        workdir = Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        path = workdir / "lifeline.toml"
-        path.write_text(dump_toml(config))
-        daemon = DaemonProcess(config=path, workdir=workdir,
-                               argv_prefix=netns.exec_argv(EDGE, [sys.executable, "-m", "daemon.cli"]))
-        daemon.start()
-        return daemon
+        return start_edge_daemon(workdir, config)
 
     def default_route(self) -> str | None:
         """``ip -n ll-edge route show default``, or None if there is none (or no edge)."""
@@ -691,13 +805,8 @@ class LoopbackWorld:
         return config
 
     def start_edge_daemon(self, workdir: Path, config: dict[str, Any]) -> DaemonProcess:
-        workdir = Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        path = workdir / "lifeline.toml"
-        path.write_text(dump_toml(config))
-        daemon = DaemonProcess(config=path, workdir=workdir)
-        daemon.start()
-        return daemon
+        """``lifeline run`` as a plain child process (there is no namespace to enter)."""
+        return _start_daemon(workdir, config)
 
     def default_route(self) -> str | None:
         return None  # backend "none": nothing is installed
