@@ -23,6 +23,9 @@ def add_lab_parser(sub: Any) -> None:
     lab.add_argument("--workdir", type=Path, default=None,
                      help="keep the lab's files here (default: a temporary directory, removed afterwards)")
     lab.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    lab.add_argument("--repeat", type=int, default=5, help="fibre cuts in the uplink drill (default 5; 0 skips it)")
+    lab.add_argument("--soak", default="10m", help='simulated length of the uplink loss soak (default "10m")')
+    lab.add_argument("--compress", type=float, default=10.0, help="soak speed-up (default 10: 10m takes 1 minute)")
     actions = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=False)
     up = actions.add_parser("up", help="build the lab's world (namespaces, routers, venue echo) and leave it up")
     down = actions.add_parser("down", help="remove every namespace, link and process the lab made")
@@ -128,21 +131,45 @@ def lab_status(args: argparse.Namespace) -> int:
 
 
 def run_drills(args: argparse.Namespace) -> int:
-
+    """The main job: the lifecycle drill, then the uplink drill (in namespaces when root)."""
     from daemon.cli import format_status
+    from daemon.config import Duration
+    from daemon.lab.drills import DrillSettings, format_report, run_uplink_drill
     from daemon.lab.lifecycle import run_lifecycle_drill
+    from daemon.lab.world import netns_unavailable
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lifeline-lab-"))
+    uplink_report = None
+    skipped = None
     try:
-        print(f"lab: starting a real `lifeline run` under {workdir} (notify socket, watchdog 1 s)",
-              file=sys.stderr, flush=True)
-        report = run_lifecycle_drill(workdir, seconds=args.seconds)
+        say(f"lab: lifecycle drill: a real `lifeline run` under {workdir} (notify socket, watchdog 1 s)")
+        report = run_lifecycle_drill(workdir / "lifecycle", seconds=args.seconds)
+        skipped = netns_unavailable()
+        if skipped is None and args.repeat > 0:
+            soak = 0.0 if args.soak in ("0", "0s") else float(Duration.parse(args.soak))
+            say(f"lab: uplink drill: {args.repeat} fibre cuts in network namespaces, then a "
+                f"{args.soak} loss soak run {args.compress:g}x faster")
+            uplink_report = run_uplink_drill(
+                workdir / "uplink", DrillSettings(repeat=args.repeat, soak=soak, compress=args.compress),
+                progress=say)
+        elif skipped is not None:
+            say(f"lab: uplink drill skipped: {skipped}; run as root for the namespace lab")
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+    ok = report.ok and (uplink_report is None or uplink_report.ok)
     if args.json:
-        print(json.dumps({"ok": report.ok, "checks": [c.__dict__ for c in report.checks], **report.figures}))
-        return 0 if report.ok else 1
+        out: dict[str, Any] = {"ok": ok, "lifecycle": {"ok": report.ok, "checks": [c.__dict__ for c in report.checks],
+                                                      **report.figures}}
+        if uplink_report is not None:
+            out["uplink"] = {"ok": uplink_report.ok, **uplink_report.figures()}
+        elif skipped:
+            out["uplink"] = {"skipped": skipped}
+        print(json.dumps(out))
+        return 0 if ok else 1
     if report.status is not None:
         print(format_status(report.status))
         print()
@@ -150,7 +177,13 @@ def run_drills(args: argparse.Namespace) -> int:
     width = max(len(c.name) for c in report.checks) if report.checks else 0
     for check in report.checks:
         print(f"  {'PASS' if check.ok else 'FAIL'}  {check.name.ljust(width)}  {check.figure}")
-    print(f"\nresult: {'PASS' if report.ok else 'FAIL'} ({sum(c.ok for c in report.checks)}/{len(report.checks)} checks)")
+    print(f"result: {'PASS' if report.ok else 'FAIL'} ({sum(c.ok for c in report.checks)}/{len(report.checks)} checks)")
     if not report.ok and report.log_tail:
         print("\nlast lines of the daemon's log:\n" + report.log_tail, file=sys.stderr)
-    return 0 if report.ok else 1
+    print()
+    if uplink_report is not None:
+        print(format_report(uplink_report))
+    else:
+        print(f"uplink drill: SKIPPED ({skipped or 'repeat 0'})")
+    print(f"\nlab: {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1

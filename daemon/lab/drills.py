@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import socket
 import statistics
 import struct
@@ -295,6 +296,9 @@ def _failover_phase(world: Any, workdir: Path, settings: DrillSettings, report: 
             raise RuntimeError("the edge daemon never put the default route on the fibre")
         time.sleep(settings.settle)
         for i in range(settings.repeat):
+            # A real cut falls at a random phase of the probe schedule; without this the
+            # drill's own rhythm (it waits on the daemon's events) would pin the phase.
+            time.sleep(random.uniform(0, 0.25))
             cut = time.monotonic()
             world.cut("fibre")
             detected = timeline.wait_for(_event("UplinkHealthChanged", uplink="fibre", state="down"), cut,
