@@ -299,13 +299,18 @@ def _failover_phase(world: Any, workdir: Path, settings: DrillSettings, report: 
             # A real cut falls at a random phase of the probe schedule; without this the
             # drill's own rhythm (it waits on the daemon's events) would pin the phase.
             time.sleep(random.uniform(0, 0.25))
+            # Figures count from the start of the cut command (which takes a few ms), so
+            # they err on the long side; a venue echo counts only if it was sent after the
+            # command returned, when the cut is certainly in force.
             cut = time.monotonic()
             world.cut("fibre")
+            cut_in_force = time.monotonic()
             detected = timeline.wait_for(_event("UplinkHealthChanged", uplink="fibre", state="down"), cut,
                                          settings.timeout)
             switched = timeline.wait_for(_route_via(STARLINK_GATEWAY), cut, settings.timeout)
             changed = timeline.wait_for(_event("ActiveUplinkChanged", active="starlink"), cut, settings.timeout)
-            venue = timeline.wait_for(lambda k, sent_at: k == "venue" and sent_at >= cut, cut, settings.timeout)
+            venue = timeline.wait_for(lambda k, sent_at: k == "venue" and sent_at >= cut_in_force, cut,
+                                      settings.timeout)
             route_ms = None
             if changed is not None:
                 event = next(v for at, k, v in timeline.items if at == changed and k == "event")
