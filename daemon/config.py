@@ -369,6 +369,70 @@ class FailoverConfig:
 
 
 @dataclass(frozen=True)
+class JournalConfig:
+    fsync: Literal["always", "batch", "never"] = option(
+        "always", doc='"always": every acknowledged append is fsynced (group commit batches concurrent ones); '
+        '"batch": fsync at most every batch_interval; "never": leave it to the OS (tests only).'
+    )
+    batch_interval: Duration = option(Duration(0.005), doc='With fsync = "batch": longest time between fsyncs.',
+                                      above=0)
+    segment_bytes: int = option(64 * 1024 * 1024, doc="A segment file rolls over past this size.",
+                                min=1024 * 1024, max=16 * 1024 * 1024 * 1024)
+    retain_segments: int = option(16, doc="Closed segments kept (only those the standby also holds are removed).",
+                                  min=1)
+    retain_age: Duration = option(Duration(7 * 86400.0), doc="Closed segments older than this may be removed "
+                                  "(once the standby holds them), even under retain_segments.", above=0)
+
+
+@dataclass(frozen=True)
+class StandbyConfig:
+    role: Literal["primary", "standby"] = option(
+        doc='This host\'s role until leases decide it: "primary" serves the journal, "standby" follows it.'
+    )
+    key_file: Path = option(doc="Pre-shared key file (32+ random bytes, mode 0600), the same on both hosts: "
+                            "`lifeline keys replication --out FILE` makes one.")
+    listen: str = option("0.0.0.0:7470", doc='The primary\'s replication address, "HOST:PORT".')
+    peer: str | None = option(None, doc='The standby connects here ("HOST:PORT" of the primary). Required for '
+                              'role = "standby".')
+    mode: Literal["sync", "async"] = option(
+        "sync", doc='"sync": an append is acknowledged only once the standby has it on disk (RPO 0); '
+        '"async": once it is on the primary\'s disk.'
+    )
+    sync_timeout: Duration = option(
+        Duration(2.0), doc="Longest wait for the standby's acknowledgement before an append answers in-doubt.",
+        above=0
+    )
+    on_standby_loss: Literal["block", "degrade-to-async"] = option(
+        "degrade-to-async", doc='With mode = "sync" and the standby gone: "block" refuses appends (in-doubt) until '
+        'it is back; "degrade-to-async" keeps trading on the primary\'s disk alone, with an alarm.'
+    )
+    heartbeat: Duration = option(Duration(0.5), doc="Heartbeat interval on the replication link.", above=0)
+    peer_timeout: Duration = option(Duration(3.0), doc="The link is dead after this long without a frame.",
+                                    above=0)
+    reconnect_max: Duration = option(Duration(2.0), doc="Longest backoff between the standby's reconnects.",
+                                     above=0)
+    journal: JournalConfig = option(factory=JournalConfig, doc="The journal's files.")
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        try:
+            parse_host_port(self.listen)
+        except ValueError as exc:
+            problems.append(("listen", str(exc)))
+        if self.role == "standby" and self.peer is None:
+            problems.append(("peer", 'required with role = "standby": the primary\'s "HOST:PORT"'))
+        if self.peer is not None:
+            try:
+                parse_host_port(self.peer)
+            except ValueError as exc:
+                problems.append(("peer", str(exc)))
+        if self.peer_timeout <= self.heartbeat:
+            problems.append(("peer_timeout", f"must exceed heartbeat ({format_duration(self.heartbeat)}), "
+                                             f"found {format_duration(self.peer_timeout)}"))
+        return problems
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeConfig = option(doc="This host.")
     log: LogConfig = option(factory=LogConfig, doc="Logging.")
@@ -380,6 +444,7 @@ class Config:
         factory=dict, doc="One [uplinks.NAME] table per uplink (terrestrial fibre, Starlink, ...)."
     )
     failover: FailoverConfig = option(factory=FailoverConfig, doc="Choosing the active uplink and moving the route.")
+    standby: StandbyConfig | None = option(None, doc="The replicated execution journal (absent: no journal).")
 
     def validate(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []

@@ -1,0 +1,54 @@
+"""The hot standby: the execution journal, its replication, and (next) leases and roles.
+
+    journal.py      append-only segment files; framed, checksummed records; group commit
+    protocol.py     sans-IO codec of the replication stream
+    replication.py  the primary's server and the standby's client (TCP, HMAC-authenticated)
+    service.py      the trio service: writer API on the control socket, status, metrics
+
+Shared vocabulary lives here so the pieces agree on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Largest payload of one record (the engine's unit of durable state).
+MAX_PAYLOAD = 1024 * 1024
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where a journal ends: the (epoch, seq) of its last record; (0, 0) when empty.
+    Ordered by epoch first, as a newer leader's history wins."""
+
+    epoch: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class Record:
+    """One journal record. ``seq`` is 1, 2, 3, ... without gaps for the life of the
+    journal; ``epoch`` is the fencing epoch of the primary that wrote it (never lower than
+    its predecessor's); ``timestamp_ns`` is the primary's wall clock when it was appended."""
+
+    seq: int
+    epoch: int
+    timestamp_ns: int
+    payload: bytes
+
+    @property
+    def position(self) -> Position:
+        return Position(self.epoch, self.seq)
+
+
+class StandbyError(Exception):
+    """Base of the standby package's errors."""
+
+
+class JournalCorrupt(StandbyError):
+    """A record in the middle of the journal (not its tail) fails its checks: the daemon
+    stops rather than guess. Names the file, the offset and what failed."""
+
+
+class ReplicationProtocolError(StandbyError):
+    """The peer sent something the protocol does not allow; the connection is closed."""
