@@ -21,6 +21,7 @@ from daemon.metrics import MetricsServer
 from daemon.notify import Notifier
 from daemon.service import Service
 from daemon.supervisor import ServiceCrashed, Supervisor
+from daemon.standby.service import StandbyService
 from daemon.system import SystemHealthService
 from daemon.uplinks.service import UplinkService
 
@@ -47,6 +48,11 @@ class Daemon:
             self.uplinks = UplinkService(config, self.bus)
             self.uplinks.register_control(self.control)
             services.append(self.uplinks)
+        self.standby: StandbyService | None = None
+        if config.standby is not None:
+            self.standby = StandbyService(config, self.bus)
+            self.standby.register_control(self.control)
+            services.append(self.standby)
         self.metrics: MetricsServer | None = None
         if config.metrics.enabled:
             host, port = config.metrics.host_port

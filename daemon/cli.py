@@ -74,6 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "status":
             p.add_argument("--json", action="store_true")
 
+    journal = sub.add_parser("journal", help="the execution journal: tail, verify, stats")
+    journal_sub = journal.add_subparsers(dest="journal_command", metavar="ACTION", required=True)
+    tail = journal_sub.add_parser("tail", help="the last records (through the daemon)")
+    _add_client_options(tail)
+    tail.add_argument("-n", "--lines", type=int, default=10, help="how many records (default 10)")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
+    tail.add_argument("--json", action="store_true", help="one JSON object per record")
+    stats = journal_sub.add_parser("stats", help="journal and replication figures (through the daemon)")
+    _add_client_options(stats)
+    verify = journal_sub.add_parser("verify", help="check every record of a journal directory on disk "
+                                                   "(read-only; the daemon may be stopped)")
+    verify.add_argument("directory", type=Path, nargs="?", default=None,
+                        help="journal directory (default: STATE_DIR/journal from --config)")
+    verify.add_argument("--config", type=Path, default=None, help=f"config file (default {DEFAULT_CONFIG})")
+
+    keys = sub.add_parser("keys", help="make keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="KIND", required=True)
+    replication_key = keys_sub.add_parser("replication", help="a pre-shared key for journal replication "
+                                                              "(copy the same file to both hosts)")
+    replication_key.add_argument("--out", type=Path, required=True, help="where to write it (mode 0600)")
+
     drill = sub.add_parser("drill", help="scripted failures in the lab, timed (needs root)")
     drill_sub = drill.add_subparsers(dest="drill_command", metavar="DRILL", required=True)
     uplink_drill = drill_sub.add_parser("uplink", help="cut the fibre, time detection, failover and failback; "
@@ -112,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": cmd_config,
         "uplink": cmd_uplink,
         "drill": cmd_drill,
+        "journal": cmd_journal,
+        "keys": cmd_keys,
         "lab": _lab,
     }[args.command]
     try:
@@ -307,6 +330,74 @@ def format_uplinks(details: dict[str, Any]) -> str:
     for row in rows:
         lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(row[:7])) + "  " + row[7])
     return "\n".join(lines)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from daemon.standby.keys import generate_replication_key
+
+    try:
+        generate_replication_key(args.out)
+    except (OSError, ValueError) as exc:
+        print(f"lifeline keys: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} (mode 0600). Copy it to the other host over a trusted channel and set "
+          f"standby.key_file on both.")
+    return 0
+
+
+def cmd_journal(args: argparse.Namespace) -> int:
+    from daemon.control_client import ControlError
+
+    if args.journal_command == "verify":
+        return journal_verify(args)
+    with _connect(args) as client:
+        try:
+            if args.journal_command == "stats":
+                print(json.dumps(client.call("journal.stats"), indent=2, sort_keys=True))
+                return 0
+            first = client.call("journal.read", {"from": 1, "limit": 1})
+            start = max(first["first_seq"], first["last_seq"] - args.lines + 1, 1)
+            while True:
+                page = client.call("journal.read", {"from": start, "limit": 1000})
+                for record in page["records"]:
+                    print(json.dumps(record) if args.json else _format_record(record), flush=True)
+                    start = record["seq"] + 1
+                if not args.follow:
+                    return 0
+                if not page["records"]:
+                    time.sleep(0.2)
+        except ControlError as exc:
+            print(f"lifeline journal: {exc.message}", file=sys.stderr)
+            return 2
+
+
+def _format_record(record: dict[str, Any]) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record["timestamp_ns"] / 1e9))
+    payload = record.get("payload")
+    if payload is None:
+        payload = f"<{len(record.get('payload_b64', '')) * 3 // 4} bytes, binary>"
+    elif len(payload) > 160:
+        payload = payload[:157] + "..."
+    return f"{record['seq']:>10} e{record['epoch']} {stamp}Z {payload}"
+
+
+def journal_verify(args: argparse.Namespace) -> int:
+    from daemon.standby.journal import verify_directory
+
+    directory = args.directory
+    if directory is None:
+        from daemon.config import ConfigError, load_config
+        from daemon.standby.service import journal_directory
+
+        try:
+            directory = journal_directory(load_config(args.config or DEFAULT_CONFIG))
+        except ConfigError as exc:
+            print("lifeline journal verify: " + "\n  ".join(exc.problems), file=sys.stderr)
+            return 2
+    report = verify_directory(directory)
+    for line in report.lines():
+        print(line)
+    return 0 if report.ok else 1
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
