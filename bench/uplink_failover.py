@@ -61,7 +61,8 @@ def main() -> int:
                "ratio_p50": round(percentile(theirs_ms, 50) / percentile(ours_ms, 50), 1),
                "ratio_p95": round(percentile(theirs_ms, 95) / percentile(ours_ms, 95), 1),
                "route_errors": ours.route_errors + theirs.route_errors}
-    print(f"failover (cut -> route on starlink), {len(ours_ms)} drills each")
+    print(f"failover (cut -> route on starlink): {len(ours_ms)} drills with lifeline defaults, "
+          f"{len(theirs_ms)} with mwan3 defaults")
     print(f"  lifeline defaults: p50 {figures['failover_p50_ms']:.0f} ms, p95 {figures['failover_p95_ms']:.0f} ms, "
           f"max {figures['failover_max_ms']:.0f} ms")
     print(f"  mwan3 defaults:    p50 {figures['mwan3_failover_p50_ms']:.0f} ms, "

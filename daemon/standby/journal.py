@@ -1,0 +1,1249 @@
+"""The execution journal: append-only segment files of framed, checksummed records.
+
+What this module owns
+---------------------
+* The record codec (sans-IO): :func:`encode_record`, :func:`decode_records`.
+* The files: one directory, one file per segment, named by the seq of its first record
+  (``00000000000000000001.seg``). Only the newest segment (the *active* one) is written.
+* Recovery on open: every record is verified; a damaged tail of the active segment is cut
+  off and reported; damage anywhere else stops the daemon (:class:`JournalCorrupt`).
+* Group commit: :meth:`Journal.run` takes every queued append, writes them with one
+  ``os.write`` and (``fsync = "always"``) one ``fsync``, then wakes all their callers.
+
+On-disk format (all integers little-endian)
+-------------------------------------------
+Segment header, 28 bytes, at offset 0 of every segment::
+
+    magic "LLJSEG" | version u16 = 1 | first_seq u64 | prev_epoch u64 | crc32c u32
+
+``prev_epoch`` is the epoch of record ``first_seq - 1`` (0 if none): the journal still
+knows where it ends, ``Position(prev_epoch, first_seq - 1)``, when retention or
+truncation left a segment without records. The CRC covers the 24 bytes before it.
+
+Record frame, 36-byte header then the payload::
+
+    magic "LJ" | crc32c u32 | version u8 = 1 | flags u8 = 0 | length u32
+               | seq u64 | epoch u64 | timestamp_ns i64 | payload (length bytes)
+
+The CRC covers everything after itself (version ... payload, one contiguous range), so a
+flipped bit in the seq, epoch, timestamp, length or payload is caught. ``length`` is at
+most :data:`MAX_PAYLOAD`; a version or flag this code does not know, *with a valid CRC*,
+is a record from a newer lifeline and is never truncated away.
+
+Torn tail versus corruption
+---------------------------
+A crash while writing leaves the end of the active segment incomplete or garbled: the
+*tail*. The rule: damage is a torn tail only when it is in the active (last) segment and
+**no valid record follows it** in that file; then the file is cut at the last good record,
+fsynced, and a :class:`RecoveryReport` is kept in ``Journal.recovery`` and logged. A valid
+record after the damage means the damage is in the middle of the history: the journal
+cannot know what it lost, so it raises :class:`JournalCorrupt` instead of guessing.
+Damage in a closed segment is always corruption, because a segment is fsynced before the
+next one is created (except with ``fsync = "never"``, which is for tests). A record with a
+valid CRC that breaks seq continuity or lowers the epoch is corruption wherever it is.
+
+Known limit of the rule: after a power cut *during* a multi-page batch write, the disk may
+hold a later page of that (never acknowledged) batch without an earlier one; that reads
+as mid-journal damage and the daemon refuses to start. The operator restores the journal
+from the peer; nothing acknowledged is lost either way.
+
+Durability and visibility
+-------------------------
+``fsync = "always"``: an append returns after its batch was written and fsynced.
+``"batch"``: an append returns after the write; the committer fsyncs at most every
+``batch_interval`` (so at most that much acknowledged data is exposed to a power cut).
+``"never"``: after the write; no fsync at all (tests only).
+
+``Journal.last`` (and so :meth:`Journal.read` and :meth:`Journal.wait_beyond`) moves only
+once a batch is as durable as the mode promises. With ``"always"`` the replication sender
+therefore never ships a record that a failed fsync could still take back: a failed batch
+is truncated away and its seqs are reused, which must not happen to a record the standby
+already holds.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import fcntl
+import math
+import mmap
+import os
+import re
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+from crc32c import crc32c
+
+from daemon.config import JournalConfig
+from daemon.log import get_logger
+from daemon.standby import MAX_PAYLOAD, JournalCorrupt, Position, Record, StandbyError
+
+log = get_logger("journal")
+
+# --------------------------------------------------------------------------- codec
+
+MAGIC = b"LJ"
+VERSION = 1
+#: magic, crc, version, flags, length, seq, epoch, timestamp_ns
+_HEADER = struct.Struct("<2sIBBIQQq")
+_BODY = struct.Struct("<BBIQQq")  # the header after magic and crc: what the CRC starts with
+_CRC = struct.Struct("<I")
+HEADER_SIZE = _HEADER.size  # 36
+_CRC_FROM = 6  # the CRC covers bytes [6, end of payload) of a frame
+
+_U64 = 2**64
+_I64 = 2**63
+
+#: Why decoding stopped before the end of the buffer. "torn" means "the rest is an
+#: incomplete frame" (a streaming caller waits for more bytes; a file has a torn tail).
+REASONS = ("torn", "bad magic", "bad length", "bad crc", "bad version", "bad flags")
+
+
+def encode_record(record: Record) -> bytes:
+    """The frame of one record. Raises ValueError for a record that cannot be framed
+    (negative or oversized fields, a payload over MAX_PAYLOAD): that is the caller's bug."""
+    payload = record.payload
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise ValueError(f"payload must be bytes, not {type(payload).__name__}")
+    length = len(payload)
+    if length > MAX_PAYLOAD:
+        raise ValueError(f"payload of {length} bytes exceeds MAX_PAYLOAD ({MAX_PAYLOAD})")
+    if not 0 <= record.seq < _U64 or not 0 <= record.epoch < _U64:
+        raise ValueError(f"seq and epoch must fit u64: seq={record.seq} epoch={record.epoch}")
+    if not -_I64 <= record.timestamp_ns < _I64:
+        raise ValueError(f"timestamp_ns must fit i64: {record.timestamp_ns}")
+    body = _BODY.pack(VERSION, 0, length, record.seq, record.epoch, record.timestamp_ns)
+    crc = crc32c(payload, crc32c(body))
+    return b"".join((MAGIC, _CRC.pack(crc), body, payload))
+
+
+def frame_size(record: Record) -> int:
+    """Bytes the record takes on disk and on the wire."""
+    return HEADER_SIZE + len(record.payload)
+
+
+def _check_frame(mv: memoryview, pos: int, end: int) -> tuple[str | None, int]:
+    """Whether a whole, valid frame starts at ``pos``: (None, its size) or (reason, 0)."""
+    rem = end - pos
+    if rem < HEADER_SIZE:
+        n = min(rem, len(MAGIC))
+        return ("torn" if mv[pos:pos + n] == MAGIC[:n] else "bad magic"), 0
+    magic, crc, version, flags, length, _seq, _epoch, _ts = _HEADER.unpack_from(mv, pos)
+    if magic != MAGIC:
+        return "bad magic", 0
+    if length > MAX_PAYLOAD:
+        return "bad length", 0
+    size = HEADER_SIZE + length
+    if rem < size:
+        return "torn", 0
+    if crc32c(mv[pos + _CRC_FROM:pos + size]) != crc:
+        return "bad crc", 0
+    if version != VERSION:
+        return "bad version", 0
+    if flags:
+        return "bad flags", 0
+    return None, size
+
+
+def decode_records(buffer: bytes | bytearray | memoryview, offset: int = 0) -> tuple[list[Record], int, str | None]:
+    """Decode whole frames from ``buffer[offset:]``.
+
+    Returns (records, bytes consumed from ``offset``, reason): the reason is None when
+    every byte was consumed, else why decoding stopped (one of :data:`REASONS`). Never
+    raises on the buffer's content; it does not check seq continuity (the journal does).
+    """
+    with memoryview(buffer) as raw:
+        mv = raw if raw.format == "B" and raw.ndim == 1 else raw.cast("B")
+        end = len(mv)
+        if not 0 <= offset <= end:
+            raise ValueError(f"offset {offset} outside a buffer of {end} bytes")
+        records: list[Record] = []
+        pos = offset
+        reason: str | None = None
+        while pos < end:
+            reason, size = _check_frame(mv, pos, end)
+            if reason is not None:
+                break
+            _m, _c, _v, _f, length, seq, epoch, ts = _HEADER.unpack_from(mv, pos)
+            records.append(Record(seq, epoch, ts, bytes(mv[pos + HEADER_SIZE:pos + size])))
+            pos += size
+        return records, pos - offset, reason
+
+
+# --------------------------------------------------------------------------- segment files
+
+SEGMENT_MAGIC = b"LLJSEG"
+SEGMENT_VERSION = 1
+_SEG_HEADER = struct.Struct("<6sHQQ")
+SEGMENT_HEADER_SIZE = _SEG_HEADER.size + _CRC.size  # 28
+_SEGMENT_NAME = re.compile(r"(\d{20})\.seg")
+
+#: A sparse index entry every this many records or bytes, whichever comes first: finding
+#: a seq walks at most this far from the nearest entry.
+_INDEX_EVERY_RECORDS = 64
+_INDEX_EVERY_BYTES = 256 * 1024
+_READ_CHUNK = 256 * 1024
+_MMAP_FLAGS = getattr(mmap, "MAP_SHARED", 0)
+
+
+def segment_name(first_seq: int) -> str:
+    return f"{first_seq:020d}.seg"
+
+
+def encode_segment_header(first_seq: int, prev_epoch: int) -> bytes:
+    head = _SEG_HEADER.pack(SEGMENT_MAGIC, SEGMENT_VERSION, first_seq, prev_epoch)
+    return head + _CRC.pack(crc32c(head))
+
+
+def decode_segment_header(data: bytes | memoryview) -> tuple[int, int] | None:
+    """(first_seq, prev_epoch), or None when the header is short or damaged."""
+    if len(data) < SEGMENT_HEADER_SIZE:
+        return None
+    head = bytes(data[:_SEG_HEADER.size])
+    magic, version, first_seq, prev_epoch = _SEG_HEADER.unpack(head)
+    (crc,) = _CRC.unpack_from(data, _SEG_HEADER.size)
+    if magic != SEGMENT_MAGIC or version != SEGMENT_VERSION or crc32c(head) != crc:
+        return None
+    return first_seq, prev_epoch
+
+
+# --------------------------------------------------------------------------- reports and errors
+
+
+class JournalError(StandbyError):
+    """The journal refused an operation (a lower epoch, an oversized payload, a gap or an
+    overlap in replicated records, a closed journal) or could not write a batch."""
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What open() cut off the end of a segment (never silently: it is also logged)."""
+
+    file: Path
+    records_kept: int  # valid records left in that file
+    records_dropped: int  # damaged records recognised in the dropped bytes (0: not a record)
+    bytes_dropped: int
+    reason: str  # why the first dropped byte was refused ("torn", "bad crc", ...)
+    offset: int = 0  # where the file was cut
+
+    def __str__(self) -> str:
+        return (f"{self.file}: cut at offset {self.offset} ({self.reason}): kept {self.records_kept} records, "
+                f"dropped {self.records_dropped} records and {self.bytes_dropped} bytes")
+
+
+@dataclass(frozen=True)
+class TruncateReport:
+    """What truncate_after removed."""
+
+    after_seq: int
+    records_removed: int
+    bytes_removed: int
+    segments_removed: int
+    previous_last: Position
+    last: Position
+
+
+# --------------------------------------------------------------------------- internals
+
+
+@dataclass
+class _Segment:
+    first_seq: int
+    prev_epoch: int
+    path: Path
+    size: int  # bytes readers may see: header + published records
+    last_seq: int  # first_seq - 1 when it holds no record
+    index_seqs: list[int] = field(default_factory=list)
+    index_offsets: list[int] = field(default_factory=list)
+    read_fd: int | None = None
+
+    def note(self, seq: int, offset: int) -> None:
+        if (not self.index_seqs or seq - self.index_seqs[-1] >= _INDEX_EVERY_RECORDS
+                or offset - self.index_offsets[-1] >= _INDEX_EVERY_BYTES):
+            self.index_seqs.append(seq)
+            self.index_offsets.append(offset)
+
+    def forget_after(self, seq: int) -> None:
+        keep = bisect.bisect_right(self.index_seqs, seq)
+        del self.index_seqs[keep:]
+        del self.index_offsets[keep:]
+
+    def close_reader(self) -> None:
+        if self.read_fd is not None:
+            os.close(self.read_fd)
+            self.read_fd = None
+
+
+class _Pending:
+    """One queued append: a payload to number (``append``) or records to copy
+    (``append_replicated``)."""
+
+    __slots__ = ("payload", "epoch", "timestamp_ns", "records", "done", "result", "error")
+
+    def __init__(self, payload: bytes, epoch: int, timestamp_ns: int, records: tuple[Record, ...] | None) -> None:
+        self.payload = payload
+        self.epoch = epoch
+        self.timestamp_ns = timestamp_ns
+        self.records = records
+        self.done = trio.Event()
+        self.result: list[Record] | None = None
+        self.error: JournalError | None = None
+
+    @property
+    def count(self) -> int:
+        return 1 if self.records is None else len(self.records)
+
+    def fail(self, error: JournalError) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+
+@dataclass
+class _Chunk:
+    """The part of a batch that goes into one segment (a batch crosses a roll-over)."""
+
+    new_first_seq: int | None  # set: this chunk starts a new segment
+    prev_epoch: int
+    start: int  # the segment's size before this chunk
+    frames: list[bytes] = field(default_factory=list)
+    metas: list[tuple[int, int, int]] = field(default_factory=list)  # (seq, epoch, offset)
+    end: int = 0
+
+
+@dataclass
+class _WriteOutcome:
+    wfd: int
+    fsyncs: int
+    fsync_ms: float | None
+
+
+class _WriteFailed(Exception):
+    """From the worker thread: the batch was not written (``error``); ``undo_error`` is
+    set when the files could not be put back either."""
+
+    def __init__(self, error: OSError, undo_error: OSError | None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.undo_error = undo_error
+
+
+def _errno_text(exc: OSError) -> str:
+    if exc.errno is None:
+        return str(exc)
+    return f"{errno.errorcode.get(exc.errno, str(exc.errno))} ({os.strerror(exc.errno)})"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:  # pragma: no cover - a regular file does not do this
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[n:]
+
+
+_OPERATOR_HINT = ("the daemon stops rather than guess. Restore this node's journal from the peer's copy, "
+                  "or inspect it with `lifeline journal verify`.")
+
+
+# --------------------------------------------------------------------------- the journal
+
+
+class Journal:
+    """The journal of one node. ``open()`` it (sync), start ``run()`` in a nursery, then
+    ``append`` (primary) or ``append_replicated`` (standby); ``read`` and ``wait_beyond``
+    serve the replication sender. Not thread-safe: call it from the trio thread."""
+
+    def __init__(self, directory: Path, config: JournalConfig, dirfd: int, segments: list[_Segment],
+                 epoch_starts: list[int], epoch_values: list[int], recoveries: list[RecoveryReport]) -> None:
+        self.directory = directory
+        self.config = config
+        self._dirfd = dirfd
+        self._segments = segments
+        self._epoch_starts = epoch_starts  # seq where each epoch begins, ascending
+        self._epoch_values = epoch_values
+        self.recoveries: tuple[RecoveryReport, ...] = tuple(recoveries)
+        active = segments[-1]
+        self._last = Position(self._epoch_at_unchecked(active.last_seq), active.last_seq)
+        self._wfd: int | None = os.open(active.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._durable = config.fsync != "never"
+        # Queue and committer state.
+        self._queue: list[_Pending] = []
+        self._work = trio.Event()
+        self._advanced = trio.Event()
+        self._queued_records = 0  # records in the queue
+        self._inflight_records = 0  # records of the batch being written
+        self._max_epoch = self._last.epoch  # the fencing rule: never accept a lower one
+        self._running = False
+        self._committing = False
+        self._closed = False
+        self._failed: JournalError | None = None
+        self._dirty = False  # written, not yet fsynced ("batch" mode)
+        self._last_fsync_at = -math.inf
+        self._limiter = trio.CapacityLimiter(1)
+        # Figures.
+        self._appends = 0
+        self._batches = 0
+        self._fsyncs = 0
+        self._last_fsync_ms: float | None = None
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, directory: Path, config: JournalConfig) -> Journal:
+        """Open (or create) the journal in ``directory``, verifying every record.
+
+        A damaged tail of the active segment is cut off (``self.recovery`` says what);
+        damage anywhere else raises :class:`JournalCorrupt`. Another process holding the
+        directory raises :class:`JournalError`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            try:
+                fcntl.flock(dirfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise JournalError(f"{directory}: the journal is open in another process (flock held)") from None
+            segments, starts, values, recoveries = _recover(directory, dirfd, config.fsync != "never")
+            journal = cls(directory, config, dirfd, segments, starts, values, recoveries)
+        except BaseException:
+            os.close(dirfd)
+            raise
+        log.info("journal.opened", directory=directory, segments=len(segments), first_seq=journal.first_seq,
+                 last_seq=journal.last.seq, last_epoch=journal.last.epoch, bytes=sum(s.size for s in segments),
+                 fsync=config.fsync)
+        return journal
+
+    @property
+    def recovery(self) -> RecoveryReport | None:
+        """What open() cut off, or None when the journal was intact. (``recoveries`` lists
+        every action when there were two, e.g. an unfinished roll-over with ``never``.)"""
+        return self.recoveries[-1] if self.recoveries else None
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def last(self) -> Position:
+        """(epoch, seq) of the last durable record; Position(0, 0) for an empty journal."""
+        return self._last
+
+    @property
+    def first_seq(self) -> int:
+        """The oldest retained seq (1 until retention removed something; last.seq + 1
+        when no record is retained)."""
+        return self._segments[0].first_seq
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def epoch_at(self, seq: int) -> int | None:
+        """The epoch of record ``seq``; None outside the retained range. The position
+        just before the first retained record is known too (the segment header keeps it;
+        ``epoch_at(0)`` is 0 for a journal that starts at 1), so a peer at that position
+        can be matched."""
+        if not self.first_seq - 1 <= seq <= self._last.seq:
+            return None
+        return self._epoch_at_unchecked(seq)
+
+    def _epoch_at_unchecked(self, seq: int) -> int:
+        i = bisect.bisect_right(self._epoch_starts, seq) - 1
+        return self._epoch_values[i] if i >= 0 else 0
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "first_seq": self.first_seq,
+            "last_seq": self._last.seq,
+            "last_epoch": self._last.epoch,
+            "segments": len(self._segments),
+            "bytes": sum(s.size for s in self._segments),
+            "appends": self._appends,
+            "batches": self._batches,
+            "fsyncs": self._fsyncs,
+            "mean_batch": self._appends / self._batches if self._batches else 0.0,
+            "last_fsync_ms": self._last_fsync_ms,
+            "queued": self._queued_records,
+            "fsync": self.config.fsync,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Journal {self.directory} first_seq={self.first_seq} last={self._last}>"
+
+    # ------------------------------------------------------------------ appending
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise JournalError(f"{self.directory}: the journal is closed")
+        if self._failed is not None:
+            raise self._failed
+        if not self._running:
+            raise JournalError(f"{self.directory}: the journal's committer is not running (start Journal.run)")
+
+    async def append(self, payload: bytes, epoch: int) -> Record:
+        """Append one record (primary side); returns it once durable per the fsync mode.
+
+        seqs are given in call order. A lower epoch than any seen is refused (fencing). A
+        failed batch raises JournalError; a cancelled call may still have been written."""
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise JournalError(f"payload must be bytes, not {type(payload).__name__}")
+        payload = bytes(payload)
+        if len(payload) > MAX_PAYLOAD:
+            raise JournalError(f"payload of {len(payload)} bytes exceeds the limit of {MAX_PAYLOAD}")
+        if not 0 <= epoch < _U64:
+            raise JournalError(f"epoch {epoch} out of range")
+        self._check_open()
+        if epoch < self._max_epoch:
+            raise JournalError(f"epoch {epoch} refused: the journal has seen epoch {self._max_epoch} "
+                               "(a fenced-off primary must stop writing)")
+        self._max_epoch = epoch
+        pending = _Pending(payload, epoch, time.time_ns(), None)
+        self._enqueue(pending)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result[0]
+
+    async def append_replicated(self, records: Sequence[Record]) -> Position:
+        """Append records received from the primary (standby side); they must continue
+        the journal exactly. Returns the new last position once durable per the mode."""
+        batch = tuple(records)
+        self._check_open()
+        if not batch:
+            return self._last
+        expected = self._last.seq + self._inflight_records + self._queued_records + 1
+        problem = _continuity_problem(batch, expected, self._max_epoch)
+        if problem:
+            raise JournalError(f"replicated records refused: {problem}")
+        self._max_epoch = batch[-1].epoch
+        pending = _Pending(b"", 0, 0, batch)
+        self._enqueue(pending)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return batch[-1].position
+
+    def _enqueue(self, pending: _Pending) -> None:
+        self._queue.append(pending)
+        self._queued_records += pending.count
+        self._work.set()
+
+    async def wait_beyond(self, seq: int) -> None:
+        """Return as soon as last.seq > seq; raises JournalError if the journal closes."""
+        while self._last.seq <= seq:
+            if self._closed:
+                raise JournalError(f"{self.directory}: the journal is closed")
+            await self._advanced.wait()
+
+    # ------------------------------------------------------------------ the committer
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The group committer: every queued append goes into one write (and one fsync
+        with "always"); their callers wake together. Appends need it running."""
+        if self._closed:
+            raise JournalError(f"{self.directory}: the journal is closed")
+        if self._running:
+            raise JournalError(f"{self.directory}: the committer is already running")
+        self._running = True
+        try:
+            task_status.started()
+            while not self._closed:
+                if not self._queue:
+                    self._work = trio.Event()
+                    deadline = self._last_fsync_at + self.config.batch_interval if self._dirty else math.inf
+                    with trio.move_on_at(deadline):
+                        await self._work.wait()
+                    if not self._queue:
+                        if self._dirty and not self._closed:
+                            await self._sync_dirty()
+                        continue
+                # Under steady load the loop never waits: without this, a cancelled
+                # committer would go on writing batches for as long as appends arrive.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                batch, self._queue = self._queue, []
+                await self._commit(batch)
+        finally:
+            self._running = False
+            self._fail_queue(JournalError(f"{self.directory}: the journal's committer stopped before this "
+                                          "record was written"))
+            if self._dirty and not self._closed and self._failed is None:
+                with trio.CancelScope(shield=True):
+                    await self._sync_dirty()
+            if self._closed:
+                self._close_files()
+
+    def _fail_queue(self, error: JournalError) -> None:
+        queue, self._queue = self._queue, []
+        self._queued_records = 0
+        for pending in queue:
+            pending.fail(error)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        self._queued_records -= sum(p.count for p in batch)
+        chunks, accepted, seq, epoch = self._plan(batch)
+        if not accepted:
+            return
+        fsync_now = self.config.fsync == "always" or (
+            self.config.fsync == "batch" and trio.current_time() >= self._last_fsync_at + self.config.batch_interval)
+        active = self._segments[-1]
+        self._committing = True
+        self._inflight_records = sum(p.count for p in accepted)
+        try:
+            # Shielded: once the bytes head for the disk, the outcome must be recorded and
+            # every waiter told, even if the committer is being cancelled meanwhile.
+            with trio.CancelScope(shield=True):
+                try:
+                    outcome = await trio.to_thread.run_sync(
+                        self._write_blocking, self._wfd, active.size, chunks, fsync_now, limiter=self._limiter)
+                except _WriteFailed as failed:
+                    self._batch_failed(accepted, failed, active)
+                    return
+        finally:
+            self._committing = False
+            self._inflight_records = 0
+        self._publish(chunks, outcome, seq, epoch)
+        self._batches += 1
+        if fsync_now:
+            self._last_fsync_at = trio.current_time()
+        self._dirty = self.config.fsync == "batch" and not fsync_now
+        for pending in accepted:
+            pending.done.set()
+
+    def _plan(self, batch: list[_Pending]) -> tuple[list[_Chunk], list[_Pending], int, int]:
+        """Number and frame the batch, split where segments roll over. Entries that no
+        longer fit the journal (an earlier batch failed) are failed here."""
+        seq, epoch = self._last.seq, self._last.epoch
+        active = self._segments[-1]
+        size, has_records = active.size, active.last_seq >= active.first_seq
+        chunk = _Chunk(None, 0, size)
+        chunks = [chunk]
+        accepted: list[_Pending] = []
+        limit = self.config.segment_bytes
+        for pending in batch:
+            if pending.done.is_set():
+                continue
+            if pending.records is None:
+                if pending.epoch < epoch:  # pragma: no cover - append() checks first
+                    pending.fail(JournalError(f"epoch {pending.epoch} refused: the journal is at epoch {epoch}"))
+                    continue
+                records: Sequence[Record] = (Record(seq + 1, pending.epoch, pending.timestamp_ns, pending.payload),)
+            else:
+                problem = _continuity_problem(pending.records, seq + 1, epoch)
+                if problem:
+                    pending.fail(JournalError(f"replicated records refused: {problem}"))
+                    continue
+                records = pending.records
+            try:
+                frames = [encode_record(record) for record in records]
+            except ValueError as exc:  # a field that does not fit the frame
+                pending.fail(JournalError(f"record refused: {exc}"))
+                continue
+            for record, frame in zip(records, frames):
+                if has_records and size + len(frame) > limit:
+                    chunk.end = size
+                    chunk = _Chunk(record.seq, epoch, SEGMENT_HEADER_SIZE)
+                    chunks.append(chunk)
+                    size, has_records = SEGMENT_HEADER_SIZE, False
+                chunk.frames.append(frame)
+                chunk.metas.append((record.seq, record.epoch, size))
+                size += len(frame)
+                has_records = True
+                seq, epoch = record.seq, record.epoch
+            pending.result = list(records)
+            accepted.append(pending)
+        chunk.end = size
+        return [c for c in chunks if c.frames], accepted, seq, epoch
+
+    def _write_blocking(self, wfd: int | None, wsize: int, chunks: list[_Chunk], fsync_now: bool) -> _WriteOutcome:
+        """In a worker thread: write the batch (one write per segment it touches) and
+        fsync per mode. All or nothing: on error the files are put back as they were."""
+        assert wfd is not None
+        fd = wfd
+        fsyncs = 0
+        fsync_ms: float | None = None
+        created: list[tuple[int, str]] = []
+        try:
+            for chunk in chunks:
+                if chunk.new_first_seq is not None:
+                    if self._durable:
+                        os.fsync(fd)  # a closed segment is whole on disk before the next exists
+                        fsyncs += 1
+                    name = segment_name(chunk.new_first_seq)
+                    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644,
+                                 dir_fd=self._dirfd)
+                    created.append((fd, name))
+                    _write_all(fd, encode_segment_header(chunk.new_first_seq, chunk.prev_epoch))
+                    if self._durable:
+                        os.fsync(fd)
+                        os.fsync(self._dirfd)
+                        fsyncs += 2
+                _write_all(fd, b"".join(chunk.frames))
+            if fsync_now:
+                started = time.perf_counter()
+                os.fsync(fd)
+                fsync_ms = (time.perf_counter() - started) * 1000
+                fsyncs += 1
+        except OSError as exc:
+            raise _WriteFailed(exc, self._rollback(wfd, wsize, created)) from exc
+        if created and fd != wfd:
+            os.close(wfd)
+        return _WriteOutcome(fd, fsyncs, fsync_ms)
+
+    def _rollback(self, wfd: int, wsize: int, created: list[tuple[int, str]]) -> OSError | None:
+        """Put the files back as before the batch; the error if that failed too."""
+        try:
+            for fd, name in created:
+                os.close(fd)
+                os.unlink(name, dir_fd=self._dirfd)
+            os.ftruncate(wfd, wsize)
+            if self._durable:
+                os.fsync(wfd)
+                if created:
+                    os.fsync(self._dirfd)
+        except OSError as exc:
+            return exc
+        return None
+
+    def _batch_failed(self, accepted: list[_Pending], failed: _WriteFailed, active: _Segment) -> None:
+        count = sum(p.count for p in accepted)
+        error = JournalError(f"{active.path}: journal write failed: {_errno_text(failed.error)}; "
+                             f"{count} records not written")
+        log.error("journal.write_failed", file=active.path, error=_errno_text(failed.error), records=count,
+                  offset=active.size, undo_error=failed.undo_error and _errno_text(failed.undo_error))
+        if failed.undo_error is not None:
+            # The files no longer match what the journal knows: refuse everything until a
+            # restart re-verifies them.
+            self._failed = JournalError(
+                f"{self.directory}: could not undo a failed write ({_errno_text(failed.undo_error)}); the journal "
+                "refuses appends until the daemon restarts and re-verifies it")
+            self._fail_queue(self._failed)
+        for pending in accepted:
+            pending.result = None
+            pending.fail(error)
+        # Entries queued meanwhile are numbered at their own commit (appends), or refused
+        # there if they no longer continue the journal (replicated records).
+
+    def _publish(self, chunks: list[_Chunk], outcome: _WriteOutcome, seq: int, epoch: int) -> None:
+        for chunk in chunks:
+            if chunk.new_first_seq is not None:
+                self._segments.append(_Segment(chunk.new_first_seq, chunk.prev_epoch,
+                                               self.directory / segment_name(chunk.new_first_seq),
+                                               SEGMENT_HEADER_SIZE, chunk.new_first_seq - 1))
+                log.info("journal.segment_rolled", file=self._segments[-1].path, first_seq=chunk.new_first_seq)
+            segment = self._segments[-1]
+            for rseq, repoch, offset in chunk.metas:
+                segment.note(rseq, offset)
+                if repoch != self._epoch_values[-1]:
+                    self._epoch_starts.append(rseq)
+                    self._epoch_values.append(repoch)
+            segment.size = chunk.end
+            segment.last_seq = chunk.metas[-1][0]
+            self._appends += len(chunk.metas)
+        self._wfd = outcome.wfd
+        self._fsyncs += outcome.fsyncs
+        if outcome.fsync_ms is not None:
+            self._last_fsync_ms = outcome.fsync_ms
+        self._last = Position(epoch, seq)
+        self._advanced.set()
+        self._advanced = trio.Event()
+
+    async def _sync_dirty(self) -> None:
+        """"batch" mode: fsync what was acknowledged since the last fsync."""
+        wfd = self._wfd
+        if wfd is None:
+            return
+        self._committing = True
+        try:
+            with trio.CancelScope(shield=True):
+                started = time.perf_counter()
+                try:
+                    await trio.to_thread.run_sync(os.fsync, wfd, limiter=self._limiter)
+                except OSError as exc:
+                    # Those records were acknowledged already: they cannot be taken back,
+                    # and after a failed fsync the page cache cannot be trusted either.
+                    self._failed = JournalError(
+                        f"{self._segments[-1].path}: fsync failed ({_errno_text(exc)}) after records were "
+                        "acknowledged; the journal refuses appends until the daemon restarts and re-verifies it")
+                    log.error("journal.fsync_failed", file=self._segments[-1].path, error=_errno_text(exc))
+                    self._dirty = False
+                    return
+        finally:
+            self._committing = False
+        self._fsyncs += 1
+        self._last_fsync_ms = (time.perf_counter() - started) * 1000
+        self._last_fsync_at = trio.current_time()
+        self._dirty = False
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self, from_seq: int, max_records: int = 1000, max_bytes: int = 4 * 1024 * 1024) -> list[Record]:
+        """Records from ``from_seq`` on (at most ``max_records``, and ``max_bytes`` of
+        frames, but always at least one record when one exists). [] beyond the end.
+        Raises JournalError when ``from_seq`` is no longer retained."""
+        if self._closed:
+            raise JournalError(f"{self.directory}: the journal is closed")
+        if from_seq < self.first_seq:
+            raise JournalError(f"seq {from_seq} is no longer retained (the journal starts at {self.first_seq})")
+        out: list[Record] = []
+        last = self._last.seq
+        seq = from_seq
+        used = 0
+        i = self._segment_index(seq)
+        while len(out) < max_records and seq <= last and i < len(self._segments):
+            segment = self._segments[i]
+            if seq > segment.last_seq:
+                i += 1
+                continue
+            fd = self._reader(segment)
+            pos = self._offset_of(segment, seq)
+            while len(out) < max_records and pos < segment.size and seq <= last:
+                want = min(segment.size - pos, max(HEADER_SIZE, min(_READ_CHUNK, max_bytes - used)))
+                data = os.pread(fd, want, pos)
+                records, consumed, reason = decode_records(data)
+                if not records:
+                    need = self._frame_size_at(fd, pos, segment)
+                    data = os.pread(fd, need, pos)
+                    records, consumed, reason = decode_records(data)
+                    if not records:
+                        raise JournalError(f"{segment.path}: unreadable record at offset {pos} (seq {seq}): {reason}")
+                for record in records:
+                    size = HEADER_SIZE + len(record.payload)
+                    if out and used + size > max_bytes:
+                        return out
+                    out.append(record)
+                    used += size
+                    seq = record.seq + 1
+                    if len(out) >= max_records or seq > last:
+                        return out
+                pos += consumed
+            i += 1
+        return out
+
+    def _segment_index(self, seq: int) -> int:
+        firsts = [s.first_seq for s in self._segments]
+        return max(0, bisect.bisect_right(firsts, seq) - 1)
+
+    def _reader(self, segment: _Segment) -> int:
+        if segment.read_fd is None:
+            segment.read_fd = os.open(segment.path, os.O_RDONLY | os.O_CLOEXEC)
+        return segment.read_fd
+
+    def _frame_size_at(self, fd: int, pos: int, segment: _Segment) -> int:
+        head = os.pread(fd, HEADER_SIZE, pos)
+        if len(head) < HEADER_SIZE or head[:2] != MAGIC:
+            raise JournalError(f"{segment.path}: no record header at offset {pos}")
+        length = _HEADER.unpack(head)[4]
+        return HEADER_SIZE + min(length, MAX_PAYLOAD)
+
+    def _offset_of(self, segment: _Segment, seq: int) -> int:
+        """Offset of record ``seq`` in ``segment`` (segment.size for last_seq + 1): from
+        the nearest index entry, walking frame headers."""
+        i = bisect.bisect_right(segment.index_seqs, seq) - 1
+        if i < 0:
+            pos, cur = SEGMENT_HEADER_SIZE, segment.first_seq
+        else:
+            pos, cur = segment.index_offsets[i], segment.index_seqs[i]
+        fd = self._reader(segment)
+        while cur < seq:
+            pos += self._frame_size_at(fd, pos, segment)
+            cur += 1
+        return pos
+
+    # ------------------------------------------------------------------ truncation and retention
+
+    def _busy(self) -> bool:
+        return bool(self._queue) or self._committing
+
+    def truncate_after(self, seq: int) -> TruncateReport:
+        """Remove every record after ``seq`` (a standby's tail that is not on the new
+        primary's history), across segments, durably. Refused while appends are queued or
+        being written, and below the retained range."""
+        if self._closed:
+            raise JournalError(f"{self.directory}: the journal is closed")
+        if self._busy():
+            raise JournalError("truncate_after refused: appends are in flight")
+        previous = self._last
+        if seq >= previous.seq:
+            return TruncateReport(seq, 0, 0, 0, previous, previous)
+        if seq < self.first_seq - 1:
+            raise JournalError(f"cannot truncate after seq {seq}: records before {self.first_seq} are no longer "
+                               "retained")
+        removed_bytes = 0
+        removed_segments = 0
+        active_changed = False
+        while True:
+            segment = self._segments[-1]
+            if segment.first_seq > seq + 1 or (segment.first_seq == seq + 1 and len(self._segments) > 1):
+                segment.close_reader()
+                os.unlink(segment.path)
+                removed_bytes += segment.size
+                removed_segments += 1
+                self._segments.pop()
+                active_changed = True
+                continue
+            offset = self._offset_of(segment, seq + 1)
+            removed_bytes += segment.size - offset
+            if active_changed:
+                assert self._wfd is not None
+                os.close(self._wfd)
+                self._wfd = os.open(segment.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            assert self._wfd is not None
+            os.ftruncate(self._wfd, offset)
+            if self._durable:
+                os.fsync(self._wfd)
+                self._fsyncs += 1
+            segment.size = offset
+            segment.last_seq = seq
+            segment.forget_after(seq)
+            break
+        if removed_segments and self._durable:
+            os.fsync(self._dirfd)
+            self._fsyncs += 1
+        keep = bisect.bisect_right(self._epoch_starts, seq)
+        keep = max(keep, 1)
+        del self._epoch_starts[keep:]
+        del self._epoch_values[keep:]
+        self._last = Position(self._epoch_at_unchecked(seq), seq)
+        self._max_epoch = self._last.epoch
+        self._dirty = False
+        report = TruncateReport(seq, previous.seq - seq, removed_bytes, removed_segments, previous, self._last)
+        log.warning("journal.truncated", directory=self.directory, after_seq=seq,
+                    records_removed=report.records_removed, bytes_removed=removed_bytes, segments_removed=removed_segments, previous_seq=previous.seq,
+                    previous_epoch=previous.epoch, epoch=self._last.epoch)
+        return report
+
+    def remove_segments_through(self, seq: int, now: float | None = None) -> int:
+        """Retention: remove the oldest closed segments whose records are all <= ``seq``
+        (the caller passes a seq both nodes hold) while more than ``retain_segments``
+        closed ones remain or they are older than ``retain_age`` (by mtime, against
+        ``now``, default time.time()). Never the active segment. Returns how many."""
+        if self._closed:
+            raise JournalError(f"{self.directory}: the journal is closed")
+        now = time.time() if now is None else now
+        removed: list[_Segment] = []
+        while len(self._segments) > 1:
+            segment = self._segments[0]
+            if segment.last_seq > seq:
+                break
+            closed_count = len(self._segments) - 1
+            age = now - os.stat(segment.path).st_mtime
+            if closed_count <= self.config.retain_segments and age <= self.config.retain_age:
+                break
+            segment.close_reader()
+            os.unlink(segment.path)
+            self._segments.pop(0)
+            removed.append(segment)
+        if removed:
+            if self._durable:
+                os.fsync(self._dirfd)
+                self._fsyncs += 1
+            log.info("journal.segments_removed", directory=self.directory, segments=len(removed),
+                     through_seq=removed[-1].last_seq, first_seq=self.first_seq)
+        return len(removed)
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Refuse further appends, fail queued ones, and close the files (after the batch
+        being written, if any). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._fail_queue(JournalError(f"{self.directory}: the journal was closed before this record was written"))
+        self._work.set()
+        self._advanced.set()
+        if not self._running:
+            self._close_files()
+
+    def _close_files(self) -> None:
+        if self._wfd is not None:
+            if self._dirty and self._failed is None:
+                try:
+                    os.fsync(self._wfd)
+                    self._fsyncs += 1
+                except OSError as exc:
+                    log.error("journal.fsync_failed", file=self._segments[-1].path, error=_errno_text(exc))
+                self._dirty = False
+            os.close(self._wfd)
+            self._wfd = None
+        for segment in self._segments:
+            segment.close_reader()
+        if self._dirfd >= 0:
+            os.close(self._dirfd)  # also releases the flock
+            self._dirfd = -1
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _continuity_problem(records: Sequence[Record], expected_seq: int, min_epoch: int) -> str | None:
+    """Why replicated ``records`` do not continue a journal ending before ``expected_seq``."""
+    if not all(isinstance(record, Record) for record in records):
+        return "not a sequence of Record"
+    first = records[0]
+    if first.seq > expected_seq:
+        return f"gap: expected seq {expected_seq}, got {first.seq}"
+    if first.seq < expected_seq:
+        return f"overlap: expected seq {expected_seq}, got {first.seq} (already held)"
+    seq, epoch = expected_seq - 1, min_epoch
+    for record in records:
+        if record.seq != seq + 1:
+            return f"not consecutive: seq {record.seq} after {seq}"
+        if record.epoch < epoch:
+            return f"epoch went backwards at seq {record.seq}: {record.epoch} < {epoch}"
+        if not isinstance(record.payload, bytes) or len(record.payload) > MAX_PAYLOAD:
+            return f"bad payload at seq {record.seq}"
+        seq, epoch = record.seq, record.epoch
+    return None
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+def _list_segments(directory: Path) -> list[tuple[int, Path]]:
+    found = []
+    for entry in os.scandir(directory):
+        match = _SEGMENT_NAME.fullmatch(entry.name)
+        if match and entry.is_file(follow_symlinks=False):
+            found.append((int(match.group(1)), directory / entry.name))
+    return sorted(found)
+
+
+def _create_segment(directory: Path, dirfd: int, first_seq: int, prev_epoch: int, durable: bool) -> _Segment:
+    path = directory / segment_name(first_seq)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        _write_all(fd, encode_segment_header(first_seq, prev_epoch))
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    if durable:
+        os.fsync(dirfd)
+    return _Segment(first_seq, prev_epoch, path, SEGMENT_HEADER_SIZE, first_seq - 1)
+
+
+def _corrupt(path: Path, offset: int, seq: int, reason: str, detail: str) -> JournalCorrupt:
+    return JournalCorrupt(f"{path}: corrupt journal at offset {offset} (record seq {seq} expected there): "
+                          f"{reason}; {detail}; {_OPERATOR_HINT}")
+
+
+def _recover(directory: Path, dirfd: int,
+             durable: bool) -> tuple[list[_Segment], list[int], list[int], list[RecoveryReport]]:
+    """Verify every segment; cut a damaged tail of the last one. Returns the segments,
+    the epoch change list and what was cut."""
+    found = _list_segments(directory)
+    recoveries: list[RecoveryReport] = []
+    if found:
+        # A roll-over that crashed before its header was complete leaves a short file.
+        first_seq, path = found[-1]
+        size = path.stat().st_size
+        if size <= SEGMENT_HEADER_SIZE and decode_segment_header(path.read_bytes()) is None:
+            if len(found) == 1 and first_seq != 1:
+                raise JournalCorrupt(f"{path}: the only segment has a damaged header; the journal's start "
+                                     f"(epoch before seq {first_seq}) is unknown; {_OPERATOR_HINT}")
+            os.unlink(path)
+            if durable:
+                os.fsync(dirfd)
+            report = RecoveryReport(path, 0, 0, size, "unfinished segment removed", 0)
+            log.warning("journal.tail_truncated", file=path, records_kept=0, records_dropped=0, bytes_dropped=size,
+                        reason=report.reason, offset=0)
+            recoveries.append(report)
+            found.pop()
+    if not found:
+        segment = _create_segment(directory, dirfd, 1, 0, durable)
+        return [segment], [0], [0], recoveries
+
+    segments: list[_Segment] = []
+    starts: list[int] = []
+    values: list[int] = []
+    for n, (name_seq, path) in enumerate(found):
+        is_last = n == len(found) - 1
+        segment, report = _scan_segment(path, name_seq, segments[-1] if segments else None, starts, values,
+                                        is_last, durable)
+        segments.append(segment)
+        if report is not None:
+            recoveries.append(report)
+    return segments, starts, values, recoveries
+
+
+def _scan_segment(path: Path, name_seq: int, previous: _Segment | None, starts: list[int], values: list[int],
+                  is_last: bool, durable: bool, repair: bool = True) -> tuple[_Segment, RecoveryReport | None]:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(SEGMENT_HEADER_SIZE)
+        parsed = decode_segment_header(head)
+        if parsed is None:
+            raise _corrupt(path, 0, name_seq, "bad segment header", "the file does not start with a valid header")
+        first_seq, prev_epoch = parsed
+        if first_seq != name_seq:
+            raise _corrupt(path, 0, name_seq, "misnamed segment", f"its header says it starts at seq {first_seq}")
+        if previous is not None:
+            if first_seq != previous.last_seq + 1:
+                raise _corrupt(path, 0, previous.last_seq + 1, "seq gap between segments",
+                               f"{previous.path.name} ends at seq {previous.last_seq}")
+            prev_values_epoch = values[-1]
+            if prev_epoch != prev_values_epoch:
+                raise _corrupt(path, 0, first_seq, "epoch mismatch between segments",
+                               f"the header says epoch {prev_epoch} before it, {previous.path.name} ends at "
+                               f"epoch {prev_values_epoch}")
+        else:
+            starts.append(first_seq - 1)
+            values.append(prev_epoch)
+        segment = _Segment(first_seq, prev_epoch, path, SEGMENT_HEADER_SIZE, first_seq - 1)
+        if size == SEGMENT_HEADER_SIZE:
+            return segment, None
+        with mmap.mmap(f.fileno(), 0, _MMAP_FLAGS, mmap.PROT_READ) as mm, memoryview(mm) as mv:
+            pos = SEGMENT_HEADER_SIZE
+            seq, epoch = first_seq - 1, values[-1]
+            kept = 0
+            reason: str | None = None
+            while pos < size:
+                reason, fsize = _check_frame(mv, pos, size)
+                if reason is not None:
+                    break
+                rseq, repoch = struct.unpack_from("<QQ", mv, pos + 12)
+                if rseq != seq + 1:
+                    raise _corrupt(path, pos, seq + 1, "seq out of order", f"a valid record there has seq {rseq}")
+                if repoch < epoch:
+                    raise _corrupt(path, pos, seq + 1, "epoch went backwards",
+                                   f"a valid record there has epoch {repoch} after epoch {epoch}")
+                if repoch != epoch:
+                    starts.append(rseq)
+                    values.append(repoch)
+                segment.note(rseq, pos)
+                seq, epoch = rseq, repoch
+                kept += 1
+                pos += fsize
+            segment.last_seq = seq
+            segment.size = pos
+            if reason is None:
+                return segment, None
+            if reason in ("bad version", "bad flags"):
+                raise _corrupt(path, pos, seq + 1, reason, "a record with a valid checksum in a format this "
+                               "lifeline does not know (written by a newer version?)")
+            if not is_last:
+                raise _corrupt(path, pos, seq + 1, reason, "the damage is in a closed segment, not the tail")
+            following = _valid_frame_after(mm, mv, pos + 1, size)
+            if following is not None:
+                raise _corrupt(path, pos, seq + 1, reason, f"a valid record follows at offset {following}, so this "
+                               "is not a torn tail")
+            dropped = _count_damaged(mv, pos, size)
+    if not repair:  # `lifeline journal verify`: say what open() would cut, change nothing
+        return segment, RecoveryReport(path, kept, dropped, size - pos, reason, pos)
+    # Cut the torn tail.
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.ftruncate(fd, pos)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    report = RecoveryReport(path, kept, dropped, size - pos, reason, pos)
+    log.warning("journal.tail_truncated", file=path, records_kept=kept, records_dropped=dropped,
+                bytes_dropped=size - pos, reason=reason, offset=pos, last_seq=seq)
+    return segment, report
+
+
+def _valid_frame_after(mm: mmap.mmap, mv: memoryview, start: int, end: int) -> int | None:
+    """Offset of the first whole, valid frame at or after ``start``, if any."""
+    pos = start
+    while pos < end:
+        found = mm.find(MAGIC, pos, end)
+        if found < 0:
+            return None
+        if _check_frame(mv, found, end)[0] is None:
+            return found
+        pos = found + 1
+    return None
+
+
+def _count_damaged(mv: memoryview, pos: int, end: int) -> int:
+    """Records recognisable in a damaged tail: frames whose header starts with the magic
+    and whose length is plausible, one after the other (garbage and zeros count 0)."""
+    count = 0
+    while pos < end:
+        n = min(end - pos, len(MAGIC))
+        if mv[pos:pos + n] != MAGIC[:n]:
+            break
+        count += 1
+        if end - pos < HEADER_SIZE:
+            break
+        length = _HEADER.unpack_from(mv, pos)[4]
+        if length > MAX_PAYLOAD:
+            break
+        pos += HEADER_SIZE + length
+    return count
+
+
+# --------------------------------------------------------------------------- verification
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What `lifeline journal verify` found, without changing a byte."""
+
+    directory: Path
+    segments: int
+    records: int
+    first_seq: int
+    last: Position
+    #: A torn tail the next open would cut (not an error: the daemon repairs it).
+    torn_tail: RecoveryReport | None
+    #: Damage the daemon would refuse to start on.
+    problem: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None and self.torn_tail is None
+
+    def lines(self) -> list[str]:
+        out = [f"{self.directory}: {self.segments} segment(s), {self.records} record(s), "
+               f"seq {self.first_seq}..{self.last.seq}, last epoch {self.last.epoch}"]
+        if self.torn_tail is not None:
+            t = self.torn_tail
+            out.append(f"TORN TAIL: {t.file} at offset {t.offset}: {t.reason}; {t.records_dropped} record(s), "
+                       f"{t.bytes_dropped} byte(s) would be cut when the daemon next opens the journal")
+        if self.problem is not None:
+            out.append(f"CORRUPT: {self.problem}")
+        if self.ok:
+            out.append("OK: every record's checksum, sequence and epoch verified")
+        return out
+
+
+def verify_directory(directory: Path) -> VerifyReport:
+    """Scan every segment of a journal directory read-only (the daemon may be running:
+    only complete, durable records are judged)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return VerifyReport(directory, 0, 0, 1, Position(0, 0), None, f"{directory}: no such journal directory")
+    found = _list_segments(directory)
+    segments: list[_Segment] = []
+    starts: list[int] = []
+    values: list[int] = []
+    torn: RecoveryReport | None = None
+    try:
+        for n, (name_seq, path) in enumerate(found):
+            segment, report = _scan_segment(path, name_seq, segments[-1] if segments else None, starts, values,
+                                            n == len(found) - 1, durable=False, repair=False)
+            segments.append(segment)
+            torn = report or torn
+    except JournalCorrupt as exc:
+        problem: str | None = str(exc)
+    else:
+        problem = None
+    first = segments[0].first_seq if segments else 1
+    last_seq = segments[-1].last_seq if segments else 0
+    records = sum(s.last_seq - s.first_seq + 1 for s in segments)
+    last_epoch = values[-1] if values else 0
+    return VerifyReport(directory, len(found), records, first, Position(last_epoch, last_seq), torn, problem)

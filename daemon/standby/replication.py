@@ -1,0 +1,1311 @@
+"""Journal replication over TCP: the primary serves, the standby follows.
+
+The wire format, the handshake and the catch-up rule live in
+:mod:`daemon.standby.protocol` (sans-IO); this module is the trio shell around it.
+
+:class:`ReplicationPrimary` listens on ``standby.listen`` and takes one authenticated
+standby at a time. After the handshake the two agree on the common point of their
+journals (a standby tail that is not on the primary's history is truncated back to it,
+never merged), then the primary streams records as they are appended — many records per
+frame, without waiting for acknowledgements (the window is TCP's) — and the standby
+answers cumulative ACKs: the highest seq durable on its disk. Heartbeats go both ways
+every ``heartbeat``; a link silent for ``peer_timeout`` is dead.
+
+:meth:`ReplicationPrimary.append` is the writer's entry point. The record goes to the
+local journal first (it is durable on the primary when that returns), then:
+
+* ``mode = "async"``: ok at once (``durable_on = "primary"``).
+* ``mode = "sync"`` with the standby in sync: ok once the standby has acknowledged the
+  record (``durable_on = "primary+standby"``: RPO 0). If the wait times out
+  (``sync_timeout``) or is cancelled, the record is **in doubt**, never ok: it is in the
+  primary's journal and will still be streamed, but a failover before the standby has
+  it would lose it. PostgreSQL has the same hole (Patroni documents that a cancelled
+  synchronous-commit wait leaves the change visible but not replicated); the writer's
+  contract (``daemon/standby/service.py``) says what to do with an in-doubt record:
+  reconcile before acting on it again, never resend it blindly.
+* ``mode = "sync"`` without a standby in sync (none connected, one still catching up,
+  or one that reported a write error such as disk full): ``on_standby_loss = "block"``
+  answers in-doubt at once; ``"degrade-to-async"`` answers ok with ``degraded=True``
+  and raises an alarm in :meth:`status` until a standby is in sync again.
+
+A standby counts as *in sync* once it has acknowledged everything the primary held
+when its session started, so a standby replaying a long backlog does not stall writers.
+
+Events. The event classes are not in ``daemon.events`` yet; every announcement is
+logged and kept in ``announcements``, and is published on the bus as soon as a class of
+that name exists there (see :data:`EVENTS` for the names and fields).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import hashlib
+import heapq
+import itertools
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, Sequence
+
+import trio
+
+import daemon
+from daemon.config import StandbyConfig, parse_host_port
+from daemon.log import get_logger
+from daemon.service import Health, MetricFamily, Sample, ServiceStatus
+from daemon.standby import Position, Record, ReplicationProtocolError, StandbyError
+from daemon.standby.protocol import (
+    NEED_DATA,
+    Ack,
+    Auth,
+    CatchUpError,
+    Challenge,
+    ConnectionClosed,
+    Error,
+    Event,
+    Heartbeat,
+    Hello,
+    PositionReport,
+    Records,
+    Reject,
+    ReplicationConnection,
+    Truncate,
+    Welcome,
+    next_candidate,
+    split_batch,
+)
+
+log = get_logger("replication")
+
+#: A peer that has not finished the handshake (and the catch-up agreement) by then is
+#: dropped: slow-loris peers cannot hold the port.
+HANDSHAKE_TIMEOUT = 5.0
+RECEIVE_CHUNK = 256 * 1024
+#: How much the primary reads from its journal for one send (one or more frames).
+BATCH_RECORDS = 2000
+BATCH_BYTES = 4 * 1024 * 1024
+#: How much the standby hands to one append_replicated (one fsync).
+APPLY_RECORDS = 20_000
+APPLY_BYTES = 16 * 1024 * 1024
+#: Frames of records queued between the standby's reader and its writer.
+APPLY_QUEUE = 64
+CLOSE_TIMEOUT = 1.0
+#: Catch-up exchanges before the primary gives up (two per epoch between the journals).
+MAX_CATCHUP_ROUNDS = 256
+#: The same standby error is announced again at most this often.
+REANNOUNCE_AFTER = 60.0
+IN_DOUBT_KEPT = 100
+APPEND_TIMES_KEPT = 100_000
+
+#: The events this module announces, with their fields (for ``daemon.events``).
+EVENTS: dict[str, tuple[str, list[str]]] = {
+    "StandbyConnected": ("info", ["standby", "address", "standby_last_seq", "standby_last_epoch", "common_seq",
+                                  "backlog"]),
+    "StandbyLost": ("warning", ["standby", "address", "reason", "acked_seq", "connected_for_s"]),
+    "ReplicationDegraded": ("warning", ["mode", "on_standby_loss", "reason"]),
+    "ReplicationRecovered": ("info", ["standby", "degraded_for_s", "acked_seq"]),
+    "ReplicationRejected": ("warning", ["address", "peer", "reason"]),
+    "DriftDetected": ("warning", ["peer", "differences"]),
+    "StandbyDiskFull": ("error", ["node", "error", "durable_seq"]),
+    "StandbyWriteError": ("error", ["node", "error", "durable_seq"]),
+    "StandbyTruncated": ("warning", ["node", "primary", "from_seq", "to_seq", "dropped_records", "reason"]),
+    "PrimaryConnected": ("info", ["primary", "address", "epoch", "primary_last_seq", "local_last_seq"]),
+    "PrimaryLost": ("warning", ["primary", "address", "reason", "durable_seq"]),
+}
+
+
+class JournalLike(Protocol):
+    """What replication needs of :class:`daemon.standby.journal.Journal`."""
+
+    @property
+    def last(self) -> Position: ...
+
+    @property
+    def first_seq(self) -> int: ...
+
+    async def append(self, payload: bytes, epoch: int) -> Record: ...
+
+    async def append_replicated(self, records: Sequence[Record]) -> Position: ...
+
+    def read(self, from_seq: int, max_records: int = ..., max_bytes: int = ...) -> list[Record]: ...
+
+    def epoch_at(self, seq: int) -> int | None: ...
+
+    async def wait_beyond(self, seq: int) -> None: ...
+
+    def truncate_after(self, seq: int) -> Any: ...
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What the writer is told about one record. ``status`` is ``"ok"`` only when the
+    record is as durable as the mode promises (or ``degraded``: on the primary alone,
+    under ``degrade-to-async``); ``"in_doubt"`` otherwise, with ``reason``."""
+
+    seq: int
+    epoch: int
+    status: Literal["ok", "in_doubt"]
+    durable_on: Literal["primary", "primary+standby"]
+    reason: str | None = None
+    degraded: bool = False
+
+
+class LinkLost(StandbyError):
+    """The replication link ended (peer closed, silent past peer_timeout, reset)."""
+
+
+# --------------------------------------------------------------------------- digests
+
+
+def software_version() -> str:
+    return f"lifeline {daemon.__version__}"
+
+
+_software_digest: bytes | None = None
+
+
+def software_digest() -> bytes:
+    """SHA-256 over the version and the daemon's source files: two hosts running the
+    same release from different trees (a hot-fix on one) show up as drift."""
+    global _software_digest
+    if _software_digest is None:
+        h = hashlib.sha256(software_version().encode())
+        root = Path(daemon.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            try:
+                h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+            except OSError:  # pragma: no cover - a file vanished while we read the tree
+                continue
+        _software_digest = h.digest()
+    return _software_digest
+
+
+#: Settings that may differ between the two hosts (addresses, paths, the role itself).
+_PER_HOST = frozenset({"role", "key_file", "listen", "peer"})
+
+
+def config_digest(config: StandbyConfig) -> bytes:
+    """SHA-256 of the replication settings both hosts should share (mode, timers,
+    journal), so a pair configured differently is flagged as drift."""
+    shared = {k: v for k, v in asdict(config).items() if k not in _PER_HOST}
+    return hashlib.sha256(repr(sorted(_plain(shared).items())).encode()).digest()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, float):
+        return repr(float(value))
+    return value if isinstance(value, (int, str, bool, type(None))) else str(value)
+
+
+def _short(digest: bytes | None) -> str:
+    return digest.hex()[:12] if digest else "-"
+
+
+def describe_write_error(exc: BaseException) -> str:
+    """``"disk full: ..."`` for ENOSPC (anywhere in the exception's chain), else
+    ``"write failed: ..."``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if getattr(current, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return f"disk full: {exc}"
+        current = current.__cause__ or current.__context__
+    return f"write failed: {type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------- the link
+
+
+class _Link:
+    """One TCP stream and its protocol object. Sends take turns on a lock so that the
+    order of ``conn.send`` calls (the MAC counters) is the order on the wire."""
+
+    def __init__(self, stream: trio.abc.Stream, conn: ReplicationConnection, address: str) -> None:
+        self.stream = stream
+        self.conn = conn
+        self.address = address
+        self._lock = trio.Lock()
+        self.last_received = trio.current_time()
+
+    async def send(self, *events: Event) -> None:
+        async with self._lock:
+            data = b"".join([self.conn.send(e) for e in events])
+            await self.stream.send_all(data)
+
+    async def receive(self) -> Event:
+        while True:
+            event = self.conn.next_event()
+            if event is not NEED_DATA:
+                return event  # type: ignore[return-value]
+            data = await self.stream.receive_some(RECEIVE_CHUNK)
+            self.last_received = trio.current_time()
+            self.conn.receive_data(data)
+
+    async def receive_within(self, seconds: float, what: str) -> Event:
+        with trio.move_on_after(seconds):
+            return await self.receive()
+        raise LinkLost(f"nothing from the {what} for {seconds:g}s")
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            await self.stream.aclose()
+
+
+def _address(stream: trio.abc.Stream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return "?"
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+_DISCONNECTS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, LinkLost)
+
+
+def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception that ended a session's nursery (trio wraps even one in a group):
+    the first that is not a cancellation, else the group itself."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for leaf in leaves:
+        if not isinstance(leaf, trio.Cancelled):
+            return leaf
+    return group
+
+
+class _Announcer:
+    """Logs an announcement, keeps it, and publishes it once daemon.events has the class."""
+
+    def __init__(self, source: str, bus: Any) -> None:
+        self.source = source
+        self.bus = bus
+        self.recent: collections.deque[tuple[float, str, dict[str, Any]]] = collections.deque(maxlen=200)
+        self._warned: set[str] = set()
+
+    def __call__(self, kind: str, **fields: Any) -> None:
+        severity = EVENTS.get(kind, ("info", []))[0]
+        self.recent.append((time.time(), kind, fields))
+        getattr(log, severity if severity in ("info", "warning", "error") else "info")(
+            "event." + kind, **fields)
+        if self.bus is None:
+            return
+        import daemon.events as events_module
+
+        cls = getattr(events_module, kind, None)
+        if cls is None:
+            return
+        try:
+            self.bus.publish(cls(source=self.source, **fields))
+        except TypeError as exc:  # the class's fields and ours disagree: say so once
+            if kind not in self._warned:
+                self._warned.add(kind)
+                log.warning("event.fields_mismatch", kind=kind, error=str(exc))
+
+    def kinds(self) -> list[str]:
+        return [kind for _, kind, _ in self.recent]
+
+
+# =========================================================================== primary
+
+
+class _Waiter:
+    __slots__ = ("seq", "event", "lost", "abandoned")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.event = trio.Event()
+        self.lost: str | None = None
+        self.abandoned = False
+
+
+@dataclass
+class _Session:
+    """The standby the primary is serving."""
+
+    node: str
+    address: str
+    hello: Hello
+    link: _Link
+    cancel_scope: trio.CancelScope
+    connected_at: float = field(default_factory=trio.current_time)
+    connected_wall: float = field(default_factory=time.time)
+    acked_seq: int = 0
+    sent_seq: int = 0
+    catch_up_target: int = 0
+    streaming: bool = False
+    in_sync: bool = False
+    error: str | None = None
+    heartbeat: Heartbeat | None = None
+    heartbeat_at: float | None = None
+    drift: list[str] = field(default_factory=list)
+
+
+class ReplicationPrimary:
+    """Serves the journal to one standby; see the module docstring.
+
+    ``epoch_provider`` answers the fencing epoch stamped on new records (the lease will
+    provide it; until then the journal's last epoch, at least 1).
+    ``handshake_timeout``: a connection must be authenticated and agreed by then.
+    """
+
+    name = "replication"
+
+    def __init__(
+        self,
+        journal: JournalLike,
+        config: StandbyConfig,
+        node_id: str,
+        key: bytes,
+        *,
+        epoch_provider: Any = None,
+        bus: Any = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        self.journal = journal
+        self.config = config
+        self.node_id = node_id
+        self._key = key
+        self.epoch_provider = epoch_provider or (lambda: max(journal.last.epoch, 1))
+        self.handshake_timeout = handshake_timeout
+        self.announce = _Announcer(self.name, bus)
+        self.config_digest = config_digest(config)
+        self.version_digest = software_digest()
+        self.bound_port: int | None = None
+        self._session: _Session | None = None
+        self._waiters: list[tuple[int, int, _Waiter]] = []
+        self._tiebreak = itertools.count()
+        #: Highest seq known durable on the standby, on this primary's history.
+        self.standby_acked_seq = 0
+        #: When the pair stopped being in sync (trio time), or None while in sync. A
+        #: primary starts out of sync: until a standby has caught up, no record is on two disks.
+        self._out_of_sync_since: float | None = None
+        self._out_of_sync_reason = "no standby has connected yet"
+        self._was_in_sync = False
+        self._append_times: collections.deque[tuple[int, float]] = collections.deque(maxlen=APPEND_TIMES_KEPT)
+        self._last_announced_error: tuple[str, float] | None = None
+        self.recent_in_doubt: collections.deque[AppendResult] = collections.deque(maxlen=IN_DOUBT_KEPT)
+        self.counters: dict[str, int] = collections.defaultdict(int)
+
+    # ------------------------------------------------------------------ serving
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        host, port = parse_host_port(self.config.listen)
+        self._out_of_sync_since = trio.current_time()
+        listeners = await trio.open_tcp_listeners(port, host=host or None)
+        self.bound_port = listeners[0].socket.getsockname()[1]
+        log.info("primary.listening", listen=self.config.listen, port=self.bound_port, mode=self.config.mode,
+                 on_standby_loss=self.config.on_standby_loss, last_seq=self.journal.last.seq)
+        task_status.started()
+        try:
+            await trio.serve_listeners(self._handle, listeners)
+        finally:
+            self._release_waiters("replication stopped")
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        address = _address(stream)
+        link = _Link(stream, ReplicationConnection("primary", self._key), address)
+        session: _Session | None = None
+        try:
+            with trio.fail_after(self.handshake_timeout):
+                session, common = await self._handshake(link)
+            if session is None:
+                return
+            with session.cancel_scope:
+                if self._session is session:  # not replaced while it agreed
+                    self._begin(session, common)
+                    await self._serve(session, common)
+            reason = "replaced by a new connection from the same standby"
+        except trio.TooSlowError:
+            reason = f"no handshake within {self.handshake_timeout:g}s"
+            self.counters["handshake_timeouts"] += 1
+            log.warning("connection.dropped", address=address, reason=reason, stage=link.conn.state.value)
+        except ReplicationProtocolError as exc:
+            reason = f"protocol error: {exc}"
+            self.counters["protocol_errors"] += 1
+            log.warning("connection.dropped", address=address, reason=reason, stage=link.conn.state.value)
+        except CatchUpError as exc:
+            reason = f"cannot catch up: {exc}"
+            log.error("catchup.impossible", address=address, error=str(exc))
+            await self._try_send(link, Error("catch-up-impossible", str(exc)))
+        except _DISCONNECTS as exc:
+            reason = str(exc) or type(exc).__name__
+            if session is None:
+                log.info("connection.closed", address=address, reason=reason, stage=link.conn.state.value)
+        except Exception as exc:  # a peer must never take the service down; log the bug loudly
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            self.counters["internal_errors"] += 1
+            log.exception("connection.failed", address=address)
+        finally:
+            await link.aclose()
+        if session is not None and self._session is session:
+            self._end(session, reason)
+
+    async def _try_send(self, link: _Link, event: Event) -> None:
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await link.send(event)
+            except (StandbyError, *_DISCONNECTS):
+                pass
+
+    async def _handshake(self, link: _Link) -> tuple[_Session | None, int]:
+        """HELLO, CHALLENGE, AUTH, then WELCOME or REJECT; then the catch-up agreement.
+        Answers the registered session and the common seq, or (None, 0) if refused."""
+        hello = await link.receive()
+        if isinstance(hello, ConnectionClosed):
+            raise LinkLost("closed before HELLO")
+        assert isinstance(hello, Hello)
+        await link.send(Challenge())
+        auth = await link.receive()
+        if isinstance(auth, ConnectionClosed):
+            raise LinkLost("closed before AUTH")
+        assert isinstance(auth, Auth)
+        if not auth.verified:
+            self.counters["auth_failures"] += 1
+            await self._reject(link, hello, "authentication failed: the standby's proof does not match this "
+                                            "primary's key (different key files on the two hosts?)")
+            return None, 0
+        epoch = self.epoch_provider()
+        if hello.last.epoch > epoch:
+            await self._reject(link, hello, f"the standby's journal ends at epoch {hello.last.epoch}, newer than "
+                                            f"this primary's epoch {epoch}: this primary is stale and will not "
+                                            "lead it")
+            return None, 0
+        current = self._session
+        if current is not None and current.node != hello.node_id:
+            self.counters["busy_rejections"] += 1
+            await self._reject(link, hello, f"another standby ({current.node} at {current.address}) is connected; "
+                                            "one standby at a time")
+            return None, 0
+        if current is not None:
+            # The same standby again: its old connection is a corpse the kernel has not
+            # noticed yet (it restarted, or the path flapped). The new one wins.
+            log.info("standby.reconnected", standby=hello.node_id, old=current.address, new=link.address)
+            current.cancel_scope.cancel()
+            self._end(current, "replaced by a new connection from the same standby")
+        session = _Session(hello.node_id, link.address, hello, link, trio.CancelScope())
+        self._session = session  # reserved before the first await below: one standby at a time
+        try:
+            await link.send(Welcome(self.node_id, epoch, self.journal.last, software_version(),
+                                    self.config_digest))
+            common = await self._agree(session)
+        except BaseException:
+            if self._session is session:
+                self._session = None
+            raise
+        return session, common
+
+    async def _reject(self, link: _Link, hello: Hello, reason: str) -> None:
+        self.counters["rejected"] += 1
+        self.announce("ReplicationRejected", address=link.address, peer=hello.node_id, reason=reason)
+        await link.send(Reject(reason))
+
+    async def _agree(self, session: _Session) -> int:
+        """The catch-up agreement (protocol.next_candidate): the common seq."""
+        link = session.link
+        journal = self.journal
+        claim, is_last = session.hello.last, True
+        standby_was = session.hello.last
+        for _ in range(MAX_CATCHUP_ROUNDS):
+            first = max(journal.first_seq, 1)
+            candidate = next_candidate(claim, journal.epoch_at, first, journal.last.seq)
+            if candidate == claim and is_last:
+                if candidate.seq < standby_was.seq:
+                    log.warning("catchup.truncated", standby=session.node, from_seq=standby_was.seq,
+                                to_seq=candidate.seq, from_epoch=standby_was.epoch)
+                if journal.last.seq and candidate.seq + 1 < journal.first_seq:
+                    raise CatchUpError(f"the standby needs seq {candidate.seq + 1} but this primary's journal "
+                                       f"starts at {journal.first_seq}: re-seed the standby")
+                return candidate.seq
+            if candidate == claim:
+                reason = f"agreed: common point (epoch {claim.epoch}, seq {claim.seq}); drop everything after it"
+            else:
+                reason = (f"your record {claim.seq} (epoch {claim.epoch}) is not on this primary's history; "
+                          f"mine at seq {candidate.seq} has epoch {candidate.epoch}")
+            log.info("catchup.truncate_proposed", standby=session.node, to_seq=candidate.seq,
+                     to_epoch=candidate.epoch, claim_seq=claim.seq, claim_epoch=claim.epoch)
+            await link.send(Truncate(candidate, reason))
+            answer = await link.receive()
+            if isinstance(answer, ConnectionClosed):
+                raise LinkLost("closed during catch-up")
+            if isinstance(answer, Error):
+                raise LinkLost(f"standby gave up during catch-up: {answer.code}: {answer.message}")
+            assert isinstance(answer, PositionReport)
+            claim, is_last = answer.position, answer.is_last
+        raise CatchUpError(f"no agreement after {MAX_CATCHUP_ROUNDS} exchanges")
+
+    def _begin(self, session: _Session, common: int) -> None:
+        session.acked_seq = session.sent_seq = common
+        self.standby_acked_seq = common
+        session.catch_up_target = self.journal.last.seq
+        self.counters["sessions"] += 1
+        backlog = session.catch_up_target - common
+        log.info("standby.connected", standby=session.node, address=session.address, common_seq=common,
+                 backlog=backlog)
+        self.announce("StandbyConnected", standby=session.node, address=session.address,
+                      standby_last_seq=session.hello.last.seq, standby_last_epoch=session.hello.last.epoch,
+                      common_seq=common, backlog=backlog)
+        self._compare_digests(session, session.hello.config_digest, None)
+        if common >= session.catch_up_target:
+            self._now_in_sync(session)
+
+    async def _serve(self, session: _Session, common: int) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sender, session, common + 1)
+                await self._receiver(session)
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise _collapse(group) from None
+
+    async def _sender(self, session: _Session, next_seq: int) -> None:
+        link = session.link
+        journal = self.journal
+        heartbeat = float(self.config.heartbeat)
+        next_heartbeat = trio.current_time()  # the first frame is a heartbeat: it starts the stream
+        while True:
+            if journal.last.seq < next_seq:
+                with trio.move_on_at(next_heartbeat):
+                    await journal.wait_beyond(next_seq - 1)
+            events: list[Event] = []
+            now = trio.current_time()
+            if now >= next_heartbeat:
+                events.append(Heartbeat(time.time_ns(), journal.last.seq, self.config_digest, self.version_digest))
+                next_heartbeat = now + heartbeat
+            if journal.last.seq >= next_seq:
+                records = journal.read(next_seq, max_records=BATCH_RECORDS, max_bytes=BATCH_BYTES)
+                if not records or records[0].seq != next_seq:
+                    raise StandbyError(f"journal.read({next_seq}) returned "
+                                       f"{records[0].seq if records else 'nothing'}; expected seq {next_seq}")
+                events.extend(Records(batch) for batch in split_batch(records))
+                next_seq = records[-1].seq + 1
+            if events:
+                session.sent_seq = next_seq - 1  # before the send: the ACK may beat our wake-up
+                await link.send(*events)
+                session.streaming = True
+                self.counters["records_sent"] += sum(len(e.records) for e in events if isinstance(e, Records))
+
+    async def _receiver(self, session: _Session) -> None:
+        timeout = float(self.config.peer_timeout)
+        while True:
+            event = await session.link.receive_within(timeout, f"standby {session.node}")
+            if isinstance(event, Ack):
+                self._on_ack(session, event)
+            elif isinstance(event, Heartbeat):
+                session.heartbeat = event
+                session.heartbeat_at = trio.current_time()
+                self._compare_digests(session, event.config_digest, event.version_digest)
+            elif isinstance(event, Error):
+                raise LinkLost(f"the standby gave up: {event.code}: {event.message}")
+            elif isinstance(event, ConnectionClosed):
+                raise LinkLost("the standby closed the connection")
+            else:  # pragma: no cover - the protocol's table admits nothing else here
+                raise ReplicationProtocolError(f"unexpected {type(event).__name__} from the standby")
+
+    def _on_ack(self, session: _Session, ack: Ack) -> None:
+        if ack.seq < session.acked_seq:
+            raise ReplicationProtocolError(f"ACK went backwards: {ack.seq} after {session.acked_seq}")
+        if ack.seq > session.sent_seq:
+            raise ReplicationProtocolError(f"ACK for seq {ack.seq} but only up to {session.sent_seq} was sent")
+        session.acked_seq = ack.seq
+        self.standby_acked_seq = ack.seq
+        while self._append_times and self._append_times[0][0] <= ack.seq:
+            self._append_times.popleft()
+        self._wake_acked(ack.seq)
+        if ack.error:
+            if session.error != ack.error:
+                session.error = ack.error
+                self.counters["standby_errors"] += 1
+                log.error("standby.write_error", standby=session.node, error=ack.error, durable_seq=ack.seq)
+                if self._should_announce(ack.error):
+                    self.announce("StandbyDiskFull" if ack.error.startswith("disk full") else "StandbyWriteError",
+                                  node=session.node, error=ack.error, durable_seq=ack.seq)
+                self._lose_sync(f"standby {session.node} stopped acknowledging: {ack.error}")
+            return
+        if not session.in_sync and session.error is None and ack.seq >= session.catch_up_target:
+            self._now_in_sync(session)
+
+    def _should_announce(self, error: str) -> bool:
+        now = trio.current_time()
+        last = self._last_announced_error
+        if last is not None and last[0] == error and now - last[1] < REANNOUNCE_AFTER:
+            return False
+        self._last_announced_error = (error, now)
+        return True
+
+    def _compare_digests(self, session: _Session, config_dig: bytes, version_dig: bytes | None) -> None:
+        drift = []
+        if config_dig != self.config_digest:
+            drift.append(f"standby {session.node}'s replication settings differ from this primary's "
+                         f"(config digest {_short(config_dig)} vs {_short(self.config_digest)})")
+        if version_dig is not None and version_dig != self.version_digest:
+            drift.append(f"standby {session.node} runs different software "
+                         f"(version digest {_short(version_dig)} vs {_short(self.version_digest)})")
+        elif version_dig is None and session.hello.software_version != software_version():
+            drift.append(f"standby {session.node} runs {session.hello.software_version}, this primary "
+                         f"{software_version()}")
+        if version_dig is None and not drift:
+            return  # the HELLO cannot show a same-version source drift; wait for a heartbeat
+        if drift != session.drift:
+            session.drift = drift
+            if drift:
+                self.announce("DriftDetected", peer=session.node, differences=list(drift))
+
+    # ------------------------------------------------------------------ sync state
+
+    def _now_in_sync(self, session: _Session) -> None:
+        session.in_sync = True
+        since = self._out_of_sync_since
+        self._out_of_sync_since = None
+        self._out_of_sync_reason = ""
+        log.info("standby.in_sync", standby=session.node, acked_seq=session.acked_seq)
+        if self._was_in_sync or self.config.mode == "sync":
+            self.announce("ReplicationRecovered", standby=session.node,
+                          degraded_for_s=round(trio.current_time() - since, 3) if since is not None else 0.0,
+                          acked_seq=session.acked_seq)
+        self._was_in_sync = True
+
+    def _lose_sync(self, reason: str) -> None:
+        session = self._session
+        if session is not None:
+            session.in_sync = False
+        if self._out_of_sync_since is None:
+            self._out_of_sync_since = trio.current_time()
+            self._out_of_sync_reason = reason
+            if self.config.mode == "sync":
+                self.announce("ReplicationDegraded", mode=self.config.mode,
+                              on_standby_loss=self.config.on_standby_loss, reason=reason)
+        # Writers waiting for this standby will not get their acknowledgement.
+        self._release_waiters(reason)
+
+    def _end(self, session: _Session, reason: str) -> None:
+        if self._session is not session:
+            return
+        self._session = None
+        log.warning("standby.lost", standby=session.node, address=session.address, reason=reason,
+                    acked_seq=session.acked_seq)
+        self.announce("StandbyLost", standby=session.node, address=session.address, reason=reason,
+                      acked_seq=session.acked_seq,
+                      connected_for_s=round(trio.current_time() - session.connected_at, 3))
+        self._lose_sync(f"standby {session.node} lost: {reason}")
+
+    def in_sync(self) -> bool:
+        session = self._session
+        return session is not None and session.in_sync and session.error is None
+
+    # ------------------------------------------------------------------ waiters
+
+    def _wake_acked(self, seq: int) -> None:
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= seq:
+            _, _, waiter = heapq.heappop(waiters)
+            waiter.event.set()
+
+    def _release_waiters(self, reason: str) -> None:
+        waiters, self._waiters = self._waiters, []
+        for _, _, waiter in waiters:
+            waiter.lost = reason
+            waiter.event.set()
+
+    # ------------------------------------------------------------------ the writer
+
+    async def append(self, payload: bytes) -> AppendResult:
+        """Append one record; see the module docstring for what the answer means.
+
+        If the caller is cancelled while waiting for the standby, ``trio.Cancelled``
+        propagates (trio requires it) and the record is counted and kept in
+        ``recent_in_doubt``: it is in doubt, never ok."""
+        return (await self.append_many([payload]))[0]
+
+    async def append_many(self, payloads: Sequence[bytes]) -> list[AppendResult]:
+        """Append records in order (one wait for the standby covers them all)."""
+        if not payloads:
+            return []
+        epoch = self.epoch_provider()
+        written: list[Record] = []
+        try:
+            for payload in payloads:
+                written.append(await self.journal.append(payload, epoch))
+                self._append_times.append((written[-1].seq, trio.current_time()))
+            self.counters["appends"] += len(written)
+            if self.config.mode == "async":
+                return [AppendResult(r.seq, r.epoch, "ok", "primary") for r in written]
+            return await self._wait_for_standby(written)
+        except trio.Cancelled:
+            self._note_in_doubt([r for r in written if r.seq > self.standby_acked_seq],
+                                "the append was cancelled while waiting for the standby")
+            raise
+
+    async def _wait_for_standby(self, records: list[Record]) -> list[AppendResult]:
+        last = records[-1].seq
+        if not self.in_sync():
+            return self._without_standby(records, self._out_of_sync_reason or "no standby in sync")
+        waiter = _Waiter(last)
+        if last <= self.standby_acked_seq:
+            waiter.event.set()
+        else:
+            heapq.heappush(self._waiters, (last, next(self._tiebreak), waiter))
+        timed_out = False
+        with trio.move_on_after(float(self.config.sync_timeout)):
+            await waiter.event.wait()
+        if not waiter.event.is_set():
+            timed_out = True
+            waiter.abandoned = True  # stays in the heap until acked or released: harmless
+        results = []
+        pending = []
+        for record in records:
+            if record.seq <= self.standby_acked_seq:
+                results.append(AppendResult(record.seq, record.epoch, "ok", "primary+standby"))
+            else:
+                pending.append(record)
+        if not pending:
+            return results
+        if timed_out:
+            results += self._note_in_doubt(
+                pending, f"no acknowledgement from the standby within sync_timeout "
+                         f"({float(self.config.sync_timeout):g}s)")
+        else:
+            results += self._without_standby(pending, waiter.lost or "standby lost")
+        return results
+
+    def _without_standby(self, records: list[Record], reason: str) -> list[AppendResult]:
+        if self.config.on_standby_loss == "block":
+            return self._note_in_doubt(records, f"no standby in sync ({reason}); on_standby_loss = block")
+        self.counters["degraded_appends"] += len(records)
+        return [AppendResult(r.seq, r.epoch, "ok", "primary", f"degraded to async: {reason}", degraded=True)
+                for r in records]
+
+    def _note_in_doubt(self, records: list[Record], reason: str) -> list[AppendResult]:
+        results = [AppendResult(r.seq, r.epoch, "in_doubt", "primary", reason) for r in records]
+        if records:
+            self.counters["in_doubt"] += len(records)
+            self.recent_in_doubt.extend(results)
+            log.warning("append.in_doubt", first_seq=records[0].seq, last_seq=records[-1].seq, count=len(records),
+                        reason=reason)
+        return results
+
+    def is_replicated(self, seq: int) -> bool:
+        """Whether the standby has acknowledged ``seq`` (to settle an in-doubt record
+        while this primary still leads)."""
+        return seq <= self.standby_acked_seq
+
+    # ------------------------------------------------------------------ reporting
+
+    def alarm(self) -> str | None:
+        if self.config.mode != "sync" or self.in_sync():
+            return None
+        reason = self._out_of_sync_reason or "no standby in sync"
+        if self.config.on_standby_loss == "block":
+            return f"no standby in sync ({reason}): appends answer in-doubt (on_standby_loss = block)"
+        return f"degraded to async ({reason}): records are on the primary's disk only"
+
+    def lag(self) -> tuple[int, float | None]:
+        """(records the standby lacks, age in ms of the oldest of them)."""
+        last = self.journal.last.seq
+        behind = max(last - self.standby_acked_seq, 0)
+        if behind == 0:
+            return 0, 0.0
+        if self._append_times and self._append_times[0][0] == self.standby_acked_seq + 1:
+            return behind, (trio.current_time() - self._append_times[0][1]) * 1000
+        try:
+            records = self.journal.read(self.standby_acked_seq + 1, max_records=1)
+        except Exception:  # status must never fail
+            return behind, None
+        if not records:
+            return behind, None
+        return behind, max(time.time_ns() - records[0].timestamp_ns, 0) / 1e6
+
+    def details(self) -> dict[str, Any]:
+        session = self._session
+        behind, lag_ms = self.lag()
+        if session is None:
+            state = "waiting" if self.counters["sessions"] == 0 else "lost"
+        elif session.error:
+            state = "standby-failing"
+        elif session.in_sync:
+            state = "in-sync"
+        else:
+            state = "catching-up" if session.streaming or session.catch_up_target else "connecting"
+        peer: dict[str, Any] | None = None
+        if session is not None:
+            hb = session.heartbeat
+            peer = {
+                "node": session.node, "address": session.address, "connected_since": session.connected_wall,
+                "software_version": session.hello.software_version, "acked_seq": session.acked_seq,
+                "sent_seq": session.sent_seq, "error": session.error,
+                "last_heartbeat_age_s": (round(trio.current_time() - session.heartbeat_at, 3)
+                                         if session.heartbeat_at is not None else None),
+                "clock_offset_ms": (round((time.time_ns() - hb.sent_ns) / 1e6, 3) if hb is not None else None),
+            }
+        return {
+            "role": "primary", "node": self.node_id, "mode": self.config.mode,
+            "on_standby_loss": self.config.on_standby_loss, "listen": self.config.listen, "port": self.bound_port,
+            "state": state, "connected": session is not None, "in_sync": self.in_sync(), "peer": peer,
+            "last_seq": self.journal.last.seq, "acked_seq": self.standby_acked_seq,
+            "lag_records": behind, "lag_ms": round(lag_ms, 3) if lag_ms is not None else None,
+            "degraded": self.config.mode == "sync" and self.config.on_standby_loss == "degrade-to-async"
+            and not self.in_sync(),
+            "alarm": self.alarm(), "drift": list(session.drift) if session else [],
+            "counters": dict(self.counters),
+            "recent_in_doubt": [asdict(r) for r in list(self.recent_in_doubt)[-10:]],
+            "events": self.announce.kinds()[-20:],
+        }
+
+    def status(self) -> ServiceStatus:
+        d = self.details()
+        health: Health = "ok"
+        if d["state"] == "in-sync":
+            summary = f"standby {d['peer']['node']} in sync ({self.config.mode}), acked seq {d['acked_seq']}"
+        elif d["connected"]:
+            peer = d["peer"]
+            summary = (f"standby {peer['node']} {d['state']}: {d['lag_records']} records behind"
+                       + (f" ({peer['error']})" if peer["error"] else ""))
+        else:
+            summary = "no standby connected" if d["state"] == "waiting" else f"standby lost ({self._out_of_sync_reason})"
+        if self.config.mode == "sync" and not d["in_sync"]:
+            health = "failing" if self.config.on_standby_loss == "block" else "degraded"
+            summary += f"; ALARM: {d['alarm']}"
+        elif d["connected"] and d["peer"]["error"]:
+            health = "degraded"
+        elif self.config.mode == "async" and not d["connected"]:
+            health = "degraded"
+        if d["drift"]:
+            summary += f"; drift: {len(d['drift'])} difference(s) with the standby"
+            if health == "ok":
+                health = "degraded"
+        return ServiceStatus(health, summary, d)
+
+    def metrics(self) -> list[MetricFamily]:
+        d = self.details()
+        role = {"role": "primary"}
+
+        def gauge(name: str, help_: str, value: float) -> MetricFamily:
+            return MetricFamily(name, "gauge", help_, [Sample(role, float(value))])
+
+        def counter(name: str, help_: str, key: str) -> MetricFamily:
+            return MetricFamily(name, "counter", help_, [Sample(role, float(self.counters[key]))])
+
+        families = [
+            gauge("lifeline_replication_connected", "1 while a standby is connected.", d["connected"]),
+            gauge("lifeline_replication_in_sync", "1 while the standby is in sync.", d["in_sync"]),
+            gauge("lifeline_replication_acked_seq", "Highest seq durable on the standby.", d["acked_seq"]),
+            gauge("lifeline_replication_lag_records", "Records the standby has not acknowledged.", d["lag_records"]),
+            gauge("lifeline_replication_degraded", "1 while sync replication is degraded (alarm).",
+                  d["alarm"] is not None),
+            gauge("lifeline_replication_drift", "Config or software differences with the peer.", len(d["drift"])),
+            counter("lifeline_replication_in_doubt_total", "Appends answered in-doubt.", "in_doubt"),
+            counter("lifeline_replication_degraded_appends_total", "Appends acknowledged on the primary alone "
+                    "(degrade-to-async).", "degraded_appends"),
+            counter("lifeline_replication_records_sent_total", "Records streamed to the standby.", "records_sent"),
+            counter("lifeline_replication_sessions_total", "Standby sessions established.", "sessions"),
+            MetricFamily("lifeline_replication_dropped_connections_total", "counter",
+                         "Connections dropped before or instead of replicating, by reason.",
+                         [Sample({**role, "reason": reason}, float(self.counters[key])) for reason, key in (
+                             ("auth", "auth_failures"), ("busy", "busy_rejections"),
+                             ("protocol", "protocol_errors"), ("handshake_timeout", "handshake_timeouts"))]),
+        ]
+        if d["lag_ms"] is not None:
+            families.append(gauge("lifeline_replication_lag_seconds",
+                                  "Age of the oldest record the standby has not acknowledged.", d["lag_ms"] / 1000))
+        return families
+
+
+# =========================================================================== standby
+
+
+class ReplicationStandby:
+    """Follows the primary at ``config.peer``; see the module docstring.
+
+    ``write_retry``: after a local write error (disk full) the standby keeps the
+    connection and keeps reporting the error for this long, then reconnects to retry
+    from its journal's end (default: the larger of reconnect_max and 10 heartbeats).
+    """
+
+    name = "replication"
+
+    def __init__(
+        self,
+        journal: JournalLike,
+        config: StandbyConfig,
+        node_id: str,
+        key: bytes,
+        *,
+        bus: Any = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        write_retry: float | None = None,
+    ) -> None:
+        if config.peer is None:
+            raise ValueError('standby.peer is required with role = "standby"')
+        self.journal = journal
+        self.config = config
+        self.node_id = node_id
+        self._key = key
+        self.handshake_timeout = handshake_timeout
+        self.write_retry = (write_retry if write_retry is not None
+                            else max(float(config.reconnect_max), 10 * float(config.heartbeat)))
+        self.announce = _Announcer(self.name, bus)
+        self.config_digest = config_digest(config)
+        self.version_digest = software_digest()
+        self.connected = False
+        self.primary: Welcome | None = None
+        self.primary_address: str | None = None
+        self.primary_last_seq: int | None = None
+        self.primary_heartbeat: Heartbeat | None = None
+        self._behind_since: float | None = None
+        self.write_error: str | None = None
+        self._write_error_at: float | None = None
+        self.last_reject: str | None = None
+        self.last_disconnect: str | None = None
+        self.drift: list[str] = []
+        self.truncations: list[dict[str, Any]] = []
+        self.counters: dict[str, int] = collections.defaultdict(int)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        assert self.config.peer is not None
+        host, port = parse_host_port(self.config.peer)
+        log.info("standby.following", peer=self.config.peer, last_seq=self.journal.last.seq,
+                 last_epoch=self.journal.last.epoch)
+        task_status.started()  # at once: the standby keeps trying in the background
+        reconnect_max = float(self.config.reconnect_max)
+        initial = min(0.05, reconnect_max)
+        delay = initial
+        failures = 0
+        while True:
+            welcomed = False
+            try:
+                stream = await trio.open_tcp_stream(host, port)
+            except OSError as exc:
+                failures += 1
+                self.last_disconnect = f"connect to {self.config.peer} failed: {exc}"
+                if failures == 1 or failures % 50 == 0:
+                    log.warning("primary.unreachable", peer=self.config.peer, error=str(exc), attempts=failures)
+            else:
+                failures = 0
+                welcomed = await self._connection(stream)
+            self.counters["reconnects"] += 1
+            if welcomed:
+                delay = initial
+            await trio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, reconnect_max)
+
+    async def _connection(self, stream: trio.SocketStream) -> bool:
+        """One connection to the primary; answers whether it got past WELCOME."""
+        address = _address(stream)
+        link = _Link(stream, ReplicationConnection("standby", self._key), address)
+        welcomed = False
+        reason = "closed"
+        try:
+            with trio.fail_after(self.handshake_timeout):
+                first = await self._handshake(link)
+            welcomed = first is not None
+            if first is not None:
+                await self._follow(link, first)
+        except trio.TooSlowError:
+            reason = f"no handshake within {self.handshake_timeout:g}s"
+            log.warning("primary.handshake_timeout", address=address, stage=link.conn.state.value)
+        except ReplicationProtocolError as exc:
+            reason = f"protocol error: {exc}"
+            self.counters["protocol_errors"] += 1
+            log.error("primary.protocol_error", address=address, error=str(exc))
+        except _WriteRetry as exc:
+            reason = str(exc)
+        except _DISCONNECTS as exc:
+            reason = str(exc) or type(exc).__name__
+        except StandbyError as exc:  # the journal refused a truncation, a stale primary, ...
+            reason = f"{type(exc).__name__}: {exc}"
+            log.error("replication.stopped", address=address, error=reason)
+            await self._try_send(link, Error("standby-error", reason))
+        finally:
+            await link.aclose()
+            if self.connected:
+                self.connected = False
+                primary = self.primary.node_id if self.primary else "?"
+                self.announce("PrimaryLost", primary=primary, address=address, reason=reason,
+                              durable_seq=self.journal.last.seq)
+            self.last_disconnect = reason
+        return welcomed
+
+    async def _try_send(self, link: _Link, event: Event) -> None:
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await link.send(event)
+            except (StandbyError, *_DISCONNECTS):
+                pass
+
+    async def _handshake(self, link: _Link) -> Event | None:
+        """HELLO .. WELCOME, then the catch-up agreement. Answers the first streaming
+        event (HEARTBEAT or RECORDS), or None when rejected."""
+        last = self.journal.last
+        await link.send(Hello(self.node_id, "standby", last.epoch, last, software_version(), self.config_digest))
+        challenge = await link.receive()
+        if isinstance(challenge, ConnectionClosed):
+            raise LinkLost("the primary closed the connection before its challenge")
+        await link.send(Auth())
+        verdict = await link.receive()
+        if isinstance(verdict, ConnectionClosed):
+            raise LinkLost("the primary closed the connection before its verdict")
+        if isinstance(verdict, Reject):
+            self.counters["rejected"] += 1
+            if self.last_reject != verdict.reason:
+                log.error("primary.rejected_us", address=link.address, reason=verdict.reason)
+            self.last_reject = verdict.reason
+            return None
+        assert isinstance(verdict, Welcome)
+        self.last_reject = None
+        if verdict.epoch < self.journal.last.epoch:
+            raise StandbyError(f"primary {verdict.node_id} leads epoch {verdict.epoch}, below this journal's "
+                               f"epoch {self.journal.last.epoch}: it is stale; not following it")
+        self.primary = verdict
+        self.primary_address = link.address
+        self._check_drift(verdict.node_id, verdict.config_digest, None, verdict.software_version)
+        while True:
+            event = await link.receive()
+            if isinstance(event, Truncate):
+                await link.send(self._on_truncate(event))
+            elif isinstance(event, (Heartbeat, Records)):
+                return event
+            elif isinstance(event, Error):
+                raise LinkLost(f"the primary gave up: {event.code}: {event.message}")
+            else:
+                raise LinkLost("the primary closed the connection during catch-up")
+
+    def _on_truncate(self, truncate: Truncate) -> PositionReport:
+        journal = self.journal
+        to = truncate.to
+        mine = journal.epoch_at(to.seq) if 0 < to.seq <= journal.last.seq else None
+        if to.seq == 0 or mine == to.epoch:
+            before = journal.last
+            if before.seq > to.seq:
+                report = journal.truncate_after(to.seq)
+                entry = {"from_seq": before.seq, "from_epoch": before.epoch, "to_seq": to.seq,
+                         "dropped_records": before.seq - to.seq, "reason": truncate.reason,
+                         "report": str(report), "wall_time": time.time()}
+                self.truncations.append(entry)
+                self.counters["truncations"] += 1
+                log.warning("journal.truncated_to_primary", report=str(report), **{
+                    k: v for k, v in entry.items() if k not in ("report", "wall_time")})
+                self.announce("StandbyTruncated", node=self.node_id,
+                              primary=self.primary.node_id if self.primary else "?", from_seq=before.seq,
+                              to_seq=to.seq, dropped_records=before.seq - to.seq, reason=truncate.reason)
+            last = journal.last
+            if last.seq != to.seq:
+                raise StandbyError(f"truncate_after({to.seq}) left the journal at seq {last.seq}")
+            return PositionReport(Position(to.epoch, to.seq), is_last=True)
+        first = max(journal.first_seq, 1)
+        candidate = next_candidate(to, journal.epoch_at, first, journal.last.seq)
+        return PositionReport(candidate, is_last=candidate == journal.last)
+
+    async def _follow(self, link: _Link, first: Event) -> None:
+        assert self.primary is not None
+        self.connected = True
+        self.counters["sessions"] += 1
+        self.write_error = None
+        self._write_error_at = None
+        self.announce("PrimaryConnected", primary=self.primary.node_id, address=link.address,
+                      epoch=self.primary.epoch, primary_last_seq=self.primary.last.seq,
+                      local_last_seq=self.journal.last.seq)
+        send_channel, receive_channel = trio.open_memory_channel[list[Record]](APPLY_QUEUE)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, link, receive_channel)
+                nursery.start_soon(self._heartbeats, link)
+                async with send_channel:
+                    await self._reader(link, first, send_channel)
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise _collapse(group) from None
+
+    async def _reader(self, link: _Link, first: Event, channel: trio.MemorySendChannel[list[Record]]) -> None:
+        expected = self.journal.last.seq + 1
+        timeout = float(self.config.peer_timeout)
+        event: Event = first
+        while True:
+            if isinstance(event, Records):
+                records = event.records
+                if records[0].seq != expected:
+                    raise ReplicationProtocolError(f"RECORDS start at seq {records[0].seq}, expected {expected}")
+                expected = records[-1].seq + 1
+                self._learn_primary_last(records[-1].seq)
+                if self.write_error is None:
+                    await channel.send(list(records))
+                # else: dropped; we reconnect and catch up once the disk has room again
+            elif isinstance(event, Heartbeat):
+                self.primary_heartbeat = event
+                self._learn_primary_last(event.last_seq)
+                assert self.primary is not None
+                self._check_drift(self.primary.node_id, event.config_digest, event.version_digest, None)
+            elif isinstance(event, Error):
+                raise LinkLost(f"the primary gave up: {event.code}: {event.message}")
+            elif isinstance(event, ConnectionClosed):
+                raise LinkLost("the primary closed the connection")
+            event = await link.receive_within(timeout, "primary")
+
+    def _learn_primary_last(self, seq: int) -> None:
+        if self.primary_last_seq is None or seq > self.primary_last_seq:
+            self.primary_last_seq = seq
+        if self._behind_since is None and self.primary_last_seq > self.journal.last.seq:
+            self._behind_since = trio.current_time()
+
+    async def _writer(self, link: _Link, channel: trio.MemoryReceiveChannel[list[Record]]) -> None:
+        """Appends what the reader queued — everything queued at once, one fsync — and
+        acknowledges cumulatively once it is durable."""
+        async for batch in channel:
+            records = batch  # the reader's own list: ours to extend
+            size = sum(len(r.payload) for r in records)
+            while len(records) < APPLY_RECORDS and size < APPLY_BYTES:
+                try:
+                    more = channel.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                records.extend(more)
+                size += sum(len(r.payload) for r in more)
+            try:
+                position = await self.journal.append_replicated(records)
+            except (OSError, StandbyError) as exc:
+                await self._write_failed(link, exc)
+                return
+            self.counters["records_applied"] += len(records)
+            if self.primary_last_seq is not None and position.seq >= self.primary_last_seq:
+                self._behind_since = None
+            await link.send(Ack(position.seq))
+
+    async def _write_failed(self, link: _Link, exc: BaseException) -> None:
+        error = describe_write_error(exc)
+        self.write_error = error
+        self._write_error_at = trio.current_time()
+        self.counters["write_errors"] += 1
+        log.error("journal.write_failed", error=error, durable_seq=self.journal.last.seq)
+        self.announce("StandbyDiskFull" if error.startswith("disk full") else "StandbyWriteError",
+                      node=self.node_id, error=error, durable_seq=self.journal.last.seq)
+        await link.send(Ack(self.journal.last.seq, error))
+
+    async def _heartbeats(self, link: _Link) -> None:
+        interval = float(self.config.heartbeat)
+        while True:
+            events: list[Event] = [Heartbeat(time.time_ns(), self.journal.last.seq, self.config_digest,
+                                             self.version_digest)]
+            if self.write_error is not None:
+                events.append(Ack(self.journal.last.seq, self.write_error))  # keep saying it
+                assert self._write_error_at is not None
+                if trio.current_time() - self._write_error_at >= self.write_retry:
+                    await link.send(*events)
+                    raise _WriteRetry(f"reconnecting to retry after a write error: {self.write_error}")
+            await link.send(*events)
+            await trio.sleep(interval)
+
+    def _check_drift(self, peer: str, config_dig: bytes, version_dig: bytes | None, version: str | None) -> None:
+        drift = []
+        if config_dig != self.config_digest:
+            drift.append(f"primary {peer}'s replication settings differ from this standby's "
+                         f"(config digest {_short(config_dig)} vs {_short(self.config_digest)})")
+        if version_dig is not None and version_dig != self.version_digest:
+            drift.append(f"primary {peer} runs different software "
+                         f"(version digest {_short(version_dig)} vs {_short(self.version_digest)})")
+        if version is not None and version != software_version():
+            drift.append(f"primary {peer} runs {version}, this standby {software_version()}")
+        if version_dig is None and not drift:
+            return
+        if drift != self.drift:
+            self.drift = drift
+            if drift:
+                self.announce("DriftDetected", peer=peer, differences=list(drift))
+
+    # ------------------------------------------------------------------ reporting
+
+    def lag(self) -> tuple[int | None, float | None]:
+        """(records behind the primary's last known seq, ms since the standby last held
+        everything the primary had told it of). Measured on this host's clock only, so
+        clock skew between the hosts does not enter."""
+        if self.primary_last_seq is None:
+            return None, None
+        behind = max(self.primary_last_seq - self.journal.last.seq, 0)
+        if behind == 0:
+            self._behind_since = None
+            return 0, 0.0
+        if self._behind_since is None:
+            return behind, None
+        return behind, (trio.current_time() - self._behind_since) * 1000
+
+    def details(self) -> dict[str, Any]:
+        behind, lag_ms = self.lag()
+        primary = self.primary
+        return {
+            "role": "standby", "node": self.node_id, "peer": self.config.peer, "mode": self.config.mode,
+            "connected": self.connected,
+            "primary": None if primary is None else {
+                "node": primary.node_id, "address": self.primary_address, "epoch": primary.epoch,
+                "software_version": primary.software_version,
+            },
+            "durable_seq": self.journal.last.seq, "durable_epoch": self.journal.last.epoch,
+            "primary_last_seq": self.primary_last_seq, "lag_records": behind,
+            "lag_ms": round(lag_ms, 3) if lag_ms is not None else None,
+            "write_error": self.write_error, "last_reject": self.last_reject,
+            "last_disconnect": self.last_disconnect, "drift": list(self.drift),
+            "truncations": self.truncations[-10:], "counters": dict(self.counters),
+            "events": self.announce.kinds()[-20:],
+        }
+
+    def status(self) -> ServiceStatus:
+        d = self.details()
+        health: Health = "ok"
+        if d["connected"]:
+            summary = (f"following {d['primary']['node']}: durable seq {d['durable_seq']}, "
+                       f"{d['lag_records'] if d['lag_records'] is not None else '?'} behind")
+        else:
+            health = "degraded"
+            summary = f"not connected to {self.config.peer}"
+            if self.last_reject:
+                summary += f" (rejected: {self.last_reject})"
+            elif self.last_disconnect:
+                summary += f" ({self.last_disconnect})"
+        if self.write_error:
+            health = "failing"
+            summary += f"; NOT ACKNOWLEDGING: {self.write_error}"
+        if self.drift:
+            summary += f"; drift: {'; '.join(self.drift)}"
+            if health == "ok":
+                health = "degraded"
+        return ServiceStatus(health, summary, d)
+
+    def metrics(self) -> list[MetricFamily]:
+        d = self.details()
+        role = {"role": "standby"}
+
+        def gauge(name: str, help_: str, value: float) -> MetricFamily:
+            return MetricFamily(name, "gauge", help_, [Sample(role, float(value))])
+
+        families = [
+            gauge("lifeline_replication_connected", "1 while connected to the primary.", d["connected"]),
+            gauge("lifeline_replication_durable_seq", "Highest seq durable on this standby.", d["durable_seq"]),
+            gauge("lifeline_replication_write_error", "1 while the standby cannot write (and does not "
+                  "acknowledge).", d["write_error"] is not None),
+            gauge("lifeline_replication_drift", "Config or software differences with the peer.", len(d["drift"])),
+            MetricFamily("lifeline_replication_truncations_total", "counter",
+                         "Divergent journal tails truncated to the primary's history.",
+                         [Sample(role, float(self.counters["truncations"]))]),
+            MetricFamily("lifeline_replication_records_applied_total", "counter",
+                         "Records appended from the primary.", [Sample(role, float(self.counters["records_applied"]))]),
+        ]
+        if d["lag_records"] is not None:
+            families.append(gauge("lifeline_replication_lag_records", "Records the primary has and this standby "
+                                  "does not (as last heard).", d["lag_records"]))
+        if d["lag_ms"] is not None:
+            families.append(gauge("lifeline_replication_lag_seconds", "Time since this standby last held "
+                                  "everything the primary had.", d["lag_ms"] / 1000))
+        return families
+
+
+class _WriteRetry(StandbyError):
+    """The standby drops the connection to retry its writes after a write error."""
