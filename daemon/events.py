@@ -291,3 +291,113 @@ class RouteChangeFailed(Event):
     error: str
     attempt: int
     severity: ClassVar[str] = "error"
+
+
+# --- the journal's replication (daemon.standby) ---------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class StandbyConnected(Event):
+    """The primary accepted its standby (authenticated) and agreed where to stream from."""
+
+    standby: str
+    address: str
+    standby_last_seq: int
+    standby_last_epoch: int
+    common_seq: int
+    backlog: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class StandbyLost(Event):
+    standby: str
+    address: str
+    reason: str
+    acked_seq: int
+    connected_for_s: float
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicationDegraded(Event):
+    """Sync mode without an in-sync standby: appends are acknowledged on the primary's
+    disk alone (degrade-to-async) or answered in-doubt (block)."""
+
+    mode: str
+    on_standby_loss: str
+    reason: str
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicationRecovered(Event):
+    standby: str
+    degraded_for_s: float
+    acked_seq: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicationRejected(Event):
+    """A peer on the replication port failed authentication or the protocol."""
+
+    address: str
+    peer: str
+    reason: str
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriftDetected(Event):
+    """The pair runs different software or replication settings."""
+
+    peer: str
+    differences: list[str]
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StandbyDiskFull(Event):
+    node: str
+    error: str
+    durable_seq: int
+    severity: ClassVar[str] = "error"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StandbyWriteError(Event):
+    node: str
+    error: str
+    durable_seq: int
+    severity: ClassVar[str] = "error"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StandbyTruncated(Event):
+    """The standby's tail was not on the primary's history: cut back to the common
+    point (never merged)."""
+
+    node: str
+    primary: str
+    from_seq: int
+    to_seq: int
+    dropped_records: int
+    reason: str
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrimaryConnected(Event):
+    primary: str
+    address: str
+    epoch: int
+    primary_last_seq: int
+    local_last_seq: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrimaryLost(Event):
+    primary: str
+    address: str
+    reason: str
+    durable_seq: int
+    severity: ClassVar[str] = "warning"

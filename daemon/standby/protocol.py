@@ -45,8 +45,9 @@ Every frame after AUTH (WELCOME first) carries a MAC trailer: an explicit per-di
 counter and ``HMAC-SHA256(session_key, direction | counter | header | body)`` truncated
 to 16 bytes, with ``session_key = HMAC(key, "session" | nonce_s | nonce_p)``. So a
 man-in-the-middle on the link cannot inject, alter, reorder, replay or reflect records
-or acknowledgements. The cost is one HMAC per frame, about 1 µs plus ~1 ns per byte;
-records travel in batches (hundreds per frame at load), so it is a few ns per record.
+or acknowledgements. The cost is one HMAC per frame: about 1 µs plus 0.5 ns per byte
+(measured on the dev box); records travel in batches (hundreds per frame at load), so it
+is well under 0.1 µs per 100-byte record — noise next to the fsyncs.
 Confidentiality is out of scope: the link is a private cross-connect between the two
 hosts of the pair, and the journal holds no secrets the hosts do not already share
 (run it over a VPN or MACsec if that ever changes).
@@ -72,7 +73,7 @@ import hashlib
 import hmac
 import secrets
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Final, Literal, Sequence, Union
 
 from daemon.standby import MAX_PAYLOAD, Position, Record, ReplicationProtocolError, StandbyError
@@ -573,8 +574,9 @@ class ReplicationConnection:
         self.max_frame = min(max_frame, MAX_FRAME)
         self._key = key
         self.state = State.AWAIT_HELLO
-        #: Why the connection broke (the first error), once it has.
+        #: Why the connection broke (the first error), once it has, and in which state.
         self.error: StandbyError | None = None
+        self.failed_in: State | None = None
         self._buffer = bytearray()
         self._eof = False
         self._pending_header: tuple[FrameType, int, int] | None = None  # type, flags, length
@@ -603,6 +605,7 @@ class ReplicationConnection:
     def _fail(self, error: StandbyError) -> StandbyError:
         if self.error is None:
             self.error = error
+            self.failed_in = self.state
         self.state = State.BROKEN
         return error
 
@@ -702,7 +705,7 @@ class ReplicationConnection:
 
     # ---------------------------------------------------------------- receiving
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Bytes from the peer; ``b""`` means it closed its end. The header of the frame
         at the head of the buffer is checked at once, so a bad magic or an oversized
         length is refused before its body is buffered."""
@@ -874,10 +877,11 @@ def next_candidate(claim: Position, epoch_at: EpochAt, first_seq: int, last_seq:
     """The catch-up rule, run by either side on the other's claim.
 
     ``claim`` says "the peer's record at ``claim.seq`` has epoch ``claim.epoch``";
-    ``epoch_at``/``first_seq``/``last_seq`` describe *our* journal. Answers our largest
-    position at or below the claim that could still be common: the largest seq
-    ``k <= min(claim.seq, last_seq)`` with ``epoch_at(k) <= claim.epoch``, and its epoch.
-    When that is ``claim`` itself, the two journals agree up to ``claim.seq``.
+    ``epoch_at``/``first_seq``/``last_seq`` describe *our* journal (``epoch_at`` may
+    also know ``first_seq - 1``, the position just before the oldest retained record).
+    Answers our largest position at or below the claim that could still be common: the
+    largest seq ``k <= min(claim.seq, last_seq)`` with ``epoch_at(k) <= claim.epoch``,
+    and its epoch. When that is ``claim`` itself, the two journals agree up to there.
 
     Why this converges on the common point: a seq and an epoch name one record (a primary
     of one epoch writes one history), and epochs never decrease along a journal, so if
@@ -888,36 +892,36 @@ def next_candidate(claim: Position, epoch_at: EpochAt, first_seq: int, last_seq:
     point in at most two rounds per epoch between them. Position (0, 0) — the empty
     journal — is common to all.
 
-    ``CatchUpError`` when the answer would be below ``first_seq`` of a journal that has
-    dropped its oldest records (the common point is no longer known).
+    ``CatchUpError`` when the answer would lie below what our journal still knows (it
+    dropped old segments): the peer must be re-seeded.
     """
     if claim.seq == 0:
         return Position(0, 0)
     high = min(claim.seq, last_seq)
-    if high < first_seq or high < 1:
-        if first_seq > 1 and high >= 1:
-            raise CatchUpError(f"the common point is below seq {first_seq}, the oldest record still held")
+    if high <= 0:
         return Position(0, 0)
-    epoch_high = epoch_at(high)
-    if epoch_high is None:
+
+    def known(seq: int) -> int | None:
+        return 0 if seq == 0 else epoch_at(seq)
+
+    low = max(first_seq - 1, 0)
+    low_epoch = known(low)
+    if low_epoch is None and low < first_seq:
+        low, low_epoch = first_seq, known(first_seq)
+    if low_epoch is None or high < low:
+        raise CatchUpError(f"the common point is below seq {first_seq}, the oldest record still held")
+    high_epoch = known(high)
+    if high_epoch is None:
         raise CatchUpError(f"no epoch known for seq {high}")
-    if epoch_high <= claim.epoch:
-        return Position(epoch_high, high)
-    # Binary search for the largest k in [first_seq, high) with epoch_at(k) <= claim.epoch.
-    low_epoch = epoch_at(first_seq)
-    if low_epoch is None:
-        raise CatchUpError(f"no epoch known for seq {first_seq}")
+    if high_epoch <= claim.epoch:
+        return Position(high_epoch, high)
     if low_epoch > claim.epoch:
-        if first_seq > 1:
-            raise CatchUpError(
-                f"the common point is below seq {first_seq}, the oldest record still held "
-                f"(epoch {low_epoch} there, the peer's is at most {claim.epoch})")
-        return Position(0, 0)
-    lo, hi = first_seq, high  # invariant: epoch_at(lo) <= claim.epoch < epoch_at(hi)
-    best = low_epoch
+        raise CatchUpError(f"the common point is below seq {low}, the oldest position still known "
+                           f"(epoch {low_epoch} there, the peer's is at most {claim.epoch})")
+    lo, hi, best = low, high, low_epoch  # invariant: epoch(lo) <= claim.epoch < epoch(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        epoch_mid = epoch_at(mid)
+        epoch_mid = known(mid)
         if epoch_mid is None:
             raise CatchUpError(f"no epoch known for seq {mid}")
         if epoch_mid <= claim.epoch:

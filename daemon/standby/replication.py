@@ -31,9 +31,10 @@ local journal first (it is durable on the primary when that returns), then:
 A standby counts as *in sync* once it has acknowledged everything the primary held
 when its session started, so a standby replaying a long backlog does not stall writers.
 
-Events. The event classes are not in ``daemon.events`` yet; every announcement is
-logged and kept in ``announcements``, and is published on the bus as soon as a class of
-that name exists there (see :data:`EVENTS` for the names and fields).
+Events (``daemon.events``): StandbyConnected, StandbyLost, ReplicationDegraded,
+ReplicationRecovered, ReplicationRejected, DriftDetected, StandbyDiskFull,
+StandbyWriteError, StandbyTruncated, PrimaryConnected, PrimaryLost; the last 200 are
+also kept in ``announce.recent`` for status.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import errno
 import hashlib
 import heapq
 import itertools
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -52,6 +54,7 @@ from typing import Any, Literal, Protocol, Sequence
 import trio
 
 import daemon
+from daemon import events
 from daemon.config import StandbyConfig, parse_host_port
 from daemon.log import get_logger
 from daemon.service import Health, MetricFamily, Sample, ServiceStatus
@@ -99,21 +102,12 @@ REANNOUNCE_AFTER = 60.0
 IN_DOUBT_KEPT = 100
 APPEND_TIMES_KEPT = 100_000
 
-#: The events this module announces, with their fields (for ``daemon.events``).
-EVENTS: dict[str, tuple[str, list[str]]] = {
-    "StandbyConnected": ("info", ["standby", "address", "standby_last_seq", "standby_last_epoch", "common_seq",
-                                  "backlog"]),
-    "StandbyLost": ("warning", ["standby", "address", "reason", "acked_seq", "connected_for_s"]),
-    "ReplicationDegraded": ("warning", ["mode", "on_standby_loss", "reason"]),
-    "ReplicationRecovered": ("info", ["standby", "degraded_for_s", "acked_seq"]),
-    "ReplicationRejected": ("warning", ["address", "peer", "reason"]),
-    "DriftDetected": ("warning", ["peer", "differences"]),
-    "StandbyDiskFull": ("error", ["node", "error", "durable_seq"]),
-    "StandbyWriteError": ("error", ["node", "error", "durable_seq"]),
-    "StandbyTruncated": ("warning", ["node", "primary", "from_seq", "to_seq", "dropped_records", "reason"]),
-    "PrimaryConnected": ("info", ["primary", "address", "epoch", "primary_last_seq", "local_last_seq"]),
-    "PrimaryLost": ("warning", ["primary", "address", "reason", "durable_seq"]),
-}
+#: The events this module publishes (declared in daemon.events, one place for all events).
+EVENTS: dict[str, type[events.Event]] = {cls.__name__: cls for cls in (
+    events.StandbyConnected, events.StandbyLost, events.ReplicationDegraded, events.ReplicationRecovered,
+    events.ReplicationRejected, events.DriftDetected, events.StandbyDiskFull, events.StandbyWriteError,
+    events.StandbyTruncated, events.PrimaryConnected, events.PrimaryLost,
+)}
 
 
 class JournalLike(Protocol):
@@ -215,6 +209,11 @@ def describe_write_error(exc: BaseException) -> str:
         if getattr(current, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
             return f"disk full: {exc}"
         current = current.__cause__ or current.__context__
+    # The journal's JournalError carries the errno in its text ("ENOSPC (No space left
+    # on device)"), not as an attribute.
+    text = str(exc)
+    if any(mark in text for mark in ("ENOSPC", "EDQUOT", os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))):
+        return f"disk full: {exc}"
     return f"write failed: {type(exc).__name__}: {exc}"
 
 
@@ -230,7 +229,6 @@ class _Link:
         self.conn = conn
         self.address = address
         self._lock = trio.Lock()
-        self.last_received = trio.current_time()
 
     async def send(self, *events: Event) -> None:
         async with self._lock:
@@ -242,9 +240,7 @@ class _Link:
             event = self.conn.next_event()
             if event is not NEED_DATA:
                 return event  # type: ignore[return-value]
-            data = await self.stream.receive_some(RECEIVE_CHUNK)
-            self.last_received = trio.current_time()
-            self.conn.receive_data(data)
+            self.conn.receive_data(await self.stream.receive_some(RECEIVE_CHUNK))
 
     async def receive_within(self, seconds: float, what: str) -> Event:
         with trio.move_on_after(seconds):
@@ -254,6 +250,11 @@ class _Link:
     async def aclose(self) -> None:
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
             await self.stream.aclose()
+
+
+def _stage(link: _Link) -> str:
+    """Where the conversation was when it ended (the state before a protocol error)."""
+    return (link.conn.failed_in or link.conn.state).value
 
 
 def _address(stream: trio.abc.Stream) -> str:
@@ -287,32 +288,21 @@ def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 class _Announcer:
-    """Logs an announcement, keeps it, and publishes it once daemon.events has the class."""
+    """Publishes this module's events (the bus logs them), or logs them when there is no
+    bus (tests), and keeps the last ones for status."""
 
     def __init__(self, source: str, bus: Any) -> None:
         self.source = source
         self.bus = bus
         self.recent: collections.deque[tuple[float, str, dict[str, Any]]] = collections.deque(maxlen=200)
-        self._warned: set[str] = set()
 
     def __call__(self, kind: str, **fields: Any) -> None:
-        severity = EVENTS.get(kind, ("info", []))[0]
+        event = EVENTS[kind](source=self.source, **fields)
         self.recent.append((time.time(), kind, fields))
-        getattr(log, severity if severity in ("info", "warning", "error") else "info")(
-            "event." + kind, **fields)
-        if self.bus is None:
-            return
-        import daemon.events as events_module
-
-        cls = getattr(events_module, kind, None)
-        if cls is None:
-            return
-        try:
-            self.bus.publish(cls(source=self.source, **fields))
-        except TypeError as exc:  # the class's fields and ours disagree: say so once
-            if kind not in self._warned:
-                self._warned.add(kind)
-                log.warning("event.fields_mismatch", kind=kind, error=str(exc))
+        if self.bus is not None:
+            self.bus.publish(event)
+        else:
+            getattr(log, event.severity)("event." + kind, **fields)
 
     def kinds(self) -> list[str]:
         return [kind for _, kind, _ in self.recent]
@@ -322,13 +312,17 @@ class _Announcer:
 
 
 class _Waiter:
-    __slots__ = ("seq", "event", "lost", "abandoned")
+    """A writer waiting for the standby's ACK of ``seq``. Set by the ACK, by the loss of
+    the standby (``lost``), or by the deadline reaper (``timed_out``)."""
 
-    def __init__(self, seq: int) -> None:
+    __slots__ = ("seq", "deadline", "event", "lost", "timed_out")
+
+    def __init__(self, seq: int, deadline: float) -> None:
         self.seq = seq
+        self.deadline = deadline
         self.event = trio.Event()
         self.lost: str | None = None
-        self.abandoned = False
+        self.timed_out = False
 
 
 @dataclass
@@ -385,7 +379,12 @@ class ReplicationPrimary:
         self.version_digest = software_digest()
         self.bound_port: int | None = None
         self._session: _Session | None = None
-        self._waiters: list[tuple[int, int, _Waiter]] = []
+        self._waiters: list[tuple[int, int, _Waiter]] = []  # a heap by seq
+        # The same waiters by deadline. sync_timeout is one constant, so arrival order is
+        # deadline order: one reaper task expires them, where a cancel scope per append
+        # would cost more than the rest of the append path.
+        self._deadlines: collections.deque[_Waiter] = collections.deque()
+        self._reaper_wakeup = trio.Event()
         self._tiebreak = itertools.count()
         #: Highest seq known durable on the standby, on this primary's history.
         self.standby_acked_seq = 0
@@ -393,9 +392,9 @@ class ReplicationPrimary:
         #: primary starts out of sync: until a standby has caught up, no record is on two disks.
         self._out_of_sync_since: float | None = None
         self._out_of_sync_reason = "no standby has connected yet"
-        self._was_in_sync = False
         self._append_times: collections.deque[tuple[int, float]] = collections.deque(maxlen=APPEND_TIMES_KEPT)
         self._last_announced_error: tuple[str, float] | None = None
+        self._rejections_announced: dict[tuple[str, str], float] = {}
         self.recent_in_doubt: collections.deque[AppendResult] = collections.deque(maxlen=IN_DOUBT_KEPT)
         self.counters: dict[str, int] = collections.defaultdict(int)
 
@@ -408,11 +407,31 @@ class ReplicationPrimary:
         self.bound_port = listeners[0].socket.getsockname()[1]
         log.info("primary.listening", listen=self.config.listen, port=self.bound_port, mode=self.config.mode,
                  on_standby_loss=self.config.on_standby_loss, last_seq=self.journal.last.seq)
-        task_status.started()
         try:
-            await trio.serve_listeners(self._handle, listeners)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reaper)
+                await nursery.start(trio.serve_listeners, self._handle, listeners)
+                task_status.started()
         finally:
             self._release_waiters("replication stopped")
+
+    async def _reaper(self) -> None:
+        """Expires sync waits at their deadline (the sync_timeout of each append)."""
+        deadlines = self._deadlines
+        while True:
+            while deadlines and deadlines[0].event.is_set():
+                deadlines.popleft()
+            if not deadlines:
+                self._reaper_wakeup = trio.Event()
+                await self._reaper_wakeup.wait()
+                continue
+            first = deadlines[0]
+            if first.deadline > trio.current_time():
+                await trio.sleep_until(first.deadline)  # later arrivals have later deadlines
+                continue
+            deadlines.popleft()
+            first.timed_out = True
+            first.event.set()
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         address = _address(stream)
@@ -431,11 +450,11 @@ class ReplicationPrimary:
         except trio.TooSlowError:
             reason = f"no handshake within {self.handshake_timeout:g}s"
             self.counters["handshake_timeouts"] += 1
-            log.warning("connection.dropped", address=address, reason=reason, stage=link.conn.state.value)
+            log.warning("connection.dropped", address=address, reason=reason, stage=_stage(link))
         except ReplicationProtocolError as exc:
             reason = f"protocol error: {exc}"
             self.counters["protocol_errors"] += 1
-            log.warning("connection.dropped", address=address, reason=reason, stage=link.conn.state.value)
+            log.warning("connection.dropped", address=address, reason=reason, stage=_stage(link))
         except CatchUpError as exc:
             reason = f"cannot catch up: {exc}"
             log.error("catchup.impossible", address=address, error=str(exc))
@@ -443,7 +462,11 @@ class ReplicationPrimary:
         except _DISCONNECTS as exc:
             reason = str(exc) or type(exc).__name__
             if session is None:
-                log.info("connection.closed", address=address, reason=reason, stage=link.conn.state.value)
+                log.info("connection.closed", address=address, reason=reason, stage=_stage(link))
+        except StandbyError as exc:  # the journal refused something (a read past retention, ...)
+            reason = f"{type(exc).__name__}: {exc}"
+            log.error("connection.failed", address=address, error=reason)
+            await self._try_send(link, Error("primary-error", reason))
         except Exception as exc:  # a peer must never take the service down; log the bug loudly
             reason = f"internal error: {type(exc).__name__}: {exc}"
             self.counters["internal_errors"] += 1
@@ -509,7 +532,15 @@ class ReplicationPrimary:
 
     async def _reject(self, link: _Link, hello: Hello, reason: str) -> None:
         self.counters["rejected"] += 1
-        self.announce("ReplicationRejected", address=link.address, peer=hello.node_id, reason=reason)
+        # Announced once per (host, reason) per REANNOUNCE_AFTER: whoever keeps knocking
+        # with a wrong key must not flood the log and the bus.
+        key = (link.address.rsplit(":", 1)[0], reason)
+        now = trio.current_time()
+        if now - self._rejections_announced.get(key, -REANNOUNCE_AFTER) >= REANNOUNCE_AFTER:
+            self._rejections_announced[key] = now
+            self.announce("ReplicationRejected", address=link.address, peer=hello.node_id, reason=reason)
+        else:
+            log.debug("connection.rejected", address=link.address, peer=hello.node_id, reason=reason)
         await link.send(Reject(reason))
 
     async def _agree(self, session: _Session) -> int:
@@ -615,6 +646,8 @@ class ReplicationPrimary:
                 raise ReplicationProtocolError(f"unexpected {type(event).__name__} from the standby")
 
     def _on_ack(self, session: _Session, ack: Ack) -> None:
+        if self._session is not session:
+            return  # a replaced session's last words; its cancellation is on the way
         if ack.seq < session.acked_seq:
             raise ReplicationProtocolError(f"ACK went backwards: {ack.seq} after {session.acked_seq}")
         if ack.seq > session.sent_seq:
@@ -638,11 +671,14 @@ class ReplicationPrimary:
             self._now_in_sync(session)
 
     def _should_announce(self, error: str) -> bool:
+        """Once per kind of error ("disk full", "write failed") per REANNOUNCE_AFTER: a
+        standby that retries against a full disk must not flood the bus."""
+        kind = error.split(":", 1)[0]
         now = trio.current_time()
         last = self._last_announced_error
-        if last is not None and last[0] == error and now - last[1] < REANNOUNCE_AFTER:
+        if last is not None and last[0] == kind and now - last[1] < REANNOUNCE_AFTER:
             return False
-        self._last_announced_error = (error, now)
+        self._last_announced_error = (kind, now)
         return True
 
     def _compare_digests(self, session: _Session, config_dig: bytes, version_dig: bytes | None) -> None:
@@ -671,11 +707,10 @@ class ReplicationPrimary:
         self._out_of_sync_since = None
         self._out_of_sync_reason = ""
         log.info("standby.in_sync", standby=session.node, acked_seq=session.acked_seq)
-        if self._was_in_sync or self.config.mode == "sync":
+        if self.config.mode == "sync":  # async mode has nothing to recover from
             self.announce("ReplicationRecovered", standby=session.node,
                           degraded_for_s=round(trio.current_time() - since, 3) if since is not None else 0.0,
                           acked_seq=session.acked_seq)
-        self._was_in_sync = True
 
     def _lose_sync(self, reason: str) -> None:
         session = self._session
@@ -712,12 +747,17 @@ class ReplicationPrimary:
         while waiters and waiters[0][0] <= seq:
             _, _, waiter = heapq.heappop(waiters)
             waiter.event.set()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0].event.is_set():
+            deadlines.popleft()
 
     def _release_waiters(self, reason: str) -> None:
         waiters, self._waiters = self._waiters, []
+        self._deadlines.clear()
         for _, _, waiter in waiters:
-            waiter.lost = reason
-            waiter.event.set()
+            if not waiter.event.is_set():
+                waiter.lost = reason
+                waiter.event.set()
 
     # ------------------------------------------------------------------ the writer
 
@@ -730,15 +770,17 @@ class ReplicationPrimary:
         return (await self.append_many([payload]))[0]
 
     async def append_many(self, payloads: Sequence[bytes]) -> list[AppendResult]:
-        """Append records in order (one wait for the standby covers them all)."""
+        """Append records in order: one group commit on the primary, one wait for the
+        standby covering them all. ``JournalError`` from the local journal propagates
+        (nothing acknowledged; records it did write are logged as in doubt)."""
         if not payloads:
             return []
         epoch = self.epoch_provider()
         written: list[Record] = []
         try:
-            for payload in payloads:
-                written.append(await self.journal.append(payload, epoch))
-                self._append_times.append((written[-1].seq, trio.current_time()))
+            written = await self._append_local(payloads, epoch)
+            now = trio.current_time()
+            self._append_times.extend((record.seq, now) for record in written)
             self.counters["appends"] += len(written)
             if self.config.mode == "async":
                 return [AppendResult(r.seq, r.epoch, "ok", "primary") for r in written]
@@ -748,21 +790,48 @@ class ReplicationPrimary:
                                 "the append was cancelled while waiting for the standby")
             raise
 
+    async def _append_local(self, payloads: Sequence[bytes], epoch: int) -> list[Record]:
+        if len(payloads) == 1:
+            return [await self.journal.append(payloads[0], epoch)]
+        # The journal numbers appends in call order (its call enqueues before it first
+        # yields). Tasks start in no particular order, so each takes the next payload
+        # when it runs, right before its call: payload i is still the i-th call. All wait
+        # together, so the request costs one group commit rather than one per record.
+        records: list[Record | None] = [None] * len(payloads)
+        order = iter(range(len(payloads)))
+
+        async def one() -> None:
+            i = next(order)
+            records[i] = await self.journal.append(payloads[i], epoch)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in payloads:
+                    nursery.start_soon(one)
+        except BaseExceptionGroup as group:
+            written = [r for r in records if r is not None]
+            error = _collapse(group)
+            if written and not isinstance(error, trio.Cancelled):
+                self._note_in_doubt(written, f"written, but part of a request that failed: {error}")
+            raise error from None
+        return records  # type: ignore[return-value]
+
     async def _wait_for_standby(self, records: list[Record]) -> list[AppendResult]:
         last = records[-1].seq
         if not self.in_sync():
             return self._without_standby(records, self._out_of_sync_reason or "no standby in sync")
-        waiter = _Waiter(last)
-        if last <= self.standby_acked_seq:
-            waiter.event.set()
-        else:
+        if last > self.standby_acked_seq:
+            waiter = _Waiter(last, trio.current_time() + float(self.config.sync_timeout))
             heapq.heappush(self._waiters, (last, next(self._tiebreak), waiter))
-        timed_out = False
-        with trio.move_on_after(float(self.config.sync_timeout)):
-            await waiter.event.wait()
-        if not waiter.event.is_set():
-            timed_out = True
-            waiter.abandoned = True  # stays in the heap until acked or released: harmless
+            self._deadlines.append(waiter)
+            self._reaper_wakeup.set()
+            try:
+                await waiter.event.wait()
+            except trio.Cancelled:
+                waiter.event.set()  # the reaper and the ACK path drop it
+                raise
+        else:
+            waiter = None
         results = []
         pending = []
         for record in records:
@@ -772,12 +841,13 @@ class ReplicationPrimary:
                 pending.append(record)
         if not pending:
             return results
-        if timed_out:
+        assert waiter is not None
+        if waiter.lost is not None:
+            results += self._without_standby(pending, waiter.lost)
+        else:
             results += self._note_in_doubt(
                 pending, f"no acknowledgement from the standby within sync_timeout "
                          f"({float(self.config.sync_timeout):g}s)")
-        else:
-            results += self._without_standby(pending, waiter.lost or "standby lost")
         return results
 
     def _without_standby(self, records: list[Record], reason: str) -> list[AppendResult]:
@@ -994,7 +1064,7 @@ class ReplicationStandby:
             else:
                 failures = 0
                 welcomed = await self._connection(stream)
-            self.counters["reconnects"] += 1
+            self.counters["connect_attempts"] += 1
             if welcomed:
                 delay = initial
             await trio.sleep(delay * random.uniform(0.5, 1.0))
@@ -1005,7 +1075,7 @@ class ReplicationStandby:
         address = _address(stream)
         link = _Link(stream, ReplicationConnection("standby", self._key), address)
         welcomed = False
-        reason = "closed"
+        reason = "this standby is stopping"
         try:
             with trio.fail_after(self.handshake_timeout):
                 first = await self._handshake(link)
@@ -1014,7 +1084,7 @@ class ReplicationStandby:
                 await self._follow(link, first)
         except trio.TooSlowError:
             reason = f"no handshake within {self.handshake_timeout:g}s"
-            log.warning("primary.handshake_timeout", address=address, stage=link.conn.state.value)
+            log.warning("primary.handshake_timeout", address=address, stage=_stage(link))
         except ReplicationProtocolError as exc:
             reason = f"protocol error: {exc}"
             self.counters["protocol_errors"] += 1
@@ -1027,6 +1097,10 @@ class ReplicationStandby:
             reason = f"{type(exc).__name__}: {exc}"
             log.error("replication.stopped", address=address, error=reason)
             await self._try_send(link, Error("standby-error", reason))
+        except Exception as exc:  # never let one connection take the service down; log the bug
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            self.counters["internal_errors"] += 1
+            log.exception("replication.failed", address=address)
         finally:
             await link.aclose()
             if self.connected:
@@ -1175,6 +1249,8 @@ class ReplicationStandby:
                 position = await self.journal.append_replicated(records)
             except (OSError, StandbyError) as exc:
                 await self._write_failed(link, exc)
+                async for _ in channel:
+                    pass  # keep the reader unblocked; nothing more is written this session
                 return
             self.counters["records_applied"] += len(records)
             if self.primary_last_seq is not None and position.seq >= self.primary_last_seq:

@@ -72,7 +72,7 @@ def records(first: int, count: int, epoch: int = 4, size: int = 10) -> list[Reco
 
 
 def drain(conn: ReplicationConnection) -> list[Any]:
-    out = []
+    out: list[Any] = []
     while True:
         event = conn.next_event()
         if event is NEED_DATA:
@@ -206,7 +206,7 @@ def test_reject_round_trip_closes() -> None:
 
 
 def test_bodies_round_trip_without_a_connection() -> None:
-    for frame_type, event in [
+    cases: list[tuple[FrameType, Any]] = [
         (FrameType.HELLO, hello(nonce=b"n" * 32)),
         (FrameType.CHALLENGE, Challenge(b"c" * 32)),
         (FrameType.AUTH, Auth(b"p" * 32)),
@@ -218,7 +218,8 @@ def test_bodies_round_trip_without_a_connection() -> None:
         (FrameType.ACK, Ack(3)),
         (FrameType.HEARTBEAT, Heartbeat(1, 2, b"c", b"v")),
         (FrameType.ERROR, Error("c", "m")),
-    ]:
+    ]
+    for frame_type, event in cases:
         assert decode_body(frame_type, memoryview(encode_body(event))) == event
 
 
