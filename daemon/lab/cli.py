@@ -34,6 +34,13 @@ def add_lab_parser(sub: Any) -> None:
         # SUPPRESS: an absent option must not overwrite `lifeline lab --workdir DIR ACTION`.
         parser.add_argument("--workdir", type=Path, default=argparse.SUPPRESS,
                             help="the lab's files: logs, pid files (default $TMPDIR/lifeline-lab)")
+    replay = actions.add_parser("replay", help="append the recorded Binance feeds to a daemon's journal "
+                                               "(the lab's stand-in for a trading engine)")
+    replay.add_argument("--socket", type=Path, required=True, help="the primary's control socket")
+    replay.add_argument("--pace", type=float, default=None,
+                        help="1 = the recorded pace, N = N times faster (default: as fast as acknowledged)")
+    replay.add_argument("--limit", type=int, default=None, help="stop after this many lines")
+    replay.add_argument("--batch", type=int, default=256, help="lines per journal.append request (default 256)")
     up.add_argument("--loopback", action="store_true",
                     help="no namespaces: everything on lo, route backend none (the default without root)")
 
@@ -42,7 +49,29 @@ def run_lab_command(args: argparse.Namespace) -> int:
     action = getattr(args, "lab_command", None)
     if action is None:
         return run_drills(args)
-    return {"up": lab_up, "down": lab_down, "status": lab_status}[action](args)
+    return {"up": lab_up, "down": lab_down, "status": lab_status, "replay": lab_replay}[action](args)
+
+
+def lab_replay(args: argparse.Namespace) -> int:
+    from daemon.control_client import ControlClient, ControlError
+    from daemon.lab.replay_engine import control_socket_writer, feed_paths, merged_lines, replay
+
+    def progress(stats: Any) -> None:
+        if stats.batches % 200 == 0:
+            print(f"  {stats.sent} lines, {stats.ok} ok, {stats.in_doubt} in doubt", file=sys.stderr, flush=True)
+
+    try:
+        paths = feed_paths()
+        with ControlClient(args.socket, timeout=60) as client:
+            stats = replay(merged_lines(paths), control_socket_writer(client), pace=args.pace, batch=args.batch,
+                           limit=args.limit, on_batch=progress)
+    except (FileNotFoundError, ConnectionError, ControlError) as exc:
+        print(f"lab replay: {exc}", file=sys.stderr)
+        return 1
+    print(f"replayed {stats.sent} lines ({stats.bytes / 1e6:.1f} MB) from {len(paths)} recorded feeds in "
+          f"{stats.seconds:.1f} s: {stats.ok} ok, {stats.in_doubt} in doubt, {stats.errors} errors, "
+          f"{stats.records_per_s:,.0f} records/s")
+    return 0 if stats.in_doubt == 0 and stats.errors == 0 else 1
 
 
 def lab_up(args: argparse.Namespace) -> int:
