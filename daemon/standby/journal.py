@@ -189,6 +189,14 @@ _SEGMENT_NAME = re.compile(r"(\d{20})\.seg")
 _INDEX_EVERY_RECORDS = 64
 _INDEX_EVERY_BYTES = 256 * 1024
 _READ_CHUNK = 256 * 1024
+#: The records of the newest batches stay in memory for read(): the replication sender
+#: asks for them right after they are published, and re-reading and re-checking what we
+#: just wrote would cost more than the write. At most this much (frame bytes) and this
+#: many batches; the newest batch is always kept.
+_TAIL_BYTES = 8 * 1024 * 1024
+_TAIL_BATCHES = 64
+#: Sentinel "last index entry" of a segment without one: the first record gets an entry.
+_NO_INDEX = -(1 << 70)
 _MMAP_FLAGS = getattr(mmap, "MAP_SHARED", 0)
 
 
@@ -281,23 +289,22 @@ class _Segment:
 
 
 class _Pending:
-    """One queued append: a payload to number (``append``) or records to copy
-    (``append_replicated``)."""
+    """One queued append: payloads to number (``append``, ``append_many``: one group, one
+    epoch, one timestamp) or records to copy (``append_replicated``). A group is planned,
+    written and woken as a whole: one object and one event per request, not per record."""
 
-    __slots__ = ("payload", "epoch", "timestamp_ns", "records", "done", "result", "error")
+    __slots__ = ("payloads", "epoch", "timestamp_ns", "records", "count", "done", "result", "error")
 
-    def __init__(self, payload: bytes, epoch: int, timestamp_ns: int, records: tuple[Record, ...] | None) -> None:
-        self.payload = payload
+    def __init__(self, payloads: Sequence[bytes] | None, epoch: int, timestamp_ns: int,
+                 records: tuple[Record, ...] | None) -> None:
+        self.payloads = payloads
         self.epoch = epoch
         self.timestamp_ns = timestamp_ns
         self.records = records
+        self.count = len(payloads) if payloads is not None else len(records or ())
         self.done = trio.Event()
         self.result: list[Record] | None = None
         self.error: JournalError | None = None
-
-    @property
-    def count(self) -> int:
-        return 1 if self.records is None else len(self.records)
 
     def fail(self, error: JournalError) -> None:
         if not self.done.is_set():
@@ -307,13 +314,21 @@ class _Pending:
 
 @dataclass
 class _Chunk:
-    """The part of a batch that goes into one segment (a batch crosses a roll-over)."""
+    """The part of a batch that goes into one segment (a batch crosses a roll-over).
+
+    ``parts`` are the frames' pieces, joined for the chunk's one ``os.write``. What the
+    segment learns once the chunk is durable is planned with it: ``index`` (the sparse
+    index entries, ``(seq, offset)``) and ``epochs`` (``(seq, epoch)`` where a new epoch
+    starts)."""
 
     new_first_seq: int | None  # set: this chunk starts a new segment
     prev_epoch: int
     start: int  # the segment's size before this chunk
-    frames: list[bytes] = field(default_factory=list)
-    metas: list[tuple[int, int, int]] = field(default_factory=list)  # (seq, epoch, offset)
+    parts: list[bytes] = field(default_factory=list)
+    count: int = 0
+    last_seq: int = 0
+    index: list[tuple[int, int]] = field(default_factory=list)
+    epochs: list[tuple[int, int]] = field(default_factory=list)
     end: int = 0
 
 
@@ -388,6 +403,11 @@ class Journal:
         self._dirty = False  # written, not yet fsynced ("batch" mode)
         self._last_fsync_at = -math.inf
         self._limiter = trio.CapacityLimiter(1)
+        # The newest published batches, (first seq, records, frame bytes), oldest first;
+        # replaced (never mutated) on publish, so a reader in a worker thread sees one
+        # consistent tuple.
+        self._tail: tuple[tuple[int, Sequence[Record], int], ...] = ()
+        self._tail_bytes = 0
         # Figures.
         self._appends = 0
         self._batches = 0
@@ -486,6 +506,16 @@ class Journal:
         if not self._running:
             raise JournalError(f"{self.directory}: the journal's committer is not running (start Journal.run)")
 
+    def _admit(self, epoch: int) -> None:
+        """The checks every numbered append passes before it is queued (fencing)."""
+        if not 0 <= epoch < _U64:
+            raise JournalError(f"epoch {epoch} out of range")
+        self._check_open()
+        if epoch < self._max_epoch:
+            raise JournalError(f"epoch {epoch} refused: the journal has seen epoch {self._max_epoch} "
+                               "(a fenced-off primary must stop writing)")
+        self._max_epoch = epoch
+
     async def append(self, payload: bytes, epoch: int) -> Record:
         """Append one record (primary side); returns it once durable per the fsync mode.
 
@@ -496,20 +526,40 @@ class Journal:
         payload = bytes(payload)
         if len(payload) > MAX_PAYLOAD:
             raise JournalError(f"payload of {len(payload)} bytes exceeds the limit of {MAX_PAYLOAD}")
-        if not 0 <= epoch < _U64:
-            raise JournalError(f"epoch {epoch} out of range")
-        self._check_open()
-        if epoch < self._max_epoch:
-            raise JournalError(f"epoch {epoch} refused: the journal has seen epoch {self._max_epoch} "
-                               "(a fenced-off primary must stop writing)")
-        self._max_epoch = epoch
-        pending = _Pending(payload, epoch, time.time_ns(), None)
+        self._admit(epoch)
+        return (await self._append_group([payload], epoch))[0]
+
+    async def append_many(self, payloads: Sequence[bytes], epoch: int) -> list[Record]:
+        """Append records in the given order (primary side), numbered together: one queue
+        entry, one wake-up, consecutive seqs, one timestamp. Returns them once durable per
+        the fsync mode.
+
+        All or nothing: every payload is checked before any is queued, and the group is
+        written in one batch, so a failed batch (JournalError) wrote none of them. As with
+        :meth:`append`, a cancelled call may still have been written."""
+        payloads = list(payloads)
+        if set(map(type, payloads)) - {bytes}:
+            for payload in payloads:
+                if not isinstance(payload, (bytes, bytearray, memoryview)):
+                    raise JournalError(f"payload must be bytes, not {type(payload).__name__}")
+            payloads = [bytes(p) for p in payloads]
+        if payloads:
+            biggest = max(map(len, payloads))
+            if biggest > MAX_PAYLOAD:
+                raise JournalError(f"payload of {biggest} bytes exceeds the limit of {MAX_PAYLOAD}")
+        self._admit(epoch)
+        if not payloads:
+            return []
+        return await self._append_group(payloads, epoch)
+
+    async def _append_group(self, payloads: list[bytes], epoch: int) -> list[Record]:
+        pending = _Pending(payloads, epoch, time.time_ns(), None)
         self._enqueue(pending)
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error
         assert pending.result is not None
-        return pending.result[0]
+        return pending.result
 
     async def append_replicated(self, records: Sequence[Record]) -> Position:
         """Append records received from the primary (standby side); they must continue
@@ -519,11 +569,11 @@ class Journal:
         if not batch:
             return self._last
         expected = self._last.seq + self._inflight_records + self._queued_records + 1
-        problem = _continuity_problem(batch, expected, self._max_epoch)
+        problem = _replicated_problem(batch, expected, self._max_epoch)
         if problem:
-            raise JournalError(f"replicated records refused: {problem}")
+            raise JournalError(problem)
         self._max_epoch = batch[-1].epoch
-        pending = _Pending(b"", 0, 0, batch)
+        pending = _Pending(None, 0, 0, batch)
         self._enqueue(pending)
         await pending.done.wait()
         if pending.error is not None:
@@ -609,6 +659,7 @@ class Journal:
             self._committing = False
             self._inflight_records = 0
         self._publish(chunks, outcome, seq, epoch)
+        self._remember(accepted, sum(c.end - c.start for c in chunks))
         self._batches += 1
         if fsync_now:
             self._last_fsync_at = trio.current_time()
@@ -618,48 +669,68 @@ class Journal:
 
     def _plan(self, batch: list[_Pending]) -> tuple[list[_Chunk], list[_Pending], int, int]:
         """Number and frame the batch, split where segments roll over. Entries that no
-        longer fit the journal (an earlier batch failed) are failed here."""
+        longer fit the journal (an earlier batch failed) are failed here.
+
+        This is the committer's hot loop (every record of every batch passes here once),
+        so it frames records inline rather than through :func:`encode_record`: the fields
+        were checked when the entry was queued (``_admit``, ``_replicated_problem``)."""
         seq, epoch = self._last.seq, self._last.epoch
         active = self._segments[-1]
         size, has_records = active.size, active.last_seq >= active.first_seq
         chunk = _Chunk(None, 0, size)
         chunks = [chunk]
+        parts = chunk.parts
         accepted: list[_Pending] = []
         limit = self.config.segment_bytes
+        idx_seq, idx_off = (active.index_seqs[-1], active.index_offsets[-1]) if active.index_seqs else (_NO_INDEX, 0)
+        in_chunk = 0
+        pack_body, pack_crc = _BODY.pack, _CRC.pack
         for pending in batch:
             if pending.done.is_set():
                 continue
+            records: Sequence[Record]
             if pending.records is None:
                 if pending.epoch < epoch:  # pragma: no cover - append() checks first
                     pending.fail(JournalError(f"epoch {pending.epoch} refused: the journal is at epoch {epoch}"))
                     continue
-                records: Sequence[Record] = (Record(seq + 1, pending.epoch, pending.timestamp_ns, pending.payload),)
+                group_epoch, stamp = pending.epoch, pending.timestamp_ns
+                assert pending.payloads is not None
+                records = [Record(s, group_epoch, stamp, p)
+                           for s, p in zip(range(seq + 1, seq + 1 + pending.count), pending.payloads)]
             else:
-                problem = _continuity_problem(pending.records, seq + 1, epoch)
-                if problem:
+                records = pending.records
+                # Checked whole when queued; what can have changed since is the journal's
+                # end (an earlier batch failed): only the junction needs checking again.
+                if records[0].seq != seq + 1 or records[0].epoch < epoch:
+                    problem = _continuity_problem(records, seq + 1, epoch) or f"does not continue seq {seq}"
                     pending.fail(JournalError(f"replicated records refused: {problem}"))
                     continue
-                records = pending.records
-            try:
-                frames = [encode_record(record) for record in records]
-            except ValueError as exc:  # a field that does not fit the frame
-                pending.fail(JournalError(f"record refused: {exc}"))
-                continue
-            for record, frame in zip(records, frames):
-                if has_records and size + len(frame) > limit:
-                    chunk.end = size
-                    chunk = _Chunk(record.seq, epoch, SEGMENT_HEADER_SIZE)
+            for record in records:
+                payload = record.payload
+                rseq, repoch = record.seq, record.epoch
+                length = len(payload)
+                if has_records and size + HEADER_SIZE + length > limit:
+                    chunk.end, chunk.count, chunk.last_seq = size, in_chunk, seq
+                    chunk = _Chunk(rseq, epoch, SEGMENT_HEADER_SIZE)
                     chunks.append(chunk)
-                    size, has_records = SEGMENT_HEADER_SIZE, False
-                chunk.frames.append(frame)
-                chunk.metas.append((record.seq, record.epoch, size))
-                size += len(frame)
+                    parts = chunk.parts
+                    size, has_records, in_chunk = SEGMENT_HEADER_SIZE, False, 0
+                    idx_seq, idx_off = _NO_INDEX, 0
+                body = pack_body(VERSION, 0, length, rseq, repoch, record.timestamp_ns)
+                parts += (MAGIC, pack_crc(crc32c(payload, crc32c(body))), body, payload)
+                if rseq - idx_seq >= _INDEX_EVERY_RECORDS or size - idx_off >= _INDEX_EVERY_BYTES:
+                    chunk.index.append((rseq, size))
+                    idx_seq, idx_off = rseq, size
+                if repoch != epoch:
+                    chunk.epochs.append((rseq, repoch))
+                size += HEADER_SIZE + length
                 has_records = True
-                seq, epoch = record.seq, record.epoch
-            pending.result = list(records)
+                in_chunk += 1
+                seq, epoch = rseq, repoch
+            pending.result = records  # type: ignore[assignment]  # a list, or the replicated tuple
             accepted.append(pending)
-        chunk.end = size
-        return [c for c in chunks if c.frames], accepted, seq, epoch
+        chunk.end, chunk.count, chunk.last_seq = size, in_chunk, seq
+        return [c for c in chunks if c.count], accepted, seq, epoch
 
     def _write_blocking(self, wfd: int | None, wsize: int, chunks: list[_Chunk], fsync_now: bool) -> _WriteOutcome:
         """In a worker thread: write the batch (one write per segment it touches) and
@@ -684,7 +755,7 @@ class Journal:
                         os.fsync(fd)
                         os.fsync(self._dirfd)
                         fsyncs += 2
-                _write_all(fd, b"".join(chunk.frames))
+                _write_all(fd, b"".join(chunk.parts))
             if fsync_now:
                 started = time.perf_counter()
                 os.fsync(fd)
@@ -738,14 +809,15 @@ class Journal:
                                                SEGMENT_HEADER_SIZE, chunk.new_first_seq - 1))
                 log.info("journal.segment_rolled", file=self._segments[-1].path, first_seq=chunk.new_first_seq)
             segment = self._segments[-1]
-            for rseq, repoch, offset in chunk.metas:
-                segment.note(rseq, offset)
-                if repoch != self._epoch_values[-1]:
-                    self._epoch_starts.append(rseq)
-                    self._epoch_values.append(repoch)
+            for rseq, offset in chunk.index:
+                segment.index_seqs.append(rseq)
+                segment.index_offsets.append(offset)
+            for rseq, repoch in chunk.epochs:
+                self._epoch_starts.append(rseq)
+                self._epoch_values.append(repoch)
             segment.size = chunk.end
-            segment.last_seq = chunk.metas[-1][0]
-            self._appends += len(chunk.metas)
+            segment.last_seq = chunk.last_seq
+            self._appends += chunk.count
         self._wfd = outcome.wfd
         self._fsyncs += outcome.fsyncs
         if outcome.fsync_ms is not None:
@@ -753,6 +825,25 @@ class Journal:
         self._last = Position(epoch, seq)
         self._advanced.set()
         self._advanced = trio.Event()
+
+    def _remember(self, accepted: list[_Pending], nbytes: int) -> None:
+        """Keep a published batch's records for read() (see _TAIL_BYTES)."""
+        records: Sequence[Record]
+        if len(accepted) == 1:
+            records = accepted[0].result or ()
+        else:
+            records = [record for pending in accepted for record in pending.result or ()]
+        if not records:
+            return
+        tail = (*self._tail, (records[0].seq, records, nbytes))
+        total = self._tail_bytes + nbytes
+        while len(tail) > 1 and (total > _TAIL_BYTES or len(tail) > _TAIL_BATCHES):
+            total -= tail[0][2]
+            tail = tail[1:]
+        self._tail, self._tail_bytes = tail, total
+
+    def _forget_tail(self) -> None:
+        self._tail, self._tail_bytes = (), 0
 
     async def _sync_dirty(self) -> None:
         """"batch" mode: fsync what was acknowledged since the last fsync."""
@@ -791,8 +882,11 @@ class Journal:
             raise JournalError(f"{self.directory}: the journal is closed")
         if from_seq < self.first_seq:
             raise JournalError(f"seq {from_seq} is no longer retained (the journal starts at {self.first_seq})")
-        out: list[Record] = []
         last = self._last.seq
+        tail = self._tail
+        if tail and tail[0][0] <= from_seq <= last:
+            return _read_tail(tail, from_seq, last, max_records, max_bytes)
+        out: list[Record] = []
         seq = from_seq
         used = 0
         i = self._segment_index(seq)
@@ -875,6 +969,7 @@ class Journal:
         if seq < self.first_seq - 1:
             raise JournalError(f"cannot truncate after seq {seq}: records before {self.first_seq} are no longer "
                                "retained")
+        self._forget_tail()
         removed_bytes = 0
         removed_segments = 0
         active_changed = False
@@ -1005,6 +1100,66 @@ def _continuity_problem(records: Sequence[Record], expected_seq: int, min_epoch:
             return f"bad payload at seq {record.seq}"
         seq, epoch = record.seq, record.epoch
     return None
+
+
+def _replicated_problem(records: tuple[Record, ...], expected_seq: int, min_epoch: int) -> str | None:
+    """Why a replicated batch cannot be queued: it does not continue the journal, or a
+    record cannot be framed. The common case (consecutive seqs, one epoch, bytes
+    payloads, int fields) is checked with whole-list operations; anything else goes
+    through the record-by-record checks, which also say what is wrong."""
+    count = len(records)
+    if set(map(type, records)) == {Record}:
+        seqs = [r.seq for r in records]
+        epochs = [r.epoch for r in records]
+        stamps = [r.timestamp_ns for r in records]
+        payloads = [r.payload for r in records]
+        if (seqs == list(range(expected_seq, expected_seq + count))
+                and set(map(type, seqs)) == set(map(type, epochs)) == set(map(type, stamps)) == {int}
+                and min_epoch <= epochs[0] and epochs[-1] < _U64
+                and (epochs.count(epochs[0]) == count or epochs == sorted(epochs))
+                and set(map(type, payloads)) == {bytes} and max(map(len, payloads)) <= MAX_PAYLOAD
+                and -_I64 <= min(stamps) and max(stamps) < _I64 and 0 < expected_seq and seqs[-1] < _U64):
+            return None
+    problem = _continuity_problem(records, expected_seq, min_epoch)
+    if problem:
+        return f"replicated records refused: {problem}"
+    for record in records:
+        try:
+            encode_record(record)
+        except (ValueError, struct.error) as exc:
+            return f"record refused: {exc}"
+    return None
+
+
+def _read_tail(tail: tuple[tuple[int, Sequence[Record], int], ...], from_seq: int, last: int, max_records: int,
+               max_bytes: int) -> list[Record]:
+    """Journal.read served from the in-memory tail (same limits, same answer)."""
+    out: list[Record] = []
+    used = 0
+    seq = from_seq
+    for first, records, _nbytes in tail:
+        if seq > first + len(records) - 1:
+            continue
+        start = seq - first
+        take = records[start:start + max_records - len(out)]
+        if not take:
+            break
+        size = HEADER_SIZE * len(take) + sum([len(r.payload) for r in take])
+        if used + size <= max_bytes or not take:
+            out += take
+            used += size
+        else:
+            for record in take:
+                size = HEADER_SIZE + len(record.payload)
+                if out and used + size > max_bytes:
+                    return out
+                out.append(record)
+                used += size
+            return out
+        seq = take[-1].seq + 1
+        if len(out) >= max_records or seq > last:
+            break
+    return out
 
 
 # --------------------------------------------------------------------------- recovery

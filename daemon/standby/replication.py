@@ -59,8 +59,13 @@ from daemon.config import StandbyConfig, parse_host_port
 from daemon.log import get_logger
 from daemon.service import Health, MetricFamily, Sample, ServiceStatus
 from daemon.standby import Position, Record, ReplicationProtocolError, StandbyError
+from daemon.standby import MAX_PAYLOAD
 from daemon.standby.protocol import (
+    HEADER_SIZE,
+    MAX_FRAME,
     NEED_DATA,
+    RECORD_OVERHEAD,
+    TRAILER_SIZE,
     Ack,
     Auth,
     CatchUpError,
@@ -89,6 +94,11 @@ RECEIVE_CHUNK = 256 * 1024
 #: How much the primary reads from its journal for one send (one or more frames).
 BATCH_RECORDS = 2000
 BATCH_BYTES = 4 * 1024 * 1024
+#: A read of at most BATCH_RECORDS and BATCH_BYTES (journal frames are larger than
+#: protocol records; one record is always allowed, and is at most MAX_PAYLOAD) fits one
+#: RECORDS frame, so the sender need not split it.
+_READ_FITS_ONE_FRAME = (max(BATCH_BYTES, MAX_PAYLOAD + RECORD_OVERHEAD) + BATCH_RECORDS * RECORD_OVERHEAD
+                        + HEADER_SIZE + TRAILER_SIZE + 4 <= MAX_FRAME)
 #: How much the standby hands to one append_replicated (one fsync).
 APPLY_RECORDS = 20_000
 APPLY_BYTES = 16 * 1024 * 1024
@@ -100,7 +110,7 @@ MAX_CATCHUP_ROUNDS = 256
 #: The same standby error is announced again at most this often.
 REANNOUNCE_AFTER = 60.0
 IN_DOUBT_KEPT = 100
-APPEND_TIMES_KEPT = 100_000
+APPEND_TIMES_KEPT = 100_000  # appends (groups of records), for lag()
 
 #: The events this module publishes (declared in daemon.events, one place for all events).
 EVENTS: dict[str, type[events.Event]] = {cls.__name__: cls for cls in (
@@ -120,6 +130,8 @@ class JournalLike(Protocol):
     def first_seq(self) -> int: ...
 
     async def append(self, payload: bytes, epoch: int) -> Record: ...
+
+    async def append_many(self, payloads: Sequence[bytes], epoch: int) -> list[Record]: ...
 
     async def append_replicated(self, records: Sequence[Record]) -> Position: ...
 
@@ -144,6 +156,19 @@ class AppendResult:
     durable_on: Literal["primary", "primary+standby"]
     reason: str | None = None
     degraded: bool = False
+
+
+#: Consecutive records with the same answer: (first seq, last seq, epoch, status,
+#: durable_on, reason, degraded). What :meth:`ReplicationPrimary.append_runs` returns, so
+#: a request of thousands of records costs a few tuples, not an object per record.
+AppendRun = tuple[int, int, int, Literal["ok", "in_doubt"], Literal["primary", "primary+standby"], str | None, bool]
+
+
+def expand_runs(runs: Sequence[AppendRun]) -> list[AppendResult]:
+    """One AppendResult per record, in seq order."""
+    return [AppendResult(seq, epoch, status, durable_on, reason, degraded)
+            for first, last, epoch, status, durable_on, reason, degraded in runs
+            for seq in range(first, last + 1)]
 
 
 class LinkLost(StandbyError):
@@ -392,7 +417,8 @@ class ReplicationPrimary:
         #: primary starts out of sync: until a standby has caught up, no record is on two disks.
         self._out_of_sync_since: float | None = None
         self._out_of_sync_reason = "no standby has connected yet"
-        self._append_times: collections.deque[tuple[int, float]] = collections.deque(maxlen=APPEND_TIMES_KEPT)
+        # (first seq, last seq, trio time) of each append not yet acknowledged, for lag().
+        self._append_times: collections.deque[tuple[int, int, float]] = collections.deque(maxlen=APPEND_TIMES_KEPT)
         self._last_announced_error: tuple[str, float] | None = None
         self._rejections_announced: dict[tuple[str, str], float] = {}
         self.recent_in_doubt: collections.deque[AppendResult] = collections.deque(maxlen=IN_DOUBT_KEPT)
@@ -620,7 +646,10 @@ class ReplicationPrimary:
                 if not records or records[0].seq != next_seq:
                     raise StandbyError(f"journal.read({next_seq}) returned "
                                        f"{records[0].seq if records else 'nothing'}; expected seq {next_seq}")
-                events.extend(Records(batch) for batch in split_batch(records))
+                if _READ_FITS_ONE_FRAME:
+                    events.append(Records(records))
+                else:  # pragma: no cover - with the constants above a read always fits
+                    events.extend(Records(batch) for batch in split_batch(records))
                 next_seq = records[-1].seq + 1
             if events:
                 session.sent_seq = next_seq - 1  # before the send: the ACK may beat our wake-up
@@ -654,7 +683,7 @@ class ReplicationPrimary:
             raise ReplicationProtocolError(f"ACK for seq {ack.seq} but only up to {session.sent_seq} was sent")
         session.acked_seq = ack.seq
         self.standby_acked_seq = ack.seq
-        while self._append_times and self._append_times[0][0] <= ack.seq:
+        while self._append_times and self._append_times[0][1] <= ack.seq:
             self._append_times.popleft()
         self._wake_acked(ack.seq)
         if ack.error:
@@ -773,30 +802,43 @@ class ReplicationPrimary:
         """Append records in order: one group commit on the primary, one wait for the
         standby covering them all. ``JournalError`` from the local journal propagates
         (nothing acknowledged; records it did write are logged as in doubt)."""
+        return expand_runs(await self.append_runs(payloads))
+
+    async def append_runs(self, payloads: Sequence[bytes]) -> list[AppendRun]:
+        """:meth:`append_many` with the answers as runs of consecutive records (see
+        :data:`AppendRun`): the same outcome, without an object per record."""
         if not payloads:
             return []
         epoch = self.epoch_provider()
-        written: list[Record] = []
+        first = last = 0
         try:
-            written = await self._append_local(payloads, epoch)
-            now = trio.current_time()
-            self._append_times.extend((record.seq, now) for record in written)
-            self.counters["appends"] += len(written)
+            first, last, epoch = await self._append_local(payloads, epoch)
+            self._append_times.append((first, last, trio.current_time()))
+            self.counters["appends"] += last - first + 1
             if self.config.mode == "async":
-                return [AppendResult(r.seq, r.epoch, "ok", "primary") for r in written]
-            return await self._wait_for_standby(written)
+                return [(first, last, epoch, "ok", "primary", None, False)]
+            return await self._wait_for_standby(first, last, epoch)
         except trio.Cancelled:
-            self._note_in_doubt([r for r in written if r.seq > self.standby_acked_seq],
-                                "the append was cancelled while waiting for the standby")
+            if last:
+                self._note_in_doubt(max(first, self.standby_acked_seq + 1), last, epoch,
+                                    "the append was cancelled while waiting for the standby")
             raise
 
-    async def _append_local(self, payloads: Sequence[bytes], epoch: int) -> list[Record]:
-        if len(payloads) == 1:
-            return [await self.journal.append(payloads[0], epoch)]
+    async def _append_local(self, payloads: Sequence[bytes], epoch: int) -> tuple[int, int, int]:
+        """The records into the local journal, numbered together: (first seq, last seq,
+        epoch). One queue entry for the whole request: seqs in request order, one
+        group commit, and all or nothing (a failed batch wrote none of them)."""
+        journal = self.journal
+        if hasattr(journal, "append_many"):
+            records = await journal.append_many(payloads, epoch)
+        else:  # a JournalLike without groups: one append each, all in one group commit
+            records = await self._append_each(payloads, epoch)
+        return records[0].seq, records[-1].seq, records[-1].epoch
+
+    async def _append_each(self, payloads: Sequence[bytes], epoch: int) -> list[Record]:
         # The journal numbers appends in call order (its call enqueues before it first
         # yields). Tasks start in no particular order, so each takes the next payload
-        # when it runs, right before its call: payload i is still the i-th call. All wait
-        # together, so the request costs one group commit rather than one per record.
+        # when it runs, right before its call: payload i is still the i-th call.
         records: list[Record | None] = [None] * len(payloads)
         order = iter(range(len(payloads)))
 
@@ -812,14 +854,15 @@ class ReplicationPrimary:
             written = [r for r in records if r is not None]
             error = _collapse(group)
             if written and not isinstance(error, trio.Cancelled):
-                self._note_in_doubt(written, f"written, but part of a request that failed: {error}")
+                for record in written:
+                    self._note_in_doubt(record.seq, record.seq, record.epoch,
+                                        f"written, but part of a request that failed: {error}")
             raise error from None
         return records  # type: ignore[return-value]
 
-    async def _wait_for_standby(self, records: list[Record]) -> list[AppendResult]:
-        last = records[-1].seq
+    async def _wait_for_standby(self, first: int, last: int, epoch: int) -> list[AppendRun]:
         if not self.in_sync():
-            return self._without_standby(records, self._out_of_sync_reason or "no standby in sync")
+            return self._without_standby(first, last, epoch, self._out_of_sync_reason or "no standby in sync")
         if last > self.standby_acked_seq:
             waiter = _Waiter(last, trio.current_time() + float(self.config.sync_timeout))
             heapq.heappush(self._waiters, (last, next(self._tiebreak), waiter))
@@ -832,39 +875,38 @@ class ReplicationPrimary:
                 raise
         else:
             waiter = None
-        results = []
-        pending = []
-        for record in records:
-            if record.seq <= self.standby_acked_seq:
-                results.append(AppendResult(record.seq, record.epoch, "ok", "primary+standby"))
-            else:
-                pending.append(record)
-        if not pending:
-            return results
+        acked = self.standby_acked_seq
+        if acked >= last:
+            return [(first, last, epoch, "ok", "primary+standby", None, False)]
+        runs: list[AppendRun] = []
+        if acked >= first:
+            runs.append((first, acked, epoch, "ok", "primary+standby", None, False))
+        pending_from = max(first, acked + 1)
         assert waiter is not None
         if waiter.lost is not None:
-            results += self._without_standby(pending, waiter.lost)
+            runs += self._without_standby(pending_from, last, epoch, waiter.lost)
         else:
-            results += self._note_in_doubt(
-                pending, f"no acknowledgement from the standby within sync_timeout "
-                         f"({float(self.config.sync_timeout):g}s)")
-        return results
+            runs += self._note_in_doubt(
+                pending_from, last, epoch, f"no acknowledgement from the standby within sync_timeout "
+                                           f"({float(self.config.sync_timeout):g}s)")
+        return runs
 
-    def _without_standby(self, records: list[Record], reason: str) -> list[AppendResult]:
+    def _without_standby(self, first: int, last: int, epoch: int, reason: str) -> list[AppendRun]:
         if self.config.on_standby_loss == "block":
-            return self._note_in_doubt(records, f"no standby in sync ({reason}); on_standby_loss = block")
-        self.counters["degraded_appends"] += len(records)
-        return [AppendResult(r.seq, r.epoch, "ok", "primary", f"degraded to async: {reason}", degraded=True)
-                for r in records]
+            return self._note_in_doubt(first, last, epoch, f"no standby in sync ({reason}); on_standby_loss = block")
+        self.counters["degraded_appends"] += last - first + 1
+        return [(first, last, epoch, "ok", "primary", f"degraded to async: {reason}", True)]
 
-    def _note_in_doubt(self, records: list[Record], reason: str) -> list[AppendResult]:
-        results = [AppendResult(r.seq, r.epoch, "in_doubt", "primary", reason) for r in records]
-        if records:
-            self.counters["in_doubt"] += len(records)
-            self.recent_in_doubt.extend(results)
-            log.warning("append.in_doubt", first_seq=records[0].seq, last_seq=records[-1].seq, count=len(records),
-                        reason=reason)
-        return results
+    def _note_in_doubt(self, first: int, last: int, epoch: int, reason: str) -> list[AppendRun]:
+        if last < first:
+            return []
+        count = last - first + 1
+        self.counters["in_doubt"] += count
+        # Only the newest IN_DOUBT_KEPT are kept: do not build more.
+        self.recent_in_doubt.extend(AppendResult(seq, epoch, "in_doubt", "primary", reason)
+                                    for seq in range(max(first, last - IN_DOUBT_KEPT + 1), last + 1))
+        log.warning("append.in_doubt", first_seq=first, last_seq=last, count=count, reason=reason)
+        return [(first, last, epoch, "in_doubt", "primary", reason, False)]
 
     def is_replicated(self, seq: int) -> bool:
         """Whether the standby has acknowledged ``seq`` (to settle an in-doubt record
@@ -887,8 +929,8 @@ class ReplicationPrimary:
         behind = max(last - self.standby_acked_seq, 0)
         if behind == 0:
             return 0, 0.0
-        if self._append_times and self._append_times[0][0] == self.standby_acked_seq + 1:
-            return behind, (trio.current_time() - self._append_times[0][1]) * 1000
+        if self._append_times and self._append_times[0][0] <= self.standby_acked_seq + 1 <= self._append_times[0][1]:
+            return behind, (trio.current_time() - self._append_times[0][2]) * 1000
         try:
             records = self.journal.read(self.standby_acked_seq + 1, max_records=1)
         except Exception:  # status must never fail
@@ -1237,14 +1279,16 @@ class ReplicationStandby:
         acknowledges cumulatively once it is durable."""
         async for batch in channel:
             records = batch  # the reader's own list: ours to extend
-            size = sum(len(r.payload) for r in records)
+            size = -1  # counted only when there is more to take
             while len(records) < APPLY_RECORDS and size < APPLY_BYTES:
                 try:
                     more = channel.receive_nowait()
                 except trio.WouldBlock:
                     break
+                if size < 0:
+                    size = sum([len(r.payload) for r in records])
                 records.extend(more)
-                size += sum(len(r.payload) for r in more)
+                size += sum([len(r.payload) for r in more])
             try:
                 position = await self.journal.append_replicated(records)
             except (OSError, StandbyError) as exc:
