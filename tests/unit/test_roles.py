@@ -723,10 +723,17 @@ def test_deadlines_depend_only_on_elapsed_monotonic_time(shift: float, script: l
             else:
                 acts = m.tick(t)
             d = m.next_deadline(t)
-            trace.append((",".join(str(a) for a in acts).replace(" ", ""), None if d is None else round(d - base, 6)))
+            trace.append((",".join(str(a) for a in acts).replace(" ", ""), None if d is None else d - base))
         return trace
 
-    assert run(0.0) == run(shift)
+    plain, shifted = run(0.0), run(shift)
+    assert [a for a, _ in plain] == [a for a, _ in shifted]
+    # Deadlines agree to float rounding: translating by `shift` changes the last digits
+    # of the arithmetic, which is not a clock-jump effect.
+    for (_, d0), (_, d1) in zip(plain, shifted):
+        assert (d0 is None) == (d1 is None)
+        if d0 is not None and d1 is not None:
+            assert abs(d0 - d1) < 1e-6
 
 
 # --------------------------------------------------------------------------- sync mark
