@@ -506,15 +506,17 @@ class Journal:
         if not self._running:
             raise JournalError(f"{self.directory}: the journal's committer is not running (start Journal.run)")
 
-    def _admit(self, epoch: int) -> None:
-        """The checks every numbered append passes before it is queued (fencing)."""
+    def _admit(self, epoch: int, *, claim: bool = True) -> None:
+        """The checks every numbered append passes before it is queued (fencing); with
+        ``claim`` the epoch becomes the lowest this journal accepts from now on."""
         if not 0 <= epoch < _U64:
             raise JournalError(f"epoch {epoch} out of range")
         self._check_open()
         if epoch < self._max_epoch:
             raise JournalError(f"epoch {epoch} refused: the journal has seen epoch {self._max_epoch} "
                                "(a fenced-off primary must stop writing)")
-        self._max_epoch = epoch
+        if claim:
+            self._max_epoch = epoch
 
     async def append(self, payload: bytes, epoch: int) -> Record:
         """Append one record (primary side); returns it once durable per the fsync mode.
@@ -547,7 +549,7 @@ class Journal:
             biggest = max(map(len, payloads))
             if biggest > MAX_PAYLOAD:
                 raise JournalError(f"payload of {biggest} bytes exceeds the limit of {MAX_PAYLOAD}")
-        self._admit(epoch)
+        self._admit(epoch, claim=bool(payloads))  # nothing to write: checked, not claimed
         if not payloads:
             return []
         return await self._append_group(payloads, epoch)
@@ -607,8 +609,10 @@ class Journal:
             while not self._closed:
                 if not self._queue:
                     self._work = trio.Event()
-                    deadline = self._last_fsync_at + self.config.batch_interval if self._dirty else math.inf
-                    with trio.move_on_at(deadline):
+                    if self._dirty:
+                        with trio.move_on_at(self._last_fsync_at + self.config.batch_interval):
+                            await self._work.wait()
+                    else:  # no deadline: spare the cancel scope (the idle wait of every append)
                         await self._work.wait()
                     if not self._queue:
                         if self._dirty and not self._closed:
@@ -1145,7 +1149,7 @@ def _read_tail(tail: tuple[tuple[int, Sequence[Record], int], ...], from_seq: in
         if not take:
             break
         size = HEADER_SIZE * len(take) + sum([len(r.payload) for r in take])
-        if used + size <= max_bytes or not take:
+        if used + size <= max_bytes:
             out += take
             used += size
         else:

@@ -58,8 +58,7 @@ from daemon import events
 from daemon.config import StandbyConfig, parse_host_port
 from daemon.log import get_logger
 from daemon.service import Health, MetricFamily, Sample, ServiceStatus
-from daemon.standby import Position, Record, ReplicationProtocolError, StandbyError
-from daemon.standby import MAX_PAYLOAD
+from daemon.standby import MAX_PAYLOAD, Position, Record, ReplicationProtocolError, StandbyError
 from daemon.standby.protocol import (
     HEADER_SIZE,
     MAX_FRAME,

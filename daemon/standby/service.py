@@ -116,18 +116,6 @@ class StandbyService:
         from daemon.standby.keys import load_replication_key
         from daemon.standby.replication import ReplicationPrimary, ReplicationStandby
 
-        import os as _os  # TEMPORARY GC TRACE (bench investigation) - remove
-        if _os.environ.get("LIFELINE_GC_TRACE"):
-            import gc as _gc, sys as _sys, time as _time
-            _state = {}
-            def _cb(phase, info):
-                if phase == "start":
-                    _state["t"] = _time.perf_counter()
-                else:
-                    ms = (_time.perf_counter() - _state.get("t", 0)) * 1000
-                    if ms > 0.5:
-                        _sys.stderr.write(f"GCTRACE {_time.perf_counter():.3f} gen{info['generation']} {ms:.1f} ms\n")
-            _gc.callbacks.append(_cb)
         key = self._key if self._key is not None else load_replication_key(self.settings.key_file)
         directory = journal_directory(self.config)
         # Opening scans and verifies every segment: blocking file I/O, off the loop.
