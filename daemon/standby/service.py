@@ -42,6 +42,9 @@ from daemon.standby import MAX_PAYLOAD, Record, StandbyError
 
 log = get_logger("standby")
 
+#: How often closed segments are considered for removal (journal retention).
+RETENTION_INTERVAL = 60.0
+
 #: Most records one journal.append request may carry.
 MAX_BATCH = 10_000
 
@@ -131,9 +134,30 @@ class StandbyService:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.journal.run)
             await nursery.start(self.replication.run)
+            nursery.start_soon(self._retention_loop)
             log.info("standby.started", role=self.role, journal=str(directory),
                      last_seq=self.journal.last.seq, last_epoch=self.journal.last.epoch)
             task_status.started()
+
+    async def _retention_loop(self) -> None:
+        """Remove old closed segments, but only ones both nodes hold: on the primary, up
+        to what the standby acknowledged; on the standby, up to its own durable end (it
+        received every record from the primary)."""
+        while True:
+            await trio.sleep(RETENTION_INTERVAL)
+            if self.role == "primary":
+                through = int(getattr(self.replication, "standby_acked_seq", 0))
+            else:
+                through = self.journal.last.seq
+            if through <= 0:
+                continue
+            try:
+                removed = self.journal.remove_segments_through(through)
+            except StandbyError as exc:
+                log.warning("journal.retention_failed", error=str(exc))
+                continue
+            if removed:
+                log.info("journal.retention", segments_removed=removed, through_seq=through)
 
     # ------------------------------------------------------------------ control
 

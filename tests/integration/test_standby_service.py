@@ -125,3 +125,26 @@ async def test_block_mode_without_a_standby_answers_in_doubt(tmp_path: Path) -> 
             assert stats["in_doubt"] == 1
             assert primary.status().health != "ok"
             nursery.cancel_scope.cancel()
+
+
+async def test_retention_only_removes_what_the_standby_acknowledged(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import daemon.standby.service as service_module
+
+    monkeypatch.setattr(service_module, "RETENTION_INTERVAL", 0.05)
+    port = free_port()
+    calls: list[tuple[str, int]] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            primary, psock = await start(nursery, config(tmp_path, "edge-a", "primary", port), tmp_path)
+            standby, _ = await start(nursery, config(tmp_path, "edge-b", "standby", port), tmp_path)
+            for name, node in (("primary", primary), ("standby", standby)):
+                monkeypatch.setattr(node.journal, "remove_segments_through",
+                                    lambda seq, name=name: calls.append((name, seq)) or 0)
+            while not primary.replication.in_sync():
+                await trio.sleep(0.02)
+            await call(psock, "journal.append", {"payloads": ["a", "b", "c"]})
+            await trio.sleep(0.3)
+            nursery.cancel_scope.cancel()
+    assert ("primary", 3) in calls and ("standby", 3) in calls
+    assert all(seq <= 3 for _, seq in calls)
