@@ -297,6 +297,18 @@ class RouteChangeFailed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class JournalTailTruncated(Event):
+    """A torn or corrupt tail was cut when the journal was opened (after a crash or
+    power loss): these records were never acknowledged durable, or the peer has them."""
+
+    file: str
+    records_dropped: int
+    bytes_dropped: int
+    reason: str
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
 class StandbyConnected(Event):
     """The primary accepted its standby (authenticated) and agreed where to stream from."""
 

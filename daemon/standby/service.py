@@ -35,7 +35,7 @@ import trio
 
 from daemon.config import Config
 from daemon.control_client import ControlError
-from daemon.events import EventBus
+from daemon.events import EventBus, JournalTailTruncated
 from daemon.log import get_logger
 from daemon.service import MetricFamily, Sample, ServiceStatus
 from daemon.standby import MAX_PAYLOAD, Record, StandbyError
@@ -113,6 +113,8 @@ class StandbyService:
         self.replication: Any = None
         self.appends = 0
         self.in_doubt = 0
+        #: Torn tails cut when the journal was opened (shown in status details).
+        self.repairs: list[str] = []
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from daemon.standby.journal import Journal
@@ -123,21 +125,28 @@ class StandbyService:
         directory = journal_directory(self.config)
         # Opening scans and verifies every segment: blocking file I/O, off the loop.
         self.journal = await trio.to_thread.run_sync(Journal.open, directory, self.settings.journal)
-        recovery = getattr(self.journal, "recovery", None)
-        if recovery is not None:
-            log.warning("journal.tail_truncated", **{k: str(v) for k, v in vars(recovery).items()})
+        # The journal logged each repair as it made it; tell subscribers and status too.
+        for report in getattr(self.journal, "recoveries", ()):
+            self.repairs.append(str(report))
+            self.bus.publish(JournalTailTruncated(
+                source=self.name, file=str(report.file), records_dropped=report.records_dropped,
+                bytes_dropped=report.bytes_dropped, reason=report.reason))
         node = self.config.node.name
         if self.role == "primary":
             self.replication = ReplicationPrimary(self.journal, self.settings, node, key, bus=self.bus)
         else:
             self.replication = ReplicationStandby(self.journal, self.settings, node, key, bus=self.bus)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.journal.run)
-            await nursery.start(self.replication.run)
-            nursery.start_soon(self._retention_loop)
-            log.info("standby.started", role=self.role, journal=str(directory),
-                     last_seq=self.journal.last.seq, last_epoch=self.journal.last.epoch)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.journal.run)
+                await nursery.start(self.replication.run)
+                nursery.start_soon(self._retention_loop)
+                log.info("standby.started", role=self.role, journal=str(directory),
+                         last_seq=self.journal.last.seq, last_epoch=self.journal.last.epoch)
+                task_status.started()
+        finally:
+            # Flush and release the files (and the directory lock) on the way out.
+            self.journal.close()
 
     async def _retention_loop(self) -> None:
         """Remove old closed segments, but only ones both nodes hold: on the primary, up
@@ -211,7 +220,8 @@ class StandbyService:
     # ------------------------------------------------------------------ reporting
 
     def details(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"role": self.role, "appends": self.appends, "in_doubt": self.in_doubt}
+        out: dict[str, Any] = {"role": self.role, "appends": self.appends, "in_doubt": self.in_doubt,
+                               "repaired_at_open": self.repairs}
         if self.journal is not None:
             out["journal"] = self.journal.stats()
         if self.replication is not None:

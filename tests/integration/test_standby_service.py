@@ -148,3 +148,25 @@ async def test_retention_only_removes_what_the_standby_acknowledged(tmp_path: Pa
             nursery.cancel_scope.cancel()
     assert ("primary", 3) in calls and ("standby", 3) in calls
     assert all(seq <= 3 for _, seq in calls)
+
+
+async def test_a_torn_tail_repaired_at_open_is_published_and_shown(tmp_path: Path) -> None:
+    cfg = config(tmp_path, "edge-a", "primary", free_port(), mode="async")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            _, psock = await start(nursery, cfg, tmp_path)
+            await call(psock, "journal.append", {"payloads": ["one", "two", "three"]})
+            nursery.cancel_scope.cancel()
+    segment = sorted((tmp_path / "edge-a" / "journal").glob("*.seg"))[-1]
+    segment.write_bytes(segment.read_bytes()[:-2])  # the last record torn
+    bus = EventBus(64)
+    events = bus.subscribe("test", kinds={"JournalTailTruncated"})
+    service = StandbyService(cfg, bus, key=KEY)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            event = events.receive_nowait()
+            assert event.records_dropped == 1 and event.file == str(segment)  # type: ignore[attr-defined]
+            assert service.details()["repaired_at_open"]
+            assert service.journal.last.seq == 2
+            nursery.cancel_scope.cancel()
