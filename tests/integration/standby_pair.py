@@ -16,11 +16,8 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import socket
 import subprocess
-import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -30,43 +27,29 @@ from daemon.control_client import ControlClient
 from daemon.lab.procs import DaemonProcess
 from daemon.lab.replay_engine import feed_paths, merged_lines
 from daemon.standby.keys import generate_replication_key
+from support import cli, free_port, until  # noqa: F401  (cli is used by the tests through this module)
 
-ROOT = Path(__file__).resolve().parents[2]
 
 #: The short timers of the issue: a dead link is noticed within a second.
 TIMERS = {"heartbeat": "100ms", "peer_timeout": "1s", "reconnect_max": "200ms", "sync_timeout": "2s"}
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    """The `lifeline` CLI as a subprocess (what an operator types)."""
-    return subprocess.run([sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 10.0, interval: float = 0.05,
-              detail: Callable[[], str] | None = None) -> Any:
+             detail: Callable[[], str] | None = None) -> Any:
     """Poll ``predicate`` until it answers something truthy (returned) or the deadline
     passes (AssertionError naming ``what``, plus ``detail()`` for the diagnosis)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            extra = ""
-            if detail is not None:
-                try:
-                    extra = "\n" + detail()
-                except Exception as exc:  # the diagnosis must not hide the timeout
-                    extra = f"\n(detail failed: {exc!r})"
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{extra}")
-        time.sleep(interval)
+    value = until(predicate, timeout, interval)
+    if value:
+        return value
+    extra = ""
+    if detail is not None:
+        try:
+            extra = "\n" + detail()
+        except Exception as exc:  # the diagnosis must not hide the timeout
+            extra = f"\n(detail failed: {exc!r})"
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{extra}")
 
 
 def feed_lines() -> Iterator[bytes]:

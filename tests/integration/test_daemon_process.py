@@ -17,8 +17,8 @@ import pytest
 from daemon.config import dump_toml
 from daemon.control_client import ControlClient
 from daemon.lab.procs import DaemonProcess
+from support import ROOT, cli
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "lifeline.toml"
 
 
@@ -39,10 +39,6 @@ def example_config_in(tmp_path: Path, **overrides: dict[str, Any]) -> Path:
     path.write_text(dump_toml(data))
     return path
 
-
-def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -36,8 +35,8 @@ from daemon.lab.world import (
     edge_config,
     netns_unavailable,
 )
+from support import ROOT, until
 
-ROOT = Path(__file__).resolve().parents[2]
 UNAVAILABLE = netns_unavailable()
 needs_netns = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"the lab's namespace world needs {UNAVAILABLE}")
 
@@ -62,16 +61,6 @@ def world(tmp_path: Path) -> Iterator[LabWorld]:
         finally:
             lab.lock.release()
 
-
-def until(predicate: Callable[[], object], timeout: float, every: float = 0.05) -> float | None:
-    """Seconds until ``predicate()`` held, or None if it did not within ``timeout``."""
-    began = time.monotonic()
-    while True:
-        if predicate():
-            return time.monotonic() - began
-        if time.monotonic() - began > timeout:
-            return None
-        time.sleep(every)
 
 
 # --------------------------------------------------------------------------- plumbing

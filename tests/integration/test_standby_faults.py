@@ -140,7 +140,10 @@ def test_kill_9_the_primary_at_random_points_loses_no_acknowledged_record(
         assert pair.standby.last_seq() == base
         writer = Writer(pair.primary, lines, batch=lambda: rng.randint(1, 400))
         writer.start()
-        time.sleep(rng.uniform(0.0, 0.4))
+        # A random point of the replay: after this many answered records (0: at once).
+        point = rng.randint(0, 4000)
+        wait_for(lambda: len(writer.results) >= point or not writer.is_alive(), f"{point} answered records",
+                 timeout=30)
         pair.primary.kill9()
         writer.join(15)
         assert not writer.is_alive() and writer.error is None, writer.error

@@ -4,7 +4,6 @@ and the primary/standby pair inside one trio run."""
 from __future__ import annotations
 
 import base64
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,10 @@ from daemon.control import ControlServer
 from daemon.control_client import ControlClient, ControlError
 from daemon.events import EventBus
 from daemon.standby.service import StandbyService, payloads_from_params
+from support import free_port
 
 KEY = bytes(range(32))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def config(tmp: Path, name: str, role: str, port: int, *, mode: str = "sync", loss: str = "degrade-to-async") -> Any:

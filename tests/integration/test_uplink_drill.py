@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -19,20 +18,11 @@ from daemon.control_client import ControlClient
 from daemon.lab import netns
 from daemon.lab.procs import DaemonProcess
 from daemon.lab.world import EDGE, PREFIX, LabWorld, edge_config, netns_unavailable, start_edge_daemon
+from support import ROOT, until
 
-ROOT = Path(__file__).resolve().parents[2]
 UNAVAILABLE = netns_unavailable()
 pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"the namespace lab needs {UNAVAILABLE}")
 
-
-def until(predicate: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    return None
 
 
 def default_route() -> str:
@@ -104,7 +94,9 @@ def test_both_uplinks_down_keeps_the_route_and_says_so(running: tuple[LabWorld, 
     assert until(lambda: "dev star0" in default_route(), 5)
     world.cut("starlink")
     assert until(lambda: uplink_status(sock)["all_down"], 10)
-    time.sleep(1)
+    # Let both uplinks be judged DOWN for another 10 rounds: the route must not move.
+    rounds = uplink_status(sock)["uplinks"]["fibre"]["rounds"]
+    assert until(lambda: uplink_status(sock)["uplinks"]["fibre"]["rounds"] >= rounds + 10, 10)
     assert "dev star0" in default_route(), "the route stays on the last good uplink"
     with ControlClient(sock) as client:
         events = client.call("events.recent", {"limit": 200})["events"]
