@@ -78,6 +78,7 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 
 from daemon.config import dump_toml  # noqa: E402
+from daemon.lab.lifecycle import default_lab_config  # noqa: E402
 from daemon.lab.procs import DaemonProcess  # noqa: E402
 from daemon.lab.replay_engine import feed_paths, merged_lines  # noqa: E402
 from daemon.standby.journal import SEGMENT_HEADER_SIZE, decode_records, verify_directory  # noqa: E402
@@ -100,14 +101,10 @@ def free_port() -> int:
 
 
 def node_config(workdir: Path, name: str, standby: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "node": {"name": name, "state_dir": str(workdir / "state"), "runtime_dir": str(workdir / "run")},
-        "log": {"level": "info"},
-        "control": {"socket": str(workdir / "run" / "control.sock"), "group": ""},
-        "metrics": {"enabled": True, "listen": "127.0.0.1:0"},
-        "system": {"interval": "2s", "sustain": "10s"},
-        "standby": {"journal": {"fsync": "always"}, **standby},
-    }
+    config = default_lab_config(workdir, node=name)
+    config["system"] = {"interval": "2s", "sustain": "10s"}  # the daemon's defaults, not the lab's
+    config["standby"] = {"journal": {"fsync": "always"}, **standby}
+    return config
 
 
 @dataclass

@@ -17,7 +17,6 @@ shielded, bounded cancel scopes of its own) and the daemon exits 0.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -219,21 +218,24 @@ class Supervisor:
             log.exception("service.status_failed", service=name)
             return slot.lifecycle, ServiceStatus("degraded", f"status unavailable: {type(exc).__name__}: {exc}")
 
-    def status_line(self) -> str:
+    def _statuses(self) -> dict[str, tuple[Lifecycle, ServiceStatus | None]]:
+        return {name: self.service_status(name) for name in self._slots}
+
+    def status_line(self, statuses: dict[str, tuple[Lifecycle, ServiceStatus | None]] | None = None) -> str:
         """The one-line summary for systemd's STATUS= and the top of `lifeline status`."""
-        running = sum(1 for s in self._slots.values() if s.lifecycle == "running")
-        unhealthy = []
-        for name in self._slots:
-            lifecycle, status = self.service_status(name)
-            if status is not None and status.health != "ok":
-                unhealthy.append(f"{name} {status.health}")
+        statuses = statuses if statuses is not None else self._statuses()
+        running = sum(1 for lifecycle, _ in statuses.values() if lifecycle == "running")
+        unhealthy = [f"{name} {status.health}" for name, (_, status) in statuses.items()
+                     if status is not None and status.health != "ok"]
         tail = "; " + ", ".join(unhealthy) if unhealthy else "; all ok"
         return f"{self.node}: {running}/{len(self._slots)} services running{tail}"
 
     def status(self) -> dict[str, Any]:
+        # Each service's status() once per request: the summary line reuses them.
+        statuses = self._statuses()
         services = []
         for name, slot in self._slots.items():
-            lifecycle, status = self.service_status(name)
+            lifecycle, status = statuses[name]
             entry: dict[str, Any] = {"name": name, "lifecycle": lifecycle}
             if status is not None:
                 entry.update(health=status.health, summary=status.summary, details=status.details)
@@ -249,7 +251,7 @@ class Supervisor:
             "pid": os.getpid(),
             "ready": self.ready.is_set(),
             "uptime_s": round(time.time() - self.started_wall, 3),
-            "summary": self.status_line(),
+            "summary": self.status_line(statuses),
             "services": services,
             "events": self.bus.stats(),
             "systemd": {"notify": self.notifier.enabled, "watchdog_s": self.notifier.watchdog_interval},

@@ -22,7 +22,6 @@ import json
 import math
 import random
 import socket
-import statistics
 import struct
 import subprocess
 import threading
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from daemon.config import format_duration
+from daemon.config import UPLINK_KIND_DEFAULTS, Duration, format_duration
 from daemon.control_client import ControlClient
 from daemon.lab import world as lab_world
 from daemon.lab.netns import socket_in_netns
@@ -259,8 +258,6 @@ def _start(world: Any, workdir: Path, settings: DrillSettings, *, scale: float =
     hold_down = format_duration(_seconds(settings.hold_down) / scale)
     min_dwell = format_duration(_seconds(settings.min_dwell) / scale)
     config = lab_world.edge_config(workdir, backend="netlink", hold_down=hold_down, min_dwell=min_dwell)
-    from daemon.config import UPLINK_KIND_DEFAULTS
-
     for name, uplink in config["uplinks"].items():
         uplink.update(settings.uplink_overrides)
         if scale != 1.0:
@@ -277,8 +274,6 @@ def _start(world: Any, workdir: Path, settings: DrillSettings, *, scale: float =
 
 
 def _seconds(text: str) -> float:
-    from daemon.config import Duration
-
     return float(Duration.parse(text))
 
 
@@ -421,7 +416,3 @@ def format_report(report: DrillReport) -> str:
 
 def report_json(report: DrillReport) -> str:
     return json.dumps({"ok": report.ok, **report.figures()})
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)

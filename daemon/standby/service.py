@@ -37,7 +37,7 @@ from daemon.config import Config
 from daemon.control_client import ControlError
 from daemon.events import EventBus, JournalTailTruncated
 from daemon.log import get_logger
-from daemon.service import MetricFamily, Sample, ServiceStatus
+from daemon.service import MetricFamily, ServiceStatus
 from daemon.standby import MAX_PAYLOAD, Record, StandbyError
 
 log = get_logger("standby")
