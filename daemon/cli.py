@@ -109,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     uplink_drill.add_argument("--workdir", type=Path, default=None, help="keep the drill's files here")
     uplink_drill.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
+    from daemon.lab.ha_drills import add_ha_drill_parsers
+
+    add_ha_drill_parsers(drill_sub)
+
+    from daemon.standby.witness import add_witness_parser
+
+    add_witness_parser(sub)
+
     from daemon.lab.cli import add_lab_parser
 
     add_lab_parser(sub)
@@ -136,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "journal": cmd_journal,
         "keys": cmd_keys,
         "lab": _lab,
+        "witness": _witness,
     }[args.command]
     try:
         return handler(args)
@@ -143,6 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def _witness(args: argparse.Namespace) -> int:
+    from daemon.standby.witness import run_witness_command
+
+    return run_witness_command(args)
 
 
 def _lab(args: argparse.Namespace) -> int:
@@ -408,6 +423,10 @@ def cmd_drill(args: argparse.Namespace) -> int:
     from daemon.config import Duration
     from daemon.lab.drills import DrillSettings, format_report, report_json, run_uplink_drill
 
+    if args.drill_command != "uplink":
+        from daemon.lab.ha_drills import run_ha_drill
+
+        return run_ha_drill(args)
     if os.geteuid() != 0:
         print("lifeline drill: needs root (it builds network namespaces); run it with sudo", file=sys.stderr)
         return 2

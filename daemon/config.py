@@ -385,15 +385,104 @@ class JournalConfig:
 
 
 @dataclass(frozen=True)
-class StandbyConfig:
-    role: Literal["primary", "standby"] = option(
-        doc='This host\'s role until leases decide it: "primary" serves the journal, "standby" follows it.'
+class LeaseConfig:
+    backend: Literal["witness", "etcd"] = option(
+        doc='"witness": a `lifeline witness` process on a third host (a two-host site); "etcd": an etcd v3 '
+        "cluster (three regions)."
     )
+    cluster: str = option("lifeline", doc="The lease's name in the store: one lease per pair.")
+    witness: str | None = option(None, doc='The witness\'s "HOST:PORT" (backend = "witness").')
+    witness_key_file: Path | None = option(
+        None, doc="Key shared with the witness (default: the replication key_file).")
+    etcd_endpoints: list[str] = option(
+        factory=list, doc='etcd client URLs ("http://10.0.1.5:2379", ...), tried in order (backend = "etcd").')
+    etcd_prefix: str = option("/lifeline/", doc="Key prefix in etcd; the lease lives under PREFIX + cluster.")
+    ttl: Duration = option(Duration(1.5), doc="Lease time to live. A dead primary's lease passes on after "
+                           "about ttl + fencing_margin.", above=0)
+    renew_interval: Duration | None = option(None, doc="Time between renewals (default ttl / 3).", above=0)
+    retry_timeout: Duration = option(Duration(0.5), doc="Longest wait for one answer from the lease store.",
+                                     above=0)
+    safety_margin: Duration = option(Duration(0.3), doc="The primary fences itself this long before its lease "
+                                     "could expire at the store.", above=0)
+    fencing_margin: Duration = option(Duration(0.1), doc="A standby waits this long past the lease's expiry "
+                                      "before taking it.", min=0)
+    max_clock_rate_error: float = option(0.01, doc="Bound on any clock's rate error (NTP keeps it far below "
+                                         "1 %); safety_margin must exceed 2 * this * ttl.", min=0, max=0.49)
+    watchdog: Literal["off", "optional", "required"] = option(
+        "off", doc='The hardware watchdog while primary: "required" refuses to become primary without a working '
+        'one; "optional" uses it when it opens; "off" never opens it.')
+    watchdog_device: Path = option(Path("/dev/watchdog"), doc="The watchdog device.")
+    watchdog_timeout: Duration = option(Duration(1.0), doc="Watchdog timeout (whole seconds); below ttl - "
+                                        "safety_margin, so a hung primary reboots before its lease passes on.",
+                                        above=0)
+    on_primary: list[str] = option(factory=list, doc="argv run (no shell) after becoming primary; empty: none.")
+    on_fenced: list[str] = option(factory=list, doc="argv run after fencing (no longer primary).")
+    on_standby: list[str] = option(factory=list, doc="argv run after becoming standby (following a primary).")
+    hook_timeout: Duration = option(Duration(10.0), doc="A hook still running after this is killed.", above=0)
+
+    def timings(self) -> "RoleTimingsLike":
+        from daemon.standby.roles import RoleTimings
+
+        return RoleTimings(
+            ttl=float(self.ttl), renew_interval=None if self.renew_interval is None else float(self.renew_interval),
+            retry_timeout=float(self.retry_timeout), safety_margin=float(self.safety_margin),
+            fencing_margin=float(self.fencing_margin),
+            watchdog_timeout=None if self.watchdog == "off" else float(self.watchdog_timeout),
+            max_clock_rate_error=float(self.max_clock_rate_error))
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        if self.backend == "witness":
+            if self.witness is None:
+                problems.append(("witness", 'required with backend = "witness": the witness\'s "HOST:PORT"'))
+            else:
+                try:
+                    parse_host_port(self.witness)
+                except ValueError as exc:
+                    problems.append(("witness", str(exc)))
+        if self.backend == "etcd":
+            if not self.etcd_endpoints:
+                problems.append(("etcd_endpoints", 'required with backend = "etcd": ["http://HOST:2379", ...]'))
+            for url in self.etcd_endpoints:
+                if not re.fullmatch(r"https?://[^/\s]+/?", url):
+                    problems.append(("etcd_endpoints", f'{url!r} is not "http://HOST:PORT"'))
+            if float(self.ttl) < 2:
+                problems.append(("ttl", f"etcd grants leases in whole seconds, at least 2s with default timers; "
+                                        f"found {format_duration(self.ttl)}: raise ttl to 2s or more"))
+        if self.watchdog != "off" and float(self.watchdog_timeout) != int(self.watchdog_timeout):
+            problems.append(("watchdog_timeout", f"the Linux watchdog counts whole seconds, found "
+                                                 f"{format_duration(self.watchdog_timeout)}"))
+        for hook in ("on_primary", "on_fenced", "on_standby"):
+            argv = getattr(self, hook)
+            if argv and not argv[0].startswith("/"):
+                problems.append((hook, f"the program must be an absolute path (no shell, no PATH search), "
+                                       f"found {argv[0]!r}"))
+        for message in self.timings().problems():
+            name = _timing_name(message)
+            problems.append((name, message))
+        return problems
+
+
+RoleTimingsLike = Any
+
+
+def _timing_name(message: str) -> str:
+    """The key a timing problem is about (its first word), for the dotted path."""
+    first = message.split(" ", 1)[0]
+    return first if first.isidentifier() else "ttl"
+
+
+@dataclass(frozen=True)
+class StandbyConfig:
     key_file: Path = option(doc="Pre-shared key file (32+ random bytes, mode 0600), the same on both hosts: "
                             "`lifeline keys replication --out FILE` makes one.")
+    role: Literal["primary", "standby"] | None = option(
+        None, doc='A fixed role, for a pair without a lease store: "primary" serves the journal, "standby" '
+        'follows it. Leave it out when [standby.lease] is set: the lease decides, and it moves at failover.'
+    )
     listen: str = option("0.0.0.0:7470", doc='The primary\'s replication address, "HOST:PORT".')
-    peer: str | None = option(None, doc='The standby connects here ("HOST:PORT" of the primary). Required for '
-                              'role = "standby".')
+    peer: str | None = option(None, doc='The other host\'s replication address ("HOST:PORT"): a standby '
+                              'connects there to follow it. Required with role = "standby" and with [standby.lease].')
     mode: Literal["sync", "async"] = option(
         "sync", doc='"sync": an append is acknowledged only once the standby has it on disk (RPO 0); '
         '"async": once it is on the primary\'s disk.'
@@ -412,6 +501,8 @@ class StandbyConfig:
     reconnect_max: Duration = option(Duration(2.0), doc="Longest backoff between the standby's reconnects.",
                                      above=0)
     journal: JournalConfig = option(factory=JournalConfig, doc="The journal's files.")
+    lease: LeaseConfig | None = option(None, doc="The leader lease that decides which host is primary "
+                                       "(absent: the fixed role above).")
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
@@ -419,6 +510,15 @@ class StandbyConfig:
             parse_host_port(self.listen)
         except ValueError as exc:
             problems.append(("listen", str(exc)))
+        if self.role is None and self.lease is None:
+            problems.append(("role", 'set role = "primary" or "standby", or add a [standby.lease] table so the '
+                                     "lease decides"))
+        if self.role is not None and self.lease is not None:
+            problems.append(("role", "remove it: with [standby.lease] the lease decides the role (a fixed role "
+                                     "next to a lease could make two primaries)"))
+        if self.lease is not None and self.peer is None:
+            problems.append(("peer", 'required with [standby.lease]: the other host\'s replication "HOST:PORT", '
+                                     "followed while it is primary"))
         if self.role == "standby" and self.peer is None:
             problems.append(("peer", 'required with role = "standby": the primary\'s "HOST:PORT"'))
         if self.peer is not None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-from daemon.standby import StandbyError
+from daemon.standby import Position, StandbyError
 
 
 class LeaseError(StandbyError):
@@ -62,6 +62,19 @@ class LeaseLost(LeaseError):
 
 
 @dataclass(frozen=True)
+class Member:
+    """A node's journal position as it reported it to the store while *not* primary
+    (Patroni's ``members/`` keys). ``seen_epoch`` is the lease epoch the node had seen
+    when it reported: the report speaks for the node's journal only while the store's
+    epoch is still ``seen_epoch`` (a later grant, possibly to that very node, makes it
+    stale). The cold-start rule compares journals with it."""
+
+    node: str
+    position: Position
+    seen_epoch: int
+
+
+@dataclass(frozen=True)
 class LeaseState:
     """The lease as the store saw it when it answered.
 
@@ -78,10 +91,19 @@ class LeaseState:
     ttl_remaining: float
     sync_node: str | None = None
     last_holder: str | None = None
+    members: tuple[Member, ...] = ()
 
     @property
     def free(self) -> bool:
         return self.holder is None or self.ttl_remaining <= 0
+
+    def peer_position(self, node: str) -> Position | None:
+        """The journal position another node reported while not primary, if it still
+        speaks for that node's journal (reported at the current epoch); else None."""
+        for member in self.members:
+            if member.node != node and member.seen_epoch == self.epoch:
+                return member.position
+        return None
 
 
 @dataclass(frozen=True)
@@ -123,6 +145,12 @@ class LeaseStore(abc.ABC):
         """Record which standby is synchronous (``None``: none), as the holder of the
         live lease at ``epoch``. ``LeaseLost`` if ``node`` is not that holder. The
         primary clears the mark *before* acknowledging writes without its standby."""
+
+    @abc.abstractmethod
+    async def report(self, node: str, position: Position, seen_epoch: int) -> None:
+        """Publish ``node``'s journal position (while it is not primary) with the lease
+        epoch it has seen; :meth:`read` returns every node's latest report in
+        ``LeaseState.members``. Reports are advisory and need no lease."""
 
     async def aclose(self) -> None:
         """Release connections (not the lease)."""
