@@ -74,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "status":
             p.add_argument("--json", action="store_true")
 
+    role = sub.add_parser("role", help="this node's role, epoch and lease (or follow its changes)")
+    _add_client_options(role)
+    role.add_argument("--follow", action="store_true", help="print every role change as it happens")
+    role.add_argument("--json", action="store_true")
+    standby = sub.add_parser("standby", help="operator actions on the pair")
+    standby_sub = standby.add_subparsers(dest="standby_command", metavar="ACTION", required=True)
+    promote = standby_sub.add_parser("promote", help="let this node take a FREE lease although it may lack "
+                                                     "acknowledged records (never steals a live lease)")
+    _add_client_options(promote)
+    promote.add_argument("--accept-loss", action="store_true",
+                         help="required: you accept that records the old primary acknowledged may be missing here")
+
     journal = sub.add_parser("journal", help="the execution journal: tail, verify, stats")
     journal_sub = journal.add_subparsers(dest="journal_command", metavar="ACTION", required=True)
     tail = journal_sub.add_parser("tail", help="the last records (through the daemon)")
@@ -145,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keys": cmd_keys,
         "lab": _lab,
         "witness": _witness,
+        "role": cmd_role,
+        "standby": cmd_standby,
     }[args.command]
     try:
         return handler(args)
@@ -481,6 +495,72 @@ def cmd_events(args: argparse.Namespace) -> int:
         except ConnectionError as exc:
             print(f"lifeline: {exc}", file=sys.stderr)
             return 2
+
+
+def format_role(info: dict[str, Any]) -> str:
+    waiting = info.get("role") == "primary" and info.get("accepting_appends") is False
+    lines = [f"{info.get('node', '?')}: {info.get('role', '?')} at epoch {info.get('epoch', 0)}"
+             f"{' (not yet accepting appends)' if waiting else ''}",
+             f"  why: {info.get('reason', '')}"]
+    lease = info.get("lease")
+    if lease:
+        holder = lease.get("holder") or "nobody (free)"
+        lines.append(f"  lease: held by {holder}, epoch {lease.get('epoch')}, {lease.get('ttl_remaining')}s left; "
+                     f"synchronous standby: {lease.get('sync_node') or 'none'}; last holder: "
+                     f"{lease.get('last_holder') or 'none'}")
+    if info.get("store"):
+        reach = {True: "reachable", False: "UNREACHABLE", None: "not asked yet"}[info.get("store_reachable")]
+        lines.append(f"  store: {info['store']} ({reach}{': ' + info['store_error'] if info.get('store_error') else ''})")
+    if info.get("blocked"):
+        lines.append(f"  BLOCKED from becoming primary: {info['blocked']}")
+    return "\n".join(lines)
+
+
+def cmd_role(args: argparse.Namespace) -> int:
+    from daemon.control_client import ControlError
+
+    with _connect(args) as client:
+        try:
+            if not args.follow:
+                info = client.call("role.status")
+                print(json.dumps(info, indent=2, sort_keys=True) if args.json else format_role(info))
+                return 0
+            client.call("role.watch")
+            print("following role changes; Ctrl-C to stop", file=sys.stderr)
+            while True:
+                change = client.read_line(timeout=None)
+                if args.json:
+                    print(json.dumps(change), flush=True)
+                else:
+                    print(f"{change.get('role')} epoch={change.get('epoch')} (was {change.get('previous') or '-'}): "
+                          f"{change.get('reason', '')}", flush=True)
+                if change.get("role") == "unknown":
+                    return 1
+        except ControlError as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+        except ConnectionError as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+
+
+def cmd_standby(args: argparse.Namespace) -> int:
+    from daemon.control_client import ControlError
+
+    if not args.accept_loss:
+        print("lifeline standby promote: refused without --accept-loss. This node takes the lease only once it "
+              "is free; records the old primary acknowledged but never sent here would be missing. Check "
+              "`lifeline role` on both hosts first; then re-run with --accept-loss.", file=sys.stderr)
+        return 2
+    with _connect(args) as client:
+        try:
+            result = client.call("standby.promote", {"accept_loss": True})
+        except ControlError as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+    print(f"{'accepted' if result.get('accepted') else 'REFUSED'}: {result.get('reason')} "
+          f"(role now {result.get('role')})")
+    return 0 if result.get("accepted") else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -413,3 +413,66 @@ class PrimaryLost(Event):
     reason: str
     durable_seq: int
     severity: ClassVar[str] = "warning"
+
+
+# --- roles and the leader lease (daemon/standby/leadership.py) ----------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoleChanged(Event):
+    """This node's role changed. ``role`` is one of waiting, standby, candidate, primary,
+    fenced; the engine may trade only while it is ``primary``, stamping orders with
+    ``epoch``. ``monotonic_ns`` is CLOCK_MONOTONIC when the change took effect (drills on
+    one machine compare both nodes' intervals with it)."""
+
+    node: str
+    role: str
+    previous: str
+    epoch: int
+    reason: str
+    monotonic_ns: int
+
+    @property
+    def severity(self) -> str:  # type: ignore[override]
+        return "warning" if self.role == "fenced" else "info"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeaseStoreUnreachable(Event):
+    """The lease store did not answer; a node that is not primary stays so."""
+
+    node: str
+    store: str
+    reason: str
+    role: str
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeaseStoreReachable(Event):
+    node: str
+    store: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class OperatorPromotion(Event):
+    """An operator (or a signed playbook) allowed this node to take a free lease although
+    it may lack acknowledged records."""
+
+    node: str
+    accept_loss: bool
+    outcome: str
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DivergentTailSaved(Event):
+    """A returning old primary cut records the new primary never had; they are saved
+    to ``file`` for reconciliation, never lost silently."""
+
+    node: str
+    records: int
+    from_seq: int
+    to_seq: int
+    file: str
+    severity: ClassVar[str] = "warning"

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import Any
 
 from daemon.standby import Position, StandbyError
 
@@ -154,3 +155,22 @@ class LeaseStore(abc.ABC):
 
     async def aclose(self) -> None:
         """Release connections (not the lease)."""
+
+
+def open_lease_store(lease: Any, node: str, replication_key: bytes, standby: Any = None) -> LeaseStore:
+    """The backend ``[standby.lease]`` names, built from its config (a
+    :class:`daemon.config.LeaseConfig`); ``replication_key`` authenticates to the
+    witness unless ``witness_key_file`` names another key."""
+    timeout = float(lease.retry_timeout)
+    if lease.backend == "witness":
+        from daemon.standby.keys import load_replication_key
+        from daemon.standby.witness import WitnessLeaseStore
+
+        key = load_replication_key(lease.witness_key_file) if lease.witness_key_file else replication_key
+        return WitnessLeaseStore(lease.witness, key, lease.cluster, node, float(lease.ttl), timeout)
+    if lease.backend == "etcd":
+        from daemon.standby.etcd import EtcdLeaseStore
+
+        return EtcdLeaseStore(list(lease.etcd_endpoints), lease.cluster, node, float(lease.ttl), timeout,
+                              prefix=lease.etcd_prefix)
+    raise ValueError(f"unknown lease backend {lease.backend!r}")

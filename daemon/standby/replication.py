@@ -44,12 +44,13 @@ import errno
 import hashlib
 import heapq
 import itertools
+import json
 import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 import trio
 
@@ -115,7 +116,7 @@ APPEND_TIMES_KEPT = 100_000  # appends (groups of records), for lag()
 EVENTS: dict[str, type[events.Event]] = {cls.__name__: cls for cls in (
     events.StandbyConnected, events.StandbyLost, events.ReplicationDegraded, events.ReplicationRecovered,
     events.ReplicationRejected, events.DriftDetected, events.StandbyDiskFull, events.StandbyWriteError,
-    events.StandbyTruncated, events.PrimaryConnected, events.PrimaryLost,
+    events.StandbyTruncated, events.PrimaryConnected, events.PrimaryLost, events.DivergentTailSaved,
 )}
 
 
@@ -422,6 +423,13 @@ class ReplicationPrimary:
         self._rejections_announced: dict[tuple[str, str], float] = {}
         self.recent_in_doubt: collections.deque[AppendResult] = collections.deque(maxlen=IN_DOUBT_KEPT)
         self.counters: dict[str, int] = collections.defaultdict(int)
+        #: Told the standby's node id when it comes in sync and None when it falls out
+        #: (the lease store's sync mark follows it). Set by the leadership shell.
+        self.sync_listener: Callable[[str | None], None] | None = None
+        #: May appends be acknowledged without the standby (degrade-to-async)? With a
+        #: lease, only once the store no longer marks the standby synchronous: else a
+        #: promoted standby could miss a record acknowledged here.
+        self.async_gate: Callable[[], bool] = lambda: True
 
     # ------------------------------------------------------------------ serving
 
@@ -735,6 +743,8 @@ class ReplicationPrimary:
         self._out_of_sync_since = None
         self._out_of_sync_reason = ""
         log.info("standby.in_sync", standby=session.node, acked_seq=session.acked_seq)
+        if self.sync_listener is not None and self.config.mode == "sync":
+            self.sync_listener(session.node)
         if self.config.mode == "sync":  # async mode has nothing to recover from
             self.announce("ReplicationRecovered", standby=session.node,
                           degraded_for_s=round(trio.current_time() - since, 3) if since is not None else 0.0,
@@ -744,6 +754,8 @@ class ReplicationPrimary:
         session = self._session
         if session is not None:
             session.in_sync = False
+        if self.sync_listener is not None:
+            self.sync_listener(None)
         if self._out_of_sync_since is None:
             self._out_of_sync_since = trio.current_time()
             self._out_of_sync_reason = reason
@@ -893,6 +905,9 @@ class ReplicationPrimary:
     def _without_standby(self, first: int, last: int, epoch: int, reason: str) -> list[AppendRun]:
         if self.config.on_standby_loss == "block":
             return self._note_in_doubt(first, last, epoch, f"no standby in sync ({reason}); on_standby_loss = block")
+        if not self.async_gate():
+            return self._note_in_doubt(first, last, epoch, f"no standby in sync ({reason}); the lease store still "
+                                                           "marks it synchronous: clearing the mark first")
         self.counters["degraded_appends"] += last - first + 1
         return [(first, last, epoch, "ok", "primary", f"degraded to async: {reason}", True)]
 
@@ -1082,6 +1097,11 @@ class ReplicationStandby:
         self.drift: list[str] = []
         self.truncations: list[dict[str, Any]] = []
         self.counters: dict[str, int] = collections.defaultdict(int)
+        #: The lowest epoch a primary may lead for this node to follow it (the lease's
+        #: epoch when the role machine said FOLLOW): an older primary is stale.
+        self.min_epoch = 0
+        #: Where a divergent tail is saved before it is cut (reconciliation).
+        self.divergent_dir: Path | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         assert self.config.peer is not None
@@ -1179,6 +1199,9 @@ class ReplicationStandby:
             return None
         assert isinstance(verdict, Welcome)
         self.last_reject = None
+        if verdict.epoch < self.min_epoch:
+            raise StandbyError(f"primary {verdict.node_id} leads epoch {verdict.epoch}, below the lease's epoch "
+                               f"{self.min_epoch}: it is stale (fenced); not following it")
         if verdict.epoch < self.journal.last.epoch:
             raise StandbyError(f"primary {verdict.node_id} leads epoch {verdict.epoch}, below this journal's "
                                f"epoch {self.journal.last.epoch}: it is stale; not following it")
@@ -1203,9 +1226,11 @@ class ReplicationStandby:
         if to.seq == 0 or mine == to.epoch:
             before = journal.last
             if before.seq > to.seq:
+                saved = self._save_divergent(to.seq)
                 report = journal.truncate_after(to.seq)
                 entry = {"from_seq": before.seq, "from_epoch": before.epoch, "to_seq": to.seq,
                          "dropped_records": before.seq - to.seq, "reason": truncate.reason,
+                         "saved_to": str(saved) if saved else None,
                          "report": str(report), "wall_time": time.time()}
                 self.truncations.append(entry)
                 self.counters["truncations"] += 1
@@ -1221,6 +1246,40 @@ class ReplicationStandby:
         first = max(journal.first_seq, 1)
         candidate = next_candidate(to, journal.epoch_at, first, journal.last.seq)
         return PositionReport(candidate, is_last=candidate == journal.last)
+
+    def _save_divergent(self, after_seq: int) -> Path | None:
+        """Copy the records after ``after_seq`` (about to be cut: they are not on the
+        new primary's history) to a JSON-lines file, fsynced, before the cut. They may be
+        orders this node acknowledged while it was primary: reconciliation needs them."""
+        if self.divergent_dir is None:
+            return None
+        from daemon.standby.service import record_to_json
+
+        journal = self.journal
+        last = journal.last
+        path = self.divergent_dir / f"divergent-e{last.epoch}-s{after_seq + 1}-{last.seq}-{time.time_ns()}.jsonl"
+        self.divergent_dir.mkdir(parents=True, exist_ok=True)
+        seq = after_seq + 1
+        with open(path, "w", encoding="utf-8") as out:
+            while seq <= last.seq:
+                batch = journal.read(seq, 1000)
+                if not batch:
+                    break
+                for record in batch:
+                    out.write(json.dumps(record_to_json(record)) + "\n")
+                seq = batch[-1].seq + 1
+            out.flush()
+            os.fsync(out.fileno())
+        fd = os.open(self.divergent_dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        log.warning("journal.divergent_tail_saved", file=str(path), from_seq=after_seq + 1, to_seq=last.seq,
+                    records=last.seq - after_seq)
+        self.announce("DivergentTailSaved", node=self.node_id, records=last.seq - after_seq,
+                      from_seq=after_seq + 1, to_seq=last.seq, file=str(path))
+        return path
 
     async def _follow(self, link: _Link, first: Event) -> None:
         assert self.primary is not None

@@ -253,6 +253,7 @@ class RoleMachine:
         self.pending: _Pending | None = None
         self.pending_since = 0.0
         self.override = False
+        self.blocked: str | None = None
         self.sync_wanted: str | None = None   # the primary's view of its in-sync standby
         self.sync_written: str | None = None  # what the store holds, as far as we know
         self.sync_next_at = now
@@ -435,6 +436,26 @@ class RoleMachine:
                                                "possible loss of acknowledged records accepted"))
         return self._end(now, out)
 
+    def refuse_primary(self, reason: str, now: float) -> list[Action]:
+        """This node cannot serve as primary (``watchdog = "required"`` and the device
+        would not arm): fence if primary, release the lease, and never take it again
+        until :meth:`allow_primary`."""
+        out: list[Action] = []
+        self._begin(now, out)
+        self.blocked = reason
+        if self.role is Role.PRIMARY:
+            epoch = self.epoch
+            self._fence(now, out, f"cannot serve as primary: {reason}")
+            out.append(Action(ActionKind.RELEASE, "giving the lease up at once so the peer need not wait for "
+                                                  "it to expire", epoch))
+        return self._end(now, out)
+
+    def allow_primary(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        self._begin(now, out)
+        self.blocked = None
+        return self._end(now, out)
+
     def standby_sync_changed(self, node: str | None, now: float) -> list[Action]:
         """The primary's replication says which standby is in sync now (``None``: none).
         The mark is written before the primary acts on the change."""
@@ -568,6 +589,8 @@ class RoleMachine:
         """May this node take the free lease: does it hold every acknowledged record?"""
         lease = self.lease
         assert lease is not None
+        if self.blocked is not None:
+            return False, f"may not become primary: {self.blocked}"
         if lease.epoch < self.highest_epoch:
             return False, f"the store's epoch {lease.epoch} is below {self.highest_epoch} already seen"
         if self.role is Role.FENCED and lease.epoch == self.epoch and lease.last_holder == self.node:

@@ -38,7 +38,7 @@ from daemon.control_client import ControlError
 from daemon.events import EventBus, JournalTailTruncated
 from daemon.log import get_logger
 from daemon.service import MetricFamily, ServiceStatus
-from daemon.standby import MAX_PAYLOAD, Record, StandbyError
+from daemon.standby import MAX_PAYLOAD, Position, Record, StandbyError
 
 log = get_logger("standby")
 
@@ -98,30 +98,45 @@ def payloads_from_params(params: dict[str, Any]) -> list[bytes]:
 
 
 class StandbyService:
-    """Owns the journal and the replication role of this host."""
+    """Owns the journal and the replication role of this host.
+
+    With a fixed ``standby.role`` the role never changes. With ``[standby.lease]`` the
+    leadership shell (:mod:`daemon.standby.leadership`) moves it: this service is its
+    :class:`~daemon.standby.leadership.RoleHost` — ``become_primary`` / ``fence`` /
+    ``follow`` — and one runner task switches the replication side to match, one
+    switch at a time (the old side has stopped before the new one starts)."""
 
     name = "standby"
 
-    def __init__(self, config: Config, bus: EventBus, *, key: bytes | None = None) -> None:
+    def __init__(self, config: Config, bus: EventBus, *, key: bytes | None = None,
+                 lease_store: Any = None, watchdog: Any = None) -> None:
         assert config.standby is not None
         self.config = config
         self.settings = config.standby
         self.bus = bus
-        self.role = self.settings.role
+        self.role: str = self.settings.role or "waiting"
         self._key = key
+        self._lease_store = lease_store
+        self._watchdog = watchdog
         self.journal: Any = None
         self.replication: Any = None
+        self.leadership: Any = None
+        #: Appends are accepted only while this is True (primary, replication serving).
+        self.accepting = False
+        self.epoch = 0
         self.appends = 0
         self.in_doubt = 0
         #: Torn tails cut when the journal was opened (shown in status details).
         self.repairs: list[str] = []
+        self._wanted: tuple[str, int, str] = ("none", 0, "")  # (side, epoch, primary node)
+        self._wanted_changed = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from daemon.standby.journal import Journal
         from daemon.standby.keys import load_replication_key
-        from daemon.standby.replication import ReplicationPrimary, ReplicationStandby
 
         key = self._key if self._key is not None else load_replication_key(self.settings.key_file)
+        self._key = key
         directory = journal_directory(self.config)
         # Opening scans and verifies every segment: blocking file I/O, off the loop.
         self.journal = await trio.to_thread.run_sync(Journal.open, directory, self.settings.journal)
@@ -131,22 +146,146 @@ class StandbyService:
             self.bus.publish(JournalTailTruncated(
                 source=self.name, file=str(report.file), records_dropped=report.records_dropped,
                 bytes_dropped=report.bytes_dropped, reason=report.reason))
-        node = self.config.node.name
-        if self.role == "primary":
-            self.replication = ReplicationPrimary(self.journal, self.settings, node, key, bus=self.bus)
-        else:
-            self.replication = ReplicationStandby(self.journal, self.settings, node, key, bus=self.bus)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.journal.run)
-                await nursery.start(self.replication.run)
+                if self.settings.lease is None:
+                    self._set_wanted("primary" if self.role == "primary" else "standby", 1, "")
+                    if self.role == "primary":
+                        self.epoch = max(self.journal.last.epoch, 1)
+                    await nursery.start(self._replication_runner)
+                else:
+                    await nursery.start(self._replication_runner)
+                    self.leadership = self._make_leadership()
+                    await nursery.start(self.leadership.run)
                 nursery.start_soon(self._retention_loop)
                 log.info("standby.started", role=self.role, journal=str(directory),
-                         last_seq=self.journal.last.seq, last_epoch=self.journal.last.epoch)
+                         last_seq=self.journal.last.seq, last_epoch=self.journal.last.epoch,
+                         lease=self.settings.lease.backend if self.settings.lease else "none")
                 task_status.started()
         finally:
             # Flush and release the files (and the directory lock) on the way out.
+            self.accepting = False
+            if self._lease_store is not None:
+                with trio.move_on_after(1, shield=True):
+                    await self._lease_store.aclose()
             self.journal.close()
+
+    # ------------------------------------------------------------------ roles
+
+    def _make_leadership(self) -> Any:
+        from daemon.standby.leadership import Leadership
+        from daemon.standby.lease import open_lease_store
+
+        lease = self.settings.lease
+        assert lease is not None
+        node = self.config.node.name
+        if self._lease_store is None:
+            self._lease_store = open_lease_store(lease, node, self._key, self.settings)
+        watchdog = self._watchdog
+        if watchdog is None and lease.watchdog != "off":
+            from hardware.watchdog import open_watchdog
+
+            watchdog = open_watchdog(lease.watchdog, lease.watchdog_device)
+        hooks = None
+        if lease.on_primary or lease.on_fenced or lease.on_standby:
+            from daemon.standby.hooks import HookRunner
+
+            hooks = HookRunner({"primary": list(lease.on_primary), "fenced": list(lease.on_fenced),
+                                "standby": list(lease.on_standby)}, float(lease.hook_timeout), node=node)
+        store_name = lease.witness if lease.backend == "witness" else ",".join(lease.etcd_endpoints)
+        return Leadership(node, lease.timings(), self._lease_store, self, bus=self.bus, watchdog=watchdog,
+                          watchdog_required=lease.watchdog == "required", hooks=hooks,
+                          store_name=f"{lease.backend} {store_name}")
+
+    def current_role(self) -> str:
+        machine = getattr(self.leadership, "machine", None)
+        if machine is not None:
+            return f"{machine.role.value} (epoch {machine.epoch})" if machine.epoch else machine.role.value
+        return self.role
+
+    def journal_position(self) -> Position:
+        return self.journal.last
+
+    def become_primary(self, epoch: int) -> None:
+        """PROMOTE: serve replication and accept appends at ``epoch`` (once the runner
+        has stopped following and started serving)."""
+        self.role = "primary"
+        self.epoch = epoch
+        self._set_wanted("primary", epoch, self.config.node.name)
+
+    def fence(self, reason: str) -> None:
+        """FENCE: refuse appends now (before this returns), then stop serving."""
+        self.accepting = False
+        self.role = "fenced"
+        self._set_wanted("none", self.epoch, "")
+        log.warning("standby.fenced", epoch=self.epoch, reason=reason)
+
+    def follow(self, node: str, epoch: int) -> None:
+        self.accepting = False
+        self.role = "standby"
+        self._set_wanted("standby", epoch, node)
+
+    def _set_wanted(self, side: str, epoch: int, node: str) -> None:
+        self._wanted = (side, epoch, node)
+        self._wanted_changed.set()
+
+    async def _replication_runner(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Runs the replication side the role wants, one at a time: the old side has
+        fully stopped (its journal writes finished) before the new one starts."""
+        from daemon.standby.replication import ReplicationPrimary, ReplicationStandby
+
+        node = self.config.node.name
+        started = False
+        async with trio.open_nursery() as nursery:
+            while True:
+                wanted = self._wanted
+                self._wanted_changed = trio.Event()
+                side, epoch, primary = wanted
+                scope = trio.CancelScope()
+                if side == "primary":
+                    # A fixed-role primary stamps the journal's epoch (at least 1); a
+                    # leased one, the lease's epoch.
+                    provider = (lambda e=epoch: e) if self.leadership is not None else None
+                    replication: Any = ReplicationPrimary(self.journal, self.settings, node, self._key, bus=self.bus,
+                                                          epoch_provider=provider)
+                    if self.leadership is not None:
+                        replication.sync_listener = self.leadership.standby_sync_changed
+                        replication.async_gate = self.leadership.async_allowed
+                elif side == "standby":
+                    replication = ReplicationStandby(self.journal, self.settings, node, self._key, bus=self.bus)
+                    replication.min_epoch = epoch if self.leadership is not None else 0
+                    replication.divergent_dir = Path(self.config.node.state_dir) / "divergent"
+                else:
+                    replication = None
+                done = trio.Event()
+                if replication is not None:
+                    self.replication = replication
+
+                    async def side_task(r: Any = replication, s: trio.CancelScope = scope,
+                                        d: trio.Event = done, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                                        ) -> None:
+                        try:
+                            with s:
+                                await r.run(task_status=task_status)
+                        finally:
+                            d.set()
+
+                    await nursery.start(side_task)
+                else:
+                    done.set()
+                if side == "primary" and self._wanted == wanted:
+                    self.accepting = True
+                    log.info("standby.serving", epoch=epoch, listen=self.settings.listen,
+                             last_seq=self.journal.last.seq)
+                if not started:
+                    started = True
+                    task_status.started()
+                await self._wanted_changed.wait()
+                if side == "primary":
+                    self.accepting = False
+                scope.cancel()
+                await done.wait()
 
     async def _retention_loop(self) -> None:
         """Remove old closed segments, but only ones both nodes hold: on the primary, up
@@ -154,7 +293,7 @@ class StandbyService:
         received every record from the primary)."""
         while True:
             await trio.sleep(RETENTION_INTERVAL)
-            if self.role == "primary":
+            if self.accepting:
                 through = int(getattr(self.replication, "standby_acked_seq", 0))
             else:
                 through = self.journal.last.seq
@@ -176,11 +315,19 @@ class StandbyService:
                               '(status ok | in_doubt; see the writer contract in the README).')
         control.register("journal.read", self._read, help='Records back: {"from": SEQ, "limit": N}.')
         control.register("journal.stats", self._stats, help="The journal's and the replication link's figures.")
+        control.register("role.status", self._role_status,
+                         help="This node's role, epoch and lease, and why; `lifeline role`.")
+        control.register_stream("role.watch", self._role_watch,
+                                help="The engine's role feed: the current {role, epoch, ...} first, then every "
+                                     "change in order. Trade only while role is primary.")
+        control.register("standby.promote", self._promote,
+                         help='Allow this node to take a FREE lease although it may lack acknowledged records: '
+                              '{"accept_loss": true}. Never takes a live lease; `lifeline standby promote`.')
 
     async def _append(self, params: dict[str, Any]) -> Any:
-        if self.role != "primary" or self.replication is None:
-            raise ControlError("not_primary", f"this host ({self.config.node.name}) is the {self.role}; "
-                                              "append on the primary")
+        if not self.accepting or self.replication is None:
+            raise ControlError("not_primary", f"this host ({self.config.node.name}) is {self.role}, not an "
+                                              "accepting primary; append on the primary (nothing was written)")
         payloads = payloads_from_params(params)
         replication = self.replication
         try:
@@ -217,10 +364,43 @@ class StandbyService:
     async def _stats(self, params: dict[str, Any]) -> Any:
         return self.details()
 
+    def _require_leadership(self) -> Any:
+        if self.leadership is None:
+            raise ControlError("no_lease", f"this host has a fixed role ({self.role}): roles move only with "
+                                           "[standby.lease] configured")
+        return self.leadership
+
+    async def _role_status(self, params: dict[str, Any]) -> Any:
+        if self.leadership is None:
+            return {"node": self.config.node.name, "role": self.role, "epoch": self.epoch, "fixed": True,
+                    "reason": "fixed role (no [standby.lease])"}
+        out = self.leadership.details()
+        out["accepting_appends"] = self.accepting
+        return out
+
+    async def _role_watch(self, params: dict[str, Any], reply: Any) -> None:
+        leadership = self._require_leadership()
+        channel = leadership.watch()
+        with channel:
+            await reply.start()
+            async for message in channel:
+                await reply.send(message)
+        # The feed was cut (too slow, or the daemon is stopping): say so, so the
+        # engine stops trading rather than act on a role it can no longer follow.
+        await reply.send({"role": "unknown", "epoch": 0, "reason": "role feed closed: re-subscribe"})
+
+    async def _promote(self, params: dict[str, Any]) -> Any:
+        leadership = self._require_leadership()
+        accept = params.get("accept_loss")
+        if accept is not True:
+            raise ControlError("bad_request", 'an override must say {"accept_loss": true}: this node may lack '
+                                              "records the old primary acknowledged")
+        return leadership.operator_promote(True)
+
     # ------------------------------------------------------------------ reporting
 
     def details(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"role": self.role, "appends": self.appends, "in_doubt": self.in_doubt,
+        out: dict[str, Any] = {"role": self.current_role(), "appends": self.appends, "in_doubt": self.in_doubt,
                                "repaired_at_open": self.repairs}
         if self.journal is not None:
             out["journal"] = self.journal.stats()
@@ -233,7 +413,7 @@ class StandbyService:
             return ServiceStatus("ok", "opening the journal")
         replication = self.replication.status()
         last = self.journal.last
-        summary = f"{self.role}, journal at seq {last.seq} (epoch {last.epoch}); {replication.summary}"
+        summary = f"{self.current_role()}, journal at seq {last.seq} (epoch {last.epoch}); {replication.summary}"
         return ServiceStatus(replication.health, summary, self.details())
 
     def metrics(self) -> Iterable[MetricFamily]:

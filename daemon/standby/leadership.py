@@ -1,0 +1,443 @@
+"""The trio shell around the role machine: lease requests, timers, and what a role means.
+
+:class:`~daemon.standby.roles.RoleMachine` decides; this module carries its decisions
+out and feeds it the answers. One loop sleeps until the machine's next deadline or
+until an answer arrives; each store request runs in its own task, bounded by
+``retry_timeout``, and reports back with the monotonic time it was *sent* (the
+primary's fence deadline counts from there: the store starts its ttl later).
+
+What each action does here:
+
+* ``PROMOTE``  the standby service stops following, starts serving replication and
+  accepts appends stamped with the lease's epoch; ``FENCE`` refuses appends at once
+  (synchronously, before anything else runs) and stops serving.
+* ``FOLLOW``   replicate from the peer, refusing a primary older than the lease's epoch.
+* ``ARM/FEED/DISARM_WATCHDOG``  the hardware watchdog; with ``watchdog = "required"`` a
+  watchdog that will not arm makes this node give the lease back and never take it.
+* role changes → ``RoleChanged`` on the bus, one log line, the exec hooks (in order),
+  and every ``role.watch`` subscriber (the engine), in order, with ``monotonic_ns``.
+
+Journal positions: while not primary the node reports its journal's last (epoch, seq)
+to the store with the epoch it has seen (the cold-start rule compares them), and feeds
+the machine its own position and the peer's report when it still speaks for the
+peer's journal (reported at the current epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Protocol
+
+import trio
+
+from daemon.events import EventBus, LeaseStoreReachable, LeaseStoreUnreachable, OperatorPromotion, RoleChanged
+from daemon.log import get_logger
+from daemon.standby import Position
+from daemon.standby.lease import LeaseConflict, LeaseError, LeaseLost, LeaseState, LeaseStore
+from daemon.standby.roles import Action, ActionKind, Role, RoleMachine, RoleTimings
+
+log = get_logger("leadership")
+
+#: The daemon side of the contract is in place (the lab's drills look for this line).
+LEADERSHIP_READY = True
+
+#: A role.watch subscriber that falls this far behind is disconnected (it re-subscribes
+#: and gets the current role first): an engine must never act on a stale role.
+WATCH_BUFFER = 256
+
+#: How often a node that is not primary re-sends its journal position at the latest
+#: (a restarted witness has forgotten it).
+REPORT_REFRESH = 2.0
+
+
+class RoleHost(Protocol):
+    """What a role means for this host: the standby service implements it."""
+
+    def journal_position(self) -> Position: ...
+
+    def become_primary(self, epoch: int) -> None: ...
+
+    def fence(self, reason: str) -> None: ...
+
+    def follow(self, node: str, epoch: int) -> None: ...
+
+
+class Watchdog(Protocol):
+    def arm(self, timeout_s: int) -> None: ...
+
+    def keepalive(self) -> None: ...
+
+    def disarm(self) -> None: ...
+
+
+class Leadership:
+    """Runs the role machine of this node against a lease store."""
+
+    name = "leadership"
+
+    def __init__(self, node: str, timings: RoleTimings, store: LeaseStore, host: RoleHost, *,
+                 bus: EventBus | None = None, watchdog: Watchdog | None = None,
+                 watchdog_required: bool = False, hooks: Any = None, store_name: str = "lease store",
+                 clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+        self.node = node
+        self.timings = timings
+        self.store = store
+        self.host = host
+        self.bus = bus
+        self.watchdog = watchdog
+        self.watchdog_required = watchdog_required
+        self.hooks = hooks
+        self.store_name = store_name
+        self.clock_ns = clock_ns
+        self.machine: RoleMachine | None = None
+        self.lease: LeaseState | None = None
+        self.store_reachable: bool | None = None
+        self.store_error: str | None = None
+        self.role_changes = 0
+        self._published = 0  # machine.changes already published
+        self._watchers: list[trio.MemorySendChannel[dict[str, Any]]] = []
+        self._wakeup = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._fed: tuple[Position, Position | None] | None = None
+        self._last_report: tuple[Position, int, float] | None = None
+        self._last_wait = ""
+
+    # ------------------------------------------------------------------ service
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        now = trio.current_time()
+        self.machine = RoleMachine(self.node, self.timings, now=now, local=self.host.journal_position())
+        log.info("leadership.starting", node=self.node, store=self.store_name, ttl=self.timings.ttl,
+                 renew=self.timings.renew, safety_margin=self.timings.safety_margin,
+                 local_epoch=self.machine.local.epoch, local_seq=self.machine.local.seq)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self.hooks is not None:
+                    await nursery.start(self.hooks.run)
+                nursery.start_soon(self._reporter)
+                task_status.started()
+                while True:
+                    now = trio.current_time()
+                    self._feed_journal(now)
+                    self._apply(self.machine.tick(now))
+                    deadline = self.machine.next_deadline(trio.current_time())
+                    with trio.move_on_at(deadline if deadline is not None else math.inf):
+                        await self._wakeup.wait()
+                    self._wakeup = trio.Event()
+        finally:
+            epoch = self._stop_on_exit()
+            if epoch is not None:
+                with trio.move_on_after(self.timings.retry_timeout, shield=True):
+                    try:
+                        await self.store.release(self.node, epoch)
+                        log.info("lease.released", node=self.node, epoch=epoch, reason="the daemon is stopping")
+                    except LeaseError as exc:
+                        log.warning("lease.release_failed", node=self.node, epoch=epoch, error=str(exc))
+
+    def _stop_on_exit(self) -> int | None:
+        """The daemon is stopping: a primary stops trading and gives its lease back at
+        once (best effort), so the peer need not wait for it to expire."""
+        machine = self.machine
+        for channel in self._watchers:
+            channel.close()
+        if machine is None or machine.role is not Role.PRIMARY:
+            return None
+        epoch = machine.epoch
+        self.host.fence("the daemon is stopping")
+        if self.watchdog is not None:
+            try:
+                self.watchdog.disarm()
+            except Exception as exc:  # never block the shutdown on it
+                log.warning("watchdog.disarm_failed", error=str(exc))
+        log.warning("leadership.stopping_as_primary", node=self.node, epoch=epoch,
+                    detail="fenced; the lease is released if the store answers in time")
+        self._publish_change(Role.PRIMARY, Role.FENCED, epoch, "the daemon is stopping", self.clock_ns())
+        return epoch
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    # ------------------------------------------------------------------ actions
+
+    def _apply(self, actions: list[Action]) -> None:
+        """Carry out the machine's actions in order; publish role changes."""
+        machine = self.machine
+        assert machine is not None
+        before_ns = self.clock_ns()
+        pending = list(actions)
+        while pending:
+            action = pending.pop(0)
+            kind = action.kind
+            if kind is ActionKind.FENCE:
+                self.host.fence(action.reason)
+                log.warning("role.fence", node=self.node, epoch=action.epoch, reason=action.reason)
+            elif kind is ActionKind.PROMOTE:
+                assert action.epoch is not None
+                self.host.become_primary(action.epoch)
+                log.info("role.promote", node=self.node, epoch=action.epoch, reason=action.reason)
+            elif kind is ActionKind.FOLLOW:
+                assert action.node is not None and action.epoch is not None
+                self.host.follow(action.node, action.epoch)
+                log.info("role.follow", node=self.node, primary=action.node, epoch=action.epoch)
+            elif kind is ActionKind.ARM_WATCHDOG:
+                refused = self._arm_watchdog()
+                if refused is not None:
+                    # Skip the promotion that follows: give the lease back instead.
+                    pending = [a for a in pending if a.kind not in (ActionKind.PROMOTE, ActionKind.FEED_WATCHDOG)]
+                    pending = machine.refuse_primary(refused, trio.current_time()) + pending
+            elif kind is ActionKind.FEED_WATCHDOG:
+                self._watchdog_call("keepalive")
+            elif kind is ActionKind.DISARM_WATCHDOG:
+                self._watchdog_call("disarm")
+            elif kind in (ActionKind.READ, ActionKind.ACQUIRE, ActionKind.RENEW, ActionKind.RELEASE,
+                          ActionKind.SET_SYNC_MARK, ActionKind.CLEAR_SYNC_MARK):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._request, action)
+            elif kind is ActionKind.ALLOW_ASYNC:
+                log.info("lease.sync_mark_cleared", node=self.node, epoch=machine.epoch, detail=action.reason)
+            elif kind is ActionKind.WAIT:
+                if action.reason != self._last_wait:
+                    self._last_wait = action.reason
+                    log.info("role.wait", node=self.node, role=machine.role.value, reason=action.reason)
+        after_ns = self.clock_ns()
+        changes = machine.changes
+        while self._published < len(changes):
+            _, old, new, why = changes[self._published]
+            self._published += 1
+            # A primary interval is stamped wide: it starts before PROMOTE took effect
+            # and ends after FENCE did (the drills compare the intervals of two nodes).
+            stamp = before_ns if new is Role.PRIMARY else after_ns
+            self._publish_change(old, new, machine.epoch, why, stamp)
+        self._wakeup.set()
+
+    def _publish_change(self, old: Role, new: Role, epoch: int, why: str, stamp_ns: int) -> None:
+        self.role_changes += 1
+        log_fn = log.warning if new is Role.FENCED else log.info
+        log_fn("role.changed", node=self.node, role=new.value, previous=old.value, epoch=epoch, reason=why)
+        message = {"role": new.value, "previous": old.value, "epoch": epoch, "reason": why,
+                   "monotonic_ns": stamp_ns, "node": self.node}
+        if self.bus is not None:
+            self.bus.publish(RoleChanged(source="standby", node=self.node, role=new.value, previous=old.value,
+                                         epoch=epoch, reason=why, monotonic_ns=stamp_ns))
+        if self.hooks is not None:
+            self.hooks.submit(new.value, epoch, old.value)
+        for channel in list(self._watchers):
+            try:
+                channel.send_nowait(message)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                # Too slow (or gone): cut it off rather than let it act on a stale role.
+                channel.close()
+                self._watchers.remove(channel)
+
+    def _arm_watchdog(self) -> str | None:
+        """Arm before promotion. Answers why this node may not be primary, or None."""
+        if self.watchdog is None or self.timings.watchdog_timeout is None:
+            return None
+        try:
+            self.watchdog.arm(int(self.timings.watchdog_timeout))
+        except Exception as exc:
+            if self.watchdog_required:
+                log.error("watchdog.arm_failed", node=self.node, error=str(exc), required=True,
+                          detail="refusing to become primary (watchdog = required)")
+                return f"watchdog = \"required\" and it would not arm: {exc}"
+            log.warning("watchdog.arm_failed", node=self.node, error=str(exc), required=False)
+        return None
+
+    def _watchdog_call(self, what: str) -> None:
+        if self.watchdog is None:
+            return
+        try:
+            getattr(self.watchdog, what)()
+        except Exception as exc:
+            log.warning(f"watchdog.{what}_failed", node=self.node, error=str(exc))
+
+    # ------------------------------------------------------------------ store requests
+
+    async def _request(self, action: Action) -> None:
+        machine = self.machine
+        assert machine is not None
+        kind = action.kind
+        sent = trio.current_time()
+        try:
+            with trio.fail_after(self.timings.retry_timeout):
+                if kind is ActionKind.READ:
+                    state = await self.store.read()
+                elif kind is ActionKind.ACQUIRE:
+                    assert action.epoch is not None
+                    grant = await self.store.acquire(self.node, action.epoch - 1)
+                elif kind is ActionKind.RENEW:
+                    assert action.epoch is not None
+                    grant = await self.store.renew(self.node, action.epoch)
+                elif kind is ActionKind.RELEASE:
+                    assert action.epoch is not None
+                    await self.store.release(self.node, action.epoch)
+                elif kind is ActionKind.SET_SYNC_MARK:
+                    assert action.epoch is not None
+                    await self.store.set_sync_mark(self.node, action.epoch, action.node)
+                elif kind is ActionKind.CLEAR_SYNC_MARK:
+                    assert action.epoch is not None
+                    await self.store.set_sync_mark(self.node, action.epoch, None)
+        except (LeaseError, trio.TooSlowError, OSError) as exc:
+            reason = _describe(exc, self.timings.retry_timeout)
+            now = trio.current_time()
+            self._note_reachability(exc)
+            if kind is ActionKind.READ:
+                self._apply(machine.read_failed(reason, now))
+            elif kind is ActionKind.ACQUIRE:
+                self._apply(machine.acquire_failed(reason, now))
+            elif kind is ActionKind.RENEW:
+                self._apply(machine.renew_failed(reason, now, lost=isinstance(exc, LeaseLost)))
+            elif kind in (ActionKind.SET_SYNC_MARK, ActionKind.CLEAR_SYNC_MARK):
+                mark = action.node if kind is ActionKind.SET_SYNC_MARK else None
+                if isinstance(exc, LeaseLost):
+                    self._apply(machine.renew_failed(f"sync mark refused: {reason}", now, lost=True))
+                else:
+                    self._apply(machine.sync_mark_written(mark, now, ok=False, reason=reason))
+            else:
+                log.warning("lease.release_failed", node=self.node, epoch=action.epoch, error=reason)
+            return
+        now = trio.current_time()
+        self._note_reachability(None)
+        if kind is ActionKind.READ:
+            self.lease = state
+            self._feed_journal(now, state)
+            self._apply(machine.observed(state, now))
+        elif kind is ActionKind.ACQUIRE:
+            self._apply(machine.acquired(grant.epoch, sent, now))
+        elif kind is ActionKind.RENEW:
+            self._apply(machine.renewed(grant.epoch, sent, now))
+        elif kind in (ActionKind.SET_SYNC_MARK, ActionKind.CLEAR_SYNC_MARK):
+            mark = action.node if kind is ActionKind.SET_SYNC_MARK else None
+            log.info("lease.sync_mark", node=self.node, epoch=action.epoch, sync_node=mark or "")
+            self._apply(machine.sync_mark_written(mark, now))
+        else:
+            log.info("lease.released", node=self.node, epoch=action.epoch, reason=action.reason)
+
+    def _note_reachability(self, exc: BaseException | None) -> None:
+        if exc is None:
+            if self.store_reachable is False and self.bus is not None:
+                self.bus.publish(LeaseStoreReachable(source="standby", node=self.node, store=self.store_name))
+            self.store_reachable = True
+            self.store_error = None
+            return
+        if isinstance(exc, (LeaseConflict, LeaseLost)):
+            self.store_reachable = True  # it answered: a refusal, not an outage
+            return
+        reason = _describe(exc, self.timings.retry_timeout)
+        self.store_error = reason
+        if self.store_reachable is not False:
+            self.store_reachable = False
+            role = self.machine.role.value if self.machine else "?"
+            log.warning("lease.store_unreachable", node=self.node, store=self.store_name, reason=reason, role=role)
+            if self.bus is not None:
+                self.bus.publish(LeaseStoreUnreachable(source="standby", node=self.node, store=self.store_name,
+                                                       reason=reason, role=role))
+
+    # ------------------------------------------------------------------ journal positions
+
+    def _feed_journal(self, now: float, state: LeaseState | None = None) -> None:
+        machine = self.machine
+        assert machine is not None
+        local = self.host.journal_position()
+        lease = state if state is not None else self.lease
+        peer = lease.peer_position(self.node) if lease is not None else None
+        if self._fed != (local, peer):
+            self._fed = (local, peer)
+            self._apply(machine.journal(local, peer, now))
+
+    async def _reporter(self) -> None:
+        """Publish this node's journal position while it is not primary."""
+        while True:
+            machine = self.machine
+            assert machine is not None
+            lease = self.lease
+            if machine.role not in (Role.PRIMARY, Role.CANDIDATE) and lease is not None:
+                position = self.host.journal_position()
+                now = trio.current_time()
+                last = self._last_report
+                if last is None or last[:2] != (position, lease.epoch) or now - last[2] >= REPORT_REFRESH:
+                    try:
+                        with trio.fail_after(self.timings.retry_timeout):
+                            await self.store.report(self.node, position, lease.epoch)
+                        self._last_report = (position, lease.epoch, now)
+                    except (LeaseError, trio.TooSlowError, OSError) as exc:
+                        log.debug("lease.report_failed", node=self.node, error=_describe(exc, 0))
+            await trio.sleep(self.timings.renew / 2)
+
+    # ------------------------------------------------------------------ inputs from the host
+
+    def standby_sync_changed(self, node: str | None) -> None:
+        """The primary's replication: ``node`` is in sync now (None: nobody is)."""
+        if self.machine is None:
+            return
+        self._apply(self.machine.standby_sync_changed(node, trio.current_time()))
+
+    def async_allowed(self) -> bool:
+        return self.machine is not None and self.machine.async_allowed
+
+    def operator_promote(self, accept_loss: bool) -> dict[str, Any]:
+        machine = self.machine
+        if machine is None:
+            return {"accepted": False, "reason": "not started yet"}
+        actions = machine.operator_promote(trio.current_time(), accept_loss=accept_loss)
+        reason = next((a.reason for a in actions if a.kind is ActionKind.WAIT), "")
+        accepted = machine.override
+        self._apply(actions)
+        if self.bus is not None:
+            self.bus.publish(OperatorPromotion(source="standby", node=self.node, accept_loss=accept_loss,
+                                               outcome=reason))
+        log.warning("role.operator_promote", node=self.node, accept_loss=accept_loss, accepted=accepted,
+                    reason=reason)
+        return {"accepted": accepted, "reason": reason, "role": machine.role.value}
+
+    # ------------------------------------------------------------------ watchers and status
+
+    def current(self) -> dict[str, Any]:
+        machine = self.machine
+        if machine is None:
+            return {"node": self.node, "role": "waiting", "epoch": 0, "reason": "starting", "previous": "",
+                    "monotonic_ns": self.clock_ns()}
+        previous = machine.changes[-1][1].value if machine.changes else ""
+        return {"node": self.node, "role": machine.role.value, "epoch": machine.epoch, "reason": machine.reason,
+                "previous": previous, "monotonic_ns": self.clock_ns()}
+
+    def watch(self) -> trio.MemoryReceiveChannel[dict[str, Any]]:
+        """An ordered stream of role changes, starting with the current role."""
+        send, receive = trio.open_memory_channel[dict[str, Any]](WATCH_BUFFER)
+        send.send_nowait(self.current())
+        self._watchers.append(send)
+        return receive
+
+    def unwatch(self, channel: trio.MemoryReceiveChannel[dict[str, Any]]) -> None:
+        channel.close()
+
+    def details(self) -> dict[str, Any]:
+        machine = self.machine
+        out: dict[str, Any] = self.current()
+        out["store"] = self.store_name
+        out["store_reachable"] = self.store_reachable
+        if self.store_error:
+            out["store_error"] = self.store_error
+        lease = self.lease
+        if lease is not None:
+            out["lease"] = {"holder": lease.holder, "epoch": lease.epoch,
+                            "ttl_remaining": round(lease.ttl_remaining, 3), "sync_node": lease.sync_node,
+                            "last_holder": lease.last_holder}
+        if machine is not None:
+            out["highest_epoch"] = machine.highest_epoch
+            out["async_allowed"] = machine.async_allowed
+            if machine.blocked:
+                out["blocked"] = machine.blocked
+        out["role_changes"] = self.role_changes
+        out["watchers"] = len(self._watchers)
+        if self.hooks is not None and hasattr(self.hooks, "details"):
+            out["hooks"] = self.hooks.details()
+        return out
+
+
+def _describe(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return f"no answer within retry_timeout ({timeout:g}s)"
+    return str(exc) or type(exc).__name__
