@@ -120,8 +120,8 @@ class Leadership:
                 task_status.started()
                 while True:
                     now = trio.current_time()
-                    self._feed_journal(now)
-                    self._apply(self.machine.tick(now))
+                    self._feed_journal(now, wake=False)
+                    self._apply(self.machine.tick(now), wake=False)
                     deadline = self.machine.next_deadline(trio.current_time())
                     with trio.move_on_at(deadline if deadline is not None else math.inf):
                         await self._wakeup.wait()
@@ -161,8 +161,9 @@ class Leadership:
 
     # ------------------------------------------------------------------ actions
 
-    def _apply(self, actions: list[Action]) -> None:
-        """Carry out the machine's actions in order; publish role changes."""
+    def _apply(self, actions: list[Action], *, wake: bool = True) -> None:
+        """Carry out the machine's actions in order; publish role changes. ``wake``:
+        have the loop recompute its deadline (every caller but the loop itself)."""
         machine = self.machine
         assert machine is not None
         before_ns = self.clock_ns()
@@ -210,7 +211,8 @@ class Leadership:
             # and ends after FENCE did (the drills compare the intervals of two nodes).
             stamp = before_ns if new is Role.PRIMARY else after_ns
             self._publish_change(old, new, machine.epoch, why, stamp)
-        self._wakeup.set()
+        if wake:
+            self._wakeup.set()
 
     def _publish_change(self, old: Role, new: Role, epoch: int, why: str, stamp_ns: int) -> None:
         self.role_changes += 1
@@ -337,7 +339,7 @@ class Leadership:
 
     # ------------------------------------------------------------------ journal positions
 
-    def _feed_journal(self, now: float, state: LeaseState | None = None) -> None:
+    def _feed_journal(self, now: float, state: LeaseState | None = None, *, wake: bool = True) -> None:
         machine = self.machine
         assert machine is not None
         local = self.host.journal_position()
@@ -345,7 +347,7 @@ class Leadership:
         peer = lease.peer_position(self.node) if lease is not None else None
         if self._fed != (local, peer):
             self._fed = (local, peer)
-            self._apply(machine.journal(local, peer, now))
+            self._apply(machine.journal(local, peer, now), wake=wake)
 
     async def _reporter(self) -> None:
         """Publish this node's journal position while it is not primary."""

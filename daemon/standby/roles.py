@@ -615,8 +615,11 @@ class RoleMachine:
 
     def _epoch_ok(self, epoch: int, where: str, out: list[Action]) -> bool:
         if epoch < self.highest_epoch:
-            out.append(Action(ActionKind.WAIT, f"{where} reports epoch {epoch}, below {self.highest_epoch} already "
-                                               "seen: refusing to act on it (store state lost?)"))
+            self.reason = (f"{where} reports epoch {epoch}, below {self.highest_epoch} already seen (in the store or "
+                           "this journal): the store is new or lost its state, and granting epochs again from "
+                           f"{epoch + 1} could reuse one. Not acting on it: restore the store, or restart the "
+                           f"witness with --min-epoch {self.highest_epoch}")
+            out.append(Action(ActionKind.WAIT, self.reason))
             return False
         self._note_epoch(epoch)
         return True

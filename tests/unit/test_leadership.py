@@ -1,0 +1,530 @@
+"""The leadership shell (daemon/standby/leadership.py) under MockClock: two nodes, one
+in-memory lease store with the backends' semantics, partitions and crashes injected.
+
+Every test runs in virtual time (``MockClock(autojump_threshold=0)``): sleeps and
+timeouts are exact and instant, so "the old primary fenced before the new one was
+promoted" is checked on one clock with no slack for scheduling noise.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from daemon.events import EventBus, LeaseStoreUnreachable, RoleChanged
+from daemon.standby import Position
+from daemon.standby.leadership import Leadership
+from daemon.standby.lease import Grant, LeaseConflict, LeaseLost, LeaseState, LeaseStore, LeaseUnavailable, Member
+from daemon.standby.roles import Role, RoleTimings
+
+TIMINGS = RoleTimings()  # the defaults: ttl 1.5 s, renew 0.5 s, retry 0.5 s, margins 0.3 / 0.1 s
+
+
+# --------------------------------------------------------------------------- the store
+
+
+@dataclass
+class _Lease:
+    holder: str | None = None
+    epoch: int = 1  # granted once before (the journals hold epoch-1 records), expired
+    expires: float = 0.0
+    last_holder: str | None = None
+    sync_node: str | None = None
+    members: dict[str, Member] = field(default_factory=dict)
+
+
+class MemoryStore:
+    """One lease, the duties of daemon/standby/lease.py, on trio's clock. ``cut`` holds
+    the nodes that cannot reach it: their requests hang (the shell's timeout fires)."""
+
+    def __init__(self) -> None:
+        self.lease = _Lease()
+        self.cut: set[str] = set()
+        self.down = False
+        self.grants: list[tuple[float, str, int]] = []
+
+    def view(self, node: str) -> "StoreView":
+        return StoreView(self, node)
+
+    def state(self, now: float) -> LeaseState:
+        lease = self.lease
+        live = lease.holder is not None and lease.expires > now
+        return LeaseState(holder=lease.holder if live else None, epoch=lease.epoch,
+                          ttl_remaining=max(0.0, lease.expires - now) if live else 0.0,
+                          sync_node=lease.sync_node, last_holder=lease.last_holder,
+                          members=tuple(lease.members.values()))
+
+
+class StoreView(LeaseStore):
+    def __init__(self, store: MemoryStore, node: str) -> None:
+        self.store = store
+        self.node = node
+
+    async def _reach(self) -> None:
+        await trio.sleep(0.005)  # a round trip
+        if self.node in self.store.cut or self.store.down:
+            await trio.sleep_forever()
+
+    async def acquire(self, node: str, expected_epoch: int) -> Grant:
+        await self._reach()
+        now = trio.current_time()
+        state = self.store.state(now)
+        if not state.free or state.epoch != expected_epoch:
+            raise LeaseConflict(f"held by {state.holder} at {state.epoch}", state)
+        lease = self.store.lease
+        lease.epoch += 1
+        lease.holder = lease.last_holder = node
+        lease.expires = now + TIMINGS.ttl
+        self.store.grants.append((now, node, lease.epoch))
+        return Grant(lease.epoch)
+
+    async def renew(self, node: str, epoch: int) -> Grant:
+        await self._reach()
+        now = trio.current_time()
+        lease = self.store.lease
+        if lease.holder != node or lease.epoch != epoch or lease.expires <= now:
+            raise LeaseLost(f"{node} does not hold epoch {epoch}")
+        lease.expires = now + TIMINGS.ttl
+        return Grant(epoch)
+
+    async def read(self) -> LeaseState:
+        await self._reach()
+        return self.store.state(trio.current_time())
+
+    async def release(self, node: str, epoch: int) -> None:
+        await self._reach()
+        lease = self.store.lease
+        if lease.holder == node and lease.epoch == epoch:
+            lease.holder = None
+            lease.expires = 0.0
+
+    async def set_sync_mark(self, node: str, epoch: int, sync_node: str | None) -> None:
+        await self._reach()
+        lease = self.store.lease
+        if lease.holder != node or lease.epoch != epoch or lease.expires <= trio.current_time():
+            raise LeaseLost(f"{node} does not hold epoch {epoch}")
+        lease.sync_node = sync_node
+
+    async def report(self, node: str, position: Position, seen_epoch: int) -> None:
+        await self._reach()
+        self.store.lease.members[node] = Member(node, position, seen_epoch)
+
+
+# --------------------------------------------------------------------------- the host
+
+
+class FakeHost:
+    """The standby service's side: a journal position and a log of what it was told."""
+
+    def __init__(self, name: str, position: Position = Position(0, 0)) -> None:
+        self.name = name
+        self.position = position
+        self.calls: list[tuple[float, str, Any]] = []
+        self.primary_since: float | None = None
+        self.intervals: list[tuple[float, float]] = []
+
+    def journal_position(self) -> Position:
+        return self.position
+
+    def become_primary(self, epoch: int) -> None:
+        now = trio.current_time()
+        self.calls.append((now, "primary", epoch))
+        self.primary_since = now
+
+    def fence(self, reason: str) -> None:
+        now = trio.current_time()
+        self.calls.append((now, "fence", reason))
+        self.end_interval(now)
+
+    def end_interval(self, now: float) -> None:
+        if self.primary_since is not None:
+            self.intervals.append((self.primary_since, now))
+            self.primary_since = None
+
+    def follow(self, node: str, epoch: int) -> None:
+        self.calls.append((trio.current_time(), "follow", (node, epoch)))
+
+    def kinds(self) -> list[str]:
+        return [kind for _, kind, _ in self.calls]
+
+
+class Node:
+    def __init__(self, name: str, store: MemoryStore, position: Position = Position(0, 0), **kwargs: Any) -> None:
+        self.host = FakeHost(name, position)
+        self.bus = EventBus(1024)
+        self.leadership = Leadership(name, kwargs.pop("timings", TIMINGS), store.view(name), self.host,
+                                     bus=self.bus, clock_ns=lambda: int(trio.current_time() * 1e9), **kwargs)
+        self.scope: trio.CancelScope | None = None
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with trio.CancelScope() as scope:
+                self.scope = scope
+                await self.leadership.run(task_status=task_status)
+
+        await nursery.start(run)
+
+    def crash(self) -> None:
+        """kill -9: the task stops without a word to the store (no release)."""
+        assert self.scope is not None
+        now = trio.current_time()
+        self.host.end_interval(now)
+        # A crashed process neither fences nor releases: bypass the shell's exit path.
+        self.leadership.machine = None
+        self.scope.cancel()
+
+    @property
+    def role(self) -> Role:
+        assert self.leadership.machine is not None
+        return self.leadership.machine.role
+
+
+async def wait_role(node: Node, role: Role, limit: float = 30.0) -> float:
+    start = trio.current_time()
+    with trio.fail_after(limit):
+        while node.leadership.machine is None or node.role is not role:
+            await trio.sleep(0.01)
+    return trio.current_time() - start
+
+
+def drain(sub: Any) -> list[Any]:
+    out = []
+    while True:
+        try:
+            out.append(sub.receive_nowait())
+        except trio.WouldBlock:
+            return out
+
+
+def overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    total = 0.0
+    for s1, e1 in a:
+        for s2, e2 in b:
+            total += max(0.0, min(e1, e2) - max(s1, s2))
+    return total
+
+
+# --------------------------------------------------------------------------- tests
+
+
+async def test_cold_start_with_equal_journals_makes_exactly_one_primary(autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    a, b = Node("a", store, Position(1, 10)), Node("b", store, Position(1, 10))
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await b.start(nursery)
+        await trio.sleep(5)
+        roles = sorted([a.role, b.role], key=lambda r: r.value)
+        assert roles == [Role.PRIMARY, Role.STANDBY]
+        primary, standby = (a, b) if a.role is Role.PRIMARY else (b, a)
+        assert ("follow", (primary.host.name, 2)) in [(k, v) for _, k, v in standby.host.calls]
+        assert len(store.grants) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_cold_start_waits_for_the_node_that_is_ahead(autojump_clock: trio.testing.MockClock) -> None:
+    """No "first one up wins": the node behind never takes the lease, even alone."""
+    store = MemoryStore()
+    behind, ahead = Node("behind", store, Position(1, 5)), Node("ahead", store, Position(1, 9))
+    async with trio.open_nursery() as nursery:
+        await behind.start(nursery)
+        await trio.sleep(10)  # alone: its peer's journal is unknown
+        assert behind.role is Role.WAITING
+        assert "not known to hold every acknowledged record" in behind.leadership.machine.reason
+        await ahead.start(nursery)
+        await wait_role(ahead, Role.PRIMARY)
+        await wait_role(behind, Role.STANDBY)
+        assert store.grants == [(store.grants[0][0], "ahead", 2)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_primary_crash_promotes_the_synchronous_standby_within_the_lease_bound(autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    a, b = Node("a", store, Position(1, 10)), Node("b", store, Position(1, 9))
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await b.start(nursery)
+        await wait_role(a, Role.PRIMARY)
+        await wait_role(b, Role.STANDBY)
+        a.leadership.standby_sync_changed("b")  # replication: b caught up
+        await trio.sleep(1)
+        assert store.lease.sync_node == "b"
+        b.host.position = Position(1, 10)
+        crashed_at = trio.current_time()
+        a.crash()
+        took = await wait_role(b, Role.PRIMARY)
+        # The lease outlives the crash by at most ttl; b reads within a renew
+        # interval of expiry and waits the fencing margin; plus round trips.
+        assert took <= TIMINGS.ttl + TIMINGS.renew + TIMINGS.fencing_margin + 0.1, took
+        assert b.leadership.machine.epoch == 3
+        assert trio.current_time() - crashed_at < 2.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_partitioned_primary_fences_before_the_standby_is_promoted(autojump_clock: trio.testing.MockClock) -> None:
+    for seed in range(8):
+        store = MemoryStore()
+        a, b = Node("a", store, Position(1, 10)), Node("b", store, Position(1, 10))
+        async with trio.open_nursery() as nursery:
+            await a.start(nursery)
+            await trio.sleep(0.1)
+            await b.start(nursery)
+            await wait_role(a, Role.PRIMARY)
+            await wait_role(b, Role.STANDBY)
+            a.leadership.standby_sync_changed("b")
+            await trio.sleep(1 + seed * 0.07)  # cut at different phases of the renew cycle
+            store.cut.add("a")
+            await wait_role(b, Role.PRIMARY)
+            assert a.role is Role.FENCED
+            fenced_at = next(t for t, kind, _ in a.host.calls if kind == "fence")
+            promoted_at = next(t for t, kind, _ in b.host.calls if kind == "primary")
+            assert fenced_at < promoted_at, (seed, fenced_at, promoted_at)
+            assert overlap(a.host.intervals, b.host.intervals + [(promoted_at, math.inf)]) == 0
+            # Heal: the old primary follows the new one, never fails back.
+            store.cut.clear()
+            await wait_role(a, Role.STANDBY)
+            await trio.sleep(5)
+            assert a.role is Role.STANDBY and b.role is Role.PRIMARY
+            assert ("follow", ("b", 3)) in [(k, v) for _, k, v in a.host.calls]
+            nursery.cancel_scope.cancel()
+
+
+async def test_standby_not_marked_synchronous_waits_for_an_operator(autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    a, b = Node("a", store, Position(1, 10)), Node("b", store, Position(1, 3))
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await b.start(nursery)
+        await wait_role(a, Role.PRIMARY)
+        await wait_role(b, Role.STANDBY)
+        a.crash()  # never marked b synchronous: b may lack acknowledged records
+        await trio.sleep(10)
+        assert b.role is Role.WAITING
+        assert "operator override" in b.leadership.machine.reason
+        answer = b.leadership.operator_promote(True)
+        assert answer["accepted"] is True
+        await wait_role(b, Role.PRIMARY)
+        assert b.leadership.machine.epoch == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_operator_override_never_steals_a_live_lease(autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    a, b = Node("a", store, Position(1, 10)), Node("b", store, Position(1, 3))
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await b.start(nursery)
+        await wait_role(a, Role.PRIMARY)
+        await wait_role(b, Role.STANDBY)
+        answer = b.leadership.operator_promote(True)
+        assert answer["accepted"] is False and "live lease" in answer["reason"]
+        await trio.sleep(5)
+        assert a.role is Role.PRIMARY and b.role is Role.STANDBY
+        nursery.cancel_scope.cancel()
+
+
+async def test_store_unreachable_at_start_stays_waiting_and_says_why(autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    store.down = True
+    a = Node("a", store, Position(1, 10))
+    async with trio.open_nursery() as nursery:
+        with a.bus.subscribe("test") as sub:
+            await a.start(nursery)
+            await trio.sleep(5)
+            assert a.role is Role.WAITING
+            assert "lease store unreachable" in a.leadership.machine.reason
+            events = drain(sub)
+            unreachable = [e for e in events if isinstance(e, LeaseStoreUnreachable)]
+            assert len(unreachable) == 1 and "retry_timeout" in unreachable[0].reason
+            assert a.leadership.details()["store_reachable"] is False
+        nursery.cancel_scope.cancel()
+
+
+async def test_sync_mark_is_cleared_before_async_is_allowed(autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    a, b = Node("a", store, Position(1, 10)), Node("b", store, Position(1, 10))
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await trio.sleep(0.1)
+        await b.start(nursery)
+        await wait_role(a, Role.PRIMARY)
+        a.leadership.standby_sync_changed("b")
+        await trio.sleep(1)
+        assert store.lease.sync_node == "b" and not a.leadership.async_allowed()
+        store.cut.add("a")
+        a.leadership.standby_sync_changed(None)  # the standby fell behind
+        await trio.sleep(0.2)
+        assert not a.leadership.async_allowed(), "async allowed while the store still marks b synchronous"
+        assert store.lease.sync_node == "b"
+        nursery.cancel_scope.cancel()
+
+    store = MemoryStore()
+    a = Node("a", store, Position(1, 10))
+    store.lease.members["b"] = Member("b", Position(1, 10), 1)
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await wait_role(a, Role.PRIMARY)
+        a.leadership.standby_sync_changed("b")
+        await trio.sleep(1)
+        a.leadership.standby_sync_changed(None)
+        with trio.fail_after(1):
+            while not a.leadership.async_allowed():
+                await trio.sleep(0.01)
+        assert store.lease.sync_node is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_role_watch_streams_the_current_role_then_every_change_in_order(autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    a = Node("a", store, Position(1, 10))
+    store.lease.members["b"] = Member("b", Position(1, 10), 1)
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        channel = a.leadership.watch()
+        await wait_role(a, Role.PRIMARY)
+        store.cut.add("a")
+        await wait_role(a, Role.FENCED)
+        seen = []
+        while True:
+            try:
+                seen.append(channel.receive_nowait())
+            except trio.WouldBlock:
+                break
+        assert [m["role"] for m in seen] == ["waiting", "standby", "candidate", "primary", "fenced"]
+        stamps = [m["monotonic_ns"] for m in seen]
+        assert stamps == sorted(stamps)
+        assert seen[3]["epoch"] == 2 and seen[4]["epoch"] == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_role_changes_are_published_and_hooks_submitted_in_order(autojump_clock: trio.testing.MockClock) -> None:
+    class Hooks:
+        def __init__(self) -> None:
+            self.submitted: list[tuple[str, int, str]] = []
+
+        async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            task_status.started()
+            await trio.sleep_forever()
+
+        def submit(self, role: str, epoch: int, previous: str) -> None:
+            self.submitted.append((role, epoch, previous))
+
+    store = MemoryStore()
+    store.lease.members["b"] = Member("b", Position(1, 10), 1)
+    hooks = Hooks()
+    a = Node("a", store, Position(1, 10), hooks=hooks)
+    async with trio.open_nursery() as nursery:
+        with a.bus.subscribe("test", kinds={"RoleChanged"}) as sub:
+            await a.start(nursery)
+            await wait_role(a, Role.PRIMARY)
+            store.cut.add("a")
+            await wait_role(a, Role.FENCED)
+            events = drain(sub)
+        assert [(e.role, e.previous) for e in events] == [
+            ("standby", "waiting"), ("candidate", "standby"), ("primary", "candidate"), ("fenced", "primary")]
+        assert [h[0] for h in hooks.submitted] == ["standby", "candidate", "primary", "fenced"]
+        nursery.cancel_scope.cancel()
+
+
+class BrokenWatchdog:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def arm(self, timeout_s: int) -> None:
+        self.calls.append("arm")
+        raise OSError("/dev/watchdog: No such file or directory")
+
+    def keepalive(self) -> None:
+        self.calls.append("keepalive")
+
+    def disarm(self) -> None:
+        self.calls.append("disarm")
+
+
+class GoodWatchdog(BrokenWatchdog):
+    def arm(self, timeout_s: int) -> None:
+        self.calls.append(f"arm {timeout_s}")
+
+
+WATCHDOG_TIMINGS = RoleTimings(watchdog_timeout=1.0)
+
+
+async def test_required_watchdog_that_will_not_arm_refuses_primary_and_gives_the_lease_back(autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    store.lease.members["b"] = Member("b", Position(1, 10), 1)
+    watchdog = BrokenWatchdog()
+    a = Node("a", store, Position(1, 10), timings=WATCHDOG_TIMINGS, watchdog=watchdog, watchdog_required=True)
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await trio.sleep(5)
+        assert "primary" not in a.host.kinds(), "promoted without a working watchdog"
+        assert a.role is not Role.PRIMARY
+        assert "watchdog" in a.leadership.details().get("blocked", "")
+        assert store.lease.holder is None  # released at once
+        assert watchdog.calls.count("arm") == 1  # blocked: never tries again
+        nursery.cancel_scope.cancel()
+
+
+async def test_watchdog_is_armed_before_promotion_fed_after_renewals_and_disarmed_on_fence(autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    store.lease.members["b"] = Member("b", Position(1, 10), 1)
+    watchdog = GoodWatchdog()
+    a = Node("a", store, Position(1, 10), timings=WATCHDOG_TIMINGS, watchdog=watchdog, watchdog_required=True)
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await wait_role(a, Role.PRIMARY)
+        await trio.sleep(2)
+        assert watchdog.calls[0] == "arm 1"
+        feeds = watchdog.calls.count("keepalive")
+        assert 4 <= feeds <= 6  # one per renewal (every 0.5 s) plus the one at promotion
+        store.cut.add("a")
+        await wait_role(a, Role.FENCED)
+        assert watchdog.calls[-1] == "disarm"
+        assert watchdog.calls.count("keepalive") == feeds  # no renewal, no feed
+        nursery.cancel_scope.cancel()
+
+
+async def test_wall_clock_jumps_change_nothing(autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MemoryStore()
+    a, b = Node("a", store, Position(1, 10)), Node("b", store, Position(1, 10))
+    offset = [0.0]
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await trio.sleep(0.1)
+        await b.start(nursery)
+        await wait_role(a, Role.PRIMARY)
+        for jump in (3600.0, -7200.0, 86400.0):
+            offset[0] += jump
+            await trio.sleep(3)
+            assert a.role is Role.PRIMARY and b.role is Role.STANDBY
+        assert len(store.grants) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_clean_stop_of_the_primary_fences_and_releases_so_the_peer_takes_over_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    a, b = Node("a", store, Position(1, 10)), Node("b", store, Position(1, 10))
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await trio.sleep(0.1)
+        await b.start(nursery)
+        await wait_role(a, Role.PRIMARY)
+        await wait_role(b, Role.STANDBY)
+        a.leadership.standby_sync_changed("b")
+        await trio.sleep(1)
+        assert a.scope is not None
+        a.scope.cancel()  # SIGTERM: the shell's exit path runs
+        await trio.sleep(0.05)
+        assert a.host.kinds()[-1] == "fence"
+        assert store.lease.holder is None
+        took = await wait_role(b, Role.PRIMARY)
+        assert took < TIMINGS.renew + TIMINGS.fencing_margin + 0.1
+        nursery.cancel_scope.cancel()
