@@ -398,7 +398,9 @@ class LeaseConfig:
         factory=list, doc='etcd client URLs ("http://10.0.1.5:2379", ...), tried in order (backend = "etcd").')
     etcd_prefix: str = option("/lifeline/", doc="Key prefix in etcd; the lease lives under PREFIX + cluster.")
     ttl: Duration = option(Duration(1.5), doc="Lease time to live. A dead primary's lease passes on after "
-                           "about ttl + fencing_margin.", above=0)
+                           "about ttl + fencing_margin. etcd rounds it up to whole seconds, at least 1.5 x its "
+                           "election timeout (2s with default timers): safe, since the primary still fences on "
+                           "this ttl, but the standby waits the longer one.", above=0)
     renew_interval: Duration | None = option(None, doc="Time between renewals (default ttl / 3).", above=0)
     retry_timeout: Duration = option(Duration(0.5), doc="Longest wait for one answer from the lease store.",
                                      above=0)
@@ -446,9 +448,6 @@ class LeaseConfig:
             for url in self.etcd_endpoints:
                 if not re.fullmatch(r"https?://[^/\s]+/?", url):
                     problems.append(("etcd_endpoints", f'{url!r} is not "http://HOST:PORT"'))
-            if float(self.ttl) < 2:
-                problems.append(("ttl", f"etcd grants leases in whole seconds, at least 2s with default timers; "
-                                        f"found {format_duration(self.ttl)}: raise ttl to 2s or more"))
         if self.watchdog != "off" and float(self.watchdog_timeout) != int(self.watchdog_timeout):
             problems.append(("watchdog_timeout", f"the Linux watchdog counts whole seconds, found "
                                                  f"{format_duration(self.watchdog_timeout)}"))

@@ -377,7 +377,7 @@ class Leadership:
         self._apply(self.machine.standby_sync_changed(node, trio.current_time()))
 
     def async_allowed(self) -> bool:
-        return self.machine is not None and self.machine.async_allowed
+        return self.machine is not None and self.machine.may_acknowledge_alone
 
     def operator_promote(self, accept_loss: bool) -> dict[str, Any]:
         machine = self.machine
@@ -429,7 +429,10 @@ class Leadership:
                             "last_holder": lease.last_holder}
         if machine is not None:
             out["highest_epoch"] = machine.highest_epoch
-            out["async_allowed"] = machine.async_allowed
+            if machine.role is Role.PRIMARY:
+                # The primary renews rather than reads: its own view of the mark.
+                out["sync_mark"] = machine.sync_written
+            out["async_allowed"] = machine.may_acknowledge_alone
             if machine.blocked:
                 out["blocked"] = machine.blocked
         out["role_changes"] = self.role_changes

@@ -482,6 +482,14 @@ class RoleMachine:
                                                           "the standby is allowed"))
         return self._end(now, out)
 
+    @property
+    def may_acknowledge_alone(self) -> bool:
+        """May the primary acknowledge a write its standby does not have (degrade to
+        async)? Only while the store marks no *other* node synchronous: a node so
+        marked may promote itself and must hold every acknowledged record. The mark
+        cannot change behind our back: only the holder writes it."""
+        return self.role is Role.PRIMARY and (self.async_allowed or self.sync_written in (None, self.node))
+
     # ------------------------------------------------------------------ time
 
     def next_deadline(self, now: float) -> float | None:

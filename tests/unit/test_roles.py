@@ -723,7 +723,9 @@ def test_deadlines_depend_only_on_elapsed_monotonic_time(shift: float, script: l
             else:
                 acts = m.tick(t)
             d = m.next_deadline(t)
-            trace.append((",".join(str(a) for a in acts).replace(" ", ""), None if d is None else d - base))
+            # Kinds and epochs, not reason texts: those print times to the millisecond,
+            # whose last digit float rounding may flip under a translation.
+            trace.append((",".join(f"{a.kind.value}/{a.epoch}/{a.node}" for a in acts), None if d is None else d - base))
         return trace
 
     plain, shifted = run(0.0), run(shift)
@@ -733,7 +735,7 @@ def test_deadlines_depend_only_on_elapsed_monotonic_time(shift: float, script: l
     for (_, d0), (_, d1) in zip(plain, shifted):
         assert (d0 is None) == (d1 is None)
         if d0 is not None and d1 is not None:
-            assert abs(d0 - d1) < 1e-6
+            assert abs(d0 - d1) < 1e-5
 
 
 # --------------------------------------------------------------------------- sync mark

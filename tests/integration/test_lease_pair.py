@@ -1,0 +1,258 @@
+"""Two real `lifeline run` processes with a real lease store (a `lifeline witness`
+process, or a real etcd member) on loopback: who becomes primary, promotion after a
+crash, the stale primary that comes back with records nobody else has.
+
+The faults of the issue: a cold start where nobody holds the lease, kill -9 of the
+primary under load (0 acknowledged records lost), a standby that was not synchronous
+waits for an operator, and the old primary's divergent tail is cut, saved for
+reconciliation and reported — never lost silently.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from daemon.control_client import ControlError
+from daemon.lab.etcd import EtcdCluster
+from daemon.standby.keys import generate_replication_key
+from standby_pair import TIMERS, Node, Writer, feed_lines, wait_for
+from support import cli, free_port
+
+# Short lease timings for tests (etcd's fast timers in EtcdCluster allow a 1 s ttl).
+LEASE_TIMINGS = {"ttl": "1s", "retry_timeout": "250ms", "safety_margin": "200ms", "fencing_margin": "100ms"}
+
+
+class Witness:
+    def __init__(self, root: Path, key: Path) -> None:
+        self.root = root
+        self.key = key
+        self.state = root / "witness.json"
+        self.proc: subprocess.Popen[str] | None = None
+        self.address = ""
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        log = open(self.root / "witness.log", "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "witness", "--listen", f"127.0.0.1:{port}", "--state",
+             str(self.state), "--key-file", str(self.key)], stdout=log, stderr=log, text=True)
+        self.address = f"127.0.0.1:{port}"
+        wait_for(lambda: "witness.listening" in (self.root / "witness.log").read_text(), "the witness to listen",
+                 15, detail=lambda: (self.root / "witness.log").read_text())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+class LeasePair:
+    """edge-a and edge-b, no fixed roles, one lease store."""
+
+    def __init__(self, tmp_path: Path, backend: str) -> None:
+        self.tmp_path = tmp_path
+        self.backend = backend
+        key = tmp_path / "replication.key"
+        generate_replication_key(key)
+        self.etcd: EtcdCluster | None = None
+        self.witness: Witness | None = None
+        if backend == "etcd":
+            if not EtcdCluster.available():
+                pytest.skip("etcd is not installed (apt-get install etcd-server; .ci/run does)")
+            self.etcd = EtcdCluster.local(1, tmp_path / "etcd")
+            self.etcd.start()
+            lease: dict[str, Any] = {"backend": "etcd", "etcd_endpoints": self.etcd.endpoints}
+        else:
+            self.witness = Witness(tmp_path / "witness", key)
+            self.witness.start()
+            lease = {"backend": "witness", "witness": self.witness.address}
+        lease = {**lease, "cluster": "test", **LEASE_TIMINGS}
+        ports = {"edge-a": free_port(), "edge-b": free_port()}
+        self.nodes: dict[str, Node] = {}
+        for name, other in (("edge-a", "edge-b"), ("edge-b", "edge-a")):
+            settings = {"key_file": str(key), "listen": f"127.0.0.1:{ports[name]}",
+                        "peer": f"127.0.0.1:{ports[other]}", "mode": "sync", "on_standby_loss": "degrade-to-async",
+                        **TIMERS, "journal": {"fsync": "always", "segment_bytes": 1024 * 1024}, "lease": lease}
+            node = Node(name, tmp_path / name, settings, tmp_path / name / "state")
+            node.write_config()
+            self.nodes[name] = node
+
+    def start(self, *names: str) -> None:
+        for name in names or tuple(self.nodes):
+            self.nodes[name].start(wait=False)
+        for name in names or tuple(self.nodes):
+            proc = self.nodes[name].proc
+            assert proc is not None and proc.wait_ready(30), f"{name}: no READY=1:\n{proc.log_text()}"
+
+    def role(self, name: str) -> dict[str, Any]:
+        return dict(self.nodes[name].call("role.status"))
+
+    def wait_primary(self, timeout: float = 15.0, among: tuple[str, ...] | None = None) -> str:
+        def check() -> str | None:
+            for name in among or tuple(self.nodes):
+                node = self.nodes[name]
+                if node.alive():
+                    info = self.role(name)
+                    if info["role"] == "primary" and info.get("accepting_appends"):
+                        return name
+            return None
+
+        return str(wait_for(check, "a primary accepting appends", timeout, detail=self.diagnosis))
+
+    def wait_role(self, name: str, role: str, timeout: float = 15.0) -> dict[str, Any]:
+        return dict(wait_for(lambda: (info := self.role(name))["role"] == role and info, f"{name} to be {role}",
+                             timeout, detail=self.diagnosis))
+
+    def other(self, name: str) -> str:
+        return "edge-b" if name == "edge-a" else "edge-a"
+
+    def diagnosis(self) -> str:
+        parts = []
+        for name, node in self.nodes.items():
+            try:
+                state = json.dumps(self.role(name), default=str) if node.alive() else "(not running)"
+            except Exception as exc:
+                state = f"(no answer: {exc!r})"
+            parts.append(f"--- {name}: {state}\n--- log tail:\n{node.log_text()[-2500:]}")
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            node.close()
+        if self.etcd is not None:
+            self.etcd.stop()
+        if self.witness is not None:
+            self.witness.stop()
+
+
+BACKENDS = ["witness", "etcd"]
+
+
+@pytest.fixture(params=BACKENDS)
+def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LeasePair]:
+    p = LeasePair(tmp_path, request.param)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def test_cold_start_makes_exactly_one_primary_and_the_other_follows(pair: LeasePair) -> None:
+    pair.start()
+    primary = pair.wait_primary()
+    standby = pair.other(primary)
+    pair.wait_role(standby, "standby")
+    ok = pair.nodes[primary].call("journal.append", {"payloads": ["a", "b", "c"]})["results"]
+    assert [r["status"] for r in ok] == ["ok"] * 3
+    epoch = pair.role(primary)["epoch"]
+    assert epoch > 0 and {r["epoch"] for r in ok} == {epoch}
+    with pytest.raises(ControlError) as refused:
+        pair.nodes[standby].call("journal.append", {"payloads": ["never"]})
+    assert refused.value.code == "not_primary"
+    wait_for(lambda: pair.nodes[standby].last_seq() == 3, "the standby to hold the records")
+    # The operator's view, through the CLI.
+    shown = cli("role", "--socket", str(pair.nodes[standby].socket))
+    assert shown.returncode == 0 and f"{standby}: standby at epoch" in shown.stdout, shown.stdout + shown.stderr
+    assert f"held by {primary}" in shown.stdout
+
+
+def test_kill9_of_the_primary_promotes_the_standby_and_loses_no_acknowledged_record(pair: LeasePair) -> None:
+    pair.start()
+    first = pair.wait_primary()
+    second = pair.other(first)
+    pair.wait_role(second, "standby")
+    lines = feed_lines()
+    writer = Writer(pair.nodes[first], lines, batch=lambda: 20)
+    writer.start()
+    wait_for(lambda: len(writer.ok()) >= 300, "300 acknowledged records", 20)
+    wait_for(lambda: pair.role(first).get("sync_mark") == second and pair.role(second)["lease"]["sync_node"] == second,
+             "the store to mark the standby synchronous", 10, detail=pair.diagnosis)
+    pair.nodes[first].kill9()
+    writer.join(15)
+    acked = writer.ok()
+    assert acked, "nothing was acknowledged"
+    new = pair.wait_primary(among=(second,))
+    assert new == second
+    info = pair.role(second)
+    assert info["epoch"] > max(r["epoch"] for r, _ in writer.results)
+    held = {seq: payload for seq, _, _, payload in pair.nodes[second].records()}
+    missing = [seq for seq, payload in acked.items() if held.get(seq) != payload]
+    assert missing == [], f"{len(missing)} acknowledged records lost, first {missing[:5]}"
+    # New appends carry the new epoch; the old primary comes back as a standby
+    # (no automatic failback) and catches up.
+    results = pair.nodes[second].call("journal.append", {"payloads": ["after failover"]})["results"]
+    assert results[0]["status"] == "ok" and results[0]["epoch"] == info["epoch"]
+    pair.start(first)
+    pair.wait_role(first, "standby")
+    wait_for(lambda: pair.nodes[first].last_seq() == pair.nodes[second].last_seq(), "the old primary to catch up",
+             20, detail=pair.diagnosis)
+    assert pair.role(second)["role"] == "primary"
+    assert pair.nodes[first].records()[-1][3] == b"after failover"
+
+
+def test_stale_primary_returns_with_records_nobody_else_has_they_are_saved_and_reported(pair: LeasePair) -> None:
+    pair.start()
+    first = pair.wait_primary()
+    second = pair.other(first)
+    pair.wait_role(second, "standby")
+    a, b = pair.nodes[first], pair.nodes[second]
+    a.call("journal.append", {"payloads": ["both-1", "both-2"]})
+    wait_for(lambda: b.last_seq() == 2, "the standby to hold the first records")
+    # The standby goes away: the primary clears the sync mark, then acknowledges alone.
+    b.stop()
+    wait_for(lambda: a.call("role.status").get("async_allowed"), "the primary to clear the sync mark", 15,
+             detail=pair.diagnosis)
+    alone = a.call("journal.append", {"payloads": ["alone-3", "alone-4", "alone-5"]})["results"]
+    assert [r["status"] for r in alone] == ["ok"] * 3 and alone[0]["durable_on"] == "primary"
+    assert a.call("role.status")["sync_mark"] is None
+    a.kill9()
+    # The standby, not marked synchronous, does not promote itself...
+    pair.start(second)
+    wait_for(lambda: "operator override" in (info := pair.role(second))["reason"] and info["role"] == "waiting",
+             "the unsynchronised standby to wait for an operator", 15, detail=pair.diagnosis)
+    refused = cli("standby", "promote", "--socket", str(b.socket))
+    assert refused.returncode == 2 and "--accept-loss" in refused.stderr
+    # ... until an operator accepts the possible loss.
+    promoted = cli("standby", "promote", "--accept-loss", "--socket", str(b.socket))
+    assert promoted.returncode == 0 and "accepted" in promoted.stdout, promoted.stdout + promoted.stderr
+    pair.wait_primary(among=(second,))
+    new_epoch = pair.role(second)["epoch"]
+    b.call("journal.append", {"payloads": ["new-3", "new-4"]})
+    # The old primary returns: it follows, its divergent tail is cut and saved.
+    pair.start(first)
+    pair.wait_role(first, "standby")
+    wait_for(lambda: a.last_seq() == 4 and a.records()[-1][3] == b"new-4", "the old primary to follow", 20,
+             detail=pair.diagnosis)
+    assert [r[3] for r in a.records()] == [b"both-1", b"both-2", b"new-3", b"new-4"]
+    assert {r[1] for r in a.records()[2:]} == {new_epoch}
+    saved = list((a.state_dir / "divergent").glob("divergent-*.jsonl"))
+    assert len(saved) == 1
+    rows = [json.loads(line) for line in saved[0].read_text().splitlines()]
+    assert [(r["seq"], r["payload"]) for r in rows] == [(3, "alone-3"), (4, "alone-4"), (5, "alone-5")]
+    events = [e for e in a.events() if e["kind"] == "DivergentTailSaved"]
+    assert events and events[-1]["records"] == 3 and events[-1]["file"] == str(saved[0])
+    assert "journal.divergent_tail_saved" in a.log_text()
+
+
+def test_lease_store_unreachable_at_start_keeps_both_nodes_off_primary(pair: LeasePair) -> None:
+    if pair.etcd is not None:
+        pair.etcd.stop()
+    if pair.witness is not None:
+        pair.witness.stop()
+    pair.start()
+    for name in pair.nodes:
+        pair.wait_role(name, "waiting")
+        wait_for(lambda n=name: pair.role(n).get("store_reachable") is False, f"{name} to report the store down")
+        assert "unreachable" in pair.role(name)["reason"]
+        with pytest.raises(ControlError):
+            pair.nodes[name].call("journal.append", {"payloads": ["x"]})
+        events = [e for e in pair.nodes[name].events() if e["kind"] == "LeaseStoreUnreachable"]
+        assert events, f"{name}: no LeaseStoreUnreachable event"
