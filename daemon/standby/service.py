@@ -37,7 +37,7 @@ from daemon.config import Config
 from daemon.control_client import ControlError
 from daemon.events import EventBus, JournalTailTruncated
 from daemon.log import get_logger
-from daemon.service import MetricFamily, ServiceStatus
+from daemon.service import MetricFamily, Sample, ServiceStatus
 from daemon.standby import MAX_PAYLOAD, Position, Record, StandbyError
 
 log = get_logger("standby")
@@ -191,8 +191,7 @@ class StandbyService:
         if lease.on_primary or lease.on_fenced or lease.on_standby:
             from daemon.standby.hooks import HookRunner
 
-            hooks = HookRunner({"primary": list(lease.on_primary), "fenced": list(lease.on_fenced),
-                                "standby": list(lease.on_standby)}, float(lease.hook_timeout), node=node)
+            hooks = HookRunner.from_lease_config(lease, node=node)
         store_name = lease.witness if lease.backend == "witness" else ",".join(lease.etcd_endpoints)
         return Leadership(node, lease.timings(), self._lease_store, self, bus=self.bus, watchdog=watchdog,
                           watchdog_required=lease.watchdog == "required", hooks=hooks,
@@ -409,11 +408,20 @@ class StandbyService:
         return out
 
     def status(self) -> ServiceStatus:
-        if self.replication is None or self.journal is None:
+        if self.journal is None:
             return ServiceStatus("ok", "opening the journal")
-        replication = self.replication.status()
         last = self.journal.last
-        summary = f"{self.current_role()}, journal at seq {last.seq} (epoch {last.epoch}); {replication.summary}"
+        role = self.current_role()
+        machine = getattr(self.leadership, "machine", None)
+        if self.replication is None or (machine is not None and machine.role.value in ("waiting", "fenced")):
+            # No replication side running (yet): the role and its reason say it all.
+            reason = machine.reason if machine is not None else "starting"
+            health: Any = "degraded" if self.leadership is not None and self.leadership.store_reachable is False \
+                else "ok"
+            return ServiceStatus(health, f"{role}, journal at seq {last.seq} (epoch {last.epoch}): {reason}",
+                                 self.details())
+        replication = self.replication.status()
+        summary = f"{role}, journal at seq {last.seq} (epoch {last.epoch}); {replication.summary}"
         return ServiceStatus(replication.health, summary, self.details())
 
     def metrics(self) -> Iterable[MetricFamily]:
@@ -427,5 +435,21 @@ class StandbyService:
                                       "Records appended through the control socket.", self.appends)
             yield MetricFamily.single("lifeline_journal_in_doubt_total", "counter",
                                       "Appends answered in-doubt.", self.in_doubt)
+        machine = getattr(self.leadership, "machine", None)
+        if machine is not None:
+            from daemon.standby.roles import Role
+
+            yield MetricFamily("lifeline_role", "gauge", "1 for this node's current role, else 0.",
+                               [Sample({"role": r.value}, 1.0 if machine.role is r else 0.0) for r in Role])
+            yield MetricFamily.single("lifeline_lease_epoch", "gauge",
+                                      "The epoch this node holds (primary) or last held; 0 if never.", machine.epoch)
+            yield MetricFamily.single("lifeline_lease_highest_epoch", "gauge",
+                                      "The highest epoch this node has seen in the store or its journal.",
+                                      machine.highest_epoch)
+            yield MetricFamily.single("lifeline_role_changes_total", "counter", "Role changes since start.",
+                                      self.leadership.role_changes)
+            yield MetricFamily.single("lifeline_lease_store_reachable", "gauge",
+                                      "1 if the lease store answered the last request, else 0.",
+                                      1.0 if self.leadership.store_reachable else 0.0)
         if self.replication is not None and hasattr(self.replication, "metrics"):
             yield from self.replication.metrics()
