@@ -210,7 +210,7 @@ def test_key_sandboxing(service: dict[str, list[str]]) -> None:
     # Serial ports and the watchdog stay reachable, everything else is closed.
     assert single(service, "DevicePolicy") == "closed"
     allowed = {v.split()[0] for v in service["DeviceAllow"]}
-    assert allowed == {"char-ttyS", "char-ttyUSB", "char-ttyACM", "/dev/watchdog"}
+    assert allowed == {"char-ttyS", "char-ttyUSB", "char-ttyACM", "/dev/watchdog", "char-watchdog"}
 
 
 def test_settings_that_would_break_the_daemon_are_absent(service: dict[str, list[str]]) -> None:
