@@ -305,24 +305,28 @@ def _needs_mac(state: State, frame_type: FrameType) -> bool:
 # --------------------------------------------------------------------------- crypto
 
 
-def derive_session_key(psk: bytes, nonce_standby: bytes, nonce_primary: bytes) -> bytes:
+# ``label`` separates protocols sharing one key: the witness (daemon.standby.witness)
+# signs with its own, so a proof or session made for replication never verifies there.
+
+
+def derive_session_key(psk: bytes, nonce_standby: bytes, nonce_primary: bytes, *, label: bytes = _LABEL) -> bytes:
     """The per-connection MAC key: fresh for every connection since both nonces are."""
-    return hmac.digest(psk, _LABEL + b"session" + nonce_standby + nonce_primary, "sha256")
+    return hmac.digest(psk, label + b"session" + nonce_standby + nonce_primary, "sha256")
 
 
-def transcript_digest(hello_body: bytes, nonce_primary: bytes) -> bytes:
+def transcript_digest(hello_body: bytes, nonce_primary: bytes, *, label: bytes = _LABEL) -> bytes:
     """What both proofs sign: the standby's HELLO exactly as sent (its nonce included)
     and the primary's challenge."""
-    return hashlib.sha256(_LABEL + b"transcript" + hello_body + nonce_primary).digest()
+    return hashlib.sha256(label + b"transcript" + hello_body + nonce_primary).digest()
 
 
-def proof(psk: bytes, role: Role, transcript: bytes) -> bytes:
+def proof(psk: bytes, role: Role, transcript: bytes, *, label: bytes = _LABEL) -> bytes:
     """``role``'s proof of holding ``psk``; the role label stops reflection."""
-    return hmac.digest(psk, _LABEL + role.encode() + b"-proof" + transcript, "sha256")
+    return hmac.digest(psk, label + role.encode() + b"-proof" + transcript, "sha256")
 
 
-def verify_proof(psk: bytes, role: Role, transcript: bytes, candidate: bytes) -> bool:
-    return hmac.compare_digest(proof(psk, role, transcript), candidate)
+def verify_proof(psk: bytes, role: Role, transcript: bytes, candidate: bytes, *, label: bytes = _LABEL) -> bool:
+    return hmac.compare_digest(proof(psk, role, transcript, label=label), candidate)
 
 
 # --------------------------------------------------------------------------- body codec
