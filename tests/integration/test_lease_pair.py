@@ -39,14 +39,16 @@ class Witness:
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        log = open(self.root / "witness.log", "a")
+        port = int(self.address.rsplit(":", 1)[1]) if self.address else free_port()  # a restart keeps it
+        log_path = self.root / "witness.log"
+        ready_before = log_path.read_text().count("witness.listening") if log_path.exists() else 0
+        log = open(log_path, "a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemon.cli", "witness", "--listen", f"127.0.0.1:{port}", "--state",
              str(self.state), "--key-file", str(self.key)], stdout=log, stderr=log, text=True)
         self.address = f"127.0.0.1:{port}"
-        wait_for(lambda: "witness.listening" in (self.root / "witness.log").read_text(), "the witness to listen",
-                 15, detail=lambda: (self.root / "witness.log").read_text())
+        wait_for(lambda: log_path.read_text().count("witness.listening") > ready_before, "the witness to listen",
+                 15, detail=lambda: log_path.read_text())
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -256,3 +258,53 @@ def test_lease_store_unreachable_at_start_keeps_both_nodes_off_primary(pair: Lea
             pair.nodes[name].call("journal.append", {"payloads": ["x"]})
         events = [e for e in pair.nodes[name].events() if e["kind"] == "LeaseStoreUnreachable"]
         assert events, f"{name}: no LeaseStoreUnreachable event"
+
+
+
+def primary_intervals(events: list[dict[str, Any]]) -> list[tuple[int, int | None, int]]:
+    """(start_ns, end_ns or None while still primary, epoch) from RoleChanged events."""
+    out: list[tuple[int, int | None, int]] = []
+    start: tuple[int, int] | None = None
+    for e in events:
+        if e["kind"] != "RoleChanged":
+            continue
+        if e["role"] == "primary":
+            start = (e["monotonic_ns"], e["epoch"])
+        elif e["previous"] == "primary" and start is not None:
+            out.append((start[0], e["monotonic_ns"], start[1]))
+            start = None
+    if start is not None:
+        out.append((start[0], None, start[1]))
+    return out
+
+
+def test_witness_restart_mid_lease_never_makes_two_primaries_nor_reuses_an_epoch(tmp_path: Path) -> None:
+    pair = LeasePair(tmp_path, "witness")
+    try:
+        pair.start()
+        primary = pair.wait_primary()
+        pair.wait_role(pair.other(primary), "standby")
+        wait_for(lambda: pair.role(pair.other(primary))["lease"]["sync_node"] == pair.other(primary),
+                 "the standby to be marked synchronous", 10, detail=pair.diagnosis)
+        epoch = pair.role(primary)["epoch"]
+        assert pair.witness is not None
+        for _ in range(3):
+            pair.witness.stop()  # kill -9, mid-lease
+            pair.witness.start()  # same address, same state file
+            winner = pair.wait_primary(20)
+            assert pair.role(winner)["epoch"] >= epoch
+            epoch = pair.role(winner)["epoch"]
+        state = json.loads(pair.witness.state.read_text())
+        assert state["clusters"]["test"]["epoch"] == epoch
+        now = 2**63
+        intervals = {name: primary_intervals(pair.nodes[name].events()) for name in pair.nodes}
+        epochs = [e for name in intervals for _, _, e in intervals[name]]
+        assert len(epochs) == len(set(epochs)), f"an epoch was primary twice: {intervals}"
+        for name, mine in intervals.items():
+            assert [e for _, _, e in mine] == sorted(e for _, _, e in mine), f"{name}: epochs went back: {mine}"
+        a, b = intervals["edge-a"], intervals["edge-b"]
+        for s1, e1, _ in a:
+            for s2, e2, _ in b:
+                assert min(e1 or now, e2 or now) <= max(s1, s2), f"overlapping primaries: {a} {b}"
+    finally:
+        pair.close()
