@@ -226,6 +226,8 @@ class StandbyService:
         self._set_wanted("standby", epoch, node)
 
     def _set_wanted(self, side: str, epoch: int, node: str) -> None:
+        if self._wanted == (side, epoch, node):
+            return  # already running that side: a restart would only drop its link
         self._wanted = (side, epoch, node)
         self._wanted_changed.set()
 
