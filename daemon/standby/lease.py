@@ -3,7 +3,8 @@
 One lease per cluster: a holder, a fencing **epoch** and a time to live. The role
 machine (:mod:`daemon.standby.roles`) decides; a :class:`LeaseStore` backend carries
 its requests to the store and reports the answers. Backends, one module each (Patroni's
-``dcs/`` layout): the built-in witness (:mod:`daemon.standby.witness`), etcd v3 (later).
+``dcs/`` layout): the built-in witness (:mod:`daemon.standby.witness`, its protocol in
+:mod:`daemon.standby.witness_protocol`), etcd v3 (:mod:`daemon.standby.etcd`).
 
 Duties of every backend (the safety argument of the role machine rests on them):
 

@@ -305,7 +305,7 @@ def _needs_mac(state: State, frame_type: FrameType) -> bool:
 # --------------------------------------------------------------------------- crypto
 
 
-# ``label`` separates protocols sharing one key: the witness (daemon.standby.witness)
+# ``label`` separates protocols sharing one key: the witness (daemon.standby.witness_protocol)
 # signs with its own, so a proof or session made for replication never verifies there.
 
 

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from daemon.standby import Position
 from daemon.standby.lease import Grant, LeaseConflict, LeaseLost, LeaseUnavailable, Member
 from daemon.standby.protocol import NEED_DATA, LocalProtocolError, derive_session_key, proof, transcript_digest
-from daemon.standby.witness import (
+from daemon.standby.witness import WitnessLeaseStore, WitnessServer
+from daemon.standby.witness_protocol import (
     LENGTH,
     MAX_FRAME,
     MAX_TTL,
@@ -37,9 +38,7 @@ from daemon.standby.witness import (
     State,
     Welcome,
     WitnessConnection,
-    WitnessLeaseStore,
     WitnessProtocolError,
-    WitnessServer,
     WitnessState,
     WitnessStateError,
     answer,
@@ -905,7 +904,7 @@ def test_client_refuses_a_config_the_witness_would() -> None:
 
 
 def test_min_epoch_lifts_every_epoch_and_survives_a_restart_without_the_flag() -> None:
-    from daemon.standby.witness import WitnessState
+    from daemon.standby.witness_protocol import WitnessState
 
     state = WitnessState.from_durable({"version": 1, "clusters": {"a": {"epoch": 2}, "b": {"epoch": 9}}}, 0.0)
     assert state.raise_epochs(5) == ["a"]
