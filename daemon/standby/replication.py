@@ -430,6 +430,7 @@ class ReplicationPrimary:
         #: lease, only once the store no longer marks the standby synchronous: else a
         #: promoted standby could miss a record acknowledged here.
         self.async_gate: Callable[[], bool] = lambda: True
+        self._stopped = False
 
     # ------------------------------------------------------------------ serving
 
@@ -446,6 +447,9 @@ class ReplicationPrimary:
                 await nursery.start(trio.serve_listeners, self._handle, listeners)
                 task_status.started()
         finally:
+            # Appends still writing locally must not wait for a standby nobody serves
+            # any more (their timer, the reaper, is gone too): in doubt at once.
+            self._stopped = True
             self._release_waiters("replication stopped")
 
     async def _reaper(self) -> None:
@@ -872,6 +876,9 @@ class ReplicationPrimary:
         return records  # type: ignore[return-value]
 
     async def _wait_for_standby(self, first: int, last: int, epoch: int) -> list[AppendRun]:
+        if self._stopped:
+            return self._note_in_doubt(first, last, epoch, "replication stopped (this node is no longer serving "
+                                                           "as primary)")
         if not self.in_sync():
             return self._without_standby(first, last, epoch, self._out_of_sync_reason or "no standby in sync")
         if last > self.standby_acked_seq:

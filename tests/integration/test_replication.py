@@ -664,3 +664,35 @@ async def test_the_same_standby_reconnecting_replaces_its_stale_session(tmp_path
         assert lost and "replaced by a new connection" in lost[0]["reason"]
         assert (await p.primary.append(b"served")).durable_on == "primary+standby"
         await stale.aclose()
+
+
+async def test_an_append_still_writing_when_the_primary_stops_serving_is_in_doubt_at_once(tmp_path: Path) -> None:
+    """A fence cancels the primary's replication while an append is in its local write:
+    when the write completes there is no standby link and no timer any more; the
+    answer must be in doubt at once, not after sync_timeout, and never ok."""
+    async with pair(tmp_path, sync_timeout=Duration(30)) as p:
+        await p.in_sync()
+        journal = p.primary_journal
+        original = journal.append_many
+        gate = trio.Event()
+
+        async def slow_append_many(payloads: Sequence[bytes], epoch: int) -> list[Record]:
+            await gate.wait()
+            return await original(payloads, epoch)
+
+        journal.append_many = slow_append_many  # type: ignore[method-assign]
+        answers: list[AppendResult] = []
+
+        async def append() -> None:
+            answers.append(await p.primary.append(b"written while fencing"))
+
+        p.nursery.start_soon(append)
+        await trio.sleep(0.05)
+        p.primary_scope.cancel()  # the fence: stop serving
+        await trio.sleep(0.05)
+        gate.set()
+        with trio.fail_after(2):  # far below the 30 s sync_timeout
+            while not answers:
+                await trio.sleep(0.01)
+        [answer] = answers
+        assert answer.status == "in_doubt" and "replication stopped" in (answer.reason or "")
