@@ -16,7 +16,21 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
+
+
+def until(predicate: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout``
+    seconds pass (None). For what only a real process exposes (a status, a file, a
+    route): nothing tells us when that changes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(every)
 
 
 @dataclass

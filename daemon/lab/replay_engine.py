@@ -144,3 +144,14 @@ def control_socket_writer(client: Any) -> AppendBatch:
         return list(client.call("journal.append", params)["results"])
 
     return append_batch
+
+
+def feed_lines(*, endless: bool = False) -> Iterator[bytes]:
+    """The recorded Binance feed lines, merged in receive order (each line one journal
+    record); ``endless`` starts over at the end (drills that run for a while)."""
+    paths = feed_paths()
+    while True:
+        for _, line in merged_lines(paths):
+            yield line
+        if not endless:
+            return

@@ -25,15 +25,10 @@ from typing import Any, Callable, Iterator
 from daemon.config import dump_toml
 from daemon.control_client import ControlClient
 from daemon.lab.procs import DaemonProcess
-from daemon.lab.replay_engine import feed_paths, merged_lines
+from daemon.lab.pair import REPLICATION_TIMERS as TIMERS  # noqa: F401  (the tests import it from here)
+from daemon.lab.replay_engine import feed_lines  # noqa: F401
 from daemon.standby.keys import generate_replication_key
 from support import cli, free_port, until  # noqa: F401  (cli is used by the tests through this module)
-
-
-#: The short timers of the issue: a dead link is noticed within a second.
-TIMERS = {"heartbeat": "100ms", "peer_timeout": "1s", "reconnect_max": "200ms", "sync_timeout": "2s"}
-
-
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 10.0, interval: float = 0.05,
@@ -50,11 +45,6 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 10.0, int
         except Exception as exc:  # the diagnosis must not hide the timeout
             extra = f"\n(detail failed: {exc!r})"
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{extra}")
-
-
-def feed_lines() -> Iterator[bytes]:
-    """The recorded Binance feed lines, merged in receive order (each line one record)."""
-    return (line for _, line in merged_lines(feed_paths()))
 
 
 @dataclass

@@ -10,24 +10,12 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def until(predicate: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout``
-    seconds pass (None)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(every)
+from daemon.lab.procs import until  # noqa: F401  (one polling helper for the lab and the tests)
 
 
 def free_port() -> int:
