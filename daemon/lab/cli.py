@@ -26,6 +26,8 @@ def add_lab_parser(sub: Any) -> None:
     lab.add_argument("--repeat", type=int, default=5, help="fibre cuts in the uplink drill (default 5; 0 skips it)")
     lab.add_argument("--soak", default="10m", help='simulated length of the uplink loss soak (default "10m")')
     lab.add_argument("--compress", type=float, default=10.0, help="soak speed-up (default 10: 10m takes 1 minute)")
+    lab.add_argument("--promotion-repeat", type=int, default=3,
+                     help="repetitions of each promotion drill: standby, partition, region (default 3; 0 skips them)")
     actions = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=False)
     up = actions.add_parser("up", help="build the lab's world (namespaces, routers, venue echo) and leave it up")
     down = actions.add_parser("down", help="remove every namespace, link and process the lab made")
@@ -160,7 +162,8 @@ def lab_status(args: argparse.Namespace) -> int:
 
 
 def run_drills(args: argparse.Namespace) -> int:
-    """The main job: the lifecycle drill, then the uplink drill (in namespaces when root)."""
+    """The main job: the lifecycle drill, then the uplink drill and the promotion drills
+    (in namespaces, when root)."""
     from daemon.cli import format_status
     from daemon.config import Duration
     from daemon.lab.drills import DrillSettings, format_report, run_uplink_drill
@@ -172,6 +175,8 @@ def run_drills(args: argparse.Namespace) -> int:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lifeline-lab-"))
     uplink_report = None
+    promotion_reports: list[Any] = []
+    promotion_skipped: dict[str, str] = {}
     skipped = None
     try:
         say(f"lab: lifecycle drill: a real `lifeline run` under {workdir} (notify socket, watchdog 1 s)")
@@ -186,10 +191,12 @@ def run_drills(args: argparse.Namespace) -> int:
                 progress=say)
         elif skipped is not None:
             say(f"lab: uplink drill skipped: {skipped}; run as root for the namespace lab")
+        if skipped is None and args.promotion_repeat > 0:
+            promotion_reports, promotion_skipped = _promotion_drills(workdir, args.promotion_repeat, say)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    ok = report.ok and (uplink_report is None or uplink_report.ok)
+    ok = report.ok and (uplink_report is None or uplink_report.ok) and all(r.ok for r in promotion_reports)
     if args.json:
         out: dict[str, Any] = {"ok": ok, "lifecycle": {"ok": report.ok, "checks": [c.__dict__ for c in report.checks],
                                                       **report.figures}}
@@ -197,6 +204,10 @@ def run_drills(args: argparse.Namespace) -> int:
             out["uplink"] = {"ok": uplink_report.ok, **uplink_report.figures()}
         elif skipped:
             out["uplink"] = {"skipped": skipped}
+        for promotion in promotion_reports:
+            out[promotion.drill] = {"ok": promotion.ok, **promotion.figures()}
+        for name, why in promotion_skipped.items():
+            out[name] = {"skipped": why}
         print(json.dumps(out))
         return 0 if ok else 1
     if report.status is not None:
@@ -214,5 +225,28 @@ def run_drills(args: argparse.Namespace) -> int:
         print(format_report(uplink_report))
     else:
         print(f"uplink drill: SKIPPED ({skipped or 'repeat 0'})")
+    from daemon.lab.ha_drills import format_report as format_promotion
+
+    for promotion in promotion_reports:
+        print()
+        print(format_promotion(promotion))
+    for name, why in promotion_skipped.items():
+        print(f"\n{name} drill: SKIPPED ({why})")
     print(f"\nlab: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
+
+
+def _promotion_drills(workdir: Path, repeat: int, say: Any) -> tuple[list[Any], dict[str, str]]:
+    """The standby, partition and region drills (region needs etcd), ``repeat`` each."""
+    from daemon.lab.etcd import EtcdCluster
+    from daemon.lab.ha_drills import DRILLS, HaSettings, run_drill
+
+    reports: list[Any] = []
+    skipped: dict[str, str] = {}
+    for kind in DRILLS:
+        if kind == "region" and not EtcdCluster.available():
+            skipped[kind] = "etcd is not installed (apt-get install etcd-server)"
+            continue
+        say(f"lab: {kind} promotion drill, {repeat} repetition(s)")
+        reports.append(run_drill(kind, workdir / kind, HaSettings(repeat=repeat), progress=say))
+    return reports, skipped

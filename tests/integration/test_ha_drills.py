@@ -112,3 +112,18 @@ def test_region_drill_losing_the_primarys_site_fails_over_through_etcd(tmp_path:
     figures = run_drill("region", tmp_path / "drill")
     check_figures("region", figures)
     assert figures["faults"][0].startswith("lose site"), figures["faults"]
+
+
+@needs_lab
+def test_the_main_job_runs_every_promotion_drill(tmp_path: Path) -> None:
+    """`lifeline lab` (the README's main job) includes the promotion drills."""
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "lab", "--repeat", "0", "--seconds", "1", "--promotion-repeat", "1",
+         "--json", "--workdir", str(tmp_path / "lab")],
+        check=False, capture_output=True, text=True, timeout=3 * DRILL_TIMEOUT, cwd=ROOT)
+    context = f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-4000:]}"
+    figures = json.loads(result.stdout.splitlines()[-1])
+    for kind in ("standby", "partition") + (("region",) if EtcdCluster.available() else ()):
+        assert figures[kind]["ok"] is True, context
+        assert figures[kind]["lost_acked_records"] == 0 and figures[kind]["overlap_ms"] == [0], context
+    assert figures["ok"] is True and result.returncode == 0, context

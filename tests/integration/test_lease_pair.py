@@ -14,6 +14,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,6 +22,7 @@ import pytest
 
 from daemon.control_client import ControlError
 from daemon.lab.etcd import EtcdCluster
+from daemon.lab.ha_drills import overlap_ns, primary_intervals
 from daemon.standby.keys import generate_replication_key
 from standby_pair import TIMERS, Node, Writer, feed_lines, wait_for
 from support import cli, free_port
@@ -261,23 +263,6 @@ def test_lease_store_unreachable_at_start_keeps_both_nodes_off_primary(pair: Lea
 
 
 
-def primary_intervals(events: list[dict[str, Any]]) -> list[tuple[int, int | None, int]]:
-    """(start_ns, end_ns or None while still primary, epoch) from RoleChanged events."""
-    out: list[tuple[int, int | None, int]] = []
-    start: tuple[int, int] | None = None
-    for e in events:
-        if e["kind"] != "RoleChanged":
-            continue
-        if e["role"] == "primary":
-            start = (e["monotonic_ns"], e["epoch"])
-        elif e["previous"] == "primary" and start is not None:
-            out.append((start[0], e["monotonic_ns"], start[1]))
-            start = None
-    if start is not None:
-        out.append((start[0], None, start[1]))
-    return out
-
-
 def test_witness_restart_mid_lease_never_makes_two_primaries_nor_reuses_an_epoch(tmp_path: Path) -> None:
     pair = LeasePair(tmp_path, "witness")
     try:
@@ -296,15 +281,15 @@ def test_witness_restart_mid_lease_never_makes_two_primaries_nor_reuses_an_epoch
             epoch = pair.role(winner)["epoch"]
         state = json.loads(pair.witness.state.read_text())
         assert state["clusters"]["test"]["epoch"] == epoch
-        now = 2**63
-        intervals = {name: primary_intervals(pair.nodes[name].events()) for name in pair.nodes}
-        epochs = [e for name in intervals for _, _, e in intervals[name]]
-        assert len(epochs) == len(set(epochs)), f"an epoch was primary twice: {intervals}"
-        for name, mine in intervals.items():
-            assert [e for _, _, e in mine] == sorted(e for _, _, e in mine), f"{name}: epochs went back: {mine}"
-        a, b = intervals["edge-a"], intervals["edge-b"]
-        for s1, e1, _ in a:
-            for s2, e2, _ in b:
-                assert min(e1 or now, e2 or now) <= max(s1, s2), f"overlapping primaries: {a} {b}"
+        changes = [dict(e, node=name) for name in pair.nodes for e in pair.nodes[name].events()
+                   if e["kind"] == "RoleChanged"]
+        primaries = [(c["node"], c["epoch"]) for c in changes if c["role"] == "primary"]
+        assert len({e for _, e in primaries}) == len(primaries), f"an epoch was primary twice: {primaries}"
+        for name in pair.nodes:
+            mine = [e for n, e in primaries if n == name]
+            assert mine == sorted(mine), f"{name}: epochs went back: {mine}"
+        end = time.monotonic_ns()
+        a, b = (primary_intervals(changes, name, [], end) for name in ("edge-a", "edge-b"))
+        assert overlap_ns(a, b) == 0, f"overlapping primaries: {a} {b}"
     finally:
         pair.close()
