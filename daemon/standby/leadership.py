@@ -102,6 +102,7 @@ class Leadership:
         self._fed: tuple[Position, Position | None] | None = None
         self._last_report: tuple[Position, int, float] | None = None
         self._last_wait = ""
+        self._armed = False
 
     # ------------------------------------------------------------------ service
 
@@ -192,6 +193,7 @@ class Leadership:
                 self._watchdog_call("keepalive")
             elif kind is ActionKind.DISARM_WATCHDOG:
                 self._watchdog_call("disarm")
+                self._armed = False
             elif kind in (ActionKind.READ, ActionKind.ACQUIRE, ActionKind.RENEW, ActionKind.RELEASE,
                           ActionKind.SET_SYNC_MARK, ActionKind.CLEAR_SYNC_MARK):
                 assert self._nursery is not None
@@ -235,10 +237,11 @@ class Leadership:
 
     def _arm_watchdog(self) -> str | None:
         """Arm before promotion. Answers why this node may not be primary, or None."""
-        if self.watchdog is None or self.timings.watchdog_timeout is None:
+        if self.watchdog is None or self.timings.watchdog_timeout is None or self._armed:
             return None
         try:
             self.watchdog.arm(int(self.timings.watchdog_timeout))
+            self._armed = True
         except Exception as exc:
             if self.watchdog_required:
                 log.error("watchdog.arm_failed", node=self.node, error=str(exc), required=True,
@@ -277,11 +280,16 @@ class Leadership:
                     await self.store.release(self.node, action.epoch)
                 elif kind is ActionKind.SET_SYNC_MARK:
                     assert action.epoch is not None
-                    await self.store.set_sync_mark(self.node, action.epoch, action.node)
+                    await self.store.set_sync_mark(self.node, action.epoch, action.node,
+                                                   generation=action.generation or 0)
                 elif kind is ActionKind.CLEAR_SYNC_MARK:
                     assert action.epoch is not None
-                    await self.store.set_sync_mark(self.node, action.epoch, None)
-        except (LeaseError, trio.TooSlowError, OSError) as exc:
+                    await self.store.set_sync_mark(self.node, action.epoch, None, generation=action.generation or 0)
+        except Exception as exc:
+            if not isinstance(exc, (LeaseError, trio.TooSlowError, OSError)):
+                # A backend bug or an answer it could not parse: a failed request, never
+                # a dead daemon (both nodes would read the same answer and die).
+                log.exception("lease.request_error", node=self.node, request=kind.value)
             reason = _describe(exc, self.timings.retry_timeout)
             now = trio.current_time()
             self._note_reachability(exc)
@@ -302,12 +310,22 @@ class Leadership:
             return
         now = trio.current_time()
         self._note_reachability(None)
+        if kind is ActionKind.ACQUIRE and self.watchdog is not None and self.timings.watchdog_timeout is not None:
+            # Arm before the machine hears of the grant: a required watchdog that will
+            # not arm blocks the promotion outright (no "primary" is ever announced).
+            refused = self._arm_watchdog()
+            if refused is not None:
+                self._apply(machine.refuse_primary(refused, now))
         if kind is ActionKind.READ:
             self.lease = state
             self._feed_journal(now, state)
             self._apply(machine.observed(state, now))
         elif kind is ActionKind.ACQUIRE:
             self._apply(machine.acquired(grant.epoch, sent, now))
+            if self._armed and machine.role is not Role.PRIMARY:
+                # Armed for a grant the machine did not use (late, stale): stand it down.
+                self._watchdog_call("disarm")
+                self._armed = False
         elif kind is ActionKind.RENEW:
             self._apply(machine.renewed(grant.epoch, sent, now))
         elif kind in (ActionKind.SET_SYNC_MARK, ActionKind.CLEAR_SYNC_MARK):
@@ -376,8 +394,15 @@ class Leadership:
             return
         self._apply(self.machine.standby_sync_changed(node, trio.current_time()))
 
+    def may_trade(self) -> bool:
+        """Primary, and before the fence deadline *now*: checked on every append, so a
+        process that froze past its deadline refuses before its loop has even run."""
+        machine = self.machine
+        return (machine is not None and machine.role is Role.PRIMARY and machine.fence_at is not None
+                and trio.current_time() < machine.fence_at)
+
     def async_allowed(self) -> bool:
-        return self.machine is not None and self.machine.may_acknowledge_alone
+        return self.may_trade() and self.machine is not None and self.machine.may_acknowledge_alone
 
     def operator_promote(self, accept_loss: bool) -> dict[str, Any]:
         machine = self.machine
@@ -431,7 +456,7 @@ class Leadership:
             out["highest_epoch"] = machine.highest_epoch
             if machine.role is Role.PRIMARY:
                 # The primary renews rather than reads: its own view of the mark.
-                out["sync_mark"] = machine.sync_written
+                out["sync_mark"] = machine.sync_confirmed
             out["async_allowed"] = machine.may_acknowledge_alone
             if machine.blocked:
                 out["blocked"] = machine.blocked

@@ -143,10 +143,17 @@ class LeaseStore(abc.ABC):
         stays. No-op if ``node`` does not hold it."""
 
     @abc.abstractmethod
-    async def set_sync_mark(self, node: str, epoch: int, sync_node: str | None) -> None:
+    async def set_sync_mark(self, node: str, epoch: int, sync_node: str | None, generation: int = 0) -> None:
         """Record which standby is synchronous (``None``: none), as the holder of the
         live lease at ``epoch``. ``LeaseLost`` if ``node`` is not that holder. The
-        primary clears the mark *before* acknowledging writes without its standby."""
+        primary clears the mark *before* acknowledging writes without its standby.
+
+        Writes are ordered: the store applies one only if ``(epoch, generation)`` is
+        newer than the stamp of the mark it holds, else it is a successful no-op (a
+        later write already won), so a write that reaches the store late never undoes
+        a later one. A grant leaves the mark as it was (it names a node that held every
+        acknowledged record; the new primary clears or replaces it before relying on
+        it)."""
 
     @abc.abstractmethod
     async def report(self, node: str, position: Position, seen_epoch: int) -> None:

@@ -113,9 +113,14 @@ class Action:
     reason: str
     epoch: int | None = None
     node: str | None = None
+    #: SET/CLEAR_SYNC_MARK: the write's number within the epoch; the store applies a
+    #: write only if (epoch, generation) is newer than the mark's, so a late one
+    #: cannot overwrite a later one.
+    generation: int | None = None
 
     def __str__(self) -> str:
-        extra = "".join(f" {k}={v}" for k, v in (("epoch", self.epoch), ("node", self.node)) if v is not None)
+        extra = "".join(f" {k}={v}" for k, v in (("epoch", self.epoch), ("node", self.node),
+                                                 ("generation", self.generation)) if v is not None)
         return f"{self.kind.value}{extra}: {self.reason}"
 
 
@@ -254,9 +259,17 @@ class RoleMachine:
         self.pending_since = 0.0
         self.override = False
         self.blocked: str | None = None
-        self.sync_wanted: str | None = None   # the primary's view of its in-sync standby
-        self.sync_written: str | None = None  # what the store holds, as far as we know
+        self.sync_wanted: str | None = None     # the primary's view of its in-sync standby
+        self.sync_confirmed: str | None = None  # what the store was confirmed to hold
+        # What the store may hold: a SET counts from the moment it is sent (its answer
+        # may be lost while it took effect); only a confirmed CLEAR undoes it.
+        self.sync_maybe: str | None = None
+        self.sync_generation = 0
+        self._sync_sending: str | None = None
         self.sync_next_at = now
+        #: The store epochs this process sent ACQUIRE from (compare-and-set on them): a
+        #: later grant to this node whose answer was lost is still ours.
+        self.attempted_from: set[int] = set()
         self.async_allowed = False
         self.changes: list[tuple[float, Role, Role, str]] = []
         self._following: tuple[str | None, int] = (None, -1)
@@ -334,6 +347,11 @@ class RoleMachine:
                                                   "releasing it unused", epoch))
             self._note_epoch(epoch)
             return self._end(now, out)
+        if self.blocked is not None:
+            self._note_epoch(epoch)
+            self._back_to_standby(now, out, f"may not become primary: {self.blocked}")
+            out.append(Action(ActionKind.RELEASE, "giving the grant back unused", epoch))
+            return self._end(now, out)
         if epoch <= self.highest_epoch:
             self._note_epoch(epoch)
             self._back_to_standby(now, out, f"granted epoch {epoch}, not above {self.highest_epoch} already seen: "
@@ -351,8 +369,13 @@ class RoleMachine:
         self.next_renew_at = sent_at + self.timings.renew
         why = "operator override, possible loss accepted" if self.override else self._eligible_reason
         self.override = False
-        self.sync_written = self.lease.sync_node if self.lease else None
-        self.sync_wanted = self.sync_written
+        # The mark as the store held it at our read (only a holder writes it, and the
+        # last one's lease had expired). Nobody is in sync with us yet: clear it, unless
+        # replication says otherwise first.
+        self.sync_confirmed = self.sync_maybe = self.lease.sync_node if self.lease else None
+        self.sync_wanted = None
+        self.sync_generation = 0
+        self.sync_next_at = now
         self.async_allowed = False
         if self.timings.watchdog_timeout is not None:
             out.append(Action(ActionKind.ARM_WATCHDOG, "armed before promotion", epoch))
@@ -475,7 +498,9 @@ class RoleMachine:
             self.sync_next_at = now + self.timings.retry_pause
             out.append(Action(ActionKind.WAIT, f"writing the sync mark failed ({reason}): retrying"))
         elif self.role is Role.PRIMARY:
-            self.sync_written = node
+            # Writes are ordered by generation at the store: once one is confirmed, an
+            # older one still in flight can no longer change the mark.
+            self.sync_confirmed = self.sync_maybe = node
             if node is None and self.sync_wanted is None and not self.async_allowed:
                 self.async_allowed = True
                 out.append(Action(ActionKind.ALLOW_ASYNC, "sync mark cleared in the store: acknowledging without "
@@ -487,8 +512,9 @@ class RoleMachine:
         """May the primary acknowledge a write its standby does not have (degrade to
         async)? Only while the store marks no *other* node synchronous: a node so
         marked may promote itself and must hold every acknowledged record. The mark
-        cannot change behind our back: only the holder writes it."""
-        return self.role is Role.PRIMARY and (self.async_allowed or self.sync_written in (None, self.node))
+        cannot change behind our back: only the holder writes it; a SET counts as
+        written from the moment it is sent."""
+        return self.role is Role.PRIMARY and self.sync_maybe in (None, self.node) and self.sync_wanted is None
 
     # ------------------------------------------------------------------ time
 
@@ -502,7 +528,7 @@ class RoleMachine:
             times.append(self.fence_at)
             if self.pending is None:
                 times.append(self.next_renew_at)
-                if self.sync_wanted != self.sync_written:
+                if self._sync_write_needed():
                     times.append(self.sync_next_at)
         elif self.role is not Role.CANDIDATE and self.pending is None:
             times.append(self.next_read_at)
@@ -545,14 +571,17 @@ class RoleMachine:
             if now >= self.next_renew_at:
                 self._send("renew", now)
                 out.append(Action(ActionKind.RENEW, f"renewing epoch {self.epoch} every {t.renew:g}s", self.epoch))
-            elif self.sync_wanted != self.sync_written and now >= self.sync_next_at:
+            elif self._sync_write_needed() and now >= self.sync_next_at:
                 self._send("sync", now)
+                self.sync_generation += 1
                 if self.sync_wanted is None:
                     out.append(Action(ActionKind.CLEAR_SYNC_MARK, "no standby in sync: clearing the mark before "
-                                                                  "acknowledging without it", self.epoch))
+                                                                  "acknowledging without it", self.epoch,
+                                      generation=self.sync_generation))
                 else:
+                    self.sync_maybe = self.sync_wanted
                     out.append(Action(ActionKind.SET_SYNC_MARK, f"{self.sync_wanted} is in sync", self.epoch,
-                                      self.sync_wanted))
+                                      self.sync_wanted, generation=self.sync_generation))
             return out
         if self.role is Role.CANDIDATE:
             return out
@@ -573,6 +602,7 @@ class RoleMachine:
                 if now >= take:
                     self._eligible_reason = why
                     new_epoch = self.lease.epoch + 1
+                    self.attempted_from.add(self.lease.epoch)
                     self._goto(Role.CANDIDATE, now, out, f"lease free since +{self.timings.fencing_margin:g}s "
                                                          f"fencing margin; {why}")
                     self._send("acquire", now)
@@ -583,6 +613,10 @@ class RoleMachine:
             self._send("read", now)
             out.append(Action(ActionKind.READ, "watching the lease"))
         return out
+
+    def _sync_write_needed(self) -> bool:
+        """The store may hold (or is not confirmed to hold) another mark than wanted."""
+        return self.sync_wanted != self.sync_confirmed or self.sync_wanted != self.sync_maybe
 
     def _take_at(self) -> float | None:
         if self.lease is None or self.expires_at is None:
@@ -605,6 +639,10 @@ class RoleMachine:
             return True, f"we held epoch {lease.epoch} last: our journal has every record we acknowledged"
         if self.override:
             return True, "operator override: possible loss accepted"
+        if (lease.last_holder == self.node and lease.epoch > self.epoch
+                and any(e < lease.epoch for e in self.attempted_from)):
+            return True, (f"the last grant, epoch {lease.epoch}, was ours (its answer never came): nobody "
+                          "wrote at it, and we held every record when we asked")
         if lease.last_holder == self.node and lease.epoch > 0 and self.local.epoch == lease.epoch:
             return True, f"we held epoch {lease.epoch} last and our journal is at it"
         if lease.sync_node == self.node:

@@ -326,7 +326,8 @@ class StandbyService:
                               '{"accept_loss": true}. Never takes a live lease; `lifeline standby promote`.')
 
     async def _append(self, params: dict[str, Any]) -> Any:
-        if not self.accepting or self.replication is None:
+        if not self.accepting or self.replication is None or (
+                self.leadership is not None and not self.leadership.may_trade()):
             raise ControlError("not_primary", f"this host ({self.config.node.name}) is {self.role}, not an "
                                               "accepting primary; append on the primary (nothing was written)")
         payloads = payloads_from_params(params)

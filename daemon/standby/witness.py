@@ -418,8 +418,8 @@ class WitnessLeaseStore(LeaseStore):
     async def release(self, node: str, epoch: int) -> None:
         await self._call("release", node, epoch=epoch)
 
-    async def set_sync_mark(self, node: str, epoch: int, sync_node: str | None) -> None:
-        await self._call("set_sync_mark", node, epoch=epoch, sync_node=sync_node)
+    async def set_sync_mark(self, node: str, epoch: int, sync_node: str | None, generation: int = 0) -> None:
+        await self._call("set_sync_mark", node, epoch=epoch, sync_node=sync_node, generation=generation)
 
     async def report(self, node: str, position: Position, seen_epoch: int) -> None:
         await self._call("report", node, position=[position.epoch, position.seq], seen_epoch=seen_epoch)

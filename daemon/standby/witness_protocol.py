@@ -159,6 +159,8 @@ class _Lease:
     ttl: float = 0.0
     last_holder: str | None = None
     sync_node: str | None = None
+    #: (epoch, generation) of the write that set the mark: an older write is ignored.
+    sync_stamp: tuple[int, int] = (0, 0)
 
     def live_holder(self, now: float) -> str | None:
         return self.holder if self.holder is not None and now < self.expires_at else None
@@ -167,7 +169,7 @@ class _Lease:
         """What must survive a restart: everything but the expiry, which is a point on
         this process's monotonic clock (a restart gives the holder a full ttl instead)."""
         return {"epoch": self.epoch, "holder": self.holder, "last_holder": self.last_holder, "ttl": self.ttl,
-                "sync_node": self.sync_node}
+                "sync_node": self.sync_node, "sync_stamp": list(self.sync_stamp)}
 
 
 Snapshot = dict[str, _Lease]
@@ -231,7 +233,7 @@ class WitnessState:
             _check_name(cluster, "cluster name")
             if not isinstance(entry, Mapping):
                 raise ValueError(f"{where}: expected an object")
-            unknown = set(entry) - {"epoch", "holder", "last_holder", "ttl", "sync_node"}
+            unknown = set(entry) - {"epoch", "holder", "last_holder", "ttl", "sync_node", "sync_stamp"}
             if unknown:
                 raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
             epoch = entry.get("epoch")
@@ -248,9 +250,13 @@ class WitnessState:
                 raise ValueError(f"{where}: ttl must be 0 or within [{MIN_TTL:g}, {MAX_TTL:g}] s, found {ttl!r}")
             if names["holder"] is not None and ttl == 0:
                 raise ValueError(f"{where}: a holder needs the ttl of its grant")
+            stamp = entry.get("sync_stamp", [0, 0])
+            if (not isinstance(stamp, list) or len(stamp) != 2 or not all(_is_int(v) and v >= 0 for v in stamp)):
+                raise ValueError(f"{where}: sync_stamp must be [epoch, generation], found {stamp!r}")
             state._leases[cluster] = _Lease(
                 epoch=epoch, holder=names["holder"], expires_at=now + ttl if names["holder"] else 0.0,
-                ttl=float(ttl), last_holder=names["last_holder"], sync_node=names["sync_node"])
+                ttl=float(ttl), last_holder=names["last_holder"], sync_node=names["sync_node"],
+                sync_stamp=(stamp[0], stamp[1]))
         return state
 
     def durable(self) -> dict[str, Any]:
@@ -302,7 +308,7 @@ class WitnessState:
             raise BadRequest("the epoch cannot grow any further")
         epoch = lease.epoch + 1
         self._leases[cluster] = _Lease(epoch=epoch, holder=node, expires_at=now + ttl, ttl=float(ttl),
-                                       last_holder=node, sync_node=None)
+                                       last_holder=node, sync_node=lease.sync_node, sync_stamp=lease.sync_stamp)
         return Grant(epoch)
 
     def renew(self, cluster: str, node: str, epoch: int, ttl: float, now: float) -> Grant:
@@ -323,11 +329,17 @@ class WitnessState:
         self._leases[cluster] = replace(lease, holder=None, expires_at=0.0)
         return True
 
-    def set_sync_mark(self, cluster: str, node: str, epoch: int, sync_node: str | None, now: float) -> None:
+    def set_sync_mark(self, cluster: str, node: str, epoch: int, sync_node: str | None, now: float,
+                      generation: int = 0) -> bool:
         """Record the synchronous standby, as the holder of the live lease at ``epoch``.
-        ``LeaseLost`` otherwise: only the primary knows which standby holds its records."""
+        ``LeaseLost`` otherwise: only the primary knows which standby holds its records.
+        Applied only if ``(epoch, generation)`` is newer than the mark's stamp (a write
+        that arrives late never undoes a later one); answers whether it was applied."""
         lease = self._require_holder(cluster, node, epoch, now, "set the sync mark")
-        self._leases[cluster] = replace(lease, sync_node=sync_node)
+        if (epoch, generation) <= lease.sync_stamp:
+            return False
+        self._leases[cluster] = replace(lease, sync_node=sync_node, sync_stamp=(epoch, generation))
+        return True
 
     def report(self, cluster: str, node: str, position: Position, seen_epoch: int) -> None:
         """``node``'s journal position while not primary (advisory, in memory only)."""
@@ -379,8 +391,11 @@ def answer(state: WitnessState, cluster: str, node: str, body: Mapping[str, Any]
             sync_node = body.get("sync_node")
             if sync_node is not None:
                 _check_name(sync_node, "sync_node", BadRequest)
-            state.set_sync_mark(cluster, node, _epoch_field(body, "epoch"), sync_node, now)
-            return {"id": request_id, "ok": True}
+            generation = body.get("generation", 0)
+            if not _is_int(generation) or generation < 0:
+                raise BadRequest(f'"generation" must be a non-negative integer, found {generation!r}')
+            applied = state.set_sync_mark(cluster, node, _epoch_field(body, "epoch"), sync_node, now, generation)
+            return {"id": request_id, "ok": True, "applied": applied}
         if op == "report":
             position = _position_field(body, "position", BadRequest)
             state.report(cluster, node, position, _epoch_field(body, "seen_epoch"))

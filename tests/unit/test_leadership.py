@@ -36,6 +36,7 @@ class _Lease:
     expires: float = 0.0
     last_holder: str | None = None
     sync_node: str | None = None
+    sync_stamp: tuple[int, int] = (0, 0)
     members: dict[str, Member] = field(default_factory=dict)
 
 
@@ -47,6 +48,9 @@ class MemoryStore:
         self.lease = _Lease()
         self.cut: set[str] = set()
         self.down = False
+        #: Requests ("acquire", "set_sync_mark", ...) applied at the store whose answer
+        #: is then lost on the way back (the caller times out).
+        self.lose_answers: set[str] = set()
         self.grants: list[tuple[float, str, int]] = []
 
     def view(self, node: str) -> "StoreView":
@@ -71,6 +75,10 @@ class StoreView(LeaseStore):
         if self.node in self.store.cut or self.store.down:
             await trio.sleep_forever()
 
+    async def _answer(self, op: str) -> None:
+        if op in self.store.lose_answers:
+            await trio.sleep_forever()
+
     async def acquire(self, node: str, expected_epoch: int) -> Grant:
         await self._reach()
         now = trio.current_time()
@@ -82,6 +90,7 @@ class StoreView(LeaseStore):
         lease.holder = lease.last_holder = node
         lease.expires = now + TIMINGS.ttl
         self.store.grants.append((now, node, lease.epoch))
+        await self._answer("acquire")
         return Grant(lease.epoch)
 
     async def renew(self, node: str, epoch: int) -> Grant:
@@ -104,12 +113,14 @@ class StoreView(LeaseStore):
             lease.holder = None
             lease.expires = 0.0
 
-    async def set_sync_mark(self, node: str, epoch: int, sync_node: str | None) -> None:
+    async def set_sync_mark(self, node: str, epoch: int, sync_node: str | None, generation: int = 0) -> None:
         await self._reach()
         lease = self.store.lease
         if lease.holder != node or lease.epoch != epoch or lease.expires <= trio.current_time():
             raise LeaseLost(f"{node} does not hold epoch {epoch}")
-        lease.sync_node = sync_node
+        if (epoch, generation) > lease.sync_stamp:
+            lease.sync_node, lease.sync_stamp = sync_node, (epoch, generation)
+        await self._answer("set_sync_mark")
 
     async def report(self, node: str, position: Position, seen_epoch: int) -> None:
         await self._reach()
@@ -464,6 +475,8 @@ async def test_required_watchdog_that_will_not_arm_refuses_primary_and_gives_the
         await a.start(nursery)
         await trio.sleep(5)
         assert "primary" not in a.host.kinds(), "promoted without a working watchdog"
+        assert Role.PRIMARY not in [new for _, _, new, _ in a.leadership.machine.changes], \
+            "announced primary without a working watchdog"
         assert a.role is not Role.PRIMARY
         assert "watchdog" in a.leadership.details().get("blocked", "")
         assert store.lease.holder is None  # released at once
@@ -527,4 +540,95 @@ async def test_clean_stop_of_the_primary_fences_and_releases_so_the_peer_takes_o
         assert store.lease.holder is None
         took = await wait_role(b, Role.PRIMARY)
         assert took < TIMINGS.renew + TIMINGS.fencing_margin + 0.1
+        nursery.cancel_scope.cancel()
+
+
+
+# --------------------------------------------------------------------------- lost answers (review findings)
+
+
+async def test_a_sync_mark_whose_answer_is_lost_still_blocks_acknowledging_alone(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """SET reaches the store, its answer never comes back, and the standby falls out
+    of sync: the store marks it synchronous, so the primary must clear that (and hear
+    the clear confirmed) before it acknowledges anything alone."""
+    store = MemoryStore()
+    a = Node("a", store, Position(1, 10))
+    store.lease.members["b"] = Member("b", Position(1, 10), 1)
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await wait_role(a, Role.PRIMARY)
+        store.lose_answers.add("set_sync_mark")
+        a.leadership.standby_sync_changed("b")
+        await trio.sleep(0.1)
+        assert store.lease.sync_node == "b"  # applied, unconfirmed
+        a.leadership.standby_sync_changed(None)
+        for _ in range(30):
+            await trio.sleep(0.1)
+            assert not (a.leadership.async_allowed() and store.lease.sync_node == "b"), \
+                "acknowledging alone while the store marks b synchronous"
+        store.lose_answers.clear()
+        with trio.fail_after(2):
+            while not a.leadership.async_allowed():
+                await trio.sleep(0.01)
+        assert store.lease.sync_node is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_grant_whose_answer_was_lost_is_still_ours_once_it_expires(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    store.lease.sync_node = "b"
+    b = Node("b", store, Position(1, 10))
+    async with trio.open_nursery() as nursery:
+        store.lose_answers.add("acquire")
+        await b.start(nursery)
+        with trio.fail_after(3):
+            while not store.grants:
+                await trio.sleep(0.01)
+        store.lose_answers.clear()
+        store.lease.sync_node = None  # a store that clears the mark on grants (the old witness did)
+        took = await wait_role(b, Role.PRIMARY, 10)
+        assert took < 5 and b.leadership.machine.epoch == 3
+        reasons = [why for _, _, new, why in b.leadership.machine.changes if new is Role.CANDIDATE]
+        assert "was ours" in reasons[-1], reasons
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_new_primary_clears_a_stale_mark_before_acknowledging_alone(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    store.lease.sync_node = "b"  # b was in sync with the previous primary, and is gone now
+    a = Node("a", store, Position(1, 10))
+    store.lease.last_holder = "a"
+    store.lose_answers.add("set_sync_mark")  # the clear is applied, its answer lost
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await wait_role(a, Role.PRIMARY)
+        for _ in range(20):
+            await trio.sleep(0.1)
+            assert not a.leadership.async_allowed(), "acknowledging alone before the clear was confirmed"
+        store.lose_answers.clear()
+        with trio.fail_after(1):
+            while not a.leadership.async_allowed():
+                await trio.sleep(0.01)
+        assert store.lease.sync_node is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_past_the_fence_deadline_the_node_may_not_trade_even_before_its_loop_runs(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    store.lease.members["b"] = Member("b", Position(1, 10), 1)
+    a = Node("a", store, Position(1, 10))
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await wait_role(a, Role.PRIMARY)
+        assert a.leadership.may_trade()
+        machine = a.leadership.machine
+        assert machine is not None and machine.fence_at is not None
+        # As after a freeze: the deadline has passed, the loop has not run yet.
+        machine.fence_at = trio.current_time()
+        assert machine.role is Role.PRIMARY
+        assert not a.leadership.may_trade() and not a.leadership.async_allowed()
         nursery.cancel_scope.cancel()

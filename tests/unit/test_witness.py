@@ -147,7 +147,7 @@ def test_release_frees_at_once_and_keeps_the_epoch_and_the_sync_mark() -> None:
     assert (after.holder, after.epoch, after.sync_node, after.last_holder) == (None, 1, "edge-b", "edge-a")
     assert state.acquire(C, "edge-b", 1, 5.0, now=0.3) == Grant(2)
     # A new grant clears the mark: it spoke of the previous primary's standby.
-    assert state.read(C, now=0.3).sync_node is None
+    assert state.read(C, now=0.3).sync_node == "edge-b"
 
 
 def test_sync_mark_only_by_the_live_holder_at_its_epoch() -> None:
@@ -157,9 +157,9 @@ def test_sync_mark_only_by_the_live_holder_at_its_epoch() -> None:
         state.set_sync_mark(C, "edge-b", 1, "edge-b", now=0.1)
     with pytest.raises(LeaseLost):
         state.set_sync_mark(C, "edge-a", 2, "edge-b", now=0.1)
-    state.set_sync_mark(C, "edge-a", 1, "edge-b", now=0.1)
+    state.set_sync_mark(C, "edge-a", 1, "edge-b", now=0.1, generation=1)
     assert state.read(C, now=0.1).sync_node == "edge-b"
-    state.set_sync_mark(C, "edge-a", 1, None, now=0.2)
+    state.set_sync_mark(C, "edge-a", 1, None, now=0.2, generation=2)
     assert state.read(C, now=0.2).sync_node is None
     with pytest.raises(LeaseLost, match="expired"):
         state.set_sync_mark(C, "edge-a", 1, "edge-b", now=1.0)
@@ -175,7 +175,8 @@ def test_reports_are_members_of_the_read_and_speak_for_their_epoch() -> None:
     assert read.peer_position("edge-b") == Position(0, 10)
     state.acquire(C, "edge-a", 0, 1.0, now=1.0)
     assert state.read(C, now=1.0).peer_position("edge-b") is None  # reported at epoch 0, now 1
-    assert state.durable()["clusters"][C].keys() == {"epoch", "holder", "last_holder", "ttl", "sync_node"}
+    assert state.durable()["clusters"][C].keys() == {"epoch", "holder", "last_holder", "ttl", "sync_node",
+                                                     "sync_stamp"}
 
 
 @pytest.mark.parametrize("ttl", [MIN_TTL, 1.5, MAX_TTL])
@@ -381,7 +382,7 @@ def test_answer_grants_renews_reads_and_refuses() -> None:
     assert request(state, {"op": "report", "id": 5, "node": "edge-b", "position": [1, 3], "seen_epoch": 1},
                    node="edge-b") == {"id": 5, "ok": True}
     assert request(state, {"op": "set_sync_mark", "id": 6, "node": "edge-a", "epoch": 1, "sync_node": "edge-b"},
-                   now=0.6) == {"id": 6, "ok": True}
+                   now=0.6) == {"id": 6, "ok": True, "applied": True}
     read = request(state, {"op": "read", "id": 7, "node": "edge-b"}, now=1.0, node="edge-b")
     assert lease_state_from_json(read["state"]) == state.read(C, now=1.0)
     assert request(state, {"op": "release", "id": 8, "node": "edge-a", "epoch": 1}, now=1.0) == \
@@ -913,3 +914,25 @@ def test_min_epoch_lifts_every_epoch_and_survives_a_restart_without_the_flag() -
     assert state.acquire("new", "edge-a", 5, 1.0, 1.0).epoch == 6
     reloaded = WitnessState.from_durable(state.durable(), 10.0)
     assert reloaded.read("a", 10.0).epoch == 5 and reloaded.read("other", 10.0).epoch == 5
+
+
+
+def test_sync_mark_writes_are_ordered_by_epoch_and_generation() -> None:
+    from daemon.standby.witness_protocol import WitnessState
+
+    state = WitnessState()
+    assert state.acquire("c", "edge-a", 0, 5.0, 0.0).epoch == 1
+    assert state.set_sync_mark("c", "edge-a", 1, "edge-b", 0.1, generation=1) is True
+    assert state.set_sync_mark("c", "edge-a", 1, None, 0.2, generation=2) is True
+    # The first write's late duplicate (or a delayed retry) never undoes the clear.
+    assert state.set_sync_mark("c", "edge-a", 1, "edge-b", 0.3, generation=1) is False
+    assert state.read("c", 0.3).sync_node is None
+    assert state.set_sync_mark("c", "edge-a", 1, "edge-b", 0.4, generation=3) is True
+    state.release("c", "edge-a", 1, 0.5)
+    assert state.acquire("c", "edge-b", 1, 5.0, 0.6).epoch == 2
+    # A new epoch's first write beats the old epoch's highest generation; the stamp persists.
+    assert state.set_sync_mark("c", "edge-b", 2, None, 0.7, generation=1) is True
+    reloaded = WitnessState.from_durable(state.durable(), 10.0)
+    assert reloaded.read("c", 10.0).sync_node is None
+    reloaded.acquire("c", "edge-a", 2, 5.0, 20.0)
+    assert reloaded.set_sync_mark("c", "edge-a", 3, "edge-b", 20.1, generation=1) is True
