@@ -15,7 +15,12 @@ Keys, under ``{prefix}{cluster}/``:
     by more than one per grant (every write bumps the revision); the role machine only
     needs each grant's epoch to exceed every epoch seen before.
 ``sync``
-    the synchronous standby's name (empty: none), written only by the live holder.
+    ``{"node": NAME-or-null, "epoch": E, "generation": G}``: the synchronous standby as
+    the live holder at epoch ``E`` marked it in its ``G``-th mark write of that epoch
+    (written only by the live holder). A write is applied only when its ``(epoch,
+    generation)`` stamp is newer than the stored one, so a write that reaches etcd late
+    never undoes a later one. The old format, the bare name (empty: none), reads as
+    stamp ``(0, 0)``.
 ``members/NODE``
     ``{"epoch": E, "seq": S, "seen_epoch": N}``: a node's journal position, reported
     while not primary (no lease).
@@ -34,8 +39,16 @@ empty ``"value"``, ``"TTL"`` of a gone lease):
   or 0: the lease is gone, :class:`LeaseLost`), then a linearizable range of ``leader``
   that must still be this node's, at ``create_revision == epoch``, on that lease.
 * :meth:`EtcdLeaseStore.release`: txn ``leader`` CREATE == epoch and VALUE == node →
-  delete it; then ``/v3/lease/revoke``. :meth:`EtcdLeaseStore.set_sync_mark`: the same
-  compare → put ``sync``. :meth:`EtcdLeaseStore.report`: a plain ``/v3/kv/put``.
+  delete it; then ``/v3/lease/revoke``. :meth:`EtcdLeaseStore.report`: a plain
+  ``/v3/kv/put``.
+* :meth:`EtcdLeaseStore.set_sync_mark`: a read-only txn reads ``leader`` and ``sync``
+  (linearizable, one revision). ``node`` not the holder at ``epoch`` →
+  :class:`LeaseLost` (as the witness does); the stored stamp not older than the write's
+  → a successful no-op (a newer write won, or this one, resent). Else one txn: the
+  release compare and ``sync`` MOD == the ``mod_revision`` just read (0: absent) → put
+  ``sync``; its failure branch reads both keys back at the refused compare's revision
+  and the same checks run again: the holder gone → :class:`LeaseLost`; ``sync`` moved
+  → retry, at most :data:`SYNC_MARK_RETRIES` times (:class:`LeaseUnavailable` after).
 * :meth:`EtcdLeaseStore.read`: one linearizable ``/v3/kv/range`` over the prefix, and
   ``/v3/lease/timetolive`` of ``leader``'s lease.
 
@@ -68,13 +81,22 @@ Every public call gives up after ``timeout`` seconds in all (:class:`LeaseUnavai
 trying the endpoints in order from the last one that answered, moving on after a
 connection failure, a 5xx answer, or a timeout (connecting to one endpoint may take at
 most ``timeout / len(endpoints)``). Every request here may safely be sent twice.
+
+Whatever etcd answers, a call fails only with a :class:`LeaseError`: a refusal (4xx, e.g.
+401 when etcd's auth is on), an answer that is not JSON, or a value that cannot be
+decoded (not base64, not UTF-8, not the JSON expected) is :class:`LeaseUnavailable`,
+naming the endpoint, the key and what was wrong. A member report that cannot be decoded
+is skipped with a log line: it is advisory, and one node's bad report must not blind
+the others.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -98,16 +120,63 @@ log = get_logger("etcd")
 #: exists (etcd's time-to-live answer is rounded down to whole seconds).
 MIN_LIVE_TTL = 0.1
 
+#: How many times :meth:`EtcdLeaseStore.set_sync_mark` tries its txn again when the
+#: ``sync`` key moved between its read and its txn.
+SYNC_MARK_RETRIES = 3
+
 #: gRPC status code etcd uses for "requested lease not found".
 _GRPC_NOT_FOUND = 5
+
+
+class _Unreadable(ValueError):
+    """A key, value or field in etcd's answer that cannot be decoded; says what is wrong.
+    Turned into :class:`LeaseUnavailable` naming the endpoint and the key."""
 
 
 def _b64(data: str | bytes) -> str:
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode("ascii")
 
 
-def _unb64(text: str | None) -> bytes:
-    return base64.b64decode(text) if text else b""
+def _unb64(text: Any) -> bytes:
+    if text is None or text == "":
+        return b""
+    if not isinstance(text, str):
+        raise _Unreadable(f"not base64 text but {type(text).__name__} {text!r:.60}")
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError as e:  # binascii.Error
+        raise _Unreadable(f"not base64 ({e}): {text!r:.60}") from None
+
+
+def _utf8(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _Unreadable(f"not UTF-8 ({e.reason} at byte {e.start}): {raw!r:.60}") from None
+
+
+def _parse_sync(raw: bytes) -> tuple[str | None, int, int]:
+    """``(node, epoch, generation)`` of a ``sync`` value; the old format (the bare name,
+    empty for none) reads as stamp ``(0, 0)``."""
+    text = _utf8(raw)
+    if not text.lstrip().startswith("{"):
+        return text or None, 0, 0
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise _Unreadable(f"not JSON ({e}): {text!r:.60}") from None
+    if not isinstance(doc, dict):
+        raise _Unreadable(f"not a JSON object: {text!r:.60}")
+    node = doc.get("node")
+    if node is not None and not isinstance(node, str):
+        raise _Unreadable(f'"node" is neither a name nor null: {node!r:.60}')
+    stamp = []
+    for field in ("epoch", "generation"):
+        value = doc.get(field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise _Unreadable(f"{field!r} is not a non-negative integer: {value!r:.60}")
+        stamp.append(value)
+    return node or None, stamp[0], stamp[1]
 
 
 def _prefix_end(prefix: bytes) -> bytes:
@@ -119,11 +188,21 @@ def _prefix_end(prefix: bytes) -> bytes:
 
 
 def _int(obj: dict[str, Any] | None, field: str) -> int:
-    """An int64 field as etcd's gateway sends it: a JSON string, left out when 0."""
+    """An int64 field as etcd's gateway sends it: a JSON string, left out when 0.
+    :class:`_Unreadable` when it is something else."""
     if not obj:
         return 0
+    if not isinstance(obj, dict):
+        raise _Unreadable(f"not a JSON object (looking for {field!r}): {obj!r:.60}")
     value = obj.get(field)
-    return int(value) if value not in (None, "") else 0
+    if value is None or value == "":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise _Unreadable(f"field {field!r} is not an integer: {value!r:.60}")
+    try:
+        return int(value)
+    except ValueError:
+        raise _Unreadable(f"field {field!r} is not an integer: {value!r:.60}") from None
 
 
 def _describe(exc: BaseException) -> str:
@@ -147,10 +226,11 @@ class EtcdLeaseStore(LeaseStore):
     """The lease of ``cluster`` in the etcd cluster at ``endpoints`` (``http://host:port``;
     a bare ``host:port`` means http). ``ttl`` is the client's lease ttl in seconds (etcd
     gets ``ceil(ttl)``); ``timeout`` bounds every call. ``node`` is this process's node
-    name, used in log lines."""
+    name, used in log lines. ``transport`` replaces httpx's own (tests: a
+    :class:`httpx.MockTransport` playing etcd)."""
 
     def __init__(self, endpoints: list[str], cluster: str, node: str, ttl: float, timeout: float,
-                 prefix: str = "/lifeline/") -> None:
+                 prefix: str = "/lifeline/", transport: httpx.AsyncBaseTransport | None = None) -> None:
         if not endpoints:
             raise ValueError("etcd lease store: no endpoints given")
         if not cluster or "/" in cluster:
@@ -172,6 +252,7 @@ class EtcdLeaseStore(LeaseStore):
             timeout=httpx.Timeout(None, connect=timeout / len(self.endpoints)),
             trust_env=False,  # never through an HTTP proxy from the environment
             headers={"Content-Type": "application/json"},
+            transport=transport,
         )
         self._current = 0  # index of the endpoint that answered last
         self._held: tuple[str, int, int] | None = None  # (node, epoch, etcd lease id) from our last grant
@@ -186,19 +267,25 @@ class EtcdLeaseStore(LeaseStore):
 
     async def read(self) -> LeaseState:
         deadline = self._deadline()
-        data = await self._post("/v3/kv/range", self._prefix_range(), deadline, "read the lease")
-        return await self._state(data.get("kvs") or [], deadline, "read the lease")
+        what = "read the lease"
+        with self._guard(what):
+            data = await self._unrefused(self._post("/v3/kv/range", self._prefix_range(), deadline, what), what)
+            return await self._state(data.get("kvs") or [], deadline, what, self.endpoint)
 
     async def acquire(self, node: str, expected_epoch: int) -> Grant:
         deadline = self._deadline()
         what = f"acquire for {node} at expected epoch {expected_epoch}"
+        with self._guard(what):
+            return await self._acquire(node, expected_epoch, deadline, what)
+
+    async def _acquire(self, node: str, expected_epoch: int, deadline: float, what: str) -> Grant:
         try:
             granted = await self._post("/v3/lease/grant", {"TTL": str(self.store_ttl)}, deadline, what)
         except _Refused as e:
             raise LeaseUnavailable(f"etcd {what}: lease grant refused: {e}") from None
         lease_id = _int(granted, "ID")
         if not lease_id:
-            raise LeaseUnavailable(f"etcd {what}: lease grant answered no lease id: {granted}")
+            raise LeaseUnavailable(f"etcd {what}: {self.endpoint}: lease grant answered no lease id: {granted}")
         self._check_granted_ttl(_int(granted, "TTL"))
         txn = {
             "compare": [
@@ -217,21 +304,24 @@ class EtcdLeaseStore(LeaseStore):
         except _Refused as e:
             # "requested lease not found": it expired between grant and txn (timeout >= ttl?)
             raise LeaseUnavailable(f"etcd {what}: txn refused: {e}") from None
+        source = self.endpoint
         if answer.get("succeeded"):
             epoch = _int(answer.get("header"), "revision")
+            if epoch <= 0:
+                raise LeaseUnavailable(f"etcd {what}: {source}: the granting txn answered no revision: {answer}")
             self._held = (node, epoch, lease_id)
             log.info("lease.acquired", node=node, epoch=epoch, expected_epoch=expected_epoch, lease=f"{lease_id:x}",
-                     ttl=self.store_ttl, endpoint=self.endpoint)
+                     ttl=self.store_ttl, endpoint=source)
             return Grant(epoch)
         kvs = self._txn_range_kvs(answer)
         leader = self._find(kvs, self._leader_key)
-        if leader is not None and _int(leader, "lease") == lease_id:
+        if leader is not None and self._kv_int(leader, "lease", what, source, self._leader_key) == lease_id:
             # Our own txn, sent to an endpoint that failed before answering, took
             # effect; this resend to the next endpoint saw it. The lease id is ours alone.
-            epoch = _int(leader, "create_revision")
+            epoch = self._kv_int(leader, "create_revision", what, source, self._leader_key)
             self._held = (node, epoch, lease_id)
             log.info("lease.acquired", node=node, epoch=epoch, expected_epoch=expected_epoch, lease=f"{lease_id:x}",
-                     ttl=self.store_ttl, endpoint=self.endpoint, resent=True)
+                     ttl=self.store_ttl, endpoint=source, resent=True)
             return Grant(epoch)
         # Refused: give the unused lease back (best effort: unrevoked, it just expires).
         try:
@@ -240,8 +330,9 @@ class EtcdLeaseStore(LeaseStore):
             log.warning("lease.revoke_failed", node=node, lease=f"{lease_id:x}", error=str(e))
         state: LeaseState | None
         try:
-            state = await self._state(kvs, deadline, what)
-        except (LeaseUnavailable, _Refused):
+            state = await self._state(kvs, deadline, what, source)
+        except (LeaseUnavailable, _Refused, ValueError, TypeError, KeyError, AttributeError) as e:
+            log.warning("lease.conflict_state_unreadable", node=node, error=_describe(e))
             state = None
         why = self._conflict_reason(state, expected_epoch)
         log.info("lease.conflict", node=node, expected_epoch=expected_epoch, reason=why)
@@ -250,11 +341,15 @@ class EtcdLeaseStore(LeaseStore):
     async def renew(self, node: str, epoch: int) -> Grant:
         deadline = self._deadline()
         what = f"renew for {node} at epoch {epoch}"
+        with self._guard(what):
+            return await self._renew(node, epoch, deadline, what)
+
+    async def _renew(self, node: str, epoch: int, deadline: float, what: str) -> Grant:
         lease_id = self._held[2] if self._held is not None and self._held[:2] == (node, epoch) else 0
         if not lease_id:
             # Not granted through this object (a restart, another instance): the leader
             # key names the lease, if it is still ours.
-            lease_id = self._check_leader(await self._leader_kv(deadline, what), node, epoch, None)
+            lease_id = self._check_leader(await self._leader_kv(deadline, what), node, epoch, None, what)
         try:
             answer = await self._post("/v3/lease/keepalive", {"ID": str(lease_id)}, deadline, what)
         except _Refused as e:
@@ -262,18 +357,23 @@ class EtcdLeaseStore(LeaseStore):
                 self._forget(lease_id)
                 raise LeaseLost(f"etcd {what}: lease {lease_id:x} not found: {e.message}") from None
             raise LeaseUnavailable(f"etcd {what}: keepalive refused: {e}") from None
-        if _int(answer, "TTL") <= 0:
+        ttl = _int(answer, "TTL")
+        if ttl <= 0:
             self._forget(lease_id)
             log.info("lease.lost", node=node, epoch=epoch, lease=f"{lease_id:x}", reason="keepalive answered TTL 0")
             raise LeaseLost(f"etcd {what}: lease {lease_id:x} has expired or was revoked (keepalive answered TTL 0)")
-        self._check_leader(await self._leader_kv(deadline, what), node, epoch, lease_id)
+        self._check_leader(await self._leader_kv(deadline, what), node, epoch, lease_id, what)
         self._held = (node, epoch, lease_id)
-        log.debug("lease.renewed", node=node, epoch=epoch, ttl=_int(answer, "TTL"), endpoint=self.endpoint)
+        log.debug("lease.renewed", node=node, epoch=epoch, ttl=ttl, endpoint=self.endpoint)
         return Grant(epoch)
 
     async def release(self, node: str, epoch: int) -> None:
         deadline = self._deadline()
         what = f"release for {node} at epoch {epoch}"
+        with self._guard(what):
+            await self._release(node, epoch, deadline, what)
+
+    async def _release(self, node: str, epoch: int, deadline: float, what: str) -> None:
         txn = {
             "compare": self._holder_compare(node, epoch),
             "success": [
@@ -288,7 +388,12 @@ class EtcdLeaseStore(LeaseStore):
             log.debug("lease.release_noop", node=node, epoch=epoch, reason="not the holder at that epoch")
             return
         leader = self._find(self._txn_range_kvs(answer), self._leader_key)
-        lease_id = _int(leader, "lease")
+        try:
+            lease_id = _int(leader, "lease")
+        except _Unreadable as e:
+            # The leader key is gone already; its lease just expires.
+            log.warning("lease.revoke_skipped", node=node, key=self._leader_key, endpoint=self.endpoint, error=str(e))
+            lease_id = 0
         log.info("lease.released", node=node, epoch=epoch, lease=f"{lease_id:x}")
         if lease_id:
             try:
@@ -297,35 +402,83 @@ class EtcdLeaseStore(LeaseStore):
                 # The leader key is gone already; the lease itself just expires.
                 log.warning("lease.revoke_failed", node=node, lease=f"{lease_id:x}", error=str(e))
 
-    async def set_sync_mark(self, node: str, epoch: int, sync_node: str | None) -> None:
+    async def set_sync_mark(self, node: str, epoch: int, sync_node: str | None, generation: int = 0) -> None:
         deadline = self._deadline()
-        what = f"sync mark {sync_node or '(none)'} by {node} at epoch {epoch}"
-        txn = {
-            "compare": self._holder_compare(node, epoch),
-            "success": [{"request_put": {"key": _b64(self._sync_key), "value": _b64(sync_node or "")}}],
-        }
-        answer = await self._unrefused(self._post("/v3/kv/txn", txn, deadline, what), what)
-        if not answer.get("succeeded"):
-            raise LeaseLost(f"etcd {what}: refused, {node} does not hold the lease at epoch {epoch}")
-        log.info("lease.sync_mark", node=node, epoch=epoch, sync_node=sync_node)
+        what = f"sync mark {sync_node or '(none)'} by {node} at epoch {epoch} generation {generation}"
+        with self._guard(what):
+            await self._set_sync_mark(node, epoch, sync_node, generation, deadline, what)
+
+    async def _set_sync_mark(self, node: str, epoch: int, sync_node: str | None, generation: int, deadline: float,
+                             what: str) -> None:
+        stamp = (epoch, generation)
+        value = json.dumps({"node": sync_node, "epoch": epoch, "generation": generation})
+        both = [{"request_range": {"key": _b64(self._leader_key)}}, {"request_range": {"key": _b64(self._sync_key)}}]
+        # A read-only txn: leader and sync at one revision (linearizable, as every txn).
+        answer = await self._unrefused(self._post("/v3/kv/txn", {"compare": [], "success": both}, deadline, what),
+                                       what)
+        tries = 0
+        while True:
+            kvs = self._txn_range_kvs(answer)
+            source = self.endpoint
+            problem = self._holder_problem(self._find(kvs, self._leader_key), node, epoch, None, what, source)
+            if problem is not None:
+                log.info("lease.sync_mark_refused", node=node, epoch=epoch, generation=generation, reason=problem)
+                raise LeaseLost(f"etcd {what}: refused, {node} does not hold the lease at epoch {epoch}: {problem}")
+            stored, mod = self._sync_stamp(self._find(kvs, self._sync_key), what, source)
+            if stored >= stamp:
+                # A newer write won (or this very one, resent after a lost answer).
+                log.info("lease.sync_mark_superseded", node=node, epoch=epoch, generation=generation,
+                         stored_epoch=stored[0], stored_generation=stored[1])
+                return
+            if tries > SYNC_MARK_RETRIES:
+                raise LeaseUnavailable(
+                    f"etcd {what}: {source}: key {self._sync_key} changed between the read and the txn "
+                    f"{tries} times in a row; giving up")
+            if tries:
+                log.debug("lease.sync_mark_retry", node=node, epoch=epoch, generation=generation, attempt=tries)
+            tries += 1
+            txn = {
+                "compare": self._holder_compare(node, epoch) + [
+                    {"key": _b64(self._sync_key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod)},
+                ],
+                "success": [{"request_put": {"key": _b64(self._sync_key), "value": _b64(value)}}],
+                # Refused: both keys at the refused compare's revision, to tell why.
+                "failure": both,
+            }
+            answer = await self._unrefused(self._post("/v3/kv/txn", txn, deadline, what), what)
+            if answer.get("succeeded"):
+                log.info("lease.sync_mark", node=node, epoch=epoch, generation=generation, sync_node=sync_node)
+                return
 
     async def report(self, node: str, position: Position, seen_epoch: int) -> None:
         deadline = self._deadline()
         what = f"report of {node}"
         value = json.dumps({"epoch": position.epoch, "seq": position.seq, "seen_epoch": seen_epoch})
         body = {"key": _b64(self._members_prefix + node), "value": _b64(value)}
-        await self._unrefused(self._post("/v3/kv/put", body, deadline, what), what)
+        with self._guard(what):
+            await self._unrefused(self._post("/v3/kv/put", body, deadline, what), what)
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     # ------------------------------------------------------------------ state
 
-    async def _state(self, kvs: list[dict[str, Any]], deadline: float, what: str) -> LeaseState:
+    async def _state(self, kvs: Any, deadline: float, what: str, source: str) -> LeaseState:
+        """The lease from the kvs of a range over the prefix, as ``source`` answered them.
+        :class:`LeaseUnavailable` if ``leader``, ``last`` or ``sync`` cannot be decoded; a
+        member report that cannot be is left out."""
+        if not isinstance(kvs, list):
+            raise LeaseUnavailable(f"etcd {what}: {source}: the range answered kvs that are not a list: {kvs!r:.80}")
         leader = last = sync = None
         members: list[Member] = []
         for kv in kvs:
-            key = _unb64(kv.get("key")).decode("utf-8", "replace")
+            if not isinstance(kv, dict):
+                raise LeaseUnavailable(f"etcd {what}: {source}: the range answered a kv that is not an object: "
+                                       f"{kv!r:.80}")
+            try:
+                key = _unb64(kv.get("key")).decode("utf-8", "replace")
+            except _Unreadable as e:
+                raise LeaseUnavailable(f"etcd {what}: {source}: the range answered a key that is {e}") from None
             if key == self._leader_key:
                 leader = kv
             elif key == self._last_key:
@@ -333,22 +486,33 @@ class EtcdLeaseStore(LeaseStore):
             elif key == self._sync_key:
                 sync = kv
             elif key.startswith(self._members_prefix):
-                member = self._parse_member(key[len(self._members_prefix):], kv)
+                member = self._parse_member(key[len(self._members_prefix):], kv, source)
                 if member is not None:
                     members.append(member)
-        epoch = _int(last, "mod_revision")
+        epoch = self._kv_int(last, "mod_revision", what, source, self._last_key)
         last_holder = None
         if last is not None:
+            text = self._kv_text(last, what, source, self._last_key)
             try:
-                last_holder = json.loads(_unb64(last.get("value"))).get("holder")
-            except (ValueError, AttributeError):
-                log.warning("key.unreadable", key=self._last_key, value=_unb64(last.get("value")))
-        sync_node = _unb64(sync.get("value")).decode() if sync else ""
+                doc = json.loads(text)
+            except ValueError as e:
+                raise self._unreadable(what, source, self._last_key, f"value is not JSON ({e}): {text!r:.60}") from None
+            holder_field = doc.get("holder") if isinstance(doc, dict) else None
+            if not isinstance(holder_field, str) or not holder_field:
+                raise self._unreadable(what, source, self._last_key, f'value has no "holder" name: {text!r:.60}')
+            last_holder = holder_field
+        sync_node = None
+        if sync is not None:
+            try:
+                sync_node = _parse_sync(_unb64(sync.get("value")))[0]
+            except _Unreadable as e:
+                raise self._unreadable(what, source, self._sync_key, f"value is {e}") from None
         holder: str | None = None
         ttl_remaining = 0.0
         if leader is not None:
-            name = _unb64(leader.get("value")).decode()
-            lease_id = _int(leader, "lease")
+            name = self._kv_text(leader, what, source, self._leader_key)
+            lease_id = self._kv_int(leader, "lease", what, source, self._leader_key)
+            created = self._kv_int(leader, "create_revision", what, source, self._leader_key)
             if lease_id:
                 ttl = await self._time_to_live(lease_id, deadline, what)
                 if ttl >= 0:  # -1: expired or revoked since the range
@@ -357,21 +521,40 @@ class EtcdLeaseStore(LeaseStore):
                 log.warning("leader.unleased", key=self._leader_key, holder=name,
                             hint="the leader key is not bound to a lease: it never expires; delete it by hand")
                 holder, ttl_remaining = name, float(self.store_ttl)
-            if holder is not None and _int(leader, "create_revision") != epoch:
-                log.warning("leader.epoch_mismatch", holder=holder, create_revision=_int(leader, "create_revision"),
-                            epoch=epoch)
-        return LeaseState(holder=holder, epoch=epoch, ttl_remaining=ttl_remaining, sync_node=sync_node or None,
+            if holder is not None and created != epoch:
+                log.warning("leader.epoch_mismatch", holder=holder, create_revision=created, epoch=epoch)
+        return LeaseState(holder=holder, epoch=epoch, ttl_remaining=ttl_remaining, sync_node=sync_node,
                           last_holder=last_holder, members=tuple(sorted(members, key=lambda m: m.node)))
 
-    def _parse_member(self, node: str, kv: dict[str, Any]) -> Member | None:
-        raw = _unb64(kv.get("value"))
+    def _parse_member(self, node: str, kv: dict[str, Any], source: str) -> Member | None:
+        """A member report, or None (logged) when it cannot be decoded: reports are
+        advisory, one node's garbage must not hide the lease from everybody."""
+        raw = kv.get("value")
         try:
-            doc = json.loads(raw)
+            doc = json.loads(_utf8(_unb64(raw)))
+            if not isinstance(doc, dict):
+                raise _Unreadable("not a JSON object")
             return Member(node=node, position=Position(int(doc["epoch"]), int(doc["seq"])),
                           seen_epoch=int(doc["seen_epoch"]))
-        except (ValueError, KeyError, TypeError):
-            log.warning("member.unreadable", node=node, value=raw)
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("member.unreadable", node=node, key=self._members_prefix + node, endpoint=source,
+                        value=f"{raw!r:.120}", error=_describe(e))
             return None
+
+    def _sync_stamp(self, sync: dict[str, Any] | None, what: str, source: str) -> tuple[tuple[int, int], int]:
+        """The ``(epoch, generation)`` of the stored sync mark and the ``sync`` key's
+        ``mod_revision`` (``(0, 0)`` and 0 when absent). A value that cannot be decoded
+        counts as ``(0, 0)`` (logged): the live holder's mark replaces it."""
+        if sync is None:
+            return (0, 0), 0
+        mod = self._kv_int(sync, "mod_revision", what, source, self._sync_key)
+        try:
+            _, epoch, generation = _parse_sync(_unb64(sync.get("value")))
+        except _Unreadable as e:
+            log.warning("sync.unreadable", key=self._sync_key, endpoint=source, error=f"value is {e}",
+                        hint="the holder's mark replaces it")
+            return (0, 0), mod
+        return (epoch, generation), mod
 
     async def _time_to_live(self, lease_id: int, deadline: float, what: str) -> int:
         """Seconds left (rounded down), or -1 when the lease is gone."""
@@ -381,36 +564,77 @@ class EtcdLeaseStore(LeaseStore):
             if e.code == _GRPC_NOT_FOUND:
                 return -1
             raise LeaseUnavailable(f"etcd {what}: lease time-to-live refused: {e}") from None
-        return _int(answer, "TTL") if "TTL" in answer else 0
+        try:
+            return _int(answer, "TTL") if "TTL" in answer else 0
+        except _Unreadable as e:
+            raise LeaseUnavailable(f"etcd {what}: {self.endpoint}: time-to-live of lease {lease_id:x}: {e}") from None
 
     async def _leader_kv(self, deadline: float, what: str) -> dict[str, Any] | None:
         body = {"key": _b64(self._leader_key), "serializable": False}
         answer = await self._unrefused(self._post("/v3/kv/range", body, deadline, what), what)
-        kvs = answer.get("kvs") or []
-        return kvs[0] if kvs else None
+        return self._find(answer.get("kvs") or [], self._leader_key)
 
-    def _check_leader(self, leader: dict[str, Any] | None, node: str, epoch: int, lease_id: int | None) -> int:
+    def _holder_problem(self, leader: dict[str, Any] | None, node: str, epoch: int, lease_id: int | None,
+                        what: str, source: str) -> str | None:
+        """Why ``node`` does not hold the lease at ``epoch`` (on ``lease_id`` when given),
+        judging by the leader key's kv; None when it does."""
+        if leader is None:
+            return "the leader key is gone (lease expired or released)"
+        holder = self._kv_text(leader, what, source, self._leader_key)
+        created = self._kv_int(leader, "create_revision", what, source, self._leader_key)
+        bound = self._kv_int(leader, "lease", what, source, self._leader_key)
+        if holder != node:
+            return f"{holder} holds the lease at epoch {created}"
+        if created != epoch:
+            return f"the lease was granted again at epoch {created}"
+        if lease_id is not None and bound != lease_id:
+            return f"the leader key is bound to another etcd lease ({bound:x})"
+        return None
+
+    def _check_leader(self, leader: dict[str, Any] | None, node: str, epoch: int, lease_id: int | None,
+                      what: str) -> int:
         """The leader key's lease id if ``node`` holds it at ``epoch`` (on ``lease_id``
         when given); :class:`LeaseLost` saying why not otherwise."""
-        problem = None
-        if leader is None:
-            problem = "the leader key is gone (lease expired or released)"
-        else:
-            holder = _unb64(leader.get("value")).decode()
-            created = _int(leader, "create_revision")
-            if holder != node:
-                problem = f"{holder} holds the lease at epoch {created}"
-            elif created != epoch:
-                problem = f"the lease was granted again at epoch {created}"
-            elif lease_id is not None and _int(leader, "lease") != lease_id:
-                problem = f"the leader key is bound to another etcd lease ({_int(leader, 'lease'):x})"
+        problem = self._holder_problem(leader, node, epoch, lease_id, what, self.endpoint)
         if problem is not None:
             if lease_id is not None:
                 self._forget(lease_id)
             log.info("lease.lost", node=node, epoch=epoch, reason=problem)
             raise LeaseLost(f"etcd: {node} no longer holds the lease at epoch {epoch}: {problem}")
         assert leader is not None
-        return _int(leader, "lease")
+        return self._kv_int(leader, "lease", what, self.endpoint, self._leader_key)
+
+    def _kv_text(self, kv: dict[str, Any], what: str, source: str, key: str) -> str:
+        """The value of ``key`` (its kv as ``source`` answered it) as text."""
+        try:
+            return _utf8(_unb64(kv.get("value")))
+        except _Unreadable as e:
+            raise self._unreadable(what, source, key, f"value is {e}") from None
+
+    def _kv_int(self, kv: dict[str, Any] | None, field: str, what: str, source: str, key: str) -> int:
+        """An int64 field (a revision, a lease id) of ``key``'s kv; 0 when absent."""
+        try:
+            return _int(kv, field)
+        except _Unreadable as e:
+            raise self._unreadable(what, source, key, str(e)) from None
+
+    @staticmethod
+    def _unreadable(what: str, source: str, key: str, problem: str) -> LeaseUnavailable:
+        log.warning("key.unreadable", key=key, endpoint=source, problem=problem)
+        return LeaseUnavailable(f"etcd {what}: {source}: key {key}: {problem}")
+
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Whatever goes wrong inside a call leaves it as a :class:`LeaseError`: a
+        refusal, or an answer this module could not make sense of (the last resort;
+        the decoders above say which key and what was wrong)."""
+        try:
+            yield
+        except _Refused as e:
+            raise LeaseUnavailable(f"etcd {what}: refused: {e}") from None
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
+            log.warning("answer.unreadable", request=what, endpoint=self.endpoint, error=_describe(e))
+            raise LeaseUnavailable(f"etcd {what}: {self.endpoint}: unreadable answer: {_describe(e)}") from None
 
     @staticmethod
     def _conflict_reason(state: LeaseState | None, expected_epoch: int) -> str:
@@ -448,16 +672,26 @@ class EtcdLeaseStore(LeaseStore):
         ]
 
     @staticmethod
-    def _find(kvs: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    def _find(kvs: Any, key: str) -> dict[str, Any] | None:
+        if not isinstance(kvs, list):
+            raise _Unreadable(f"kvs are not a list: {kvs!r:.60}")
         want = _b64(key)
-        return next((kv for kv in kvs if kv.get("key") == want), None)
+        return next((kv for kv in kvs if isinstance(kv, dict) and kv.get("key") == want), None)
 
     @staticmethod
     def _txn_range_kvs(answer: dict[str, Any]) -> list[dict[str, Any]]:
-        for response in answer.get("responses") or []:
-            if "response_range" in response:
-                return response["response_range"].get("kvs") or []
-        return []
+        """The kvs of every range a txn answered, in order."""
+        kvs: list[dict[str, Any]] = []
+        responses = answer.get("responses") or []
+        if not isinstance(responses, list):
+            raise _Unreadable(f"txn responses are not a list: {responses!r:.60}")
+        for response in responses:
+            if isinstance(response, dict) and isinstance(response.get("response_range"), dict):
+                found = response["response_range"].get("kvs") or []
+                if not isinstance(found, list):
+                    raise _Unreadable(f"txn range kvs are not a list: {found!r:.60}")
+                kvs.extend(found)
+        return kvs
 
     @staticmethod
     async def _unrefused(request: Any, what: str) -> dict[str, Any]:
@@ -481,7 +715,7 @@ class EtcdLeaseStore(LeaseStore):
             with trio.move_on_at(deadline):
                 try:
                     response = await self._client.post(url, content=json.dumps(body))
-                except httpx.TransportError as e:
+                except (httpx.RequestError, httpx.InvalidURL) as e:
                     failures.append(f"{url}: {_describe(e)}")
             if response is None:
                 self._current = (index + 1) % n  # next call starts with the next endpoint
@@ -491,11 +725,16 @@ class EtcdLeaseStore(LeaseStore):
                 continue
             status, answer = self._decode(response)
             if status >= 500 or answer is None:
-                failures.append(f"{url}: HTTP {status}: {self._error_message(answer, response)}")
+                problem = "" if answer is not None else "answer is not a JSON object: "
+                failures.append(f"{url}: HTTP {status}: {problem}{self._error_message(answer, response)}")
                 self._current = (index + 1) % n
                 continue
             if status != 200:
-                raise _Refused(url, status, _int(answer, "code"), self._error_message(answer, response))
+                try:
+                    code = _int(answer, "code")
+                except _Unreadable:
+                    code = 0
+                raise _Refused(url, status, code, self._error_message(answer, response))
             if index != start:
                 log.warning("endpoint.failover", path=path, to=self.endpoints[index], failed="; ".join(failures))
             self._current = index
@@ -512,7 +751,7 @@ class EtcdLeaseStore(LeaseStore):
             return status, None
         try:
             answer = json.loads(text.splitlines()[0])
-        except ValueError:
+        except (ValueError, RecursionError):
             return status, None
         if not isinstance(answer, dict):
             return status, None
@@ -520,8 +759,11 @@ class EtcdLeaseStore(LeaseStore):
             return status, answer["result"]
         error = answer.get("error")
         if isinstance(error, dict):  # an error inside a stream: its own status and code
-            return int(error.get("http_code") or 500), {"code": error.get("grpc_code", 0),
-                                                       "message": error.get("message", "")}
+            try:
+                error_status = int(error.get("http_code") or 500)
+            except (ValueError, TypeError):
+                error_status = 500
+            return error_status, {"code": error.get("grpc_code", 0), "message": error.get("message", "")}
         return status, answer
 
     @staticmethod

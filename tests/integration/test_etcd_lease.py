@@ -6,32 +6,49 @@ lease TTL down to 1 s, so the stores here use ttl 1 s. etcd notices an expired l
 
 Each test uses its own cluster name (key prefix) in the shared single-member etcd, so
 tests do not see each other's keys; the failover tests start their own three members.
+The tests of bad answers (4xx, garbage values) play etcd with an ``httpx.MockTransport``
+and need no etcd.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
-from collections.abc import AsyncIterator, Iterator
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import trio
 
 from daemon.lab.etcd import ETCD_BINARY, EtcdCluster
 from daemon.standby import Position
-from daemon.standby.etcd import MIN_LIVE_TTL, EtcdLeaseStore
-from daemon.standby.lease import Grant, LeaseConflict, LeaseLost, LeaseUnavailable
-
-pytestmark = pytest.mark.skipif(not EtcdCluster.available(), reason=f"etcd is not installed ({ETCD_BINARY} missing)")
+from daemon.standby.etcd import MIN_LIVE_TTL, SYNC_MARK_RETRIES, EtcdLeaseStore
+from daemon.standby.lease import (
+    Grant,
+    LeaseConflict,
+    LeaseError,
+    LeaseLost,
+    LeaseUnavailable,
+)
 
 TTL = 1.0
 TIMEOUT = 0.5
 _names = itertools.count()
 
 
+def need_etcd() -> None:
+    if not EtcdCluster.available():
+        pytest.skip(f"etcd is not installed ({ETCD_BINARY} missing)")
+
+
 @pytest.fixture(scope="module")
 def etcd1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    need_etcd()
     cluster = EtcdCluster.local(1, tmp_path_factory.mktemp("etcd1"))
     cluster.start()
     try:
@@ -43,6 +60,7 @@ def etcd1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
 @pytest.fixture
 def own_etcd1(tmp_path: Path) -> Iterator[EtcdCluster]:
     """A single member this test may stop, pause or kill."""
+    need_etcd()
     cluster = EtcdCluster.local(1, tmp_path / "etcd")
     cluster.start()
     try:
@@ -53,6 +71,7 @@ def own_etcd1(tmp_path: Path) -> Iterator[EtcdCluster]:
 
 @pytest.fixture
 def etcd3(tmp_path: Path) -> Iterator[EtcdCluster]:
+    need_etcd()
     cluster = EtcdCluster.local(3, tmp_path / "etcd")
     cluster.start()
     try:
@@ -63,15 +82,37 @@ def etcd3(tmp_path: Path) -> Iterator[EtcdCluster]:
 
 @asynccontextmanager
 async def stores(endpoints: list[str], *nodes: str, cluster: str | None = None, ttl: float = TTL,
-                 timeout: float = TIMEOUT) -> AsyncIterator[list[EtcdLeaseStore]]:
+                 timeout: float = TIMEOUT,
+                 transport: httpx.AsyncBaseTransport | None = None) -> AsyncIterator[list[EtcdLeaseStore]]:
     """One store per node, all on the same lease (a fresh cluster name unless given)."""
     name = cluster or f"t{next(_names)}"
-    made = [EtcdLeaseStore(list(endpoints), name, node, ttl, timeout) for node in nodes]
+    made = [EtcdLeaseStore(list(endpoints), name, node, ttl, timeout, transport=transport) for node in nodes]
     try:
         yield made
     finally:
         for store in made:
             await store.aclose()
+
+
+async def raw_put(etcd: EtcdCluster, key: str, value: bytes) -> None:
+    async with httpx.AsyncClient(trust_env=False) as client:
+        answer = await client.post(etcd.endpoints[0] + "/v3/kv/put", json={
+            "key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(value).decode()})
+        answer.raise_for_status()
+
+
+async def sync_kv(etcd: EtcdCluster, store: EtcdLeaseStore) -> dict[str, Any]:
+    async with httpx.AsyncClient(trust_env=False) as client:
+        answer = await client.post(etcd.endpoints[0] + "/v3/kv/range", json={
+            "key": base64.b64encode((store.base + "sync").encode()).decode()})
+        answer.raise_for_status()
+    kvs = answer.json().get("kvs") or []
+    assert len(kvs) == 1, kvs
+    return dict(kvs[0])
+
+
+async def sync_value(etcd: EtcdCluster, store: EtcdLeaseStore) -> Any:
+    return json.loads(base64.b64decode((await sync_kv(etcd, store))["value"]))
 
 
 async def wait_free(store: EtcdLeaseStore, limit: float) -> float:
@@ -221,23 +262,213 @@ async def test_renew_through_another_store_instance(etcd1: EtcdCluster) -> None:
 async def test_sync_mark_only_by_the_live_holder(etcd1: EtcdCluster) -> None:
     async with stores(etcd1.endpoints, "a", "b") as (a, b):
         grant = await a.acquire("a", 0)
-        await a.set_sync_mark("a", grant.epoch, "b")
+        await a.set_sync_mark("a", grant.epoch, "b", generation=1)
         assert (await b.read()).sync_node == "b"
 
+        with pytest.raises(LeaseLost, match="a holds the lease"):
+            await b.set_sync_mark("b", grant.epoch, None, generation=2)
         with pytest.raises(LeaseLost):
-            await b.set_sync_mark("b", grant.epoch, None)
-        with pytest.raises(LeaseLost):
-            await a.set_sync_mark("a", grant.epoch + 1, None)
+            await a.set_sync_mark("a", grant.epoch + 1, None, generation=1)
         assert (await b.read()).sync_node == "b"
 
-        await a.set_sync_mark("a", grant.epoch, None)
+        await a.set_sync_mark("a", grant.epoch, None, generation=2)
         assert (await b.read()).sync_node is None
-        await a.set_sync_mark("a", grant.epoch, "b")
+        await a.set_sync_mark("a", grant.epoch, "b", generation=3)
         await a.release("a", grant.epoch)
-        with pytest.raises(LeaseLost):
-            await a.set_sync_mark("a", grant.epoch, None)
+        with pytest.raises(LeaseLost, match="leader key is gone"):
+            await a.set_sync_mark("a", grant.epoch, None, generation=4)
         # The mark outlives the lease: the next holder learns who was in sync.
         assert (await b.read()).sync_node == "b"
+        assert await sync_value(etcd1, a) == {"node": "b", "epoch": grant.epoch, "generation": 3}
+
+
+async def test_sync_mark_on_a_fresh_store_is_refused(etcd1: EtcdCluster) -> None:
+    async with stores(etcd1.endpoints, "a") as (a,):
+        with pytest.raises(LeaseLost, match="leader key is gone"):
+            await a.set_sync_mark("a", 0, "b", generation=1)
+        assert (await a.read()).sync_node is None
+
+
+async def test_a_late_sync_mark_write_does_not_undo_a_later_one(etcd1: EtcdCluster) -> None:
+    async with stores(etcd1.endpoints, "a", "b") as (a, b):
+        grant = await a.acquire("a", 0)
+        await a.set_sync_mark("a", grant.epoch, "b", generation=2)
+        revision = (await sync_kv(etcd1, a))["mod_revision"]
+        await a.set_sync_mark("a", grant.epoch, None, generation=1)   # reaches etcd late: a no-op
+        assert (await b.read()).sync_node == "b"
+        await a.set_sync_mark("a", grant.epoch, "b", generation=2)    # the same write again: a no-op
+        kv = await sync_kv(etcd1, a)
+        assert kv["mod_revision"] == revision
+        assert json.loads(base64.b64decode(kv["value"])) == {"node": "b", "epoch": grant.epoch, "generation": 2}
+        await a.set_sync_mark("a", grant.epoch, None, generation=3)
+        assert (await b.read()).sync_node is None
+
+
+async def test_a_higher_epoch_beats_a_higher_generation(etcd1: EtcdCluster) -> None:
+    async with stores(etcd1.endpoints, "a", "b") as (a, b):
+        first = await a.acquire("a", 0)
+        await a.set_sync_mark("a", first.epoch, "b", generation=9)
+        await a.release("a", first.epoch)
+        second = await b.acquire("b", first.epoch)
+        await b.set_sync_mark("b", second.epoch, "a", generation=1)  # (E2, 1) > (E1, 9)
+        assert (await a.read()).sync_node == "a"
+        # The old primary's writes, arriving late, change nothing (a newer epoch won,
+        # and a no longer holds the lease).
+        with pytest.raises(LeaseLost, match="b holds the lease"):
+            await a.set_sync_mark("a", first.epoch, None, generation=10)
+        with pytest.raises(LeaseLost, match="b holds the lease"):
+            await a.set_sync_mark("a", first.epoch, "c", generation=9)
+        assert (await a.read()).sync_node == "a"
+        assert await sync_value(etcd1, a) == {"node": "a", "epoch": second.epoch, "generation": 1}
+
+
+async def test_sync_mark_reads_and_replaces_the_old_plain_format(etcd1: EtcdCluster) -> None:
+    async with stores(etcd1.endpoints, "a", "b") as (a, b):
+        await raw_put(etcd1, a.base + "sync", b"b")          # written by an older release
+        assert (await b.read()).sync_node == "b"
+        await raw_put(etcd1, a.base + "sync", b"")
+        assert (await b.read()).sync_node is None
+        await raw_put(etcd1, a.base + "sync", b"b")
+        grant = await a.acquire("a", 0)
+        await a.set_sync_mark("a", grant.epoch, None, generation=1)  # any stamp beats (0, 0)
+        assert (await b.read()).sync_node is None
+        assert await sync_value(etcd1, a) == {"node": None, "epoch": grant.epoch, "generation": 1}
+
+
+async def test_an_unreadable_sync_mark_fails_reads_until_the_holder_replaces_it(etcd1: EtcdCluster) -> None:
+    async with stores(etcd1.endpoints, "a", "b") as (a, b):
+        grant = await a.acquire("a", 0)
+        await raw_put(etcd1, a.base + "sync", b'{"node": "b", "epoch": "x"}')
+        with pytest.raises(LeaseUnavailable, match=f"key {a.base}sync: value is 'epoch' is not") as failed:
+            await b.read()
+        assert etcd1.endpoints[0] in str(failed.value)
+        await a.set_sync_mark("a", grant.epoch, "b", generation=1)
+        assert (await b.read()).sync_node == "b"
+
+
+def is_write_txn(request: httpx.Request) -> bool:
+    """A txn with compares (the read-only txn that reads leader and sync has none)."""
+    return request.url.path == "/v3/kv/txn" and bool(json.loads(request.content).get("compare"))
+
+
+class Meddler(httpx.AsyncBaseTransport):
+    """Real HTTP to etcd, but ``before_txn(n)`` runs before the store's n-th write txn is
+    sent (another writer getting in between the store's read and its txn)."""
+
+    def __init__(self, before_txn: Callable[[int], Awaitable[None]]) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.before_txn = before_txn
+        self.txns = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if is_write_txn(request):
+            self.txns += 1
+            await self.before_txn(self.txns)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_sync_mark_retries_when_the_sync_key_moved(etcd1: EtcdCluster) -> None:
+    async with stores(etcd1.endpoints, "a") as (a,):
+        grant = await a.acquire("a", 0)
+
+        async def earlier_write_lands(n: int) -> None:
+            if n == 1:
+                await a.set_sync_mark("a", grant.epoch, "x", generation=1)
+
+        meddler = Meddler(earlier_write_lands)
+        async with stores(etcd1.endpoints, "a", cluster=a.cluster, transport=meddler) as (m,):
+            await m.set_sync_mark("a", grant.epoch, "b", generation=2)
+        assert meddler.txns == 2
+        assert await sync_value(etcd1, a) == {"node": "b", "epoch": grant.epoch, "generation": 2}
+
+
+async def test_sync_mark_gives_up_when_the_sync_key_keeps_moving(etcd1: EtcdCluster) -> None:
+    async with stores(etcd1.endpoints, "a") as (a,):
+        grant = await a.acquire("a", 0)
+
+        async def another_write_lands(n: int) -> None:
+            await a.set_sync_mark("a", grant.epoch, f"x{n}", generation=n)
+
+        meddler = Meddler(another_write_lands)
+        async with stores(etcd1.endpoints, "a", cluster=a.cluster, transport=meddler) as (m,):
+            with pytest.raises(LeaseUnavailable, match=f"key {a.base}sync changed") as failed:
+                await m.set_sync_mark("a", grant.epoch, "b", generation=100)
+        assert etcd1.endpoints[0] in str(failed.value)
+        assert meddler.txns == 1 + SYNC_MARK_RETRIES
+        assert (await a.read()).sync_node == f"x{1 + SYNC_MARK_RETRIES}"
+
+
+async def test_sync_mark_lost_between_read_and_txn(etcd1: EtcdCluster) -> None:
+    async with stores(etcd1.endpoints, "a") as (a,):
+        grant = await a.acquire("a", 0)
+
+        async def lease_released(n: int) -> None:
+            await a.release("a", grant.epoch)
+
+        meddler = Meddler(lease_released)
+        async with stores(etcd1.endpoints, "a", cluster=a.cluster, transport=meddler) as (m,):
+            with pytest.raises(LeaseLost, match="leader key is gone"):
+                await m.set_sync_mark("a", grant.epoch, "b", generation=1)
+        assert meddler.txns == 1
+        assert (await a.read()).sync_node is None
+
+
+class AppliedThenDropped(httpx.AsyncBaseTransport):
+    """Real HTTP to etcd, but the answer to the first txn is lost (the endpoint died
+    after etcd applied it): the store resends it to the next endpoint."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.txns = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if is_write_txn(request):
+            self.txns += 1
+            if self.txns == 1:
+                await response.aread()
+                raise httpx.ReadError("connection reset (test)", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_resent_sync_mark_write_is_recognised(etcd1: EtcdCluster) -> None:
+    async with stores(etcd1.endpoints, "a") as (a,):
+        grant = await a.acquire("a", 0)
+        dropper = AppliedThenDropped()
+        endpoint = etcd1.endpoints[0]
+        async with stores([endpoint, endpoint], "a", cluster=a.cluster, transport=dropper) as (m,):
+            await m.set_sync_mark("a", grant.epoch, "b", generation=1)
+        assert dropper.txns == 2
+        assert await sync_value(etcd1, a) == {"node": "b", "epoch": grant.epoch, "generation": 1}
+
+
+async def test_concurrent_sync_mark_writes_keep_the_newest(etcd1: EtcdCluster) -> None:
+    async with stores(etcd1.endpoints, "a", "a", "a", "a") as writers:
+        grant = await writers[0].acquire("a", 0)
+        done: dict[int, BaseException | None] = {}
+
+        async def write(generation: int) -> None:
+            store = writers[generation % len(writers)]
+            try:
+                await store.set_sync_mark("a", grant.epoch, f"n{generation}", generation=generation)
+                done[generation] = None
+            except LeaseUnavailable as e:  # the key kept moving: allowed, the caller retries
+                done[generation] = e
+
+        async with trio.open_nursery() as nursery:
+            for generation in range(1, 9):
+                nursery.start_soon(write, generation)
+        succeeded = [g for g, e in done.items() if e is None]
+        assert succeeded
+        stored = await sync_value(etcd1, writers[0])
+        assert stored["generation"] >= max(succeeded)
+        assert stored["node"] == f"n{stored['generation']}"
 
 
 async def test_member_reports_round_trip(etcd1: EtcdCluster) -> None:
@@ -372,3 +603,211 @@ async def test_a_hung_member_is_skipped_after_one_timeout(etcd3: EtcdCluster) ->
             assert (await a.read()).holder == "a"
         finally:
             etcd3.resume(hung)
+
+
+# --------------------------------------------------------------------------- bad answers (no etcd)
+
+MOCK = "http://etcd.invalid:2379"
+BASE = "/lifeline/m/"
+
+
+def b64(data: str | bytes) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def mock_kv(key: str, value: str | bytes, **fields: str) -> dict[str, str]:
+    """A kv as etcd's gateway answers it (the value as given, base64-encoded unless
+    ``raw_value`` gives the base64 text itself)."""
+    kv = {"key": b64(BASE + key), "create_revision": "5", "mod_revision": "5", "version": "1"}
+    kv["value"] = fields.pop("raw_value", None) or b64(value)
+    kv.update(fields)
+    return kv
+
+
+def good_kvs() -> list[dict[str, str]]:
+    return [
+        mock_kv("last", json.dumps({"holder": "a"})),
+        mock_kv("leader", "a", lease="7"),
+        mock_kv("sync", json.dumps({"node": "b", "epoch": 5, "generation": 1}), mod_revision="6"),
+        mock_kv("members/b", json.dumps({"epoch": 5, "seq": 3, "seen_epoch": 5})),
+    ]
+
+
+def fake_etcd(kvs: list[dict[str, str]] | None = None,
+              special: Callable[[str], httpx.Response | None] | None = None) -> httpx.MockTransport:
+    """Plays etcd's gateway: ranges answer ``kvs``; ``special(path)`` may answer first."""
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if special is not None and (answer := special(path)) is not None:
+            return answer
+        header = {"cluster_id": "1", "member_id": "1", "revision": "9", "raft_term": "2"}
+        if path == "/v3/kv/range":
+            return httpx.Response(200, json={"header": header, "kvs": kvs or [], "count": str(len(kvs or []))})
+        if path == "/v3/kv/txn":
+            leader = [kv for kv in kvs or [] if kv["key"] == b64(BASE + "leader")]
+            return httpx.Response(200, json={"header": header, "succeeded": True,
+                                             "responses": [{"response_range": {"header": header, "kvs": leader}}]})
+        if path in ("/v3/lease/grant", "/v3/lease/timetolive"):
+            return httpx.Response(200, json={"header": header, "ID": "7", "TTL": "1", "grantedTTL": "1"})
+        if path == "/v3/lease/keepalive":
+            return httpx.Response(200, text=json.dumps({"result": {"header": header, "ID": "7", "TTL": "1"}}) + "\n")
+        if path in ("/v3/kv/put", "/v3/lease/revoke"):
+            return httpx.Response(200, json={"header": header})
+        return httpx.Response(404, text="404 page not found\n")
+    return httpx.MockTransport(handle)
+
+
+def mock_store(transport: httpx.MockTransport) -> EtcdLeaseStore:
+    return EtcdLeaseStore([MOCK], "m", "a", TTL, TIMEOUT, transport=transport)
+
+
+AUTH_REFUSAL = httpx.Response(401, json={"error": "etcdserver: user name is empty", "code": 16,
+                                         "message": "etcdserver: user name is empty"})
+
+CALLS: dict[str, Callable[[EtcdLeaseStore], Awaitable[Any]]] = {
+    "read": lambda s: s.read(),
+    "acquire": lambda s: s.acquire("a", 0),
+    "renew": lambda s: s.renew("a", 5),
+    "release": lambda s: s.release("a", 5),
+    "set_sync_mark": lambda s: s.set_sync_mark("a", 5, "b", generation=2),
+    "report": lambda s: s.report("a", Position(5, 3), 5),
+}
+
+
+async def test_mock_good_answer_reads() -> None:
+    store = mock_store(fake_etcd(good_kvs()))
+    try:
+        state = await store.read()
+    finally:
+        await store.aclose()
+    assert (state.holder, state.epoch, state.sync_node, state.last_holder) == ("a", 5, "b", "a")
+    assert [m.node for m in state.members] == ["b"]
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+async def test_auth_refusal_is_unavailable(call: str) -> None:
+    store = mock_store(fake_etcd(good_kvs(), special=lambda path: AUTH_REFUSAL))
+    try:
+        with pytest.raises(LeaseUnavailable, match="user name is empty") as failed:
+            await CALLS[call](store)
+    finally:
+        await store.aclose()
+    assert MOCK in str(failed.value) and "401" in str(failed.value)
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+async def test_a_body_that_is_not_json_is_unavailable(call: str) -> None:
+    store = mock_store(fake_etcd(special=lambda path: httpx.Response(200, text="<html>proxy says hi</html>")))
+    try:
+        with pytest.raises(LeaseUnavailable, match="not a JSON object") as failed:
+            await CALLS[call](store)
+    finally:
+        await store.aclose()
+    assert MOCK in str(failed.value)
+
+
+@pytest.mark.parametrize(("key", "kv", "problem"), [
+    ("leader", mock_kv("leader", b"\xff\xfe", lease="7"), "value is not UTF-8"),
+    ("leader", mock_kv("leader", "", raw_value="!!not base64!!", lease="7"), "value is not base64"),
+    ("leader", mock_kv("leader", "a", lease="seven"), "field 'lease' is not an integer"),
+    ("leader", mock_kv("leader", "a", lease="7", create_revision="x"), "field 'create_revision' is not an integer"),
+    ("last", mock_kv("last", "not json"), "value is not JSON"),
+    ("last", mock_kv("last", b"\x80"), "value is not UTF-8"),
+    ("last", mock_kv("last", json.dumps(["a"])), 'no "holder"'),
+    ("last", mock_kv("last", json.dumps({"holder": "a"}), mod_revision="5.5"), "field 'mod_revision'"),
+    ("sync", mock_kv("sync", b"\xc3"), "value is not UTF-8"),
+    ("sync", mock_kv("sync", "{broken"), "value is not JSON"),
+    ("sync", mock_kv("sync", json.dumps({"node": 3, "epoch": 1, "generation": 1})), '"node" is neither'),
+    ("sync", mock_kv("sync", json.dumps({"node": "b", "epoch": 1})), "'generation' is not"),
+])
+async def test_an_unreadable_lease_key_fails_the_read(key: str, kv: dict[str, str], problem: str) -> None:
+    kvs = [k for k in good_kvs() if k["key"] != kv["key"]] + [kv]
+    store = mock_store(fake_etcd(kvs))
+    try:
+        with pytest.raises(LeaseUnavailable) as failed:
+            await store.read()
+    finally:
+        await store.aclose()
+    message = str(failed.value)
+    assert MOCK in message and f"key {BASE}{key}" in message and problem in message, message
+
+
+async def test_a_non_utf8_leader_fails_renew_and_sync_mark() -> None:
+    kvs = [k for k in good_kvs() if k["key"] != b64(BASE + "leader")] + [mock_kv("leader", b"\xff", lease="7")]
+
+    def txn_refused(path: str) -> httpx.Response | None:
+        if path == "/v3/kv/txn":  # the failure branch reads back leader and sync
+            ranges = [{"response_range": {"kvs": [kv]}} for kv in kvs if kv["key"] in
+                      (b64(BASE + "leader"), b64(BASE + "sync"))]
+            return httpx.Response(200, json={"header": {"revision": "9"}, "responses": ranges})
+        return None
+
+    store = mock_store(fake_etcd(kvs, special=txn_refused))
+    try:
+        for call in (lambda: store.renew("a", 5), lambda: store.set_sync_mark("a", 5, None, generation=2)):
+            with pytest.raises(LeaseUnavailable, match=f"{MOCK}: key {BASE}leader: value is not UTF-8"):
+                await call()
+    finally:
+        await store.aclose()
+
+
+async def test_unreadable_member_reports_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    kvs = good_kvs() + [
+        mock_kv("members/c", "{not json"),
+        mock_kv("members/d", b"\xff\xff"),
+        mock_kv("members/e", "", raw_value="%%%"),
+        mock_kv("members/f", json.dumps([1, 2, 3])),
+        mock_kv("members/g", json.dumps({"epoch": "x", "seq": 1, "seen_epoch": 1})),
+        mock_kv("members/h", json.dumps({"epoch": 1})),
+    ]
+    store = mock_store(fake_etcd(kvs))
+    try:
+        with caplog.at_level(logging.WARNING):
+            state = await store.read()
+    finally:
+        await store.aclose()
+    assert [m.node for m in state.members] == ["b"]
+    assert (state.holder, state.sync_node) == ("a", "b")
+    skipped = sorted(r.fields["node"] for r in caplog.records if getattr(r, "event", "") == "member.unreadable")
+    assert skipped == ["c", "d", "e", "f", "g", "h"]
+
+
+LEADER = b64(BASE + "leader")
+JUNK_BODIES = [
+    "", "null", "[]", "42", '"text"', "{", "{}", "[" * 100_000, "<html>Bad Gateway</html>",
+    *(json.dumps(doc) for doc in [
+        {"kvs": 5}, {"kvs": [1, "x", None]}, {"kvs": [{"key": 5}]}, {"kvs": [{"key": "!!"}]},
+        {"kvs": [{"key": LEADER, "value": 7}]}, {"kvs": [{"key": LEADER, "value": "YQ==", "lease": []}]},
+        {"kvs": [{"key": LEADER, "value": "YQ==", "lease": "7", "create_revision": {}}]},
+        {"result": 1}, {"result": {"TTL": {}}}, {"error": {"http_code": "x", "grpc_code": "y"}},
+        {"error": "x", "code": "sixteen"}, {"succeeded": True, "header": "x"}, {"succeeded": True},
+        {"succeeded": True, "header": {"revision": "r"}}, {"ID": "zz", "TTL": "1"}, {"ID": "7", "TTL": True},
+        {"ID": "7", "TTL": "1"}, {"responses": 3}, {"responses": [{"response_range": {"kvs": 1}}]},
+        {"responses": [{"response_range": {"kvs": [{"key": "!!"}]}}]},
+        {"responses": [{"response_range": {"kvs": [{"key": LEADER, "value": "/w=="}]}}]},
+        {"responses": [{"response_range": {"kvs": [{"key": b64(BASE + "sync"), "value": "/w==",
+                                                     "mod_revision": "x"}]}}]},
+    ]),
+]
+PATHS = ["/v3/kv/range", "/v3/kv/txn", "/v3/kv/put", "/v3/lease/grant", "/v3/lease/keepalive",
+         "/v3/lease/timetolive", "/v3/lease/revoke"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("status", [200, 400, 401, 404, 500])
+async def test_junk_answers_only_ever_raise_lease_errors(path: str, status: int) -> None:
+    """Whatever etcd (or something in front of it) answers on ``path``, every call
+    either works or fails with a LeaseError: never another exception, which would
+    crash the daemon."""
+    for body in JUNK_BODIES:
+        def junk(asked: str, body: str = body) -> httpx.Response | None:
+            return httpx.Response(status, text=body) if asked == path else None
+
+        for call in CALLS.values():
+            store = mock_store(fake_etcd(good_kvs(), special=junk))
+            try:
+                await call(store)
+            except LeaseError:
+                pass
+            finally:
+                await store.aclose()
