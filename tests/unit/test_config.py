@@ -800,3 +800,59 @@ def test_cli_config_show_bad_file(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert f"{path}: log.levl: unknown key" in result.stderr
+
+
+# ------------------------------------------------------------------------- the lease
+
+LEASED = MINIMAL + '''
+[standby]
+key_file = "k"
+peer = "10.0.0.2:7470"
+
+[standby.lease]
+backend = "witness"
+witness = "10.0.0.3:7480"
+'''
+
+
+def test_a_leased_pair_loads_with_the_default_timings(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, LEASED))
+    assert config.standby is not None and config.standby.role is None
+    lease = config.standby.lease
+    assert lease is not None and lease.timings().problems() == []
+    assert (lease.timings().ttl, lease.timings().renew, lease.timings().safety_margin) == (1.5, 0.5, 0.3)
+
+
+@pytest.mark.parametrize(("extra", "key", "fragments"), [
+    ('ttl = "1s"\nrenew_interval = "500ms"', "standby.lease.renew_interval",
+     ("renew_interval + 2 * retry_timeout must be <= ttl", "raise ttl to at least 1.5s")),
+    ('safety_margin = "10ms"\nmax_clock_rate_error = 0.01', "standby.lease.safety_margin",
+     ("must exceed 2 * max_clock_rate_error * ttl", "raise safety_margin")),
+    ('watchdog = "required"\nwatchdog_timeout = "2s"', "standby.lease.watchdog_timeout",
+     ("below ttl - safety_margin", "lower watchdog_timeout or raise ttl")),
+    ('watchdog = "optional"\nwatchdog_timeout = "500ms"', "standby.lease.watchdog_timeout", ("whole seconds",)),
+    ('on_primary = ["notify-send", "x"]', "standby.lease.on_primary", ("absolute path", "no shell")),
+])
+def test_lease_timing_and_hook_problems_name_the_value_to_change(
+        tmp_path: Path, extra: str, key: str, fragments: tuple[str, ...]) -> None:
+    problem = only_problem(tmp_path, LEASED + extra + "\n")
+    assert_names(problem, key, *fragments)
+
+
+def test_a_fixed_role_next_to_a_lease_is_refused(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, LEASED.replace('key_file = "k"', 'key_file = "k"\nrole = "primary"'))
+    assert_names(problem, "standby.role", "the lease decides the role", "two primaries")
+
+
+def test_a_lease_needs_its_store_and_the_peer(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, LEASED.replace('witness = "10.0.0.3:7480"\n', "")
+                                 .replace('peer = "10.0.0.2:7470"\n', "")))
+    assert any(": standby.lease.witness: required" in p for p in problems), problems
+    assert any(": standby.peer: required with [standby.lease]" in p for p in problems), problems
+    etcd = LEASED.replace('backend = "witness"', 'backend = "etcd"\netcd_endpoints = ["10.0.0.5:2379"]')
+    assert_names(only_problem(tmp_path, etcd), "standby.lease.etcd_endpoints", "http://HOST:PORT")
+
+
+def test_neither_role_nor_lease_is_refused(tmp_path: Path) -> None:
+    text = MINIMAL + '[standby]\nkey_file = "k"\n'
+    assert_names(only_problem(tmp_path, text), "standby.role", "or add a [standby.lease] table")
