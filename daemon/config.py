@@ -37,6 +37,9 @@ else:  # pragma: no cover - Python 3.10 and older
 
 DEFAULT_CONFIG_PATH = Path("/etc/lifeline/lifeline.toml")
 
+#: Longest path a unix socket can bind to (sun_path is 108 bytes, NUL included).
+UNIX_PATH_MAX = 107
+
 
 class ConfigError(Exception):
     """The config cannot be used. ``problems`` holds one line per problem, each naming
@@ -178,6 +181,10 @@ class ControlConfig:
         return int(self.mode, 8)
 
     def validate(self) -> list[tuple[str, str]]:
+        length = len(str(self.socket).encode())
+        if length > UNIX_PATH_MAX:
+            return [("socket", f"{length} bytes is too long for a unix socket path (the kernel's limit is "
+                               f"{UNIX_PATH_MAX}): choose a shorter path, e.g. /run/lifeline/control.sock")]
         if not re.fullmatch(r"0?[0-7]{3}", self.mode):
             return [("mode", f'expected octal permission bits such as "0660", found {self.mode!r}')]
         if self.mode_bits & 0o600 != 0o600:

@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import hashlib
 import json
 import random
 import shutil
@@ -226,12 +227,22 @@ class Node:
     killed_ns: int | None = None
 
     @property
+    def run_dir(self) -> Path:
+        """The runtime directory (control socket): under the node's files when the path
+        is short enough for a unix socket, else in a short one of its own."""
+        run = self.root / "run"
+        if len(str(run / "control.sock").encode()) <= 100:
+            return run
+        digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"llp-run-{digest}"
+
+    @property
     def socket(self) -> Path:
-        return self.root / "run" / "control.sock"
+        return self.run_dir / "control.sock"
 
     def config(self) -> dict[str, Any]:
         return {
-            "node": {"name": self.name, "state_dir": str(self.root / "state"), "runtime_dir": str(self.root / "run")},
+            "node": {"name": self.name, "state_dir": str(self.root / "state"), "runtime_dir": str(self.run_dir)},
             "log": {"level": "info"},
             "control": {"socket": str(self.socket), "group": ""},
             "metrics": {"enabled": False},

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,11 @@ class NotifyListener:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._own_dir: Path | None = None
+        if len(str(self.path).encode()) > 100:
+            # A deep work directory: bind in a short one instead (sun_path holds 108 bytes).
+            self._own_dir = Path(tempfile.mkdtemp(prefix="lifeline-notify-"))
+            self.path = self._own_dir / "notify.sock"
         self.path.unlink(missing_ok=True)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.path))
@@ -88,6 +94,8 @@ class NotifyListener:
     def close(self) -> None:
         self.sock.close()
         self.path.unlink(missing_ok=True)
+        if self._own_dir is not None:
+            self._own_dir.rmdir()
 
 
 @dataclass

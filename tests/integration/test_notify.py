@@ -134,3 +134,17 @@ async def test_supervisor_notifies_in_order_and_watchdog_stops_while_the_loop_is
         assert 0.05 <= normal <= 0.3, f"median ping gap {normal:.3f}s, expected ~0.1s"
     finally:
         listener.close()
+
+
+def test_the_notify_listener_binds_a_short_path_when_the_work_directory_is_deep(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    listener = NotifyListener(deep / "notify.sock")
+    try:
+        assert len(str(listener.path).encode()) <= 100
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+            client.sendto(b"READY=1", str(listener.path))
+        assert listener.wait_for("READY", "1", timeout=2) is not None
+    finally:
+        listener.close()
+    assert not listener.path.parent.exists()

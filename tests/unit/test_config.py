@@ -856,3 +856,9 @@ def test_a_lease_needs_its_store_and_the_peer(tmp_path: Path) -> None:
 def test_neither_role_nor_lease_is_refused(tmp_path: Path) -> None:
     text = MINIMAL + '[standby]\nkey_file = "k"\n'
     assert_names(only_problem(tmp_path, text), "standby.role", "or add a [standby.lease] table")
+
+
+def test_a_control_socket_path_too_long_for_the_kernel_is_refused(tmp_path: Path) -> None:
+    deep = "/run/" + "x" * 120 + "/control.sock"
+    problem = only_problem(tmp_path, MINIMAL + f'[control]\nsocket = "{deep}"\n')
+    assert_names(problem, "control.socket", "too long for a unix socket path", "choose a shorter path")
