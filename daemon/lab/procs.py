@@ -9,6 +9,7 @@ it with SIGTERM, recording how long each took and the exit code.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -95,7 +96,7 @@ class NotifyListener:
         self.sock.close()
         self.path.unlink(missing_ok=True)
         if self._own_dir is not None:
-            self._own_dir.rmdir()
+            shutil.rmtree(self._own_dir, ignore_errors=True)
 
 
 @dataclass
