@@ -54,6 +54,13 @@ class Daemon:
             self.standby = StandbyService(config, self.bus)
             self.standby.register_control(self.control)
             services.append(self.standby)
+        self.recovery: Any = None
+        if config.recovery is not None:
+            from recovery.service import RecoveryService
+
+            self.recovery = RecoveryService(config, self.bus, uplinks=self.uplinks, standby=self.standby)
+            self.recovery.register_control(self.control)
+            services.append(self.recovery)
         self.metrics: MetricsServer | None = None
         if config.metrics.enabled:
             host, port = config.metrics.host_port

@@ -539,6 +539,19 @@ class StandbyConfig:
 
 
 @dataclass(frozen=True)
+class RecoveryConfig:
+    playbooks: Path = option(Path("/etc/lifeline/playbooks"),
+                             doc="Directory of signed playbooks (NAME.toml with NAME.toml.sig beside it).")
+    keyring: Path = option(Path("/etc/lifeline/keyring.toml"),
+                           doc="Trusted signing keys, the threshold (m of n), revocations, the exec allow-list.")
+    triggers: bool = option(True, doc="Start a playbook when an event matches one of its triggers (false: by "
+                            "hand only, `lifeline playbook run`).")
+    on_busy: Literal["refuse", "wait"] = option(
+        "refuse", doc='A second playbook while one runs: "refuse" it (logged, audited) or "wait" for the first.')
+    audit_log: Path | None = option(None, doc="The hash-chained audit log (default STATE_DIR/recovery/audit.jsonl).")
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeConfig = option(doc="This host.")
     log: LogConfig = option(factory=LogConfig, doc="Logging.")
@@ -551,6 +564,7 @@ class Config:
     )
     failover: FailoverConfig = option(factory=FailoverConfig, doc="Choosing the active uplink and moving the route.")
     standby: StandbyConfig | None = option(None, doc="The replicated execution journal (absent: no journal).")
+    recovery: RecoveryConfig | None = option(None, doc="Signed recovery playbooks (absent: none run).")
 
     def validate(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []

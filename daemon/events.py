@@ -476,3 +476,75 @@ class DivergentTailSaved(Event):
     to_seq: int
     file: str
     severity: ClassVar[str] = "warning"
+
+
+# --- recovery playbooks (recovery/service.py) ------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlaybookRefused(Event):
+    """A playbook failed verification (or was not allowed to run): no step ran."""
+
+    playbook: str
+    reason: str
+    message: str
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlaybookStarted(Event):
+    playbook: str
+    version: int
+    trigger: str
+    dry_run: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlaybookFinished(Event):
+    playbook: str
+    version: int
+    outcome: str
+    duration_ms: float
+
+    @property
+    def severity(self) -> str:  # type: ignore[override]
+        return "info" if self.outcome in ("succeeded", "dry_run") else "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlaybookNotice(Event):
+    """A playbook's ``notify`` step: a message for the operators."""
+
+    playbook: str
+    message: str
+    level: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineHaltRequested(Event):
+    """Stop sending orders (a playbook's ``engine.halt``); the journal refuses appends
+    until ``EngineResumeRequested``."""
+
+    reason: str
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineResumeRequested(Event):
+    reason: str
+
+
+# --- hardware (issue 8 publishes these; defined here so playbooks can name them) ---------
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpsOnBattery(Event):
+    device: str
+    runtime_s: float | None = None
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnclosureOpened(Event):
+    device: str
+    severity: ClassVar[str] = "warning"

@@ -123,6 +123,8 @@ class StandbyService:
         self.leadership: Any = None
         #: Appends are accepted only while this is True (primary, replication serving).
         self.accepting = False
+        #: Set by a playbook's engine.halt: appends are refused until engine.resume.
+        self.halted: str | None = None
         self.epoch = 0
         self.appends = 0
         self.in_doubt = 0
@@ -330,6 +332,9 @@ class StandbyService:
                 self.leadership is not None and not self.leadership.may_trade()):
             raise ControlError("not_primary", f"this host ({self.config.node.name}) is {self.role}, not an "
                                               "accepting primary; append on the primary (nothing was written)")
+        if self.halted is not None:
+            raise ControlError("halted", f"trading is halted ({self.halted}); a playbook's engine.resume or an "
+                                         "operator lifts it (nothing was written)")
         payloads = payloads_from_params(params)
         replication = self.replication
         try:

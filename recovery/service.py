@@ -1,0 +1,402 @@
+"""The recovery service: signed playbooks run by the daemon, on events or by hand.
+
+Every run starts with a full verification of the playbook *as it is on disk now*
+(signatures over its exact bytes, threshold, revocations, expiry, anti-rollback,
+name): a file changed after start-up, a key revoked since, an expiry that passed — all
+refuse the run before a single step. Verification results, starts, steps and ends go
+to the hash-chained audit log (:mod:`recovery.audit`).
+
+The built-in actions act on the daemon's own services (:class:`DaemonActionRunner`):
+
+``uplink.use`` / ``uplink.auto``  pin an uplink / back to automatic choice.
+``standby.promote``  allow this node to take a free lease (``accept_loss`` must be
+    true when it may lack acknowledged records; it never steals a live lease) and lift
+    a block set by ``standby.demote``.
+``standby.demote``   step down: fence, give the lease back, and do not take it again
+    until ``standby.promote``.
+``engine.halt`` / ``engine.resume``  the journal refuses appends while halted
+    (``EngineHaltRequested`` / ``EngineResumeRequested`` tell the engine).
+``venue.cancel_all``  needs the venues (issue 9): fails with a clear message until then.
+``notify``   a ``PlaybookNotice`` event and a log line.
+``wait_for`` an event (with ``where`` equality on its fields) within a timeout.
+``exec``     an argv (no shell), its program on the keyring's allow-list (checked at
+    verification), killed at the step's timeout.
+
+Control methods: ``playbook.list``, ``playbook.run {"name", "dry_run"}``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import trio
+
+from daemon.config import Config
+from daemon.control_client import ControlError
+from daemon.events import (
+    EngineHaltRequested,
+    EngineResumeRequested,
+    Event,
+    EventBus,
+    PlaybookFinished,
+    PlaybookNotice,
+    PlaybookRefused,
+    PlaybookStarted,
+)
+from daemon.log import get_logger
+from daemon.service import MetricFamily, ServiceStatus
+
+log = get_logger("recovery")
+
+
+def _now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class DaemonActionRunner:
+    """The built-in actions, carried out on this daemon's services."""
+
+    def __init__(self, bus: EventBus, *, uplinks: Any = None, standby: Any = None) -> None:
+        self.bus = bus
+        self.uplinks = uplinks
+        self.standby = standby
+        self.playbook = ""  # the running playbook's name (for notices)
+
+    async def run(self, action: str, args: dict[str, Any], *, dry_run: bool) -> str:
+        from recovery.executor import ActionFailed
+
+        handler = getattr(self, "_" + action.replace(".", "_"), None)
+        if handler is None:
+            raise ActionFailed(f"no such action {action!r}")
+        try:
+            return str(await handler(args, dry_run))
+        except ActionFailed:
+            raise
+        except ControlError as exc:
+            raise ActionFailed(f"{action}: {exc}") from None
+
+    # ------------------------------------------------------------------ actions
+
+    def _need_uplinks(self) -> Any:
+        from recovery.executor import ActionFailed
+
+        if self.uplinks is None:
+            raise ActionFailed("this daemon has no [uplinks] configured")
+        return self.uplinks
+
+    def _need_leadership(self) -> Any:
+        from recovery.executor import ActionFailed
+
+        leadership = getattr(self.standby, "leadership", None)
+        if leadership is None:
+            raise ActionFailed("this daemon has no [standby.lease]: roles do not move")
+        return leadership
+
+    async def _uplink_use(self, args: dict[str, Any], dry_run: bool) -> str:
+        uplinks = self._need_uplinks()
+        name = args["name"]
+        if name not in uplinks.uplinks:
+            from recovery.executor import ActionFailed
+
+            raise ActionFailed(f"no uplink {name!r}; configured: {', '.join(uplinks.uplinks)}")
+        if dry_run:
+            return f"would pin the uplink {name}"
+        await uplinks.use(name)
+        return f"pinned {name}; active: {uplinks.policy.active if uplinks.policy else '?'}"
+
+    async def _uplink_auto(self, args: dict[str, Any], dry_run: bool) -> str:
+        uplinks = self._need_uplinks()
+        if dry_run:
+            return "would return to automatic uplink choice"
+        await uplinks.auto()
+        return f"automatic choice; active: {uplinks.policy.active if uplinks.policy else '?'}"
+
+    async def _standby_promote(self, args: dict[str, Any], dry_run: bool) -> str:
+        leadership = self._need_leadership()
+        accept = bool(args.get("accept_loss", False))
+        if dry_run:
+            return f"would allow this node to take a free lease (accept_loss={accept})"
+        machine = leadership.machine
+        if machine is not None and machine.blocked is not None:
+            leadership._apply(machine.allow_primary(trio.current_time()))
+        if not accept:
+            return "block lifted; this node takes the lease by the usual rules"
+        result = leadership.operator_promote(True)
+        if not result.get("accepted"):
+            from recovery.executor import ActionFailed
+
+            raise ActionFailed(f"promotion refused: {result.get('reason')}")
+        return f"override accepted: {result.get('reason')}"
+
+    async def _standby_demote(self, args: dict[str, Any], dry_run: bool) -> str:
+        leadership = self._need_leadership()
+        if dry_run:
+            return "would fence this node, give the lease back and stay standby until standby.promote"
+        machine = leadership.machine
+        if machine is None:
+            from recovery.executor import ActionFailed
+
+            raise ActionFailed("the role machine has not started")
+        leadership._apply(machine.refuse_primary(f"demoted by playbook {self.playbook}", trio.current_time()))
+        return f"demoted: {machine.role.value}"
+
+    async def _engine_halt(self, args: dict[str, Any], dry_run: bool) -> str:
+        reason = args.get("reason") or f"playbook {self.playbook}"
+        if dry_run:
+            return f"would halt the engine ({reason})"
+        if self.standby is not None:
+            self.standby.halted = reason
+        self.bus.publish(EngineHaltRequested(source="recovery", reason=reason))
+        return f"engine halted: {reason}"
+
+    async def _engine_resume(self, args: dict[str, Any], dry_run: bool) -> str:
+        if dry_run:
+            return "would resume the engine"
+        if self.standby is not None:
+            self.standby.halted = None
+        self.bus.publish(EngineResumeRequested(source="recovery", reason=f"playbook {self.playbook}"))
+        return "engine resumed"
+
+    async def _venue_cancel_all(self, args: dict[str, Any], dry_run: bool) -> str:
+        from recovery.executor import ActionFailed
+
+        raise ActionFailed(f"venue.cancel_all {args.get('venue')}: venues are not configured in this daemon yet")
+
+    async def _notify(self, args: dict[str, Any], dry_run: bool) -> str:
+        message = str(args["message"])
+        level = str(args.get("level", "warning"))
+        if dry_run:
+            return f"would notify: {message}"
+        self.bus.publish(PlaybookNotice(source="recovery", playbook=self.playbook, message=message, level=level))
+        return f"notified: {message}"
+
+    async def _wait_for(self, args: dict[str, Any], dry_run: bool) -> str:
+        from recovery.executor import ActionFailed
+
+        kind = str(args["event"])
+        where = dict(args.get("where") or {})
+        timeout = float(args.get("timeout", 30.0))
+        if dry_run:
+            return f"would wait up to {timeout:g}s for {kind} {where or ''}".rstrip()
+        with self.bus.subscribe("playbook-wait", kinds={kind}) as sub:
+            with trio.move_on_after(timeout):
+                async for event in sub:
+                    fields = event.to_dict()
+                    if all(fields.get(k) == v for k, v in where.items()):
+                        return f"{kind} seen"
+        raise ActionFailed(f"no {kind} {where or ''} within {timeout:g}s")
+
+    async def _exec(self, args: dict[str, Any], dry_run: bool) -> str:
+        from recovery.executor import ActionFailed
+
+        argv = [str(a) for a in args["argv"]]
+        if dry_run:
+            return f"would run {argv}"
+        try:
+            result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False,
+                                            start_new_session=True)
+        except OSError as exc:
+            raise ActionFailed(f"{argv[0]}: {exc.strerror or exc}") from None
+        tail = (result.stdout + result.stderr).decode(errors="replace").strip().splitlines()[-3:]
+        if result.returncode != 0:
+            raise ActionFailed(f"{argv[0]} exited {result.returncode}: {' | '.join(tail)}")
+        return f"{argv[0]} exited 0" + (f": {' | '.join(tail)}" if tail else "")
+
+    # ------------------------------------------------------------------ preconditions
+
+    async def check(self, name: str, params: dict[str, Any]) -> tuple[bool, str]:
+        if name == "role":
+            machine = getattr(getattr(self.standby, "leadership", None), "machine", None)
+            role = machine.role.value if machine is not None else (getattr(self.standby, "role", None) or "none")
+            want = params.get("equals")
+            return role == want, f"role is {role}, {'as' if role == want else 'not'} required ({want})"
+        if name == "uplink_active":
+            active = self.uplinks.policy.active if self.uplinks is not None and self.uplinks.policy else None
+            want = params.get("equals")
+            return active == want, f"active uplink is {active}, required {want}"
+        if name == "event_seen":
+            kind = params.get("event")
+            window = float(params.get("within", 300.0))
+            cutoff = time.time() - window
+            seen = any(e.kind == kind and e.wall_time >= cutoff for e in self.bus.recent)
+            return seen, f"{kind} {'seen' if seen else 'not seen'} in the last {window:g}s"
+        return False, f"unknown precondition {name!r}"
+
+
+class RecoveryService:
+    """Verifies and runs signed playbooks; see the module docstring."""
+
+    name = "recovery"
+
+    def __init__(self, config: Config, bus: EventBus, *, uplinks: Any = None, standby: Any = None) -> None:
+        assert config.recovery is not None
+        self.config = config
+        self.settings = config.recovery
+        self.bus = bus
+        self.runner = DaemonActionRunner(bus, uplinks=uplinks, standby=standby)
+        self.state_dir = Path(config.node.state_dir) / "recovery"
+        self.audit: Any = None
+        self.executor: Any = None
+        self.matcher: Any = None
+        self.playbooks: dict[str, Any] = {}   # name -> parsed playbook (verified at load)
+        self.refused: dict[str, str] = {}     # file -> reason (at load)
+        self.runs = 0
+        self.last: dict[str, Any] | None = None
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ service
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from recovery.audit import AuditLog, load_or_create_host_key
+        from recovery.executor import Executor
+
+        host_key, _ = await trio.to_thread.run_sync(load_or_create_host_key, self.state_dir.parent)
+        audit_path = self.settings.audit_log or self.state_dir / "audit.jsonl"
+        self.audit = await trio.to_thread.run_sync(AuditLog, audit_path, host_key)
+        self.executor = Executor(self.runner, self.audit, on_busy=self.settings.on_busy)
+        self._load_all()
+        with self.bus.subscribe("recovery") as sub:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                log.info("recovery.started", playbooks=",".join(sorted(self.playbooks)) or "-",
+                         refused=len(self.refused), directory=str(self.settings.playbooks),
+                         triggers=self.settings.triggers)
+                task_status.started()
+                async for event in sub:
+                    self._on_event(event)
+
+    def _load_all(self) -> None:
+        """Verify every playbook in the directory (refusals are logged and audited)."""
+        from recovery.executor import TriggerMatcher
+
+        self.playbooks.clear()
+        self.refused.clear()
+        directory = Path(self.settings.playbooks)
+        files = sorted(directory.glob("*.toml")) if directory.is_dir() else []
+        if not directory.is_dir():
+            log.warning("recovery.no_playbooks", directory=str(directory), reason="not a directory")
+        for path in files:
+            verified, reason, message = self._verify(path)
+            if verified is not None:
+                self.playbooks[verified.playbook.name] = verified.playbook
+        self.matcher = TriggerMatcher(list(self.playbooks.values()))
+
+    def _verify(self, path: Path, *, record: bool = False) -> tuple[Any, str, str]:
+        """Full verification of ``path`` now: (verified, "", "") or (None, reason, message)."""
+        from recovery.keys import load_keyring
+        from recovery.verify import RollbackState, VerificationError, verify_playbook
+
+        try:
+            keyring = load_keyring(self.settings.keyring)
+            verified = verify_playbook(path, keyring, now=_now_utc(),
+                                       rollback_state=RollbackState(self.state_dir / "versions.json"))
+        except VerificationError as exc:
+            return self._refuse(path.stem, exc.reason, str(exc))
+        except Exception as exc:  # a keyring that does not load, an unreadable file
+            return self._refuse(path.stem, "invalid", str(exc))
+        self.audit.append("verify.ok", playbook=verified.playbook.name, version=verified.playbook.version,
+                          file=str(path), signers=list(getattr(verified, "signers", ())))
+        return verified, "", ""
+
+    def _refuse(self, name: str, reason: str, message: str) -> tuple[None, str, str]:
+        self.refused[name] = f"{reason}: {message}"
+        log.warning("playbook.refused", playbook=name, reason=reason, message=message)
+        self.audit.append("verify.refused", playbook=name, reason=reason, message=message)
+        self.bus.publish(PlaybookRefused(source=self.name, playbook=name, reason=reason, message=message))
+        return None, reason, message
+
+    def _on_event(self, event: Event) -> None:
+        if not self.settings.triggers or self.matcher is None or event.source == self.name:
+            return
+        if event.kind.startswith("Playbook"):
+            return  # a playbook's own events never start another
+        for playbook in self.matcher.match(event.to_dict(), trio.current_time()):
+            assert self._nursery is not None
+            log.info("playbook.triggered", playbook=playbook.name, event=event.kind)
+            self._nursery.start_soon(self._run_safely, playbook.name, False, event.kind)
+
+    async def _run_safely(self, name: str, dry_run: bool, trigger: str) -> None:
+        try:
+            await self.run_playbook(name, dry_run=dry_run, trigger=trigger)
+        except ControlError as exc:
+            log.warning("playbook.not_run", playbook=name, trigger=trigger, error=str(exc))
+
+    async def run_playbook(self, name: str, *, dry_run: bool = False, trigger: str = "operator") -> dict[str, Any]:
+        """Verify ``name`` from disk now, then run it (or plan it, ``dry_run``)."""
+        from recovery.executor import BusyError
+        from recovery.verify import RollbackState
+
+        path = Path(self.settings.playbooks) / f"{name}.toml"
+        if not path.is_file():
+            raise ControlError("unknown_playbook", f"no playbook {path}; known: {', '.join(sorted(self.playbooks))}")
+        verified, reason, message = self._verify(path)
+        if verified is None:
+            raise ControlError("refused", f"{name}: {reason}: {message}")
+        playbook = verified.playbook
+        if not dry_run:
+            await trio.to_thread.run_sync(RollbackState(self.state_dir / "versions.json").record_run,
+                                          playbook.name, playbook.version)
+        self.bus.publish(PlaybookStarted(source=self.name, playbook=playbook.name, version=playbook.version,
+                                         trigger=trigger, dry_run=dry_run))
+        self.runner.playbook = playbook.name
+        started = time.monotonic()
+        try:
+            report = await self.executor.run(playbook, dry_run=dry_run, trigger=trigger,
+                                             verified_by=tuple(getattr(verified, "signers", ())))
+        except BusyError as exc:
+            raise ControlError("busy", str(exc)) from None
+        self.runs += 1
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        self.last = {"playbook": playbook.name, "outcome": report.outcome, "duration_ms": duration_ms,
+                     "trigger": trigger}
+        self.bus.publish(PlaybookFinished(source=self.name, playbook=playbook.name, version=playbook.version,
+                                          outcome=report.outcome, duration_ms=duration_ms))
+        return {"playbook": playbook.name, "version": playbook.version, "outcome": report.outcome,
+                "lines": report.lines(), "duration_ms": duration_ms}
+
+    # ------------------------------------------------------------------ control
+
+    def register_control(self, control: Any) -> None:
+        async def list_(params: dict[str, Any]) -> Any:
+            return {"playbooks": [{"name": p.name, "version": p.version, "expires": p.expires.isoformat(),
+                                   "triggers": [t.event for t in p.triggers], "description": p.description}
+                                  for p in sorted(self.playbooks.values(), key=lambda p: p.name)],
+                    "refused": self.refused}
+
+        async def run(params: dict[str, Any]) -> Any:
+            name = params.get("name")
+            if not isinstance(name, str) or not name:
+                raise ControlError("bad_request", 'expected {"name": PLAYBOOK, "dry_run": false}')
+            return await self.run_playbook(name, dry_run=bool(params.get("dry_run", False)))
+
+        async def reload(params: dict[str, Any]) -> Any:
+            await trio.to_thread.run_sync(self._load_all)
+            return await list_(params)
+
+        control.register("playbook.list", list_, help="Verified playbooks and the refused ones, with reasons.")
+        control.register("playbook.run", run, help='Verify and run a playbook: {"name": N, "dry_run": false}; '
+                                                   "`lifeline playbook run`.")
+        control.register("playbook.reload", reload, help="Verify the playbook directory again.")
+
+    # ------------------------------------------------------------------ reporting
+
+    def status(self) -> ServiceStatus:
+        summary = f"{len(self.playbooks)} verified playbook(s)"
+        if self.refused:
+            summary += f", {len(self.refused)} REFUSED ({', '.join(sorted(self.refused))})"
+        if self.last:
+            summary += f"; last: {self.last['playbook']} {self.last['outcome']}"
+        health: Any = "degraded" if self.refused else "ok"
+        return ServiceStatus(health, summary, {"playbooks": sorted(self.playbooks), "refused": self.refused,
+                                               "runs": self.runs, "last": self.last})
+
+    def metrics(self) -> Iterable[MetricFamily]:
+        yield MetricFamily.single("lifeline_playbooks_verified", "gauge", "Playbooks that passed verification.",
+                                  len(self.playbooks))
+        yield MetricFamily.single("lifeline_playbooks_refused", "gauge", "Playbooks refused at verification.",
+                                  len(self.refused))
+        yield MetricFamily.single("lifeline_playbook_runs_total", "counter", "Playbook runs since start.",
+                                  self.runs)
