@@ -167,7 +167,7 @@ class DaemonActionRunner:
 
     async def _notify(self, args: dict[str, Any], dry_run: bool) -> str:
         message = str(args["message"])
-        level = str(args.get("level", "warning"))
+        level = str(args.get("level", "info"))
         if dry_run:
             return f"would notify: {message}"
         self.bus.publish(PlaybookNotice(source="recovery", playbook=self.playbook, message=message, level=level))
@@ -221,7 +221,9 @@ class DaemonActionRunner:
             kind = params.get("event")
             window = float(params.get("within", 300.0))
             cutoff = time.time() - window
-            seen = any(e.kind == kind and e.wall_time >= cutoff for e in self.bus.recent)
+            where = dict(params.get("where") or {})
+            seen = any(e.kind == kind and e.wall_time >= cutoff
+                       and all(e.to_dict().get(k) == v for k, v in where.items()) for e in self.bus.recent)
             return seen, f"{kind} {'seen' if seen else 'not seen'} in the last {window:g}s"
         return False, f"unknown precondition {name!r}"
 
