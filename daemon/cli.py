@@ -107,6 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "(copy the same file to both hosts)")
     replication_key.add_argument("--out", type=Path, required=True, help="where to write it (mode 0600)")
 
+    from recovery.cli import add_parsers as add_recovery_parsers
+
+    recovery_parsers = add_recovery_parsers(sub, keys_sub)  # keys new, keyring ..., playbook sign|verify
+    run_playbook = recovery_parsers.playbook_sub.add_parser(
+        "run", help="verify and run a playbook in the daemon (through the control socket)")
+    run_playbook.add_argument("name", help="the playbook's name (PLAYBOOKS_DIR/NAME.toml)")
+    run_playbook.add_argument("--dry-run", action="store_true", help="verify, check preconditions, print the plan; "
+                                                                     "change nothing")
+    _add_client_options(run_playbook)
+    run_playbook.set_defaults(recovery_handler=cmd_playbook_run)
+    list_playbooks = recovery_parsers.playbook_sub.add_parser("list", help="the daemon's verified and refused "
+                                                                           "playbooks")
+    list_playbooks.add_argument("--json", action="store_true")
+    _add_client_options(list_playbooks)
+    list_playbooks.set_defaults(recovery_handler=cmd_playbook_list)
+
+    from recovery.audit import add_audit_parser
+
+    add_audit_parser(sub)
+
     drill = sub.add_parser("drill", help="scripted failures in the lab, timed (needs root)")
     drill_sub = drill.add_subparsers(dest="drill_command", metavar="DRILL", required=True)
     uplink_drill = drill_sub.add_parser("uplink", help="cut the fibre, time detection, failover and failback; "
@@ -159,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "witness": _witness,
         "role": cmd_role,
         "standby": cmd_standby,
+        "keyring": _recovery,
+        "playbook": _recovery,
+        "audit": _audit,
     }[args.command]
     try:
         return handler(args)
@@ -166,6 +189,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from recovery.audit import run_audit_command
+
+    return run_audit_command(args)
+
+
+def cmd_playbook_run(args: argparse.Namespace) -> int:
+    from daemon.control_client import ControlError
+
+    with _connect(args) as client:
+        try:
+            # A playbook may wait on events for minutes: no client-side timeout.
+            client.set_timeout(None)
+            result = client.call("playbook.run", {"name": args.name, "dry_run": args.dry_run})
+        except ControlError as exc:
+            print(f"lifeline playbook run: {exc}", file=sys.stderr)
+            return 1
+    for line in result.get("lines", []):
+        print(line)
+    outcome = result.get("outcome")
+    print(f"{result.get('playbook')} version {result.get('version')}: {outcome} in {result.get('duration_ms')} ms")
+    return 0 if outcome in ("succeeded", "dry_run") else 1
+
+
+def cmd_playbook_list(args: argparse.Namespace) -> int:
+    from daemon.control_client import ControlError
+
+    with _connect(args) as client:
+        try:
+            result = client.call("playbook.list")
+        except ControlError as exc:
+            print(f"lifeline playbook list: {exc}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    for p in result.get("playbooks", []):
+        triggers = ", ".join(p["triggers"]) or "by hand only"
+        print(f"{p['name']:<28} v{p['version']:<4} expires {p['expires']}  triggers: {triggers}")
+    for name, why in sorted(result.get("refused", {}).items()):
+        print(f"{name:<28} REFUSED: {why}")
+    return 0 if not result.get("refused") else 1
+
+
+def _recovery(args: argparse.Namespace) -> int:
+    from recovery.cli import run
+
+    return run(args)
 
 
 def _witness(args: argparse.Namespace) -> int:
@@ -362,6 +435,8 @@ def format_uplinks(details: dict[str, Any]) -> str:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    if args.keys_command != "replication":
+        return _recovery(args)
     from daemon.standby.keys import generate_replication_key
 
     try:

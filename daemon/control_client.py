@@ -48,6 +48,12 @@ class ControlClient:
         self._sock = sock
         return self
 
+    def set_timeout(self, timeout: float | None) -> None:
+        """The longest wait for an answer from now on (None: no limit)."""
+        self.timeout = timeout  # type: ignore[assignment]
+        if self._sock is not None:
+            self._sock.settimeout(timeout)
+
     def __enter__(self) -> "ControlClient":
         return self.connect()
 

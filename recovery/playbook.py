@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import tomllib
@@ -674,6 +675,7 @@ _CONTAINER: Any = object()
 _TYPE_WORDS: dict[Any, str] = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
 
+@functools.lru_cache(maxsize=None)
 def _event_fields(cls: type) -> dict[str, Any]:
     """The fields ``where`` may name, with their scalar type (None: not checked)."""
     try:

@@ -317,7 +317,7 @@ class RecoveryService:
             return  # a playbook's own events never start another
         for playbook in self.matcher.match(event.to_dict(), trio.current_time()):
             assert self._nursery is not None
-            log.info("playbook.triggered", playbook=playbook.name, event=event.kind)
+            log.info("playbook.triggered", playbook=playbook.name, trigger=event.kind)
             self._nursery.start_soon(self._run_safely, playbook.name, False, event.kind)
 
     async def _run_safely(self, name: str, dry_run: bool, trigger: str) -> None:
