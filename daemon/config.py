@@ -603,11 +603,10 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host, port
 
 
-def _describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
     """How a found value is shown in an error: its TOML spelling and its type."""
-    kind = {
-        bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"
-    }.get(type(value), type(value).__name__)
+    import datetime as _dt
+
     if isinstance(value, dict):
         return "a table"
     if isinstance(value, list):
@@ -616,7 +615,14 @@ def _describe(value: Any) -> str:
         return f'"{value}" (string)'
     if isinstance(value, bool):
         return f"{'true' if value else 'false'} (boolean)"
-    return f"{value!r} ({kind})"
+    if isinstance(value, int):
+        return f"{value} (integer)"
+    if isinstance(value, float):
+        return f"{value!r} (float)"
+    for kind, name in ((_dt.datetime, "date-time"), (_dt.date, "date"), (_dt.time, "time")):
+        if isinstance(value, kind):
+            return f"{value.isoformat()} ({name})"
+    return f"{value!r} ({type(value).__name__})"
 
 
 def _type_name(tp: Any) -> str:
@@ -656,7 +662,7 @@ class _Loader:
     def section(self, cls: type, data: Any, path: str) -> Any:
         where = path or "top level"
         if not isinstance(data, dict):
-            self.problem(where, f"expected a table, found {_describe(data)}")
+            self.problem(where, f"expected a table, found {describe_value(data)}")
             return None
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
@@ -712,7 +718,7 @@ class _Loader:
         if origin is dict:
             _, value_tp = get_args(tp)
             if not isinstance(data, dict):
-                self.problem(path, f"expected a table, found {_describe(data)}")
+                self.problem(path, f"expected a table, found {describe_value(data)}")
                 return _INVALID
             out = {}
             for key, item in data.items():
@@ -726,14 +732,14 @@ class _Loader:
         if origin is list:
             (item_tp,) = get_args(tp)
             if not isinstance(data, list):
-                self.problem(path, f"expected {_type_name(tp)}, found {_describe(data)}")
+                self.problem(path, f"expected {_type_name(tp)}, found {describe_value(data)}")
                 return _INVALID
             items = [self.value(item_tp, item, f"{path}[{i}]", meta) for i, item in enumerate(data)]
             return _INVALID if any(i is _INVALID for i in items) else items
         if origin is Literal:
             choices = get_args(tp)
             if data not in choices or isinstance(data, bool):
-                self.problem(path, f"expected {_type_name(tp)}, found {_describe(data)}")
+                self.problem(path, f"expected {_type_name(tp)}, found {describe_value(data)}")
                 return _INVALID
             return data
         return self.scalar(tp, data, path, meta)
@@ -742,36 +748,36 @@ class _Loader:
         value: Any
         if tp is Duration:
             if not isinstance(data, str):
-                self.problem(path, f"expected {_type_name(tp)}, found {_describe(data)}")
+                self.problem(path, f"expected {_type_name(tp)}, found {describe_value(data)}")
                 return _INVALID
             try:
                 value = Duration.parse(data)
             except ValueError:
-                self.problem(path, f"expected {_type_name(tp)} (units ms, s, m, h), found {_describe(data)}")
+                self.problem(path, f"expected {_type_name(tp)} (units ms, s, m, h), found {describe_value(data)}")
                 return _INVALID
         elif tp is bool:
             if not isinstance(data, bool):
-                self.problem(path, f"expected {_type_name(tp)}, found {_describe(data)}")
+                self.problem(path, f"expected {_type_name(tp)}, found {describe_value(data)}")
                 return _INVALID
             value = data
         elif tp is int:
             if isinstance(data, bool) or not isinstance(data, int):
-                self.problem(path, f"expected {_type_name(tp)}, found {_describe(data)}")
+                self.problem(path, f"expected {_type_name(tp)}, found {describe_value(data)}")
                 return _INVALID
             value = data
         elif tp is float:
             if isinstance(data, bool) or not isinstance(data, (int, float)) or not math.isfinite(data):
-                self.problem(path, f"expected {_type_name(tp)}, found {_describe(data)}")
+                self.problem(path, f"expected {_type_name(tp)}, found {describe_value(data)}")
                 return _INVALID
             value = float(data)
         elif tp is str:
             if not isinstance(data, str):
-                self.problem(path, f"expected {_type_name(tp)}, found {_describe(data)}")
+                self.problem(path, f"expected {_type_name(tp)}, found {describe_value(data)}")
                 return _INVALID
             value = data
         elif tp is Path:
             if not isinstance(data, str) or not data:
-                self.problem(path, f"expected {_type_name(tp)}, found {_describe(data)}")
+                self.problem(path, f"expected {_type_name(tp)}, found {describe_value(data)}")
                 return _INVALID
             p = Path(data)
             value = p if p.is_absolute() else (self.base_dir / p)

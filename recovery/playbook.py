@@ -71,7 +71,7 @@ from datetime import date, datetime, time
 from pathlib import PurePosixPath
 from typing import Any, Literal, NamedTuple, Union
 
-from daemon.config import Duration, format_duration
+from daemon.config import Duration, describe_value, format_duration
 
 OnFailure = Literal["abort", "continue", "rollback"]
 ON_FAILURE: tuple[str, ...] = ("abort", "continue", "rollback")
@@ -355,7 +355,7 @@ class _Parser:
             return []
         data = doc[key]
         if not isinstance(data, list) or not all(isinstance(x, dict) for x in data):
-            self.problem(key, f"expected an array of tables written [[{key}]], found {_describe(data)}")
+            self.problem(key, f"expected an array of tables written [[{key}]], found {describe_value(data)}")
             return _INVALID
         if required and not data:
             self.problem(key, f"expected at least one [[{key}]] table, found none")
@@ -368,13 +368,13 @@ class _Parser:
     def name_value(self, data: Any, path: str) -> Any:
         if not isinstance(data, str) or not _NAME.fullmatch(data):
             self.problem(path, "expected 1-64 lowercase letters, digits or '-' (not starting with '-'), "
-                               f'e.g. "fibre-lost", found {_describe(data)}')
+                               f'e.g. "fibre-lost", found {describe_value(data)}')
             return _INVALID
         return data
 
     def version_value(self, data: Any, path: str) -> Any:
         if isinstance(data, bool) or not isinstance(data, int):
-            self.problem(path, f"expected an integer of at least 1 (version = 3), found {_describe(data)}")
+            self.problem(path, f"expected an integer of at least 1 (version = 3), found {describe_value(data)}")
             return _INVALID
         if data < 1:
             self.problem(path, f"expected an integer of at least 1, found {data}: versions start at 1")
@@ -395,16 +395,16 @@ class _Parser:
             self.problem(path, f"a time alone ({data.isoformat()}) is not an expiry: write a date-time "
                                f"with an offset, e.g. {_EXAMPLE_EXPIRES}")
         elif isinstance(data, str):
-            self.problem(path, f"expected a TOML date-time, found {_describe(data)}: remove the quotes, "
+            self.problem(path, f"expected a TOML date-time, found {describe_value(data)}: remove the quotes, "
                                f"e.g. expires = {_EXAMPLE_EXPIRES}")
         else:
             self.problem(path, f"expected a date-time with an offset, e.g. expires = {_EXAMPLE_EXPIRES}, "
-                               f"found {_describe(data)}")
+                               f"found {describe_value(data)}")
         return _INVALID
 
     def text(self, data: Any, path: str) -> Any:
         if not isinstance(data, str) or not data.strip():
-            self.problem(path, f"expected {ARG_TYPES['string']}, found {_describe(data)}")
+            self.problem(path, f"expected {ARG_TYPES['string']}, found {describe_value(data)}")
             return _INVALID
         return data
 
@@ -418,7 +418,7 @@ class _Parser:
         if not isinstance(data, str) or data not in choices:
             close = _closest(data, choices) if isinstance(data, str) else None
             hint = f' (did you mean "{close}"?)' if close else ""
-            self.problem(path, f"expected one of {_quoted(choices)}, found {_describe(data)}{hint}")
+            self.problem(path, f"expected one of {_quoted(choices)}, found {describe_value(data)}{hint}")
             return _INVALID
         return data
 
@@ -429,16 +429,16 @@ class _Parser:
                 fix = f': write it as a string with a unit, e.g. "{format_duration(data)}" for {data:g} seconds'
             elif isinstance(data, (int, float)) and not isinstance(data, bool):
                 fix = ': write it as a string with a unit, e.g. "10s"'
-            self.problem(path, f"expected {ARG_TYPES['duration']}, found {_describe(data)}{fix}")
+            self.problem(path, f"expected {ARG_TYPES['duration']}, found {describe_value(data)}{fix}")
             return _INVALID
         try:
             value = float(Duration.parse(data))
         except ValueError:
-            self.problem(path, f"expected {ARG_TYPES['duration']} (units ms, s, m, h), found {_describe(data)}")
+            self.problem(path, f"expected {ARG_TYPES['duration']} (units ms, s, m, h), found {describe_value(data)}")
             return _INVALID
         if not math.isfinite(value) or value < 0 or (positive and value == 0):
             bound = "above 0s" if positive else "of at least 0s"
-            self.problem(path, f"expected a duration {bound}, found {_describe(data)}")
+            self.problem(path, f"expected a duration {bound}, found {describe_value(data)}")
             return _INVALID
         return value
 
@@ -462,7 +462,7 @@ class _Parser:
         """``where`` against the event's fields; ``event`` is None when the event itself
         was invalid (then only the shape is checked)."""
         if not isinstance(data, dict):
-            self.problem(path, f'expected a table such as {{ active = "starlink" }}, found {_describe(data)}')
+            self.problem(path, f'expected a table such as {{ active = "starlink" }}, found {describe_value(data)}')
             return _INVALID
         fields = _event_fields(self.events[event]) if event is not None else None
         ok = True
@@ -481,7 +481,7 @@ class _Parser:
                 continue
             if isinstance(value, (dict, list)) or not isinstance(value, (str, int, float, bool)):
                 self.problem(key_path, f"where compares single values (string, number, true/false), "
-                                       f"found {_describe(value)}")
+                                       f"found {describe_value(value)}")
                 ok = False
                 continue
             if fields is not None:
@@ -492,7 +492,7 @@ class _Parser:
                     ok = False
                 elif expected is not None and not _fits(value, expected):
                     self.problem(key_path, f"{event}.{key} holds {_TYPE_WORDS[expected]}, found "
-                                           f"{_describe(value)}: write a value of that type")
+                                           f"{describe_value(value)}: write a value of that type")
                     ok = False
         return dict(data) if ok else _INVALID
 
@@ -543,7 +543,7 @@ class _Parser:
         args_path = _join(path, "args")
         raw_args = data.get("args", {})
         if not isinstance(raw_args, dict):
-            self.problem(args_path, f"expected a table (args = {{ ... }}), found {_describe(raw_args)}")
+            self.problem(args_path, f"expected a table (args = {{ ... }}), found {describe_value(raw_args)}")
         elif action is not _INVALID:
             args = self.args(ACTIONS[action].args, raw_args, args_path, f'action "{action}"')
         timeout = self.optional(data, "timeout", path, DEFAULT_TIMEOUT, self.timeout_value)
@@ -567,7 +567,7 @@ class _Parser:
 
     def rollback(self, data: Any, path: str) -> Any:
         if not isinstance(data, dict):
-            self.problem(path, f"expected a table [step.rollback] with action and args, found {_describe(data)}")
+            self.problem(path, f"expected a table [step.rollback] with action and args, found {describe_value(data)}")
             return _INVALID
         return self.step(data, path, rollback=True)
 
@@ -608,14 +608,14 @@ class _Parser:
             return self.text(data, path)
         if kind == "boolean":
             if not isinstance(data, bool):
-                self.problem(path, f"expected true or false, found {_describe(data)}")
+                self.problem(path, f"expected true or false, found {describe_value(data)}")
                 return _INVALID
             return data
         if kind == "duration":
             return self.timeout_value(data, path)
         if kind == "uplink":
             if not isinstance(data, str) or not _UPLINK.fullmatch(data):
-                self.problem(path, f"expected {ARG_TYPES['uplink']}, found {_describe(data)}")
+                self.problem(path, f"expected {ARG_TYPES['uplink']}, found {describe_value(data)}")
                 return _INVALID
             return data
         if kind == "event":
@@ -632,16 +632,16 @@ class _Parser:
 
     def argv(self, data: Any, path: str) -> Any:
         if isinstance(data, str):
-            self.problem(path, f"expected {ARG_TYPES['argv']}, found {_describe(data)}: exec never runs a shell, "
+            self.problem(path, f"expected {ARG_TYPES['argv']}, found {describe_value(data)}: exec never runs a shell, "
                                "split the command into its words")
             return _INVALID
         if not isinstance(data, list) or not data:
-            self.problem(path, f"expected {ARG_TYPES['argv']}, found {_describe(data)}")
+            self.problem(path, f"expected {ARG_TYPES['argv']}, found {describe_value(data)}")
             return _INVALID
         ok = True
         for i, word in enumerate(data):
             if not isinstance(word, str):
-                self.problem(f"{path}[{i}]", f"expected a string, found {_describe(word)}: quote it")
+                self.problem(f"{path}[{i}]", f"expected a string, found {describe_value(word)}: quote it")
                 ok = False
             elif "\0" in word:
                 self.problem(f"{path}[{i}]", "contains a NUL character, which no argument can carry: remove it")
@@ -735,27 +735,6 @@ def _closest(key: str, candidates: Iterable[str]) -> str | None:
 
 def _named(value: Any) -> str:
     """A name as found: quoted when it is a string, described otherwise."""
-    return f'"{value}"' if isinstance(value, str) else _describe(value)
+    return f'"{value}"' if isinstance(value, str) else describe_value(value)
 
 
-def _describe(value: Any) -> str:
-    """How a found value is shown in an error: its TOML spelling and its type."""
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return f"an array of {len(value)}"
-    if isinstance(value, str):
-        return f'"{value}" (string)'
-    if isinstance(value, bool):
-        return f"{'true' if value else 'false'} (boolean)"
-    if isinstance(value, int):
-        return f"{value} (integer)"
-    if isinstance(value, float):
-        return f"{value!r} (float)"
-    if isinstance(value, datetime):
-        return f"{value.isoformat()} (date-time)"
-    if isinstance(value, date):
-        return f"{value.isoformat()} (date)"
-    if isinstance(value, time):
-        return f"{value.isoformat()} (time)"
-    return f"{value!r} ({type(value).__name__})"  # pragma: no cover - TOML has no other types
