@@ -88,6 +88,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from daemon.files import fsync_directory, link_new_file, replace_file
 from daemon.log import format_value, get_logger
 
 log = get_logger("recovery")
@@ -242,14 +243,6 @@ def read_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     return parse_public_key(text, str(path))
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _load_host_key(path: Path) -> Ed25519PrivateKey:
     with open(path, "rb") as f:
         mode = os.fstat(f.fileno()).st_mode
@@ -278,22 +271,10 @@ def _create_host_key(path: Path) -> Ed25519PrivateKey:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, pem)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return _load_host_key(path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+        link_new_file(path, pem, 0o600, exists_message=f"{path} already exists")
+    except FileExistsError:
+        return _load_host_key(path)
     log.info("audit.host_key_created", key=path, fingerprint=key_fingerprint(key.public_key()))
     return key
 
@@ -306,15 +287,7 @@ def _write_public_key(pub_path: Path, public_key: Ed25519PublicKey) -> None:
         current = None
     if current == line:
         return
-    tmp = pub_path.with_name(f".{pub_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, line.encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, pub_path)
-    _fsync_dir(pub_path.parent)
+    replace_file(pub_path, line.encode("ascii"), 0o644)
     if current is None:
         log.info("audit.host_pub_written", pub=pub_path, fingerprint=key_fingerprint(public_key))
     else:
@@ -646,7 +619,7 @@ class AuditLog:
                              "exists and the daemon's user may write it (or set recovery.audit_log)") from exc
         try:
             if created and fsync:
-                _fsync_dir(self.path.parent)
+                fsync_directory(self.path.parent)
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
                 self._catch_up()

@@ -43,7 +43,6 @@ import json
 import os
 import re
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -56,6 +55,8 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from daemon.files import create_new_file, fsync_directory, link_new_file, replace_file
 
 KEY_ID_LABEL = b"lifeline-key-v1\0"
 KEY_ID_HEX = 32
@@ -136,30 +137,9 @@ def public_line(public_key: Ed25519PublicKey, name: str) -> str:
     return f"{PUBLIC_PREFIX} {base64.b64encode(raw_public(public_key)).decode('ascii')} {name}"
 
 
-def _create_exclusive(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` with ``mode`` (never overwriting, never briefly more readable), write, fsync."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-    except FileExistsError:
-        raise FileExistsError(f"{path} already exists; choose another --name or --out, or remove the old file "
-                              "first if you really mean to replace it") from None
-    try:
-        os.fchmod(fd, mode)  # the umask may have removed bits; be exact
-        os.write(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _exists_message(path: Path) -> str:
+    return (f"{path} already exists; choose another --name or --out, or remove the old file first if you really "
+            "mean to replace it")
 
 
 def generate_key(name: str, out_dir: str | os.PathLike[str] = ".", passphrase: bytes | None = None) -> KeyFiles:
@@ -172,8 +152,7 @@ def generate_key(name: str, out_dir: str | os.PathLike[str] = ".", passphrase: b
     key_path, pub_path = out / f"{name}.key", out / f"{name}.pub"
     for existing in (key_path, pub_path):
         if os.path.lexists(existing):
-            raise FileExistsError(f"{existing} already exists; choose another --name or --out, or remove the old "
-                                  "file first if you really mean to replace it")
+            raise FileExistsError(_exists_message(existing))
     if passphrase is not None and not passphrase:
         raise KeyFileError("the passphrase is empty; give a real one, or none for an unencrypted key")
     private = Ed25519PrivateKey.generate()
@@ -181,13 +160,14 @@ def generate_key(name: str, out_dir: str | os.PathLike[str] = ".", passphrase: b
         serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption())
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     public = private.public_key()
-    _create_exclusive(key_path, pem, 0o600)
+    create_new_file(key_path, pem, 0o600, exists_message=_exists_message(key_path))
     try:
-        _create_exclusive(pub_path, (public_line(public, name) + "\n").encode("ascii"), 0o644)
+        create_new_file(pub_path, (public_line(public, name) + "\n").encode("ascii"), 0o644,
+                        exists_message=_exists_message(pub_path))
     except BaseException:
         key_path.unlink(missing_ok=True)
         raise
-    _fsync_dir(out)
+    fsync_directory(out)
     return KeyFiles(key_path, pub_path, key_id(public))
 
 
@@ -535,30 +515,12 @@ def write_keyring(keyring: Keyring, path: str | os.PathLike[str], *, create: boo
     path = Path(path)
     text = format_keyring(keyring)
     parse_keyring(text, str(path))  # never write what would not load
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    tmp = Path(tmp_name)
-    try:
-        os.fchmod(fd, 0o644)
-        os.write(fd, text.encode("utf-8"))
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        if create:
-            try:
-                os.link(tmp, path)  # atomic create-if-absent
-            except FileExistsError:
-                raise FileExistsError(f"{path} already exists; change it with `lifeline keyring add|revoke`, or "
-                                      "remove it first if you really mean to start over") from None
-            tmp.unlink()
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(directory)
+    if create:
+        link_new_file(path, text.encode("utf-8"), 0o644,  # atomic create-if-absent
+                      exists_message=f"{path} already exists; change it with `lifeline keyring add|revoke`, or "
+                                     "remove it first if you really mean to start over")
+    else:
+        replace_file(path, text.encode("utf-8"), 0o644)
 
 
 def init_keyring(threshold: int, keys: Sequence[tuple[Ed25519PublicKey, str]],

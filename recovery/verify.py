@@ -34,12 +34,12 @@ import errno
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from daemon.files import replace_file
 from recovery.keys import Keyring, fingerprint
 from recovery.signing import SignatureReport, signature_path, verify_signatures
 
@@ -154,25 +154,8 @@ class RollbackState:
         if name in record and record[name] >= version:
             return
         record[name] = version
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
-        try:
-            os.write(fd, (json.dumps(record, sort_keys=True, indent=1) + "\n").encode("utf-8"))
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            os.replace(tmp_name, self.path)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        replace_file(self.path, (json.dumps(record, sort_keys=True, indent=1) + "\n").encode("utf-8"), 0o600)
 
 
 # --------------------------------------------------------------------------- verification

@@ -16,6 +16,7 @@ import secrets
 import stat
 from pathlib import Path
 
+from daemon.files import create_new_file
 from daemon.standby import StandbyError
 
 KEY_BYTES = 32
@@ -35,22 +36,11 @@ def generate_replication_key(path: str | os.PathLike[str]) -> bytes:
     deliberate act (remove the old file first)."""
     path = Path(path)
     key = secrets.token_bytes(KEY_BYTES)
-    # O_EXCL: never overwrite, not even a file that appeared a moment ago; the mode is
-    # set at creation so the key is never readable by others, not even briefly.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    except FileExistsError:
-        raise FileExistsError(f"{path} already exists; remove it first if you really mean to replace the key "
-                              "(both hosts must then get the new one)") from None
-    try:
-        os.fchmod(fd, 0o600)  # the umask may have taken bits away, never added; be exact
-        os.write(fd, key.hex().encode("ascii") + b"\n")
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
+    # Never overwrite, not even a file that appeared a moment ago; the mode is set at
+    # creation so the key is never readable by others, not even briefly.
+    create_new_file(path, key.hex().encode("ascii") + b"\n", 0o600,
+                    exists_message=f"{path} already exists; remove it first if you really mean to replace the key "
+                                   "(both hosts must then get the new one)")
     return key
 
 

@@ -57,6 +57,7 @@ import trio
 import daemon
 from daemon import events
 from daemon.config import StandbyConfig, parse_host_port
+from daemon.files import fsync_directory
 from daemon.log import get_logger
 from daemon.service import Health, MetricFamily, Sample, ServiceStatus
 from daemon.standby import MAX_PAYLOAD, Position, Record, ReplicationProtocolError, StandbyError
@@ -1277,11 +1278,7 @@ class ReplicationStandby:
                 seq = batch[-1].seq + 1
             out.flush()
             os.fsync(out.fileno())
-        fd = os.open(self.divergent_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(self.divergent_dir)
         log.warning("journal.divergent_tail_saved", file=str(path), from_seq=after_seq + 1, to_seq=last.seq,
                     records=last.seq - after_seq)
         self.announce("DivergentTailSaved", node=self.node_id, records=last.seq - after_seq,

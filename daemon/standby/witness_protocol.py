@@ -73,13 +73,13 @@ import hashlib
 import hmac
 import json
 import math
-import os
 import secrets
 import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Literal, Mapping, TypeGuard, Union
 
+from daemon.files import replace_file
 from daemon.standby import Position, StandbyError
 from daemon.standby.lease import (
     Grant,
@@ -860,16 +860,4 @@ def read_state_file(path: Path, now: float) -> WitnessState | None:
 def write_state_file(path: Path, data: Mapping[str, Any]) -> None:
     """Replace ``path`` with ``data`` durably: a crash leaves the old file or the new
     one, never a mix, and once this returns the new one survives a power cut."""
-    tmp = path.with_name(path.name + ".tmp")
-    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)  # the rename itself is durable only once the directory is
-    finally:
-        os.close(dir_fd)
+    replace_file(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"), 0o600)
