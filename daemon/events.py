@@ -534,13 +534,73 @@ class EngineResumeRequested(Event):
     reason: str
 
 
-# --- hardware (issue 8 publishes these; defined here so playbooks can name them) ---------
+# --- hardware (hardware/*, daemon/hardware_service.py) ----------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
 class UpsOnBattery(Event):
+    """Mains failed: the UPS runs on its battery."""
+
     device: str
     runtime_s: float | None = None
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpsOnline(Event):
+    device: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpsBatteryLow(Event):
+    device: str
+    battery_v: float | None = None
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpsRuntimeBelow(Event):
+    device: str
+    runtime_s: float
+    threshold_s: float
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class GnssFixLost(Event):
+    device: str
+    reason: str
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class GnssFixAcquired(Event):
+    device: str
+    satellites: int
+    quality: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClockOffsetHigh(Event):
+    device: str
+    offset_ms: float
+    threshold_ms: float
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnclosureTemperatureHigh(Event):
+    device: str
+    celsius: float
+    threshold_c: float
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnclosureHumidityHigh(Event):
+    device: str
+    percent: float
+    threshold_percent: float
     severity: ClassVar[str] = "warning"
 
 
@@ -548,3 +608,24 @@ class UpsOnBattery(Event):
 class EnclosureOpened(Event):
     device: str
     severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnclosureClosed(Event):
+    device: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceStale(Event):
+    """A device stopped answering: its last reading no longer counts."""
+
+    device: str
+    kind: str
+    silent_s: float
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceRecovered(Event):
+    device: str
+    kind: str
