@@ -682,7 +682,7 @@ def _schema_keys(cls: type, prefix: str = "") -> set[str]:
 
 NAMED_SECTIONS = {"uplinks"}
 #: Sections whose absence means "off" (no defaults to compare).
-OPTIONAL_SECTIONS = {"standby", "recovery"}
+OPTIONAL_SECTIONS = {"standby", "recovery", "hardware"}
 
 
 def _document_keys(data: dict, prefix: str = "") -> set[str]:
