@@ -61,6 +61,14 @@ class Daemon:
             self.recovery = RecoveryService(config, self.bus, uplinks=self.uplinks, standby=self.standby)
             self.recovery.register_control(self.control)
             services.append(self.recovery)
+        self.hardware: Any = None
+        if config.hardware is not None:
+            # After recovery: its playbooks subscribe before the first hardware event.
+            from daemon.hardware_service import HardwareService
+
+            self.hardware = HardwareService(config, self.bus,
+                                            clean_stop=lambda: self.supervisor.stop_reason is not None)
+            services.append(self.hardware)
         self.metrics: MetricsServer | None = None
         if config.metrics.enabled:
             host, port = config.metrics.host_port
