@@ -620,7 +620,7 @@ class DeviceStale(Event):
     """A device stopped answering: its last reading no longer counts."""
 
     device: str
-    kind: str
+    device_type: str  # ups | gnss | enclosure | door (``kind`` is the event's own name)
     silent_s: float
     severity: ClassVar[str] = "warning"
 
@@ -628,4 +628,4 @@ class DeviceStale(Event):
 @dataclass(frozen=True, kw_only=True)
 class DeviceRecovered(Event):
     device: str
-    kind: str
+    device_type: str

@@ -163,6 +163,9 @@ class HardwareService:
                 device.stale = True
             elif kind == "DeviceRecovered":
                 device.stale = False
+            if "kind" in fields:  # the monitors say kind; the event calls it device_type
+                fields = {**fields, "device_type": fields["kind"]}
+                del fields["kind"]
             cls = EVENT_CLASSES.get(kind)
             if cls is None:
                 log.error("hardware.unknown_event", device=device.name, event=kind)

@@ -1,0 +1,138 @@
+"""The hardware service under MockClock with scripted devices: readings become the
+monitor's events, a silent or failing device becomes stale (never healthy), a driver
+error never stops the loop, and the watchdog is fed from the loop and disarmed only on
+a clean stop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from daemon.config import load_config
+from daemon.events import DeviceRecovered, DeviceStale, EventBus, UpsOnBattery
+from daemon.hardware_service import Device, HardwareService
+from hardware.errors import DeviceTimeout
+
+CONFIG = '''
+[node]
+name = "edge-a"
+state_dir = "{d}/state"
+runtime_dir = "{d}/run"
+
+[hardware.ups]
+port = "/dev/null"
+
+[hardware.watchdog]
+device = "/dev/null"
+timeout = "3s"
+'''
+
+
+def config(tmp_path: Path) -> Any:
+    path = tmp_path / "lifeline.toml"
+    path.write_text(CONFIG.format(d=tmp_path))
+    return load_config(path)
+
+
+class Monitor:
+    """Stale after 3 s without a reading; on_battery edges become events."""
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.stale = False
+        self.on_battery = False
+
+    def reading(self, r: dict[str, Any], now: float) -> list[tuple[str, dict[str, Any]]]:
+        out: list[tuple[str, dict[str, Any]]] = []
+        self.last = now
+        if self.stale:
+            self.stale = False
+            out.append(("DeviceRecovered", {"device": "ups", "kind": "ups"}))
+        if r["on_battery"] and not self.on_battery:
+            out.append(("UpsOnBattery", {"device": "ups", "runtime_s": r["runtime_s"]}))
+        self.on_battery = r["on_battery"]
+        return out
+
+    def tick(self, now: float) -> list[tuple[str, dict[str, Any]]]:
+        if self.last is not None and not self.stale and now - self.last >= 3:
+            self.stale = True
+            return [("DeviceStale", {"device": "ups", "kind": "ups", "silent_s": now - self.last})]
+        return []
+
+
+class Script:
+    def __init__(self) -> None:
+        self.answers: list[Any] = []
+
+    async def poll(self) -> Any:
+        if not self.answers:
+            raise DeviceTimeout("/dev/ttyUSB0: no answer to Q1 within 1s")
+        answer = self.answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+class Watchdog:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def arm(self, timeout_s: int) -> None:
+        self.calls.append(f"arm {timeout_s}")
+
+    def keepalive(self) -> None:
+        self.calls.append("keepalive")
+
+    def disarm(self) -> None:
+        self.calls.append("disarm")
+
+    def close_without_disarm(self) -> None:
+        self.calls.append("left armed")
+
+
+def drain(sub: Any) -> list[Any]:
+    out = []
+    while True:
+        try:
+            out.append(sub.receive_nowait())
+        except trio.WouldBlock:
+            return out
+
+
+@pytest.mark.parametrize("clean", [True, False])
+async def test_readings_events_stale_recovery_and_the_watchdog(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path, clean: bool) -> None:
+    bus = EventBus()
+    script, watchdog = Script(), Watchdog()
+    ok = {"on_battery": False, "runtime_s": 900.0}
+    battery = {"on_battery": True, "runtime_s": 600.0}
+    script.answers = [ok, battery, RuntimeError("garbage from the port")]  # then silence
+    device = Device("ups", "ups", script.poll, Monitor(), interval=1.0)
+    service = HardwareService(config(tmp_path), bus, devices=[device], watchdog=watchdog, clean_stop=lambda: clean)
+    with bus.subscribe("test") as sub:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            await trio.sleep(2.5)
+            assert [type(e) for e in drain(sub)] == [UpsOnBattery]
+            assert service.status().health == "ok"
+            await trio.sleep(5)
+            stale = drain(sub)
+            assert [type(e) for e in stale] == [DeviceStale]
+            assert service.status().health == "degraded" and "STALE" in service.status().summary
+            assert device.error is not None and "no answer" in device.error
+            script.answers = [battery]
+            await trio.sleep(1.5)
+            assert [type(e) for e in drain(sub)] == [DeviceRecovered]
+            assert not device.stale
+            nursery.cancel_scope.cancel()
+    assert watchdog.calls[0] == "arm 3"
+    assert 8 <= watchdog.calls.count("keepalive") <= 11  # every second (timeout / 3) for ~9 s
+    assert watchdog.calls[-1] == ("disarm" if clean else "left armed")
+    metrics = {f.name: f for f in service.metrics()}
+    assert metrics["lifeline_hardware_stale"].samples[0].value == 0.0
+    fields = {s.labels["field"]: s.value for s in metrics["lifeline_hardware_reading"].samples}
+    assert fields == {"on_battery": 1.0, "runtime_s": 600.0}
