@@ -123,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(list_playbooks)
     list_playbooks.set_defaults(recovery_handler=cmd_playbook_list)
 
+    sim = sub.add_parser("sim", help="run a device simulator on a new pty (commissioning, tests); prints its path")
+    sim.add_argument("device", choices=HARDWARE_KINDS)
+    sim.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
+    hardware = sub.add_parser("hardware", help="read the host's devices")
+    hardware_sub = hardware.add_subparsers(dest="hardware_command", metavar="ACTION", required=True)
+    read = hardware_sub.add_parser("read", help="one reading from a real or simulated device, or a clear error")
+    read.add_argument("device", choices=HARDWARE_KINDS)
+    read.add_argument("--port", required=True, help="serial port, pyserial URL, nut://HOST:PORT/UPS or gpsd://HOST:PORT")
+    read.add_argument("--timeout", type=float, default=3.0)
+    read.add_argument("--json", action="store_true")
+
     from recovery.audit import add_audit_parser
 
     add_audit_parser(sub)
@@ -182,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keyring": _recovery,
         "playbook": _recovery,
         "audit": _audit,
+        "sim": cmd_sim,
+        "hardware": cmd_hardware,
     }[args.command]
     try:
         return handler(args)
@@ -189,6 +202,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+HARDWARE_KINDS = ("ups", "gnss", "enclosure")
+
+
+def _hardware_module(kind: str) -> Any:
+    import importlib
+
+    return importlib.import_module(f"hardware.{kind}")
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    simulator = _hardware_module(args.device).start_simulator()
+    print(simulator.path, flush=True)
+    print(f"{args.device} simulator on {simulator.path}; Ctrl-C to stop", file=sys.stderr, flush=True)
+    try:
+        time.sleep(args.seconds) if args.seconds is not None else signal_pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        simulator.close()
+    return 0
+
+
+def signal_pause() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    while True:
+        signal.pause()
+
+
+def cmd_hardware(args: argparse.Namespace) -> int:
+    import trio
+
+    from hardware.errors import HardwareError
+
+    module = _hardware_module(args.device)
+    try:
+        reading = trio.run(lambda: module.read_once(args.port, timeout=args.timeout))
+    except HardwareError as exc:
+        print(f"lifeline hardware read {args.device}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(reading, default=str, sort_keys=True))
+    else:
+        for key, value in reading.items():
+            print(f"{key:<20} {value}")
+    return 0
 
 
 def _audit(args: argparse.Namespace) -> int:
