@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ha_drill_parsers(drill_sub)
 
+    from daemon.lab.hardware_drills import add_hardware_drill_parsers
+
+    add_hardware_drill_parsers(drill_sub)
+
     from daemon.standby.witness import add_witness_parser
 
     add_witness_parser(sub)
@@ -574,6 +578,10 @@ def cmd_drill(args: argparse.Namespace) -> int:
     from daemon.config import Duration
     from daemon.lab.drills import DrillSettings, format_report, report_json, run_uplink_drill
 
+    if args.drill_command in ("power", "enclosure"):
+        from daemon.lab.hardware_drills import run_hardware_drill
+
+        return run_hardware_drill(args)
     if args.drill_command != "uplink":
         from daemon.lab.ha_drills import run_ha_drill
 
