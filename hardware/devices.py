@@ -11,7 +11,7 @@ from daemon.hardware_service import Device
 
 def _closer(driver: Any) -> Any:
     async def close() -> None:
-        closing = getattr(driver, "close", None)
+        closing = getattr(driver, "aclose", None) or getattr(driver, "close", None)
         if closing is not None:
             result = closing()
             if hasattr(result, "__await__"):
@@ -32,10 +32,10 @@ def build_devices(settings: Any) -> list[Device]:
                              stale_after=float(ups.stale_after))
         devices.append(Device("ups", "ups", driver.poll, monitor, float(ups.interval), _closer(driver)))
     if settings.gnss is not None:
-        from hardware.gnss import GnssMonitor, open_gnss  # type: ignore[attr-defined]
+        from hardware.gnss import GnssMonitor, make_source
 
         gnss = settings.gnss
-        driver = open_gnss(gnss.port, baudrate=gnss.baud)
+        driver = make_source(gnss.port, baudrate=gnss.baud)
         monitor = GnssMonitor("gnss", offset_threshold_ms=float(gnss.offset_threshold) * 1000,
                               stale_after=float(gnss.stale_after))
         devices.append(Device("gnss", "gnss", driver.poll, monitor, 1.0, _closer(driver)))

@@ -89,3 +89,28 @@ def test_hardware_read_and_sim_for_commissioning(tmp_path: Path) -> None:
         sim.wait(10)
     missing = cli("hardware", "read", "ups", "--port", str(tmp_path / "no-such-port"))
     assert missing.returncode == 1 and "no-such-port" in missing.stderr and len(missing.stderr.splitlines()) == 1
+
+
+def test_a_daemon_follows_the_simulated_gnss_receiver(tmp_path: Path) -> None:
+    from hardware import gnss
+
+    sim = gnss.start_simulator(interval=0.2)
+    socket = tmp_path / "run" / "control.sock"
+    config = tmp_path / "lifeline.toml"
+    config.write_text(dump_toml({
+        "node": {"name": "edge-a", "state_dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
+        "control": {"socket": str(socket), "group": ""},
+        "metrics": {"enabled": False},
+        "hardware": {"gnss": {"port": sim.path, "stale_after": "2s", "offset_threshold": "500ms"}},
+    }))
+    daemon = DaemonProcess(config=config, workdir=tmp_path / "proc", watchdog_usec=None)
+    daemon.start()
+    try:
+        assert daemon.wait_ready(30), daemon.log_text()
+        assert until(lambda: "GnssFixAcquired" in kinds(socket), 10), daemon.log_text()[-2000:]
+        sim.set(fix=False)
+        assert until(lambda: "GnssFixLost" in kinds(socket), 10), daemon.log_text()[-2000:]
+        assert daemon.stop(20) == 0
+    finally:
+        daemon.close()
+        sim.close()
