@@ -203,7 +203,8 @@ async def test_port_disappears_and_comes_back(tmp_path: Path, caplog: pytest.Log
             nursery.start_soon(lambda: receiver.run(harness.on_reading, interval=0))
             await wait_for(lambda: len(harness.readings) >= 3)
 
-            first.close()  # unplugged: the pty is gone
+            first.close()  # unplugged: the pty is gone, and udev removes the link
+            link.unlink()  # (else another process's new pty could reuse the number)
             await wait_for(harness.has("DeviceStale"))
             await trio.sleep(0.5)  # several reconnect attempts meanwhile
             count = len(harness.readings)
