@@ -555,7 +555,7 @@ class GnssConfig:
                        '("gpsd://127.0.0.1:2947").')
     baud: int = option(9600, doc="Serial speed (4800 for older receivers).", min=300, max=921600)
     stale_after: Duration = option(Duration(5.0), doc="No sentence for this long: the receiver is stale.", above=0)
-    offset_threshold: Duration = option(Duration(0.1), doc="ClockOffsetHigh when the receiver's UTC and the "
+    offset_threshold: Duration = option(Duration(1.0), doc="ClockOffsetHigh when the receiver's UTC and the "
                                         "host clock differ by more (a rough check; chrony keeps time).", above=0)
 
 

@@ -72,6 +72,7 @@ pynmea2's tests; gpsd_json(5) for TPV/SKY.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import inspect
 import json
@@ -81,9 +82,10 @@ import threading
 import time
 import tty
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from daemon.log import get_logger
@@ -455,7 +457,7 @@ class GnssReading:
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class EpochAssembler:
@@ -527,7 +529,7 @@ class EpochAssembler:
         satellites = gga.satellites if gga is not None else (gsa.used if gsa is not None else None)
         utc = None
         if rmc is not None and rmc.date is not None and rmc.time_s is not None:
-            utc = datetime(rmc.date.year, rmc.date.month, rmc.date.day, tzinfo=timezone.utc) \
+            utc = datetime(rmc.date.year, rmc.date.month, rmc.date.day, tzinfo=UTC) \
                 + timedelta(seconds=rmc.time_s)
         offset_ms = (arrival - utc.timestamp()) * 1000.0 if (utc is not None and fix) else None
         first = rmc if rmc is not None else gga
@@ -593,17 +595,17 @@ class GpsdStats:
 def _gpsd_time(value: Any) -> datetime | None:
     if isinstance(value, str):
         try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            parsed = datetime.fromisoformat(value)  # Python 3.11 reads the "Z" suffix
             if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=timezone.utc)
-            parsed = parsed.astimezone(timezone.utc)
+                parsed = parsed.replace(tzinfo=UTC)
+            parsed = parsed.astimezone(UTC)
             parsed.timestamp()
         except (ValueError, OverflowError, OSError):
             return None  # not a time, or one no clock can hold
         return parsed
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         try:  # gpsd before 3.10 sent UNIX seconds
-            return datetime.fromtimestamp(value, tz=timezone.utc)
+            return datetime.fromtimestamp(value, tz=UTC)
         except (OverflowError, OSError, ValueError):
             return None
     return None
@@ -998,10 +1000,8 @@ class GnssReceiver(_RunLoop):
     def close(self) -> None:
         ser, self._serial = self._serial, None
         if ser is not None:
-            try:
+            with contextlib.suppress(Exception):  # a vanished port may fail to close
                 ser.close()
-            except Exception:  # noqa: BLE001 - a vanished port may fail to close
-                pass
 
     async def aclose(self) -> None:
         self.close()
@@ -1030,10 +1030,8 @@ class GnssReceiver(_RunLoop):
         self._ready.clear()
         self._protocol.reset()
         self._joining = True
-        try:
+        with contextlib.suppress(serial.SerialException, OSError):  # a lost port shows on the next read
             self._serial.reset_input_buffer()
-        except (serial.SerialException, OSError):
-            pass  # a lost port shows on the next read
 
     async def poll(self, timeout: float | None = None) -> GnssReading:
         """The next epoch's reading. Raises PortMissing (cannot open, or lost: the next
@@ -1285,7 +1283,7 @@ class GnssSimulator:
             st = GnssSimState(**self.state.__dict__)
         if st.silent:
             return b""
-        stated = datetime.fromtimestamp(tick - st.clock_offset_ms / 1000.0, tz=timezone.utc)
+        stated = datetime.fromtimestamp(tick - st.clock_offset_ms / 1000.0, tz=UTC)
         hms = f"{stated:%H%M%S}.{stated.microsecond // 10000:02d}"
         dmy = f"{stated:%d%m%y}"
         t, sats = st.talker, max(0, min(int(st.satellites), 99))
@@ -1365,10 +1363,10 @@ class GnssSimulator:
                 pass
         self._master = self._slave = -1
 
-    def __enter__(self) -> GnssSimulator:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -1411,7 +1409,7 @@ class FakeGpsd:
         """The JSON lines gpsd sends for the epoch at host time ``tick``."""
         if self.silent:
             return b""
-        stated = datetime.fromtimestamp(tick - self.clock_offset_ms / 1000.0, tz=timezone.utc)
+        stated = datetime.fromtimestamp(tick - self.clock_offset_ms / 1000.0, tz=UTC)
         sats = [{"PRN": p, "el": 45.0, "az": 83.0, "ss": 40.0, "used": i < self.satellites}
                 for i, p in enumerate(_SIM_PRNS)]
         sky = {"class": "SKY", "device": self.device, "hdop": 0.9, "pdop": 1.6,

@@ -7,18 +7,28 @@ going silent and a port disappearing each take a fraction of a second.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import trio
 
 from hardware import gnss
 from hardware.errors import DeviceGarbage, DeviceTimeout, PortMissing
-from hardware.gnss import FakeGpsd, GnssMonitor, GnssReading, GnssReceiver, GnssSimulator, GpsdClient, read_once
+from hardware.gnss import (
+    FakeGpsd,
+    GnssMonitor,
+    GnssReading,
+    GnssReceiver,
+    GnssSimulator,
+    GpsdClient,
+    read_once,
+)
 
 FAST = 0.1
 
@@ -254,7 +264,7 @@ async def test_run_hands_over_at_most_one_reading_per_interval(sim: GnssSimulato
     with trio.move_on_after(1.6):
         await receiver.run(on_reading, interval=0.5)
     assert 2 <= len(got) <= 4
-    assert all(b - a >= 0.25 for a, b in zip(got, got[1:]))
+    assert all(b - a >= 0.25 for a, b in itertools.pairwise(got))
 
 
 # --- gpsd: the client against the fake over TCP ----------------------------------------

@@ -9,23 +9,24 @@ checksums are verified here, so a transcription error would show.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import daemon.events as events
+from daemon import events
 from hardware import gnss
 from hardware.gnss import (
     EpochAssembler,
     FakeGpsd,
+    Gga,
     GnssMonitor,
     GnssProtocol,
     GnssReading,
     GnssSimulator,
-    Gga,
     GpsdProtocol,
     Gsa,
     NmeaParser,
@@ -132,10 +133,6 @@ def accounted(parser: NmeaParser) -> bool:
     return s.bytes_in == s.accepted_bytes + s.dropped_bytes + parser.pending
 
 
-def stats_without_bytes_in(parser: NmeaParser) -> dict[str, int]:
-    return parser.stats.as_dict()
-
-
 # --- checksums and golden sentences ---------------------------------------------------
 
 
@@ -205,16 +202,16 @@ def test_cold_start_has_no_time_and_no_fix() -> None:
 
 
 def test_nmea_410_extra_fields_are_accepted() -> None:
-    sentences, parser = parse(wire(*UBLOX_F9))
+    _, parser = parse(wire(*UBLOX_F9))
     assert parser.stats.sentences == 4 and parser.stats.malformed == 0
     (reading,) = readings(UBLOX_F9)
     assert reading.fix and reading.satellites == 12 and reading.fix_type == 3
-    assert reading.utc == datetime(2021, 11, 5, 14, 11, 48, tzinfo=timezone.utc)
+    assert reading.utc == datetime(2021, 11, 5, 14, 11, 48, tzinfo=UTC)
 
 
 def test_rtc_time_without_fix_gives_no_offset() -> None:
     (reading,) = readings([RTC_ONLY], now=1594088393.5)
-    assert reading.utc == datetime(2020, 7, 7, 2, 19, 53, tzinfo=timezone.utc)
+    assert reading.utc == datetime(2020, 7, 7, 2, 19, 53, tzinfo=UTC)
     assert not reading.fix and reading.offset_ms is None and reading.quality == 0
 
 
@@ -296,7 +293,7 @@ def test_lowercase_checksum_digits_are_accepted() -> None:
     "GPGGA,\u00b2\u00b3\u00b9\u00b2\u00b3\u00b9,,,,,1,08,,,,,,,",  # unicode digits
 ])
 def test_malformed_fields_under_a_good_checksum(body: str) -> None:
-    data = f"${body}*{nmea_checksum(body.encode('utf-8')):02X}\r\n".encode("utf-8")
+    data = f"${body}*{nmea_checksum(body.encode('utf-8')):02X}\r\n".encode()
     sentences, parser = parse(data + wire(SIRF[1]))
     assert len(sentences) == 1 and isinstance(sentences[0], Gsa)
     assert parser.stats.malformed + parser.stats.garbage == 1 and accounted(parser)
@@ -307,7 +304,7 @@ def test_time_fractions_and_the_leap_second() -> None:
     rmc = one(line)
     assert isinstance(rmc, Rmc) and rmc.time_s == 86400.0
     (reading,) = readings([line])
-    assert reading.utc == datetime(2017, 1, 1, tzinfo=timezone.utc)  # 23:59:60 reads as 00:00:00
+    assert reading.utc == datetime(2017, 1, 1, tzinfo=UTC)  # 23:59:60 reads as 00:00:00
     gga = one(nmea_sentence("GPGGA,000000.123456,,,,,1,05,,,,,,,").decode().strip())
     assert isinstance(gga, Gga) and gga.time_s == pytest.approx(0.123456)
 
@@ -401,7 +398,7 @@ def test_sirf_epochs() -> None:
     assert [r.satellites for r in got] == [8, 8, 8, 7]
     assert all(r.fix and r.quality == 1 and r.talker == "GP" and r.status == "A" for r in got)
     assert [r.sentences for r in got] == [("RMC", "GGA", "GSA")] * 4
-    assert got[0].utc == datetime(2014, 12, 31, 3, 7, 19, tzinfo=timezone.utc)
+    assert got[0].utc == datetime(2014, 12, 31, 3, 7, 19, tzinfo=UTC)
     assert got[0].offset_ms == pytest.approx(400.0, abs=1e-3)
 
 
@@ -411,7 +408,7 @@ def test_ublox_epochs_include_the_gsa_sent_after_gga() -> None:
     assert first == []  # the epoch is open until the line goes quiet or the next one starts
     (r,) = proto.feed(wire(*UBLOX[8:]), 1426699167.2)
     assert r.fix and r.satellites == 12 and r.fix_type == 3 and r.talker == "GN"
-    assert r.utc == datetime(2015, 3, 18, 17, 19, 26, tzinfo=timezone.utc)
+    assert r.utc == datetime(2015, 3, 18, 17, 19, 26, tzinfo=UTC)
     assert r.offset_ms == pytest.approx(200.0, abs=1e-3)
     last = proto.flush()
     assert last is not None and last.utc is not None and last.utc.second == 27
@@ -528,7 +525,7 @@ GPSD_SKY = (b'{"class":"SKY","device":"/dev/pts/1","xdop":0.4,"ydop":0.43,"hdop"
 GPSD_PREAMBLE = (b'{"class":"VERSION","release":"3.25","rev":"3.25","proto_major":3,"proto_minor":15}\r\n'
                  b'{"class":"DEVICES","devices":[{"class":"DEVICE","path":"/dev/pts/1","driver":"NMEA0183"}]}\r\n'
                  b'{"class":"WATCH","enable":true,"json":true,"nmea":false}\r\n')
-GPSD_UTC = datetime(2005, 6, 8, 10, 34, 48, 283000, tzinfo=timezone.utc)
+GPSD_UTC = datetime(2005, 6, 8, 10, 34, 48, 283000, tzinfo=UTC)
 
 
 def test_gpsd_tpv_with_sky() -> None:
@@ -618,6 +615,10 @@ def feed(monitor: GnssMonitor, rs: list[GnssReading], start: float = 0.0, step: 
     return [monitor.reading(r, start + i * step) for i, r in enumerate(rs)]
 
 
+def flat(outs: list[list[gnss.Emit]]) -> list[gnss.Emit]:
+    return [emit for out in outs for emit in out]
+
+
 def names(emits: list[gnss.Emit]) -> list[str]:
     return [name for name, _ in emits]
 
@@ -638,12 +639,12 @@ def test_fix_lost_after_confirmation_and_flicker_is_quiet() -> None:
     out = feed(m, [reading(False), reading(False)], start=6)
     assert out == [[], [("GnssFixLost", {"device": "gps0", "reason": "RMC status V"})]]
     assert m.fix is False and not m.healthy
-    assert names(sum(feed(m, [reading()] * 2, start=8), [])) == ["GnssFixAcquired"]
+    assert names(flat(feed(m, [reading()] * 2, start=8))) == ["GnssFixAcquired"]
 
 
 def test_no_fix_from_the_start_is_reported() -> None:
     m = GnssMonitor("gps0")
-    out = sum(feed(m, [reading(False)] * 3), [])
+    out = flat(feed(m, [reading(False)] * 3))
     assert out == [("GnssFixLost", {"device": "gps0", "reason": "RMC status V"})]
 
 
@@ -655,11 +656,11 @@ def test_clock_offset_high_with_hysteresis() -> None:
     assert out == [("ClockOffsetHigh", {"device": "gps0", "offset_ms": -950.0, "threshold_ms": 500.0})]
     assert not m.healthy
     # inside the band (400 < |x| <= 500) nothing changes; still high, no repeat
-    assert sum(feed(m, [reading(offset_ms=450.0), reading(offset_ms=2000.0)] * 2, start=5), []) == []
+    assert flat(feed(m, [reading(offset_ms=450.0), reading(offset_ms=2000.0)] * 2, start=5)) == []
     assert m.offset_high
     feed(m, [reading(offset_ms=100.0)] * 2, start=9)
     assert not m.offset_high and m.healthy
-    out = sum(feed(m, [reading(offset_ms=5000.0)] * 2, start=11), [])
+    out = flat(feed(m, [reading(offset_ms=5000.0)] * 2, start=11))
     assert names(out) == ["ClockOffsetHigh"]
 
 
@@ -725,7 +726,7 @@ def test_random_bytes_never_raise_and_every_byte_is_accounted(data: bytes, cuts:
     parser = NmeaParser()
     proto = GnssProtocol()
     points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
-    for a, b in zip(points, points[1:]):
+    for a, b in itertools.pairwise(points):
         parser.feed(data[a:b], 1.0)
         proto.feed(data[a:b], 1.0)
     proto.flush()
@@ -758,7 +759,7 @@ def test_real_stream_with_line_noise_split_anywhere(lines: list[str], noise: lis
     whole, reference = parse(data)
     parser = NmeaParser()
     points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
-    got = [s for a, b in zip(points, points[1:]) for s in parser.feed(data[a:b], 100.0)]
+    got = [s for a, b in itertools.pairwise(points) for s in parser.feed(data[a:b], 100.0)]
     assert got == whole and parser.stats == reference.stats and accounted(parser)
     if not noise:
         assert len(whole) + reference.stats.ignored + reference.stats.bad_checksum == len(lines)
@@ -827,5 +828,5 @@ def test_monitor_never_calls_a_stale_receiver_healthy(steps: list[tuple[bool, fl
                 stale_events.append(name)
         if m.stale:
             assert not m.healthy and m.fix is not True
-    assert all(a != b for a, b in zip(fix_events, fix_events[1:]))
-    assert all(a != b for a, b in zip(stale_events, stale_events[1:]))
+    assert all(a != b for a, b in itertools.pairwise(fix_events))
+    assert all(a != b for a, b in itertools.pairwise(stale_events))
