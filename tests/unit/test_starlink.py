@@ -5,7 +5,7 @@ fetched by reflection), so the poller is tested with an injected ``fetch``."""
 
 from __future__ import annotations
 
-import time
+import threading
 from typing import Any
 
 import trio
@@ -69,15 +69,16 @@ async def test_poller_hints_and_clears_on_errors(monkeypatch: Any) -> None:
     assert monitor.errors == 1
 
 
-async def test_a_hung_dish_call_times_out_and_clears() -> None:
+async def test_a_hung_dish_call_times_out_and_clears(autojump_clock: trio.testing.MockClock) -> None:
     calls = 0
+    release = threading.Event()
 
     def fetch() -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             return ({**GOOD, "state": "NO_SATS"}, {}, {})
-        time.sleep(3)  # a hung gRPC call
+        release.wait(10)  # a hung gRPC call (released when the test ends)
         return (GOOD, {}, {})
 
     hints: list[str | None] = []
@@ -91,6 +92,7 @@ async def test_a_hung_dish_call_times_out_and_clears() -> None:
             await monitor.run()
     finally:
         starlink.CALL_TIMEOUT = old
+        release.set()
     assert hints == ["dish NO_SATS", None]
 
 
