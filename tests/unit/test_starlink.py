@@ -9,7 +9,6 @@ import threading
 from typing import Any
 
 import trio
-import trio.testing
 
 from daemon.uplinks.starlink import StarlinkDishMonitor, interpret_status
 
@@ -69,7 +68,8 @@ async def test_poller_hints_and_clears_on_errors(monkeypatch: Any) -> None:
     assert monitor.errors == 1
 
 
-async def test_a_hung_dish_call_times_out_and_clears(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_hung_dish_call_times_out_and_clears() -> None:
+    # Real time: the dish is called in a worker thread, which virtual time cannot wait for.
     calls = 0
     release = threading.Event()
 
