@@ -69,6 +69,15 @@ class Daemon:
             self.hardware = HardwareService(config, self.bus,
                                             clean_stop=lambda: self.supervisor.stop_reason is not None)
             services.append(self.hardware)
+        self.venues: Any = None
+        if config.venues:
+            from daemon.venues.service import VenueService
+
+            self.venues = VenueService(config, self.bus, standby=self.standby)
+            self.venues.register_control(self.control)
+            services.append(self.venues)
+            if self.recovery is not None:
+                self.recovery.runner.venues = self.venues
         self.metrics: MetricsServer | None = None
         if config.metrics.enabled:
             host, port = config.metrics.host_port

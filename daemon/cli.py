@@ -123,8 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(list_playbooks)
     list_playbooks.set_defaults(recovery_handler=cmd_playbook_list)
 
-    sim = sub.add_parser("sim", help="run a device simulator on a new pty (commissioning, tests); prints its path")
-    sim.add_argument("device", choices=HARDWARE_KINDS)
+    sim = sub.add_parser("sim", help="run a device simulator on a new pty (commissioning, tests); prints its path; "
+                                     "`sim venue --listen HOST:PORT` runs the venue emulator (Kraken, Coinbase)")
+    sim.add_argument("device", choices=HARDWARE_KINDS + ("venue",))
+    sim.add_argument("--listen", default="127.0.0.1:8080", help="venue emulator only: address to serve on")
     sim.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
     hardware = sub.add_parser("hardware", help="read the host's devices")
     hardware_sub = hardware.add_subparsers(dest="hardware_command", metavar="ACTION", required=True)
@@ -133,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_argument("--port", required=True, help="serial port, pyserial URL, nut://HOST:PORT/UPS or gpsd://HOST:PORT")
     read.add_argument("--timeout", type=float, default=3.0)
     read.add_argument("--json", action="store_true")
+
+    from daemon.venues.cli import add_venue_parsers
+
+    add_venue_parsers(sub, _add_client_options)
 
     from recovery.audit import add_audit_parser
 
@@ -199,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "audit": _audit,
         "sim": cmd_sim,
         "hardware": cmd_hardware,
+        "venues": _venues,
+        "reconcile": _reconcile,
     }[args.command]
     try:
         return handler(args)
@@ -217,7 +225,23 @@ def _hardware_module(kind: str) -> Any:
     return importlib.import_module(f"hardware.{kind}")
 
 
+def _venues(args: argparse.Namespace) -> int:
+    from daemon.venues.cli import cmd_venues
+
+    return cmd_venues(args, _connect)
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from daemon.venues.cli import cmd_reconcile
+
+    return cmd_reconcile(args, _connect)
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
+    if args.device == "venue":
+        from daemon.lab.venue_emulator import main as emulator_main
+
+        return emulator_main(["--listen", args.listen])
     simulator = _hardware_module(args.device).start_simulator()
     print(simulator.path, flush=True)
     print(f"{args.device} simulator on {simulator.path}; Ctrl-C to stop", file=sys.stderr, flush=True)

@@ -629,3 +629,67 @@ class DeviceStale(Event):
 class DeviceRecovered(Event):
     device: str
     device_type: str
+
+
+# --- venues ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class VenueHealthChanged(Event):
+    """A venue as seen through one uplink changed state (up, degraded, down, unknown).
+    ``venue_state`` is the venue's best state over all its uplinks after this change: the
+    engine routes away from a venue whose ``venue_state`` is not ``up``. ``error_class``
+    is timeout, dns, tls, connect, http, rate_limit, auth, exchange, busy or other.
+    ``monotonic_ns`` is CLOCK_MONOTONIC when the change was decided (drills time it)."""
+
+    venue: str
+    uplink: str
+    state: str
+    previous: str
+    reason: str
+    error_class: str | None
+    latency_ms: float | None
+    venue_state: str
+    monotonic_ns: int
+
+    @property
+    def severity(self) -> str:  # type: ignore[override]
+        return "warning" if self.state in ("down", "degraded") else "info"
+
+
+@dataclass(frozen=True, kw_only=True)
+class VenueDeadmanFailed(Event):
+    """Re-arming a venue's dead-man switch failed while primary: if it keeps failing, the
+    venue cancels every order when the last arm runs out."""
+
+    venue: str
+    error_class: str
+    detail: str
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class VenueDeadmanArmed(Event):
+    """The dead-man switch is armed again after a failure, or for the first time in this
+    primary term."""
+
+    venue: str
+    timeout_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconciliationFinished(Event):
+    """Open orders at one venue compared with the journal (after a promotion or by hand).
+    ``report`` is the path of the JSON report; counts are in ``counts``."""
+
+    venue: str
+    policy: str
+    dry_run: bool
+    trigger: str
+    counts: dict[str, int]
+    errors: list[str]
+    report: str
+
+    @property
+    def severity(self) -> str:  # type: ignore[override]
+        return "warning" if self.errors or self.counts.get("failed") else "info"

@@ -16,7 +16,7 @@ The built-in actions act on the daemon's own services (:class:`DaemonActionRunne
     until ``standby.promote``.
 ``engine.halt`` / ``engine.resume``  the journal refuses appends while halted
     (``EngineHaltRequested`` / ``EngineResumeRequested`` tell the engine).
-``venue.cancel_all``  needs the venues (issue 9): fails with a clear message until then.
+``venue.cancel_all``  fetch the venue's open orders and cancel each (audited one by one).
 ``notify``   a ``PlaybookNotice`` event and a log line.
 ``wait_for`` an event (with ``where`` equality on its fields) within a timeout.
 ``exec``     an argv (no shell), its program on the keyring's allow-list (checked at
@@ -63,6 +63,8 @@ class DaemonActionRunner:
         self.bus = bus
         self.uplinks = uplinks
         self.standby = standby
+        #: The venues service (issue 9), set by the daemon when [venues] are configured.
+        self.venues: Any = None
         self.playbook = ""  # the running playbook's name (for notices)
 
     async def run(self, action: str, args: dict[str, Any], *, dry_run: bool) -> str:
@@ -163,7 +165,15 @@ class DaemonActionRunner:
     async def _venue_cancel_all(self, args: dict[str, Any], dry_run: bool) -> str:
         from recovery.executor import ActionFailed
 
-        raise ActionFailed(f"venue.cancel_all {args.get('venue')}: venues are not configured in this daemon yet")
+        venue = str(args["venue"])
+        if self.venues is None:
+            raise ActionFailed(f"venue.cancel_all {venue}: no [venues] are configured in this daemon")
+        from daemon.venues.service import VenueUnavailable
+
+        try:
+            return await self.venues.cancel_all(venue, dry_run=dry_run, reason=f"playbook {self.playbook}")
+        except VenueUnavailable as exc:
+            raise ActionFailed(f"venue.cancel_all: {exc}") from None
 
     async def _notify(self, args: dict[str, Any], dry_run: bool) -> str:
         message = str(args["message"])

@@ -336,6 +336,7 @@ class StandbyService:
             raise ControlError("halted", f"trading is halted ({self.halted}); a playbook's engine.resume or an "
                                          "operator lifts it (nothing was written)")
         payloads = payloads_from_params(params)
+        self._check_order_records(payloads)
         replication = self.replication
         try:
             if hasattr(replication, "append_runs"):
@@ -354,6 +355,24 @@ class StandbyService:
             out += [{"seq": seq, "epoch": epoch, "status": status, "durable_on": durable_on, "reason": reason}
                     for seq in range(first, last + 1)]
         return {"results": out}
+
+    def _check_order_records(self, payloads: list[bytes]) -> None:
+        """Order records (:mod:`daemon.venues.orders`) must be valid and name a configured
+        venue: reconciliation after a failover trusts them. Other payloads pass as they are."""
+        from daemon.venues.orders import OrderRecordError, looks_like_record, parse_order_record
+
+        for i, payload in enumerate(payloads):
+            if not looks_like_record(payload):
+                continue
+            try:
+                record = parse_order_record(payload)
+            except OrderRecordError as exc:
+                raise ControlError("bad_record", f"payload {i}: order record: {exc} (nothing was written)") from None
+            venues = self.config.venues
+            if record is not None and venues and record.venue not in venues:
+                raise ControlError("bad_record", f"payload {i}: order record: venue: {record.venue!r} is not a "
+                                                 f"configured venue ({', '.join(venues)}); write the [venues.NAME] "
+                                                 "name (nothing was written)")
 
     async def _read(self, params: dict[str, Any]) -> Any:
         start = params.get("from", 1)

@@ -680,7 +680,7 @@ def _schema_keys(cls: type, prefix: str = "") -> set[str]:
     return keys
 
 
-NAMED_SECTIONS = {"uplinks"}
+NAMED_SECTIONS = {"uplinks", "venues"}
 #: Sections whose absence means "off" (no defaults to compare).
 OPTIONAL_SECTIONS = {"standby", "recovery", "hardware"}
 

@@ -1,0 +1,792 @@
+"""The venues service: each venue seen through each uplink, its dead-man switch, and
+reconciliation after a promotion.
+
+**Probes.** For every ``[venues.NAME]`` and every uplink it lists (default: all of them;
+no uplinks: one path over the default route) one loop runs a probe round every
+``interval`` — never more often than the venue's rate limit allows (ccxt's ``rateLimit``
+× calls per round). A round is ccxt's *synchronous* client (ccxt's async client is
+asyncio-only) in a worker thread, its HTTP session bound to the uplink's source address
+(so the kernel's per-uplink policy routing sends it out of that uplink only). Each
+venue × uplink has its own ccxt instance and a capacity limiter of one: a round still
+stuck in its thread when the next one is due is a failure of class ``busy`` — never a
+second thread piling up behind it. Samples go into the sans-IO health machine
+(:mod:`daemon.venues.health`); a change is a ``VenueHealthChanged`` event, a log line,
+and a line on every ``venues.watch`` stream (the engine routes away from a venue at once).
+
+**Dead-man switch.** While this node may trade (primary, before its fence deadline; or
+always on a host without a journal), every venue with ``deadman = true`` whose exchange
+implements ``cancelAllOrdersAfter`` is re-armed every ``deadman_interval`` with
+``deadman_timeout``. Nothing is sent when the node stops being primary: the last arm runs
+out and the venue cancels every order by itself — also when this daemon is fenced, hangs,
+crashes or loses every uplink. Private calls go through the best uplink for that venue
+(UP first, in the configured order), one at a time per venue (nonces must increase).
+
+**Reconciliation.** When this node becomes primary (``RoleChanged``), each venue with
+``reconcile_on_promotion`` is reconciled: its open orders (and positions, for the report)
+are fetched and compared with the orders the journal says are open (the journal's order
+records, :mod:`daemon.venues.orders`, folded in journal order by a tail that follows the
+journal on either role); :mod:`daemon.venues.reconcile` decides, the venue's policy
+applies (cancel-orphans, adopt, report-only), and every decision and outcome goes to the
+hash-chained audit log (:mod:`recovery.audit`) and to a JSON report in
+``STATE_DIR/venues/reconcile/``. ``lifeline reconcile [--dry-run]`` runs it by hand.
+
+Control methods: ``venues.status``, ``venues.watch`` (stream: the matrix, then every
+change), ``venues.reconcile {"venue", "dry_run"}``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import trio
+
+from daemon.config import Config, VenueConfig
+from daemon.control import ControlError, StreamReply
+from daemon.events import (
+    EventBus,
+    ReconciliationFinished,
+    RoleChanged,
+    VenueDeadmanArmed,
+    VenueDeadmanFailed,
+    VenueHealthChanged,
+)
+from daemon.log import get_logger
+from daemon.service import MetricFamily, Sample, ServiceStatus
+from daemon.venues.health import (
+    HealthChange,
+    HealthSettings,
+    ProbeSample,
+    VenueHealth,
+    VenueState,
+    best_state,
+    effective_interval,
+)
+
+log = get_logger("venues")
+
+#: Private calls (open orders, cancels, the dead-man switch) get this long per HTTP phase.
+PRIVATE_TIMEOUT = 10.0
+#: A private call (with the market list it may load first) is abandoned after this.
+PRIVATE_DEADLINE = 30.0
+#: After a failed re-arm, try again this soon (the last good arm is still running down).
+DEADMAN_RETRY = 1.0
+#: Reconciliation waits at most this long for the order index to reach the journal's end.
+INDEX_CATCH_UP = 30.0
+WATCH_BUFFER = 256
+#: The name of the path over the default route when no uplink is configured.
+DEFAULT_PATH = "default"
+
+
+class VenueUnavailable(Exception):
+    """A private call could not be made (no credentials, no usable path, the call failed)."""
+
+    def __init__(self, message: str, error_class: str = "other") -> None:
+        super().__init__(message)
+        self.error_class = error_class
+
+
+@dataclass
+class VenuePath:
+    """One venue seen through one uplink."""
+
+    venue: str
+    uplink: str
+    source: str | None
+    health: VenueHealth
+    interval: float
+    limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
+    client: Any = None
+    changed_at: float | None = None     # wall time of the last state change
+    last_error: str | None = None
+    last_error_class: str | None = None
+    error_counts: dict[str, int] = field(default_factory=dict)
+
+    def snapshot(self) -> dict[str, Any]:
+        last = self.health.last
+        median = self.health.latency_median()
+        return {
+            "venue": self.venue, "uplink": self.uplink, "state": self.health.state.value,
+            "latency_ms": round(last.latency * 1000, 1) if last is not None and last.ok and last.latency is not None
+            else None,
+            "median_ms": round(median * 1000, 1) if median is not None else None,
+            "error_class": self.last_error_class if last is not None and not last.ok else None,
+            "error": self.last_error if last is not None and not last.ok else None,
+            "since": self.changed_at, "interval_s": round(self.interval, 3),
+            "probes": self.health.samples_total, "failures": self.health.failures_total,
+        }
+
+
+@dataclass
+class Venue:
+    name: str
+    config: VenueConfig
+    paths: dict[str, VenuePath]
+    credentials: Any = None
+    private_lock: trio.Lock = field(default_factory=trio.Lock)
+    private_clients: dict[str, Any] = field(default_factory=dict)
+    deadman_supported: bool | None = None
+    deadman_armed_at: float | None = None     # wall time of the last good arm
+    deadman_error: str | None = None
+    deadman_arms: int = 0
+    deadman_failures: int = 0
+    reconciliations: int = 0
+    last_report: str | None = None
+
+    def state(self) -> VenueState:
+        return best_state(p.health.state for p in self.paths.values())
+
+    def best_paths(self) -> list[VenuePath]:
+        """Paths for a private call, best first: UP, then DEGRADED, then the rest, each in
+        the configured order."""
+        rank = {VenueState.UP: 0, VenueState.DEGRADED: 1, VenueState.UNKNOWN: 2, VenueState.DOWN: 3}
+        order = list(self.paths.values())
+        return sorted(order, key=lambda p: (rank[p.health.state], order.index(p)))
+
+
+def _default_client_factory(venue: str, config: VenueConfig, *, uplink: str | None, source: str | None,
+                            timeout: float, credentials: Any) -> Any:
+    from daemon.venues.client import VenueClient
+
+    client = VenueClient(venue, config.exchange, uplink=uplink, source_address=source, api_url=config.api_url,
+                         timeout=timeout, credentials=credentials, ticker_symbol=config.ticker_symbol,
+                         options=None)
+    if config.sandbox:
+        client.exchange.set_sandbox_mode(True)
+    return client
+
+
+class VenueService:
+    name = "venues"
+
+    def __init__(self, config: Config, bus: EventBus, *, standby: Any = None,
+                 client_factory: Callable[..., Any] | None = None,
+                 audit_factory: Callable[[], Any] | None = None,
+                 clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+        self.config = config
+        self.bus = bus
+        self.standby = standby
+        self.client_factory = client_factory or _default_client_factory
+        self._audit_factory = audit_factory
+        self._audit: Any = None
+        self.clock_ns = clock_ns
+        self.venues: dict[str, Venue] = {}
+        self._watchers: list[trio.MemorySendChannel[dict[str, Any]]] = []
+        self._role_changed = trio.Event()
+        self._primary_term = 0            # counts promotions: one reconciliation per term and venue
+        self.orders: Any = None           # daemon.venues.orders.OpenOrders, built from the journal
+        self._index_advanced = trio.Event()
+        self.index_error: str | None = None
+        self.index_started_at: int | None = None
+        self._reconcile_lock = trio.Lock()
+        self._started = False
+        for name, vc in config.venues.items():
+            uplinks = vc.uplinks if vc.uplinks is not None else list(config.uplinks)
+            settings = HealthSettings(degraded_latency=float(vc.degraded_latency), down_after=vc.down_after,
+                                      up_after=vc.up_after, slow_after=vc.slow_after)
+            paths: dict[str, VenuePath] = {}
+            for uplink in uplinks or [DEFAULT_PATH]:
+                source = config.uplinks[uplink].source if uplink in config.uplinks else None
+                paths[uplink] = VenuePath(name, uplink, source, VenueHealth(settings), float(vc.interval))
+            self.venues[name] = Venue(name, vc, paths)
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        for venue in self.venues.values():
+            if venue.config.credentials is not None:
+                from daemon.venues.client import load_credentials
+
+                # A bad credentials file refuses to start, naming the file and the field.
+                venue.credentials = load_credentials(venue.config.credentials)
+        try:
+            async with trio.open_nursery() as nursery:
+                for venue in self.venues.values():
+                    for path in venue.paths.values():
+                        nursery.start_soon(self._probe_loop, venue, path)
+                    nursery.start_soon(self._deadman_loop, venue)
+                if self.standby is not None:
+                    nursery.start_soon(self._index_loop)
+                nursery.start_soon(self._role_loop)
+                self._nursery = nursery
+                self._started = True
+                log.info("venues.started", venues=",".join(self.venues),
+                         paths=sum(len(v.paths) for v in self.venues.values()))
+                task_status.started()
+        finally:
+            for channel in self._watchers:
+                channel.close()
+            if self._audit is not None:
+                self._audit.close()
+
+    # ------------------------------------------------------------------ probes
+
+    async def _client(self, venue: Venue, path: VenuePath) -> Any:
+        if path.client is None:
+            vc = venue.config
+            path.client = await trio.to_thread.run_sync(lambda: self.client_factory(
+                venue.name, vc, uplink=None if path.uplink == DEFAULT_PATH else path.uplink, source=path.source,
+                timeout=float(vc.timeout), credentials=venue.credentials))
+            rate_limit = float(getattr(path.client, "rate_limit", 0.0) or 0.0)
+            path.interval = effective_interval(float(vc.interval), rate_limit, len(vc.probes))
+            if path.interval > float(vc.interval):
+                log.info("venue.interval_raised", venue=venue.name, uplink=path.uplink,
+                         configured=float(vc.interval), interval=round(path.interval, 3),
+                         reason="the venue's rate limit")
+        return path.client
+
+    async def _probe_loop(self, venue: Venue, path: VenuePath) -> None:
+        vc = venue.config
+        deadline_per_round = float(vc.timeout) * len(vc.probes) + 0.2
+        next_at = trio.current_time()
+        while True:
+            await trio.sleep_until(next_at)
+            sample = await self._probe_once(venue, path, deadline_per_round)
+            self._observe(venue, path, sample)
+            next_at = max(next_at + path.interval, trio.current_time())
+
+    async def _probe_once(self, venue: Venue, path: VenuePath, deadline: float) -> ProbeSample:
+        now = trio.current_time()
+        if path.limiter.borrowed_tokens:
+            return ProbeSample(ok=False, at=now, error_class="busy",
+                               detail="the previous probe is still waiting for an answer")
+        try:
+            client = await self._client(venue, path)
+        except Exception as exc:  # noqa: BLE001 - a client that cannot be built is a failed probe
+            return ProbeSample(ok=False, at=trio.current_time(), error_class="other",
+                               detail=f"cannot create the ccxt client: {type(exc).__name__}")
+        calls = list(venue.config.probes)
+        result = None
+        with trio.move_on_after(deadline):
+            result = await trio.to_thread.run_sync(client.probe, calls, limiter=path.limiter,
+                                                   abandon_on_cancel=True)
+        at = trio.current_time()
+        if result is None:
+            return ProbeSample(ok=False, at=at, error_class="timeout",
+                               detail=f"no answer within {deadline:.1f}s")
+        return ProbeSample(ok=result.ok, at=at, latency=result.latency, error_class=result.error_class,
+                           detail=result.detail)
+
+    def _observe(self, venue: Venue, path: VenuePath, sample: ProbeSample) -> None:
+        before = venue.state()
+        if not sample.ok:
+            path.last_error = sample.detail
+            path.last_error_class = sample.error_class
+            key = sample.error_class or "other"
+            path.error_counts[key] = path.error_counts.get(key, 0) + 1
+        change = path.health.observe(sample)
+        if change is None:
+            return
+        path.changed_at = time.time()
+        self._publish_change(venue, path, change, before)
+
+    def _publish_change(self, venue: Venue, path: VenuePath, change: HealthChange, before: VenueState) -> None:
+        sample = change.sample
+        after = venue.state()
+        latency_ms = round(sample.latency * 1000, 1) if sample.latency is not None else None
+        event = VenueHealthChanged(
+            source=self.name, venue=venue.name, uplink=path.uplink, state=change.state.value,
+            previous=change.previous.value, reason=change.reason,
+            error_class=None if sample.ok else sample.error_class, latency_ms=latency_ms,
+            venue_state=after.value, monotonic_ns=self.clock_ns())
+        self.bus.publish(event)
+        level = log.warning if change.state in (VenueState.DOWN, VenueState.DEGRADED) else log.info
+        level("venue.health", venue=venue.name, uplink=path.uplink, state=change.state.value,
+              previous=change.previous.value, venue_state=after.value, reason=change.reason)
+        if after is not before:
+            log.info("venue.state", venue=venue.name, state=after.value, previous=before.value)
+        self._tell_watchers({"change": event.to_dict()})
+
+    def _tell_watchers(self, message: dict[str, Any]) -> None:
+        for channel in list(self._watchers):
+            try:
+                channel.send_nowait(message)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                # A watcher that does not keep up is cut, never allowed to hold the probes up.
+                channel.close()
+                self._watchers.remove(channel)
+
+    # ------------------------------------------------------------------ role
+
+    def may_trade(self) -> bool:
+        """May this node send orders now? Without a journal (no [standby]) the host is on
+        its own: always. With one: primary, and (with a lease) before the fence deadline."""
+        standby = self.standby
+        if standby is None:
+            return True
+        leadership = getattr(standby, "leadership", None)
+        if leadership is not None:
+            return bool(leadership.may_trade())
+        return getattr(standby, "role", None) == "primary" and bool(getattr(standby, "accepting", False))
+
+    def _epoch(self) -> int | None:
+        return getattr(self.standby, "epoch", None) if self.standby is not None else None
+
+    async def _role_loop(self) -> None:
+        """Wake the dead-man loops on every role change; reconcile on becoming primary."""
+        with self.bus.subscribe("venues-role", kinds={"RoleChanged"}) as sub:
+            was_primary = False
+            if self.standby is not None and self.standby.config.standby.lease is None:
+                # A fixed primary never sees RoleChanged: wait until it accepts appends.
+                with trio.move_on_after(60):
+                    while not self.may_trade():
+                        await trio.sleep(0.05)
+                if self.may_trade():
+                    was_primary = True
+                    self._became_primary("start")
+            async for event in sub:
+                assert isinstance(event, RoleChanged)
+                self._role_changed.set()
+                self._role_changed = trio.Event()
+                is_primary = event.role == "primary"
+                if is_primary and not was_primary:
+                    self._became_primary(f"promotion (epoch {event.epoch})")
+                was_primary = is_primary
+
+    def _became_primary(self, trigger: str) -> None:
+        self._primary_term += 1
+        self._role_changed.set()
+        self._role_changed = trio.Event()
+        for venue in self.venues.values():
+            if venue.config.reconcile_on_promotion and self.standby is not None:
+                self._reconcile_soon(venue, trigger)
+
+    def _reconcile_soon(self, venue: Venue, trigger: str) -> None:
+        nursery = self._nursery
+        if nursery is None:
+            return
+        nursery.start_soon(self._reconcile_logged, venue, trigger)
+
+    _nursery: trio.Nursery | None = None
+
+    async def _reconcile_logged(self, venue: Venue, trigger: str) -> None:
+        try:
+            await self.reconcile(venue.name, dry_run=False, trigger=trigger)
+        except (VenueUnavailable, ControlError) as exc:
+            log.error("venue.reconcile_failed", venue=venue.name, trigger=trigger, error=str(exc))
+
+    # ------------------------------------------------------------------ private calls
+
+    async def _private(self, venue: Venue, method: str, *args: Any) -> Any:
+        """One private call at ``venue`` through its best path; VenueUnavailable if none works."""
+        if venue.credentials is None:
+            raise VenueUnavailable(f"venue {venue.name}: no credentials configured "
+                                   f"(set venues.{venue.name}.credentials to a 0600 TOML file)")
+        from daemon.venues.client import VenueCallError
+
+        errors: list[str] = []
+        error_class = "other"
+        async with venue.private_lock:
+            paths = venue.best_paths()
+            # DOWN paths only when nothing better exists (a probe may not have run yet).
+            paths = [p for p in paths if p.health.state is not VenueState.DOWN] or paths
+            for path in paths:
+                client = venue.private_clients.get(path.uplink)
+                try:
+                    if client is None:
+                        client = await trio.to_thread.run_sync(lambda: self.client_factory(
+                            venue.name, venue.config, uplink=None if path.uplink == DEFAULT_PATH else path.uplink,
+                            source=path.source, timeout=PRIVATE_TIMEOUT, credentials=venue.credentials))
+                        venue.private_clients[path.uplink] = client
+                    fn = getattr(client, method)
+                    with trio.fail_after(PRIVATE_DEADLINE):
+                        return await trio.to_thread.run_sync(lambda: fn(*args), abandon_on_cancel=True)
+                except VenueCallError as exc:
+                    error_class = exc.error_class
+                    errors.append(f"{path.uplink}: {exc.error_class}: {exc.detail}")
+                    if exc.error_class in ("auth", "exchange"):
+                        break  # the venue answered: another uplink gets the same answer
+                except trio.TooSlowError:
+                    error_class = "timeout"
+                    errors.append(f"{path.uplink}: timeout: no answer within {PRIVATE_DEADLINE:g}s")
+                    venue.private_clients.pop(path.uplink, None)  # its thread may still be running
+        raise VenueUnavailable(f"venue {venue.name}: {method} failed: " + "; ".join(errors or ["no path"]),
+                               error_class)
+
+    # ------------------------------------------------------------------ dead-man switch
+
+    async def _deadman_loop(self, venue: Venue) -> None:
+        vc = venue.config
+        if not vc.deadman:
+            return
+        if venue.credentials is None:
+            venue.deadman_supported = None
+            venue.deadman_error = "no credentials: the dead-man switch cannot be armed"
+            return
+        term = -1
+        while True:
+            changed = self._role_changed
+            if self.may_trade():
+                if venue.deadman_supported is None:
+                    venue.deadman_supported = await self._supports(venue, "cancelAllOrdersAfter")
+                    if not venue.deadman_supported:
+                        venue.deadman_error = f"{vc.exchange} has no dead-man switch (cancelAllOrdersAfter)"
+                        log.warning("venue.deadman_unsupported", venue=venue.name, exchange=vc.exchange)
+                        return
+                wait = await self._arm(venue, first=term != self._primary_term)
+                term = self._primary_term if wait == float(vc.deadman_interval) else term
+            else:
+                wait = float(vc.deadman_interval)
+            with trio.move_on_after(wait):
+                await changed.wait()
+
+    async def _supports(self, venue: Venue, feature: str) -> bool:
+        path = next(iter(venue.paths.values()))
+        try:
+            client = await self._client(venue, path)
+        except Exception:  # noqa: BLE001
+            return False
+        return bool(client.supports(feature))
+
+    async def _arm(self, venue: Venue, *, first: bool) -> float:
+        vc = venue.config
+        try:
+            await self._private(venue, "cancel_all_orders_after", float(vc.deadman_timeout))
+        except VenueUnavailable as exc:
+            venue.deadman_failures += 1
+            venue.deadman_error = str(exc)
+            self.bus.publish(VenueDeadmanFailed(source=self.name, venue=venue.name, error_class=exc.error_class,
+                                                detail=str(exc)[:300]))
+            log.warning("venue.deadman_failed", venue=venue.name, error=str(exc))
+            return DEADMAN_RETRY
+        if not self.may_trade():
+            # Fenced while the arm was in flight: do not keep it alive any longer than this one.
+            log.warning("venue.deadman_armed_after_fence", venue=venue.name)
+        recovered = venue.deadman_error is not None or first
+        venue.deadman_error = None
+        venue.deadman_armed_at = time.time()
+        venue.deadman_arms += 1
+        if recovered:
+            self.bus.publish(VenueDeadmanArmed(source=self.name, venue=venue.name,
+                                               timeout_s=float(vc.deadman_timeout)))
+            log.info("venue.deadman_armed", venue=venue.name, timeout=float(vc.deadman_timeout),
+                     interval=float(vc.deadman_interval))
+        return float(vc.deadman_interval)
+
+    # ------------------------------------------------------------------ the journal's open orders
+
+    async def _index_loop(self) -> None:
+        from daemon.venues.orders import OpenOrders, looks_like_record
+
+        while getattr(self.standby, "journal", None) is None:
+            await trio.sleep(0.05)
+        journal = self.standby.journal
+        self.orders = OpenOrders()
+        while True:
+            last = journal.last.seq
+            if last < self.orders.position:
+                log.warning("venue.index_rebuilt", reason="the journal's tail was cut", position=self.orders.position,
+                            last=last)
+                self.orders.reset()
+            start = max(self.orders.position + 1, journal.first_seq)
+            if start > self.orders.position + 1 and self.orders.position == 0:
+                self.index_started_at = start
+            if start <= last:
+                try:
+                    records = await trio.to_thread.run_sync(journal.read, start, 5000)
+                except Exception as exc:  # noqa: BLE001 - retention may remove a segment under us
+                    self.index_error = str(exc)
+                    await trio.sleep(0.2)
+                    continue
+                for record in records:
+                    if looks_like_record(record.payload):
+                        self.orders.apply(record.seq, record.payload)
+                    else:
+                        self.orders.position = record.seq
+                self._index_advanced.set()
+                self._index_advanced = trio.Event()
+                continue
+            try:
+                await journal.wait_beyond(last)
+            except Exception as exc:  # noqa: BLE001 - the journal closed: the daemon is stopping
+                self.index_error = str(exc)
+                return
+
+    async def _index_caught_up(self) -> None:
+        journal = self.standby.journal if self.standby is not None else None
+        if journal is None:
+            raise VenueUnavailable("the journal is not open yet")
+        target = journal.last.seq
+        with trio.move_on_after(INDEX_CATCH_UP):
+            while self.orders is None or self.orders.position < target:
+                if self.orders is None:
+                    await trio.sleep(0.05)
+                else:
+                    await self._index_advanced.wait()
+            return
+        raise VenueUnavailable(f"the journal's order index did not reach seq {target} within {INDEX_CATCH_UP:g}s")
+
+    # ------------------------------------------------------------------ reconciliation
+
+    def _audit_log(self) -> Any:
+        if self._audit is None:
+            if self._audit_factory is not None:
+                self._audit = self._audit_factory()
+            else:
+                from recovery.audit import AuditLog, load_or_create_host_key
+
+                recovery = self.config.recovery
+                state_dir = self.config.node.state_dir
+                path = (recovery.audit_log if recovery is not None and recovery.audit_log is not None
+                        else state_dir / "recovery" / "audit.jsonl")
+                key, _ = load_or_create_host_key(state_dir)
+                self._audit = AuditLog(path, key)
+        return self._audit
+
+    async def _audit_append(self, kind: str, **fields: Any) -> None:
+        try:
+            audit = await trio.to_thread.run_sync(self._audit_log)
+            await trio.to_thread.run_sync(lambda: audit.append(kind, **fields))
+        except Exception as exc:  # noqa: BLE001 - an audit failure is reported, the report still written
+            log.error("venue.audit_failed", kind=kind, error=str(exc))
+            raise VenueUnavailable(f"the audit log refused the entry: {exc}") from None
+
+    async def reconcile(self, venue_name: str, *, dry_run: bool, trigger: str = "operator") -> Any:
+        """Reconcile one venue; return the :class:`ReconciliationReport`. Decisions are
+        audited before they are acted on; nothing is cancelled or adopted unless this node
+        may trade at that moment."""
+        from daemon.venues.reconcile import ReconciliationReport, VenueOrder, adoption_record
+        from daemon.venues.reconcile import reconcile as decide
+
+        venue = self.venues.get(venue_name)
+        if venue is None:
+            raise ControlError("no_such_venue", f"no venue {venue_name!r}; venues: {', '.join(self.venues) or 'none'}")
+        if self.standby is None and not dry_run:
+            raise ControlError("no_journal", "this daemon has no journal ([standby]): there is nothing to compare "
+                                             "the venue's orders with; only --dry-run reports them")
+        if not dry_run and not self.may_trade():
+            raise ControlError("not_primary", "only the primary reconciles (it owns the orders); --dry-run reports "
+                                              "from any node")
+        policy = venue.config.reconcile
+        async with self._reconcile_lock:
+            report = ReconciliationReport(venue=venue.name, policy=policy, dry_run=dry_run,
+                                          node=self.config.node.name, epoch=self._epoch(), started_at=time.time())
+            try:
+                if self.standby is not None:
+                    await self._index_caught_up()
+                    journal_open = self.orders.open_at(venue.name)
+                else:
+                    journal_open = []
+                raw = await self._private(venue, "fetch_open_orders")
+                venue_open = [VenueOrder.from_ccxt(o) for o in raw]
+            except VenueUnavailable as exc:
+                report.errors.append(str(exc))
+                report.finished_at = time.time()
+                await self._finish(venue, report, trigger)
+                return report
+            if venue.config.positions:
+                try:
+                    if await self._supports(venue, "fetchPositions"):
+                        report.positions = list(await self._private(venue, "fetch_positions"))
+                except VenueUnavailable as exc:
+                    report.errors.append(f"positions: {exc}")
+            report.decisions = decide(venue.name, policy, journal_open, venue_open)
+            await self._audit_append("venue.reconcile.started", venue=venue.name, policy=policy, dry_run=dry_run,
+                                     trigger=trigger, node=self.config.node.name, epoch=self._epoch(),
+                                     journal_open=len(journal_open), venue_open=len(venue_open),
+                                     decisions=[d.to_dict() for d in report.decisions])
+            by_id = {o.id: o for o in venue_open}
+            for i, decision in enumerate(report.decisions):
+                outcome = await self._act(venue, decision, by_id, dry_run, adoption_record)
+                report.outcomes[i] = outcome
+                if decision.action in ("cancel", "adopt"):
+                    await self._audit_append("venue.reconcile.action", venue=venue.name, action=decision.action,
+                                             venue_order_id=decision.venue_order_id,
+                                             client_order_id=decision.client_order_id, symbol=decision.symbol,
+                                             outcome=outcome, dry_run=dry_run)
+            report.finished_at = time.time()
+            await self._finish(venue, report, trigger)
+            return report
+
+    async def _act(self, venue: Venue, decision: Any, by_id: dict[str, Any], dry_run: bool,
+                   adoption_record: Callable[..., Any]) -> str:
+        if decision.action not in ("cancel", "adopt"):
+            return decision.action if decision.action != "keep" else "kept"
+        if dry_run:
+            return f"would {decision.action}"
+        if not self.may_trade():
+            return "skipped: this node is no longer primary"
+        if decision.action == "cancel":
+            try:
+                await self._private(venue, "cancel_order", decision.venue_order_id, decision.symbol)
+            except VenueUnavailable as exc:
+                return f"failed: {exc}"
+            log.warning("venue.order_cancelled", venue=venue.name, venue_order_id=decision.venue_order_id,
+                        symbol=decision.symbol, reason="orphan after promotion")
+            return "cancelled"
+        order = by_id.get(decision.venue_order_id or "")
+        if order is None or self.standby is None:
+            return "failed: the venue order is gone"
+        record = adoption_record(venue.name, order, self._epoch())
+        try:
+            await self.standby._append({"payloads": [record.to_payload().decode("utf-8")]})
+        except ControlError as exc:
+            return f"failed: the journal refused the adoption record: {exc}"
+        return "adopted"
+
+    async def _finish(self, venue: Venue, report: Any, trigger: str) -> None:
+        directory = self.config.node.state_dir / "venues" / "reconcile"
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        path = directory / f"{stamp}-{venue.name}{'-dry-run' if report.dry_run else ''}.json"
+        data = report.to_dict()
+        data["trigger"] = trigger
+
+        def write() -> None:
+            from daemon.files import create_new_file
+
+            directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+            create_new_file(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+        try:
+            await trio.to_thread.run_sync(write)
+        except OSError as exc:
+            report.errors.append(f"the report could not be written to {path}: {exc}")
+        venue.reconciliations += 1
+        venue.last_report = str(path)
+        counts = report.counts()
+        try:
+            await self._audit_append("venue.reconcile.finished", venue=venue.name, policy=report.policy,
+                                     dry_run=report.dry_run, trigger=trigger, counts=counts, errors=report.errors,
+                                     report=str(path))
+        except VenueUnavailable as exc:
+            report.errors.append(str(exc))
+        self.bus.publish(ReconciliationFinished(source=self.name, venue=venue.name, policy=report.policy,
+                                                dry_run=report.dry_run, trigger=trigger, counts=counts,
+                                                errors=list(report.errors), report=str(path)))
+        log.info("venue.reconciled", venue=venue.name, policy=report.policy, dry_run=report.dry_run,
+                 trigger=trigger, report=str(path), errors=len(report.errors),
+                 **{k: v for k, v in counts.items()})
+
+    async def cancel_all(self, venue_name: str, *, dry_run: bool = False, reason: str = "operator") -> str:
+        """Cancel every open order at one venue (the playbook action ``venue.cancel_all``)."""
+        venue = self.venues.get(venue_name)
+        if venue is None:
+            raise VenueUnavailable(f"no venue {venue_name!r}; venues: {', '.join(self.venues) or 'none'}")
+        orders = await self._private(venue, "fetch_open_orders")
+        if dry_run:
+            return f"would cancel {len(orders)} open order(s) at {venue_name}"
+        cancelled, failed = 0, []
+        for order in orders:
+            try:
+                await self._private(venue, "cancel_order", str(order.get("id")), order.get("symbol"))
+                cancelled += 1
+                outcome = "cancelled"
+            except VenueUnavailable as exc:
+                failed.append(str(exc))
+                outcome = f"failed: {exc}"
+            await self._audit_append("venue.cancel", venue=venue_name, venue_order_id=str(order.get("id")),
+                                     symbol=order.get("symbol"), reason=reason, outcome=outcome)
+        if failed:
+            raise VenueUnavailable(f"{venue_name}: cancelled {cancelled}, {len(failed)} failed: {failed[0]}")
+        return f"cancelled {cancelled} open order(s) at {venue_name}"
+
+    # ------------------------------------------------------------------ control
+
+    def register_control(self, control: Any) -> None:
+        async def status(params: dict[str, Any]) -> Any:
+            return self.details()
+
+        async def watch(params: dict[str, Any], reply: StreamReply) -> None:
+            send, receive = trio.open_memory_channel[dict[str, Any]](WATCH_BUFFER)
+            self._watchers.append(send)
+            await reply.start()
+            await reply.send({"matrix": self.matrix()})
+            async with receive:
+                async for message in receive:
+                    await reply.send(message)
+            await reply.send({"cut": "this watcher fell behind; subscribe again"})
+
+        async def reconcile(params: dict[str, Any]) -> Any:
+            dry_run = params.get("dry_run", False)
+            if not isinstance(dry_run, bool):
+                raise ControlError("bad_request", '"dry_run" must be true or false')
+            names = params.get("venue")
+            if names is None:
+                names = list(self.venues)
+            elif isinstance(names, str):
+                names = [names]
+            else:
+                raise ControlError("bad_request", '"venue" must be a venue name')
+            reports = []
+            for name in names:
+                report = await self.reconcile(name, dry_run=dry_run, trigger="operator")
+                data = report.to_dict()
+                data["lines"] = report.lines()
+                data["report"] = self.venues[name].last_report
+                reports.append(data)
+            return {"reports": reports}
+
+        control.register("venues.status", status, help="Every venue through every uplink; `lifeline venues`.")
+        control.register_stream("venues.watch", watch,
+                                help="The venue x uplink matrix, then every health change (the engine's feed).")
+        control.register("venues.reconcile", reconcile,
+                         help='Compare open orders with the journal: {"venue": NAME, "dry_run": true}; '
+                              "`lifeline reconcile`.")
+
+    def matrix(self) -> list[dict[str, Any]]:
+        return [p.snapshot() for v in self.venues.values() for p in v.paths.values()]
+
+    def details(self) -> dict[str, Any]:
+        venues = {}
+        for v in self.venues.values():
+            venues[v.name] = {
+                "exchange": v.config.exchange, "state": v.state().value,
+                "paths": [p.snapshot() for p in v.paths.values()],
+                "deadman": {"enabled": v.config.deadman, "supported": v.deadman_supported,
+                            "armed_at": v.deadman_armed_at, "timeout_s": float(v.config.deadman_timeout),
+                            "error": v.deadman_error, "arms": v.deadman_arms, "failures": v.deadman_failures},
+                "reconcile": {"policy": v.config.reconcile, "runs": v.reconciliations, "last_report": v.last_report},
+                "credentials": "configured" if v.config.credentials is not None else "none",
+            }
+        out: dict[str, Any] = {"venues": venues, "may_trade": self.may_trade()}
+        if self.orders is not None:
+            out["order_index"] = {"position": self.orders.position, "invalid": self.orders.invalid,
+                                  "started_at": self.index_started_at, "error": self.index_error}
+        return out
+
+    def status(self) -> ServiceStatus:
+        if not self._started:
+            return ServiceStatus("ok", "starting")
+        parts, health = [], "ok"
+        for v in self.venues.values():
+            state = v.state()
+            if state is not VenueState.UP:
+                health = "degraded"
+            paths = " ".join(f"{p.uplink}={p.health.state.value}" for p in v.paths.values())
+            parts.append(f"{v.name} {state.value} ({paths})")
+            if v.deadman_error and v.config.deadman and self.may_trade():
+                health = "degraded"
+        return ServiceStatus(health, "; ".join(parts) or "no venues", self.details())
+
+    def metrics(self) -> Iterable[MetricFamily]:
+        states, latency, probes, failures = [], [], [], []
+        for v in self.venues.values():
+            for p in v.paths.values():
+                labels = {"venue": v.name, "uplink": p.uplink}
+                for s in VenueState:
+                    states.append(Sample({**labels, "state": s.value}, 1.0 if p.health.state is s else 0.0))
+                median = p.health.latency_median()
+                if median is not None:
+                    latency.append(Sample(labels, median))
+                probes.append(Sample(labels, p.health.samples_total))
+                for error_class, count in sorted(p.error_counts.items()):
+                    failures.append(Sample({**labels, "error_class": error_class}, count))
+        yield MetricFamily("lifeline_venue_state", "gauge",
+                           "1 for the current state of each venue through each uplink.", states)
+        yield MetricFamily("lifeline_venue_latency_seconds", "gauge",
+                           "Median probe round latency over the window.", latency)
+        yield MetricFamily("lifeline_venue_probes_total", "counter", "Probe rounds run.", probes)
+        yield MetricFamily("lifeline_venue_probe_failures_total", "counter", "Failed probe rounds by error class.",
+                           failures)
+        yield MetricFamily("lifeline_venue_up", "gauge", "1 while the venue is UP through at least one uplink.",
+                           [Sample({"venue": v.name}, 1.0 if v.state() is VenueState.UP else 0.0)
+                            for v in self.venues.values()])
+        yield MetricFamily("lifeline_venue_deadman_arms_total", "counter", "Dead-man switch re-arms.",
+                           [Sample({"venue": v.name}, v.deadman_arms) for v in self.venues.values()])
+        yield MetricFamily("lifeline_venue_deadman_failures_total", "counter", "Failed dead-man re-arms.",
+                           [Sample({"venue": v.name}, v.deadman_failures) for v in self.venues.values()])
+        yield MetricFamily("lifeline_venue_reconciliations_total", "counter", "Reconciliations run.",
+                           [Sample({"venue": v.name}, v.reconciliations) for v in self.venues.values()])
