@@ -202,6 +202,13 @@ class VenueService:
 
                 # A bad credentials file refuses to start, naming the file and the field.
                 venue.credentials = load_credentials(venue.config.credentials)
+        for venue in self.venues.values():
+            for path in venue.paths.values():
+                # Built before "started": an unusable probe list refuses to start, naming the key.
+                client = await self._client(venue, path)
+                problems = client.check_calls(list(venue.config.probes))
+                if problems:
+                    raise ValueError(f"{self.config.source}: venues.{venue.name}.probes: " + "; ".join(problems))
         try:
             async with trio.open_nursery() as nursery:
                 for venue in self.venues.values():
@@ -638,7 +645,8 @@ class VenueService:
             from daemon.files import create_new_file
 
             directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-            create_new_file(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+            create_new_file(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), 0o640,
+                            exists_message=f"{path} exists")
 
         try:
             await trio.to_thread.run_sync(write)
