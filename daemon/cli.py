@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_hardware_drill_parsers(drill_sub)
 
+    from daemon.lab.venue_drills import add_venue_drill_parser
+
+    add_venue_drill_parser(drill_sub)
+
     from daemon.standby.witness import add_witness_parser
 
     add_witness_parser(sub)
@@ -602,6 +606,10 @@ def cmd_drill(args: argparse.Namespace) -> int:
     from daemon.config import Duration
     from daemon.lab.drills import DrillSettings, format_report, report_json, run_uplink_drill
 
+    if args.drill_command == "venue":
+        from daemon.lab.venue_drills import run_venue_drill
+
+        return run_venue_drill(args)
     if args.drill_command in ("power", "enclosure"):
         from daemon.lab.hardware_drills import run_hardware_drill
 
