@@ -28,6 +28,8 @@ def add_lab_parser(sub: Any) -> None:
     lab.add_argument("--compress", type=float, default=10.0, help="soak speed-up (default 10: 10m takes 1 minute)")
     lab.add_argument("--promotion-repeat", type=int, default=3,
                      help="repetitions of each promotion drill: standby, partition, region (default 3; 0 skips them)")
+    lab.add_argument("--venue-repeat", type=int, default=3,
+                     help="repetitions of the venue drill: silent through the fibre, then dead (default 3; 0 skips it)")
     actions = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=False)
     up = actions.add_parser("up", help="build the lab's world (namespaces, routers, venue echo) and leave it up")
     down = actions.add_parser("down", help="remove every namespace, link and process the lab made")
@@ -162,8 +164,8 @@ def lab_status(args: argparse.Namespace) -> int:
 
 
 def run_drills(args: argparse.Namespace) -> int:
-    """The main job: the lifecycle drill, then the uplink drill and the promotion drills
-    (in namespaces, when root)."""
+    """The main job: the lifecycle drill, then the uplink drill, the promotion drills and
+    the venue drill (in namespaces, when root)."""
     from daemon.cli import format_status
     from daemon.config import Duration
     from daemon.lab.drills import DrillSettings, format_report, run_uplink_drill
@@ -177,6 +179,7 @@ def run_drills(args: argparse.Namespace) -> int:
     uplink_report = None
     promotion_reports: list[Any] = []
     promotion_skipped: dict[str, str] = {}
+    venue_report = None
     skipped = None
     try:
         say(f"lab: lifecycle drill: a real `lifeline run` under {workdir} (notify socket, watchdog 1 s)")
@@ -193,10 +196,21 @@ def run_drills(args: argparse.Namespace) -> int:
             say(f"lab: uplink drill skipped: {skipped}; run as root for the namespace lab")
         if skipped is None and args.promotion_repeat > 0:
             promotion_reports, promotion_skipped = _promotion_drills(workdir, args.promotion_repeat, say)
+        if skipped is None and args.venue_repeat > 0:
+            from daemon.lab.venue_drills import VenueDrillSettings
+            from daemon.lab.venue_drills import run_drill as run_venue_drill
+
+            say(f"lab: venue drill, {args.venue_repeat} repetition(s): the venue silent through the fibre only, "
+                "then dead")
+            venue_report = run_venue_drill(workdir / "venue", VenueDrillSettings(repeat=args.venue_repeat),
+                                           progress=say)
+            if args.workdir is None:
+                venue_report.workdir = ""  # removed below
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    ok = report.ok and (uplink_report is None or uplink_report.ok) and all(r.ok for r in promotion_reports)
+    ok = (report.ok and (uplink_report is None or uplink_report.ok) and all(r.ok for r in promotion_reports)
+          and (venue_report is None or venue_report.ok))
     if args.json:
         out: dict[str, Any] = {"ok": ok, "lifecycle": {"ok": report.ok, "checks": [c.__dict__ for c in report.checks],
                                                       **report.figures}}
@@ -208,6 +222,10 @@ def run_drills(args: argparse.Namespace) -> int:
             out[promotion.drill] = {"ok": promotion.ok, **promotion.figures()}
         for name, why in promotion_skipped.items():
             out[name] = {"skipped": why}
+        if venue_report is not None:
+            out["venue"] = {"ok": venue_report.ok, **venue_report.figures()}
+        else:
+            out["venue"] = {"skipped": skipped or "--venue-repeat 0"}
         print(json.dumps(out))
         return 0 if ok else 1
     if report.status is not None:
@@ -232,6 +250,13 @@ def run_drills(args: argparse.Namespace) -> int:
         print(format_promotion(promotion))
     for name, why in promotion_skipped.items():
         print(f"\n{name} drill: SKIPPED ({why})")
+    print()
+    if venue_report is not None:
+        from daemon.lab.venue_drills import format_report as format_venue
+
+        print(format_venue(venue_report))
+    else:
+        print(f"venue drill: SKIPPED ({skipped or 'venue-repeat 0'})")
     print(f"\nlab: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,14 +56,35 @@ class NotifyListener:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.path))
         self.messages: list[Notification] = []
+        self._lock = threading.Lock()
+        self._pump: threading.Thread | None = None
+        self._closed = False
+
+    def start_pump(self) -> None:
+        """Keep receiving in a background thread: the kernel queues only about ten
+        datagrams per socket (net.unix.max_dgram_qlen), so a daemon running for minutes
+        under a drill that is not reading would see its notifications refused."""
+        if self._pump is None:
+            self._pump = threading.Thread(target=self._run_pump, name="notify-pump", daemon=True)
+            self._pump.start()
+
+    def _run_pump(self) -> None:
+        while not self._closed:
+            try:
+                self.poll(0.2)
+            except OSError:
+                return
 
     def poll(self, timeout: float) -> Notification | None:
         """Receive one datagram within ``timeout`` seconds, or None."""
-        self.sock.settimeout(max(timeout, 0.0001))
-        try:
-            data = self.sock.recv(65536)
-        except (socket.timeout, BlockingIOError):
-            return None
+        with self._lock:
+            if self._closed:
+                return None
+            self.sock.settimeout(max(timeout, 0.0001))
+            try:
+                data = self.sock.recv(65536)
+            except (socket.timeout, BlockingIOError):
+                return None
         fields = {}
         for line in data.decode("utf-8", "replace").split("\n"):
             key, _, value = line.partition("=")
@@ -73,16 +95,17 @@ class NotifyListener:
         return note
 
     def wait_for(self, key: str, value: str | None = None, timeout: float = 10.0) -> Notification | None:
-        """Wait until a message with ``key`` (= ``value``) arrives; already-received ones count."""
-        for note in self.messages:
-            if key in note.fields and (value is None or note.fields[key] == value):
-                return note
+        """Wait until a message with ``key`` (= ``value``) arrives; already-received ones count
+        (also those the pump thread received)."""
         deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            note = self.poll(left)
-            if note and key in note.fields and (value is None or note.fields[key] == value):
-                return note
-        return None
+        while True:
+            for note in list(self.messages):
+                if key in note.fields and (value is None or note.fields[key] == value):
+                    return note
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.poll(min(left, 0.05))
 
     def drain(self, duration: float) -> None:
         deadline = time.monotonic() + duration
@@ -93,7 +116,11 @@ class NotifyListener:
         return [n for n in self.messages if key in n.fields]
 
     def close(self) -> None:
-        self.sock.close()
+        self._closed = True
+        if self._pump is not None:
+            self._pump.join(1.0)
+        with self._lock:
+            self.sock.close()
         self.path.unlink(missing_ok=True)
         if self._own_dir is not None:
             shutil.rmtree(self._own_dir, ignore_errors=True)
@@ -144,6 +171,7 @@ class DaemonProcess:
             note = self.notify.wait_for("READY", "1", timeout=min(left, 0.2))
             if note is not None:
                 self.ready_after = note.at - self.started_at
+                self.notify.start_pump()
                 return True
             if self.proc.poll() is not None:
                 return False

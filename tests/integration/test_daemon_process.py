@@ -30,6 +30,7 @@ def example_config_in(tmp_path: Path, **overrides: dict[str, Any]) -> Path:
     data.pop("standby", None)  # the journal has tests of its own with real pairs
     data.pop("recovery", None)  # so do the playbooks (test_playbook_e2e.py)
     data.pop("hardware", None)  # and the serial devices, against simulators
+    data.pop("venues", None)  # and the venues, against the venue emulator (test_venue_daemon.py)
     data["node"]["state_dir"] = str(tmp_path / "state")
     data["node"]["runtime_dir"] = str(tmp_path / "run")
     data.setdefault("control", {})["socket"] = str(tmp_path / "run" / "control.sock")
