@@ -54,6 +54,10 @@ def format_matrix(details: dict[str, Any]) -> str:
         dm = v.get("deadman") or {}
         if not dm.get("enabled"):
             deadman = "off"
+        elif dm.get("supported") is False:
+            deadman = "not supported by the venue"
+        elif v.get("credentials") == "none":
+            deadman = "off (no credentials)"
         elif dm.get("error"):
             deadman = f"NOT ARMED: {dm['error']}"
         elif dm.get("armed_at"):

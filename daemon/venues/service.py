@@ -9,7 +9,10 @@ asyncio-only) in a worker thread, its HTTP session bound to the uplink's source 
 (so the kernel's per-uplink policy routing sends it out of that uplink only). Each
 venue × uplink has its own ccxt instance and a capacity limiter of one: a round still
 stuck in its thread when the next one is due is a failure of class ``busy`` — never a
-second thread piling up behind it. Samples go into the sans-IO health machine
+second thread piling up behind it. A round's deadline (``timeout`` x calls + 0.2 s) does
+not count what ccxt's rate limiter may sleep before each request (``rateLimit`` x the
+endpoint's cost: Kraken's private Balance waits 3 s), so a venue's own pacing is never a
+timeout. Samples go into the sans-IO health machine
 (:mod:`daemon.venues.health`); a change is a ``VenueHealthChanged`` event, a log line,
 and a line on every ``venues.watch`` stream (the engine routes away from a venue at once).
 
@@ -104,6 +107,9 @@ class VenuePath:
     last_error: str | None = None
     last_error_class: str | None = None
     error_counts: dict[str, int] = field(default_factory=dict)
+    #: Seconds ccxt's rate limiter may sleep in the current round (written by the probe
+    #: thread before each request): the round's deadline does not count them.
+    rate_allowance: float = 0.0
 
     def snapshot(self) -> dict[str, Any]:
         last = self.health.last
@@ -237,6 +243,7 @@ class VenueService:
             path.client = await trio.to_thread.run_sync(lambda: self.client_factory(
                 venue.name, vc, uplink=None if path.uplink == DEFAULT_PATH else path.uplink, source=path.source,
                 timeout=float(vc.timeout), credentials=venue.credentials))
+            self._count_rate_limit_sleeps(path)
             rate_limit = float(getattr(path.client, "rate_limit", 0.0) or 0.0)
             path.interval = effective_interval(float(vc.interval), rate_limit, len(vc.probes))
             if path.interval > float(vc.interval):
@@ -244,6 +251,24 @@ class VenueService:
                          configured=float(vc.interval), interval=round(path.interval, 3),
                          reason="the venue's rate limit")
         return path.client
+
+    @staticmethod
+    def _count_rate_limit_sleeps(path: VenuePath) -> None:
+        """Before each request ccxt's rate limiter may sleep up to ``rateLimit x cost`` (the
+        endpoint's cost: Kraken's Balance is 3 s, Coinbase's v2 time 360 ms): add that to the
+        round's allowance first, so the round's deadline never mistakes the venue's own pacing
+        for a venue that does not answer."""
+        exchange = getattr(path.client, "exchange", None)
+        original = getattr(exchange, "throttle", None)
+        if original is None:
+            return
+
+        def throttle(cost: Any = None) -> Any:
+            units = 1.0 if cost is None else float(cost)
+            path.rate_allowance += max(0.0, float(getattr(exchange, "rateLimit", 0) or 0) * units / 1000.0)
+            return original(cost)
+
+        exchange.throttle = throttle
 
     async def _probe_loop(self, venue: Venue, path: VenuePath) -> None:
         vc = venue.config
@@ -267,9 +292,25 @@ class VenueService:
                                detail=f"cannot create the ccxt client: {type(exc).__name__}")
         calls = list(venue.config.probes)
         result = None
-        with trio.move_on_after(deadline):
+        path.rate_allowance = 0.0
+        started = trio.current_time()
+        done = trio.Event()
+
+        async def run_round() -> None:
+            nonlocal result
             result = await trio.to_thread.run_sync(client.probe, calls, limiter=path.limiter,
                                                    abandon_on_cancel=True)
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_round)
+            while not done.is_set():
+                # The deadline moves by what the rate limiter may sleep (added before it sleeps).
+                with trio.move_on_at(started + deadline + path.rate_allowance):
+                    await done.wait()
+                if not done.is_set() and trio.current_time() >= started + deadline + path.rate_allowance:
+                    nursery.cancel_scope.cancel()
+                    break
         at = trio.current_time()
         if result is None:
             return ProbeSample(ok=False, at=at, error_class="timeout",
@@ -765,7 +806,9 @@ class VenueService:
                 health = "degraded"
             paths = " ".join(f"{p.uplink}={p.health.state.value}" for p in v.paths.values())
             parts.append(f"{v.name} {state.value} ({paths})")
-            if v.deadman_error and v.config.deadman and self.may_trade():
+            # Only a switch that exists and fails to arm degrades; "unsupported" and "no
+            # credentials" (a probe-only venue) are reported in the details, not alarms.
+            if v.deadman_error and v.config.deadman and v.deadman_supported and self.may_trade():
                 health = "degraded"
         return ServiceStatus(health, "; ".join(parts) or "no venues", self.details())
 
