@@ -39,8 +39,10 @@ change), ``venues.reconcile {"venue", "dry_run"}``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -139,6 +141,10 @@ class Venue:
     deadman_error: str | None = None
     deadman_arms: int = 0
     deadman_failures: int = 0
+    deadman_failing: int = 0                  # consecutive failed re-arms (backoff)
+    #: Held inside the worker thread around every signed request: one API key's nonces
+    #: must increase, whichever ccxt instance (probe or private, any uplink) sends them.
+    key_lock: threading.Lock = field(default_factory=threading.Lock)
     reconciliations: int = 0
     last_report: str | None = None
 
@@ -181,12 +187,14 @@ class VenueService:
         self.clock_ns = clock_ns
         self.venues: dict[str, Venue] = {}
         self._watchers: list[trio.MemorySendChannel[dict[str, Any]]] = []
+        self._cut: set[trio.MemorySendChannel[dict[str, Any]]] = set()
         self._role_changed = trio.Event()
         self._primary_term = 0            # counts promotions: one reconciliation per term and venue
         self.orders: Any = None           # daemon.venues.orders.OpenOrders, built from the journal
         self._index_advanced = trio.Event()
         self.index_error: str | None = None
-        self.index_started_at: int | None = None
+        self.index_gap: str | None = None
+        self._index_tip: tuple[int, int] | None = None   # (seq, epoch) of the last record folded
         self._reconcile_lock = trio.Lock()
         self._started = False
         for name, vc in config.venues.items():
@@ -202,6 +210,12 @@ class VenueService:
     # ------------------------------------------------------------------ running
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # Subscribed before anything slow: a promotion while the clients are being built
+        # must not be missed (its term would never be reconciled).
+        with self.bus.subscribe("venues-role", kinds={"RoleChanged"}) as role_events:
+            await self._run(role_events, task_status)
+
+    async def _run(self, role_events: Any, task_status: trio.TaskStatus[None]) -> None:
         for venue in self.venues.values():
             if venue.config.credentials is not None:
                 from daemon.venues.client import load_credentials
@@ -223,7 +237,7 @@ class VenueService:
                     nursery.start_soon(self._deadman_loop, venue)
                 if self.standby is not None:
                     nursery.start_soon(self._index_loop)
-                nursery.start_soon(self._role_loop)
+                nursery.start_soon(self._role_loop, role_events)
                 self._nursery = nursery
                 self._started = True
                 log.info("venues.started", venues=",".join(self.venues),
@@ -296,10 +310,21 @@ class VenueService:
         started = trio.current_time()
         done = trio.Event()
 
+        private = "fetch_balance" in calls
+
+        def probe_round() -> Any:
+            if not private:
+                return client.probe(calls)
+            with venue.key_lock:
+                return client.probe(calls)
+
         async def run_round() -> None:
             nonlocal result
-            result = await trio.to_thread.run_sync(client.probe, calls, limiter=path.limiter,
-                                                   abandon_on_cancel=True)
+            try:
+                result = await trio.to_thread.run_sync(probe_round, limiter=path.limiter, abandon_on_cancel=True)
+            except Exception as exc:  # noqa: BLE001 - a broken round is a failed probe, never a dead daemon
+                log.error("venue.probe_error", venue=venue.name, uplink=path.uplink, error=type(exc).__name__)
+                result = False
             done.set()
 
         async with trio.open_nursery() as nursery:
@@ -315,6 +340,8 @@ class VenueService:
         if result is None:
             return ProbeSample(ok=False, at=at, error_class="timeout",
                                detail=f"no answer within {deadline:.1f}s")
+        if result is False:
+            return ProbeSample(ok=False, at=at, error_class="other", detail="the probe round failed (see the log)")
         return ProbeSample(ok=result.ok, at=at, latency=result.latency, error_class=result.error_class,
                            detail=result.detail)
 
@@ -354,6 +381,7 @@ class VenueService:
                 channel.send_nowait(message)
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 # A watcher that does not keep up is cut, never allowed to hold the probes up.
+                self._cut.add(channel)
                 channel.close()
                 self._watchers.remove(channel)
 
@@ -373,26 +401,26 @@ class VenueService:
     def _epoch(self) -> int | None:
         return getattr(self.standby, "epoch", None) if self.standby is not None else None
 
-    async def _role_loop(self) -> None:
+    async def _role_loop(self, sub: Any) -> None:
         """Wake the dead-man loops on every role change; reconcile on becoming primary."""
-        with self.bus.subscribe("venues-role", kinds={"RoleChanged"}) as sub:
-            was_primary = False
-            if self.standby is not None and self.standby.config.standby.lease is None:
-                # A fixed primary never sees RoleChanged: wait until it accepts appends.
-                with trio.move_on_after(60):
-                    while not self.may_trade():
-                        await trio.sleep(0.05)
-                if self.may_trade():
-                    was_primary = True
-                    self._became_primary("start")
-            async for event in sub:
-                assert isinstance(event, RoleChanged)
-                self._role_changed.set()
-                self._role_changed = trio.Event()
-                is_primary = event.role == "primary"
-                if is_primary and not was_primary:
-                    self._became_primary(f"promotion (epoch {event.epoch})")
-                was_primary = is_primary
+        was_primary = False
+        if self.standby is not None and self.standby.config.standby.lease is None:
+            # A fixed primary never sees RoleChanged: wait until it accepts appends.
+            with trio.move_on_after(60):
+                while not self.may_trade():
+                    await trio.sleep(0.05)
+        if self.standby is not None and self.may_trade():
+            # Primary already (fixed, or a lease taken while this service was starting).
+            was_primary = True
+            self._became_primary("start")
+        async for event in sub:
+            assert isinstance(event, RoleChanged)
+            self._role_changed.set()
+            self._role_changed = trio.Event()
+            is_primary = event.role == "primary"
+            if is_primary and not was_primary:
+                self._became_primary(f"promotion (epoch {event.epoch})")
+            was_primary = is_primary
 
     def _became_primary(self, trigger: str) -> None:
         self._primary_term += 1
@@ -415,14 +443,32 @@ class VenueService:
             await self.reconcile(venue.name, dry_run=False, trigger=trigger)
         except (VenueUnavailable, ControlError) as exc:
             log.error("venue.reconcile_failed", venue=venue.name, trigger=trigger, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a background reconciliation never takes the daemon down
+            log.error("venue.reconcile_failed", venue=venue.name, trigger=trigger,
+                      error=f"{type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------ private calls
 
-    async def _private(self, venue: Venue, method: str, *args: Any) -> Any:
-        """One private call at ``venue`` through its best path; VenueUnavailable if none works."""
+    def _still_primary(self, term: int | None) -> bool:
+        return self.may_trade() and (term is None or term == self._primary_term)
+
+    async def _private(self, venue: Venue, method: str, *args: Any, primary_term: int | None = None,
+                       primary_only: bool = False, deadline: float = PRIVATE_DEADLINE) -> Any:
+        """One private call at ``venue`` through its best path; VenueUnavailable if none works.
+
+        ``primary_only`` (cancels, the dead-man switch): checked again after the lock was
+        taken and before each attempt — with ``primary_term``, also that this is still the
+        same primary term — so nothing goes out once the node is fenced. ``deadline``
+        bounds the whole call, the wait for the lock included."""
         if venue.credentials is None:
             raise VenueUnavailable(f"venue {venue.name}: no credentials configured "
                                    f"(set venues.{venue.name}.credentials to a 0600 TOML file)")
+        with trio.move_on_after(deadline):
+            return await self._private_unbounded(venue, method, args, primary_term, primary_only)
+        raise VenueUnavailable(f"venue {venue.name}: {method} failed: no answer within {deadline:g}s", "timeout")
+
+    async def _private_unbounded(self, venue: Venue, method: str, args: tuple[Any, ...], primary_term: int | None,
+                                 primary_only: bool) -> Any:
         from daemon.venues.client import VenueCallError
 
         errors: list[str] = []
@@ -432,6 +478,9 @@ class VenueService:
             # DOWN paths only when nothing better exists (a probe may not have run yet).
             paths = [p for p in paths if p.health.state is not VenueState.DOWN] or paths
             for path in paths:
+                if primary_only and not self._still_primary(primary_term):
+                    raise VenueUnavailable(f"venue {venue.name}: {method} not sent: this node is no longer "
+                                           "primary (or a new term began)", "fenced")
                 client = venue.private_clients.get(path.uplink)
                 try:
                     if client is None:
@@ -440,8 +489,13 @@ class VenueService:
                             source=path.source, timeout=PRIVATE_TIMEOUT, credentials=venue.credentials))
                         venue.private_clients[path.uplink] = client
                     fn = getattr(client, method)
+
+                    def call() -> Any:
+                        with venue.key_lock:
+                            return fn(*args)
+
                     with trio.fail_after(PRIVATE_DEADLINE):
-                        return await trio.to_thread.run_sync(lambda: fn(*args), abandon_on_cancel=True)
+                        return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
                 except VenueCallError as exc:
                     error_class = exc.error_class
                     errors.append(f"{path.uplink}: {exc.error_class}: {exc.detail}")
@@ -451,6 +505,13 @@ class VenueService:
                     error_class = "timeout"
                     errors.append(f"{path.uplink}: timeout: no answer within {PRIVATE_DEADLINE:g}s")
                     venue.private_clients.pop(path.uplink, None)  # its thread may still be running
+                except trio.Cancelled:
+                    venue.private_clients.pop(path.uplink, None)  # abandoned: never reuse a busy client
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the client builder or ccxt misbehaved: next path
+                    error_class = "other"
+                    errors.append(f"{path.uplink}: other: {type(exc).__name__}")
+                    venue.private_clients.pop(path.uplink, None)
         raise VenueUnavailable(f"venue {venue.name}: {method} failed: " + "; ".join(errors or ["no path"]),
                                error_class)
 
@@ -474,8 +535,13 @@ class VenueService:
                         venue.deadman_error = f"{vc.exchange} has no dead-man switch (cancelAllOrdersAfter)"
                         log.warning("venue.deadman_unsupported", venue=venue.name, exchange=vc.exchange)
                         return
-                wait = await self._arm(venue, first=term != self._primary_term)
-                term = self._primary_term if wait == float(vc.deadman_interval) else term
+                current = self._primary_term
+                try:
+                    wait = await self._arm(venue, first=term != current, term=current)
+                except Exception as exc:  # noqa: BLE001 - never take the daemon down; retry
+                    log.error("venue.deadman_error", venue=venue.name, error=f"{type(exc).__name__}: {exc}")
+                    wait = DEADMAN_RETRY
+                term = current if venue.deadman_failing == 0 else term
             else:
                 wait = float(vc.deadman_interval)
             with trio.move_on_after(wait):
@@ -489,21 +555,29 @@ class VenueService:
             return False
         return bool(client.supports(feature))
 
-    async def _arm(self, venue: Venue, *, first: bool) -> float:
+    async def _arm(self, venue: Venue, *, first: bool, term: int | None = None) -> float:
         vc = venue.config
         try:
-            await self._private(venue, "cancel_all_orders_after", float(vc.deadman_timeout))
+            # Bounded by the re-arm interval: a hung call must not outlast the running arm.
+            await self._private(venue, "cancel_all_orders_after", float(vc.deadman_timeout), primary_only=True,
+                                primary_term=term, deadline=min(PRIVATE_DEADLINE, float(vc.deadman_interval)))
         except VenueUnavailable as exc:
+            if exc.error_class == "fenced":
+                return float(vc.deadman_interval)
             venue.deadman_failures += 1
+            venue.deadman_failing += 1
             venue.deadman_error = str(exc)
             self.bus.publish(VenueDeadmanFailed(source=self.name, venue=venue.name, error_class=exc.error_class,
                                                 detail=str(exc)[:300]))
             log.warning("venue.deadman_failed", venue=venue.name, error=str(exc))
-            return DEADMAN_RETRY
+            # Back off (1, 2, 4 ... s, at most the interval): an auth error will not fix itself
+            # in a second, and every attempt holds the venue's private calls.
+            return min(float(vc.deadman_interval), DEADMAN_RETRY * 2 ** min(venue.deadman_failing - 1, 10))
         if not self.may_trade():
             # Fenced while the arm was in flight: do not keep it alive any longer than this one.
             log.warning("venue.deadman_armed_after_fence", venue=venue.name)
         recovered = venue.deadman_error is not None or first
+        venue.deadman_failing = 0
         venue.deadman_error = None
         venue.deadman_armed_at = time.time()
         venue.deadman_arms += 1
@@ -517,6 +591,12 @@ class VenueService:
     # ------------------------------------------------------------------ the journal's open orders
 
     async def _index_loop(self) -> None:
+        """Fold the journal's order records, in journal order, on either role.
+
+        Reads run on the trio thread (the journal is not thread-safe), a bounded batch at a
+        time. The index remembers the epoch of the last record it applied: when the record
+        at that seq has another epoch now (a divergent tail was cut and refilled), or the
+        journal ends before it, the index is rebuilt from the start."""
         from daemon.venues.orders import OpenOrders, looks_like_record
 
         while getattr(self.standby, "journal", None) is None:
@@ -524,45 +604,82 @@ class VenueService:
         journal = self.standby.journal
         self.orders = OpenOrders()
         while True:
+            if not self._index_consistent():
+                log.warning("venue.index_rebuilt", reason="the journal's tail was cut and rewritten",
+                            position=self.orders.position, last=journal.last.seq)
+                self._index_reset()
             last = journal.last.seq
-            if last < self.orders.position:
-                log.warning("venue.index_rebuilt", reason="the journal's tail was cut", position=self.orders.position,
-                            last=last)
-                self.orders.reset()
             start = max(self.orders.position + 1, journal.first_seq)
-            if start > self.orders.position + 1 and self.orders.position == 0:
-                self.index_started_at = start
+            if start > self.orders.position + 1:
+                # Records before ``start`` are gone (retention): orders only they described are unknown.
+                self.index_gap = f"journal records {self.orders.position + 1}-{start - 1} were no longer retained"
             if start <= last:
                 try:
-                    records = await trio.to_thread.run_sync(journal.read, start, 5000)
-                except Exception as exc:  # noqa: BLE001 - retention may remove a segment under us
-                    self.index_error = str(exc)
+                    records = journal.read(start, 1000)
+                    for record in records:
+                        if record.seq != self.orders.position + 1 and self.orders.position:
+                            self.index_gap = f"journal records {self.orders.position + 1}-{record.seq - 1} missing"
+                        if looks_like_record(record.payload):
+                            self.orders.apply(record.seq, record.payload)
+                        else:
+                            self.orders.position = record.seq
+                        self._index_tip = (record.seq, record.epoch)
+                except Exception as exc:  # noqa: BLE001 - retention or a cut under us: rebuild
+                    self.index_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("venue.index_error", error=self.index_error)
+                    self._index_reset()
                     await trio.sleep(0.2)
                     continue
-                for record in records:
-                    if looks_like_record(record.payload):
-                        self.orders.apply(record.seq, record.payload)
-                    else:
-                        self.orders.position = record.seq
                 self._index_advanced.set()
                 self._index_advanced = trio.Event()
+                await trio.lowlevel.checkpoint()  # let the loop breathe between batches
                 continue
-            try:
-                await journal.wait_beyond(last)
-            except Exception as exc:  # noqa: BLE001 - the journal closed: the daemon is stopping
-                self.index_error = str(exc)
-                return
+            with trio.move_on_after(0.5):  # also re-check consistency: a cut does not wake wait_beyond
+                try:
+                    await journal.wait_beyond(last)
+                except Exception as exc:  # noqa: BLE001 - the journal closed: the daemon is stopping
+                    self.index_error = str(exc)
+                    return
+
+    def _index_reset(self) -> None:
+        if self.orders is not None:
+            self.orders.reset()
+        self._index_tip = None
+        self.index_gap = None
+
+    def _index_consistent(self) -> bool:
+        journal = getattr(self.standby, "journal", None)
+        if journal is None or self.orders is None or self._index_tip is None:
+            return True
+        seq, epoch = self._index_tip
+        if journal.last.seq < seq:
+            return False
+        try:
+            now = journal.epoch_at(seq)
+        except Exception:  # noqa: BLE001 - not retained any more: retention, not a cut
+            return True
+        return now is None or now == epoch
+
+    def index_incomplete(self) -> str | None:
+        """Why the journal's view of open orders may miss orders (then reconciliation only
+        reports): records removed by retention, a gap, invalid order records."""
+        if self.orders is None:
+            return "the journal's order index has not started"
+        if self.index_gap:
+            return self.index_gap
+        if self.orders.invalid:
+            return f"{self.orders.invalid} invalid order record(s) in the journal"
+        return None
 
     async def _index_caught_up(self) -> None:
+        """Wait until the index has folded every record the journal holds *now*."""
         journal = self.standby.journal if self.standby is not None else None
         if journal is None:
             raise VenueUnavailable("the journal is not open yet")
         target = journal.last.seq
         with trio.move_on_after(INDEX_CATCH_UP):
-            while self.orders is None or self.orders.position < target:
-                if self.orders is None:
-                    await trio.sleep(0.05)
-                else:
+            while (self.orders is None or self.orders.position < target or not self._index_consistent()):
+                with trio.move_on_after(0.1):
                     await self._index_advanced.wait()
             return
         raise VenueUnavailable(f"the journal's order index did not reach seq {target} within {INDEX_CATCH_UP:g}s")
@@ -593,11 +710,18 @@ class VenueService:
             raise VenueUnavailable(f"the audit log refused the entry: {exc}") from None
 
     async def reconcile(self, venue_name: str, *, dry_run: bool, trigger: str = "operator") -> Any:
-        """Reconcile one venue; return the :class:`ReconciliationReport`. Decisions are
-        audited before they are acted on; nothing is cancelled or adopted unless this node
-        may trade at that moment."""
-        from daemon.venues.reconcile import ReconciliationReport, VenueOrder, adoption_record
-        from daemon.venues.reconcile import reconcile as decide
+        """Reconcile one venue; return the :class:`ReconciliationReport`.
+
+        Order matters. The venue's open orders are fetched *first*; then the journal's
+        order index is brought up to the journal's end as it stands *after* that answer;
+        only then are the two compared. The engine journals an order before it sends it,
+        so every order the venue listed is in the journal by then: an order placed while
+        this runs is never taken for an orphan. Decisions are audited before anything is
+        done; each cancel is sent only while this node is still primary in the same term
+        and the journal still does not know the order. When the journal's view may be
+        incomplete (records removed by retention, invalid order records) nothing is
+        cancelled or adopted: the report says why."""
+        from daemon.venues.reconcile import ReconciliationReport, VenueOrder
 
         venue = self.venues.get(venue_name)
         if venue is None:
@@ -608,58 +732,106 @@ class VenueService:
         if not dry_run and not self.may_trade():
             raise ControlError("not_primary", "only the primary reconciles (it owns the orders); --dry-run reports "
                                               "from any node")
+        term = self._primary_term
         policy = venue.config.reconcile
         async with self._reconcile_lock:
             report = ReconciliationReport(venue=venue.name, policy=policy, dry_run=dry_run,
                                           node=self.config.node.name, epoch=self._epoch(), started_at=time.time())
             try:
+                raw = await self._private(venue, "fetch_open_orders")
+                venue_open = []
+                for order in raw if isinstance(raw, list) else []:
+                    try:
+                        venue_open.append(VenueOrder.from_ccxt(order))
+                    except (TypeError, ValueError) as exc:
+                        report.errors.append(f"a venue order could not be read (left alone): {exc}")
                 if self.standby is not None:
                     await self._index_caught_up()
                     journal_open = self.orders.open_at(venue.name)
                 else:
                     journal_open = []
-                raw = await self._private(venue, "fetch_open_orders")
-                venue_open = [VenueOrder.from_ccxt(o) for o in raw]
+                if venue.config.positions:
+                    try:
+                        if await self._supports(venue, "fetchPositions"):
+                            report.positions = list(await self._private(venue, "fetch_positions"))
+                    except VenueUnavailable as exc:
+                        report.errors.append(f"positions: {exc}")
+                await self._decide_and_act(venue, report, journal_open, venue_open, dry_run, trigger, term)
             except VenueUnavailable as exc:
                 report.errors.append(str(exc))
+            except Exception as exc:  # noqa: BLE001 - reported, never a dead daemon
+                log.error("venue.reconcile_error", venue=venue.name, error=f"{type(exc).__name__}: {exc}")
+                report.errors.append(f"internal error: {type(exc).__name__}: {exc}")
+            finally:
                 report.finished_at = time.time()
-                await self._finish(venue, report, trigger)
-                return report
-            if venue.config.positions:
+                with trio.CancelScope(shield=True):
+                    await self._finish(venue, report, trigger)
+            return report
+
+    async def _decide_and_act(self, venue: Venue, report: Any, journal_open: list[Any], venue_open: list[Any],
+                              dry_run: bool, trigger: str, term: int) -> None:
+        from daemon.venues.reconcile import reconcile as decide
+
+        decisions = decide(venue.name, report.policy, journal_open, venue_open)
+        incomplete = self.index_incomplete() if self.standby is not None else None
+        unmatched_new = [r for r in journal_open if r.state == "new" and not r.venue_order_id]
+        held: list[Any] = []
+        for d in decisions:
+            if d.action in ("cancel", "adopt") and incomplete:
+                d = dataclasses.replace(d, action="report", reason=f"{d.reason}; not acted on: {incomplete}")
+            elif d.action == "cancel" and any(
+                    r.symbol == d.symbol and r.side == d.side and (d.amount is None or r.amount == d.amount)
+                    for r in unmatched_new):
+                d = dataclasses.replace(d, action="report", reason=f"{d.reason}; not cancelled: it may be the "
+                                        "engine's order still in state new (the venue did not echo its client id)")
+            held.append(d)
+        report.decisions = held
+        if incomplete:
+            report.errors.append(f"the journal's view of open orders may be incomplete ({incomplete}): nothing "
+                                 "was cancelled or adopted; check the report and act by hand")
+        await self._audit_append("venue.reconcile.started", venue=venue.name, policy=report.policy, dry_run=dry_run,
+                                 trigger=trigger, node=self.config.node.name, epoch=self._epoch(),
+                                 journal_open=len(journal_open), venue_open=len(venue_open),
+                                 decisions=[d.to_dict() for d in report.decisions])
+        by_id = {o.id: o for o in venue_open}
+        for i, decision in enumerate(report.decisions):
+            outcome = await self._act(venue, decision, by_id, dry_run, term)
+            report.outcomes[i] = outcome
+            if decision.action in ("cancel", "adopt"):
                 try:
-                    if await self._supports(venue, "fetchPositions"):
-                        report.positions = list(await self._private(venue, "fetch_positions"))
-                except VenueUnavailable as exc:
-                    report.errors.append(f"positions: {exc}")
-            report.decisions = decide(venue.name, policy, journal_open, venue_open)
-            await self._audit_append("venue.reconcile.started", venue=venue.name, policy=policy, dry_run=dry_run,
-                                     trigger=trigger, node=self.config.node.name, epoch=self._epoch(),
-                                     journal_open=len(journal_open), venue_open=len(venue_open),
-                                     decisions=[d.to_dict() for d in report.decisions])
-            by_id = {o.id: o for o in venue_open}
-            for i, decision in enumerate(report.decisions):
-                outcome = await self._act(venue, decision, by_id, dry_run, adoption_record)
-                report.outcomes[i] = outcome
-                if decision.action in ("cancel", "adopt"):
                     await self._audit_append("venue.reconcile.action", venue=venue.name, action=decision.action,
                                              venue_order_id=decision.venue_order_id,
                                              client_order_id=decision.client_order_id, symbol=decision.symbol,
                                              outcome=outcome, dry_run=dry_run)
-            report.finished_at = time.time()
-            await self._finish(venue, report, trigger)
-            return report
+                except VenueUnavailable as exc:
+                    report.errors.append(str(exc))
 
-    async def _act(self, venue: Venue, decision: Any, by_id: dict[str, Any], dry_run: bool,
-                   adoption_record: Callable[..., Any]) -> str:
+    def _journal_knows(self, venue: str, decision: Any) -> bool:
+        """Does the journal (as folded now) hold an open order with this venue id or client id?"""
+        if self.orders is None:
+            return False
+        for record in self.orders.open_at(venue):
+            if decision.venue_order_id and record.venue_order_id == decision.venue_order_id:
+                return True
+            if decision.client_order_id and record.client_order_id == decision.client_order_id:
+                return True
+        return False
+
+    async def _act(self, venue: Venue, decision: Any, by_id: dict[str, Any], dry_run: bool, term: int) -> str:
+        from daemon.venues.reconcile import adoption_record
+
         if decision.action not in ("cancel", "adopt"):
             return decision.action if decision.action != "keep" else "kept"
         if dry_run:
             return f"would {decision.action}"
-        if not self.may_trade():
+        if not self._still_primary(term):
             return "skipped: this node is no longer primary"
+        if self.standby is not None and self._journal_knows(venue.name, decision):
+            return "skipped: the journal has it now"
         if decision.action == "cancel":
             try:
-                await self._private(venue, "cancel_order", decision.venue_order_id, decision.symbol)
+                await self._private(venue, "cancel_order", decision.venue_order_id, decision.symbol,
+                                    primary_only=True, primary_term=term)
             except VenueUnavailable as exc:
                 return f"failed: {exc}"
             log.warning("venue.order_cancelled", venue=venue.name, venue_order_id=decision.venue_order_id,
@@ -670,9 +842,12 @@ class VenueService:
             return "failed: the venue order is gone"
         record = adoption_record(venue.name, order, self._epoch())
         try:
-            await self.standby._append({"payloads": [record.to_payload().decode("utf-8")]})
+            result = await self.standby._append({"payloads": [record.to_payload().decode("utf-8")]})
         except ControlError as exc:
             return f"failed: the journal refused the adoption record: {exc}"
+        status = (result.get("results") or [{}])[0] if isinstance(result, dict) else {}
+        if status.get("status", "ok") != "ok":
+            return f"in doubt: the adoption record was not acknowledged ({status.get('reason') or status.get('status')})"
         return "adopted"
 
     async def _finish(self, venue: Venue, report: Any, trigger: str) -> None:
@@ -714,20 +889,28 @@ class VenueService:
         venue = self.venues.get(venue_name)
         if venue is None:
             raise VenueUnavailable(f"no venue {venue_name!r}; venues: {', '.join(self.venues) or 'none'}")
+        if not dry_run and not self.may_trade():
+            raise VenueUnavailable(f"{venue_name}: not cancelling: this node is not primary (the primary owns the "
+                                   "orders; run the playbook there)", "fenced")
+        term = self._primary_term
         orders = await self._private(venue, "fetch_open_orders")
         if dry_run:
             return f"would cancel {len(orders)} open order(s) at {venue_name}"
         cancelled, failed = 0, []
         for order in orders:
             try:
-                await self._private(venue, "cancel_order", str(order.get("id")), order.get("symbol"))
+                await self._private(venue, "cancel_order", str(order.get("id")), order.get("symbol"),
+                                    primary_only=True, primary_term=term)
                 cancelled += 1
                 outcome = "cancelled"
             except VenueUnavailable as exc:
                 failed.append(str(exc))
                 outcome = f"failed: {exc}"
-            await self._audit_append("venue.cancel", venue=venue_name, venue_order_id=str(order.get("id")),
-                                     symbol=order.get("symbol"), reason=reason, outcome=outcome)
+            try:
+                await self._audit_append("venue.cancel", venue=venue_name, venue_order_id=str(order.get("id")),
+                                         symbol=order.get("symbol"), reason=reason, outcome=outcome)
+            except VenueUnavailable as exc:
+                failed.append(str(exc))
         if failed:
             raise VenueUnavailable(f"{venue_name}: cancelled {cancelled}, {len(failed)} failed: {failed[0]}")
         return f"cancelled {cancelled} open order(s) at {venue_name}"
@@ -746,7 +929,9 @@ class VenueService:
             async with receive:
                 async for message in receive:
                     await reply.send(message)
-            await reply.send({"cut": "this watcher fell behind; subscribe again"})
+            if send in self._cut:
+                self._cut.discard(send)
+                await reply.send({"cut": "this watcher fell behind; subscribe again"})
 
         async def reconcile(params: dict[str, Any]) -> Any:
             dry_run = params.get("dry_run", False)
@@ -793,7 +978,7 @@ class VenueService:
         out: dict[str, Any] = {"venues": venues, "may_trade": self.may_trade()}
         if self.orders is not None:
             out["order_index"] = {"position": self.orders.position, "invalid": self.orders.invalid,
-                                  "started_at": self.index_started_at, "error": self.index_error}
+                                  "incomplete": self.index_incomplete(), "error": self.index_error}
         return out
 
     def status(self) -> ServiceStatus:

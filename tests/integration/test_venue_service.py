@@ -428,7 +428,8 @@ async def test_deadman_rearmed_while_primary_and_left_to_fire_when_fenced(tmp_pa
         emulator.set_fault("kraken", "ok")
         recovered = await armed_events.receive()
         assert recovered.kind == "VenueDeadmanArmed"  # armed again after a failure
-        assert service.status().health == "ok" and service.details()["venues"]["kraken"]["deadman"]["failures"] >= 1
+        await wait_for(lambda: service.status().health == "ok", timeout=5)  # the probes are UP again too
+        assert service.details()["venues"]["kraken"]["deadman"]["failures"] >= 1
         nursery.cancel_scope.cancel()
 
 
