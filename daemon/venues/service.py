@@ -237,6 +237,11 @@ class VenueService:
                     nursery.start_soon(self._deadman_loop, venue)
                 if self.standby is not None:
                     nursery.start_soon(self._index_loop)
+                # Primary already (fixed, or a lease taken while the clients were built): this
+                # term exists from now on, so an operator's reconcile right after start binds to it.
+                self._primary_at_start = self.standby is not None and self.may_trade()
+                if self._primary_at_start:
+                    self._primary_term += 1
                 nursery.start_soon(self._role_loop, role_events)
                 self._nursery = nursery
                 self._started = True
@@ -404,15 +409,17 @@ class VenueService:
     async def _role_loop(self, sub: Any) -> None:
         """Wake the dead-man loops on every role change; reconcile on becoming primary."""
         was_primary = False
-        if self.standby is not None and self.standby.config.standby.lease is None:
+        if self._primary_at_start:
+            was_primary = True
+            self._became_primary("start", new_term=False)
+        elif self.standby is not None and self.standby.config.standby.lease is None:
             # A fixed primary never sees RoleChanged: wait until it accepts appends.
             with trio.move_on_after(60):
                 while not self.may_trade():
                     await trio.sleep(0.05)
-        if self.standby is not None and self.may_trade():
-            # Primary already (fixed, or a lease taken while this service was starting).
-            was_primary = True
-            self._became_primary("start")
+            if self.may_trade():
+                was_primary = True
+                self._became_primary("start")
         async for event in sub:
             assert isinstance(event, RoleChanged)
             self._role_changed.set()
@@ -422,8 +429,9 @@ class VenueService:
                 self._became_primary(f"promotion (epoch {event.epoch})")
             was_primary = is_primary
 
-    def _became_primary(self, trigger: str) -> None:
-        self._primary_term += 1
+    def _became_primary(self, trigger: str, *, new_term: bool = True) -> None:
+        if new_term:
+            self._primary_term += 1
         self._role_changed.set()
         self._role_changed = trio.Event()
         for venue in self.venues.values():
@@ -437,6 +445,7 @@ class VenueService:
         nursery.start_soon(self._reconcile_logged, venue, trigger)
 
     _nursery: trio.Nursery | None = None
+    _primary_at_start = False
 
     async def _reconcile_logged(self, venue: Venue, trigger: str) -> None:
         try:
