@@ -453,6 +453,22 @@ def _iso_ms(ts: float) -> str:
         "+00:00", "Z")
 
 
+def _simple_order(spec: Mapping[str, Any], symbols: Any, venue: str) -> tuple[str, str, str]:
+    """The checked symbol, side and amount of an order given in the simple form."""
+    unknown = set(spec) - {"id", "symbol", "side", "amount", "price", "type", "client_order_id"}
+    if unknown:
+        raise InputError(f"{min(unknown)}: unknown field; use id, symbol, side, amount, price, type, "
+                         f"client_order_id (or raw)")
+    symbol = spec.get("symbol")
+    if symbol not in symbols:
+        raise InputError(f"symbol: {symbol!r} is not an emulated {venue} market; use one of "
+                         f"{', '.join(symbols)} (or pass a raw order)")
+    side = spec.get("side")
+    if side not in ("buy", "sell"):
+        raise InputError(f"side: {side!r}; use \"buy\" or \"sell\"")
+    return str(symbol), str(side), _decimal_text(spec.get("amount"), "amount")
+
+
 def _decimal_text(value: Any, field_name: str, *, positive: bool = True) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise InputError(f"{field_name}: expected a decimal number, found {value!r}")
@@ -725,18 +741,7 @@ class KrakenVenue(Venue):
             order_id = str(spec.get("id") or raw.pop("id", None) or _kraken_order_id())
             raw.pop("id", None)
             return order_id, raw
-        unknown = set(spec) - {"id", "symbol", "side", "amount", "price", "type", "client_order_id"}
-        if unknown:
-            raise InputError(f"{min(unknown)}: unknown field; use id, symbol, side, amount, price, type, "
-                             f"client_order_id (or raw)")
-        symbol = spec.get("symbol")
-        if symbol not in KRAKEN_SYMBOLS:
-            raise InputError(f"symbol: {symbol!r} is not an emulated Kraken market; use one of "
-                             f"{', '.join(KRAKEN_SYMBOLS)} (or pass a raw order)")
-        side = spec.get("side")
-        if side not in ("buy", "sell"):
-            raise InputError(f"side: {side!r}; use \"buy\" or \"sell\"")
-        amount = _decimal_text(spec.get("amount"), "amount")
+        symbol, side, amount = _simple_order(spec, KRAKEN_SYMBOLS, "Kraken")
         price = None if spec.get("price") is None else _decimal_text(spec["price"], "price")
         kind = spec.get("type") or ("limit" if price is not None else "market")
         if not isinstance(kind, str):
@@ -1020,18 +1025,7 @@ class CoinbaseVenue(Venue):
             order_id = str(spec.get("id") or raw.get("order_id") or _uuid())
             raw["order_id"] = order_id
             return order_id, raw
-        unknown = set(spec) - {"id", "symbol", "side", "amount", "price", "type", "client_order_id"}
-        if unknown:
-            raise InputError(f"{min(unknown)}: unknown field; use id, symbol, side, amount, price, type, "
-                             f"client_order_id (or raw)")
-        symbol = spec.get("symbol")
-        if symbol not in COINBASE_SYMBOLS:
-            raise InputError(f"symbol: {symbol!r} is not an emulated Coinbase market; use one of "
-                             f"{', '.join(COINBASE_SYMBOLS)} (or pass a raw order)")
-        side = spec.get("side")
-        if side not in ("buy", "sell"):
-            raise InputError(f"side: {side!r}; use \"buy\" or \"sell\"")
-        amount = _decimal_text(spec.get("amount"), "amount")
+        symbol, side, amount = _simple_order(spec, COINBASE_SYMBOLS, "Coinbase")
         if spec.get("price") is None:
             raise InputError("price: an open Coinbase order needs a limit price")
         price = _decimal_text(spec["price"], "price")
