@@ -359,13 +359,13 @@ class StandbyService:
     def _check_order_records(self, payloads: list[bytes]) -> None:
         """Order records (:mod:`daemon.venues.orders`) must be valid and name a configured
         venue: reconciliation after a failover trusts them. Other payloads pass as they are."""
-        from daemon.venues.orders import OrderRecordError, looks_like_record, parse_order_record
+        from daemon.venues.orders import OrderRecordError, looks_like_record, parse_journal_record
 
         for i, payload in enumerate(payloads):
             if not looks_like_record(payload):
                 continue
             try:
-                record = parse_order_record(payload)
+                record = parse_journal_record(payload)
             except OrderRecordError as exc:
                 raise ControlError("bad_record", f"payload {i}: order record: {exc} (nothing was written)") from None
             venues = self.config.venues

@@ -94,6 +94,25 @@ Example: one limit buy on Kraken, from decision to full fill (four journal paylo
 After the first three the order is open at kraken (the third supersedes the second);
 after the fourth it is not.
 
+Snapshots of open orders
+========================
+
+The journal keeps only its newest segments (``[standby.journal]`` retention). An order
+whose records were all removed is unknown to a daemon that reads the journal from its
+start after a restart, so lifeline does not cancel or adopt anything at a venue until it
+has a complete view of it. The engine gives it one by writing, from time to time (every
+few minutes, and when it starts), one *snapshot record* per venue listing **every** order
+it believes open there::
+
+    {"record":"open_orders","v":1,"venue":"kraken","orders":[{"client_order_id":"mm-1","symbol":"BTC/USDT","side":"buy","amount":"0.5","price":"43000.1","state":"open","venue_order_id":"OXCZ7B-EMVZQ-MTJTQJ"}],"time":1705260300.0}
+
+``orders`` holds order objects with the keys of an order record except ``record`` and
+``v`` (``venue`` may be left out: it is the snapshot's), each in an open state; an empty
+list says "nothing open". Folding a snapshot replaces everything open at that venue with
+its list; records after it apply on top as usual. A snapshot after the missing part of
+the journal (or after an invalid order record) makes that venue's view complete again.
+``time`` and ``epoch`` are optional, as on order records.
+
 Errors
 ======
 
@@ -125,6 +144,8 @@ from typing import Any
 
 FORMAT_VERSION = 1
 RECORD_KIND = "order"
+SNAPSHOT_KIND = "open_orders"
+_SNAPSHOT_KEYS: tuple[str, ...] = ("record", "v", "venue", "orders", "time", "epoch")
 OPEN_STATES = frozenset({"new", "open", "partially_filled"})
 CLOSED_STATES = frozenset({"filled", "cancelled", "rejected", "expired"})
 #: Every state, in an order's life order (for messages).
@@ -377,6 +398,86 @@ def _constant(name: str) -> float:
     return float(name)
 
 
+@dataclass(frozen=True)
+class OpenOrdersSnapshot:
+    """Every order the engine believes open at ``venue`` (a ``"record": "open_orders"``)."""
+
+    venue: str
+    orders: tuple[OrderRecord, ...]
+    time: float | None = None
+    epoch: int | None = None
+
+    def to_payload(self) -> bytes:
+        data: dict[str, Any] = {"record": SNAPSHOT_KIND, "v": FORMAT_VERSION, "venue": self.venue,
+                                "orders": [{k: v for k, v in o.to_dict().items() if k not in ("record", "v")}
+                                           for o in self.orders]}
+        if self.time is not None:
+            data["time"] = self.time
+        if self.epoch is not None:
+            data["epoch"] = self.epoch
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def snapshot_from_dict(data: dict[str, Any]) -> OpenOrdersSnapshot:
+    """Validate a decoded ``"record": "open_orders"`` object; OrderRecordError names the
+    field (``orders[2].amount``) and the fix."""
+    if data.get("v") != FORMAT_VERSION or isinstance(data.get("v"), bool):
+        raise OrderRecordError("v", f"expected 1, found {shown(data.get('v'))}")
+    for key in data:
+        if key not in _SNAPSHOT_KEYS:
+            raise OrderRecordError(shown(key).strip('"'), "unknown key in an open_orders snapshot",
+                                   f"the keys are {', '.join(_SNAPSHOT_KEYS)}")
+    venue = _string("venue", data.get("venue"), VENUE_NAME, 'a venue name of a-z 0-9 _ - such as "kraken"')
+    orders = data.get("orders")
+    if not isinstance(orders, list):
+        raise OrderRecordError("orders", f"expected a list of open orders, found {shown(orders)}",
+                               "write every order open at the venue ([] when none is)")
+    out: list[OrderRecord] = []
+    seen: set[str] = set()
+    for i, item in enumerate(orders):
+        where = f"orders[{i}]"
+        if not isinstance(item, dict):
+            raise OrderRecordError(where, f"expected an order object, found {shown(item)}")
+        if "record" in item or "v" in item:
+            raise OrderRecordError(where, 'an order inside a snapshot has no "record" or "v"', "leave them out")
+        body = dict(item)
+        if body.setdefault("venue", venue) != venue:
+            raise OrderRecordError(f"{where}.venue", f"expected {venue!r} (the snapshot's venue), "
+                                   f"found {shown(body['venue'])}")
+        try:
+            record = order_record_from_dict({"record": RECORD_KIND, "v": FORMAT_VERSION, **body})
+        except OrderRecordError as exc:
+            raise OrderRecordError(f"{where}.{exc.field}", exc.problem, exc.fix) from None
+        if not record.is_open:
+            raise OrderRecordError(f"{where}.state", f"expected an open state, found {shown(record.state)}",
+                                   "a snapshot lists open orders only (new, open, partially_filled)")
+        if record.client_order_id in seen:
+            raise OrderRecordError(f"{where}.client_order_id", f"{record.client_order_id!r} is listed twice")
+        seen.add(record.client_order_id)
+        out.append(record)
+    time = _time(data["time"]) if data.get("time") is not None else None
+    epoch = _integer("epoch", data["epoch"], 0) if data.get("epoch") is not None else None
+    return OpenOrdersSnapshot(venue, tuple(out), time, epoch)
+
+
+def parse_journal_record(payload: bytes) -> OrderRecord | OpenOrdersSnapshot | None:
+    """An order record, an open-orders snapshot, or ``None`` (anything else); raises
+    :class:`OrderRecordError` for an invalid one of the two."""
+    record = parse_order_record(payload)
+    if record is not None or b'"open_orders"' not in bytes(payload):
+        return record
+    try:
+        data = json.loads(bytes(payload).decode("utf-8"), object_pairs_hook=_no_duplicates,
+                          parse_constant=_constant)
+    except _Duplicate as dup:
+        raise OrderRecordError(shown(dup.key).strip('"'), "the key appears more than once", "write each key once")
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("record") != SNAPSHOT_KIND:
+        return None
+    return snapshot_from_dict(data)
+
+
 def parse_order_record(payload: bytes) -> OrderRecord | None:
     """The order record in ``payload``; ``None`` when the payload is not an order record
     (not UTF-8 JSON, not an object, ``"record"`` absent or another kind); raises
@@ -442,6 +543,9 @@ class OpenOrders:
 
     position: int = 0  # last journal seq applied (0 = none)
     invalid: int = 0
+    last_invalid_seq: int = 0
+    #: venue -> the seq of its latest open_orders snapshot
+    snapshots: dict[str, int] = field(default_factory=dict)
     applied: int = 0  # order records applied
     last_error: str | None = None
     _open: dict[tuple[str, str], tuple[int, OrderRecord]] = field(default_factory=dict, repr=False)
@@ -456,12 +560,20 @@ class OpenOrders:
                              "the journal was cut)")
         self.position = seq
         try:
-            record = parse_order_record(payload)
+            record = parse_journal_record(payload)
         except OrderRecordError as exc:
             self.invalid += 1
+            self.last_invalid_seq = seq
             self.last_error = f"seq {seq}: {exc}"
             return None
         if record is None:
+            return None
+        if isinstance(record, OpenOrdersSnapshot):
+            for key in [k for k in self._open if k[0] == record.venue]:
+                del self._open[key]
+            for order in record.orders:
+                self._open[order.key] = (seq, order)
+            self.snapshots[record.venue] = seq
             return None
         self.applied += 1
         key = record.key
@@ -489,6 +601,8 @@ class OpenOrders:
     def reset(self) -> None:
         self.position = 0
         self.invalid = 0
+        self.last_invalid_seq = 0
+        self.snapshots.clear()
         self.applied = 0
         self.last_error = None
         self._open.clear()

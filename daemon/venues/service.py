@@ -194,6 +194,7 @@ class VenueService:
         self._index_advanced = trio.Event()
         self.index_error: str | None = None
         self.index_gap: str | None = None
+        self.index_gap_end = 0
         self._index_tip: tuple[int, int] | None = None   # (seq, epoch) of the last record folded
         self._reconcile_lock = trio.Lock()
         self._started = False
@@ -620,14 +621,17 @@ class VenueService:
             last = journal.last.seq
             start = max(self.orders.position + 1, journal.first_seq)
             if start > self.orders.position + 1:
-                # Records before ``start`` are gone (retention): orders only they described are unknown.
+                # Records before ``start`` are gone (retention): orders only they described are
+                # unknown until an open_orders snapshot of the venue comes after them.
                 self.index_gap = f"journal records {self.orders.position + 1}-{start - 1} were no longer retained"
+                self.index_gap_end = start - 1
             if start <= last:
                 try:
                     records = journal.read(start, 1000)
                     for record in records:
                         if record.seq != self.orders.position + 1 and self.orders.position:
                             self.index_gap = f"journal records {self.orders.position + 1}-{record.seq - 1} missing"
+                            self.index_gap_end = record.seq - 1
                         if looks_like_record(record.payload):
                             self.orders.apply(record.seq, record.payload)
                         else:
@@ -655,6 +659,7 @@ class VenueService:
             self.orders.reset()
         self._index_tip = None
         self.index_gap = None
+        self.index_gap_end = 0
 
     def _index_consistent(self) -> bool:
         journal = getattr(self.standby, "journal", None)
@@ -669,15 +674,19 @@ class VenueService:
             return True
         return now is None or now == epoch
 
-    def index_incomplete(self) -> str | None:
-        """Why the journal's view of open orders may miss orders (then reconciliation only
-        reports): records removed by retention, a gap, invalid order records."""
+    def index_incomplete(self, venue: str | None = None) -> str | None:
+        """Why the journal's view of open orders at ``venue`` may miss orders (then
+        reconciliation only reports): records removed by retention or missing, invalid order
+        records — unless an open_orders snapshot of that venue came after them. Without a
+        venue: whether any such reason exists at all."""
         if self.orders is None:
             return "the journal's order index has not started"
-        if self.index_gap:
-            return self.index_gap
-        if self.orders.invalid:
-            return f"{self.orders.invalid} invalid order record(s) in the journal"
+        covered = self.orders.snapshots.get(venue, 0) if venue is not None else 0
+        if self.index_gap and self.index_gap_end > covered:
+            return f"{self.index_gap} and no open_orders snapshot of the venue came after them"
+        if self.orders.invalid and self.orders.last_invalid_seq > covered:
+            return (f"{self.orders.invalid} invalid order record(s) in the journal (the last at seq "
+                    f"{self.orders.last_invalid_seq}) and no open_orders snapshot of the venue came after them")
         return None
 
     async def _index_caught_up(self) -> None:
@@ -782,7 +791,7 @@ class VenueService:
         from daemon.venues.reconcile import reconcile as decide
 
         decisions = decide(venue.name, report.policy, journal_open, venue_open)
-        incomplete = self.index_incomplete() if self.standby is not None else None
+        incomplete = self.index_incomplete(venue.name) if self.standby is not None else None
         unmatched_new = [r for r in journal_open if r.state == "new" and not r.venue_order_id]
         held: list[Any] = []
         for d in decisions:
@@ -986,8 +995,11 @@ class VenueService:
             }
         out: dict[str, Any] = {"venues": venues, "may_trade": self.may_trade()}
         if self.orders is not None:
+            reasons = {name: self.index_incomplete(name) for name in self.venues}
             out["order_index"] = {"position": self.orders.position, "invalid": self.orders.invalid,
-                                  "incomplete": self.index_incomplete(), "error": self.index_error}
+                                  "incomplete": "; ".join(f"{v}: {r}" for v, r in reasons.items() if r) or None,
+                                  "incomplete_by_venue": reasons, "snapshots": dict(self.orders.snapshots),
+                                  "error": self.index_error}
         return out
 
     def status(self) -> ServiceStatus:

@@ -270,6 +270,20 @@ async def test_journal_without_its_first_records_only_reports(tmp_path: Path, nu
         index = service.details()["order_index"]
         assert index["incomplete"] is not None and "no longer retained" in index["incomplete"]
         assert f"1-{journal.first_seq - 1}" in index["incomplete"]
+
+        # The engine writes its open_orders snapshot of the venue: the view is complete
+        # again; the snapshot's order is kept, the true orphans are cancelled.
+        snapshot = {"record": "open_orders", "v": 1, "venue": "kraken", "orders": [
+            {k: v for k, v in json.loads(payload("resting-gtc", venue_order_id=resting)).items()
+             if k not in ("record", "v")}]}
+        await journal.append(json.dumps(snapshot).encode(), 1)
+        report = await service.reconcile("kraken", dry_run=False)
+        decided = outcomes(report)
+        assert decided[resting] == ("matched", "kept"), report.lines()
+        assert {decided[i] for i in SEEDED_KRAKEN} == {("orphan", "cancelled")}, report.lines()
+        assert open_ids(emulator) == {resting}
+        assert service.details()["order_index"]["incomplete"] is None
+        assert service.details()["order_index"]["snapshots"] == {"kraken": journal.last.seq}
         journal.close()
         nursery.cancel_scope.cancel()
 

@@ -42,7 +42,13 @@ def error_of(data: bytes) -> OrderRecordError:
 
 def doc_examples() -> list[bytes]:
     lines = [line.strip() for line in (orders.__doc__ or "").splitlines()]
-    return [line.encode() for line in lines if line.startswith('{"record"')]
+    return [line.encode() for line in lines if line.startswith('{"record":"order"')]
+
+
+def doc_snapshot_example() -> bytes:
+    lines = [line.strip() for line in (orders.__doc__ or "").splitlines()]
+    (line,) = [line for line in lines if line.startswith('{"record":"open_orders"')]
+    return line.encode()
 
 
 # --------------------------------------------------------------------------- valid records
@@ -526,3 +532,65 @@ def test_open_orders_match_a_model(steps: list[tuple[str, str, str]]) -> None:
         assert [(int(r.amount), r.client_order_id) for r in got] == expected
     assert index.invalid == sum(1 for _, _, s in steps if s == "invalid")
     assert index.position == len(steps)
+
+
+# --------------------------------------------------------------------------- open_orders snapshots
+
+
+def _order(coid: str, **kw: object) -> dict:
+    base = {"client_order_id": coid, "symbol": "BTC/USDT", "side": "buy", "amount": "0.5", "price": "43000.1",
+            "state": "open"}
+    base.update(kw)
+    return base
+
+
+def _snapshot(venue: str, items: list, **kw: object) -> bytes:
+    return json.dumps({"record": "open_orders", "v": 1, "venue": venue, "orders": items, **kw}).encode()
+
+
+def test_the_documented_snapshot_parses_and_replaces_the_venues_open_set() -> None:
+    from daemon.venues.orders import OpenOrdersSnapshot, parse_journal_record
+
+    snap = parse_journal_record(doc_snapshot_example())
+    assert isinstance(snap, OpenOrdersSnapshot) and snap.venue == "kraken" and len(snap.orders) == 1
+    assert parse_journal_record(snap.to_payload()) == snap  # round trip
+    assert parse_order_record(doc_snapshot_example()) is None  # not an order record
+    index = OpenOrders()
+    index.apply(1, OrderRecord("old-1", "kraken", "BTC/USDT", "buy", Decimal("1"), None, "open").to_payload())
+    index.apply(2, OrderRecord("cb-1", "coinbase", "BTC/USDC", "buy", Decimal("1"), None, "open").to_payload())
+    index.apply(3, doc_snapshot_example())
+    assert [o.client_order_id for o in index.open_at("kraken")] == ["mm-1"]  # old-1 replaced
+    assert [o.client_order_id for o in index.open_at("coinbase")] == ["cb-1"]  # other venues untouched
+    assert index.snapshots == {"kraken": 3}
+    # later records apply on top
+    index.apply(4, OrderRecord("mm-1", "kraken", "BTC/USDT", "buy", Decimal("0.5"), Decimal("43000.1"),
+                               "filled").to_payload())
+    assert index.open_at("kraken") == []
+    index.apply(5, _snapshot("kraken", []))
+    assert index.open_at("kraken") == [] and index.snapshots["kraken"] == 5
+    index.reset()
+    assert index.snapshots == {} and index.last_invalid_seq == 0
+
+
+@pytest.mark.parametrize("payload, field", [
+    (_snapshot("kraken", [_order("a", state="filled")]), "orders[0].state"),
+    (_snapshot("kraken", [_order("a", amount="-1")]), "orders[0].amount"),
+    (_snapshot("kraken", [_order("a", venue="coinbase")]), "orders[0].venue"),
+    (_snapshot("kraken", [_order("a"), _order("a")]), "orders[1].client_order_id"),
+    (_snapshot("kraken", ["x"]), "orders[0]"),
+    (_snapshot("kraken", [{"record": "order", **_order("a")}]), "orders[0]"),
+    (_snapshot("Kraken!", []), "venue"),
+    (_snapshot("kraken", [], extra=1), "extra"),
+    (json.dumps({"record": "open_orders", "v": 2, "venue": "kraken", "orders": []}).encode(), "v"),
+    (json.dumps({"record": "open_orders", "v": 1, "venue": "kraken", "orders": {}}).encode(), "orders"),
+    (b'{"record":"open_orders","v":1,"venue":"kraken","venue":"x","orders":[]}', "venue"),
+])
+def test_an_invalid_snapshot_names_the_field(payload: bytes, field: str) -> None:
+    from daemon.venues.orders import parse_journal_record
+
+    with pytest.raises(OrderRecordError) as info:
+        parse_journal_record(payload)
+    assert info.value.field == field
+    index = OpenOrders()
+    index.apply(7, payload)  # counted, never raised
+    assert index.invalid == 1 and index.last_invalid_seq == 7 and index.snapshots == {}
