@@ -436,8 +436,14 @@ class VenueService:
         self._role_changed.set()
         self._role_changed = trio.Event()
         for venue in self.venues.values():
-            if venue.config.reconcile_on_promotion and self.standby is not None:
-                self._reconcile_soon(venue, trigger)
+            if not venue.config.reconcile_on_promotion or self.standby is None:
+                continue
+            if venue.credentials is None:
+                # A probe-only venue: nothing can be fetched; say so once per term, no report.
+                log.info("venue.reconcile_skipped", venue=venue.name, trigger=trigger,
+                         reason="no credentials (a probe-only venue)")
+                continue
+            self._reconcile_soon(venue, trigger)
 
     def _reconcile_soon(self, venue: Venue, trigger: str) -> None:
         nursery = self._nursery

@@ -183,6 +183,9 @@ def test_a_primary_daemon_probes_adopts_reconciles_and_shows_its_venues(tmp_path
         assert finished["kraken"]["trigger"] == "start" and finished["kraken"]["policy"] == "adopt"
         assert finished["kraken"]["counts"]["adopted"] == 3 and finished["kraken"]["errors"] == []
         assert finished["kraken_alt"]["errors"] and "auth" in finished["kraken_alt"]["errors"][0]
+        # Coinbase is probe-only (no credentials): skipped with a log line, no failed report.
+        assert "coinbase" not in finished
+        assert "event=venue.reconcile_skipped venue=coinbase" in daemon.log_text()
         records = [json.loads(r["payload"]) for r in journal_records(socket)]
         assert {r["venue_order_id"] for r in records} == SEEDED_KRAKEN
         assert all(r["record"] == "order" and r["adopted"] is True and r["venue"] == "kraken" for r in records)
