@@ -24,7 +24,8 @@ Rules (``_next_state``), checked in this order on every sample:
    error class and detail (``"probe failed: timeout (read timed out)"``).
 3. UNKNOWN + success: UP, or DEGRADED when that first answer is slow.
 4. DOWN needs ``up_after`` consecutive successes; it then becomes UP, or DEGRADED when the
-   median latency of those ``up_after`` answers is above ``degraded_latency``. A failure
+   median latency of those ``up_after`` answers is above ``degraded_latency``, or when the
+   last ``slow_after`` of them were slow (what rule 6 would do at once). A failure
    restarts the count; slow answers count as successes here (the venue is reachable).
 5. DEGRADED becomes UP after ``up_after`` consecutive *good* samples (a failure or a slow
    answer restarts the count). This holds however DEGRADED was reached, including from
@@ -264,6 +265,10 @@ class VenueHealth:
                 if median is not None and median > s.degraded_latency:
                     return (VenueState.DEGRADED,
                             f"back after {n} answers in a row, but slow: median {_ms(median)} > {limit}")
+                if self.consecutive_slow >= s.slow_after:
+                    # The last slow_after answers were slow: what UP would turn DEGRADED at once.
+                    return (VenueState.DEGRADED, f"back after {n} answers in a row, but the last "
+                            f"{self.consecutive_slow} were slow (> {limit})")
                 return VenueState.UP, f"back: {n} answers in a row, median {_ms(median)}"
             return state, self.reason
         if state is VenueState.DEGRADED:

@@ -537,3 +537,14 @@ def test_reaching_down_takes_exactly_down_after_failures(down_after: int, health
         states.append(h.state)
     assert states[-1] is DOWN
     assert all(state is not DOWN for state in states[:-1])
+
+
+def test_back_from_down_on_slow_answers_is_degraded_not_up() -> None:
+    """Found by the property test: DOWN, then up_after answers whose last slow_after were
+    slow (the median still fast) — UP would have to turn DEGRADED at once: DEGRADED."""
+    h = VenueHealth(HealthSettings(degraded_latency=0.5, down_after=1, up_after=4, slow_after=1))
+    for i, kind in enumerate(["fail", "ok", "ok", "ok"]):
+        h.observe(_sample(kind, float(i)))
+    assert h.state is DOWN
+    change = h.observe(_sample("slow", 4.0))
+    assert change is not None and change.state is DEGRADED and "slow" in change.reason
