@@ -145,6 +145,24 @@ class Venue:
     #: Held inside the worker thread around every signed request: one API key's nonces
     #: must increase, whichever ccxt instance (probe or private, any uplink) sends them.
     key_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: ccxt's timestamp (ms) of the last signed request sent with this key, by any instance:
+    #: ccxt paces each instance on its own, the venue counts per key.
+    last_signed_ms: float = 0.0
+
+    def signed(self, client: Any, call: Callable[[], Any]) -> Any:
+        """Run ``call`` (in a worker thread) as one signed exchange with this venue's key:
+        one at a time (nonces increase), paced as one client (the instance's rate limiter
+        starts from the key's last request, not its own)."""
+        exchange = getattr(client, "exchange", None)
+        with self.key_lock:
+            if exchange is not None:
+                exchange.lastRestRequestTimestamp = max(float(exchange.lastRestRequestTimestamp or 0),
+                                                        self.last_signed_ms)
+            try:
+                return call()
+            finally:
+                if exchange is not None:
+                    self.last_signed_ms = max(self.last_signed_ms, float(exchange.lastRestRequestTimestamp or 0))
     reconciliations: int = 0
     last_report: str | None = None
 
@@ -321,8 +339,7 @@ class VenueService:
         def probe_round() -> Any:
             if not private:
                 return client.probe(calls)
-            with venue.key_lock:
-                return client.probe(calls)
+            return venue.signed(client, lambda: client.probe(calls))
 
         async def run_round() -> None:
             nonlocal result
@@ -507,8 +524,7 @@ class VenueService:
                     fn = getattr(client, method)
 
                     def call() -> Any:
-                        with venue.key_lock:
-                            return fn(*args)
+                        return venue.signed(client, lambda: fn(*args))
 
                     with trio.fail_after(PRIVATE_DEADLINE):
                         return await trio.to_thread.run_sync(call, abandon_on_cancel=True)

@@ -159,14 +159,14 @@ def test_a_primary_daemon_probes_adopts_reconciles_and_shows_its_venues(tmp_path
     adopted; the matrix is on `lifeline venues`, venues.watch and /metrics; no credential
     appears anywhere."""
     metrics_port = free_port()
-    kraken = {"exchange": "kraken", "api_url": emulator.url, "interval": "200ms", "timeout": "500ms",
+    kraken = {"exchange": "kraken", "api_url": emulator.url, "interval": "200ms", "timeout": "1s",
               "credentials": str(secret_file(tmp_path, "kraken", KRAKEN_KEY, KRAKEN_SECRET)),
               "reconcile": "adopt", "deadman": False, "positions": False}
     config, socket = write_config(tmp_path, {
         "kraken": kraken,
         "kraken_alt": {**kraken, "credentials": str(secret_file(tmp_path, "alt", WRONG_KEY, WRONG_SECRET)),
                        "reconcile": "cancel-orphans"},
-        "coinbase": {"exchange": "coinbase", "api_url": emulator.url, "interval": "200ms", "timeout": "300ms",
+        "coinbase": {"exchange": "coinbase", "api_url": emulator.url, "interval": "200ms", "timeout": "1s",
                      "down_after": 2},
     }, standby={"role": "primary", "listen": f"127.0.0.1:{free_port()}"}, metrics_port=metrics_port)
     daemon = DaemonProcess(config=config, workdir=tmp_path / "proc", watchdog_usec=None)

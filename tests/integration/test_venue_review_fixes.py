@@ -648,3 +648,43 @@ async def test_audit_log_refusing_entries_still_reports_and_cancels_nothing(tmp_
         assert any("audit log refused" in e for e in json.loads(written.read_text())["errors"])
         journal.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_signed_requests_through_two_uplinks_are_paced_as_one_key(tmp_path: Path,
+                                                                        nursery: trio.Nursery) -> None:
+    """The venue's budget is per API key, ccxt's limiter per instance: private calls that
+    switch uplinks (a private client each) must still be spaced by the rate limit, as if
+    one client sent them all."""
+    emulator, url = await start_emulator(nursery, api_keys={"kraken": KRAKEN_KEY})
+    sent: list[tuple[float, str]] = []
+
+    def recording_factory(venue: str, config: Any, **kwargs: Any) -> Any:
+        client = venue_service._default_client_factory(venue, config, **kwargs)
+        client.exchange.rateLimit = 200
+        fetch = client.exchange.fetch
+
+        def timed_fetch(url: str, *args: Any, **kw: Any) -> Any:
+            if "/0/private/" in url:
+                sent.append((time.monotonic(), kwargs.get("uplink") or "default"))
+            return fetch(url, *args, **kw)
+
+        client.exchange.fetch = timed_fetch
+        return client
+
+    cfg = make_config(tmp_path, {"kraken": kraken_venue(url, tmp_path, reconcile_on_promotion=False,
+                                                        positions=False, deadman=False, interval="60s")},
+                      uplinks=True)
+    service = VenueService(cfg, EventBus(1000), client_factory=recording_factory)
+    with trio.fail_after(CAP):
+        await nursery.start(service.run)
+        venue = service.venues["kraken"]
+        await wait_for(lambda: all(p.health.state.value == "up" for p in venue.paths.values()))
+        fibre, starlink = venue.paths["fibre"], venue.paths["starlink"]
+        for first, second in ((fibre, starlink), (starlink, fibre), (fibre, starlink)):
+            first.health.state, second.health.state = venue_service.VenueState.UP, venue_service.VenueState.DOWN
+            await service._private(venue, "fetch_balance")
+        used = [u for _, u in sent]
+        assert set(used) == {"fibre", "starlink"}, used  # the calls really switched uplinks
+        gaps = [b - a for (a, _), (b, _) in zip(sent, sent[1:])]
+        assert min(gaps) >= 0.18, gaps  # never faster than the 200 ms limit, whichever instance sent it
+        nursery.cancel_scope.cancel()

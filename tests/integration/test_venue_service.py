@@ -184,7 +184,7 @@ async def test_one_uplink_silent_then_back_the_other_stays_up(tmp_path: Path, nu
     (down_after), while the venue stays UP through the other; back to ok, UP after up_after."""
     emulator, url = await start_emulator(nursery)
     cfg = make_config(tmp_path, {"coinbase": {"exchange": "coinbase", "api_url": url, "interval": "200ms",
-                                              "timeout": "300ms", "down_after": 3, "up_after": 2}}, uplinks=True)
+                                              "timeout": "600ms", "down_after": 3, "up_after": 2}}, uplinks=True)
     bus = EventBus(1000)
     changes = Changes(bus)
     service = VenueService(cfg, bus)
@@ -208,8 +208,8 @@ async def test_one_uplink_silent_then_back_the_other_stays_up(tmp_path: Path, nu
         assert "timeout" in degraded.reason
         down = await changes.wait(uplink="starlink", state="down")
         assert (down.previous, down.error_class, down.venue_state) == ("degraded", "timeout", "up")
-        # three failed rounds of at most timeout + a little, 200 ms apart
-        assert trio.current_time() - faulted_at < 3.5
+        # three failed rounds of at most timeout + a little (generous: a loaded machine)
+        assert trio.current_time() - faulted_at < 6
         assert all(e.uplink == "starlink" for e in changes.since(mark)), changes.since(mark)
         matrix = {p["uplink"]: p for p in service.matrix()}
         assert matrix["fibre"]["state"] == "up" and matrix["fibre"]["failures"] == 0
@@ -234,7 +234,7 @@ async def test_error_classes_slow_answers_and_the_venue_state(tmp_path: Path, nu
     slow_after. venue_state is the best state over the uplinks."""
     emulator, url = await start_emulator(nursery)
     cfg = make_config(tmp_path, {"coinbase": {
-        "exchange": "coinbase", "api_url": url, "interval": "200ms", "timeout": "400ms",
+        "exchange": "coinbase", "api_url": url, "interval": "200ms", "timeout": "1s",
         "degraded_latency": "120ms", "down_after": 2, "up_after": 2, "slow_after": 2}}, uplinks=True)
     bus = EventBus(1000)
     changes = Changes(bus)
@@ -291,7 +291,9 @@ async def test_watch_on_the_control_socket_status_and_metrics(tmp_path: Path, nu
     interval is raised to the venue's rate limit."""
     emulator, url = await start_emulator(nursery, api_keys={"kraken": KRAKEN_KEY})
     cfg = make_config(tmp_path, {
-        "coinbase": {"exchange": "coinbase", "api_url": url, "interval": "200ms", "timeout": "300ms",
+        # (A generous timeout: the fault below is an immediate 503; a loaded machine must not
+        # make a healthy probe time out and report "timeout" first.)
+        "coinbase": {"exchange": "coinbase", "api_url": url, "interval": "200ms", "timeout": "1s",
                      "down_after": 2, "up_after": 2},
         "kraken": {"exchange": "kraken", "api_url": url, "interval": "200ms", "timeout": "2s",
                    "probes": ["fetch_balance"], "credentials": str(credentials(tmp_path, "kraken")),
