@@ -590,9 +590,11 @@ class VenueService:
     async def _arm(self, venue: Venue, *, first: bool, term: int | None = None) -> float:
         vc = venue.config
         try:
-            # Bounded by the re-arm interval: a hung call must not outlast the running arm.
+            # Bounded: a hung call must not use up the running arm (half its timeout at most),
+            # nor be cut shorter than the re-arm interval (ccxt paces Kraken's call ~3 s).
+            bound = min(PRIVATE_DEADLINE, max(float(vc.deadman_interval), float(vc.deadman_timeout) / 2))
             await self._private(venue, "cancel_all_orders_after", float(vc.deadman_timeout), primary_only=True,
-                                primary_term=term, deadline=min(PRIVATE_DEADLINE, float(vc.deadman_interval)))
+                                primary_term=term, deadline=bound)
         except VenueUnavailable as exc:
             if exc.error_class == "fenced":
                 return float(vc.deadman_interval)

@@ -320,7 +320,9 @@ async def test_watch_on_the_control_socket_status_and_metrics(tmp_path: Path, nu
         assert matrix["kraken"]["interval_s"] == 1.0  # 200 ms asked, Kraken allows one call a second
         assert matrix["coinbase"]["interval_s"] == 0.2
 
-        states: dict[str, str] = {}
+        # The matrix is the state when the watch began (a venue may already be UP: no change
+        # follows for it); then every change.
+        states: dict[str, str] = {p["venue"]: p["state"] for p in first["matrix"]}
         while states != {"coinbase": "up", "kraken": "up"}:
             message = await trio.to_thread.run_sync(read)
             change = message["change"]
@@ -365,7 +367,7 @@ async def test_deadman_rearmed_while_primary_and_left_to_fire_when_fenced(tmp_pa
     not an alarm."""
     emulator, url = await start_emulator(nursery, api_keys={"kraken": KRAKEN_KEY})
     cfg = make_config(tmp_path, {
-        "kraken": {"exchange": "kraken", "api_url": url, "interval": "200ms", "timeout": "500ms",
+        "kraken": {"exchange": "kraken", "api_url": url, "interval": "200ms", "timeout": "1s",
                    "credentials": str(credentials(tmp_path, "kraken")), "deadman_timeout": "2s",
                    "deadman_interval": "300ms", "reconcile_on_promotion": False},
         "coinbase": {"exchange": "coinbase", "api_url": url, "interval": "200ms",
@@ -438,7 +440,7 @@ async def test_deadman_rearmed_while_primary_and_left_to_fire_when_fenced(tmp_pa
 # --------------------------------------------------------------------------- reconciliation
 
 def kraken_venue(url: str, tmp: Path, **extra: Any) -> dict[str, Any]:
-    return {"exchange": "kraken", "api_url": url, "interval": "1s", "timeout": "500ms",
+    return {"exchange": "kraken", "api_url": url, "interval": "1s", "timeout": "1s",
             "credentials": str(credentials(tmp, "kraken")), "deadman": False, **extra}
 
 
