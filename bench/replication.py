@@ -80,7 +80,7 @@ import psutil  # noqa: E402
 from daemon.config import dump_toml  # noqa: E402
 from daemon.lab.lifecycle import default_lab_config  # noqa: E402
 from daemon.lab.procs import DaemonProcess  # noqa: E402
-from daemon.lab.replay_engine import feed_paths, merged_lines  # noqa: E402
+from daemon.lab.replay_engine import FULL_FEEDS, feed_paths, merged_lines  # noqa: E402
 from daemon.standby.journal import SEGMENT_HEADER_SIZE, decode_records, verify_directory  # noqa: E402
 from daemon.standby.keys import generate_replication_key  # noqa: E402
 
@@ -592,6 +592,9 @@ def main() -> int:
                         help="control connections the latency run's batches take turns on")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of the latency run not counted")
+    parser.add_argument("--data", metavar="DIR", default=None,
+                        help="replay the full recordings from DIR (e.g. ../shared/data/hftbacktest_feeds) "
+                             "instead of the trimmed sample shipped in lab/data")
     parser.add_argument("--profile", metavar="DIR", default=None,
                         help="sample the daemons with py-spy during the replays (collapsed stacks in DIR)")
     args = parser.parse_args()
@@ -599,7 +602,8 @@ def main() -> int:
     def log(line: str) -> None:
         print(line, flush=True)
 
-    lines = [line for _, line in merged_lines(feed_paths())]
+    paths = feed_paths(Path(args.data), FULL_FEEDS) if args.data else feed_paths()
+    lines = [line for _, line in merged_lines(paths)]
     if args.lines:
         lines = lines[:args.lines]
     texts = [line.decode("utf-8") for line in lines]

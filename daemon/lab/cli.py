@@ -102,6 +102,8 @@ def lab_up(args: argparse.Namespace) -> int:
 
 def lab_down(args: argparse.Namespace) -> int:
     from daemon.lab.netns import LabError
+    from daemon.lab.pair import PREFIX as PAIR_PREFIX
+    from daemon.lab.pair import PairLab
     from daemon.lab.world import DEFAULT_WORKDIR, PREFIX, LabWorld, LoopbackWorld, netns_unavailable
 
     workdir = args.workdir or DEFAULT_WORKDIR
@@ -111,9 +113,11 @@ def lab_down(args: argparse.Namespace) -> int:
         removed += LoopbackWorld(workdir).down()
         if netns_unavailable() is None:
             removed += LabWorld(workdir).down()
+            # The promotion drills' pair lab: its own llp-* namespaces.
+            removed += PairLab().down()
         elif _lab_namespaces():
-            print(f"lab down: {PREFIX}* namespaces exist but cannot be removed: {netns_unavailable()}",
-                  file=sys.stderr)
+            print(f"lab down: {PREFIX}* / {PAIR_PREFIX}* namespaces exist but cannot be removed: "
+                  f"{netns_unavailable()}", file=sys.stderr)
             failed = True
     except LabError as exc:
         print(f"lab down: FAILED: {exc}", file=sys.stderr)
@@ -129,12 +133,13 @@ def lab_down(args: argparse.Namespace) -> int:
 
 def _lab_namespaces() -> list[str]:
     from daemon.lab import netns
+    from daemon.lab.pair import PREFIX as PAIR_PREFIX
     from daemon.lab.world import PREFIX
 
     if shutil.which("ip") is None:
         return []
     try:
-        return netns.lab_namespaces(PREFIX)
+        return netns.lab_namespaces(PREFIX) + netns.lab_namespaces(PAIR_PREFIX)
     except netns.LabError:
         return []
 

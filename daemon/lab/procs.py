@@ -56,7 +56,11 @@ class NotifyListener:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.path))
         self.messages: list[Notification] = []
-        self._lock = threading.Lock()
+        # Once the pump runs it is the only reader of the socket; everyone else waits on
+        # this condition for what it received. (Sharing the socket under a lock starved
+        # the other readers: the pump retook the lock in a tight loop, and a stop()
+        # waiting to drain took 69 s once and hung the next time.)
+        self._arrived = threading.Condition()
         self._pump: threading.Thread | None = None
         self._closed = False
 
@@ -71,35 +75,49 @@ class NotifyListener:
     def _run_pump(self) -> None:
         while not self._closed:
             try:
-                self.poll(0.2)
+                self._receive(0.2)
             except OSError:
                 return
 
-    def poll(self, timeout: float) -> Notification | None:
-        """Receive one datagram within ``timeout`` seconds, or None."""
-        with self._lock:
-            if self._closed:
-                return None
-            self.sock.settimeout(max(timeout, 0.0001))
-            try:
-                data = self.sock.recv(65536)
-            except (socket.timeout, BlockingIOError):
-                return None
+    def _receive(self, timeout: float) -> Notification | None:
+        """One datagram from the socket within ``timeout`` seconds (the reading thread only)."""
+        self.sock.settimeout(max(timeout, 0.0001))
+        try:
+            data = self.sock.recv(65536)
+        except (socket.timeout, BlockingIOError):
+            return None
         fields = {}
         for line in data.decode("utf-8", "replace").split("\n"):
             key, _, value = line.partition("=")
             if key:
                 fields[key] = value
         note = Notification(time.monotonic(), fields)
-        self.messages.append(note)
+        with self._arrived:
+            self.messages.append(note)
+            self._arrived.notify_all()
         return note
+
+    def poll(self, timeout: float) -> Notification | None:
+        """The next datagram within ``timeout`` seconds, or None: read from the socket, or,
+        once the pump runs, the next one the pump receives."""
+        if self._closed:
+            return None
+        if self._pump is None:
+            return self._receive(timeout)
+        with self._arrived:
+            seen = len(self.messages)
+            if self._arrived.wait_for(lambda: len(self.messages) > seen or self._closed, timeout):
+                return self.messages[seen] if len(self.messages) > seen else None
+            return None
 
     def wait_for(self, key: str, value: str | None = None, timeout: float = 10.0) -> Notification | None:
         """Wait until a message with ``key`` (= ``value``) arrives; already-received ones count
         (also those the pump thread received)."""
         deadline = time.monotonic() + timeout
         while True:
-            for note in list(self.messages):
+            with self._arrived:
+                received = list(self.messages)
+            for note in received:
                 if key in note.fields and (value is None or note.fields[key] == value):
                     return note
             left = deadline - time.monotonic()
@@ -117,10 +135,11 @@ class NotifyListener:
 
     def close(self) -> None:
         self._closed = True
+        with self._arrived:
+            self._arrived.notify_all()
         if self._pump is not None:
             self._pump.join(1.0)
-        with self._lock:
-            self.sock.close()
+        self.sock.close()
         self.path.unlink(missing_ok=True)
         if self._own_dir is not None:
             shutil.rmtree(self._own_dir, ignore_errors=True)

@@ -1,9 +1,11 @@
 """The lab's stand-in for a trading engine: real recorded market data, appended to the
 journal through the control socket.
 
-The feeds are the Binance spot, USDⓈ-M and COIN-M recordings (BTC and ETH, 2024-08-08/09)
-in ``shared/data/hftbacktest_feeds/`` (from nkaz001/hftbacktest, MIT licence; see
-``shared/data/README.md``): gzip text, one message per line, ``<local_ts_ns> <json>``.
+The feeds are the Binance spot, USDⓈ-M and COIN-M recordings (BTC and ETH, 2024-08-08)
+shipped in ``lab/data/hftbacktest_feeds/`` (from nkaz001/hftbacktest, MIT licence, trimmed
+to their first 20 s; see ``lab/data/README.md``): gzip text, one message per line,
+``<local_ts_ns> <json>``. A benchmark may replay the full recordings from another folder
+(``../shared/data/hftbacktest_feeds`` with ``FULL_FEEDS``).
 The files are merged in order of their local receive timestamps, and each *line itself*
 (without its newline) becomes one journal record, so a test can compare what the standby
 holds with the source files byte for byte.
@@ -23,22 +25,24 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA_DIR = ROOT.parent / "shared" / "data" / "hftbacktest_feeds"
+#: The trimmed recordings shipped in the repository (18 816 lines, 0.8 MB gzipped).
+DATA_DIR = ROOT / "lab" / "data" / "hftbacktest_feeds"
 
-#: The Binance recordings (about 440 000 lines); the Hyperliquid sample is another format.
+#: The Binance recordings shipped here; the Hyperliquid sample is another format.
 BINANCE_FEEDS = (
     "spot_btcusdt_20240808.gz", "usdm_btcusdt_20240808.gz", "cm_btcusd_perp_20240808.gz",
     "spot_ethusdt_20240808.gz", "usdm_ethusdt_20240808.gz", "cm_ethusd_perp_20240808.gz",
-    "spot_btcusdt_20240809.gz", "cm_btcusd_perp_20240809.gz",
 )
+#: The whole upstream set (about 440 000 lines), for a benchmark pointed at a full copy.
+FULL_FEEDS = BINANCE_FEEDS + ("spot_btcusdt_20240809.gz", "cm_btcusd_perp_20240809.gz")
 
 
 def feed_paths(data_dir: Path = DATA_DIR, names: Iterable[str] = BINANCE_FEEDS) -> list[Path]:
     paths = [data_dir / name for name in names]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"recorded feeds not found: {', '.join(missing)} (expected ../shared/data beside "
-                                f"the checkout; see shared/data/README.md)")
+        raise FileNotFoundError(f"recorded feeds not found: {', '.join(missing)} (the repository ships them in "
+                                f"lab/data/hftbacktest_feeds; see lab/data/README.md)")
     return paths
 
 

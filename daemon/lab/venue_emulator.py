@@ -14,9 +14,8 @@ What is served, and where it comes from
 ---------------------------------------
 *Recorded* answers are the ``httpResponse`` bodies of ccxt's offline "static" test
 responses (MIT, https://github.com/ccxt/ccxt, ``ts/src/test/static/response/
-{kraken,coinbase}.json``), read at run time from ``../shared/data/ccxt_static/`` (see
-that folder's README §6; ``--data`` overrides the folder). Nothing of them is copied
-into this repository.
+{kraken,coinbase}.json``), read at run time from ``lab/data/ccxt_static/``, shipped in the repository (see
+``lab/data/README.md``; ``--data`` overrides the folder).
 
 Kraken: ``Ticker`` (XBTUSDT: fetchTicker), ``OpenOrders`` (the three fetchOpenOrders
 cases merged into the initial open orders), ``OpenPositions`` (fetchPositions),
@@ -114,8 +113,8 @@ from daemon.log import get_logger
 
 log = get_logger("venue_emulator")
 
-#: Where the recorded ccxt responses live: ``../shared/data/ccxt_static`` next to the repo.
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ccxt_static"
+#: Where the recorded ccxt responses live: shipped in the repository (see lab/data/README.md).
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "lab" / "data" / "ccxt_static"
 
 VENUES = ("kraken", "coinbase")
 MODES = ("ok", "silent", "slow", "error", "exchange_error")
@@ -434,8 +433,8 @@ def load_recorded(venue: str, data_dir: Path | None = None) -> dict[str, list[di
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: recorded ccxt responses not found; point --data (data_dir) at the "
-                                f"ccxt_static folder of the shared data (see its README §6)") from None
+        raise FileNotFoundError(f"{path}: recorded ccxt responses not found; the repository ships "
+                                f"them in lab/data/ccxt_static (see lab/data/README.md); --data names another folder") from None
     except (OSError, ValueError) as exc:
         raise RecordedDataError(f"{path}: cannot read the recorded ccxt responses: {exc}") from None
     methods = data.get("methods") if isinstance(data, dict) else None

@@ -47,7 +47,7 @@ Kraken reports an order without a client reference as ``clientOrderId "0"`` (its
 ``userref`` 0): :meth:`VenueOrder.from_ccxt` reads ``None``, ``""`` and ``"0"`` as "no
 client order id", so such orders neither match a record with client id ``"0"`` nor share an
 adopted id. The recorded fixtures this is tested with are ccxt's static test data
-(``../shared/data/ccxt_static/kraken.response.json``, from ccxt/ccxt, MIT).
+(``lab/data/ccxt_static/kraken.response.json``, from ccxt/ccxt, MIT).
 """
 
 from __future__ import annotations

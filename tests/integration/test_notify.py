@@ -148,3 +148,26 @@ def test_the_notify_listener_binds_a_short_path_when_the_work_directory_is_deep(
     finally:
         listener.close()
     assert not listener.path.parent.exists()
+
+
+def test_readers_are_not_starved_while_the_pump_runs(tmp_path: Path) -> None:
+    """Once the pump thread reads the socket, poll/drain/wait_for on another thread see what
+    it received, promptly (they used to contend for the socket's lock with the pump, which
+    retook it in a tight loop: one stop() took 69 s, the next hung)."""
+    listener = NotifyListener(tmp_path / "notify.sock")
+    try:
+        notifier = Notifier({"NOTIFY_SOCKET": str(listener.path)})
+        listener.start_pump()
+        began = time.monotonic()
+        for _ in range(20):
+            listener.drain(0.01)
+        assert time.monotonic() - began < 2.0
+        assert notifier.ready("up")
+        note = listener.wait_for("READY", "1", timeout=5)
+        assert note is not None and note.fields["STATUS"] == "up"
+        assert notifier.watchdog()
+        polled = listener.poll(5)
+        assert polled is not None and polled.fields == {"WATCHDOG": "1"}
+        assert listener.poll(0.05) is None
+    finally:
+        listener.close()

@@ -177,3 +177,25 @@ def test_losing_a_site_cuts_every_host_of_it_and_nothing_else(lab: PairLab, list
     assert blocked_pairs() == expected
     lab.heal()
     assert blocked_pairs() == set()
+
+
+def test_lab_down_removes_the_pair_lab_too() -> None:
+    """`lifeline lab down` is the one command an operator has to clean up after a crashed
+    drill: it removes the promotion drills' llp-* namespaces as well as the uplink lab's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    world = PairLab()
+    try:
+        world.up()
+        world.lock.release()  # as a crashed drill would leave it: namespaces, no lock holder
+        assert netns.lab_namespaces(PREFIX) == sorted(NAMESPACES)
+        down = subprocess.run([sys.executable, "-m", "daemon.cli", "lab", "down"], capture_output=True, text=True,
+                              timeout=60, cwd=root)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert f"namespace {PREFIX}edge-a" in down.stdout, down.stdout
+        assert netns.lab_namespaces(PREFIX) == []
+    finally:
+        world.down()

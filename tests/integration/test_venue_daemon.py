@@ -5,7 +5,7 @@ driven the way an operator and the engine drive them: the CLI (`lifeline venues`
 (`venues.watch`, `journal.read`) and /metrics.
 
 The emulator serves Kraken's three recorded open orders (ccxt's static test responses,
-``../shared/data/ccxt_static``, MIT, https://github.com/ccxt/ccxt). The daemons use the
+``lab/data/ccxt_static``, MIT, https://github.com/ccxt/ccxt). The daemons use the
 production ccxt client, so Kraken's rate limiter paces their private calls (3 s apart):
 these tests keep the number of private calls small.
 """

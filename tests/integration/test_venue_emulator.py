@@ -3,7 +3,7 @@
 ccxt (4.5.90, requests-based) runs in worker threads (``trio.to_thread``) while the
 emulator runs in the test's nursery; its API URLs are rewritten to the emulator's
 address. The recorded cases come from ccxt's static test responses in
-``../shared/data/ccxt_static`` (MIT, https://github.com/ccxt/ccxt).
+``lab/data/ccxt_static`` (shipped here; MIT, https://github.com/ccxt/ccxt).
 """
 
 from __future__ import annotations
@@ -667,5 +667,6 @@ async def test_cli_bad_data_dir_exits_2(tmp_path: Path) -> None:
     assert b"kraken.response.json" in result.stderr and result.stdout == b""
 
 
-def test_module_reads_the_shared_data_by_default() -> None:
-    assert venue_emulator.DEFAULT_DATA_DIR == REPO.parent / "shared" / "data" / "ccxt_static"
+def test_module_reads_the_data_shipped_in_the_repository_by_default() -> None:
+    assert venue_emulator.DEFAULT_DATA_DIR == REPO / "lab" / "data" / "ccxt_static"
+    assert (venue_emulator.DEFAULT_DATA_DIR / "kraken.response.json").is_file()

@@ -10,7 +10,7 @@ ccxt's rate limiter keeps Kraken at one request a second and its private calls a
 every three (cost 3): where a test needs Kraken to move faster, it gives the service a
 client factory that builds the production client and then lowers ``exchange.rateLimit``
 (the emulator has no rate limit). The recorded fixtures (Kraken's three open orders) come
-from ccxt's static test responses in ``../shared/data/ccxt_static`` (MIT,
+from ccxt's static test responses in ``lab/data/ccxt_static`` (MIT,
 https://github.com/ccxt/ccxt), served by the emulator.
 """
 

@@ -1,7 +1,7 @@
 """Reconciliation decisions and the report, with orders from the recorded ccxt fixtures.
 
 The venue orders are ccxt's own parse of Kraken's recorded ``fetchOpenOrders`` answers
-(``parsedResponse`` in ../shared/data/ccxt_static/kraken.response.json, ccxt/ccxt's static
+(``parsedResponse`` in lab/data/ccxt_static/kraken.response.json, ccxt/ccxt's static
 test data, MIT), read at test time, never copied into the repo.
 """
 
@@ -29,13 +29,11 @@ from daemon.venues.reconcile import (
     sanitize_client_order_id,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ccxt_static"
+FIXTURES = Path(__file__).resolve().parents[2] / "lab" / "data" / "ccxt_static"
 
 
 def _recorded(exchange: str, method: str) -> list[dict[str, Any]]:
     path = FIXTURES / f"{exchange}.response.json"
-    if not path.is_file():
-        pytest.skip(f"the recorded ccxt fixtures are not there: {path} (../shared/data/ccxt_static from ccxt/ccxt)")
     cases = json.loads(path.read_text())["methods"].get(method, [])
     return [order for case in cases for order in case["parsedResponse"]]
 
