@@ -17,6 +17,20 @@ What each action does here:
 * role changes → ``RoleChanged`` on the bus, one log line, the exec hooks (in order),
   and every ``role.watch`` subscriber (the engine), in order, with ``monotonic_ns``.
 
+The trading deadline (``valid_until``): a primary may trade until its fence deadline,
+the send time of its last successful renewal (or acquire) + ``ttl - safety_margin``.
+The shell keeps it on the host's CLOCK_MONOTONIC in integer ns (``time.monotonic_ns()``,
+the clock every process on the host shares; trio's clock has a random offset): each
+request is stamped on both clocks when it is sent, the monotonic stamp read *first*, so
+the converted deadline is never later than the role machine's. ``may_trade()`` (checked
+on every append) enforces both, so the deadline the feed publishes is exactly the one
+the journal enforces. Every role.watch message and ``role.status`` carry ``valid_until``
+(int ns) and ``valid_for`` (s, remaining when the message was made), both ``null`` when
+the node may not trade; each successful renewal publishes one more message (same role,
+``"renewal": true``) with the extended deadline. An engine that trades only while the
+role is ``primary`` *and* CLOCK_MONOTONIC is before ``valid_until`` stops on its own
+when its daemon hangs, before the lease can pass on.
+
 Journal positions: while not primary the node reports its journal's last (epoch, seq)
 to the store with the epoch it has seen (the cold-start rule compares them), and feeds
 the machine its own position and the peer's report when it still speaks for the
@@ -43,7 +57,9 @@ log = get_logger("leadership")
 LEADERSHIP_READY = True
 
 #: A role.watch subscriber that falls this far behind is disconnected (it re-subscribes
-#: and gets the current role first): an engine must never act on a stale role.
+#: and gets the current role first): an engine must never act on a stale role. With a
+#: renewal message every ``renew_interval`` (0.5 s at the defaults) that is ~2 minutes of
+#: unread feed; a message read late is harmless meanwhile, its ``valid_until`` passes.
 WATCH_BUFFER = 256
 
 #: How often a node that is not primary re-sends its journal position at the latest
@@ -103,6 +119,11 @@ class Leadership:
         self._last_report: tuple[Position, int, float] | None = None
         self._last_wait = ""
         self._armed = False
+        #: The fence deadline on CLOCK_MONOTONIC (ns), None while not primary; and the
+        #: role machine's fence_at (trio seconds) it was converted from.
+        self._valid_until_ns: int | None = None
+        self._fence_at_seen: float | None = None
+        self.renewals_published = 0
 
     # ------------------------------------------------------------------ service
 
@@ -146,6 +167,7 @@ class Leadership:
         if machine is None or machine.role is not Role.PRIMARY:
             return None
         epoch = machine.epoch
+        self._valid_until_ns = None
         self.host.fence("the daemon is stopping")
         if self.watchdog is not None:
             try:
@@ -162,9 +184,11 @@ class Leadership:
 
     # ------------------------------------------------------------------ actions
 
-    def _apply(self, actions: list[Action], *, wake: bool = True) -> None:
+    def _apply(self, actions: list[Action], *, wake: bool = True,
+               sent: tuple[float, int] | None = None) -> None:
         """Carry out the machine's actions in order; publish role changes. ``wake``:
-        have the loop recompute its deadline (every caller but the loop itself)."""
+        have the loop recompute its deadline (every caller but the loop itself).
+        ``sent``: (trio time, monotonic ns) the answered request was sent at."""
         machine = self.machine
         assert machine is not None
         before_ns = self.clock_ns()
@@ -205,7 +229,9 @@ class Leadership:
                     self._last_wait = action.reason
                     log.info("role.wait", node=self.node, role=machine.role.value, reason=action.reason)
         after_ns = self.clock_ns()
+        extended = self._track_deadline(sent)
         changes = machine.changes
+        changed = self._published < len(changes)
         while self._published < len(changes):
             _, old, new, why = changes[self._published]
             self._published += 1
@@ -213,20 +239,78 @@ class Leadership:
             # and ends after FENCE did (the drills compare the intervals of two nodes).
             stamp = before_ns if new is Role.PRIMARY else after_ns
             self._publish_change(old, new, machine.epoch, why, stamp)
+        if extended and not changed and machine.role is Role.PRIMARY:
+            self._publish_renewal()
         if wake:
             self._wakeup.set()
+
+    def _track_deadline(self, sent: tuple[float, int] | None) -> bool:
+        """Follow the machine's fence deadline on CLOCK_MONOTONIC; True when it moved
+        later (a renewal or the acquire extended it)."""
+        machine = self.machine
+        assert machine is not None
+        fence_at = machine.fence_at
+        if machine.role is not Role.PRIMARY or fence_at is None:
+            self._valid_until_ns = None
+            self._fence_at_seen = None
+            return False
+        if fence_at == self._fence_at_seen and self._valid_until_ns is not None:
+            return False
+        if sent is not None:
+            sent_at, sent_ns = sent
+        else:  # not from an answered request (never expected): convert at this moment
+            sent_ns = self.clock_ns()
+            sent_at = trio.current_time()
+        # Floor: never a nanosecond past the deadline the machine enforces.
+        valid_until = sent_ns + math.floor((fence_at - sent_at) * 1e9)
+        previous = self._valid_until_ns
+        self._fence_at_seen = fence_at
+        if previous is not None and valid_until <= previous:
+            return False  # a late answer to an older request: the deadline never moves back
+        self._valid_until_ns = valid_until
+        return True
+
+    def valid_until_ns(self, now_ns: int | None = None) -> int | None:
+        """Until when (CLOCK_MONOTONIC ns) this node may trade, or None if it may not now."""
+        until = self._valid_until_ns
+        machine = self.machine
+        if until is None or machine is None or machine.role is not Role.PRIMARY:
+            return None
+        if (now_ns if now_ns is not None else self.clock_ns()) >= until:
+            return None
+        return until
+
+    def _deadline_fields(self, role: Role, now_ns: int) -> dict[str, Any]:
+        until = self.valid_until_ns(now_ns) if role is Role.PRIMARY else None
+        return {"valid_until": until,
+                "valid_for": None if until is None else round((until - now_ns) / 1e9, 3)}
+
+    def _publish_renewal(self) -> None:
+        """The lease was renewed: the same role with a later deadline, to every watcher."""
+        machine = self.machine
+        assert machine is not None
+        now_ns = self.clock_ns()
+        message = {"role": machine.role.value, "previous": self._previous(), "epoch": machine.epoch,
+                   "reason": "lease renewed", "monotonic_ns": now_ns, "node": self.node, "renewal": True,
+                   **self._deadline_fields(machine.role, now_ns)}
+        self.renewals_published += 1
+        self._send_watchers(message)
 
     def _publish_change(self, old: Role, new: Role, epoch: int, why: str, stamp_ns: int) -> None:
         self.role_changes += 1
         log_fn = log.warning if new is Role.FENCED else log.info
         log_fn("role.changed", node=self.node, role=new.value, previous=old.value, epoch=epoch, reason=why)
         message = {"role": new.value, "previous": old.value, "epoch": epoch, "reason": why,
-                   "monotonic_ns": stamp_ns, "node": self.node}
+                   "monotonic_ns": stamp_ns, "node": self.node, "renewal": False,
+                   **self._deadline_fields(new, self.clock_ns())}
         if self.bus is not None:
             self.bus.publish(RoleChanged(source="standby", node=self.node, role=new.value, previous=old.value,
                                          epoch=epoch, reason=why, monotonic_ns=stamp_ns))
         if self.hooks is not None:
             self.hooks.submit(new.value, epoch, old.value)
+        self._send_watchers(message)
+
+    def _send_watchers(self, message: dict[str, Any]) -> None:
         for channel in list(self._watchers):
             try:
                 channel.send_nowait(message)
@@ -264,6 +348,8 @@ class Leadership:
         machine = self.machine
         assert machine is not None
         kind = action.kind
+        # Monotonic first: the deadline converted from it is never later than trio's.
+        sent_ns = self.clock_ns()
         sent = trio.current_time()
         try:
             with trio.fail_after(self.timings.retry_timeout):
@@ -321,13 +407,13 @@ class Leadership:
             self._feed_journal(now, state)
             self._apply(machine.observed(state, now))
         elif kind is ActionKind.ACQUIRE:
-            self._apply(machine.acquired(grant.epoch, sent, now))
+            self._apply(machine.acquired(grant.epoch, sent, now), sent=(sent, sent_ns))
             if self._armed and machine.role is not Role.PRIMARY:
                 # Armed for a grant the machine did not use (late, stale): stand it down.
                 self._watchdog_call("disarm")
                 self._armed = False
         elif kind is ActionKind.RENEW:
-            self._apply(machine.renewed(grant.epoch, sent, now))
+            self._apply(machine.renewed(grant.epoch, sent, now), sent=(sent, sent_ns))
         elif kind in (ActionKind.SET_SYNC_MARK, ActionKind.CLEAR_SYNC_MARK):
             mark = action.node if kind is ActionKind.SET_SYNC_MARK else None
             log.info("lease.sync_mark", node=self.node, epoch=action.epoch, sync_node=mark or "")
@@ -399,7 +485,7 @@ class Leadership:
         process that froze past its deadline refuses before its loop has even run."""
         machine = self.machine
         return (machine is not None and machine.role is Role.PRIMARY and machine.fence_at is not None
-                and trio.current_time() < machine.fence_at)
+                and trio.current_time() < machine.fence_at and self.valid_until_ns() is not None)
 
     def async_allowed(self) -> bool:
         return self.may_trade() and self.machine is not None and self.machine.may_acknowledge_alone
@@ -423,12 +509,17 @@ class Leadership:
 
     def current(self) -> dict[str, Any]:
         machine = self.machine
+        now_ns = self.clock_ns()
         if machine is None:
             return {"node": self.node, "role": "waiting", "epoch": 0, "reason": "starting", "previous": "",
-                    "monotonic_ns": self.clock_ns()}
-        previous = machine.changes[-1][1].value if machine.changes else ""
+                    "monotonic_ns": now_ns, "renewal": False, "valid_until": None, "valid_for": None}
         return {"node": self.node, "role": machine.role.value, "epoch": machine.epoch, "reason": machine.reason,
-                "previous": previous, "monotonic_ns": self.clock_ns()}
+                "previous": self._previous(), "monotonic_ns": now_ns, "renewal": False,
+                **self._deadline_fields(machine.role, now_ns)}
+
+    def _previous(self) -> str:
+        machine = self.machine
+        return machine.changes[-1][1].value if machine is not None and machine.changes else ""
 
     def watch(self) -> trio.MemoryReceiveChannel[dict[str, Any]]:
         """An ordered stream of role changes, starting with the current role."""

@@ -321,8 +321,9 @@ class StandbyService:
         control.register("role.status", self._role_status,
                          help="This node's role, epoch and lease, and why; `lifeline role`.")
         control.register_stream("role.watch", self._role_watch,
-                                help="The engine's role feed: the current {role, epoch, ...} first, then every "
-                                     "change in order. Trade only while role is primary.")
+                                help="The engine's role feed: the current {role, epoch, valid_until, ...} first, "
+                                     "then every change and every lease renewal in order. Trade only while role "
+                                     "is primary and CLOCK_MONOTONIC is before valid_until (ns).")
         control.register("standby.promote", self._promote,
                          help='Allow this node to take a FREE lease although it may lack acknowledged records: '
                               '{"accept_loss": true}. Never takes a live lease; `lifeline standby promote`.')
@@ -413,7 +414,8 @@ class StandbyService:
                 await reply.send(message)
         # The feed was cut (too slow, or the daemon is stopping): say so, so the
         # engine stops trading rather than act on a role it can no longer follow.
-        await reply.send({"role": "unknown", "epoch": 0, "reason": "role feed closed: re-subscribe"})
+        await reply.send({"role": "unknown", "epoch": 0, "reason": "role feed closed: re-subscribe",
+                          "valid_until": None, "valid_for": None})
 
     async def _promote(self, params: dict[str, Any]) -> Any:
         leadership = self._require_leadership()

@@ -632,3 +632,171 @@ async def test_past_the_fence_deadline_the_node_may_not_trade_even_before_its_lo
         assert machine.role is Role.PRIMARY
         assert not a.leadership.may_trade() and not a.leadership.async_allowed()
         nursery.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------------- the trading deadline (valid_until)
+
+TRADE_WINDOW_NS = round((TIMINGS.ttl - TIMINGS.safety_margin) * 1e9)
+
+
+def ns_now() -> int:
+    return int(trio.current_time() * 1e9)  # the Node's clock_ns: CLOCK_MONOTONIC in these tests
+
+
+async def test_each_renewal_extends_valid_until_on_the_feed(autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    store.lease.members["b"] = Member("b", Position(1, 10), 1)
+    a = Node("a", store, Position(1, 10))
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        channel = a.leadership.watch()
+        await wait_role(a, Role.PRIMARY)
+        await trio.sleep(2.6)  # five renewals at the default 0.5 s
+        seen = drain(channel)
+        first = seen[0]
+        assert first["role"] == "waiting" and first["valid_until"] is None and first["valid_for"] is None
+        became = next(i for i, m in enumerate(seen) if m["role"] == "primary")
+        promoted = seen[became]
+        assert promoted["renewal"] is False and promoted["valid_until"] is not None
+        renewals = seen[became + 1:]
+        assert len(renewals) == 5, renewals
+        for message in renewals:
+            assert message["role"] == "primary" and message["renewal"] is True
+            assert message["reason"] == "lease renewed" and message["epoch"] == promoted["epoch"]
+            assert {"node", "previous", "monotonic_ns", "valid_for"} <= message.keys()
+            # Never more than ttl - safety_margin ahead of when it was made (the
+            # renewal was sent before that).
+            assert 0 < message["valid_until"] - message["monotonic_ns"] <= TRADE_WINDOW_NS
+            assert message["valid_for"] == round((message["valid_until"] - message["monotonic_ns"]) / 1e9, 3)
+        deadlines = [m["valid_until"] for m in [promoted, *renewals]]
+        assert deadlines == sorted(deadlines) and len(set(deadlines)) == len(deadlines)
+        # Each renewal moves it by one renew interval (sent every 0.5 s, exactly, here).
+        steps = {round((b - a_) / 1e6) for a_, b in zip(deadlines, deadlines[1:])}
+        assert steps == {round(TIMINGS.renew * 1e3)}, steps
+        # role.status says the same as the feed's last message.
+        status = a.leadership.details()
+        assert status["valid_until"] == renewals[-1]["valid_until"]
+        assert status["valid_for"] == round((status["valid_until"] - status["monotonic_ns"]) / 1e9, 3)
+        nursery.cancel_scope.cancel()
+
+
+async def test_valid_until_is_the_deadline_the_append_path_enforces(autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    store.lease.members["b"] = Member("b", Position(1, 10), 1)
+    a = Node("a", store, Position(1, 10))
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        channel = a.leadership.watch()
+        await wait_role(a, Role.PRIMARY)
+        await trio.sleep(1.1)
+        store.cut.add("a")  # no renewal succeeds from here on
+        machine = a.leadership.machine
+        assert machine is not None and machine.fence_at is not None
+        last = drain(channel)[-1]
+        until = last["valid_until"]
+        # The machine's fence deadline on the monotonic clock, never a ns later.
+        assert int(machine.fence_at * 1e9) - 1 <= until <= machine.fence_at * 1e9
+        await trio.sleep((until - ns_now() - 1000) / 1e9)  # 1 µs before it
+        assert a.leadership.may_trade() and a.leadership.valid_until_ns() == until
+        assert a.role is Role.PRIMARY
+        await trio.sleep(2e-6)  # 1 µs after it
+        assert not a.leadership.may_trade()
+        assert a.leadership.valid_until_ns() is None
+        assert a.leadership.current()["valid_until"] is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_primary_that_cannot_renew_publishes_no_deadline_past_its_fence(autojump_clock: trio.testing.MockClock) -> None:
+    for seed in range(6):
+        store = MemoryStore()
+        store.lease.members["b"] = Member("b", Position(1, 10), 1)
+        a = Node("a", store, Position(1, 10))
+        async with trio.open_nursery() as nursery:
+            await a.start(nursery)
+            channel = a.leadership.watch()
+            await wait_role(a, Role.PRIMARY)
+            await trio.sleep(1 + seed * 0.09)  # cut at different phases of the renew cycle
+            store.cut.add("a")
+            cut_ns = ns_now()
+            await wait_role(a, Role.FENCED)
+            fenced_ns = round(next(t for t, kind, _ in a.host.calls if kind == "fence") * 1e9)
+            await trio.sleep(3)
+            seen = drain(channel)
+            deadlines = [m["valid_until"] for m in seen if m["valid_until"] is not None]
+            assert deadlines and max(deadlines) <= fenced_ns, (seed, deadlines, fenced_ns)
+            # The last deadline published is that of the last renewal sent before the cut.
+            assert max(deadlines) <= cut_ns + TRADE_WINDOW_NS
+            fenced_at = next(i for i, m in enumerate(seen) if m["role"] == "fenced")
+            assert all(m["role"] == "primary" for m in seen[fenced_at - 1:fenced_at])
+            after = seen[fenced_at:]
+            assert after[0]["renewal"] is False and after[0]["monotonic_ns"] >= fenced_ns - 1
+            assert all(m["valid_until"] is None and m["valid_for"] is None for m in after), after
+            assert a.leadership.current()["valid_until"] is None
+            assert a.leadership.details()["valid_for"] is None
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_frozen_primary_reports_no_deadline_once_it_passed(autojump_clock: trio.testing.MockClock) -> None:
+    """SIGSTOP, then SIGCONT: before the loop has run, neither role.status nor a new
+    subscriber's first message says the node may trade."""
+    store = MemoryStore()
+    store.lease.members["b"] = Member("b", Position(1, 10), 1)
+    a = Node("a", store, Position(1, 10))
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await wait_role(a, Role.PRIMARY)
+        assert a.leadership.current()["valid_for"] is not None
+        autojump_clock.jump(4.5)  # time passes, no task runs
+        assert a.role is Role.PRIMARY
+        first = a.leadership.watch().receive_nowait()
+        assert first["role"] == "primary" and first["valid_until"] is None and first["valid_for"] is None
+        assert a.leadership.details()["valid_until"] is None
+        assert not a.leadership.may_trade()
+        nursery.cancel_scope.cancel()
+
+
+async def test_partitioned_primarys_last_deadline_ends_before_the_other_node_promotes(autojump_clock: trio.testing.MockClock) -> None:
+    for seed in range(6):
+        store = MemoryStore()
+        a, b = Node("a", store, Position(1, 10)), Node("b", store, Position(1, 10))
+        async with trio.open_nursery() as nursery:
+            await a.start(nursery)
+            await trio.sleep(0.1)
+            await b.start(nursery)
+            await wait_role(a, Role.PRIMARY)
+            await wait_role(b, Role.STANDBY)
+            a.leadership.standby_sync_changed("b")
+            feed_a, feed_b = a.leadership.watch(), b.leadership.watch()
+            await trio.sleep(1 + seed * 0.07)
+            store.cut.add("a")
+            await wait_role(b, Role.PRIMARY)
+            last_a = max(m["valid_until"] for m in drain(feed_a) if m["valid_until"] is not None)
+            promoted = next(m for m in drain(feed_b) if m["role"] == "primary")
+            assert last_a < promoted["monotonic_ns"], (seed, last_a, promoted)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_subscriber_that_stops_reading_is_cut_off_while_others_follow_every_renewal(autojump_clock: trio.testing.MockClock) -> None:
+    from daemon.standby.leadership import WATCH_BUFFER
+
+    store = MemoryStore()
+    store.lease.members["b"] = Member("b", Position(1, 10), 1)
+    a = Node("a", store, Position(1, 10))
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await wait_role(a, Role.PRIMARY)
+        slow, fast = a.leadership.watch(), a.leadership.watch()
+        got: list[dict[str, Any]] = []
+        for _ in range(WATCH_BUFFER + 20):
+            await trio.sleep(TIMINGS.renew)
+            got += drain(fast)
+        assert len(got) >= WATCH_BUFFER + 19 and all(m["role"] == "primary" for m in got)
+        assert a.leadership.details()["watchers"] == 1  # the slow one was cut off
+        buffered = []
+        with pytest.raises(trio.EndOfChannel):
+            while True:
+                buffered.append(slow.receive_nowait())
+        assert len(buffered) == WATCH_BUFFER
+        # What it still holds is stale, and says so by itself: every deadline has passed.
+        assert all(m["valid_until"] < ns_now() for m in buffered[1:])
+        nursery.cancel_scope.cancel()
