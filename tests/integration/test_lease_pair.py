@@ -11,16 +11,18 @@ reconciliation and reported — never lost silently.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from daemon.control_client import ControlError
+from daemon.control_client import ControlClient, ControlError
 from daemon.lab.etcd import EtcdCluster
 from daemon.lab.ha_drills import overlap_ns, primary_intervals
 from daemon.standby.keys import generate_replication_key
@@ -292,4 +294,101 @@ def test_witness_restart_mid_lease_never_makes_two_primaries_nor_reuses_an_epoch
         a, b = (primary_intervals(changes, name, [], end) for name in ("edge-a", "edge-b"))
         assert overlap_ns(a, b) == 0, f"overlapping primaries: {a} {b}"
     finally:
+        pair.close()
+
+
+class Feed(threading.Thread):
+    """An engine's role.watch subscription: every message, as received."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(daemon=True, name=f"feed-{node.name}")
+        self.client = ControlClient(node.socket, timeout=5).connect()
+        self.client.call("role.watch")
+        self.messages: list[dict[str, Any]] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self.messages.append(self.client.read_line(timeout=0.2))
+                except TimeoutError:
+                    continue
+        except (ConnectionError, OSError, ValueError):
+            pass
+        finally:
+            self.client.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(5)
+
+
+def test_a_frozen_primarys_feed_deadline_ends_before_the_other_node_is_primary(tmp_path: Path) -> None:
+    """SIGSTOP the primary for longer than the ttl: the other node promotes. The
+    frozen node can publish nothing while stopped, so what its engine acts on is the
+    last message it had published before: that message's valid_until must end before
+    the other node's feed says primary. (Its ``fenced`` comes only after SIGCONT,
+    seconds after the other node traded: an engine following the role alone overlaps.)"""
+    pair = LeasePair(tmp_path, "witness")
+    feeds: list[Feed] = []
+    frozen_pid: int | None = None
+    try:
+        pair.start()
+        first = pair.wait_primary()
+        second = pair.other(first)
+        pair.wait_role(second, "standby")
+        a, b = pair.nodes[first], pair.nodes[second]
+        a.call("journal.append", {"payloads": ["before"]})
+        wait_for(lambda: pair.role(second)["lease"]["sync_node"] == second, "the standby to be marked synchronous",
+                 10, detail=pair.diagnosis)
+        feed_a, feed_b = Feed(a), Feed(b)
+        feeds = [feed_a, feed_b]
+        for feed in feeds:
+            feed.start()
+        time.sleep(1.7)  # several renewals on the feed (ttl 1 s: one every 333 ms)
+        status = pair.role(first)
+        assert status["role"] == "primary" and 0 < status["valid_for"] <= 0.8, status
+        assert 0 < status["valid_until"] - status["monotonic_ns"] <= 800_000_000
+        frozen_pid = a.pid
+        stopped_ns = time.monotonic_ns()
+        os.kill(frozen_pid, signal.SIGSTOP)
+        time.sleep(0.05)
+        last_before = [m for m in feed_a.messages if m.get("monotonic_ns", 0) < stopped_ns]
+        renewals = [m for m in last_before if m.get("renewal")]
+        assert len(renewals) >= 3, last_before
+        last = last_before[-1]
+        assert last["role"] == "primary" and isinstance(last["valid_until"], int), last
+        # The other node promotes while this one is stopped.
+        wait_for(lambda: any(m["role"] == "primary" for m in feed_b.messages), f"{second} to promote", 10,
+                 detail=pair.diagnosis)
+        promoted = next(m for m in feed_b.messages if m["role"] == "primary")
+        time.sleep(max(0.0, 3.0 - (time.monotonic_ns() - stopped_ns) / 1e9))  # stopped 3 s: 3 ttls
+        os.kill(frozen_pid, signal.SIGCONT)
+        frozen_pid = None
+        wait_for(lambda: any(m["role"] == "fenced" for m in feed_a.messages), f"{first} to publish fenced", 10,
+                 detail=pair.diagnosis)
+        fenced = next(m for m in feed_a.messages if m["role"] == "fenced")
+        with pytest.raises(ControlError) as refused:
+            a.call("journal.append", {"payloads": ["late"]})
+        assert refused.value.code == "not_primary"
+
+        # The defect of issue 14: by role alone, the frozen node was primary until it
+        # could say fenced, long after the other node was.
+        assert fenced["monotonic_ns"] > promoted["monotonic_ns"] + 500_000_000, (fenced, promoted)
+        # By role AND valid_until, it never overlaps: not the last message before the
+        # freeze, not any message it ever published at its epoch.
+        margin_ms = (promoted["monotonic_ns"] - last["valid_until"]) / 1e6
+        assert margin_ms > 0, f"{first} may trade until {last['valid_until']}, {second} primary at {promoted}"
+        deadlines = [m["valid_until"] for m in feed_a.messages if m.get("valid_until") is not None]
+        assert max(deadlines) == last["valid_until"], "a deadline published after the freeze"
+        assert all(m["valid_until"] is None for m in feed_a.messages if m["monotonic_ns"] >= stopped_ns)
+        assert promoted["valid_until"] is not None and promoted["valid_until"] > promoted["monotonic_ns"]
+        print(f"frozen primary's last valid_until ends {margin_ms:.0f} ms before the promotion; "
+              f"its fenced came {(fenced['monotonic_ns'] - promoted['monotonic_ns']) / 1e6:.0f} ms after it")
+    finally:
+        if frozen_pid is not None:
+            os.kill(frozen_pid, signal.SIGCONT)
+        for feed in feeds:
+            feed.stop()
         pair.close()
