@@ -679,6 +679,8 @@ def format_role(info: dict[str, Any]) -> str:
     lines = [f"{info.get('node', '?')}: {info.get('role', '?')} at epoch {info.get('epoch', 0)}"
              f"{' (not yet accepting appends)' if waiting else ''}",
              f"  why: {info.get('reason', '')}"]
+    if info.get("role") == "primary" and not info.get("fixed"):
+        lines.append("  " + format_trading_deadline(info))
     lease = info.get("lease")
     if lease:
         holder = lease.get("holder") or "nobody (free)"
@@ -691,6 +693,14 @@ def format_role(info: dict[str, Any]) -> str:
     if info.get("blocked"):
         lines.append(f"  BLOCKED from becoming primary: {info['blocked']}")
     return "\n".join(lines)
+
+
+def format_trading_deadline(info: dict[str, Any]) -> str:
+    """A primary's fence deadline, as role.status / role.watch give it."""
+    until, left = info.get("valid_until"), info.get("valid_for")
+    if until is None or left is None:
+        return "may NOT trade: no valid_until (its fence deadline has passed, or it is not trading)"
+    return f"may trade for {round(left * 1000)} ms (until monotonic {until})"
 
 
 def cmd_role(args: argparse.Namespace) -> int:
@@ -708,9 +718,10 @@ def cmd_role(args: argparse.Namespace) -> int:
                 change = client.read_line(timeout=None)
                 if args.json:
                     print(json.dumps(change), flush=True)
-                else:
+                elif not change.get("renewal"):  # a renewal only moves valid_until (--json shows each)
+                    deadline = f"; {format_trading_deadline(change)}" if change.get("role") == "primary" else ""
                     print(f"{change.get('role')} epoch={change.get('epoch')} (was {change.get('previous') or '-'}): "
-                          f"{change.get('reason', '')}", flush=True)
+                          f"{change.get('reason', '')}{deadline}", flush=True)
                 if change.get("role") == "unknown":
                     return 1
         except ControlError as exc:

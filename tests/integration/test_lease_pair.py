@@ -350,6 +350,11 @@ def test_a_frozen_primarys_feed_deadline_ends_before_the_other_node_is_primary(t
         status = pair.role(first)
         assert status["role"] == "primary" and 0 < status["valid_for"] <= 0.8, status
         assert 0 < status["valid_until"] - status["monotonic_ns"] <= 800_000_000
+        shown = cli("role", "--socket", str(a.socket))
+        assert shown.returncode == 0 and "may trade for " in shown.stdout and "(until monotonic " in shown.stdout, \
+            shown.stdout + shown.stderr
+        shown = cli("role", "--json", "--socket", str(a.socket))
+        assert isinstance(json.loads(shown.stdout)["valid_until"], int), shown.stdout
         frozen_pid = a.pid
         stopped_ns = time.monotonic_ns()
         os.kill(frozen_pid, signal.SIGSTOP)
