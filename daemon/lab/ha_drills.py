@@ -11,9 +11,11 @@ drill waits until the other follows it in sync and is marked synchronous in the 
 
 A writer thread plays the trading engine: it appends the recorded Binance lines
 (:mod:`daemon.lab.replay_engine`) in small batches through the primary's control socket
-and keeps every answer. When the primary refuses (``not_primary``: nothing written) or
-its socket is gone, it tries the other node, and so on, every few milliseconds: that is
-what an engine that follows the role does. A request unanswered after 3 s (the
+and keeps every answer. It follows the README's engine contract: it appends only
+through a node whose ``role.watch`` feed says ``primary`` and whose last message's
+``valid_until`` is still ahead of CLOCK_MONOTONIC, and waits (a few ms at a time) while
+no node's is. When that node refuses anyway (``not_primary``: nothing written) or its
+socket is gone, it decides again from the feeds. A request unanswered after 3 s (the
 replication's ``sync_timeout`` of 2 s, plus 1 s) is given up as in doubt, and the writer
 moves on the same way. At a random point (``--seed`` replays it; the window spans at
 least one lease renewal period) the drill applies the fault:
@@ -341,13 +343,23 @@ class RoleLog:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def add(self, node: str, message: dict[str, Any], *, snapshot: bool = False) -> None:
+    def add(self, node: str, message: dict[str, Any], *, snapshot: bool = False, history: bool = False) -> None:
+        """One message of ``node``'s feed (``snapshot``: the first, the role at
+        subscription; a ``renewal`` only moves ``valid_until``), or with ``history`` a
+        ``RoleChanged`` event, which never replaces a newer feed message as current."""
         role = message.get("role")
         if not isinstance(role, str) or role == "unknown":
+            if role == "unknown":  # the feed was cut: nothing may be assumed of the node
+                with self._cond:
+                    self.current[node] = dict(message, node=node)
+                    self._cond.notify_all()
             return
         with self._cond:
-            self.current[node] = dict(message, node=node)
-            if not snapshot:
+            stamp = int(message.get("monotonic_ns", 0))
+            last = self.current.get(node)
+            if not history or last is None or stamp > int(last.get("monotonic_ns", 0)):
+                self.current[node] = dict(message, node=node)
+            if not snapshot and not message.get("renewal"):
                 key = (node, int(message["monotonic_ns"]), role)
                 self.changes.setdefault(key, {
                     "node": node, "role": role, "previous": message.get("previous", ""),
@@ -389,12 +401,22 @@ class RoleLog:
         result = node.try_call("events.recent", {"limit": 1000})
         for event in (result or {}).get("events", []):
             if event.get("kind") == "RoleChanged" and "monotonic_ns" in event:
-                self.add(node.name, event)
+                self.add(node.name, event, history=True)
 
     def role(self, node: str) -> str | None:
         with self._lock:
             entry = self.current.get(node)
             return entry.get("role") if entry else None
+
+    def may_trade(self, node: str, now_ns: int | None = None) -> bool:
+        """The engine's contract: ``node``'s feed says primary, and this host's
+        CLOCK_MONOTONIC is before the ``valid_until`` of its last message."""
+        with self._lock:
+            entry = self.current.get(node)
+        if entry is None or entry.get("role") != "primary":
+            return False
+        until = entry.get("valid_until")
+        return isinstance(until, int) and (now_ns if now_ns is not None else time.monotonic_ns()) < until
 
     def wait_role(self, node: str, roles: tuple[str, ...], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -465,12 +487,19 @@ class Writer(threading.Thread):
     """The trading engine stand-in. Appends ``batch`` feed lines per request to the node
     it believes primary; on ``not_primary`` (nothing written) it retries the same lines
     on the other node, on a lost connection (unknown outcome) it moves on with new
-    lines, every ``retry`` seconds until one node accepts."""
+    lines, every ``retry`` seconds until one node accepts.
+
+    With ``roles`` (the nodes' role.watch feeds) it follows the README's engine
+    contract: it appends only through a node whose feed says ``primary`` and whose last
+    message's ``valid_until`` is still ahead of CLOCK_MONOTONIC, and waits while none
+    is (``waits`` counts the pauses)."""
 
     def __init__(self, nodes: dict[str, Node], first: str, lines: Iterator[bytes], *, batch: int, pause: float,
-                 retry: float = 0.002, request_timeout: float = 3.0) -> None:
+                 retry: float = 0.002, request_timeout: float = 3.0, roles: RoleLog | None = None) -> None:
         super().__init__(daemon=True, name="drill-writer")
         self.nodes = nodes
+        self.roles = roles
+        self.waits = 0
         self.target = first
         self.lines = lines
         self.batch = batch
@@ -497,7 +526,7 @@ class Writer(threading.Thread):
                 key = f"{a.node} {a.status}"
                 statuses[key] = statuses.get(key, 0) + 1
         return {"answers": statuses, "refusals": dict(self.refusals), "unanswered": self.unanswered,
-                "timeouts": self.timeouts}
+                "timeouts": self.timeouts, "waits_for_a_valid_primary": self.waits}
 
     def ok_count(self) -> int:
         with self._lock:
@@ -537,6 +566,20 @@ class Writer(threading.Thread):
     def _other(self, name: str) -> str:
         return next(n for n in self.nodes if n != name)
 
+    def _pick(self) -> str | None:
+        """The node to append through now: by the feeds (role AND valid_until) when
+        followed, else the one believed primary."""
+        if self.roles is None:
+            return self.target
+        now_ns = time.monotonic_ns()
+        valid = [name for name in self.nodes if self.roles.may_trade(name, now_ns)]
+        if self.target in valid:
+            return self.target
+        if valid:
+            self.target = valid[0]
+            return self.target
+        return None
+
     def run(self) -> None:
         pending: list[bytes] = []
         try:
@@ -545,7 +588,12 @@ class Writer(threading.Thread):
                     pending = [line for _, line in zip(range(self.batch), self.lines)]
                     if not pending:
                         return
-                name = self.target
+                picked = self._pick()
+                if picked is None:  # no node may trade now, as the feeds say: wait for one
+                    self.waits += 1
+                    self._stop_event.wait(self.retry)
+                    continue
+                name = picked
                 try:
                     client = self._client(name)
                     answer = client.call("journal.append", {"payloads": [p.decode() for p in pending]})
@@ -660,7 +708,8 @@ class Drill:
                 roles.follow(node)
             primary, standby = self._wait_pair(nodes, roles, rep)
             rep.primary, rep.new_primary = primary.name, standby.name
-            writer = Writer(nodes, primary.name, self.lines, batch=self.settings.batch, pause=self.settings.pause)
+            writer = Writer(nodes, primary.name, self.lines, batch=self.settings.batch, pause=self.settings.pause,
+                            roles=roles)
             writer.start()
             if not until(lambda: writer.ok_count() >= 20 or not writer.is_alive(), 10) or writer.error:
                 raise DrillError(f"the writer got no 20 acknowledgements from {primary.name} in 10 s "

@@ -476,7 +476,7 @@ def power_repetition(index: int, root: Path, books: Path, keyring: Path, lines: 
         # The UPS must have been read (online) before it fails.
         if not until(lambda: _ups_polled(a), 10):
             raise DrillError(f"{pname} never read its UPS:\n{a.log_tail()}")
-        writer = Writer(nodes, pname, lines, batch=10, pause=0.005)  # type: ignore[arg-type]
+        writer = Writer(nodes, pname, lines, batch=10, pause=0.005, roles=roles)  # type: ignore[arg-type]
         writer.start()
         if not until(lambda: writer.ok_count() >= 100, 15):
             raise DrillError(f"the writer got no 100 acknowledgements within 15 s: {writer.summary()}")
