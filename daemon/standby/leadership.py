@@ -522,7 +522,8 @@ class Leadership:
         return machine.changes[-1][1].value if machine is not None and machine.changes else ""
 
     def watch(self) -> trio.MemoryReceiveChannel[dict[str, Any]]:
-        """An ordered stream of role changes, starting with the current role."""
+        """An ordered stream of role changes and renewals (``"renewal": true``: the same
+        role, a later ``valid_until``), starting with the current role."""
         send, receive = trio.open_memory_channel[dict[str, Any]](WATCH_BUFFER)
         send.send_nowait(self.current())
         self._watchers.append(send)
@@ -552,6 +553,7 @@ class Leadership:
             if machine.blocked:
                 out["blocked"] = machine.blocked
         out["role_changes"] = self.role_changes
+        out["renewals_published"] = self.renewals_published
         out["watchers"] = len(self._watchers)
         if self.hooks is not None and hasattr(self.hooks, "details"):
             out["hooks"] = self.hooks.details()
