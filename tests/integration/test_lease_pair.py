@@ -324,12 +324,17 @@ class Feed(threading.Thread):
         self.join(5)
 
 
-def test_a_frozen_primarys_feed_deadline_ends_before_the_other_node_is_primary(tmp_path: Path) -> None:
+@pytest.mark.parametrize("timings,stop_s", [(LEASE_TIMINGS, 3.0), ({}, 4.5)], ids=["ttl-1s", "defaults"])
+def test_a_frozen_primarys_feed_deadline_ends_before_the_other_node_is_primary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, timings: dict[str, str], stop_s: float) -> None:
     """SIGSTOP the primary for longer than the ttl: the other node promotes. The
     frozen node can publish nothing while stopped, so what its engine acts on is the
     last message it had published before: that message's valid_until must end before
     the other node's feed says primary. (Its ``fenced`` comes only after SIGCONT,
-    seconds after the other node traded: an engine following the role alone overlaps.)"""
+    seconds after the other node traded: an engine following the role alone overlaps.)
+    ``defaults``: issue 14's case, the default lease timings and a 4.5 s SIGSTOP."""
+    monkeypatch.setattr(sys.modules[__name__], "LEASE_TIMINGS", timings)
+    window_ns = 800_000_000 if timings else 1_200_000_000  # ttl - safety_margin
     pair = LeasePair(tmp_path, "witness")
     feeds: list[Feed] = []
     frozen_pid: int | None = None
@@ -348,8 +353,8 @@ def test_a_frozen_primarys_feed_deadline_ends_before_the_other_node_is_primary(t
             feed.start()
         time.sleep(1.7)  # several renewals on the feed (ttl 1 s: one every 333 ms)
         status = pair.role(first)
-        assert status["role"] == "primary" and 0 < status["valid_for"] <= 0.8, status
-        assert 0 < status["valid_until"] - status["monotonic_ns"] <= 800_000_000
+        assert status["role"] == "primary" and 0 < status["valid_for"] <= window_ns / 1e9, status
+        assert 0 < status["valid_until"] - status["monotonic_ns"] <= window_ns
         shown = cli("role", "--socket", str(a.socket))
         assert shown.returncode == 0 and "may trade for " in shown.stdout and "(until monotonic " in shown.stdout, \
             shown.stdout + shown.stderr
@@ -368,7 +373,7 @@ def test_a_frozen_primarys_feed_deadline_ends_before_the_other_node_is_primary(t
         wait_for(lambda: any(m["role"] == "primary" for m in feed_b.messages), f"{second} to promote", 10,
                  detail=pair.diagnosis)
         promoted = next(m for m in feed_b.messages if m["role"] == "primary")
-        time.sleep(max(0.0, 3.0 - (time.monotonic_ns() - stopped_ns) / 1e9))  # stopped 3 s: 3 ttls
+        time.sleep(max(0.0, stop_s - (time.monotonic_ns() - stopped_ns) / 1e9))  # 3 ttls
         os.kill(frozen_pid, signal.SIGCONT)
         frozen_pid = None
         wait_for(lambda: any(m["role"] == "fenced" for m in feed_a.messages), f"{first} to publish fenced", 10,
@@ -389,7 +394,8 @@ def test_a_frozen_primarys_feed_deadline_ends_before_the_other_node_is_primary(t
         assert max(deadlines) == last["valid_until"], "a deadline published after the freeze"
         assert all(m["valid_until"] is None for m in feed_a.messages if m["monotonic_ns"] >= stopped_ns)
         assert promoted["valid_until"] is not None and promoted["valid_until"] > promoted["monotonic_ns"]
-        print(f"frozen primary's last valid_until ends {margin_ms:.0f} ms before the promotion; "
+        print(f"{timings or 'defaults'}: the frozen primary's last valid_until ends {margin_ms:.0f} ms before "
+              f"the promotion ({(promoted['monotonic_ns'] - stopped_ns) / 1e6:.0f} ms after SIGSTOP); "
               f"its fenced came {(fenced['monotonic_ns'] - promoted['monotonic_ns']) / 1e6:.0f} ms after it")
     finally:
         if frozen_pid is not None:
