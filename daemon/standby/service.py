@@ -189,6 +189,12 @@ class StandbyService:
             from hardware.watchdog import open_watchdog
 
             watchdog = open_watchdog(lease.watchdog, lease.watchdog_device)
+        hardware = getattr(self.config, "hardware", None)
+        if (lease.watchdog == "off" and getattr(hardware, "watchdog", None) is None
+                and Path(lease.watchdog_device).exists()):
+            log.info("watchdog.unused", device=str(lease.watchdog_device),
+                     detail='[standby.lease] watchdog = "off": a hung primary host is not reset; its engine stops '
+                            "by valid_until (README: what a hung daemon costs)")
         hooks = None
         if lease.on_primary or lease.on_fenced or lease.on_standby:
             from daemon.standby.hooks import HookRunner
