@@ -138,7 +138,7 @@ class EtcdCluster:
 
     def __init__(self, members: Sequence[EtcdMember], datadir: Path | str, *, binary: str = ETCD_BINARY,
                  heartbeat_ms: int = 25, election_ms: int = 250, token: str = "lifeline-lab",
-                 tls: EtcdPki | None = None, auth: EtcdAuth | None = None) -> None:
+                 tls: EtcdPki | None = None, auth: EtcdAuth | None = None, extra_args: Sequence[str] = ()) -> None:
         if not members:
             raise ValueError("an etcd cluster needs at least one member")
         names = [m.name for m in members]
@@ -152,6 +152,7 @@ class EtcdCluster:
         self.token = token
         self.tls = tls
         self.auth = auth
+        self.extra_args = list(extra_args)  # more etcd flags, e.g. ["--auth-token-ttl", "1"]
         if auth is not None and tls is None:
             raise ValueError("etcd's authentication in the lab needs TLS (the passwords would cross in clear)")
         for m in self.members:
@@ -433,6 +434,7 @@ class EtcdCluster:
                      "--trusted-ca-file", str(pki.ca), "--client-cert-auth",
                      "--peer-cert-file", str(pki.server_cert), "--peer-key-file", str(pki.server_key),
                      "--peer-trusted-ca-file", str(pki.ca), "--peer-client-cert-auth"]
+        argv += self.extra_args
         if m.netns is not None:
             argv = ["ip", "netns", "exec", m.netns, *argv]  # ip execs etcd: the pid is etcd's
         return argv

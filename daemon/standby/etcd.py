@@ -366,7 +366,7 @@ def setup_problems(endpoints: list[str], ca: Path | None, cert: Path | None, key
         if problem is not None:
             problems.append(("etcd_key", problem))
             files_ok = False
-    if files_ok and (ca is not None or (cert is not None and key is not None)):
+    if files_ok and (cert is None) == (key is None) and (ca is not None or cert is not None):
         try:
             ssl_context(ca, cert, key)
         except EtcdSetupError as e:
@@ -385,14 +385,17 @@ def setup_problems(endpoints: list[str], ca: Path | None, cert: Path | None, key
 #: lost in a restart, or issued before the auth store changed. Authenticate again.
 _TOKEN_REFUSALS = ("invalid auth token", "revision of auth store is old", "auth token is expired")
 
+_CLIENT_CERT_REFUSED = ("etcd refused this node's client certificate: none was given, or etcd's "
+                        "--trusted-ca-file did not sign it; check etcd_cert and etcd_key")
+
 #: Hints appended to a failure that contains the key (etcd's or OpenSSL's words).
 _HINTS = (
     ("CommonName of client", "the client certificate has a common name: with auth on, etcd refuses it on the JSON "
                              "gateway; issue one without a CN"),
     ("CERTIFICATE_VERIFY_FAILED", "etcd's certificate is not signed by etcd_ca, or does not name this address"),
-    ("CERTIFICATE_REQUIRED", "etcd wants a client certificate: set etcd_cert and etcd_key"),
-    ("UNKNOWN_CA", "etcd refused the client certificate: it is not signed by etcd's --trusted-ca-file"),
-    ("BAD_CERTIFICATE", "etcd refused the client certificate"),
+    ("CERTIFICATE_REQUIRED", _CLIENT_CERT_REFUSED),
+    ("UNKNOWN_CA", _CLIENT_CERT_REFUSED),
+    ("BAD_CERTIFICATE", _CLIENT_CERT_REFUSED),
     ("WRONG_VERSION_NUMBER", "this endpoint does not speak TLS: etcd serves plain http:// there"),
     ("authentication is not enabled", "etcd's auth is off, so anyone who reaches it can change the lease: "
                                       "enable it (README, etcd) or remove etcd_user"),
@@ -967,9 +970,8 @@ class EtcdLeaseStore(LeaseStore):
                         failure += (" (an etcd serving TLS closes plain http:// connections like this: use "
                                     "https:// endpoints with etcd_ca, etcd_cert and etcd_key)")
                     elif broken and failure == f"{url}: {type(e).__name__}":  # trio lost the TLS alert
-                        failure += (" (etcd closed the TLS connection without an answer: with --client-cert-auth "
-                                    "it does so to a node without a client certificate, or with one its "
-                                    "--trusted-ca-file did not sign: check etcd_cert and etcd_key)")
+                        failure += (" (etcd closed the TLS connection without an answer; likely "
+                                    f"{_CLIENT_CERT_REFUSED})")
                     failures.append(failure)
             if response is None:
                 self._current = (index + 1) % n  # next call starts with the next endpoint
