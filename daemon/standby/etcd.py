@@ -103,8 +103,10 @@ or delete ``leader``):
   knows (simple tokens expire after ``--auth-token-ttl`` without use on that member,
   and are lost when it restarts; an "old auth revision" after a user or role change)
   is replaced once, by authenticating again, and the request sent again; refused
-  twice, the call fails with :class:`LeaseUnavailable`. The password and the token
-  never appear in a log line, an error, or the status.
+  twice, the call fails with :class:`LeaseUnavailable`. One authentication runs at a
+  time, shielded from the caller's timeout but bounded by :data:`AUTH_TIMEOUT` (etcd's
+  bcrypt and a TLS handshake need not fit in a short ``retry_timeout``). The password
+  and the token never appear in a log line, an error, or the status.
 * The client certificate must have **no common name**: with auth on, etcd (3.4.10 and
   later) refuses every JSON-gateway request made with a certificate that has one
   ("CommonName of client sending a request against gateway will be ignored").
@@ -148,6 +150,10 @@ MIN_LIVE_TTL = 0.1
 #: How many times :meth:`EtcdLeaseStore.set_sync_mark` tries its txn again when the
 #: ``sync`` key moved between its read and its txn.
 SYNC_MARK_RETRIES = 3
+
+#: Longest an authentication may take (TLS handshake, etcd's bcrypt, a raft round),
+#: whatever the caller's deadline: see :meth:`EtcdLeaseStore._authenticate`.
+AUTH_TIMEOUT = 2.0
 
 #: gRPC status code etcd uses for "requested lease not found".
 _GRPC_NOT_FOUND = 5
@@ -462,6 +468,8 @@ class EtcdLeaseStore(LeaseStore):
         )
         self._credentials = credentials
         self._token: str | None = None  # etcd's auth token, from the last authentication
+        self._auth_flight: trio.Event | None = None  # set when the authentication under way ends
+        self._auth_error: str | None = None  # why the last authentication failed
         self._current = 0  # index of the endpoint that answered last
         self._held: tuple[str, int, int] | None = None  # (node, epoch, etcd lease id) from our last grant
         self._ttl_warned = False
@@ -931,7 +939,35 @@ class EtcdLeaseStore(LeaseStore):
 
     async def _authenticate(self, deadline: float, what: str) -> str:
         """A fresh token for the credentials; :class:`LeaseUnavailable` saying why not
-        (never the password)."""
+        (never the password).
+
+        One authentication at a time: a call that needs a token while another call is
+        fetching one waits for it (until its own deadline). The authentication itself
+        is shielded from the caller's cancellation and bounded by :data:`AUTH_TIMEOUT`
+        (or the caller's deadline, if later): etcd's bcrypt, a raft round and a TLS
+        handshake need not fit in a short ``retry_timeout`` on a loaded host, and
+        cancelled each time they would never finish. A token fetched after the caller
+        gave up serves the next call; the caller's call fails as it would have."""
+        flight = self._auth_flight
+        if flight is not None:
+            with trio.move_on_at(deadline):
+                await flight.wait()
+            if self._token is not None:
+                return self._token
+            raise LeaseUnavailable(f"etcd {what}: {self._auth_error or 'no token yet (authentication under way)'}")
+        flight = self._auth_flight = trio.Event()
+        self._auth_error = None
+        try:
+            with trio.CancelScope(shield=True):
+                return await self._fetch_token(max(deadline, trio.current_time() + AUTH_TIMEOUT), what)
+        except LeaseUnavailable as e:
+            self._auth_error = str(e).removeprefix(f"etcd {what}: ")
+            raise
+        finally:
+            self._auth_flight = None
+            flight.set()
+
+    async def _fetch_token(self, deadline: float, what: str) -> str:
         assert self._credentials is not None
         user = self._credentials.user
         body = {"name": user, "password": self._credentials.password}

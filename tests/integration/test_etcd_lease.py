@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from daemon.lab.etcd import ETCD_BINARY, EtcdAuth, EtcdCluster
 from daemon.lab.pki import EtcdPki, make_etcd_pki
@@ -935,6 +936,78 @@ async def test_a_refused_token_is_replaced_once_then_the_call_fails(call: str,
     assert "s3cret-pw" not in str(failed.value)
     assert [line for line in log_lines(caplog) if "event=auth.token_refused" in line]
     assert not [line for line in log_lines(caplog) if "s3cret-pw" in line or "TOKEN" in line]
+
+
+class SlowAuthentication(httpx.AsyncBaseTransport):
+    """Plays an etcd with auth on whose ``/v3/auth/authenticate`` takes ``delay``
+    seconds (bcrypt on a loaded host); everything else answers at once."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.authentications = 0
+        self.inner = fake_etcd(good_kvs())
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v3/auth/authenticate":
+            self.authentications += 1
+            await trio.sleep(self.delay)
+            return httpx.Response(200, json={"header": {}, "token": f"TOKEN{self.authentications}"})
+        assert request.headers.get("authorization", "").startswith("TOKEN"), request.url.path
+        await trio.sleep(0)  # a checkpoint, as real I/O has
+        return await self.inner.handle_async_request(request)
+
+
+async def test_an_authentication_slower_than_the_call_still_serves_the_next_call(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The caller gives up after retry_timeout (as Leadership does); the authentication
+    goes on (at most AUTH_TIMEOUT), so the next call has its token instead of starting
+    another authentication that would be cut short again."""
+    transport = SlowAuthentication(delay=0.4)
+    store = EtcdLeaseStore([MOCK], "m", "a", TTL, 0.1, transport=transport,
+                           credentials=EtcdCredentials("lifeline", "s3cret-pw"))
+    try:
+        began = trio.current_time()
+        with pytest.raises(trio.TooSlowError):
+            with trio.fail_after(0.1):
+                await store.read()
+        assert trio.current_time() - began == pytest.approx(0.4)  # the authentication finished
+        assert store._token == "TOKEN1"
+        with trio.fail_after(0.1):
+            assert (await store.read()).holder == "a"
+        assert transport.authentications == 1
+    finally:
+        await store.aclose()
+
+
+async def test_an_authentication_never_outlasts_its_own_bound(autojump_clock: trio.testing.MockClock) -> None:
+    from daemon.standby.etcd import AUTH_TIMEOUT
+
+    transport = SlowAuthentication(delay=AUTH_TIMEOUT * 10)
+    store = EtcdLeaseStore([MOCK], "m", "a", TTL, 0.1, transport=transport,
+                           credentials=EtcdCredentials("lifeline", "s3cret-pw"))
+    try:
+        began = trio.current_time()
+        with pytest.raises((trio.TooSlowError, LeaseUnavailable)):
+            with trio.fail_after(0.1):
+                await store.read()
+        assert trio.current_time() - began == pytest.approx(AUTH_TIMEOUT)
+        assert store._token is None
+    finally:
+        await store.aclose()
+
+
+async def test_concurrent_calls_share_one_authentication(autojump_clock: trio.testing.MockClock) -> None:
+    transport = SlowAuthentication(delay=0.05)
+    store = EtcdLeaseStore([MOCK], "m", "a", TTL, 0.5, transport=transport,
+                           credentials=EtcdCredentials("lifeline", "s3cret-pw"))
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(store.read)
+            nursery.start_soon(store.report, "a", Position(1, 1), 1)
+        assert transport.authentications == 1
+    finally:
+        await store.aclose()
 
 
 async def test_etcd_without_auth_is_refused_when_a_user_is_configured() -> None:
