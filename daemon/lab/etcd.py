@@ -3,8 +3,9 @@
 :class:`EtcdCluster` runs one or more ``etcd`` processes (3.4's flags), each with its own
 data directory under ``datadir``, either on loopback with free ports (the tests) or, given
 a network namespace and an address per member, inside those namespaces with
-``ip netns exec`` (the lab's regional drill). It talks to each member over plain HTTP
-(``GET /health``, ``POST /v3/maintenance/status``); for a member inside a namespace the
+``ip netns exec`` (the lab's regional drill). It talks to each member over HTTP, or
+HTTPS with the lab's client certificate (``GET /health``, ``POST
+/v3/maintenance/status``, neither needs etcd's auth); for a member inside a namespace the
 probe's socket is opened in that namespace (:func:`daemon.lab.netns.in_netns`), so the
 host needs no route to it.
 
