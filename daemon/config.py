@@ -404,6 +404,15 @@ class LeaseConfig:
     etcd_endpoints: list[str] = option(
         factory=list, doc='etcd client URLs ("http://10.0.1.5:2379", ...), tried in order (backend = "etcd").')
     etcd_prefix: str = option("/lifeline/", doc="Key prefix in etcd; the lease lives under PREFIX + cluster.")
+    etcd_ca: Path | None = option(None, doc="CA bundle (PEM) etcd's server certificate must chain to (https:// "
+                                  "endpoints; default: the system's authorities).")
+    etcd_cert: Path | None = option(None, doc="Client certificate (PEM, no common name) presented to an etcd run "
+                                    "with --client-cert-auth; needs etcd_key.")
+    etcd_key: Path | None = option(None, doc="The client certificate's private key (PEM, unencrypted, mode 0600).")
+    etcd_user: str | None = option(None, doc="etcd user to authenticate as (etcd's auth enabled); needs "
+                                   "etcd_password_file and https:// endpoints.")
+    etcd_password_file: Path | None = option(None, doc="File holding etcd_user's password on its first line, "
+                                             "mode 0600 (never the password inline).")
     ttl: Duration = option(Duration(1.5), doc="Lease time to live. A dead primary's lease passes on after "
                            "about ttl + fencing_margin. etcd rounds it up to whole seconds, at least 1.5 x its "
                            "election timeout (2s with default timers): safe, since the primary still fences on "
@@ -455,6 +464,10 @@ class LeaseConfig:
             for url in self.etcd_endpoints:
                 if not re.fullmatch(r"https?://[^/\s]+/?", url):
                     problems.append(("etcd_endpoints", f'{url!r} is not "http://HOST:PORT"'))
+            from daemon.standby.etcd import setup_problems
+
+            problems += setup_problems(self.etcd_endpoints, self.etcd_ca, self.etcd_cert, self.etcd_key,
+                                       self.etcd_user, self.etcd_password_file)
         if self.watchdog != "off" and float(self.watchdog_timeout) != int(self.watchdog_timeout):
             problems.append(("watchdog_timeout", f"the Linux watchdog counts whole seconds, found "
                                                  f"{format_duration(self.watchdog_timeout)}"))

@@ -647,28 +647,35 @@ class Drill:
 
     # ------------------------------------------------------------------ the lease store
 
-    def _lease(self, node: str) -> dict[str, Any]:
+    def _etcd(self, root: Path) -> Any:
+        """The region drill's three etcd members as production runs them: TLS on the
+        client and peer ports with client certificates required (a CA and certificates
+        made for this repetition), etcd's authentication on."""
+        from daemon.lab.etcd import EtcdAuth, EtcdCluster, EtcdMember
+        from daemon.lab.pki import make_etcd_pki
+
+        pki = make_etcd_pki(root / "pki", [HOSTS[name].address for name in lab_pair.ETCD_HOSTS])
+        members = [EtcdMember(name, host=HOSTS[name].address, netns=HOSTS[name].ns)
+                   for name in lab_pair.ETCD_HOSTS]
+        return EtcdCluster(members, root / "etcd", heartbeat_ms=self.settings.etcd_heartbeat_ms,
+                           election_ms=self.settings.etcd_election_ms, tls=pki, auth=EtcdAuth.generate())
+
+    def _lease(self, node: str, etcd: Any, directory: Path) -> dict[str, Any]:
         if self.kind == "region":
             # Each node lists the etcd member of its own site first.
             site = HOSTS[node].site
             order = sorted(lab_pair.ETCD_HOSTS, key=lambda h: (HOSTS[h].site != site, h))
-            lease: dict[str, Any] = {"backend": "etcd", "etcd_endpoints": lab_pair.etcd_endpoints(order),
-                                     "cluster": CLUSTER, "ttl": "2s"}
+            lease: dict[str, Any] = etcd.lease_settings(directory, [etcd.member(h).client_url for h in order])
+            lease.update(cluster=CLUSTER, ttl="2s")
         else:
             lease = {"backend": "witness", "witness": lab_pair.witness_address(), "cluster": CLUSTER}
         lease.update(self.settings.lease)
         return lease
 
-    def _start_store(self, root: Path, key: Path) -> Any:
-        if self.kind == "region":
-            from daemon.lab.etcd import EtcdCluster, EtcdMember
-
-            members = [EtcdMember(name, host=HOSTS[name].address, netns=HOSTS[name].ns)
-                       for name in lab_pair.ETCD_HOSTS]
-            cluster = EtcdCluster(members, root / "etcd", heartbeat_ms=self.settings.etcd_heartbeat_ms,
-                                  election_ms=self.settings.etcd_election_ms)
-            cluster.start()
-            return cluster
+    def _start_store(self, root: Path, key: Path, etcd: Any) -> Any:
+        if etcd is not None:
+            etcd.start()
+            return etcd
         return self.lab.start_witness(root / "witness", key)
 
     @staticmethod
@@ -686,6 +693,7 @@ class Drill:
         root.mkdir(parents=True, exist_ok=True)
         key = root / "replication.key"
         generate_replication_key(key)
+        etcd = self._etcd(root) if self.kind == "region" else None
         nodes: dict[str, Node] = {}
         for name in EDGES:
             other = next(n for n in EDGES if n != name)
@@ -693,14 +701,14 @@ class Drill:
                         "peer": lab_pair.replication_address(other), "mode": "sync",
                         "on_standby_loss": "degrade-to-async", **REPLICATION_TIMERS,
                         "journal": {"fsync": "always", "segment_bytes": 1024 * 1024},
-                        "lease": self._lease(name)}
+                        "lease": self._lease(name, etcd, root / name)}
             nodes[name] = Node(name, root / name, settings)
         roles = RoleLog()
         store: Any = None
         writer: Writer | None = None
         fault_ns_box: list[int] = []
         try:
-            store = self._start_store(root, key)
+            store = self._start_store(root, key, etcd)
             for node in nodes.values():
                 node.start(self.lab)
             for node in nodes.values():

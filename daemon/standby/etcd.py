@@ -88,6 +88,28 @@ decoded (not base64, not UTF-8, not the JSON expected) is :class:`LeaseUnavailab
 naming the endpoint, the key and what was wrong. A member report that cannot be decoded
 is skipped with a log line: it is advisory, and one node's bad report must not blind
 the others.
+
+Security (without it, anyone who reaches etcd's client port can write the ``sync`` mark
+or delete ``leader``):
+
+* **TLS**: ``https://`` endpoints, etcd's certificate verified against ``etcd_ca`` (its
+  IP address or name must be in the certificate), and this node's client certificate
+  (``etcd_cert``, ``etcd_key``) presented to an etcd run with ``--client-cert-auth``.
+  :func:`ssl_context` builds the context; a TLS failure is a connection failure (the
+  next endpoint is tried), named with a hint.
+* **etcd's users**: with :class:`EtcdCredentials`, the first call authenticates
+  (``/v3/auth/authenticate``, the password read from a mode-0600 file) and every
+  request carries the token in its ``Authorization`` header. A token etcd no longer
+  knows (simple tokens expire after ``--auth-token-ttl`` without use on that member,
+  and are lost when it restarts; an "old auth revision" after a user or role change)
+  is replaced once, by authenticating again, and the request sent again; refused
+  twice, the call fails with :class:`LeaseUnavailable`. One authentication runs at a
+  time, shielded from the caller's timeout but bounded by :data:`AUTH_TIMEOUT` (etcd's
+  bcrypt and a TLS handshake need not fit in a short ``retry_timeout``). The password
+  and the token never appear in a log line, an error, or the status.
+* The client certificate must have **no common name**: with auth on, etcd (3.4.10 and
+  later) refuses every JSON-gateway request made with a certificate that has one
+  ("CommonName of client sending a request against gateway will be ignored").
 """
 
 from __future__ import annotations
@@ -96,7 +118,12 @@ import base64
 import contextlib
 import json
 import math
+import os
+import ssl
+import stat
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -123,6 +150,10 @@ MIN_LIVE_TTL = 0.1
 #: How many times :meth:`EtcdLeaseStore.set_sync_mark` tries its txn again when the
 #: ``sync`` key moved between its read and its txn.
 SYNC_MARK_RETRIES = 3
+
+#: Longest an authentication may take (TLS handshake, etcd's bcrypt, a raft round),
+#: whatever the caller's deadline: see :meth:`EtcdLeaseStore._authenticate`.
+AUTH_TIMEOUT = 2.0
 
 #: gRPC status code etcd uses for "requested lease not found".
 _GRPC_NOT_FOUND = 5
@@ -207,7 +238,184 @@ def _int(obj: dict[str, Any] | None, field: str) -> int:
 
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
+    if not text:
+        # httpx's errors from a TLS handshake or alert say nothing themselves: the
+        # ssl.SSLError (or OSError) they were raised from does.
+        cause = exc.__cause__ or exc.__context__
+        seen = 0
+        while cause is not None and seen < 8 and not str(cause).strip():
+            cause, seen = cause.__cause__ or cause.__context__, seen + 1
+        if cause is not None and str(cause).strip():
+            text = str(cause).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class EtcdSetupError(ValueError):
+    """A TLS file or the password file cannot be used; the message names the file, what
+    is wrong, and the fix (never the file's content)."""
+
+
+@dataclass(frozen=True)
+class EtcdCredentials:
+    """An etcd user and its password (``repr`` leaves the password out)."""
+
+    user: str
+    password: str = field(repr=False)
+
+
+def secret_file_problem(path: Path, what: str) -> str | None:
+    """Why ``path`` cannot hold ``what`` (a secret): missing, not a regular file, or open
+    to group or others (checked on the mode, so it holds for root too); None when fine."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"{path}: no such file (the {what})"
+    except OSError as e:
+        return f"{path}: cannot read the {what}: {e.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path}: the {what} is not a regular file"
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        return (f"{path}: mode {mode:04o} lets group or others read or write the {what}; "
+                f"run: chmod 600 {path}")
+    return None
+
+
+def load_password(path: Path | str, user: str) -> EtcdCredentials:
+    """``user`` with the password in ``path`` (its first line; the file mode 0600).
+    :class:`EtcdSetupError` naming the file when it cannot be used."""
+    path = Path(path)
+    problem = secret_file_problem(path, f"etcd password of {user!r}")
+    if problem is not None:
+        raise EtcdSetupError(problem)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(4097)
+    except OSError as e:
+        raise EtcdSetupError(f"{path}: cannot read the etcd password: {e.strerror}") from None
+    if len(raw) > 4096:
+        raise EtcdSetupError(f"{path}: more than 4096 bytes; the file holds the etcd password alone")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EtcdSetupError(f"{path}: the etcd password is not UTF-8 text") from None
+    lines = text.split("\n")
+    password = lines[0].rstrip("\r")
+    if not password:
+        raise EtcdSetupError(f"{path}: empty; write the password of etcd user {user!r} on its first line")
+    if any(line.strip() for line in lines[1:]):
+        raise EtcdSetupError(f"{path}: more than one line; the file holds the etcd password alone")
+    return EtcdCredentials(user, password)
+
+
+def _no_passphrase() -> bytes:
+    raise EtcdSetupError("the key is encrypted with a passphrase")
+
+
+def ssl_context(ca: Path | str | None, cert: Path | str | None = None,
+                key: Path | str | None = None) -> ssl.SSLContext:
+    """A TLS client context for etcd: its certificate verified against ``ca`` alone
+    (the system's authorities when None), hostname or IP address checked, TLS 1.2 at
+    least; ``cert`` and ``key`` (PEM, the key unencrypted) presented when given.
+    :class:`EtcdSetupError` naming the file that cannot be used."""
+    if (cert is None) != (key is None):
+        raise EtcdSetupError("a client certificate needs its key and a key its certificate (etcd_cert, etcd_key)")
+    try:
+        context = ssl.create_default_context(cafile=None if ca is None else str(ca))
+    except (OSError, ssl.SSLError) as e:
+        raise EtcdSetupError(f"{ca}: cannot load the CA bundle (PEM certificates expected): "
+                             f"{_ssl_reason(e)}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None and key is not None:
+        try:
+            context.load_cert_chain(str(cert), str(key), password=_no_passphrase)
+        except EtcdSetupError as e:
+            raise EtcdSetupError(f"{key}: {e}; lifeline needs it unencrypted, mode 0600") from None
+        except (OSError, ssl.SSLError) as e:
+            raise EtcdSetupError(f"{cert}, {key}: cannot load the client certificate and its key (PEM expected, "
+                                 f"the key matching the certificate, unencrypted): {_ssl_reason(e)}") from None
+    return context
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    strerror = getattr(exc, "strerror", None)
+    return str(reason or strerror or exc)
+
+
+def setup_problems(endpoints: list[str], ca: Path | None, cert: Path | None, key: Path | None,
+                   user: str | None, password_file: Path | None) -> list[tuple[str, str]]:
+    """What is wrong with ``[standby.lease]``'s etcd TLS and authentication settings, as
+    ``(key, problem)`` pairs for the config loader; loads the files to check them."""
+    problems: list[tuple[str, str]] = []
+    tls = ca is not None or cert is not None
+    plain = [url for url in endpoints if not url.startswith("https://")]
+    if (tls or user is not None) and plain:
+        why = "TLS files are given" if tls else "etcd_user is set (the password would cross the network in clear)"
+        problems.append(("etcd_endpoints", f"{why}, so every endpoint must be https://, found {', '.join(plain)}"))
+    if cert is not None and key is None:
+        problems.append(("etcd_key", "etcd_cert is set: give its private key too (etcd_key = PATH, mode 0600)"))
+    if key is not None and cert is None:
+        problems.append(("etcd_cert", "etcd_key is set: give its certificate too (etcd_cert = PATH)"))
+    if user is not None and password_file is None:
+        problems.append(("etcd_password_file", "etcd_user is set: give the file holding its password "
+                                               "(etcd_password_file = PATH, mode 0600)"))
+    if password_file is not None and user is None:
+        problems.append(("etcd_user", "etcd_password_file is set: give the etcd user name it is the password of"))
+    files_ok = True
+    for name, path in (("etcd_ca", ca), ("etcd_cert", cert)):
+        if path is not None and not Path(path).is_file():
+            problems.append((name, f"{path}: no such file"))
+            files_ok = False
+    if key is not None:
+        problem = secret_file_problem(Path(key), "etcd client key")
+        if problem is not None:
+            problems.append(("etcd_key", problem))
+            files_ok = False
+    if files_ok and (cert is None) == (key is None) and (ca is not None or cert is not None):
+        try:
+            ssl_context(ca, cert, key)
+        except EtcdSetupError as e:
+            problems.append(("etcd_ca" if cert is None or str(e).startswith(f"{ca}:") else "etcd_cert", str(e)))
+    if user is not None and password_file is not None:
+        if not user or any(c.isspace() for c in user):
+            problems.append(("etcd_user", f"expected an etcd user name without spaces, found {user!r}"))
+        try:
+            load_password(password_file, user)
+        except EtcdSetupError as e:
+            problems.append(("etcd_password_file", str(e)))
+    return problems
+
+
+#: What etcd says when a request's token is one it does not know (any more): expired,
+#: lost in a restart, or issued before the auth store changed. Authenticate again.
+_TOKEN_REFUSALS = ("invalid auth token", "revision of auth store is old", "auth token is expired")
+
+_CLIENT_CERT_REFUSED = ("etcd refused this node's client certificate: none was given, or etcd's "
+                        "--trusted-ca-file did not sign it; check etcd_cert and etcd_key")
+
+#: Hints appended to a failure that contains the key (etcd's or OpenSSL's words).
+_HINTS = (
+    ("CommonName of client", "the client certificate has a common name: with auth on, etcd refuses it on the JSON "
+                             "gateway; issue one without a CN"),
+    ("CERTIFICATE_VERIFY_FAILED", "etcd's certificate is not signed by etcd_ca, or does not name this address"),
+    ("CERTIFICATE_REQUIRED", _CLIENT_CERT_REFUSED),
+    ("UNKNOWN_CA", _CLIENT_CERT_REFUSED),
+    ("BAD_CERTIFICATE", _CLIENT_CERT_REFUSED),
+    ("WRONG_VERSION_NUMBER", "this endpoint does not speak TLS: etcd serves plain http:// there"),
+    ("authentication is not enabled", "etcd's auth is off, so anyone who reaches it can change the lease: "
+                                      "enable it (README, etcd) or remove etcd_user"),
+    ("invalid user ID or password", "check etcd_user and the password in etcd_password_file"),
+    ("user name is empty", "etcd's auth is on: set etcd_user and etcd_password_file"),
+    ("permission denied", "the etcd user's role must grant readwrite on the lease's key prefix"),
+)
+
+
+def _hinted(text: str) -> str:
+    for needle, hint in _HINTS:
+        if needle.lower() in text.lower():
+            return f"{text} ({hint})"
+    return text
 
 
 class _Refused(Exception):
@@ -215,7 +423,7 @@ class _Refused(Exception):
     lease not found"). Methods decide what it means for the lease."""
 
     def __init__(self, url: str, status: int, code: int, message: str) -> None:
-        super().__init__(f"{url}: HTTP {status}: {message} (grpc code {code})")
+        super().__init__(_hinted(f"{url}: HTTP {status}: {message} (grpc code {code})"))
         self.url = url
         self.status = status
         self.code = code
@@ -227,10 +435,13 @@ class EtcdLeaseStore(LeaseStore):
     a bare ``host:port`` means http). ``ttl`` is the client's lease ttl in seconds (etcd
     gets ``ceil(ttl)``); ``timeout`` bounds every call. ``node`` is this process's node
     name, used in log lines. ``transport`` replaces httpx's own (tests: a
-    :class:`httpx.MockTransport` playing etcd)."""
+    :class:`httpx.MockTransport` playing etcd). ``tls`` (:func:`ssl_context`) verifies
+    etcd's certificate and presents this node's on ``https://`` endpoints;
+    ``credentials`` log in as an etcd user (see the module's "Security")."""
 
     def __init__(self, endpoints: list[str], cluster: str, node: str, ttl: float, timeout: float,
-                 prefix: str = "/lifeline/", transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 prefix: str = "/lifeline/", transport: httpx.AsyncBaseTransport | None = None,
+                 tls: ssl.SSLContext | None = None, credentials: EtcdCredentials | None = None) -> None:
         if not endpoints:
             raise ValueError("etcd lease store: no endpoints given")
         if not cluster or "/" in cluster:
@@ -253,7 +464,12 @@ class EtcdLeaseStore(LeaseStore):
             trust_env=False,  # never through an HTTP proxy from the environment
             headers={"Content-Type": "application/json"},
             transport=transport,
+            verify=tls if tls is not None else True,
         )
+        self._credentials = credentials
+        self._token: str | None = None  # etcd's auth token, from the last authentication
+        self._auth_flight: trio.Event | None = None  # set when the authentication under way ends
+        self._auth_error: str | None = None  # why the last authentication failed
         self._current = 0  # index of the endpoint that answered last
         self._held: tuple[str, int, int] | None = None  # (node, epoch, etcd lease id) from our last grant
         self._ttl_warned = False
@@ -704,7 +920,75 @@ class EtcdLeaseStore(LeaseStore):
         """POST ``body`` to ``path`` on the first endpoint that answers, starting with the
         one that answered last; give up at ``deadline``. Returns etcd's answer (the
         ``result`` of a streamed answer). :class:`_Refused` for a 4xx answer;
-        :class:`LeaseUnavailable` when no endpoint answered in time."""
+        :class:`LeaseUnavailable` when no endpoint answered in time, or when etcd's
+        authentication fails. With credentials, authenticated by a token; a token etcd
+        refuses is replaced once (the request was not applied, so it is sent again)."""
+        if self._credentials is None:
+            return await self._send(path, body, deadline, what, None)
+        token = self._token or await self._authenticate(deadline, what)
+        try:
+            return await self._send(path, body, deadline, what, token)
+        except _Refused as e:
+            if not any(refusal in e.message for refusal in _TOKEN_REFUSALS):
+                raise
+            log.info("auth.token_refused", user=self._credentials.user, endpoint=self.endpoint, reason=e.message)
+            if self._token == token:
+                self._token = None
+            token = await self._authenticate(deadline, what)
+            return await self._send(path, body, deadline, what, token)
+
+    async def _authenticate(self, deadline: float, what: str) -> str:
+        """A fresh token for the credentials; :class:`LeaseUnavailable` saying why not
+        (never the password).
+
+        One authentication at a time: a call that needs a token while another call is
+        fetching one waits for it (until its own deadline). The authentication itself
+        is shielded from the caller's cancellation and bounded by :data:`AUTH_TIMEOUT`
+        (or the caller's deadline, if later): etcd's bcrypt, a raft round and a TLS
+        handshake need not fit in a short ``retry_timeout`` on a loaded host, and
+        cancelled each time they would never finish. A token fetched after the caller
+        gave up serves the next call; the caller's call fails as it would have."""
+        flight = self._auth_flight
+        if flight is not None:
+            with trio.move_on_at(deadline):
+                await flight.wait()
+            if self._token is not None:
+                return self._token
+            raise LeaseUnavailable(f"etcd {what}: {self._auth_error or 'no token yet (authentication under way)'}")
+        flight = self._auth_flight = trio.Event()
+        self._auth_error = None
+        try:
+            with trio.CancelScope(shield=True):
+                return await self._fetch_token(max(deadline, trio.current_time() + AUTH_TIMEOUT), what)
+        except LeaseUnavailable as e:
+            self._auth_error = str(e).removeprefix(f"etcd {what}: ")
+            raise
+        finally:
+            self._auth_flight = None
+            flight.set()
+
+    async def _fetch_token(self, deadline: float, what: str) -> str:
+        assert self._credentials is not None
+        user = self._credentials.user
+        body = {"name": user, "password": self._credentials.password}
+        try:
+            answer = await self._send("/v3/auth/authenticate", body, deadline, f"{what}: authenticate", None)
+        except _Refused as e:
+            log.warning("auth.refused", user=user, endpoint=e.url, reason=_hinted(e.message))
+            raise LeaseUnavailable(f"etcd {what}: authentication as etcd user {user!r} refused: "
+                                   f"{e}") from None
+        token = answer.get("token")
+        if not isinstance(token, str) or not token:
+            raise LeaseUnavailable(f"etcd {what}: {self.endpoint}: authentication as etcd user {user!r} answered "
+                                   "no token")
+        self._token = token
+        log.info("auth.authenticated", user=user, endpoint=self.endpoint)
+        return token
+
+    async def _send(self, path: str, body: dict[str, Any], deadline: float, what: str,
+                    token: str | None) -> dict[str, Any]:
+        """:meth:`_post` without authentication: ``token`` (if any) as given."""
+        headers = {"Authorization": token} if token is not None else None
         n = len(self.endpoints)
         start = self._current
         failures: list[str] = []
@@ -714,9 +998,17 @@ class EtcdLeaseStore(LeaseStore):
             response = None
             with trio.move_on_at(deadline):
                 try:
-                    response = await self._client.post(url, content=json.dumps(body))
+                    response = await self._client.post(url, content=json.dumps(body), headers=headers)
                 except (httpx.RequestError, httpx.InvalidURL) as e:
-                    failures.append(f"{url}: {_describe(e)}")
+                    failure = _hinted(f"{url}: {_describe(e)}")
+                    broken = isinstance(e, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError))
+                    if broken and url.startswith("http://"):
+                        failure += (" (an etcd serving TLS closes plain http:// connections like this: use "
+                                    "https:// endpoints with etcd_ca, etcd_cert and etcd_key)")
+                    elif broken and failure == f"{url}: {type(e).__name__}":  # trio lost the TLS alert
+                        failure += (" (etcd closed the TLS connection without an answer; likely "
+                                    f"{_CLIENT_CERT_REFUSED})")
+                    failures.append(failure)
             if response is None:
                 self._current = (index + 1) % n  # next call starts with the next endpoint
                 if trio.current_time() >= deadline:
@@ -726,7 +1018,7 @@ class EtcdLeaseStore(LeaseStore):
             status, answer = self._decode(response)
             if status >= 500 or answer is None:
                 problem = "" if answer is not None else "answer is not a JSON object: "
-                failures.append(f"{url}: HTTP {status}: {problem}{self._error_message(answer, response)}")
+                failures.append(_hinted(f"{url}: HTTP {status}: {problem}{self._error_message(answer, response)}"))
                 self._current = (index + 1) % n
                 continue
             if status != 200:

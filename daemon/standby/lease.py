@@ -177,8 +177,14 @@ def open_lease_store(lease: Any, node: str, replication_key: bytes, standby: Any
         key = load_replication_key(lease.witness_key_file) if lease.witness_key_file else replication_key
         return WitnessLeaseStore(lease.witness, key, lease.cluster, node, float(lease.ttl), timeout)
     if lease.backend == "etcd":
-        from daemon.standby.etcd import EtcdLeaseStore
+        from daemon.standby.etcd import EtcdLeaseStore, load_password, ssl_context
 
+        tls = None
+        if lease.etcd_ca is not None or lease.etcd_cert is not None:
+            tls = ssl_context(lease.etcd_ca, lease.etcd_cert, lease.etcd_key)
+        credentials = None
+        if lease.etcd_user is not None and lease.etcd_password_file is not None:
+            credentials = load_password(lease.etcd_password_file, lease.etcd_user)
         return EtcdLeaseStore(list(lease.etcd_endpoints), lease.cluster, node, float(lease.ttl), timeout,
-                              prefix=lease.etcd_prefix)
+                              prefix=lease.etcd_prefix, tls=tls, credentials=credentials)
     raise ValueError(f"unknown lease backend {lease.backend!r}")

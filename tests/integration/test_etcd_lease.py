@@ -1,5 +1,11 @@
 """The etcd lease backend against real etcd members (``/usr/bin/etcd``) on loopback.
 
+Every member runs as production should: TLS on its client and peer ports with client
+certificates required (a CA, server and client certificates made for the test run by
+:func:`daemon.lab.pki.make_etcd_pki`), and etcd's authentication on (lifeline's user may
+read and write its key prefix only). The stores authenticate with the right certificate
+and password; the tests under "Hostile clients" prove the others get nowhere.
+
 etcd runs with 25 ms heartbeats and a 250 ms election timeout, which brings its minimum
 lease TTL down to 1 s, so the stores here use ttl 1 s. etcd notices an expired lease on a
 500 ms tick: a lease left alone goes away 1 to 1.5 s after its last renewal.
@@ -24,10 +30,12 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 
-from daemon.lab.etcd import ETCD_BINARY, EtcdCluster
+from daemon.lab.etcd import ETCD_BINARY, EtcdAuth, EtcdCluster
+from daemon.lab.pki import EtcdPki, make_etcd_pki
 from daemon.standby import Position
-from daemon.standby.etcd import MIN_LIVE_TTL, SYNC_MARK_RETRIES, EtcdLeaseStore
+from daemon.standby.etcd import MIN_LIVE_TTL, SYNC_MARK_RETRIES, EtcdCredentials, EtcdLeaseStore
 from daemon.standby.lease import (
     Grant,
     LeaseConflict,
@@ -47,9 +55,19 @@ def need_etcd() -> None:
 
 
 @pytest.fixture(scope="module")
-def etcd1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+def pki(tmp_path_factory: pytest.TempPathFactory) -> EtcdPki:
+    return make_etcd_pki(tmp_path_factory.mktemp("pki"))
+
+
+def secure_cluster(size: int, datadir: Path, pki: EtcdPki) -> EtcdCluster:
+    """``size`` members with TLS, client certificates and etcd's auth on."""
     need_etcd()
-    cluster = EtcdCluster.local(1, tmp_path_factory.mktemp("etcd1"))
+    return EtcdCluster.local(size, datadir, tls=pki, auth=EtcdAuth.generate())
+
+
+@pytest.fixture(scope="module")
+def etcd1(tmp_path_factory: pytest.TempPathFactory, pki: EtcdPki) -> Iterator[EtcdCluster]:
+    cluster = secure_cluster(1, tmp_path_factory.mktemp("etcd1"), pki)
     cluster.start()
     try:
         yield cluster
@@ -58,10 +76,9 @@ def etcd1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
 
 
 @pytest.fixture
-def own_etcd1(tmp_path: Path) -> Iterator[EtcdCluster]:
+def own_etcd1(tmp_path: Path, pki: EtcdPki) -> Iterator[EtcdCluster]:
     """A single member this test may stop, pause or kill."""
-    need_etcd()
-    cluster = EtcdCluster.local(1, tmp_path / "etcd")
+    cluster = secure_cluster(1, tmp_path / "etcd", pki)
     cluster.start()
     try:
         yield cluster
@@ -70,23 +87,33 @@ def own_etcd1(tmp_path: Path) -> Iterator[EtcdCluster]:
 
 
 @pytest.fixture
-def etcd3(tmp_path: Path) -> Iterator[EtcdCluster]:
-    need_etcd()
-    cluster = EtcdCluster.local(3, tmp_path / "etcd")
+def etcd3(tmp_path: Path, pki: EtcdPki) -> Iterator[EtcdCluster]:
+    cluster = secure_cluster(3, tmp_path / "etcd", pki)
     cluster.start()
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+def credentials(etcd: EtcdCluster) -> EtcdCredentials:
+    assert etcd.auth is not None
+    return EtcdCredentials(etcd.auth.user, etcd.auth.password)
 
 
 @asynccontextmanager
-async def stores(endpoints: list[str], *nodes: str, cluster: str | None = None, ttl: float = TTL,
-                 timeout: float = TIMEOUT,
-                 transport: httpx.AsyncBaseTransport | None = None) -> AsyncIterator[list[EtcdLeaseStore]]:
-    """One store per node, all on the same lease (a fresh cluster name unless given)."""
+async def stores(etcd: EtcdCluster, *nodes: str, endpoints: list[str] | None = None, cluster: str | None = None,
+                 ttl: float = TTL, timeout: float = TIMEOUT, transport: httpx.AsyncBaseTransport | None = None,
+                 **security: Any) -> AsyncIterator[list[EtcdLeaseStore]]:
+    """One store per node, all on the same lease (a fresh cluster name unless given), on
+    ``etcd``'s members (or ``endpoints``), with the lab's client certificate and the
+    lifeline user's password unless ``security`` says otherwise (``tls=``,
+    ``credentials=``)."""
     name = cluster or f"t{next(_names)}"
-    made = [EtcdLeaseStore(list(endpoints), name, node, ttl, timeout, transport=transport) for node in nodes]
+    security.setdefault("tls", etcd.client_context())
+    security.setdefault("credentials", credentials(etcd))
+    made = [EtcdLeaseStore(list(endpoints or etcd.endpoints), name, node, ttl, timeout, transport=transport,
+                           **security) for node in nodes]
     try:
         yield made
     finally:
@@ -94,19 +121,19 @@ async def stores(endpoints: list[str], *nodes: str, cluster: str | None = None, 
             await store.aclose()
 
 
+async def root_call(etcd: EtcdCluster, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``path`` as etcd's root user (what an operator with etcdctl could do)."""
+    return await trio.to_thread.run_sync(etcd.root_call, path, body)
+
+
 async def raw_put(etcd: EtcdCluster, key: str, value: bytes) -> None:
-    async with httpx.AsyncClient(trust_env=False) as client:
-        answer = await client.post(etcd.endpoints[0] + "/v3/kv/put", json={
-            "key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(value).decode()})
-        answer.raise_for_status()
+    await root_call(etcd, "/v3/kv/put", {"key": base64.b64encode(key.encode()).decode(),
+                                         "value": base64.b64encode(value).decode()})
 
 
 async def sync_kv(etcd: EtcdCluster, store: EtcdLeaseStore) -> dict[str, Any]:
-    async with httpx.AsyncClient(trust_env=False) as client:
-        answer = await client.post(etcd.endpoints[0] + "/v3/kv/range", json={
-            "key": base64.b64encode((store.base + "sync").encode()).decode()})
-        answer.raise_for_status()
-    kvs = answer.json().get("kvs") or []
+    answer = await root_call(etcd, "/v3/kv/range", {"key": base64.b64encode((store.base + "sync").encode()).decode()})
+    kvs = answer.get("kvs") or []
     assert len(kvs) == 1, kvs
     return dict(kvs[0])
 
@@ -128,7 +155,7 @@ async def wait_free(store: EtcdLeaseStore, limit: float) -> float:
 
 
 async def test_fresh_store_reads_never_granted(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a") as (a,):
+    async with stores(etcd1, "a") as (a,):
         state = await a.read()
     assert (state.holder, state.epoch, state.ttl_remaining, state.sync_node, state.last_holder, state.members) == (
         None, 0, 0.0, None, None, ())
@@ -136,7 +163,7 @@ async def test_fresh_store_reads_never_granted(etcd1: EtcdCluster) -> None:
 
 
 async def test_acquire_then_second_node_refused(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a", "b") as (a, b):
+    async with stores(etcd1, "a", "b") as (a, b):
         grant = await a.acquire("a", 0)
         assert grant.epoch > 0
         state = await b.read()
@@ -157,7 +184,7 @@ async def test_acquire_then_second_node_refused(etcd1: EtcdCluster) -> None:
 
 
 async def test_renewals_keep_the_lease_past_its_ttl(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a", "b") as (a, b):
+    async with stores(etcd1, "a", "b") as (a, b):
         grant = await a.acquire("a", 0)
         began = trio.current_time()
         while trio.current_time() - began < 2.5 * TTL:  # past ttl + etcd's 500 ms expiry tick
@@ -170,7 +197,7 @@ async def test_renewals_keep_the_lease_past_its_ttl(etcd1: EtcdCluster) -> None:
 
 
 async def test_expired_lease_is_free_and_passes_on_at_a_higher_epoch(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a", "b") as (a, b):
+    async with stores(etcd1, "a", "b") as (a, b):
         grant = await a.acquire("a", 0)
         took = await wait_free(b, limit=TTL + 2)
         assert TTL * 0.9 <= took <= TTL + 1.0, f"lease freed {took:.2f}s after the grant"
@@ -197,7 +224,7 @@ async def attempt(store: EtcdLeaseStore, node: str, expected: int,
 
 
 async def test_concurrent_acquires_at_the_same_epoch_one_wins(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a", "b") as (a, b):
+    async with stores(etcd1, "a", "b") as (a, b):
         expected = 0
         winners: list[str] = []
         for _ in range(10):
@@ -218,7 +245,7 @@ async def test_concurrent_acquires_at_the_same_epoch_one_wins(etcd1: EtcdCluster
 
 
 async def test_stale_expected_epoch_is_refused(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a", "b") as (a, b):
+    async with stores(etcd1, "a", "b") as (a, b):
         grant = await a.acquire("a", 0)
         await a.release("a", grant.epoch)
         with pytest.raises(LeaseConflict, match=f"the epoch is {grant.epoch}, not 0") as refused:
@@ -231,7 +258,7 @@ async def test_stale_expected_epoch_is_refused(etcd1: EtcdCluster) -> None:
 
 
 async def test_release_frees_at_once_and_only_for_the_holder(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a", "b") as (a, b):
+    async with stores(etcd1, "a", "b") as (a, b):
         grant = await a.acquire("a", 0)
         await b.release("b", grant.epoch)          # not the holder: no-op
         await a.release("a", grant.epoch - 1)      # wrong epoch: no-op
@@ -250,7 +277,7 @@ async def test_release_frees_at_once_and_only_for_the_holder(etcd1: EtcdCluster)
 async def test_renew_through_another_store_instance(etcd1: EtcdCluster) -> None:
     """A restarted daemon (a new store object) can renew the lease it holds; nobody can
     renew at the wrong epoch or for another node."""
-    async with stores(etcd1.endpoints, "a", "a", "b") as (a, a2, b):
+    async with stores(etcd1, "a", "a", "b") as (a, a2, b):
         grant = await a.acquire("a", 0)
         assert await a2.renew("a", grant.epoch) == grant
         with pytest.raises(LeaseLost, match="granted again at epoch"):
@@ -260,7 +287,7 @@ async def test_renew_through_another_store_instance(etcd1: EtcdCluster) -> None:
 
 
 async def test_sync_mark_only_by_the_live_holder(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a", "b") as (a, b):
+    async with stores(etcd1, "a", "b") as (a, b):
         grant = await a.acquire("a", 0)
         await a.set_sync_mark("a", grant.epoch, "b", generation=1)
         assert (await b.read()).sync_node == "b"
@@ -283,14 +310,14 @@ async def test_sync_mark_only_by_the_live_holder(etcd1: EtcdCluster) -> None:
 
 
 async def test_sync_mark_on_a_fresh_store_is_refused(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a") as (a,):
+    async with stores(etcd1, "a") as (a,):
         with pytest.raises(LeaseLost, match="leader key is gone"):
             await a.set_sync_mark("a", 0, "b", generation=1)
         assert (await a.read()).sync_node is None
 
 
 async def test_a_late_sync_mark_write_does_not_undo_a_later_one(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a", "b") as (a, b):
+    async with stores(etcd1, "a", "b") as (a, b):
         grant = await a.acquire("a", 0)
         await a.set_sync_mark("a", grant.epoch, "b", generation=2)
         revision = (await sync_kv(etcd1, a))["mod_revision"]
@@ -305,7 +332,7 @@ async def test_a_late_sync_mark_write_does_not_undo_a_later_one(etcd1: EtcdClust
 
 
 async def test_a_higher_epoch_beats_a_higher_generation(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a", "b") as (a, b):
+    async with stores(etcd1, "a", "b") as (a, b):
         first = await a.acquire("a", 0)
         await a.set_sync_mark("a", first.epoch, "b", generation=9)
         await a.release("a", first.epoch)
@@ -323,7 +350,7 @@ async def test_a_higher_epoch_beats_a_higher_generation(etcd1: EtcdCluster) -> N
 
 
 async def test_sync_mark_reads_and_replaces_the_old_plain_format(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a", "b") as (a, b):
+    async with stores(etcd1, "a", "b") as (a, b):
         await raw_put(etcd1, a.base + "sync", b"b")          # written by an older release
         assert (await b.read()).sync_node == "b"
         await raw_put(etcd1, a.base + "sync", b"")
@@ -336,7 +363,7 @@ async def test_sync_mark_reads_and_replaces_the_old_plain_format(etcd1: EtcdClus
 
 
 async def test_an_unreadable_sync_mark_fails_reads_until_the_holder_replaces_it(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a", "b") as (a, b):
+    async with stores(etcd1, "a", "b") as (a, b):
         grant = await a.acquire("a", 0)
         await raw_put(etcd1, a.base + "sync", b'{"node": "b", "epoch": "x"}')
         with pytest.raises(LeaseUnavailable, match=f"key {a.base}sync: value is 'epoch' is not") as failed:
@@ -355,8 +382,8 @@ class Meddler(httpx.AsyncBaseTransport):
     """Real HTTP to etcd, but ``before_txn(n)`` runs before the store's n-th write txn is
     sent (another writer getting in between the store's read and its txn)."""
 
-    def __init__(self, before_txn: Callable[[int], Awaitable[None]]) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
+    def __init__(self, before_txn: Callable[[int], Awaitable[None]], etcd: EtcdCluster) -> None:
+        self.inner = httpx.AsyncHTTPTransport(verify=etcd.client_context() or True)
         self.before_txn = before_txn
         self.txns = 0
 
@@ -371,29 +398,29 @@ class Meddler(httpx.AsyncBaseTransport):
 
 
 async def test_sync_mark_retries_when_the_sync_key_moved(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a") as (a,):
+    async with stores(etcd1, "a") as (a,):
         grant = await a.acquire("a", 0)
 
         async def earlier_write_lands(n: int) -> None:
             if n == 1:
                 await a.set_sync_mark("a", grant.epoch, "x", generation=1)
 
-        meddler = Meddler(earlier_write_lands)
-        async with stores(etcd1.endpoints, "a", cluster=a.cluster, transport=meddler) as (m,):
+        meddler = Meddler(earlier_write_lands, etcd1)
+        async with stores(etcd1, "a", cluster=a.cluster, transport=meddler) as (m,):
             await m.set_sync_mark("a", grant.epoch, "b", generation=2)
         assert meddler.txns == 2
         assert await sync_value(etcd1, a) == {"node": "b", "epoch": grant.epoch, "generation": 2}
 
 
 async def test_sync_mark_gives_up_when_the_sync_key_keeps_moving(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a") as (a,):
+    async with stores(etcd1, "a") as (a,):
         grant = await a.acquire("a", 0)
 
         async def another_write_lands(n: int) -> None:
             await a.set_sync_mark("a", grant.epoch, f"x{n}", generation=n)
 
-        meddler = Meddler(another_write_lands)
-        async with stores(etcd1.endpoints, "a", cluster=a.cluster, transport=meddler) as (m,):
+        meddler = Meddler(another_write_lands, etcd1)
+        async with stores(etcd1, "a", cluster=a.cluster, transport=meddler) as (m,):
             with pytest.raises(LeaseUnavailable, match=f"key {a.base}sync changed") as failed:
                 await m.set_sync_mark("a", grant.epoch, "b", generation=100)
         assert etcd1.endpoints[0] in str(failed.value)
@@ -402,14 +429,14 @@ async def test_sync_mark_gives_up_when_the_sync_key_keeps_moving(etcd1: EtcdClus
 
 
 async def test_sync_mark_lost_between_read_and_txn(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a") as (a,):
+    async with stores(etcd1, "a") as (a,):
         grant = await a.acquire("a", 0)
 
         async def lease_released(n: int) -> None:
             await a.release("a", grant.epoch)
 
-        meddler = Meddler(lease_released)
-        async with stores(etcd1.endpoints, "a", cluster=a.cluster, transport=meddler) as (m,):
+        meddler = Meddler(lease_released, etcd1)
+        async with stores(etcd1, "a", cluster=a.cluster, transport=meddler) as (m,):
             with pytest.raises(LeaseLost, match="leader key is gone"):
                 await m.set_sync_mark("a", grant.epoch, "b", generation=1)
         assert meddler.txns == 1
@@ -420,8 +447,8 @@ class AppliedThenDropped(httpx.AsyncBaseTransport):
     """Real HTTP to etcd, but the answer to the first txn is lost (the endpoint died
     after etcd applied it): the store resends it to the next endpoint."""
 
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
+    def __init__(self, etcd: EtcdCluster) -> None:
+        self.inner = httpx.AsyncHTTPTransport(verify=etcd.client_context() or True)
         self.txns = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -438,18 +465,18 @@ class AppliedThenDropped(httpx.AsyncBaseTransport):
 
 
 async def test_a_resent_sync_mark_write_is_recognised(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a") as (a,):
+    async with stores(etcd1, "a") as (a,):
         grant = await a.acquire("a", 0)
-        dropper = AppliedThenDropped()
+        dropper = AppliedThenDropped(etcd1)
         endpoint = etcd1.endpoints[0]
-        async with stores([endpoint, endpoint], "a", cluster=a.cluster, transport=dropper) as (m,):
+        async with stores(etcd1, "a", endpoints=[endpoint, endpoint], cluster=a.cluster, transport=dropper) as (m,):
             await m.set_sync_mark("a", grant.epoch, "b", generation=1)
         assert dropper.txns == 2
         assert await sync_value(etcd1, a) == {"node": "b", "epoch": grant.epoch, "generation": 1}
 
 
 async def test_concurrent_sync_mark_writes_keep_the_newest(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a", "a", "a", "a") as writers:
+    async with stores(etcd1, "a", "a", "a", "a") as writers:
         grant = await writers[0].acquire("a", 0)
         done: dict[int, BaseException | None] = {}
 
@@ -472,7 +499,7 @@ async def test_concurrent_sync_mark_writes_keep_the_newest(etcd1: EtcdCluster) -
 
 
 async def test_member_reports_round_trip(etcd1: EtcdCluster) -> None:
-    async with stores(etcd1.endpoints, "a", "b") as (a, b):
+    async with stores(etcd1, "a", "b") as (a, b):
         await a.report("a", Position(0, 0), 0)
         await b.report("b", Position(0, 0), 0)
         state = await a.read()
@@ -492,7 +519,7 @@ async def test_member_reports_round_trip(etcd1: EtcdCluster) -> None:
 
 
 async def test_unavailable_within_timeout_when_etcd_is_stopped(own_etcd1: EtcdCluster) -> None:
-    async with stores(own_etcd1.endpoints, "a") as (a,):
+    async with stores(own_etcd1, "a") as (a,):
         grant = await a.acquire("a", 0)
         own_etcd1.kill(own_etcd1.members[0])
         calls = [
@@ -514,7 +541,7 @@ async def test_unavailable_within_timeout_when_etcd_is_stopped(own_etcd1: EtcdCl
 
 async def test_unavailable_within_timeout_when_etcd_hangs(own_etcd1: EtcdCluster) -> None:
     member = own_etcd1.members[0]
-    async with stores(own_etcd1.endpoints, "a") as (a,):
+    async with stores(own_etcd1, "a") as (a,):
         grant = await a.acquire("a", 0)
         own_etcd1.pause(member)
         try:
@@ -532,7 +559,7 @@ async def test_unavailable_within_timeout_when_etcd_hangs(own_etcd1: EtcdCluster
 
 async def test_epoch_survives_an_etcd_restart(own_etcd1: EtcdCluster) -> None:
     member = own_etcd1.members[0]
-    async with stores(own_etcd1.endpoints, "a", "b") as (a, b):
+    async with stores(own_etcd1, "a", "b") as (a, b):
         grant = await a.acquire("a", 0)
         own_etcd1.kill(member)
         own_etcd1.restart(member)
@@ -552,8 +579,8 @@ async def test_failover_to_the_surviving_members(etcd3: EtcdCluster) -> None:
     assert leader is not None
     # a talks to the etcd leader first; b to the members in another order.
     first = [leader.client_url] + [e for e in etcd3.endpoints if e != leader.client_url]
-    async with stores(first, "a", timeout=1.0) as (a,), \
-            stores(list(reversed(first)), "b", cluster=a.cluster, timeout=1.0) as (b,):
+    async with stores(etcd3, "a", endpoints=first, timeout=1.0) as (a,), \
+            stores(etcd3, "b", endpoints=list(reversed(first)), cluster=a.cluster, timeout=1.0) as (b,):
         grant = await a.acquire("a", 0)
         assert a.endpoint == leader.client_url
         etcd3.kill(leader)  # the member a uses, and the raft leader: an election follows
@@ -583,7 +610,7 @@ async def test_failover_to_the_surviving_members(etcd3: EtcdCluster) -> None:
 
 
 async def test_a_hung_member_is_skipped_after_one_timeout(etcd3: EtcdCluster) -> None:
-    async with stores(etcd3.endpoints, "a", timeout=TIMEOUT) as (a,):
+    async with stores(etcd3, "a", timeout=TIMEOUT) as (a,):
         grant = await a.acquire("a", 0)
         hung = etcd3.members[0]
         assert a.endpoint == hung.client_url
@@ -603,6 +630,164 @@ async def test_a_hung_member_is_skipped_after_one_timeout(etcd3: EtcdCluster) ->
             assert (await a.read()).holder == "a"
         finally:
             etcd3.resume(hung)
+
+
+# --------------------------------------------------------------------------- hostile clients
+
+
+def refused_store(etcd: EtcdCluster, pki: EtcdPki, how: str) -> dict[str, Any]:
+    """The ``stores`` arguments of a client that gets something wrong."""
+    from daemon.standby.etcd import ssl_context
+
+    good_tls = etcd.client_context()
+    assert etcd.auth is not None
+    good = credentials(etcd)
+    return {
+        "no client certificate": {"tls": ssl_context(pki.ca), "credentials": good},
+        "a certificate from another CA": {
+            "tls": ssl_context(pki.ca, pki.rogue_client_cert, pki.rogue_client_key), "credentials": good},
+        "the wrong CA": {"tls": ssl_context(pki.rogue_ca, pki.client_cert, pki.client_key), "credentials": good},
+        "the wrong password": {"tls": good_tls, "credentials": EtcdCredentials(etcd.auth.user, "not-the-password")},
+        "no user": {"tls": good_tls, "credentials": None},
+        "plain http": {"tls": None, "credentials": None,
+                       "endpoints": [e.replace("https://", "http://") for e in etcd.endpoints]},
+    }[how]
+
+
+REFUSALS = {
+    "no client certificate": "etcd refused this node's client certificate: none was given, or",
+    "a certificate from another CA": "etcd refused this node's client certificate: none was given, or",
+    "the wrong CA": "CERTIFICATE_VERIFY_FAILED",
+    "the wrong password": "authentication as etcd user 'lifeline' refused",
+    "no user": "user name is empty",
+    "plain http": "use https:// endpoints",
+}
+
+
+def log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Every captured record as the daemon writes it (event and fields)."""
+    from daemon.log import KeyValueFormatter
+
+    formatter = KeyValueFormatter(journal=False)
+    return [formatter.format(record) for record in caplog.records]
+
+
+async def test_the_right_certificate_and_user_take_and_renew_the_lease(etcd1: EtcdCluster,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    assert all(e.startswith("https://") for e in etcd1.endpoints)
+    caplog.set_level(logging.DEBUG)
+    async with stores(etcd1, "a", "b") as (a, b):
+        grant = await a.acquire("a", 0)
+        for _ in range(3):
+            await trio.sleep(TTL / 3)
+            assert await a.renew("a", grant.epoch) == grant
+        await a.set_sync_mark("a", grant.epoch, "b", generation=1)
+        state = await b.read()
+        assert (state.holder, state.epoch, state.sync_node) == ("a", grant.epoch, "b")
+        assert etcd1.auth is not None
+    # One authentication per store, and neither the password nor a token is ever logged.
+    lines = log_lines(caplog)
+    authenticated = [line for line in lines if "event=auth.authenticated" in line]
+    assert len(authenticated) == 2, authenticated
+    assert "user=lifeline" in authenticated[0]
+    assert a._token is not None
+    for text in lines:
+        assert etcd1.auth.password not in text
+        assert a._token not in text and (b._token or "x" * 40) not in text
+
+
+@pytest.mark.parametrize("how", list(REFUSALS))
+async def test_a_client_that_gets_the_security_wrong_is_refused(etcd1: EtcdCluster, pki: EtcdPki,
+                                                                how: str) -> None:
+    """Every call fails with a LeaseError (the node stays standby) saying why; the
+    lease held by a good client is untouched."""
+    async with stores(etcd1, "a") as (a,):
+        grant = await a.acquire("a", 0)
+        async with stores(etcd1, "b", cluster=a.cluster, **refused_store(etcd1, pki, how)) as (b,):
+            calls: list[Callable[[], Awaitable[Any]]] = [
+                b.read, lambda: b.acquire("b", grant.epoch), lambda: b.set_sync_mark("a", grant.epoch, "b", 9),
+                lambda: b.release("a", grant.epoch), lambda: b.report("b", Position(1, 1), 1)]
+            for call in calls:
+                with pytest.raises(LeaseUnavailable) as refused:
+                    await call()
+                assert REFUSALS[how] in str(refused.value), str(refused.value)
+                assert etcd1.auth is not None and etcd1.auth.password not in str(refused.value)
+        state = await a.read()
+        assert (state.holder, state.epoch, state.sync_node) == ("a", grant.epoch, None)
+        assert await a.renew("a", grant.epoch) == grant
+
+
+async def attacker(etcd: EtcdCluster, path: str, body: dict[str, Any], tls: Any) -> tuple[int, str]:
+    """What issue 16's attacker got: one request to etcd's JSON gateway, no token."""
+    async with httpx.AsyncClient(trust_env=False, verify=tls) as client:
+        try:
+            answer = await client.post(etcd.endpoints[0] + path, json=body)
+        except httpx.HTTPError as e:
+            return 0, type(e).__name__
+    return answer.status_code, answer.text
+
+
+async def test_an_unauthenticated_client_cannot_mark_the_sync_standby_or_delete_the_leader(
+        etcd1: EtcdCluster, pki: EtcdPki) -> None:
+    """The attack of issue 16: whoever reaches etcd's client port wrote the sync mark (a
+    standby missing acknowledged records then promotes) or deleted the leader key.
+    Without a client certificate it cannot connect; with a certificate (a compromised
+    host of the CA) but without the password, etcd refuses every write."""
+    from daemon.standby.etcd import ssl_context
+
+    async with stores(etcd1, "a", "b") as (a, b):
+        grant = await a.acquire("a", 0)
+        await a.set_sync_mark("a", grant.epoch, "b", generation=1)
+        assert a._held is not None
+        lease_id = a._held[2]
+        forged = json.dumps({"node": "c", "epoch": grant.epoch + 1000, "generation": 1})
+        writes = [
+            ("/v3/kv/put", {"key": b64(a.base + "sync"), "value": b64(forged)}),
+            ("/v3/kv/deleterange", {"key": b64(a.base + "leader")}),
+            ("/v3/kv/deleterange", {"key": b64(a.base), "range_end": b64(a.base[:-1] + "0")}),
+            ("/v3/kv/txn", {"success": [{"request_delete_range": {"key": b64(a.base + "leader")}}]}),
+            ("/v3/lease/revoke", {"ID": str(lease_id)}),
+            ("/v3/kv/range", {"key": b64(a.base + "leader")}),
+        ]
+        for tls in (ssl_context(pki.ca), etcd1.client_context()):
+            for path, body in writes:
+                status, text = await attacker(etcd1, path, body, tls)
+                assert status != 200, (path, status, text)
+        # With the client certificate, etcd itself says no: the request reached it.
+        status, text = await attacker(etcd1, "/v3/kv/put", writes[0][1], etcd1.client_context())
+        assert status in (400, 401, 403) and "user name is empty" in text, (status, text)
+        status, text = await attacker(etcd1, "/v3/kv/put", writes[0][1], ssl_context(pki.ca))
+        assert status == 0, (status, text)  # no certificate: no TLS connection at all
+        state = await b.read()
+        assert (state.holder, state.epoch, state.sync_node) == ("a", grant.epoch, "b")
+        assert await sync_value(etcd1, a) == {"node": "b", "epoch": grant.epoch, "generation": 1}
+        assert await a.renew("a", grant.epoch) == grant
+
+
+async def test_an_expired_token_is_replaced_once(tmp_path: Path, pki: EtcdPki,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """etcd forgets a simple token left unused for --auth-token-ttl (a member the store
+    has not talked to for that long, after a failover): the store authenticates again,
+    once, and the call goes on."""
+    need_etcd()
+    caplog.set_level(logging.INFO)
+    cluster = EtcdCluster.local(1, tmp_path / "etcd", tls=pki, auth=EtcdAuth.generate(),
+                                extra_args=["--auth-token-ttl", "1"])
+    cluster.start()
+    try:
+        async with stores(cluster, "a") as (a,):
+            grant = await a.acquire("a", 0)
+            old_token = a._token
+            await trio.sleep(2.5)  # etcd checks token ttls once a second
+            state = await a.read()
+            assert (state.epoch, state.last_holder) == (grant.epoch, "a")
+            assert a._token is not None and a._token != old_token
+    finally:
+        cluster.stop()
+    lines = log_lines(caplog)
+    refused = [line for line in lines if "event=auth.token_refused" in line]
+    assert len(refused) == 1 and "invalid auth token" in refused[0], refused
+    assert len([line for line in lines if "event=auth.authenticated" in line]) == 2
 
 
 # --------------------------------------------------------------------------- bad answers (no etcd)
@@ -693,6 +878,153 @@ async def test_auth_refusal_is_unavailable(call: str) -> None:
     finally:
         await store.aclose()
     assert MOCK in str(failed.value) and "401" in str(failed.value)
+
+
+def token_checking_etcd(accepted: Callable[[str, int], bool], seen: list[str]) -> httpx.MockTransport:
+    """Plays an etcd with auth on: ``/v3/auth/authenticate`` hands out tokens
+    ``TOKEN1``, ``TOKEN2``, ...; another request is answered only when ``accepted(token, n)`` (its
+    ``Authorization`` header, the n-th request), else refused as an expired token.
+    ``seen`` collects every request's path and token."""
+    tokens = itertools.count(1)
+    requests = itertools.count(1)
+    normal = fake_etcd(good_kvs())
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        token = request.headers.get("authorization", "")
+        seen.append(f"{path} {token}")
+        if path == "/v3/auth/authenticate":
+            assert json.loads(request.content) == {"name": "lifeline", "password": "s3cret-pw"}
+            return httpx.Response(200, json={"header": {}, "token": f"TOKEN{next(tokens)}"})
+        if not accepted(token, next(requests)):
+            return httpx.Response(401, json={"error": "etcdserver: invalid auth token", "code": 16,
+                                             "message": "etcdserver: invalid auth token"})
+        return normal.handler(request)  # type: ignore[no-any-return]
+    return httpx.MockTransport(handle)
+
+
+def authenticating_store(transport: httpx.MockTransport) -> EtcdLeaseStore:
+    return EtcdLeaseStore([MOCK], "m", "a", TTL, TIMEOUT, transport=transport,
+                          credentials=EtcdCredentials("lifeline", "s3cret-pw"))
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+async def test_a_refused_token_is_replaced_once_then_the_call_fails(call: str,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    seen: list[str] = []
+    # TOKEN1 is good for one request, then expires; TOKEN2 is good.
+    store = authenticating_store(token_checking_etcd(lambda token, n: token == "TOKEN2" or n == 1, seen))
+    try:
+        await store.read()
+        await CALLS[call](store)  # TOKEN1 refused: authenticated again, sent again, answered
+        assert store._token == "TOKEN2"
+        assert [line.split()[0] for line in seen].count("/v3/auth/authenticate") == 2
+    finally:
+        await store.aclose()
+    # Every token refused: one more authentication, then a LeaseUnavailable.
+    seen.clear()
+    store = authenticating_store(token_checking_etcd(lambda token, n: False, seen))
+    try:
+        with pytest.raises(LeaseUnavailable, match="invalid auth token") as failed:
+            await CALLS[call](store)
+    finally:
+        await store.aclose()
+    assert [line.split()[0] for line in seen][:4] == ["/v3/auth/authenticate", seen[1].split()[0],
+                                                      "/v3/auth/authenticate", seen[1].split()[0]], seen
+    assert [line.split()[0] for line in seen].count("/v3/auth/authenticate") == 2, seen
+    assert "s3cret-pw" not in str(failed.value)
+    assert [line for line in log_lines(caplog) if "event=auth.token_refused" in line]
+    assert not [line for line in log_lines(caplog) if "s3cret-pw" in line or "TOKEN" in line]
+
+
+class SlowAuthentication(httpx.AsyncBaseTransport):
+    """Plays an etcd with auth on whose ``/v3/auth/authenticate`` takes ``delay``
+    seconds (bcrypt on a loaded host); everything else answers at once."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.authentications = 0
+        self.inner = fake_etcd(good_kvs())
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v3/auth/authenticate":
+            self.authentications += 1
+            await trio.sleep(self.delay)
+            return httpx.Response(200, json={"header": {}, "token": f"TOKEN{self.authentications}"})
+        assert request.headers.get("authorization", "").startswith("TOKEN"), request.url.path
+        await trio.sleep(0)  # a checkpoint, as real I/O has
+        return await self.inner.handle_async_request(request)
+
+
+async def test_an_authentication_slower_than_the_call_still_serves_the_next_call(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The caller gives up after retry_timeout (as Leadership does); the authentication
+    goes on (at most AUTH_TIMEOUT), so the next call has its token instead of starting
+    another authentication that would be cut short again."""
+    transport = SlowAuthentication(delay=0.4)
+    store = EtcdLeaseStore([MOCK], "m", "a", TTL, 0.1, transport=transport,
+                           credentials=EtcdCredentials("lifeline", "s3cret-pw"))
+    try:
+        began = trio.current_time()
+        with pytest.raises(trio.TooSlowError):
+            with trio.fail_after(0.1):
+                await store.read()
+        assert trio.current_time() - began == pytest.approx(0.4)  # the authentication finished
+        assert store._token == "TOKEN1"
+        with trio.fail_after(0.1):
+            assert (await store.read()).holder == "a"
+        assert transport.authentications == 1
+    finally:
+        await store.aclose()
+
+
+async def test_an_authentication_never_outlasts_its_own_bound(autojump_clock: trio.testing.MockClock) -> None:
+    from daemon.standby.etcd import AUTH_TIMEOUT
+
+    transport = SlowAuthentication(delay=AUTH_TIMEOUT * 10)
+    store = EtcdLeaseStore([MOCK], "m", "a", TTL, 0.1, transport=transport,
+                           credentials=EtcdCredentials("lifeline", "s3cret-pw"))
+    try:
+        began = trio.current_time()
+        with pytest.raises((trio.TooSlowError, LeaseUnavailable)):
+            with trio.fail_after(0.1):
+                await store.read()
+        assert trio.current_time() - began == pytest.approx(AUTH_TIMEOUT)
+        assert store._token is None
+    finally:
+        await store.aclose()
+
+
+async def test_concurrent_calls_share_one_authentication(autojump_clock: trio.testing.MockClock) -> None:
+    transport = SlowAuthentication(delay=0.05)
+    store = EtcdLeaseStore([MOCK], "m", "a", TTL, 0.5, transport=transport,
+                           credentials=EtcdCredentials("lifeline", "s3cret-pw"))
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(store.read)
+            nursery.start_soon(store.report, "a", Position(1, 1), 1)
+        assert transport.authentications == 1
+    finally:
+        await store.aclose()
+
+
+async def test_etcd_without_auth_is_refused_when_a_user_is_configured() -> None:
+    """Configured to authenticate, a node refuses an etcd whose auth is off: anyone
+    could change that lease."""
+    off = httpx.Response(400, json={"error": "etcdserver: authentication is not enabled", "code": 9,
+                                    "message": "etcdserver: authentication is not enabled"})
+    store = authenticating_store(fake_etcd(good_kvs(), special=lambda path: off if "auth" in path else None))
+    try:
+        with pytest.raises(LeaseUnavailable, match="etcd's auth is off, so anyone who reaches it"):
+            await store.read()
+    finally:
+        await store.aclose()
+
+
+def test_credentials_never_show_the_password() -> None:
+    assert "s3cret" not in repr(EtcdCredentials("lifeline", "s3cret"))
 
 
 @pytest.mark.parametrize("call", list(CALLS))

@@ -23,7 +23,8 @@ from typing import Any, Iterator
 import pytest
 
 from daemon.control_client import ControlClient, ControlError
-from daemon.lab.etcd import EtcdCluster
+from daemon.lab.etcd import EtcdAuth, EtcdCluster
+from daemon.lab.pki import make_etcd_pki
 from daemon.lab.ha_drills import overlap_ns, primary_intervals
 from daemon.standby.keys import generate_replication_key
 from standby_pair import TIMERS, Node, Writer, feed_lines, wait_for
@@ -73,9 +74,11 @@ class LeasePair:
         if backend == "etcd":
             if not EtcdCluster.available():
                 pytest.skip("etcd is not installed (apt-get install etcd-server; .ci/run does)")
-            self.etcd = EtcdCluster.local(1, tmp_path / "etcd")
+            # As production runs it: TLS with client certificates, etcd's auth on.
+            self.etcd = EtcdCluster.local(1, tmp_path / "etcd", tls=make_etcd_pki(tmp_path / "pki"),
+                                          auth=EtcdAuth.generate())
             self.etcd.start()
-            lease: dict[str, Any] = {"backend": "etcd", "etcd_endpoints": self.etcd.endpoints}
+            lease: dict[str, Any] = self.etcd.lease_settings(tmp_path)
         else:
             self.witness = Witness(tmp_path / "witness", key)
             self.witness.start()
@@ -263,6 +266,31 @@ def test_lease_store_unreachable_at_start_keeps_both_nodes_off_primary(pair: Lea
         events = [e for e in pair.nodes[name].events() if e["kind"] == "LeaseStoreUnreachable"]
         assert events, f"{name}: no LeaseStoreUnreachable event"
 
+
+
+def test_a_node_refused_by_etcd_stays_off_primary_and_says_why(tmp_path: Path) -> None:
+    """The wrong etcd password: both daemons run, neither takes the lease, each says
+    why (naming the user, never the password), and appends are refused."""
+    pair = LeasePair(tmp_path, "etcd")
+    try:
+        assert pair.etcd is not None and pair.etcd.auth is not None
+        password = tmp_path / "etcd-password"
+        password.write_text("not-the-password\n")
+        pair.start()
+        for name, node in pair.nodes.items():
+            info = pair.wait_role(name, "waiting")
+            wait_for(lambda n=name: "refused" in pair.role(n).get("reason", ""), f"{name} to say why", 10,
+                     detail=pair.diagnosis)
+            info = pair.role(name)
+            assert "authentication as etcd user 'lifeline' refused" in info["reason"], info
+            assert "invalid user ID or password" in info["reason"], info
+            with pytest.raises(ControlError):
+                node.call("journal.append", {"payloads": ["x"]})
+            for text in (json.dumps(info), node.log_text()):
+                assert "not-the-password" not in text and pair.etcd.auth.password not in text
+            assert node.alive()
+    finally:
+        pair.close()
 
 
 def test_witness_restart_mid_lease_never_makes_two_primaries_nor_reuses_an_epoch(tmp_path: Path) -> None:
