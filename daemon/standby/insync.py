@@ -22,8 +22,11 @@ A session goes through three phases:
 ``converging``   ``target <= acked_seq < alone_seq``: the backlog is replayed but
                  records answered alone during it may not be on the standby yet. New
                  appends now *wait* for the standby (:meth:`must_wait`) and no longer
-                 raise ``alone_seq``, so the gap closes in about one round trip even
-                 under constant load. Not in sync: the mark is not set.
+                 raise ``alone_seq``, so the gap closes even under constant load. Not in
+                 sync: the mark is not set. So that writers do not wait long, a gap of
+                 more than :data:`CONVERGE_GAP` records starts another catch-up round
+                 instead (``target`` moves to the journal's end, appends are answered
+                 alone again), at most :data:`MAX_ROUNDS` times per session.
 ``in sync``      ``acked_seq >= max(alone_seq, target)`` and no write error reported:
                  appends wait for the standby; the mark may be set.
 
@@ -41,6 +44,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: Converge (appends wait for the standby) once the records answered alone that the
+#: standby still lacks are at most this many: one frame of the sender, a few ms of replay.
+CONVERGE_GAP = 2000
+#: Catch-up rounds per session before converging whatever the gap (a standby that
+#: replays slower than the writers append would otherwise never be in sync).
+MAX_ROUNDS = 8
+
 
 @dataclass
 class InSyncRule:
@@ -51,7 +61,8 @@ class InSyncRule:
     ``acked_seq``: the seq the standby acknowledged durable in the current session
     (``None``: no session). ``target``: the journal's last seq when the session began.
     ``failed``: the standby reported a write error in this session (it stops
-    acknowledging; it reconnects to retry, which starts a new session).
+    acknowledging; it reconnects to retry, which starts a new session). ``rounds``:
+    catch-up rounds in this session (see ``converging`` in the module docstring).
     """
 
     alone_seq: int = 0
@@ -59,6 +70,9 @@ class InSyncRule:
     target: int = 0
     failed: bool = False
     in_sync: bool = False
+    rounds: int = 0
+    converge_gap: int = CONVERGE_GAP
+    max_rounds: int = MAX_ROUNDS
 
     # ------------------------------------------------------------------ events
 
@@ -71,16 +85,24 @@ class InSyncRule:
         self.target = journal_last
         self.failed = False
         self.in_sync = False
+        self.rounds = 1
         return self._evaluate()
 
-    def standby_acked(self, seq: int) -> bool:
-        """The standby holds everything up to ``seq`` durably. Answers whether the
-        standby *became* in sync with this acknowledgement."""
+    def standby_acked(self, seq: int, journal_last: int) -> bool:
+        """The standby holds everything up to ``seq`` durably; the journal ends at
+        ``journal_last``. Answers whether the standby *became* in sync with it."""
         if self.acked_seq is None:
             return False  # a replaced session's last words
         if seq > self.acked_seq:
             self.acked_seq = seq
-        return not self.in_sync and self._evaluate()
+        if self.in_sync:
+            return False
+        if (self.acked_seq >= self.target and self.alone_seq - self.acked_seq > self.converge_gap
+                and self.rounds < self.max_rounds and journal_last > self.target):
+            # Another round: catch up to the journal's end with appends answered alone.
+            self.target = journal_last
+            self.rounds += 1
+        return self._evaluate()
 
     def standby_failed(self) -> None:
         """The standby reported a write error: not in sync until its next session."""

@@ -715,7 +715,7 @@ class ReplicationPrimary:
                 self._rule.standby_failed()
                 self._lose_sync(f"standby {session.node} stopped acknowledging: {ack.error}")
             return
-        if self._rule.standby_acked(ack.seq):
+        if self._rule.standby_acked(ack.seq, self.journal.last.seq):
             self._now_in_sync(session)
 
     def _should_announce(self, error: str) -> bool:
