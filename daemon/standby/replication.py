@@ -1401,7 +1401,7 @@ class ReplicationStandby:
             try:
                 position = await self.journal.append_replicated(records)
             except (OSError, StandbyError) as exc:
-                await self._write_failed(link, exc)
+                await self._write_failed(link, exc, acknowledge=not ended)
                 async for _ in channel:
                     pass  # keep the reader unblocked; nothing more is written this session
                 return
@@ -1416,7 +1416,7 @@ class ReplicationStandby:
                 ended.append(exc)
                 receiving.cancel()
 
-    async def _write_failed(self, link: _Link, exc: BaseException) -> None:
+    async def _write_failed(self, link: _Link, exc: BaseException, acknowledge: bool = True) -> None:
         error = describe_write_error(exc)
         self.write_error = error
         self._write_error_at = trio.current_time()
@@ -1424,7 +1424,8 @@ class ReplicationStandby:
         log.error("journal.write_failed", error=error, durable_seq=self.journal.last.seq)
         self.announce("StandbyDiskFull" if error.startswith("disk full") else "StandbyWriteError",
                       node=self.node_id, error=error, durable_seq=self.journal.last.seq)
-        await link.send(Ack(self.journal.last.seq, error))
+        if acknowledge:  # else the link is gone already
+            await link.send(Ack(self.journal.last.seq, error))
 
     async def _heartbeats(self, link: _Link) -> None:
         interval = float(self.config.heartbeat)
