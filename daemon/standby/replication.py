@@ -33,7 +33,8 @@ it promote itself — only once it has acknowledged everything the primary held 
 session started **and** every record ever answered ok without it
 (:mod:`daemon.standby.insync` states and checks the rule). While it replays the backlog,
 appends do not wait for it (a long catch-up does not stall writers); once the backlog is
-replayed, appends wait for it again until it has every record answered alone.
+replayed with few records answered alone left to send (else another catch-up round),
+appends wait for it again until it holds every record answered alone.
 
 Events (``daemon.events``): StandbyConnected, StandbyLost, ReplicationDegraded,
 ReplicationRecovered, ReplicationRejected, DriftDetected, StandbyDiskFull,
