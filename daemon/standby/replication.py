@@ -28,8 +28,13 @@ local journal first (it is durable on the primary when that returns), then:
   answers in-doubt at once; ``"degrade-to-async"`` answers ok with ``degraded=True``
   and raises an alarm in :meth:`status` until a standby is in sync again.
 
-A standby counts as *in sync* once it has acknowledged everything the primary held
-when its session started, so a standby replaying a long backlog does not stall writers.
+A standby counts as *in sync* — and the lease store may mark it synchronous, which lets
+it promote itself — only once it has acknowledged everything the primary held when its
+session started **and** every record ever answered ok without it
+(:mod:`daemon.standby.insync` states and checks the rule). While it replays the backlog,
+appends do not wait for it (a long catch-up does not stall writers); once the backlog is
+replayed with few records answered alone left to send (else another catch-up round),
+appends wait for it again until it holds every record answered alone.
 
 Events (``daemon.events``): StandbyConnected, StandbyLost, ReplicationDegraded,
 ReplicationRecovered, ReplicationRejected, DriftDetected, StandbyDiskFull,
@@ -61,6 +66,7 @@ from daemon.files import fsync_directory
 from daemon.log import get_logger
 from daemon.service import Health, MetricFamily, Sample, ServiceStatus
 from daemon.standby import MAX_PAYLOAD, Position, Record, ReplicationProtocolError, StandbyError
+from daemon.standby.insync import InSyncRule
 from daemon.standby.protocol import (
     HEADER_SIZE,
     MAX_FRAME,
@@ -366,7 +372,6 @@ class _Session:
     sent_seq: int = 0
     catch_up_target: int = 0
     streaming: bool = False
-    in_sync: bool = False
     error: str | None = None
     heartbeat: Heartbeat | None = None
     heartbeat_at: float | None = None
@@ -414,6 +419,8 @@ class ReplicationPrimary:
         self._tiebreak = itertools.count()
         #: Highest seq known durable on the standby, on this primary's history.
         self.standby_acked_seq = 0
+        #: When the standby is in sync (and may be marked synchronous): the in-sync rule.
+        self._rule = InSyncRule()
         #: When the pair stopped being in sync (trio time), or None while in sync. A
         #: primary starts out of sync: until a standby has caught up, no record is on two disks.
         self._out_of_sync_since: float | None = None
@@ -627,7 +634,7 @@ class ReplicationPrimary:
                       standby_last_seq=session.hello.last.seq, standby_last_epoch=session.hello.last.epoch,
                       common_seq=common, backlog=backlog)
         self._compare_digests(session, session.hello.config_digest, None)
-        if common >= session.catch_up_target:
+        if self._rule.session_started(common, session.catch_up_target):
             self._now_in_sync(session)
 
     async def _serve(self, session: _Session, common: int) -> None:
@@ -706,9 +713,10 @@ class ReplicationPrimary:
                 if self._should_announce(ack.error):
                     self.announce("StandbyDiskFull" if ack.error.startswith("disk full") else "StandbyWriteError",
                                   node=session.node, error=ack.error, durable_seq=ack.seq)
+                self._rule.standby_failed()
                 self._lose_sync(f"standby {session.node} stopped acknowledging: {ack.error}")
             return
-        if not session.in_sync and session.error is None and ack.seq >= session.catch_up_target:
+        if self._rule.standby_acked(ack.seq, self.journal.last.seq):
             self._now_in_sync(session)
 
     def _should_announce(self, error: str) -> bool:
@@ -743,11 +751,19 @@ class ReplicationPrimary:
     # ------------------------------------------------------------------ sync state
 
     def _now_in_sync(self, session: _Session) -> None:
-        session.in_sync = True
+        # The invariant of daemon.standby.insync, checked once more where the mark is set.
+        refusal = self._rule.mark_refusal(session.acked_seq)
+        if refusal is not None:
+            self._rule.revoke()
+            self.counters["in_sync_refused"] += 1
+            log.error("standby.in_sync_refused", standby=session.node, acked_seq=session.acked_seq,
+                      answered_alone_seq=self._rule.alone_seq, reason=refusal)
+            return
         since = self._out_of_sync_since
         self._out_of_sync_since = None
         self._out_of_sync_reason = ""
-        log.info("standby.in_sync", standby=session.node, acked_seq=session.acked_seq)
+        log.info("standby.in_sync", standby=session.node, acked_seq=session.acked_seq,
+                 catch_up_target=session.catch_up_target, answered_alone_seq=self._rule.alone_seq)
         if self.sync_listener is not None and self.config.mode == "sync":
             self.sync_listener(session.node)
         if self.config.mode == "sync":  # async mode has nothing to recover from
@@ -756,9 +772,6 @@ class ReplicationPrimary:
                           acked_seq=session.acked_seq)
 
     def _lose_sync(self, reason: str) -> None:
-        session = self._session
-        if session is not None:
-            session.in_sync = False
         if self.sync_listener is not None:
             self.sync_listener(None)
         if self._out_of_sync_since is None:
@@ -774,6 +787,7 @@ class ReplicationPrimary:
         if self._session is not session:
             return
         self._session = None
+        self._rule.link_lost()
         log.warning("standby.lost", standby=session.node, address=session.address, reason=reason,
                     acked_seq=session.acked_seq)
         self.announce("StandbyLost", standby=session.node, address=session.address, reason=reason,
@@ -782,8 +796,7 @@ class ReplicationPrimary:
         self._lose_sync(f"standby {session.node} lost: {reason}")
 
     def in_sync(self) -> bool:
-        session = self._session
-        return session is not None and session.in_sync and session.error is None
+        return self._session is not None and self._rule.in_sync
 
     # ------------------------------------------------------------------ waiters
 
@@ -877,38 +890,45 @@ class ReplicationPrimary:
         return records  # type: ignore[return-value]
 
     async def _wait_for_standby(self, first: int, last: int, epoch: int) -> list[AppendRun]:
-        if self._stopped:
-            return self._note_in_doubt(first, last, epoch, "replication stopped (this node is no longer serving "
-                                                           "as primary)")
-        if not self.in_sync():
-            return self._without_standby(first, last, epoch, self._out_of_sync_reason or "no standby in sync")
-        if last > self.standby_acked_seq:
-            waiter = _Waiter(last, trio.current_time() + float(self.config.sync_timeout))
-            heapq.heappush(self._waiters, (last, next(self._tiebreak), waiter))
-            self._deadlines.append(waiter)
-            self._reaper_wakeup.set()
-            try:
-                await waiter.event.wait()
-            except trio.Cancelled:
-                waiter.event.set()  # the reaper and the ACK path drop it
-                raise
-        else:
-            waiter = None
-        acked = self.standby_acked_seq
-        if acked >= last:
-            return [(first, last, epoch, "ok", "primary+standby", None, False)]
+        """Records ``first..last`` are on the primary's disk; answer them in sync mode.
+        They wait for the standby while the in-sync rule says so (in sync, or a
+        caught-up standby converging); else they are answered without it. The choice
+        and the answer are made in one step (no await between them), so a record is
+        never answered alone after the standby was declared in sync."""
         runs: list[AppendRun] = []
-        if acked >= first:
-            runs.append((first, acked, epoch, "ok", "primary+standby", None, False))
-        pending_from = max(first, acked + 1)
-        assert waiter is not None
-        if waiter.lost is not None:
-            runs += self._without_standby(pending_from, last, epoch, waiter.lost)
-        else:
-            runs += self._note_in_doubt(
-                pending_from, last, epoch, f"no acknowledgement from the standby within sync_timeout "
-                                           f"({float(self.config.sync_timeout):g}s)")
-        return runs
+        reason = ""
+        while True:
+            if self._stopped:
+                return runs + self._note_in_doubt(first, last, epoch, "replication stopped (this node is no longer "
+                                                                      "serving as primary)")
+            if not self._rule.must_wait():
+                return runs + self._without_standby(first, last, epoch,
+                                                    reason or self._out_of_sync_reason or "no standby in sync")
+            waiter: _Waiter | None = None
+            if last > self.standby_acked_seq:
+                waiter = _Waiter(last, trio.current_time() + float(self.config.sync_timeout))
+                heapq.heappush(self._waiters, (last, next(self._tiebreak), waiter))
+                self._deadlines.append(waiter)
+                self._reaper_wakeup.set()
+                try:
+                    await waiter.event.wait()
+                except trio.Cancelled:
+                    waiter.event.set()  # the reaper and the ACK path drop it
+                    raise
+            acked = self.standby_acked_seq
+            if acked >= last:
+                return runs + [(first, last, epoch, "ok", "primary+standby", None, False)]
+            if acked >= first:
+                runs.append((first, acked, epoch, "ok", "primary+standby", None, False))
+                first = acked + 1
+            assert waiter is not None
+            if waiter.lost is None:
+                return runs + self._note_in_doubt(
+                    first, last, epoch, f"no acknowledgement from the standby within sync_timeout "
+                                        f"({float(self.config.sync_timeout):g}s)")
+            # The standby went away while we waited: decide again, now (a new session
+            # may already be back in sync, or converging: then we wait for it again).
+            reason = waiter.lost
 
     def _without_standby(self, first: int, last: int, epoch: int, reason: str) -> list[AppendRun]:
         if self.config.on_standby_loss == "block":
@@ -917,6 +937,8 @@ class ReplicationPrimary:
             return self._note_in_doubt(first, last, epoch, f"no standby in sync ({reason}); the lease store still "
                                                            "marks it synchronous: clearing the mark first")
         self.counters["degraded_appends"] += last - first + 1
+        # Before the answer: the standby is not in sync again until it acknowledged these.
+        self._rule.answered_alone(last)
         return [(first, last, epoch, "ok", "primary", f"degraded to async: {reason}", True)]
 
     def _note_in_doubt(self, first: int, last: int, epoch: int, reason: str) -> list[AppendRun]:
@@ -968,8 +990,10 @@ class ReplicationPrimary:
             state = "waiting" if self.counters["sessions"] == 0 else "lost"
         elif session.error:
             state = "standby-failing"
-        elif session.in_sync:
+        elif self._rule.in_sync:
             state = "in-sync"
+        elif self._rule.converging:
+            state = "converging"
         else:
             state = "catching-up" if session.streaming or session.catch_up_target else "connecting"
         peer: dict[str, Any] | None = None
@@ -1295,15 +1319,37 @@ class ReplicationStandby:
                       epoch=self.primary.epoch, primary_last_seq=self.primary.last.seq,
                       local_last_seq=self.journal.last.seq)
         send_channel, receive_channel = trio.open_memory_channel[list[Record]](APPLY_QUEUE)
+        # Why the session ended (the receive side's error, or the writer's failed ACK).
+        # When the link drops, the writer still writes the records already received:
+        # they are the primary's, and a standby that may be promoted next should hold
+        # as many of them as it can.
+        ended: list[BaseException] = []
+        receiving = trio.CancelScope()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, link, receive_channel)
-                nursery.start_soon(self._heartbeats, link)
-                async with send_channel:
-                    await self._reader(link, first, send_channel)
-                nursery.cancel_scope.cancel()
+                nursery.start_soon(self._writer, link, receive_channel, ended, receiving)
+                await self._receive(link, first, send_channel, ended, receiving)
         except BaseExceptionGroup as group:
             raise _collapse(group) from None
+        if ended:
+            raise ended[0]
+
+    async def _receive(self, link: _Link, first: Event, channel: trio.MemorySendChannel[list[Record]],
+                       ended: list[BaseException], receiving: trio.CancelScope) -> None:
+        """The reader and the heartbeats, until the link ends: then the error goes into
+        ``ended`` (not up: the writer must finish the queue first) and the channel closes."""
+        try:
+            with receiving:  # cancelled by the writer when it can no longer acknowledge
+                async with channel, trio.open_nursery() as nursery:
+                    nursery.start_soon(self._heartbeats, link)
+                    await self._reader(link, first, channel)
+        except BaseExceptionGroup as group:
+            error = _collapse(group)
+            if isinstance(error, BaseExceptionGroup) or not isinstance(error, Exception):
+                raise  # cancelled from outside (the service stops): nothing more to write
+            ended.append(error)
+        except Exception as exc:  # pragma: no cover - trio wraps errors from the nursery in a group
+            ended.append(exc)
 
     async def _reader(self, link: _Link, first: Event, channel: trio.MemorySendChannel[list[Record]]) -> None:
         expected = self.journal.last.seq + 1
@@ -1336,9 +1382,11 @@ class ReplicationStandby:
         if self._behind_since is None and self.primary_last_seq > self.journal.last.seq:
             self._behind_since = trio.current_time()
 
-    async def _writer(self, link: _Link, channel: trio.MemoryReceiveChannel[list[Record]]) -> None:
+    async def _writer(self, link: _Link, channel: trio.MemoryReceiveChannel[list[Record]],
+                      ended: list[BaseException], receiving: trio.CancelScope) -> None:
         """Appends what the reader queued — everything queued at once, one fsync — and
-        acknowledges cumulatively once it is durable."""
+        acknowledges cumulatively once it is durable. Once the link has ended it still
+        writes what was queued (without acknowledging), then returns."""
         async for batch in channel:
             records = batch  # the reader's own list: ours to extend
             size = -1  # counted only when there is more to take
@@ -1354,16 +1402,22 @@ class ReplicationStandby:
             try:
                 position = await self.journal.append_replicated(records)
             except (OSError, StandbyError) as exc:
-                await self._write_failed(link, exc)
+                await self._write_failed(link, exc, acknowledge=not ended)
                 async for _ in channel:
                     pass  # keep the reader unblocked; nothing more is written this session
                 return
             self.counters["records_applied"] += len(records)
             if self.primary_last_seq is not None and position.seq >= self.primary_last_seq:
                 self._behind_since = None
-            await link.send(Ack(position.seq))
+            if ended:
+                continue  # the link is gone: write the rest of the queue, acknowledge nothing
+            try:
+                await link.send(Ack(position.seq))
+            except (StandbyError, *_DISCONNECTS) as exc:
+                ended.append(exc)
+                receiving.cancel()
 
-    async def _write_failed(self, link: _Link, exc: BaseException) -> None:
+    async def _write_failed(self, link: _Link, exc: BaseException, acknowledge: bool = True) -> None:
         error = describe_write_error(exc)
         self.write_error = error
         self._write_error_at = trio.current_time()
@@ -1371,7 +1425,8 @@ class ReplicationStandby:
         log.error("journal.write_failed", error=error, durable_seq=self.journal.last.seq)
         self.announce("StandbyDiskFull" if error.startswith("disk full") else "StandbyWriteError",
                       node=self.node_id, error=error, durable_seq=self.journal.last.seq)
-        await link.send(Ack(self.journal.last.seq, error))
+        if acknowledge:  # else the link is gone already
+            await link.send(Ack(self.journal.last.seq, error))
 
     async def _heartbeats(self, link: _Link) -> None:
         interval = float(self.config.heartbeat)

@@ -696,3 +696,119 @@ async def test_an_append_still_writing_when_the_primary_stops_serving_is_in_doub
                 await trio.sleep(0.01)
         [answer] = answers
         assert answer.status == "in_doubt" and "replication stopped" in (answer.reason or "")
+
+
+# ------------------------------------------------------------------ the in-sync rule (issue 14)
+
+
+class GatedJournal(StallingJournal):
+    """A real journal whose append_replicated holds any batch reaching past
+    ``hold_above`` until the test moves it (the standby's disk, under the test's hand:
+    its acknowledgements follow its writes)."""
+
+    def __init__(self, journal: Journal) -> None:
+        super().__init__(journal)
+        self.hold_above = 10**18
+        self._moved = trio.Event()
+
+    def allow(self, seq: int) -> None:
+        self.hold_above = seq
+        self._moved.set()
+        self._moved = trio.Event()
+
+    async def append_replicated(self, records: Sequence[Record]) -> Position:
+        while records[-1].seq > self.hold_above:
+            await self._moved.wait()
+        return await self._journal.append_replicated(records)
+
+
+async def test_records_answered_alone_during_catch_up_keep_the_standby_unmarked_until_it_holds_them(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """Issue 14 in one process, deterministically: the standby acknowledges exactly its
+    catch-up target while records answered ok alone during the catch-up are beyond it.
+    Before the fix the primary called it in sync there (and the lease's mark followed)."""
+    import daemon.standby.replication as replication
+
+    monkeypatch.setattr(replication, "APPLY_RECORDS", 1)  # one received frame, one write, one ACK
+    async with pair(tmp_path, standby=False) as p:
+        gated = GatedJournal(p.standby_journal)
+        marks: list[tuple[str | None, int]] = []
+        p.primary.sync_listener = lambda node: marks.append((node, gated.last.seq))
+        await p.start_standby(journal=gated)
+        await p.in_sync()
+        await p.primary.append_many([b"both %d" % i for i in range(5)])
+        p.stop_standby()
+        await wait_until(lambda: not p.primary.details()["connected"], "the primary to see the standby go")
+        alone = await p.primary.append_many([b"alone %d" % i for i in range(100)])
+        assert {(r.status, r.durable_on) for r in alone} == {("ok", "primary")}
+        target = p.primary_journal.last.seq  # 105
+        gated.allow(5)  # the standby holds 5: it writes nothing more until told
+        await p.start_standby(journal=gated)
+        await wait_until(lambda: (p.primary.details()["peer"] or {}).get("sent_seq") == target, "the backlog sent")
+        during = await p.primary.append_many([b"during catch-up %d" % i for i in range(50)])
+        assert {(r.status, r.durable_on) for r in during} == {("ok", "primary")}  # not held back
+        answered_alone = during[-1].seq  # 155
+        await wait_until(lambda: p.primary.details()["peer"]["sent_seq"] == answered_alone, "all of it sent")
+        gated.allow(target)  # the backlog is written and acknowledged; the rest is held
+        await wait_until(lambda: p.primary.standby_acked_seq == target, "the ACK of the catch-up target")
+        await trio.sleep(0.1)
+        assert not p.primary.in_sync(), "in sync while records answered alone are not on the standby"
+        assert [m for m in marks if m[0] is not None] == [("edge-b", 0)]  # only the first session's (empty)
+        assert p.primary.details()["state"] == "converging"
+        # Converging: a new append waits for the standby (it is not answered alone).
+        answers: list[AppendResult] = []
+
+        async def append() -> None:
+            answers.append(await p.primary.append(b"while converging"))
+
+        p.nursery.start_soon(append)
+        await trio.sleep(0.1)
+        assert answers == []
+        gated.allow(10**18)
+        await wait_until(lambda: bool(answers), "the converging append's answer")
+        assert answers[0].status == "ok" and answers[0].durable_on == "primary+standby"
+        await p.in_sync()
+        node, held = marks[-1]
+        assert node == "edge-b" and held >= answered_alone, marks
+        assert all_records(gated) == all_records(p.primary_journal)
+
+
+async def test_the_mark_guard_refuses_and_logs_instead_of_marking(tmp_path: Path) -> None:
+    """A rule that wrongly says in sync (a connected standby is enough) is caught where
+    the mark is set: refused, logged, counted; the daemon keeps serving."""
+    from daemon.standby.insync import InSyncRule
+
+    class Careless(InSyncRule):
+        def _evaluate(self) -> bool:
+            self.in_sync = self.acked_seq is not None
+            return self.in_sync
+
+    async with pair(tmp_path, standby=False) as p:
+        marks: list[tuple[str | None, int]] = []
+        p.primary.sync_listener = lambda node: marks.append((node, p.standby_journal.last.seq))
+        p.primary._rule = Careless()
+        alone = await p.primary.append_many([b"alone %d" % i for i in range(7)])
+        assert {r.durable_on for r in alone} == {"primary"}
+        await p.start_standby()
+        await wait_until(lambda: p.primary.counters["in_sync_refused"] >= 1, "the guard to refuse")
+        assert p.primary.details()["connected"]  # refused, not crashed
+        # Marked only once the standby really held the records answered alone.
+        await p.in_sync()
+        assert [m for m in marks if m[0] is not None] and all(held >= 7 for node, held in marks if node), marks
+
+
+async def test_the_standby_writes_frames_it_received_before_the_link_dropped(tmp_path: Path) -> None:
+    async with pair(tmp_path, standby=False, mode="async") as p:
+        gated = GatedJournal(p.standby_journal)
+        standby = await p.start_standby(journal=gated)
+        await p.in_sync()
+        gated.allow(0)  # the standby's disk is slow: received frames queue up
+        await p.primary.append_many([b"received %d" % i for i in range(20)])
+        await wait_until(lambda: p.primary.details()["peer"]["sent_seq"] == 20, "the records sent")
+        await trio.sleep(0.1)  # in the standby's queue
+        p.primary_scope.cancel()  # the link drops (the primary's service stops)
+        await trio.sleep(0.2)
+        gated.allow(10**18)  # the disk moves again
+        await wait_until(lambda: not standby.connected, "the standby to see the link gone")
+        assert gated.last.seq == 20, "records received before the link dropped were thrown away"
+        assert all_records(gated) == all_records(p.primary_journal)
