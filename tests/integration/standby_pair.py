@@ -26,9 +26,15 @@ from daemon.config import dump_toml
 from daemon.control_client import ControlClient
 from daemon.lab.procs import DaemonProcess
 from daemon.lab.pair import REPLICATION_TIMERS as TIMERS  # noqa: F401  (the tests import it from here)
-from daemon.lab.replay_engine import feed_lines  # noqa: F401
+from daemon.lab import replay_engine
 from daemon.standby.keys import generate_replication_key
 from support import cli, free_port, until  # noqa: F401  (cli is used by the tests through this module)
+
+
+def feed_lines() -> Iterator[bytes]:
+    """The recorded feed lines for a writer, starting over at the end: the repository ships
+    20 s of each recording (18 816 lines), and some fault tests append more than that."""
+    return replay_engine.feed_lines(endless=True)
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 10.0, interval: float = 0.05,
