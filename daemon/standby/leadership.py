@@ -33,6 +33,7 @@ import trio
 
 from daemon.events import EventBus, LeaseStoreReachable, LeaseStoreUnreachable, OperatorPromotion, RoleChanged
 from daemon.log import get_logger
+from daemon.service import histogram
 from daemon.standby import Position
 from daemon.standby.lease import LeaseConflict, LeaseError, LeaseLost, LeaseState, LeaseStore
 from daemon.standby.roles import Action, ActionKind, Role, RoleMachine, RoleTimings
@@ -95,6 +96,10 @@ class Leadership:
         self.store_reachable: bool | None = None
         self.store_error: str | None = None
         self.role_changes = 0
+        self.promotion_seconds = histogram(
+            "lifeline_promotion_seconds",
+            "From deciding to take the lease (candidate) to serving as primary, each promotion.", "promotion")
+        self._candidate_since: float | None = None
         self._published = 0  # machine.changes already published
         self._watchers: list[trio.MemorySendChannel[dict[str, Any]]] = []
         self._wakeup = trio.Event()
@@ -218,6 +223,13 @@ class Leadership:
 
     def _publish_change(self, old: Role, new: Role, epoch: int, why: str, stamp_ns: int) -> None:
         self.role_changes += 1
+        if new is Role.CANDIDATE:
+            self._candidate_since = trio.current_time()
+        elif new is Role.PRIMARY and self._candidate_since is not None:
+            self.promotion_seconds.observe(trio.current_time() - self._candidate_since)
+            self._candidate_since = None
+        else:
+            self._candidate_since = None
         log_fn = log.warning if new is Role.FENCED else log.info
         log_fn("role.changed", node=self.node, role=new.value, previous=old.value, epoch=epoch, reason=why)
         message = {"role": new.value, "previous": old.value, "epoch": epoch, "reason": why,

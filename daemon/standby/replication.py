@@ -59,7 +59,7 @@ from daemon import events
 from daemon.config import StandbyConfig, parse_host_port
 from daemon.files import fsync_directory
 from daemon.log import get_logger
-from daemon.service import Health, MetricFamily, Sample, ServiceStatus
+from daemon.service import Health, MetricFamily, Sample, ServiceStatus, histogram
 from daemon.standby import MAX_PAYLOAD, Position, Record, ReplicationProtocolError, StandbyError
 from daemon.standby.protocol import (
     HEADER_SIZE,
@@ -423,6 +423,10 @@ class ReplicationPrimary:
         self._last_announced_error: tuple[str, float] | None = None
         self._rejections_announced: dict[tuple[str, str], float] = {}
         self.recent_in_doubt: collections.deque[AppendResult] = collections.deque(maxlen=IN_DOUBT_KEPT)
+        self.append_to_ack = histogram(
+            "lifeline_replication_append_to_ack_seconds",
+            "From an append request to its answer: written and fsynced here and, in sync mode, "
+            "acknowledged by the standby (or given up on).", "ack")
         self.counters: dict[str, int] = collections.defaultdict(int)
         #: Told the standby's node id when it comes in sync and None when it falls out
         #: (the lease store's sync mark follows it). Set by the leadership shell.
@@ -827,13 +831,17 @@ class ReplicationPrimary:
             return []
         epoch = self.epoch_provider()
         first = last = 0
+        started = trio.current_time()
         try:
             first, last, epoch = await self._append_local(payloads, epoch)
             self._append_times.append((first, last, trio.current_time()))
             self.counters["appends"] += last - first + 1
             if self.config.mode == "async":
-                return [(first, last, epoch, "ok", "primary", None, False)]
-            return await self._wait_for_standby(first, last, epoch)
+                runs = [(first, last, epoch, "ok", "primary", None, False)]
+            else:
+                runs = await self._wait_for_standby(first, last, epoch)
+            self.append_to_ack.observe(trio.current_time() - started)
+            return runs
         except trio.Cancelled:
             if last:
                 self._note_in_doubt(max(first, self.standby_acked_seq + 1), last, epoch,
@@ -1053,6 +1061,7 @@ class ReplicationPrimary:
         if d["lag_ms"] is not None:
             families.append(gauge("lifeline_replication_lag_seconds",
                                   "Age of the oldest record the standby has not acknowledged.", d["lag_ms"] / 1000))
+        families += self.append_to_ack.collect()
         return families
 
 

@@ -33,7 +33,7 @@ from daemon.events import (
     UplinkHealthChanged,
 )
 from daemon.log import get_logger
-from daemon.service import MetricFamily, Sample, ServiceStatus
+from daemon.service import MetricFamily, Sample, ServiceStatus, histogram
 from daemon.uplinks import UplinkRoute
 from daemon.uplinks.health import HealthChange, HealthSettings, LinkHealth, LinkState
 from daemon.uplinks.policy import PolicyDecision, UplinkPolicy, UplinkView
@@ -137,6 +137,8 @@ class UplinkService:
         self.last_decision: PolicyDecision | None = None
         self.last_switch_wall: float | None = None
         self._nursery: trio.Nursery | None = None
+        self.probe_rtt = histogram("lifeline_uplink_probe_rtt_seconds",
+                                   "Round-trip time of each answered probe, by uplink.", "rtt", ("uplink",))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -204,6 +206,11 @@ class UplinkService:
         finally:
             uplink.rounds_in_flight -= 1
         now = trio.current_time()
+        results = list(results)
+        rtt = self.probe_rtt.labels(uplink=uplink.name)
+        for result in results:
+            if result.ok and result.rtt is not None:
+                rtt.observe(result.rtt)
         self._on_change(uplink.health.observe_round(results, now))
         await self._decide(now)
 
@@ -447,12 +454,23 @@ class UplinkService:
         yield MetricFamily.single("lifeline_route_errors_total", "counter", "Failed route changes.", self.route_errors)
         yield MetricFamily.single("lifeline_route_repairs_total", "counter",
                                   "Default routes changed outside lifeline and put back.", self.route_repairs)
-        probes = []
+        # One metric per quantity: sent and received are separate counters (so a sum()
+        # means something); the rest of the prober's tallies are kinds of odd answers.
+        sent, received, odd = [], [], []
         for name, u in self.uplinks.items():
             for counter, value in getattr(u.prober, "counters", {}).items():
-                probes.append(Sample({"uplink": name, "counter": counter}, value))
-        yield MetricFamily("lifeline_uplink_probe_events_total", "counter",
-                           "Probe packets by outcome (sent, received, late, duplicate, garbage, ...).", probes)
+                if counter == "sent":
+                    sent.append(Sample({"uplink": name}, value))
+                elif counter == "received":
+                    received.append(Sample({"uplink": name}, value))
+                else:
+                    odd.append(Sample({"uplink": name, "kind": counter}, value))
+        yield MetricFamily("lifeline_uplink_probes_sent_total", "counter", "Probe packets sent.", sent)
+        yield MetricFamily("lifeline_uplink_probes_received_total", "counter", "Probe answers received.", received)
+        yield MetricFamily("lifeline_uplink_probe_anomalies_total", "counter",
+                           "Probes that went wrong, by kind: late, duplicate, wrong_source, garbage, "
+                           "refused (ICMP), errors (could not send).", odd)
+        yield from self.probe_rtt.collect()
 
 
 def _r(value: float | None) -> float | None:

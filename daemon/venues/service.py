@@ -60,7 +60,7 @@ from daemon.events import (
     VenueHealthChanged,
 )
 from daemon.log import get_logger
-from daemon.service import MetricFamily, Sample, ServiceStatus
+from daemon.service import MetricFamily, Sample, ServiceStatus, histogram
 from daemon.venues.health import (
     HealthChange,
     HealthSettings,
@@ -216,6 +216,9 @@ class VenueService:
         self._index_tip: tuple[int, int] | None = None   # (seq, epoch) of the last record folded
         self._reconcile_lock = trio.Lock()
         self._started = False
+        self.probe_latency = histogram("lifeline_venue_probe_latency_seconds",
+                                       "Latency of each answered venue probe round, by venue and uplink.",
+                                       "venue", ("venue", "uplink"))
         for name, vc in config.venues.items():
             uplinks = vc.uplinks if vc.uplinks is not None else list(config.uplinks)
             settings = HealthSettings(degraded_latency=float(vc.degraded_latency), down_after=vc.down_after,
@@ -370,6 +373,8 @@ class VenueService:
 
     def _observe(self, venue: Venue, path: VenuePath, sample: ProbeSample) -> None:
         before = venue.state()
+        if sample.ok and sample.latency is not None:
+            self.probe_latency.labels(venue=venue.name, uplink=path.uplink).observe(sample.latency)
         if not sample.ok:
             path.last_error = sample.detail
             path.last_error_class = sample.error_class
@@ -1071,3 +1076,4 @@ class VenueService:
                            [Sample({"venue": v.name}, v.deadman_failures) for v in self.venues.values()])
         yield MetricFamily("lifeline_venue_reconciliations_total", "counter", "Reconciliations run.",
                            [Sample({"venue": v.name}, v.reconciliations) for v in self.venues.values()])
+        yield from self.probe_latency.collect()

@@ -87,8 +87,9 @@ def test_run_status_events_metrics_and_sigterm(daemon: DaemonProcess, tmp_path: 
     address = as_json["services"][2]["details"]["address"]
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
         body = response.read().decode()
-    assert 'lifeline_service_up{service="control"} 1' in body
-    assert "lifeline_host_overloaded 0" in body
+    assert 'lifeline_service_up{service="control"} 1.0' in body
+    assert "lifeline_host_overloaded 0.0" in body
+    assert "process_resident_memory_bytes " in body
 
     assert daemon.stop(20) == 0, daemon.log_text()
     assert daemon.notify.wait_for("STOPPING", "1", timeout=1) is not None

@@ -102,8 +102,11 @@ async def test_pair_in_one_run_append_read_and_refusals(tmp_path: Path) -> None:
             status = primary.status()
             assert status.health == "ok" and "journal at seq 3" in status.summary
             assert "0 behind" in standby.status().summary
-            families = {f.name for f in primary.metrics()}
+            families = {f.name: f for f in primary.metrics()}
             assert "lifeline_journal_last_seq" in families
+            # Histograms: the promotion that made it primary.
+            promotions = families["lifeline_promotion_seconds"]
+            assert [s.value for s in promotions.samples if s.name.endswith("_count")] == [1.0]
             nursery.cancel_scope.cancel()
 
 

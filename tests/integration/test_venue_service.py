@@ -347,12 +347,14 @@ async def test_watch_on_the_control_socket_status_and_metrics(tmp_path: Path, nu
         assert_no_secrets(json.dumps(status), "venues.status")
 
         text = render(service.metrics())
-        assert 'lifeline_venue_state{venue="kraken",uplink="default",state="up"} 1' in text
-        assert 'lifeline_venue_state{venue="kraken",uplink="default",state="down"} 0' in text
-        assert 'lifeline_venue_up{venue="kraken"} 1' in text
-        assert 'lifeline_venue_up{venue="coinbase"} 0' in text
-        assert 'lifeline_venue_probe_failures_total{venue="coinbase",uplink="default",error_class="http"}' in text
-        assert 'lifeline_venue_latency_seconds{venue="kraken",uplink="default"}' in text
+        assert 'lifeline_venue_state{state="up",uplink="default",venue="kraken"} 1.0' in text
+        assert 'lifeline_venue_state{state="down",uplink="default",venue="kraken"} 0.0' in text
+        assert 'lifeline_venue_up{venue="kraken"} 1.0' in text
+        assert 'lifeline_venue_up{venue="coinbase"} 0.0' in text
+        assert 'lifeline_venue_probe_failures_total{error_class="http",uplink="default",venue="coinbase"}' in text
+        assert 'lifeline_venue_latency_seconds{uplink="default",venue="kraken"}' in text
+        # Every answered probe round is in the latency histogram.
+        assert 'lifeline_venue_probe_latency_seconds_count{uplink="default",venue="kraken"}' in text
         client.close()
         nursery.cancel_scope.cancel()
 

@@ -134,5 +134,9 @@ async def test_readings_events_stale_recovery_and_the_watchdog(
     assert watchdog.calls[-1] == ("disarm" if clean else "left armed")
     metrics = {f.name: f for f in service.metrics()}
     assert metrics["lifeline_hardware_stale"].samples[0].value == 0.0
-    fields = {s.labels["field"]: s.value for s in metrics["lifeline_hardware_reading"].samples}
-    assert fields == {"on_battery": 1.0, "runtime_s": 600.0}
+    # One metric per quantity, in base units.
+    assert "lifeline_hardware_reading" not in metrics
+    assert [s.value for s in metrics["lifeline_hardware_ups_on_battery"].samples] == [1.0]
+    assert [s.value for s in metrics["lifeline_hardware_ups_battery_low"].samples] == [0.0]
+    assert [s.value for s in metrics["lifeline_hardware_battery_runtime_seconds"].samples] == [600.0]
+    assert metrics["lifeline_hardware_battery_runtime_seconds"].samples[0].labels == {"device": "ups", "kind": "ups"}

@@ -266,3 +266,14 @@ async def test_status_and_metrics(autojump_clock: trio.testing.MockClock) -> Non
     assert up[("fibre", "up")] == 1 and up[("fibre", "down")] == 0
     rtt = {s.labels["uplink"]: s.value for s in families["lifeline_uplink_rtt_seconds"].samples}
     assert rtt["starlink"] == pytest.approx(0.04)
+    # Every answered probe is in the RTT histogram (a prometheus_client family).
+    histogram = families["lifeline_uplink_probe_rtt_seconds"]
+    assert histogram.type == "histogram"
+    counts = {s.labels["uplink"]: s.value for s in histogram.samples if s.name.endswith("_count")}
+    assert counts["fibre"] > 10 and counts["starlink"] > 10
+    buckets = {s.labels["le"]: s.value for s in histogram.samples
+               if s.name.endswith("_bucket") and s.labels["uplink"] == "starlink"}
+    assert buckets["0.02"] == 0 and buckets["0.08"] == counts["starlink"]  # 40 ms each
+    # sent and received are two counters, not one metric with a "counter" label.
+    assert "lifeline_uplink_probe_events_total" not in families
+    assert {"lifeline_uplink_probes_sent_total", "lifeline_uplink_probes_received_total"} <= set(families)
