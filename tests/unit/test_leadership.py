@@ -275,6 +275,12 @@ async def test_primary_crash_promotes_the_synchronous_standby_within_the_lease_b
         assert took <= TIMINGS.ttl + TIMINGS.renew + TIMINGS.fencing_margin + 0.1, took
         assert b.leadership.machine.epoch == 3
         assert trio.current_time() - crashed_at < 2.0
+        # Each promotion (candidate to primary) is in the histogram: a's at the start, b's now.
+        for node in (a, b):
+            samples = {s.name: s.value for s in node.leadership.promotion_seconds.collect()[0].samples
+                       if not s.name.endswith("_bucket")}
+            assert samples["lifeline_promotion_seconds_count"] == 1
+            assert 0 <= samples["lifeline_promotion_seconds_sum"] < 2.0
         nursery.cancel_scope.cancel()
 
 
