@@ -315,7 +315,6 @@ class RecoveryService:
 
     def _refuse(self, name: str, reason: str, message: str) -> tuple[None, str, str]:
         self.refused[name] = f"{reason}: {message}"
-        log.warning("playbook.refused", playbook=name, reason=reason, message=message)
         self.audit.append("verify.refused", playbook=name, reason=reason, message=message)
         self.bus.publish(PlaybookRefused(source=self.name, playbook=name, reason=reason, message=message))
         return None, reason, message

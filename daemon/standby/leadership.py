@@ -230,8 +230,9 @@ class Leadership:
             self._candidate_since = None
         else:
             self._candidate_since = None
-        log_fn = log.warning if new is Role.FENCED else log.info
-        log_fn("role.changed", node=self.node, role=new.value, previous=old.value, epoch=epoch, reason=why)
+        if self.bus is None:  # else the bus logs the RoleChanged event: one line
+            log_fn = log.warning if new is Role.FENCED else log.info
+            log_fn("role.changed", node=self.node, role=new.value, previous=old.value, epoch=epoch, reason=why)
         message = {"role": new.value, "previous": old.value, "epoch": epoch, "reason": why,
                    "monotonic_ns": stamp_ns, "node": self.node}
         if self.bus is not None:
@@ -362,8 +363,10 @@ class Leadership:
         if self.store_reachable is not False:
             self.store_reachable = False
             role = self.machine.role.value if self.machine else "?"
-            log.warning("lease.store_unreachable", node=self.node, store=self.store_name, reason=reason, role=role)
-            if self.bus is not None:
+            if self.bus is None:
+                log.warning("lease.store_unreachable", node=self.node, store=self.store_name, reason=reason,
+                            role=role)
+            else:
                 self.bus.publish(LeaseStoreUnreachable(source="standby", node=self.node, store=self.store_name,
                                                        reason=reason, role=role))
 

@@ -231,9 +231,6 @@ class UplinkService:
     def _on_change(self, change: HealthChange | None) -> None:
         if change is None:
             return
-        log_fn = log.warning if change.state in (LinkState.DOWN, LinkState.DEGRADED) else log.info
-        log_fn("uplink.health", uplink=change.uplink, state=change.state.value,
-               previous=change.previous.value, reason=change.reason)
         self.bus.publish(UplinkHealthChanged(source=self.name, uplink=change.uplink,
                                              previous=change.previous.value, state=change.state.value,
                                              reason=change.reason))
@@ -252,7 +249,6 @@ class UplinkService:
     async def _carry_out(self, decision: PolicyDecision, now: float) -> None:
         self.last_decision = decision
         if decision.kind == "all_down":
-            log.error("uplinks.all_down", reason=decision.reason)
             self.bus.publish(AllUplinksDown(source=self.name, reason=decision.reason))
             return
         assert decision.active is not None
@@ -263,8 +259,6 @@ class UplinkService:
         self._wanted = decision.active
         route_ms = await self._apply_route(decision.active)
         self.last_switch_wall = time.time()
-        log.warning("uplink.switched", kind=decision.kind, active=decision.active, previous=decision.previous,
-                    reason=decision.reason, detection_ms=_r(detection_ms), route_ms=_r(route_ms))
         self.bus.publish(ActiveUplinkChanged(
             source=self.name, previous=decision.previous, active=decision.active, change=decision.kind,
             reason=decision.reason, detection_ms=_r(detection_ms), route_ms=_r(route_ms)))
@@ -287,8 +281,6 @@ class UplinkService:
                 except Exception as exc:
                     self.route_errors += 1
                     self.last_route_error = f"{name}: {exc}"
-                    log.error("route.change_failed", uplink=name, attempt=attempt, error=str(exc),
-                              retry_in_ms=round(delay * 1000))
                     self.bus.publish(RouteChangeFailed(source=self.name, uplink=name, error=str(exc),
                                                        attempt=attempt))
                     await trio.sleep(delay)
@@ -309,7 +301,6 @@ class UplinkService:
             log.warning("conntrack.flush_failed", uplink=uplink.name, error=str(exc))
             return
         took_ms = (trio.current_time() - began) * 1000
-        log.info("conntrack.flushed", uplink=uplink.name, flows=flows, took_ms=round(took_ms, 1))
         self.bus.publish(UplinkFlowsFlushed(source=self.name, uplink=uplink.name, flows=flows,
                                             took_ms=round(took_ms, 2)))
 
@@ -335,8 +326,6 @@ class UplinkService:
             if not route_matches(current, self.uplinks[wanted].route):
                 found = _describe_route(current)
                 self.route_repairs += 1
-                log.warning("route.repair", uplink=wanted, found=found,
-                            reason="the default route was changed outside lifeline")
                 self.bus.publish(RouteRepaired(source=self.name, uplink=wanted, found=found))
                 await self._apply_route(wanted)
 

@@ -396,9 +396,6 @@ class VenueService:
             error_class=None if sample.ok else sample.error_class, latency_ms=latency_ms,
             venue_state=after.value, monotonic_ns=self.clock_ns())
         self.bus.publish(event)
-        level = log.warning if change.state in (VenueState.DOWN, VenueState.DEGRADED) else log.info
-        level("venue.health", venue=venue.name, uplink=path.uplink, state=change.state.value,
-              previous=change.previous.value, venue_state=after.value, reason=change.reason)
         if after is not before:
             log.info("venue.state", venue=venue.name, state=after.value, previous=before.value)
         self._tell_watchers({"change": event.to_dict()})
@@ -608,7 +605,6 @@ class VenueService:
             venue.deadman_error = str(exc)
             self.bus.publish(VenueDeadmanFailed(source=self.name, venue=venue.name, error_class=exc.error_class,
                                                 detail=str(exc)[:300]))
-            log.warning("venue.deadman_failed", venue=venue.name, error=str(exc))
             # Back off (1, 2, 4 ... s, at most the interval): an auth error will not fix itself
             # in a second, and every attempt holds the venue's private calls.
             return min(float(vc.deadman_interval), DEADMAN_RETRY * 2 ** min(venue.deadman_failing - 1, 10))
@@ -623,8 +619,6 @@ class VenueService:
         if recovered:
             self.bus.publish(VenueDeadmanArmed(source=self.name, venue=venue.name,
                                                timeout_s=float(vc.deadman_timeout)))
-            log.info("venue.deadman_armed", venue=venue.name, timeout=float(vc.deadman_timeout),
-                     interval=float(vc.deadman_interval))
         return float(vc.deadman_interval)
 
     # ------------------------------------------------------------------ the journal's open orders

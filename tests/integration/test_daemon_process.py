@@ -99,6 +99,12 @@ def test_run_status_events_metrics_and_sigterm(daemon: DaemonProcess, tmp_path: 
     # One line per event, key=value: every line parses as such.
     for line in log.splitlines():
         assert line.startswith("level="), line
+    # ... and each event is logged once: a service's start, the daemon's readiness and
+    # its stop each make one line (the bus's), not a second one from the publisher.
+    started = [line for line in log.splitlines() if "service=metrics" in line and "started" in line.lower()]
+    assert len(started) == 1, started
+    assert sum("ready" in line.lower() for line in log.splitlines()) == 1, log
+    assert sum("stopping" in line.lower() for line in log.splitlines()) == 1, log
 
 
 def test_events_follow_streams_live_events(daemon: DaemonProcess, tmp_path: Path) -> None:
