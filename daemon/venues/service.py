@@ -1068,6 +1068,9 @@ class VenueService:
                            [Sample({"venue": v.name}, v.deadman_arms) for v in self.venues.values()])
         yield MetricFamily("lifeline_venue_deadman_failures_total", "counter", "Failed dead-man re-arms.",
                            [Sample({"venue": v.name}, v.deadman_failures) for v in self.venues.values()])
+        yield MetricFamily("lifeline_venue_deadman_failing", "gauge",
+                           "Dead-man re-arms failed in a row (0 once one succeeds).",
+                           [Sample({"venue": v.name}, v.deadman_failing) for v in self.venues.values()])
         yield MetricFamily("lifeline_venue_reconciliations_total", "counter", "Reconciliations run.",
                            [Sample({"venue": v.name}, v.reconciliations) for v in self.venues.values()])
         yield from self.probe_latency.collect()

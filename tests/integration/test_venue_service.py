@@ -430,10 +430,14 @@ async def test_deadman_rearmed_while_primary_and_left_to_fire_when_fenced(tmp_pa
         failed = await armed_events.receive()
         assert (failed.kind, failed.venue, failed.error_class) == ("VenueDeadmanFailed", "kraken", "http")
         assert "503" in failed.detail
+        failing = {f.name: f for f in service.metrics()}["lifeline_venue_deadman_failing"]
+        assert {s.labels["venue"]: s.value for s in failing.samples}["kraken"] >= 1
         assert "; dead-man NOT ARMED: venue kraken: cancel_all_orders_after failed" in format_matrix(service.details())
         emulator.set_fault("kraken", "ok")
         recovered = await armed_events.receive()
         assert recovered.kind == "VenueDeadmanArmed"  # armed again after a failure
+        failing = {f.name: f for f in service.metrics()}["lifeline_venue_deadman_failing"]
+        assert {s.labels["venue"]: s.value for s in failing.samples}["kraken"] == 0
         await wait_for(lambda: service.status().health == "ok", timeout=5)  # the probes are UP again too
         assert service.details()["venues"]["kraken"]["deadman"]["failures"] >= 1
         nursery.cancel_scope.cancel()
