@@ -265,7 +265,13 @@ class UplinkService:
         if previous is not None and self.failover.flush_conntrack and self._nursery is not None:
             if decision.kind in ("failover", "manual") or (decision.kind == "failback"
                                                            and self.failover.failback_flows == "move"):
-                self._nursery.start_soon(self._flush, previous)
+                if self.failover.route_backend == "none":
+                    # "decide and report only": another tool (mwan3, keepalived) owns the
+                    # routes and the flows; deleting its conntrack entries is not ours to do.
+                    log.info("conntrack.flush_skipped", uplink=previous.name,
+                             reason='route_backend = "none": decide and report only')
+                else:
+                    self._nursery.start_soon(self._flush, previous)
 
     async def _apply_route(self, name: str) -> float | None:
         """Point the default route at ``name``; retry with backoff until it works or the
