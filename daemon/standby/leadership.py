@@ -463,7 +463,14 @@ class Leadership:
         if self.store_error:
             out["store_error"] = self.store_error
         lease = self.lease
-        if lease is not None:
+        if machine is not None and machine.role is Role.PRIMARY and machine.fence_at is not None:
+            # A primary renews and no longer reads: the last lease it READ is from before
+            # its grant (free, or another holder). Show the one it holds.
+            left = machine.fence_at + self.timings.safety_margin - trio.current_time()
+            out["lease"] = {"holder": self.node, "epoch": machine.epoch, "ttl_remaining": round(max(left, 0.0), 3),
+                            "sync_node": machine.sync_confirmed,
+                            "last_holder": lease.last_holder if lease is not None else None}
+        elif lease is not None:
             out["lease"] = {"holder": lease.holder, "epoch": lease.epoch,
                             "ttl_remaining": round(lease.ttl_remaining, 3), "sync_node": lease.sync_node,
                             "last_holder": lease.last_holder}

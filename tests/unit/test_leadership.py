@@ -638,3 +638,24 @@ async def test_past_the_fence_deadline_the_node_may_not_trade_even_before_its_lo
         assert machine.role is Role.PRIMARY
         assert not a.leadership.may_trade() and not a.leadership.async_allowed()
         nursery.cancel_scope.cancel()
+
+
+async def test_the_primary_shows_the_lease_it_holds_not_the_last_one_it_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryStore()
+    a, b = Node("a", store, Position(1, 10)), Node("b", store, Position(1, 9))
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await b.start(nursery)
+        await wait_role(a, Role.PRIMARY)
+        await wait_role(b, Role.STANDBY)
+        await trio.sleep(TIMINGS.ttl * 3)  # renewals, no reads
+        lease = a.leadership.details()["lease"]
+        assert (lease["holder"], lease["epoch"]) == ("a", a.leadership.machine.epoch)
+        assert a.leadership.machine.epoch >= 1
+        assert 0 < lease["ttl_remaining"] <= TIMINGS.ttl
+        # The standby shows what it reads: a holding the same epoch.
+        seen = b.leadership.details()["lease"]
+        assert (seen["holder"], seen["epoch"]) == ("a", a.leadership.machine.epoch)
+        nursery.cancel_scope.cancel()
