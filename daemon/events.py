@@ -177,6 +177,32 @@ class Subscription:
         }
 
 
+def event_classes() -> dict[str, type[Event]]:
+    """Every :class:`Event` subclass known now, by name (its ``kind``)."""
+    found: dict[str, type[Event]] = {}
+    pending: list[type[Event]] = list(Event.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.__name__, cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def unknown_kinds(kinds: list[str]) -> str | None:
+    """None if every name in ``kinds`` is an event kind; else a message naming the first
+    unknown one and the closest known kind."""
+    import difflib
+
+    known = event_classes()
+    for kind in kinds:
+        if kind not in known:
+            close = difflib.get_close_matches(kind, list(known), n=1, cutoff=0.6)
+            hint = f'; did you mean "{close[0]}"?' if close else ""
+            return (f'unknown event kind "{kind}"{hint} (kinds are class names such as RoleChanged, '
+                    f"UplinkHealthChanged; {len(known)} in all)")
+    return None
+
+
 def log_event(event: Event) -> None:
     """The event's one log line (see :meth:`EventBus.publish`)."""
     fields = {k: v for k, v in event.to_dict().items() if k not in ("kind", "wall_time", "sequence")}

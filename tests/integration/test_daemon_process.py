@@ -83,6 +83,18 @@ def test_run_status_events_metrics_and_sigterm(daemon: DaemonProcess, tmp_path: 
     events = cli("events", "--socket", str(sock))
     assert events.returncode == 0
     assert "DaemonReady" in events.stdout and "ServiceStarted" in events.stdout
+    # --kind filters first, then --limit takes the last N of that kind (DaemonReady came after).
+    started = cli("events", "--kind", "ServiceStarted", "--limit", "2", "--socket", str(sock))
+    assert started.returncode == 0, started.stderr
+    assert [line.split()[1] for line in started.stdout.splitlines()] == ["ServiceStarted", "ServiceStarted"]
+    assert "service=system" in started.stdout and "service=metrics" in started.stdout
+    # Fields for people: took_ms rounded, no Python reprs.
+    took = [f for f in started.stdout.split() if f.startswith("took_ms=")]
+    assert took and all(len(f.split("=")[1].split(".")[-1]) <= 3 for f in took), took
+    # A misspelt kind is refused, naming the closest one.
+    wrong = cli("events", "--kind", "ServiceStart", "--socket", str(sock))
+    assert wrong.returncode == 2
+    assert 'unknown event kind "ServiceStart"; did you mean "ServiceStarted"?' in wrong.stderr
 
     address = as_json["services"][2]["details"]["address"]
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
