@@ -288,32 +288,10 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     return 0
 
 
-def human(value: Any) -> str:
-    """One value as a person reads it: no Python reprs (``['OL']`` is ``OL``, None is
-    ``-``), floats rounded to what matters (0.693845 ms is 0.694, 230.0 V is 230)."""
-    import math
-
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if value == int(value) and abs(value) < 1e15:
-            return str(int(value))
-        if abs(value) >= 100:
-            return f"{value:.1f}"
-        return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}".rstrip("0").rstrip(".")
-    if isinstance(value, (list, tuple)):
-        return ",".join(human(v) for v in value) or "-"
-    if isinstance(value, dict):
-        return " ".join(f"{k}={human(v)}" for k, v in value.items()) or "-"
-    return str(value)
-
-
 def format_table(data: dict[str, Any], prefix: str = "") -> str:
     """``data`` as aligned ``name  value`` lines, nested tables flattened to ``a.b``."""
+    from daemon.log import human
+
     rows: list[tuple[str, str]] = []
 
     def walk(item: dict[str, Any], path: str) -> None:
@@ -691,6 +669,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
 
 def format_event(event: dict[str, Any]) -> str:
+    from daemon.log import human
+
     stamp = time.strftime("%H:%M:%S", time.localtime(event.get("wall_time", 0)))
     fields = " ".join(f"{k}={human(v)}" for k, v in event.items() if k not in ("kind", "wall_time", "sequence"))
     return f"{stamp} {event.get('kind', '?')} {fields}"

@@ -26,7 +26,7 @@ import trio
 from daemon import events
 from daemon.config import Config
 from daemon.events import EventBus
-from daemon.log import get_logger
+from daemon.log import get_logger, human
 from daemon.service import MetricFamily, Sample, ServiceStatus
 
 log = get_logger("hardware")
@@ -276,5 +276,5 @@ def _summary(kind: str, reading: dict[str, Any]) -> str:
             "gnss": ("fix", "satellites", "offset_ms"),
             "enclosure": ("celsius", "humidity", "temperature_c", "humidity_percent"),
             "door": ("open",)}.get(kind, ())
-    shown = [f"{k}={reading[k]}" for k in keys if k in reading]
-    return ", ".join(shown) if shown else ", ".join(f"{k}={v}" for k, v in list(reading.items())[:4])
+    shown = [f"{k}={human(reading[k])}" for k in keys if reading.get(k) is not None]
+    return ", ".join(shown) if shown else ", ".join(f"{k}={human(v)}" for k, v in list(reading.items())[:4])

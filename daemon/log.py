@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -67,6 +68,28 @@ def format_value(value: Any) -> str:
     if text == "" or any(c in text for c in ' "=\n\r\t\\') or not text.isprintable():
         return json.dumps(text, ensure_ascii=False)
     return text
+
+
+def human(value: Any) -> str:
+    """One value as a person reads it: no Python reprs (``['OL']`` is ``OL``, None is
+    ``-``), floats rounded to what matters (0.693845 ms is 0.694, 230.0 V is 230)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value == int(value) and abs(value) < 1e15:
+            return str(int(value))
+        if abs(value) >= 100:
+            return f"{value:.1f}"
+        return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}".rstrip("0").rstrip(".")
+    if isinstance(value, (list, tuple)):
+        return ",".join(human(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return " ".join(f"{k}={human(v)}" for k, v in value.items()) or "-"
+    return str(value)
 
 
 def format_fields(fields: dict[str, Any]) -> str:
