@@ -625,8 +625,6 @@ class ReplicationPrimary:
         session.catch_up_target = self.journal.last.seq
         self.counters["sessions"] += 1
         backlog = session.catch_up_target - common
-        log.info("standby.connected", standby=session.node, address=session.address, common_seq=common,
-                 backlog=backlog)
         self.announce("StandbyConnected", standby=session.node, address=session.address,
                       standby_last_seq=session.hello.last.seq, standby_last_epoch=session.hello.last.epoch,
                       common_seq=common, backlog=backlog)
@@ -778,8 +776,6 @@ class ReplicationPrimary:
         if self._session is not session:
             return
         self._session = None
-        log.warning("standby.lost", standby=session.node, address=session.address, reason=reason,
-                    acked_seq=session.acked_seq)
         self.announce("StandbyLost", standby=session.node, address=session.address, reason=reason,
                       acked_seq=session.acked_seq,
                       connected_for_s=round(trio.current_time() - session.connected_at, 3))
@@ -1288,8 +1284,6 @@ class ReplicationStandby:
             out.flush()
             os.fsync(out.fileno())
         fsync_directory(self.divergent_dir)
-        log.warning("journal.divergent_tail_saved", file=str(path), from_seq=after_seq + 1, to_seq=last.seq,
-                    records=last.seq - after_seq)
         self.announce("DivergentTailSaved", node=self.node_id, records=last.seq - after_seq,
                       from_seq=after_seq + 1, to_seq=last.seq, file=str(path))
         return path
@@ -1377,7 +1371,6 @@ class ReplicationStandby:
         self.write_error = error
         self._write_error_at = trio.current_time()
         self.counters["write_errors"] += 1
-        log.error("journal.write_failed", error=error, durable_seq=self.journal.last.seq)
         self.announce("StandbyDiskFull" if error.startswith("disk full") else "StandbyWriteError",
                       node=self.node_id, error=error, durable_seq=self.journal.last.seq)
         await link.send(Ack(self.journal.last.seq, error))
