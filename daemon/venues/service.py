@@ -921,9 +921,6 @@ class VenueService:
         self.bus.publish(ReconciliationFinished(source=self.name, venue=venue.name, policy=report.policy,
                                                 dry_run=report.dry_run, trigger=trigger, counts=counts,
                                                 errors=list(report.errors), report=str(path)))
-        log.info("venue.reconciled", venue=venue.name, policy=report.policy, dry_run=report.dry_run,
-                 trigger=trigger, report=str(path), errors=len(report.errors),
-                 **{k: v for k, v in counts.items()})
 
     async def cancel_all(self, venue_name: str, *, dry_run: bool = False, reason: str = "operator") -> str:
         """Cancel every open order at one venue (the playbook action ``venue.cancel_all``)."""

@@ -288,7 +288,7 @@ def test_a_primary_daemon_probes_adopts_reconciles_and_shows_its_venues(tmp_path
     finally:
         daemon.close()
     log = daemon.log_text()
-    assert "venue.reconciled" in log and "auth" in log  # the failures were logged, at debug level
+    assert "event=event.ReconciliationFinished" in log and "auth" in log  # the failures were logged, at debug level
     assert_no_secrets(log, "the daemon's log")
     assert_no_secrets("\n".join(texts), "status, venues, reconcile output, events, metrics, reports or the audit log")
 
