@@ -92,7 +92,7 @@ class Daemon:
         )
         self.control.register("status", self._status, help="Every service's state; `lifeline status`.")
         self.control.register("events.recent", self._recent_events,
-                              help="The last events published (params: limit).")
+                              help="The last events published (params: limit, kinds).")
         self.control.register_stream("events.subscribe", self._subscribe,
                                      help="Stream events as they happen (params: kinds); `lifeline events --follow`.")
 
@@ -106,14 +106,14 @@ class Daemon:
         limit = params.get("limit", 50)
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ControlError("bad_request", '"limit" must be a positive integer')
-        events = list(self.bus.recent)[-limit:]
+        kinds = _kinds(params)
+        # Filter first, then take the last `limit`: "--kind K --limit N" is the last N of K.
+        events = [e for e in self.bus.recent if kinds is None or e.kind in kinds][-limit:]
         return {"events": [e.to_dict() for e in events]}
 
     async def _subscribe(self, params: dict[str, Any], reply: StreamReply) -> None:
-        kinds = params.get("kinds")
-        if kinds is not None and (not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds)):
-            raise ControlError("bad_request", '"kinds" must be a list of event names')
-        with self.bus.subscribe("control-client", kinds=set(kinds) if kinds else None) as sub:
+        kinds = _kinds(params)
+        with self.bus.subscribe("control-client", kinds=kinds) as sub:
             await reply.start()
             reported_drops = 0
             async for event in sub:
@@ -154,3 +154,19 @@ def run_daemon(config: Config) -> int:
         return 1
     log.info("daemon.stopped", reason=daemon.supervisor.stop_reason or "cancelled", exit_code=0, pid=os.getpid())
     return 0
+
+
+def _kinds(params: dict[str, Any]) -> set[str] | None:
+    """The "kinds" parameter: None (every kind) or a set of known event kinds; a
+    misspelt kind is refused with the closest known one."""
+    from daemon.events import unknown_kinds
+
+    kinds = params.get("kinds")
+    if kinds is None or kinds == []:
+        return None
+    if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+        raise ControlError("bad_request", '"kinds" must be a list of event names')
+    problem = unknown_kinds(kinds)
+    if problem is not None:
+        raise ControlError("bad_request", problem)
+    return set(kinds)

@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="one JSON object per record")
     stats = journal_sub.add_parser("stats", help="journal and replication figures (through the daemon)")
     _add_client_options(stats)
+    stats.add_argument("--json", action="store_true", help="print them as JSON")
     verify = journal_sub.add_parser("verify", help="check every record of a journal directory on disk "
                                                    "(read-only; the daemon may be stopped)")
     verify.add_argument("directory", type=Path, nargs="?", default=None,
@@ -127,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "`sim venue --listen HOST:PORT` runs the venue emulator (Kraken, Coinbase)")
     sim.add_argument("device", choices=HARDWARE_KINDS + ("venue",))
     sim.add_argument("--listen", default="127.0.0.1:8080", help="venue emulator only: address to serve on")
+    sim.add_argument("--data", type=Path, default=None, metavar="DIR",
+                     help="venue emulator only: the folder with kraken/coinbase.response.json "
+                          "(default: lab/data/ccxt_static)")
     sim.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
     hardware = sub.add_parser("hardware", help="read the host's devices")
     hardware_sub = hardware.add_subparsers(dest="hardware_command", metavar="ACTION", required=True)
@@ -245,7 +249,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     if args.device == "venue":
         from daemon.lab.venue_emulator import main as emulator_main
 
-        return emulator_main(["--listen", args.listen])
+        return emulator_main(["--listen", args.listen, *(["--data", str(args.data)] if args.data else [])])
     simulator = _hardware_module(args.device).start_simulator()
     print(simulator.path, flush=True)
     print(f"{args.device} simulator on {simulator.path}; Ctrl-C to stop", file=sys.stderr, flush=True)
@@ -280,9 +284,30 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(reading, default=str, sort_keys=True))
     else:
-        for key, value in reading.items():
-            print(f"{key:<20} {value}")
+        print(format_table(reading), end="")
     return 0
+
+
+def format_table(data: dict[str, Any], prefix: str = "") -> str:
+    """``data`` as aligned ``name  value`` lines, nested tables flattened to ``a.b``."""
+    from daemon.log import human
+
+    rows: list[tuple[str, str]] = []
+
+    def walk(item: dict[str, Any], path: str) -> None:
+        for key, value in item.items():
+            name = f"{path}{key}"
+            if isinstance(value, dict) and value:
+                walk(value, name + ".")
+            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                for i, entry in enumerate(value):
+                    walk(entry, f"{name}[{i}].")
+            else:
+                rows.append((name, human(value)))
+
+    walk(data, prefix)
+    width = max((len(name) for name, _ in rows), default=0)
+    return "".join(f"{name:<{width}}  {value}\n" for name, value in rows)
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -551,7 +576,11 @@ def cmd_journal(args: argparse.Namespace) -> int:
     with _connect(args) as client:
         try:
             if args.journal_command == "stats":
-                print(json.dumps(client.call("journal.stats"), indent=2, sort_keys=True))
+                stats = client.call("journal.stats")
+                if args.json:
+                    print(json.dumps(stats, indent=2, sort_keys=True))
+                else:
+                    print(format_table(stats), end="")
                 return 0
             first = client.call("journal.read", {"from": 1, "limit": 1})
             start = max(first["first_seq"], first["last_seq"] - args.lines + 1, 1)
@@ -640,8 +669,10 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
 
 def format_event(event: dict[str, Any]) -> str:
+    from daemon.log import human
+
     stamp = time.strftime("%H:%M:%S", time.localtime(event.get("wall_time", 0)))
-    fields = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("kind", "wall_time", "sequence"))
+    fields = " ".join(f"{k}={human(v)}" for k, v in event.items() if k not in ("kind", "wall_time", "sequence"))
     return f"{stamp} {event.get('kind', '?')} {fields}"
 
 
@@ -651,10 +682,8 @@ def cmd_events(args: argparse.Namespace) -> int:
     with _connect(args) as client:
         try:
             if not args.follow:
-                result = client.call("events.recent", {"limit": args.limit})
+                result = client.call("events.recent", {"limit": args.limit, "kinds": args.kind or []})
                 for event in result["events"]:
-                    if args.kind and event["kind"] not in args.kind:
-                        continue
                     print(json.dumps(event) if args.json else format_event(event))
                 return 0
             client.call("events.subscribe", {"kinds": args.kind} if args.kind else {})

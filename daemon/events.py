@@ -177,6 +177,39 @@ class Subscription:
         }
 
 
+def event_classes() -> dict[str, type[Event]]:
+    """Every :class:`Event` subclass known now, by name (its ``kind``)."""
+    found: dict[str, type[Event]] = {}
+    pending: list[type[Event]] = list(Event.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.__name__, cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def unknown_kinds(kinds: list[str]) -> str | None:
+    """None if every name in ``kinds`` is an event kind; else a message naming the first
+    unknown one and the closest known kind."""
+    import difflib
+
+    known = event_classes()
+    for kind in kinds:
+        if kind not in known:
+            close = difflib.get_close_matches(kind, list(known), n=1, cutoff=0.6)
+            hint = f'; did you mean "{close[0]}"?' if close else ""
+            return (f'unknown event kind "{kind}"{hint} (kinds are class names such as RoleChanged, '
+                    f"UplinkHealthChanged; {len(known)} in all)")
+    return None
+
+
+def log_event(event: Event) -> None:
+    """The event's one log line (see :meth:`EventBus.publish`)."""
+    fields = {k: v for k, v in event.to_dict().items() if k not in ("kind", "wall_time", "sequence")}
+    level = "warning" if event.severity in ("warning", "error") else "info"
+    getattr(log, level)(f"event.{event.kind}", **fields)
+
+
 class EventBus:
     """Fan-out of events to subscribers; see the module docstring."""
 
@@ -192,15 +225,18 @@ class EventBus:
         #: The last events published, for `lifeline events` without --follow.
         self.recent: collections.deque[Event] = collections.deque(maxlen=recent)
 
-    def publish(self, event: Event) -> None:
-        """Deliver ``event`` to every subscriber now. Never blocks, never raises."""
+    def publish(self, event: Event, *, log: bool = True) -> None:
+        """Deliver ``event`` to every subscriber now. Never blocks, never raises.
+
+        The bus logs each event: one line, ``event=event.KIND`` with the event's fields
+        (and, under journald, ``EVENT=KIND`` among the journal fields). So a publisher
+        does not log the same happening itself; ``log=False`` only where it already
+        wrote a richer line (a crash with its traceback)."""
         self.published += 1
         self.by_kind[event.kind] = self.by_kind.get(event.kind, 0) + 1
         self.recent.append(event)
-        fields = {k: v for k, v in event.to_dict().items() if k not in ("kind", "wall_time", "sequence")}
-        getattr(log, "warning" if event.severity in ("warning", "error") else "info")(
-            f"event.{event.kind}", **fields
-        )
+        if log:
+            log_event(event)
         for sub in list(self._subscriptions):
             sub._offer(event)
 

@@ -26,7 +26,7 @@ import trio
 from daemon import events
 from daemon.config import Config
 from daemon.events import EventBus
-from daemon.log import get_logger
+from daemon.log import get_logger, human
 from daemon.service import MetricFamily, Sample, ServiceStatus
 
 log = get_logger("hardware")
@@ -203,18 +203,72 @@ class HardwareService:
     def metrics(self) -> Iterable[MetricFamily]:
         stale = [Sample({"device": d.name, "kind": d.kind}, 1.0 if d.stale else 0.0) for d in self.devices]
         yield MetricFamily("lifeline_hardware_stale", "gauge", "1 while a device is stale (not answering).", stale)
-        values = []
+        # One metric per quantity, in base units (a reading's field → metric, scale).
+        samples: dict[str, list[Sample]] = {name: [] for name, _, _ in READING_METRICS.values()}
+        samples.update({name: [] for name, _ in DERIVED_METRICS.values()})
         for d in self.devices:
-            for field, value in (d.reading or {}).items():
+            labels = {"device": d.name, "kind": d.kind}
+            reading = d.reading or {}
+            for field, value in reading.items():
+                if field not in READING_METRICS or value is None:
+                    continue
+                name, scale, _ = READING_METRICS[field]
                 if isinstance(value, bool):
                     value = 1.0 if value else 0.0
                 if isinstance(value, (int, float)) and math.isfinite(value):
-                    values.append(Sample({"device": d.name, "kind": d.kind, "field": field}, float(value)))
-        yield MetricFamily("lifeline_hardware_reading", "gauge", "The last reading of each device, field by field.",
-                           values)
+                    samples[name].append(Sample(labels, float(value) * scale))
+            if d.kind == "ups" and reading:
+                status = set(reading.get("status") or ())
+                on_battery = reading.get("on_battery", bool(status & {"OB", "FSD"}))
+                battery_low = reading.get("battery_low", bool(status & {"LB", "FSD"}))
+                samples["lifeline_hardware_ups_on_battery"].append(Sample(labels, 1.0 if on_battery else 0.0))
+                samples["lifeline_hardware_ups_battery_low"].append(Sample(labels, 1.0 if battery_low else 0.0))
+        if self.settings.ups is not None:
+            samples["lifeline_hardware_battery_runtime_threshold_seconds"].append(
+                Sample({"device": "ups", "kind": "ups"}, float(self.settings.ups.runtime_threshold)))
+        if self.settings.gnss is not None:
+            samples["lifeline_hardware_clock_offset_threshold_seconds"].append(
+                Sample({"device": "gnss", "kind": "gnss"}, float(self.settings.gnss.offset_threshold)))
+        helps = {name: help_ for name, _, help_ in READING_METRICS.values()}
+        helps.update({name: help_ for name, help_ in DERIVED_METRICS.values()})
+        for name, values in samples.items():
+            yield MetricFamily(name, "gauge", helps[name], values)
         if self.watchdog is not None:
             yield MetricFamily.single("lifeline_watchdog_feeds_total", "counter", "Watchdog keepalives sent.",
                                       self.feeds)
+
+
+#: A device reading's numeric fields as metrics: field → (metric, factor to base units, help).
+READING_METRICS: dict[str, tuple[str, float, str]] = {
+    "input_v": ("lifeline_hardware_input_volts", 1.0, "UPS input (mains) voltage."),
+    "input_fault_v": ("lifeline_hardware_input_fault_volts", 1.0, "UPS input fault voltage (Q1)."),
+    "output_v": ("lifeline_hardware_output_volts", 1.0, "UPS output voltage."),
+    "battery_v": ("lifeline_hardware_battery_volts", 1.0, "UPS battery voltage (per cell on some Q1 units)."),
+    "load_percent": ("lifeline_hardware_load_ratio", 0.01, "UPS load, 0 to 1."),
+    "frequency_hz": ("lifeline_hardware_frequency_hertz", 1.0, "UPS input frequency."),
+    "battery_charge": ("lifeline_hardware_battery_charge_ratio", 0.01, "UPS battery charge, 0 to 1."),
+    "runtime_s": ("lifeline_hardware_battery_runtime_seconds", 1.0, "UPS estimated runtime on battery."),
+    "temperature_c": ("lifeline_hardware_temperature_celsius", 1.0, "Temperature (UPS or enclosure sensor)."),
+    "celsius": ("lifeline_hardware_temperature_celsius", 1.0, "Temperature (UPS or enclosure sensor)."),
+    "humidity_percent": ("lifeline_hardware_humidity_ratio", 0.01, "Enclosure relative humidity, 0 to 1."),
+    "offset_ms": ("lifeline_hardware_clock_offset_seconds", 0.001,
+                  "Host clock minus the GNSS receiver's UTC at the epoch's arrival."),
+    "arrival": ("lifeline_hardware_gnss_epoch_timestamp_seconds", 1.0,
+                "When the GNSS receiver's last epoch arrived (Unix time)."),
+    "satellites": ("lifeline_hardware_gnss_satellites", 1.0, "Satellites in use."),
+    "fix": ("lifeline_hardware_gnss_fix", 1.0, "1 while the GNSS receiver has a usable fix."),
+    "open": ("lifeline_hardware_door_open", 1.0, "1 while the enclosure door is open."),
+}
+
+#: Metrics computed from a reading or the config rather than copied from a field.
+DERIVED_METRICS: dict[str, tuple[str, str]] = {
+    "on_battery": ("lifeline_hardware_ups_on_battery", "1 while the UPS runs on battery (OB or FSD)."),
+    "battery_low": ("lifeline_hardware_ups_battery_low", "1 while the UPS reports a low battery (LB or FSD)."),
+    "runtime_threshold": ("lifeline_hardware_battery_runtime_threshold_seconds",
+                          "hardware.ups.runtime_threshold: UpsRuntimeBelow under this runtime."),
+    "offset_threshold": ("lifeline_hardware_clock_offset_threshold_seconds",
+                         "hardware.gnss.offset_threshold: ClockOffsetHigh above this offset."),
+}
 
 
 def _summary(kind: str, reading: dict[str, Any]) -> str:
@@ -222,5 +276,5 @@ def _summary(kind: str, reading: dict[str, Any]) -> str:
             "gnss": ("fix", "satellites", "offset_ms"),
             "enclosure": ("celsius", "humidity", "temperature_c", "humidity_percent"),
             "door": ("open",)}.get(kind, ())
-    shown = [f"{k}={reading[k]}" for k in keys if k in reading]
-    return ", ".join(shown) if shown else ", ".join(f"{k}={v}" for k, v in list(reading.items())[:4])
+    shown = [f"{k}={human(reading[k])}" for k in keys if reading.get(k) is not None]
+    return ", ".join(shown) if shown else ", ".join(f"{k}={human(v)}" for k, v in list(reading.items())[:4])

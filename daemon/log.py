@@ -6,6 +6,15 @@ the time, so we do not. When stderr is connected to the journal (systemd sets
 syslog priority prefix (``<3>`` for errors, ``<6>`` for info, ...) so journald files it
 at the right priority (sd-daemon(3)).
 
+Under journald, the daemon also speaks the journal's native protocol (one datagram per
+record to ``/run/systemd/journal/socket``, systemd.journal-fields(7)) when that socket
+exists: ``MESSAGE=`` is the same key=value line, and each field is a journal field too,
+``EVENT=`` (the event's name: ``RoleChanged`` for a bus event, ``metrics.listening``
+otherwise), ``COMPONENT=``, ``PRIORITY=``, and the line's own keys upper-cased
+(``UPLINK=``, ``ROLE=``, ``VENUE=``, ``EPOCH=`` ...), so ``journalctl -u lifeline
+EVENT=RoleChanged`` finds every role change. A datagram the socket does not take (no
+journald, a full buffer, a record too large) is written as the stderr line instead.
+
 Values are quoted only when they must be (spaces, quotes, ``=``, newlines, empty), so a
 line stays greppable; a multi-line value such as a traceback becomes one line with
 ``\\n`` escapes, so one event is always one line.
@@ -15,7 +24,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
+import socket
+import struct
 import sys
 import traceback
 from typing import Any, TextIO
@@ -55,6 +68,28 @@ def format_value(value: Any) -> str:
     if text == "" or any(c in text for c in ' "=\n\r\t\\') or not text.isprintable():
         return json.dumps(text, ensure_ascii=False)
     return text
+
+
+def human(value: Any) -> str:
+    """One value as a person reads it: no Python reprs (``['OL']`` is ``OL``, None is
+    ``-``), floats rounded to what matters (0.693845 ms is 0.694, 230.0 V is 230)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value == int(value) and abs(value) < 1e15:
+            return str(int(value))
+        if abs(value) >= 100:
+            return f"{value:.1f}"
+        return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}".rstrip("0").rstrip(".")
+    if isinstance(value, (list, tuple)):
+        return ",".join(human(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return " ".join(f"{k}={human(v)}" for k, v in value.items()) or "-"
+    return str(value)
 
 
 def format_fields(fields: dict[str, Any]) -> str:
@@ -117,6 +152,97 @@ class Logger:
         self._emit(logging.ERROR, event, fields, exc_info=True)
 
 
+#: journald's native socket (sd_journal_sendv(3)).
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+#: Fields the journal handler sets itself; a record's key with one of these names is left
+#: to MESSAGE.
+_OWN_FIELDS = frozenset({"MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER", "EVENT", "COMPONENT", "LEVEL"})
+
+
+def _journal_name(key: str) -> str | None:
+    """``key`` as a journal field name (upper case, digits, underscores; not starting with
+    an underscore or digit, at most 64 characters), or None if it has no such form."""
+    name = re.sub(r"[^A-Z0-9_]", "_", key.upper()).lstrip("_0123456789")[:64]
+    return name if name and name not in _OWN_FIELDS else None
+
+
+def _journal_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def journal_fields(record: logging.LogRecord, message: str) -> list[tuple[str, str]]:
+    """The journal fields of one record (its key=value line is ``message``)."""
+    event = getattr(record, "event", None)
+    fields: list[tuple[str, str]] = [
+        ("MESSAGE", message),
+        ("PRIORITY", str(_PRIORITY.get(record.levelno, 6))),
+        ("SYSLOG_IDENTIFIER", "lifeline"),
+        ("COMPONENT", record.name.removeprefix("lifeline.")),
+        ("EVENT", "library.log" if event is None else str(event).removeprefix("event.")),
+    ]
+    seen = {name for name, _ in fields}
+    for key, value in (getattr(record, "fields", None) or {}).items():
+        name, text = _journal_name(str(key)), _journal_text(value)
+        if name is not None and text is not None and name not in seen:
+            seen.add(name)
+            fields.append((name, text))
+    return fields
+
+
+def encode_journal(fields: list[tuple[str, str]]) -> bytes:
+    """The native protocol's datagram: ``NAME=value\\n``, or for a value with a newline
+    ``NAME\\n`` + its length (64-bit little-endian) + the value + ``\\n``."""
+    out = bytearray()
+    for name, value in fields:
+        data = value.encode("utf-8", "replace")
+        if b"\n" in data:
+            out += name.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += name.encode() + b"=" + data + b"\n"
+    return bytes(out)
+
+
+class JournalHandler(logging.Handler):
+    """Sends each record to journald's socket with its structured fields; whatever the
+    socket does not take goes to ``fallback`` (the stderr line) instead, so nothing is
+    lost and logging never blocks the daemon (the socket is non-blocking)."""
+
+    def __init__(self, path: str | os.PathLike[str], fallback: logging.Handler) -> None:
+        super().__init__()
+        self.path = os.fspath(path)
+        self.fallback = fallback
+        self.line = KeyValueFormatter(journal=False)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+        self.sent = 0
+        self.fell_back = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            datagram = encode_journal(journal_fields(record, self.line.format(record)))
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            self.sock.sendto(datagram, self.path)
+            self.sent += 1
+        except OSError:  # no journald, a full buffer, too large: the plain line instead
+            self.fell_back += 1
+            self.fallback.handle(record)
+
+    def close(self) -> None:
+        self.sock.close()
+        super().close()
+
+
 def get_logger(component: str) -> Logger:
     return Logger(component)
 
@@ -134,16 +260,27 @@ def running_under_journald(stream: TextIO = sys.stderr) -> bool:
     return st.st_dev == dev and st.st_ino == ino
 
 
-def setup(level: str = "info", journal: bool | None = None, stream: TextIO | None = None) -> None:
-    """Send every lifeline (and library) record to stderr as key=value lines."""
+def setup(level: str = "info", journal: bool | None = None, stream: TextIO | None = None,
+          journal_socket: str | os.PathLike[str] | None = None) -> None:
+    """Send every lifeline (and library) record to stderr as key=value lines; under
+    journald (``JOURNAL_STREAM`` names ``stream``) to the journal's socket with fields,
+    if it exists. ``journal_socket``: use that socket whatever the environment."""
     stream = stream if stream is not None else sys.stderr
+    detected = journal is None
     if journal is None:
         journal = running_under_journald(stream)
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(KeyValueFormatter(journal=journal))
+    lines = logging.StreamHandler(stream)
+    lines.setFormatter(KeyValueFormatter(journal=journal))
+    handler: logging.Handler = lines
+    if journal_socket is not None:
+        handler = JournalHandler(journal_socket, fallback=lines)
+    elif detected and journal and os.path.exists(JOURNAL_SOCKET):
+        handler = JournalHandler(JOURNAL_SOCKET, fallback=lines)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        if isinstance(old, JournalHandler):
+            old.close()
     root.addHandler(handler)
     root.setLevel(logging.WARNING)  # libraries: warnings and up
     logging.getLogger("lifeline").setLevel(LEVELS.get(level, logging.INFO))

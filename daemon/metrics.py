@@ -1,7 +1,11 @@
 """Prometheus metrics over HTTP: ``GET /metrics`` in the text exposition format 0.0.4.
 
 The numbers come from the same objects as ``lifeline status`` (the supervisor asks
-every running service for its ``metrics()``), so the two never disagree.
+every running service for its ``metrics()``), so the two never disagree. prometheus_client
+renders them: a custom collector (:class:`ServicesCollector`) over the services' state on
+a private registry, with its ``ProcessCollector`` for ``process_*``. Histograms are
+prometheus_client ``Histogram`` objects owned by the services (see
+:func:`daemon.service.histogram`); their ``metrics()`` yield the histograms' families.
 
 The HTTP server is deliberately tiny: it reads one request head (capped at 8 KiB, with a
 deadline, so a slow or garbage client costs only its own connection), answers
@@ -12,10 +16,12 @@ for anything else.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterable
 
 import trio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.process_collector import ProcessCollector
 
 from daemon.log import get_logger
 from daemon.service import MetricFamily, ServiceStatus
@@ -29,46 +35,74 @@ REQUEST_DEADLINE = 5.0
 LINGER = 2.0
 
 
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def _metric(family: MetricFamily) -> Metric:
+    """One of our families as a prometheus_client family (a counter's name loses its
+    ``_total``, which the exposition puts back)."""
+    kind = "gauge" if family.type == "info" else family.type
+    name = family.name
+    if kind == "counter":
+        if not name.endswith("_total"):
+            raise ValueError(f"counter {name!r} must end in _total")
+        name = name[: -len("_total")]
+    metric = Metric(name, family.help, kind)
+    for sample in family.samples:
+        value = sample.value
+        if isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, (int, float)):
+            raise TypeError(f"{family.name}: sample value {value!r} is not a number")
+        metric.add_sample(family.name, {k: str(v) for k, v in sample.labels.items()}, float(value))
+    return metric
 
 
-def _escape_help(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _format_value(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
-
-
-def render(families: Iterable[MetricFamily]) -> str:
-    """The text exposition of ``families``; families with the same name are merged."""
-    merged: dict[str, MetricFamily] = {}
+def to_prometheus(families: Iterable[MetricFamily | Metric]) -> list[Metric]:
+    """``families`` as prometheus_client families, those with the same name merged (two
+    services may report the same metric with different labels). A service may also hand
+    over prometheus_client families itself (its histograms' ``collect()``)."""
+    merged: dict[str, MetricFamily | Metric] = {}
     for family in families:
-        if family.name in merged:
-            previous = merged[family.name]
+        previous = merged.get(family.name)
+        if previous is None:
+            merged[family.name] = family
+        elif isinstance(previous, MetricFamily) and isinstance(family, MetricFamily):
             merged[family.name] = MetricFamily(family.name, previous.type, previous.help,
                                                previous.samples + family.samples)
+        elif isinstance(previous, Metric) and isinstance(family, Metric):
+            combined = Metric(previous.name, previous.documentation, previous.type)
+            combined.samples = previous.samples + family.samples
+            merged[family.name] = combined
         else:
-            merged[family.name] = family
-    lines: list[str] = []
-    for family in merged.values():
-        kind = "gauge" if family.type == "info" else family.type
-        lines.append(f"# HELP {family.name} {_escape_help(family.help)}")
-        lines.append(f"# TYPE {family.name} {kind}")
-        for sample in family.samples:
-            if sample.labels:
-                labels = ",".join(f'{k}="{_escape_label(str(v))}"' for k, v in sample.labels.items())
-                lines.append(f"{family.name}{{{labels}}} {_format_value(sample.value)}")
-            else:
-                lines.append(f"{family.name} {_format_value(sample.value)}")
-    return "\n".join(lines) + "\n"
+            raise ValueError(f"metric {family.name!r} is reported with two different types")
+    return [_metric(f) if isinstance(f, MetricFamily) else f for f in merged.values()]
+
+
+class ServicesCollector:
+    """A prometheus_client collector over the services' state: each scrape asks
+    ``collect()`` (the supervisor's, which asks every running service) afresh."""
+
+    def __init__(self, collect: Callable[[], Iterable[MetricFamily | Metric]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterable[Metric]:
+        return to_prometheus(self._collect())
+
+
+def make_registry(collect: Callable[[], Iterable[MetricFamily | Metric]], *,
+                  process: bool = True) -> CollectorRegistry:
+    """A private registry (never prometheus_client's global one): the services'
+    collector, and ``process_*`` (CPU, memory, open files of this process) when
+    ``process``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServicesCollector(collect))
+    if process:
+        ProcessCollector(registry=registry)
+    return registry
+
+
+def render(families: Iterable[MetricFamily | Metric]) -> str:
+    """The text exposition (0.0.4) of ``families``; families with the same name are merged."""
+    items = list(families)
+    return generate_latest(make_registry(lambda: items, process=False)).decode()
 
 
 def _end_of_head(head: bytes | bytearray) -> int:
@@ -83,10 +117,12 @@ class MetricsServer:
 
     name = "metrics"
 
-    def __init__(self, host: str, port: int, collect: Callable[[], Iterable[MetricFamily]]) -> None:
+    def __init__(self, host: str, port: int, collect: Callable[[], Iterable[MetricFamily | Metric]], *,
+                 process: bool = True) -> None:
         self.host = host
         self.port = port
         self.collect = collect
+        self.registry = make_registry(collect, process=process)
         self.bound_port: int | None = None
         self.scrapes = 0
         self.bad_requests = 0
@@ -146,7 +182,7 @@ class MetricsServer:
         if target == b"/metrics":
             self.scrapes += 1
             try:
-                body = render(self.collect())
+                body = generate_latest(self.registry).decode()
             except Exception as exc:
                 log.exception("metrics.collect_failed")
                 await self._reply(stream, 500, f"collecting metrics failed: {type(exc).__name__}\n",

@@ -60,6 +60,27 @@ class Service(Protocol):
     def status(self) -> ServiceStatus: ...
 
 
+#: Histogram buckets (seconds) for the latencies lifeline measures, each spanning what is
+#: normal on a healthy host up to what an alert should catch.
+BUCKETS = {
+    "fsync": (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    "ack": (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    "rtt": (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56),
+    "venue": (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    "promotion": (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
+}
+
+
+def histogram(name: str, help: str, buckets: str, labels: tuple[str, ...] = ()) -> Any:
+    """A prometheus_client ``Histogram`` registered nowhere: its owner observes into it
+    and yields ``.collect()`` from its ``metrics()`` (the metrics endpoint's collector
+    renders it)."""
+    from prometheus_client import Histogram, disable_created_metrics
+
+    disable_created_metrics()  # no *_created series: one name per quantity
+    return Histogram(name, help, labelnames=labels, buckets=BUCKETS[buckets], registry=None)
+
+
 def service_metrics(service: object) -> Iterable[MetricFamily]:
     """A service's metrics, or none if it exports none."""
     metrics = getattr(service, "metrics", None)

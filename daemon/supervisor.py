@@ -107,7 +107,6 @@ class Supervisor:
                 # systemd arms the watchdog once the unit is up; ping from then on.
                 await nursery.start(self.notifier.run_watchdog)
                 self.bus.publish(DaemonReady(source="supervisor", services=[s.name for s in self.services]))
-                log.info("daemon.ready", node=self.node, status=line)
                 self.ready.set()
                 task_status.started()
                 nursery.start_soon(self._refresh_status)
@@ -128,7 +127,6 @@ class Supervisor:
         """Ask the daemon to stop cleanly (as SIGTERM does). A second call stops at once."""
         if self.stop_reason is None:
             self.stop_reason = reason
-            log.info("daemon.stopping", reason=reason)
             self.bus.publish(DaemonStopping(source="supervisor", reason=reason))
             self.notifier.stopping(f"stopping: {reason}")
             if self._nursery is not None:
@@ -158,13 +156,11 @@ class Supervisor:
         except trio.TooSlowError:
             slot.lifecycle = "failed"
             slot.error = f"did not report started within {self.start_timeout:g}s"
-            log.error("service.start_timeout", service=service.name, timeout_s=self.start_timeout)
             self.bus.publish(ServiceFailed(source="supervisor", service=service.name, error=slot.error))
             raise ServiceCrashed(service.name, slot.error) from None
         slot.start_ms = (trio.current_time() - began) * 1000
         slot.started_at = time.time()
         slot.lifecycle = "running"
-        log.info("service.started", service=service.name, took_ms=round(slot.start_ms, 1))
         self.bus.publish(ServiceStarted(source="supervisor", service=service.name, took_ms=slot.start_ms))
 
     async def _supervise(self, service: Service, *, task_status: trio.TaskStatus[None]) -> None:
@@ -183,12 +179,12 @@ class Supervisor:
                 raise
             slot.lifecycle = "failed"
             slot.error = f"{type(exc).__name__}: {exc}"
+            # One line: the crash with its traceback (the event is not logged again).
             log.exception("service.crashed", service=service.name, error=slot.error)
-            self.bus.publish(ServiceFailed(source="supervisor", service=service.name, error=slot.error))
+            self.bus.publish(ServiceFailed(source="supervisor", service=service.name, error=slot.error), log=False)
             raise ServiceCrashed(service.name, slot.error) from exc
         slot.lifecycle = "failed"
         slot.error = "returned while the daemon was running"
-        log.error("service.exited", service=service.name, reason=slot.error)
         self.bus.publish(ServiceFailed(source="supervisor", service=service.name, error=slot.error))
         raise ServiceCrashed(service.name, slot.error)
 

@@ -495,10 +495,8 @@ class SystemHealthService:
         self.last_decision = decision
         self.since_wall = time.time()
         if decision.state is HostState.OVERLOADED:
-            log.warning("host.overloaded", reason=decision.reason)
             self.bus.publish(SystemOverloaded(source=self.name, reasons=list(decision.reasons)))
         else:
-            log.info("host.recovered", reason=decision.reason, overloaded_for_s=decision.overloaded_for_s)
             self.bus.publish(SystemRecovered(source=self.name, overloaded_for_s=decision.overloaded_for_s))
 
     # ------------------------------------------------------------------ status, metrics

@@ -609,6 +609,9 @@ class AuditLog:
         self._prev = GENESIS
         self._end = -1  # the file size after our last append or check; -1: not read yet
         self._failed: AuditError | None = None
+        #: Why the chain cannot be continued (its last entry damaged, or a failed append
+        #: that could not be undone); None while it is whole. For the metrics and alerts.
+        self.broken: str | None = None
         self.recoveries: list[AuditRecovery] = []
         created = not self.path.exists()
         try:
@@ -685,7 +688,11 @@ class AuditLog:
             fd = self._fd
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                self._catch_up()
+                try:
+                    self._catch_up()
+                except AuditError as exc:
+                    self.broken = str(exc)
+                    raise
                 body = {"seq": self._seq + 1, "time": _utc_iso(self._clock()), "kind": _plain(kind),
                         "fields": plain, "prev": self._prev}
                 digest = entry_hash(body)
@@ -717,6 +724,7 @@ class AuditLog:
             self._failed = AuditError(f"{self.path}: an append failed ({_errno_text(exc)}) and the partial line "
                                       f"could not be removed ({_errno_text(undo)}); restart the daemon: it cuts "
                                       "the torn line when it opens the log")
+            self.broken = str(self._failed)
             log.error("audit.undo_failed", path=self.path, error=_errno_text(exc), undo_error=_errno_text(undo))
 
     def _catch_up(self) -> None:

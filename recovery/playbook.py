@@ -234,15 +234,9 @@ PRECONDITIONS: dict[str, PreconditionSpec] = {
 
 def event_classes() -> dict[str, type]:
     """Every :class:`daemon.events.Event` subclass known now, by name."""
-    from daemon.events import Event
+    from daemon.events import event_classes as known
 
-    found: dict[str, type] = {}
-    pending: list[type] = list(Event.__subclasses__())
-    while pending:
-        cls = pending.pop()
-        found.setdefault(cls.__name__, cls)
-        pending.extend(cls.__subclasses__())
-    return found
+    return dict(known())
 
 
 def event_names() -> frozenset[str]:

@@ -47,7 +47,7 @@ from daemon.events import (
     PlaybookStarted,
 )
 from daemon.log import get_logger
-from daemon.service import MetricFamily, ServiceStatus
+from daemon.service import MetricFamily, Sample, ServiceStatus
 
 log = get_logger("recovery")
 
@@ -256,6 +256,7 @@ class RecoveryService:
         self.playbooks: dict[str, Any] = {}   # name -> parsed playbook (verified at load)
         self.refused: dict[str, str] = {}     # file -> reason (at load)
         self.runs = 0
+        self.outcomes: dict[str, int] = {}   # outcome (ok, failed, rolled_back, ...) -> runs
         self.last: dict[str, Any] | None = None
         self._nursery: trio.Nursery | None = None
 
@@ -315,7 +316,6 @@ class RecoveryService:
 
     def _refuse(self, name: str, reason: str, message: str) -> tuple[None, str, str]:
         self.refused[name] = f"{reason}: {message}"
-        log.warning("playbook.refused", playbook=name, reason=reason, message=message)
         self.audit.append("verify.refused", playbook=name, reason=reason, message=message)
         self.bus.publish(PlaybookRefused(source=self.name, playbook=name, reason=reason, message=message))
         return None, reason, message
@@ -361,6 +361,7 @@ class RecoveryService:
         except BusyError as exc:
             raise ControlError("busy", str(exc)) from None
         self.runs += 1
+        self.outcomes[report.outcome] = self.outcomes.get(report.outcome, 0) + 1
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         self.last = {"playbook": playbook.name, "outcome": report.outcome, "duration_ms": duration_ms,
                      "trigger": trigger}
@@ -412,3 +413,11 @@ class RecoveryService:
                                   len(self.refused))
         yield MetricFamily.single("lifeline_playbook_runs_total", "counter", "Playbook runs since start.",
                                   self.runs)
+        yield MetricFamily("lifeline_playbook_outcomes_total", "counter",
+                           "Playbook runs by outcome (succeeded, failed, aborted, rolled_back, refused, dry_run).",
+                           [Sample({"outcome": o}, n) for o, n in sorted(self.outcomes.items())])
+        if self.audit is not None:
+            yield MetricFamily.single("lifeline_audit_chain_ok", "gauge",
+                                      "1 while the audit log's hash chain continues; 0 once its last entry is "
+                                      "damaged or an append could not be undone (see `lifeline audit verify`).",
+                                      0.0 if getattr(self.audit, "broken", None) else 1.0)

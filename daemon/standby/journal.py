@@ -82,6 +82,7 @@ from crc32c import crc32c
 
 from daemon.config import JournalConfig
 from daemon.log import get_logger
+from daemon.service import histogram
 from daemon.standby import MAX_PAYLOAD, JournalCorrupt, Position, Record, StandbyError
 
 log = get_logger("journal")
@@ -413,6 +414,9 @@ class Journal:
         self._batches = 0
         self._fsyncs = 0
         self._last_fsync_ms: float | None = None
+        self.fsync_seconds = histogram("lifeline_journal_fsync_seconds",
+                                       "Duration of each journal fsync (a batch's, or the batch-mode committer's).",
+                                       "fsync")
 
     # ------------------------------------------------------------------ opening
 
@@ -826,6 +830,7 @@ class Journal:
         self._fsyncs += outcome.fsyncs
         if outcome.fsync_ms is not None:
             self._last_fsync_ms = outcome.fsync_ms
+            self.fsync_seconds.observe(outcome.fsync_ms / 1000)
         self._last = Position(epoch, seq)
         self._advanced.set()
         self._advanced = trio.Event()
@@ -873,6 +878,7 @@ class Journal:
             self._committing = False
         self._fsyncs += 1
         self._last_fsync_ms = (time.perf_counter() - started) * 1000
+        self.fsync_seconds.observe(self._last_fsync_ms / 1000)
         self._last_fsync_at = trio.current_time()
         self._dirty = False
 

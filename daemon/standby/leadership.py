@@ -47,6 +47,7 @@ import trio
 
 from daemon.events import EventBus, LeaseStoreReachable, LeaseStoreUnreachable, OperatorPromotion, RoleChanged
 from daemon.log import get_logger
+from daemon.service import histogram
 from daemon.standby import Position
 from daemon.standby.lease import LeaseConflict, LeaseError, LeaseLost, LeaseState, LeaseStore
 from daemon.standby.roles import Action, ActionKind, Role, RoleMachine, RoleTimings
@@ -111,6 +112,10 @@ class Leadership:
         self.store_reachable: bool | None = None
         self.store_error: str | None = None
         self.role_changes = 0
+        self.promotion_seconds = histogram(
+            "lifeline_promotion_seconds",
+            "From deciding to take the lease (candidate) to serving as primary, each promotion.", "promotion")
+        self._candidate_since: float | None = None
         self._published = 0  # machine.changes already published
         self._watchers: list[trio.MemorySendChannel[dict[str, Any]]] = []
         self._wakeup = trio.Event()
@@ -298,8 +303,16 @@ class Leadership:
 
     def _publish_change(self, old: Role, new: Role, epoch: int, why: str, stamp_ns: int) -> None:
         self.role_changes += 1
-        log_fn = log.warning if new is Role.FENCED else log.info
-        log_fn("role.changed", node=self.node, role=new.value, previous=old.value, epoch=epoch, reason=why)
+        if new is Role.CANDIDATE:
+            self._candidate_since = trio.current_time()
+        elif new is Role.PRIMARY and self._candidate_since is not None:
+            self.promotion_seconds.observe(trio.current_time() - self._candidate_since)
+            self._candidate_since = None
+        else:
+            self._candidate_since = None
+        if self.bus is None:  # else the bus logs the RoleChanged event: one line
+            log_fn = log.warning if new is Role.FENCED else log.info
+            log_fn("role.changed", node=self.node, role=new.value, previous=old.value, epoch=epoch, reason=why)
         message = {"role": new.value, "previous": old.value, "epoch": epoch, "reason": why,
                    "monotonic_ns": stamp_ns, "node": self.node, "renewal": False,
                    **self._deadline_fields(new, self.clock_ns())}
@@ -436,8 +449,10 @@ class Leadership:
         if self.store_reachable is not False:
             self.store_reachable = False
             role = self.machine.role.value if self.machine else "?"
-            log.warning("lease.store_unreachable", node=self.node, store=self.store_name, reason=reason, role=role)
-            if self.bus is not None:
+            if self.bus is None:
+                log.warning("lease.store_unreachable", node=self.node, store=self.store_name, reason=reason,
+                            role=role)
+            else:
                 self.bus.publish(LeaseStoreUnreachable(source="standby", node=self.node, store=self.store_name,
                                                        reason=reason, role=role))
 
@@ -540,7 +555,14 @@ class Leadership:
         if self.store_error:
             out["store_error"] = self.store_error
         lease = self.lease
-        if lease is not None:
+        if machine is not None and machine.role is Role.PRIMARY and machine.fence_at is not None:
+            # A primary renews and no longer reads: the last lease it READ is from before
+            # its grant (free, or another holder). Show the one it holds.
+            left = machine.fence_at + self.timings.safety_margin - trio.current_time()
+            out["lease"] = {"holder": self.node, "epoch": machine.epoch, "ttl_remaining": round(max(left, 0.0), 3),
+                            "sync_node": machine.sync_confirmed,
+                            "last_holder": lease.last_holder if lease is not None else None}
+        elif lease is not None:
             out["lease"] = {"holder": lease.holder, "epoch": lease.epoch,
                             "ttl_remaining": round(lease.ttl_remaining, 3), "sync_node": lease.sync_node,
                             "last_holder": lease.last_holder}

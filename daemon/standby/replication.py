@@ -64,7 +64,7 @@ from daemon import events
 from daemon.config import StandbyConfig, parse_host_port
 from daemon.files import fsync_directory
 from daemon.log import get_logger
-from daemon.service import Health, MetricFamily, Sample, ServiceStatus
+from daemon.service import Health, MetricFamily, Sample, ServiceStatus, histogram
 from daemon.standby import MAX_PAYLOAD, Position, Record, ReplicationProtocolError, StandbyError
 from daemon.standby.insync import InSyncRule
 from daemon.standby.protocol import (
@@ -430,6 +430,10 @@ class ReplicationPrimary:
         self._last_announced_error: tuple[str, float] | None = None
         self._rejections_announced: dict[tuple[str, str], float] = {}
         self.recent_in_doubt: collections.deque[AppendResult] = collections.deque(maxlen=IN_DOUBT_KEPT)
+        self.append_to_ack = histogram(
+            "lifeline_replication_append_to_ack_seconds",
+            "From an append request to its answer: written and fsynced here and, in sync mode, "
+            "acknowledged by the standby (or given up on).", "ack")
         self.counters: dict[str, int] = collections.defaultdict(int)
         #: Told the standby's node id when it comes in sync and None when it falls out
         #: (the lease store's sync mark follows it). Set by the leadership shell.
@@ -628,8 +632,6 @@ class ReplicationPrimary:
         session.catch_up_target = self.journal.last.seq
         self.counters["sessions"] += 1
         backlog = session.catch_up_target - common
-        log.info("standby.connected", standby=session.node, address=session.address, common_seq=common,
-                 backlog=backlog)
         self.announce("StandbyConnected", standby=session.node, address=session.address,
                       standby_last_seq=session.hello.last.seq, standby_last_epoch=session.hello.last.epoch,
                       common_seq=common, backlog=backlog)
@@ -788,8 +790,6 @@ class ReplicationPrimary:
             return
         self._session = None
         self._rule.link_lost()
-        log.warning("standby.lost", standby=session.node, address=session.address, reason=reason,
-                    acked_seq=session.acked_seq)
         self.announce("StandbyLost", standby=session.node, address=session.address, reason=reason,
                       acked_seq=session.acked_seq,
                       connected_for_s=round(trio.current_time() - session.connected_at, 3))
@@ -840,13 +840,17 @@ class ReplicationPrimary:
             return []
         epoch = self.epoch_provider()
         first = last = 0
+        started = trio.current_time()
         try:
             first, last, epoch = await self._append_local(payloads, epoch)
             self._append_times.append((first, last, trio.current_time()))
             self.counters["appends"] += last - first + 1
             if self.config.mode == "async":
-                return [(first, last, epoch, "ok", "primary", None, False)]
-            return await self._wait_for_standby(first, last, epoch)
+                runs = [(first, last, epoch, "ok", "primary", None, False)]
+            else:
+                runs = await self._wait_for_standby(first, last, epoch)
+            self.append_to_ack.observe(trio.current_time() - started)
+            return runs
         except trio.Cancelled:
             if last:
                 self._note_in_doubt(max(first, self.standby_acked_seq + 1), last, epoch,
@@ -1077,6 +1081,7 @@ class ReplicationPrimary:
         if d["lag_ms"] is not None:
             families.append(gauge("lifeline_replication_lag_seconds",
                                   "Age of the oldest record the standby has not acknowledged.", d["lag_ms"] / 1000))
+        families += self.append_to_ack.collect()
         return families
 
 
@@ -1303,8 +1308,6 @@ class ReplicationStandby:
             out.flush()
             os.fsync(out.fileno())
         fsync_directory(self.divergent_dir)
-        log.warning("journal.divergent_tail_saved", file=str(path), from_seq=after_seq + 1, to_seq=last.seq,
-                    records=last.seq - after_seq)
         self.announce("DivergentTailSaved", node=self.node_id, records=last.seq - after_seq,
                       from_seq=after_seq + 1, to_seq=last.seq, file=str(path))
         return path
@@ -1422,7 +1425,6 @@ class ReplicationStandby:
         self.write_error = error
         self._write_error_at = trio.current_time()
         self.counters["write_errors"] += 1
-        log.error("journal.write_failed", error=error, durable_seq=self.journal.last.seq)
         self.announce("StandbyDiskFull" if error.startswith("disk full") else "StandbyWriteError",
                       node=self.node_id, error=error, durable_seq=self.journal.last.seq)
         if acknowledge:  # else the link is gone already

@@ -470,6 +470,9 @@ class StandbyService:
                                       "Records appended through the control socket.", self.appends)
             yield MetricFamily.single("lifeline_journal_in_doubt_total", "counter",
                                       "Appends answered in-doubt.", self.in_doubt)
+            fsyncs = getattr(self.journal, "fsync_seconds", None)
+            if fsyncs is not None:
+                yield from fsyncs.collect()
         machine = getattr(self.leadership, "machine", None)
         if machine is not None:
             from daemon.standby.roles import Role
@@ -486,5 +489,6 @@ class StandbyService:
             yield MetricFamily.single("lifeline_lease_store_reachable", "gauge",
                                       "1 if the lease store answered the last request, else 0.",
                                       1.0 if self.leadership.store_reachable else 0.0)
+            yield from self.leadership.promotion_seconds.collect()
         if self.replication is not None and hasattr(self.replication, "metrics"):
             yield from self.replication.metrics()

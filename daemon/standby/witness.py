@@ -29,6 +29,7 @@ import trio
 
 from daemon.config import parse_host_port
 from daemon.log import get_logger
+from daemon.service import MetricFamily, Sample
 from daemon.standby import Position
 from daemon.standby.lease import (
     Grant,
@@ -127,6 +128,43 @@ class WitnessServer:
         self.save = save
         self.handshake_timeout = handshake_timeout
         self._lock = trio.Lock()
+        # Figures for `--metrics` (see metrics()).
+        self.granted: dict[str, int] = {}
+        self.renewals: dict[str, int] = {}
+        self.refusals: dict[tuple[str, str, str], int] = {}
+        self.connections = 0
+        self.open_connections = 0
+        self.auth_failures = 0
+
+    def _count(self, cluster: str, body: Mapping[str, Any], reply: Mapping[str, Any]) -> None:
+        op = str(body.get("op"))
+        if "error" in reply:
+            key = (cluster, op if op in _OPS else "other", str(reply["error"]))
+            self.refusals[key] = self.refusals.get(key, 0) + 1
+        elif op == "acquire":
+            self.granted[cluster] = self.granted.get(cluster, 0) + 1
+        elif op == "renew":
+            self.renewals[cluster] = self.renewals.get(cluster, 0) + 1
+
+    def metrics(self) -> list[MetricFamily]:
+        """The witness's own metrics (``lifeline witness --metrics HOST:PORT``)."""
+        return [
+            MetricFamily("lifeline_witness_leases_granted_total", "counter", "Leases granted (acquire).",
+                         [Sample({"cluster": c}, n) for c, n in sorted(self.granted.items())]),
+            MetricFamily("lifeline_witness_renewals_total", "counter", "Lease renewals granted.",
+                         [Sample({"cluster": c}, n) for c, n in sorted(self.renewals.items())]),
+            MetricFamily("lifeline_witness_refusals_total", "counter", "Requests refused, by operation and error.",
+                         [Sample({"cluster": c, "op": op, "error": e}, n)
+                          for (c, op, e), n in sorted(self.refusals.items())]),
+            MetricFamily.single("lifeline_witness_connections_total", "counter",
+                                "Authenticated connections opened.", self.connections),
+            MetricFamily.single("lifeline_witness_connections_open", "gauge",
+                                "Authenticated connections open now.", self.open_connections),
+            MetricFamily.single("lifeline_witness_auth_failures_total", "counter",
+                                "Handshakes refused for a wrong key.", self.auth_failures),
+            MetricFamily("lifeline_witness_epoch", "gauge", "The highest epoch granted, by cluster.",
+                         [Sample({"cluster": c}, e) for c, e in sorted(self.state.epochs().items())]),
+        ]
 
     async def apply(self, cluster: str, node: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """One request, atomically: answer it, persist what changed, then reply."""
@@ -147,8 +185,11 @@ class WitnessServer:
                     if not isinstance(exc, OSError):
                         raise
                     log.error("state.save_failed", cluster=cluster, node=node, op=body.get("op"), error=str(exc))
-                    return {"id": reply.get("id"), "error": "unavailable",
-                            "message": f"the witness could not save its state: {exc}"}
+                    reply = {"id": reply.get("id"), "error": "unavailable",
+                             "message": f"the witness could not save its state: {exc}"}
+                    self._count(cluster, body, reply)
+                    return reply
+        self._count(cluster, body, reply)
         _log_request(cluster, node, body, reply)
         return reply
 
@@ -162,6 +203,8 @@ class WitnessServer:
             if hello is None:
                 return
             log.info("connection.opened", address=address, node=hello.node, cluster=hello.cluster)
+            self.connections += 1
+            self.open_connections += 1
             while True:
                 event = await link.receive()
                 if isinstance(event, ConnectionClosed):
@@ -181,6 +224,8 @@ class WitnessServer:
         except Exception:  # a client must never take the witness down; log the bug loudly
             log.exception("connection.failed", address=address)
         finally:
+            if hello is not None:
+                self.open_connections -= 1
             await trio.aclose_forcefully(stream)
 
     async def _handshake(self, link: _Link, address: str) -> Hello | None:
@@ -192,6 +237,7 @@ class WitnessServer:
         if not isinstance(auth, Auth):
             raise WitnessProtocolError("the connection closed before AUTH")
         if not auth.verified:
+            self.auth_failures += 1
             log.warning("auth.failed", address=address, node=hello.node, cluster=hello.cluster,
                         reason="the proof does not verify: another key")
             await link.send(Reject("authentication failed: the client's key is not the witness's"))
@@ -234,11 +280,12 @@ def _address(stream: trio.SocketStream) -> str:
 
 async def serve_witness(listen: tuple[str, int], state_path: str | os.PathLike[str], key: bytes, *,
                         min_epoch: int = 0, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                        metrics: tuple[str, int] | None = None,
                         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
     """Load (or create) the state in ``state_path``, listen on ``listen`` and serve
     until cancelled. ``task_status.started`` gets the bound (host, port), port 0
     resolved. :class:`WitnessStateError` if the state cannot be used, ``OSError`` if
-    the address cannot be bound."""
+    the address cannot be bound. ``metrics``: also serve ``/metrics`` on (host, port)."""
     path = Path(state_path)
     lock_fd = _lock_state(path)
     try:
@@ -276,6 +323,10 @@ async def serve_witness(listen: tuple[str, int], state_path: str | os.PathLike[s
             await server.handle(stream, _address(stream))
 
         async with trio.open_nursery() as nursery:
+            if metrics is not None:
+                from daemon.metrics import MetricsServer
+
+                await nursery.start(MetricsServer(metrics[0], metrics[1], server.metrics).run)
             await nursery.start(trio.serve_listeners, handle, listeners)
             log.info("witness.listening", address=shown, epochs=_epochs(state))
             task_status.started((bound_host, bound_port))
@@ -305,6 +356,9 @@ def add_witness_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]
                         help="start every epoch at N or above (after a lost state file: N = the highest epoch in "
                              "either node's journal, `lifeline journal stats`)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                        help='serve Prometheus metrics at http://HOST:PORT/metrics, e.g. "127.0.0.1:9478" '
+                             "(default: none)")
 
 
 def run_witness_command(args: argparse.Namespace) -> int:
@@ -330,17 +384,25 @@ def run_witness_command(args: argparse.Namespace) -> int:
     if args.min_epoch < 0:
         print("lifeline witness: --min-epoch must be 0 or more", file=sys.stderr)
         return 2
-    return trio.run(_main, listen, args.state, key, args.min_epoch)
+    metrics = None
+    if args.metrics is not None:
+        try:
+            metrics = parse_host_port(args.metrics)
+        except ValueError as exc:
+            print(f"lifeline witness: --metrics: {exc}", file=sys.stderr)
+            return 2
+    return trio.run(_main, listen, args.state, key, args.min_epoch, metrics)
 
 
-async def _main(listen: tuple[str, int], state_path: Path, key: bytes, min_epoch: int = 0) -> int:
+async def _main(listen: tuple[str, int], state_path: Path, key: bytes, min_epoch: int = 0,
+                metrics: tuple[str, int] | None = None) -> int:
     from daemon.notify import Notifier
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             try:
-                host, port = await nursery.start(functools.partial(serve_witness, min_epoch=min_epoch), listen,
-                                                 state_path, key)
+                host, port = await nursery.start(functools.partial(serve_witness, min_epoch=min_epoch,
+                                                                   metrics=metrics), listen, state_path, key)
             except WitnessStateError as exc:
                 log.error("witness.refused", error=str(exc))
                 print(f"lifeline witness: refusing to start: {exc}", file=sys.stderr)

@@ -33,7 +33,7 @@ from daemon.events import (
     UplinkHealthChanged,
 )
 from daemon.log import get_logger
-from daemon.service import MetricFamily, Sample, ServiceStatus
+from daemon.service import MetricFamily, Sample, ServiceStatus, histogram
 from daemon.uplinks import UplinkRoute
 from daemon.uplinks.health import HealthChange, HealthSettings, LinkHealth, LinkState
 from daemon.uplinks.policy import PolicyDecision, UplinkPolicy, UplinkView
@@ -137,6 +137,8 @@ class UplinkService:
         self.last_decision: PolicyDecision | None = None
         self.last_switch_wall: float | None = None
         self._nursery: trio.Nursery | None = None
+        self.probe_rtt = histogram("lifeline_uplink_probe_rtt_seconds",
+                                   "Round-trip time of each answered probe, by uplink.", "rtt", ("uplink",))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -204,6 +206,11 @@ class UplinkService:
         finally:
             uplink.rounds_in_flight -= 1
         now = trio.current_time()
+        results = list(results)
+        rtt = self.probe_rtt.labels(uplink=uplink.name)
+        for result in results:
+            if result.ok and result.rtt is not None:
+                rtt.observe(result.rtt)
         self._on_change(uplink.health.observe_round(results, now))
         await self._decide(now)
 
@@ -224,9 +231,6 @@ class UplinkService:
     def _on_change(self, change: HealthChange | None) -> None:
         if change is None:
             return
-        log_fn = log.warning if change.state in (LinkState.DOWN, LinkState.DEGRADED) else log.info
-        log_fn("uplink.health", uplink=change.uplink, state=change.state.value,
-               previous=change.previous.value, reason=change.reason)
         self.bus.publish(UplinkHealthChanged(source=self.name, uplink=change.uplink,
                                              previous=change.previous.value, state=change.state.value,
                                              reason=change.reason))
@@ -245,7 +249,6 @@ class UplinkService:
     async def _carry_out(self, decision: PolicyDecision, now: float) -> None:
         self.last_decision = decision
         if decision.kind == "all_down":
-            log.error("uplinks.all_down", reason=decision.reason)
             self.bus.publish(AllUplinksDown(source=self.name, reason=decision.reason))
             return
         assert decision.active is not None
@@ -256,15 +259,19 @@ class UplinkService:
         self._wanted = decision.active
         route_ms = await self._apply_route(decision.active)
         self.last_switch_wall = time.time()
-        log.warning("uplink.switched", kind=decision.kind, active=decision.active, previous=decision.previous,
-                    reason=decision.reason, detection_ms=_r(detection_ms), route_ms=_r(route_ms))
         self.bus.publish(ActiveUplinkChanged(
             source=self.name, previous=decision.previous, active=decision.active, change=decision.kind,
             reason=decision.reason, detection_ms=_r(detection_ms), route_ms=_r(route_ms)))
         if previous is not None and self.failover.flush_conntrack and self._nursery is not None:
             if decision.kind in ("failover", "manual") or (decision.kind == "failback"
                                                            and self.failover.failback_flows == "move"):
-                self._nursery.start_soon(self._flush, previous)
+                if self.failover.route_backend == "none":
+                    # "decide and report only": another tool (mwan3, keepalived) owns the
+                    # routes and the flows; deleting its conntrack entries is not ours to do.
+                    log.info("conntrack.flush_skipped", uplink=previous.name,
+                             reason='route_backend = "none": decide and report only')
+                else:
+                    self._nursery.start_soon(self._flush, previous)
 
     async def _apply_route(self, name: str) -> float | None:
         """Point the default route at ``name``; retry with backoff until it works or the
@@ -280,8 +287,6 @@ class UplinkService:
                 except Exception as exc:
                     self.route_errors += 1
                     self.last_route_error = f"{name}: {exc}"
-                    log.error("route.change_failed", uplink=name, attempt=attempt, error=str(exc),
-                              retry_in_ms=round(delay * 1000))
                     self.bus.publish(RouteChangeFailed(source=self.name, uplink=name, error=str(exc),
                                                        attempt=attempt))
                     await trio.sleep(delay)
@@ -302,7 +307,6 @@ class UplinkService:
             log.warning("conntrack.flush_failed", uplink=uplink.name, error=str(exc))
             return
         took_ms = (trio.current_time() - began) * 1000
-        log.info("conntrack.flushed", uplink=uplink.name, flows=flows, took_ms=round(took_ms, 1))
         self.bus.publish(UplinkFlowsFlushed(source=self.name, uplink=uplink.name, flows=flows,
                                             took_ms=round(took_ms, 2)))
 
@@ -328,8 +332,6 @@ class UplinkService:
             if not route_matches(current, self.uplinks[wanted].route):
                 found = _describe_route(current)
                 self.route_repairs += 1
-                log.warning("route.repair", uplink=wanted, found=found,
-                            reason="the default route was changed outside lifeline")
                 self.bus.publish(RouteRepaired(source=self.name, uplink=wanted, found=found))
                 await self._apply_route(wanted)
 
@@ -447,12 +449,23 @@ class UplinkService:
         yield MetricFamily.single("lifeline_route_errors_total", "counter", "Failed route changes.", self.route_errors)
         yield MetricFamily.single("lifeline_route_repairs_total", "counter",
                                   "Default routes changed outside lifeline and put back.", self.route_repairs)
-        probes = []
+        # One metric per quantity: sent and received are separate counters (so a sum()
+        # means something); the rest of the prober's tallies are kinds of odd answers.
+        sent, received, odd = [], [], []
         for name, u in self.uplinks.items():
             for counter, value in getattr(u.prober, "counters", {}).items():
-                probes.append(Sample({"uplink": name, "counter": counter}, value))
-        yield MetricFamily("lifeline_uplink_probe_events_total", "counter",
-                           "Probe packets by outcome (sent, received, late, duplicate, garbage, ...).", probes)
+                if counter == "sent":
+                    sent.append(Sample({"uplink": name}, value))
+                elif counter == "received":
+                    received.append(Sample({"uplink": name}, value))
+                else:
+                    odd.append(Sample({"uplink": name, "kind": counter}, value))
+        yield MetricFamily("lifeline_uplink_probes_sent_total", "counter", "Probe packets sent.", sent)
+        yield MetricFamily("lifeline_uplink_probes_received_total", "counter", "Probe answers received.", received)
+        yield MetricFamily("lifeline_uplink_probe_anomalies_total", "counter",
+                           "Probes that went wrong, by kind: late, duplicate, wrong_source, garbage, "
+                           "refused (ICMP), errors (could not send).", odd)
+        yield from self.probe_rtt.collect()
 
 
 def _r(value: float | None) -> float | None:

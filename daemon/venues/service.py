@@ -60,7 +60,7 @@ from daemon.events import (
     VenueHealthChanged,
 )
 from daemon.log import get_logger
-from daemon.service import MetricFamily, Sample, ServiceStatus
+from daemon.service import MetricFamily, Sample, ServiceStatus, histogram
 from daemon.venues.health import (
     HealthChange,
     HealthSettings,
@@ -216,6 +216,9 @@ class VenueService:
         self._index_tip: tuple[int, int] | None = None   # (seq, epoch) of the last record folded
         self._reconcile_lock = trio.Lock()
         self._started = False
+        self.probe_latency = histogram("lifeline_venue_probe_latency_seconds",
+                                       "Latency of each answered venue probe round, by venue and uplink.",
+                                       "venue", ("venue", "uplink"))
         for name, vc in config.venues.items():
             uplinks = vc.uplinks if vc.uplinks is not None else list(config.uplinks)
             settings = HealthSettings(degraded_latency=float(vc.degraded_latency), down_after=vc.down_after,
@@ -370,6 +373,8 @@ class VenueService:
 
     def _observe(self, venue: Venue, path: VenuePath, sample: ProbeSample) -> None:
         before = venue.state()
+        if sample.ok and sample.latency is not None:
+            self.probe_latency.labels(venue=venue.name, uplink=path.uplink).observe(sample.latency)
         if not sample.ok:
             path.last_error = sample.detail
             path.last_error_class = sample.error_class
@@ -391,9 +396,6 @@ class VenueService:
             error_class=None if sample.ok else sample.error_class, latency_ms=latency_ms,
             venue_state=after.value, monotonic_ns=self.clock_ns())
         self.bus.publish(event)
-        level = log.warning if change.state in (VenueState.DOWN, VenueState.DEGRADED) else log.info
-        level("venue.health", venue=venue.name, uplink=path.uplink, state=change.state.value,
-              previous=change.previous.value, venue_state=after.value, reason=change.reason)
         if after is not before:
             log.info("venue.state", venue=venue.name, state=after.value, previous=before.value)
         self._tell_watchers({"change": event.to_dict()})
@@ -603,7 +605,6 @@ class VenueService:
             venue.deadman_error = str(exc)
             self.bus.publish(VenueDeadmanFailed(source=self.name, venue=venue.name, error_class=exc.error_class,
                                                 detail=str(exc)[:300]))
-            log.warning("venue.deadman_failed", venue=venue.name, error=str(exc))
             # Back off (1, 2, 4 ... s, at most the interval): an auth error will not fix itself
             # in a second, and every attempt holds the venue's private calls.
             return min(float(vc.deadman_interval), DEADMAN_RETRY * 2 ** min(venue.deadman_failing - 1, 10))
@@ -618,8 +619,6 @@ class VenueService:
         if recovered:
             self.bus.publish(VenueDeadmanArmed(source=self.name, venue=venue.name,
                                                timeout_s=float(vc.deadman_timeout)))
-            log.info("venue.deadman_armed", venue=venue.name, timeout=float(vc.deadman_timeout),
-                     interval=float(vc.deadman_interval))
         return float(vc.deadman_interval)
 
     # ------------------------------------------------------------------ the journal's open orders
@@ -922,9 +921,6 @@ class VenueService:
         self.bus.publish(ReconciliationFinished(source=self.name, venue=venue.name, policy=report.policy,
                                                 dry_run=report.dry_run, trigger=trigger, counts=counts,
                                                 errors=list(report.errors), report=str(path)))
-        log.info("venue.reconciled", venue=venue.name, policy=report.policy, dry_run=report.dry_run,
-                 trigger=trigger, report=str(path), errors=len(report.errors),
-                 **{k: v for k, v in counts.items()})
 
     async def cancel_all(self, venue_name: str, *, dry_run: bool = False, reason: str = "operator") -> str:
         """Cancel every open order at one venue (the playbook action ``venue.cancel_all``)."""
@@ -1069,5 +1065,9 @@ class VenueService:
                            [Sample({"venue": v.name}, v.deadman_arms) for v in self.venues.values()])
         yield MetricFamily("lifeline_venue_deadman_failures_total", "counter", "Failed dead-man re-arms.",
                            [Sample({"venue": v.name}, v.deadman_failures) for v in self.venues.values()])
+        yield MetricFamily("lifeline_venue_deadman_failing", "gauge",
+                           "Dead-man re-arms failed in a row (0 once one succeeds).",
+                           [Sample({"venue": v.name}, v.deadman_failing) for v in self.venues.values()])
         yield MetricFamily("lifeline_venue_reconciliations_total", "counter", "Reconciliations run.",
                            [Sample({"venue": v.name}, v.reconciliations) for v in self.venues.values()])
+        yield from self.probe_latency.collect()

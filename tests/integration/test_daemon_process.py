@@ -83,12 +83,25 @@ def test_run_status_events_metrics_and_sigterm(daemon: DaemonProcess, tmp_path: 
     events = cli("events", "--socket", str(sock))
     assert events.returncode == 0
     assert "DaemonReady" in events.stdout and "ServiceStarted" in events.stdout
+    # --kind filters first, then --limit takes the last N of that kind (DaemonReady came after).
+    started = cli("events", "--kind", "ServiceStarted", "--limit", "2", "--socket", str(sock))
+    assert started.returncode == 0, started.stderr
+    assert [line.split()[1] for line in started.stdout.splitlines()] == ["ServiceStarted", "ServiceStarted"]
+    assert "service=system" in started.stdout and "service=metrics" in started.stdout
+    # Fields for people: took_ms rounded, no Python reprs.
+    took = [f for f in started.stdout.split() if f.startswith("took_ms=")]
+    assert took and all(len(f.split("=")[1].split(".")[-1]) <= 3 for f in took), took
+    # A misspelt kind is refused, naming the closest one.
+    wrong = cli("events", "--kind", "ServiceStart", "--socket", str(sock))
+    assert wrong.returncode == 2
+    assert 'unknown event kind "ServiceStart"; did you mean "ServiceStarted"?' in wrong.stderr
 
     address = as_json["services"][2]["details"]["address"]
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
         body = response.read().decode()
-    assert 'lifeline_service_up{service="control"} 1' in body
-    assert "lifeline_host_overloaded 0" in body
+    assert 'lifeline_service_up{service="control"} 1.0' in body
+    assert "lifeline_host_overloaded 0.0" in body
+    assert "process_resident_memory_bytes " in body
 
     assert daemon.stop(20) == 0, daemon.log_text()
     assert daemon.notify.wait_for("STOPPING", "1", timeout=1) is not None
@@ -98,6 +111,12 @@ def test_run_status_events_metrics_and_sigterm(daemon: DaemonProcess, tmp_path: 
     # One line per event, key=value: every line parses as such.
     for line in log.splitlines():
         assert line.startswith("level="), line
+    # ... and each event is logged once: a service's start, the daemon's readiness and
+    # its stop each make one line (the bus's), not a second one from the publisher.
+    started = [line for line in log.splitlines() if "service=metrics" in line and "started" in line.lower()]
+    assert len(started) == 1, started
+    assert sum("ready" in line.lower() for line in log.splitlines()) == 1, log
+    assert sum("stopping" in line.lower() for line in log.splitlines()) == 1, log
 
 
 def test_events_follow_streams_live_events(daemon: DaemonProcess, tmp_path: Path) -> None:

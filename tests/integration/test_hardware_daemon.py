@@ -84,6 +84,13 @@ def test_hardware_read_and_sim_for_commissioning(tmp_path: Path) -> None:
         assert read.returncode == 0, read.stderr
         reading = json.loads(read.stdout)
         assert reading["on_battery"] is False
+        # For people: an aligned table, no Python reprs, floats rounded.
+        table = cli("hardware", "read", "ups", "--port", path)
+        assert table.returncode == 0, table.stderr
+        rows = dict(line.split(None, 1) for line in table.stdout.splitlines())
+        assert rows["status"] == ",".join(reading["status"]) and rows["on_battery"] == "no"
+        assert "None" not in table.stdout and "[" not in table.stdout and "'" not in table.stdout
+        assert all(len(v.split(".")[-1]) <= 3 for v in rows.values() if v.replace(".", "").isdigit()), rows
     finally:
         sim.terminate()
         sim.wait(10)

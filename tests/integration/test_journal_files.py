@@ -664,3 +664,13 @@ def test_stats_keys(tmp_path: Path) -> None:
                 "mean_batch", "last_fsync_ms"} <= set(journal.stats())
 
 
+
+
+@pytest.mark.parametrize("mode", ["always", "batch"])
+async def test_every_fsync_is_in_the_histogram(tmp_path: Path, mode: str) -> None:
+    async with running(tmp_path, config(mode)) as journal:
+        await fill(journal, 5)
+        await trio.sleep(0.1)  # "batch": the committer's fsync follows the writes
+        count = [s.value for s in journal.fsync_seconds.collect()[0].samples if s.name.endswith("_count")][0]
+        assert count >= 1
+        assert count <= journal.stats()["fsyncs"]  # one observation per fsync or batch of them

@@ -248,7 +248,7 @@ def test_stale_primary_returns_with_records_nobody_else_has_they_are_saved_and_r
     assert [(r["seq"], r["payload"]) for r in rows] == [(3, "alone-3"), (4, "alone-4"), (5, "alone-5")]
     events = [e for e in a.events() if e["kind"] == "DivergentTailSaved"]
     assert events and events[-1]["records"] == 3 and events[-1]["file"] == str(saved[0])
-    assert "journal.divergent_tail_saved" in a.log_text()
+    assert "event=event.DivergentTailSaved" in a.log_text()
 
 
 def test_lease_store_unreachable_at_start_keeps_both_nodes_off_primary(pair: LeasePair) -> None:

@@ -25,7 +25,7 @@ SAMPLE_LINE = re.compile(
     rf"(?:\{{(?:{LABEL}(?:,{LABEL})*)?\}})?"
     r" (?:[+-]?Inf|NaN|[+-]?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"
 )
-COMMENT_LINE = re.compile(r"# (?:HELP [a-zA-Z_:][a-zA-Z0-9_:]* .*|TYPE [a-zA-Z_:][a-zA-Z0-9_:]* (?:counter|gauge|untyped))")
+COMMENT_LINE = re.compile(r"# (?:HELP [a-zA-Z_:][a-zA-Z0-9_:]* .*|TYPE [a-zA-Z_:][a-zA-Z0-9_:]* (?:counter|gauge|histogram|untyped))")
 
 
 def assert_exposition(body: str) -> list[str]:
@@ -59,14 +59,14 @@ def test_render_help_type_and_samples() -> None:
     assert body == (
         "# HELP lifeline_up 1 while the daemon runs.\n"
         "# TYPE lifeline_up gauge\n"
-        "lifeline_up 1\n"
+        "lifeline_up 1.0\n"
         "# HELP lifeline_control_requests_total Control requests answered.\n"
         "# TYPE lifeline_control_requests_total counter\n"
-        'lifeline_control_requests_total{result="ok"} 12\n'
-        'lifeline_control_requests_total{result="error"} 3\n'
+        'lifeline_control_requests_total{result="ok"} 12.0\n'
+        'lifeline_control_requests_total{result="error"} 3.0\n'
         "# HELP lifeline_build_info Version.\n"
         "# TYPE lifeline_build_info gauge\n"  # "info" is exposed as a gauge in 0.0.4
-        'lifeline_build_info{version="0.1.0"} 1\n'
+        'lifeline_build_info{version="0.1.0"} 1.0\n'
         "# HELP lifeline_cpu_fraction CPU busy.\n"
         "# TYPE lifeline_cpu_fraction gauge\n"
         "lifeline_cpu_fraction 0.25\n"
@@ -77,7 +77,7 @@ def test_render_help_type_and_samples() -> None:
 def test_render_escapes_label_values() -> None:
     family = MetricFamily("x", "gauge", "h", [Sample({"path": 'C:\\dir "quoted"\nnext'}, 1)])
     line = render([family]).splitlines()[2]
-    assert line == 'x{path="C:\\\\dir \\"quoted\\"\\nnext"} 1'
+    assert line == 'x{path="C:\\\\dir \\"quoted\\"\\nnext"} 1.0'
     assert_exposition(render([family]))
 
 
@@ -86,9 +86,37 @@ def test_render_escapes_help() -> None:
     assert render([family]).splitlines()[0] == '# HELP x two\\nlines with \\\\ and "quotes"'
 
 
-def test_render_multiple_labels_keep_their_order() -> None:
+def test_render_multiple_labels_in_name_order() -> None:
     family = MetricFamily.single("lifeline_link_up", "gauge", "h", 1, uplink="fibre", target="1.1.1.1")
-    assert render([family]).splitlines()[2] == 'lifeline_link_up{uplink="fibre",target="1.1.1.1"} 1'
+    assert render([family]).splitlines()[2] == 'lifeline_link_up{target="1.1.1.1",uplink="fibre"} 1.0'
+
+
+def test_render_histograms_from_services() -> None:
+    from daemon.service import histogram
+
+    rtt = histogram("lifeline_test_rtt_seconds", "RTT.", "rtt", ("uplink",))
+    for value in (0.003, 0.004, 0.5):
+        rtt.labels(uplink="fibre").observe(value)
+    body = render([MetricFamily.single("lifeline_up", "gauge", "h", 1), *rtt.collect()])
+    assert "# TYPE lifeline_test_rtt_seconds histogram" in body
+    assert 'lifeline_test_rtt_seconds_bucket{le="0.005",uplink="fibre"} 2.0' in body
+    assert 'lifeline_test_rtt_seconds_bucket{le="+Inf",uplink="fibre"} 3.0' in body
+    assert 'lifeline_test_rtt_seconds_count{uplink="fibre"} 3.0' in body
+    assert "_created" not in body  # one name per quantity
+    assert_exposition(body)
+
+
+def test_a_counter_must_end_in_total() -> None:
+    with pytest.raises(ValueError, match="_total"):
+        render([MetricFamily.single("lifeline_things", "counter", "h", 1)])
+
+
+def test_the_same_name_with_two_types_is_refused() -> None:
+    from daemon.service import histogram
+
+    rtt = histogram("lifeline_x_seconds", "RTT.", "rtt")
+    with pytest.raises(ValueError, match="two different types"):
+        render([MetricFamily.single("lifeline_x_seconds", "gauge", "h", 1), *rtt.collect()])
 
 
 def test_render_merges_families_with_the_same_name() -> None:
@@ -101,11 +129,11 @@ def test_render_merges_families_with_the_same_name() -> None:
     assert body.splitlines() == [
         "# HELP lifeline_service_up 1 when running.",
         "# TYPE lifeline_service_up gauge",
-        'lifeline_service_up{service="control"} 1',
-        'lifeline_service_up{service="metrics"} 0',
+        'lifeline_service_up{service="control"} 1.0',
+        'lifeline_service_up{service="metrics"} 0.0',
         "# HELP lifeline_other o",
         "# TYPE lifeline_other gauge",
-        "lifeline_other 7",
+        "lifeline_other 7.0",
     ]
     # Merging does not touch the callers' families.
     assert len(first.samples) == 1
@@ -117,15 +145,15 @@ def test_render_merges_families_with_the_same_name() -> None:
         (math.nan, "NaN"),
         (math.inf, "+Inf"),
         (-math.inf, "-Inf"),
-        (0, "0"),
-        (3, "3"),
-        (3.0, "3"),
-        (-2.0, "-2"),
-        (True, "1"),
+        (0, "0.0"),
+        (3, "3.0"),
+        (3.0, "3.0"),
+        (-2.0, "-2.0"),
+        (True, "1.0"),
         (0.5, "0.5"),
         (1e-9, "1e-09"),
         (1e20, "1e+20"),
-        (123456789012.0, "123456789012"),
+        (123456789012.0, "1.23456789012e+11"),
         (0.1 + 0.2, "0.30000000000000004"),  # full precision: repr round-trips
     ],
 )
@@ -159,7 +187,7 @@ class Collector:
         if self.fail:
             raise RuntimeError("a service's metrics() is broken")
         return [*families(),
-                MetricFamily.single("lifeline_scrapes", "counter", "Scrapes.", self.calls),
+                MetricFamily.single("lifeline_scrapes_total", "counter", "Scrapes.", self.calls),
                 MetricFamily("lifeline_odd", "gauge", "odd labels",
                              [Sample({"v": 'a"b\\c\nd'}, math.nan), Sample({"v": "inf"}, math.inf)])]
 
@@ -218,14 +246,26 @@ async def test_scrape_raw(nursery: trio.Nursery) -> None:
         assert int(headers["content-length"]) == len(body)
         text = body.decode()
         samples = assert_exposition(text)
-        assert "lifeline_up 1" in samples
+        assert "lifeline_up 1.0" in samples
         assert 'lifeline_odd{v="a\\"b\\\\c\\nd"} NaN' in samples
         assert 'lifeline_odd{v="inf"} +Inf' in samples
-        assert "lifeline_scrapes 1" in samples
+        assert "lifeline_scrapes_total 1.0" in samples
         # Query strings are ignored; each scrape collects afresh.
         code, _, body = await get(server.bound_port, "/metrics?name[]=up")  # type: ignore[arg-type]
-        assert code == 200 and "lifeline_scrapes 2\n" in body.decode()
+        assert code == 200 and "lifeline_scrapes_total 2.0\n" in body.decode()
         assert server.scrapes == 2
+
+
+async def test_scrape_has_process_metrics(nursery: trio.Nursery) -> None:
+    with trio.fail_after(CAP):
+        server = await start(nursery)
+        _, _, body = await get(server.bound_port)  # type: ignore[arg-type]
+        text = body.decode()
+        assert_exposition(text)
+        rss = [line for line in text.splitlines() if line.startswith("process_resident_memory_bytes ")]
+        assert rss and float(rss[0].split()[1]) > 1e6
+        assert "process_cpu_seconds_total " in text
+        assert "process_open_fds " in text
 
 
 async def test_scrape_with_urllib(nursery: trio.Nursery) -> None:

@@ -541,6 +541,9 @@ async def test_status_and_metrics(tmp_path: Path) -> None:
                 "lifeline_replication_dropped_connections_total"} <= names
         standby_names = {m.name for m in p.standby.metrics()}  # type: ignore[union-attr]
         assert {"lifeline_replication_durable_seq", "lifeline_replication_write_error"} <= standby_names
+        # The append, from request to the standby's ACK, is in the histogram.
+        acks = {m.name: m for m in p.primary.metrics()}["lifeline_replication_append_to_ack_seconds"]
+        assert [s.value for s in acks.samples if s.name.endswith("_count")] == [1.0]
         details = p.primary.details()
         assert details["peer"]["node"] == "edge-b" and details["lag_ms"] == 0.0
         await wait_until(lambda: p.primary.details()["peer"]["last_heartbeat_age_s"] is not None, "a heartbeat")

@@ -4,6 +4,7 @@ and the primary/standby pair inside one trio run."""
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from daemon.control import ControlServer
 from daemon.control_client import ControlClient, ControlError
 from daemon.events import EventBus
 from daemon.standby.service import StandbyService, payloads_from_params
-from support import free_port
+from support import cli, free_port
 
 KEY = bytes(range(32))
 
@@ -99,10 +100,19 @@ async def test_pair_in_one_run_append_read_and_refusals(tmp_path: Path) -> None:
             assert info.value.code == "bad_request"
             stats = await call(psock, "journal.stats")
             assert stats["role"] == "primary" and stats["appends"] == 3 and stats["in_doubt"] == 0
+            # `lifeline journal stats`: a table for people, JSON with --json.
+            table = await trio.to_thread.run_sync(cli, "journal", "stats", "--socket", str(psock))
+            assert table.returncode == 0, table.stderr
+            assert not table.stdout.lstrip().startswith("{")
+            rows = dict(line.split(None, 1) for line in table.stdout.splitlines())
+            assert rows["role"] == "primary" and rows["appends"] == "3" and rows["journal.last_seq"] == "3"
+            assert "None" not in table.stdout and "[" not in table.stdout.replace("[0]", "")
+            as_json = await trio.to_thread.run_sync(cli, "journal", "stats", "--json", "--socket", str(psock))
+            assert json.loads(as_json.stdout)["appends"] == 3
             status = primary.status()
             assert status.health == "ok" and "journal at seq 3" in status.summary
             assert "0 behind" in standby.status().summary
-            families = {f.name for f in primary.metrics()}
+            families = {f.name: f for f in primary.metrics()}
             assert "lifeline_journal_last_seq" in families
             nursery.cancel_scope.cancel()
 

@@ -85,7 +85,7 @@ def test_interface_vanishing_and_returning(running: tuple[LabWorld, DaemonProces
     assert until(lambda: "dev fibre0" in default_route(), 30), (default_route(), daemon.log_text()[-2000:])
     status = uplink_status(sock)
     assert status["uplinks"]["fibre"]["state"] == "up"
-    assert "event=uplink.health" in daemon.log_text()
+    assert "event=event.UplinkHealthChanged" in daemon.log_text()
 
 
 def test_both_uplinks_down_keeps_the_route_and_says_so(running: tuple[LabWorld, DaemonProcess, Path]) -> None:

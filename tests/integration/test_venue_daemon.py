@@ -269,11 +269,11 @@ def test_a_primary_daemon_probes_adopts_reconciles_and_shows_its_venues(tmp_path
 
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
             metrics = response.read().decode()
-        assert 'lifeline_venue_state{venue="kraken",uplink="default",state="up"} 1' in metrics
-        assert 'lifeline_venue_up{venue="kraken"} 1' in metrics
+        assert 'lifeline_venue_state{state="up",uplink="default",venue="kraken"} 1.0' in metrics
+        assert 'lifeline_venue_up{venue="kraken"} 1.0' in metrics
         assert re.search(r'lifeline_venue_reconciliations_total\{venue="kraken"\} [3-9]', metrics), metrics
-        assert 'lifeline_venue_deadman_arms_total{venue="kraken"} 0' in metrics
-        assert 'lifeline_venue_probe_failures_total{venue="coinbase",uplink="default",error_class="http"}' in metrics
+        assert 'lifeline_venue_deadman_arms_total{venue="kraken"} 0.0' in metrics
+        assert 'lifeline_venue_probe_failures_total{error_class="http",uplink="default",venue="coinbase"}' in metrics
 
         status = lifeline(socket, "status", "--json")
         venues_status = next(s for s in json.loads(status.stdout)["services"] if s["name"] == "venues")
@@ -288,7 +288,7 @@ def test_a_primary_daemon_probes_adopts_reconciles_and_shows_its_venues(tmp_path
     finally:
         daemon.close()
     log = daemon.log_text()
-    assert "venue.reconciled" in log and "auth" in log  # the failures were logged, at debug level
+    assert "event=event.ReconciliationFinished" in log and "auth" in log  # the failures were logged, at debug level
     assert_no_secrets(log, "the daemon's log")
     assert_no_secrets("\n".join(texts), "status, venues, reconcile output, events, metrics, reports or the audit log")
 

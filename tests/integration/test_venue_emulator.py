@@ -670,3 +670,28 @@ async def test_cli_bad_data_dir_exits_2(tmp_path: Path) -> None:
 def test_module_reads_the_data_shipped_in_the_repository_by_default() -> None:
     assert venue_emulator.DEFAULT_DATA_DIR == REPO / "lab" / "data" / "ccxt_static"
     assert (venue_emulator.DEFAULT_DATA_DIR / "kraken.response.json").is_file()
+
+
+def test_lifeline_sim_venue_takes_the_data_folder_it_points_at(tmp_path: Path) -> None:
+    from support import ROOT, cli, free_port
+
+    # The error for missing recordings names --data: the command has it.
+    missing = cli("sim", "venue", "--listen", "127.0.0.1:0", "--data", str(tmp_path / "nothing-here"))
+    assert missing.returncode == 2
+    assert str(tmp_path / "nothing-here") in missing.stderr and "--data" in missing.stderr
+    assert "unrecognized arguments" not in missing.stderr
+    # A copy of the recordings elsewhere serves.
+    data = tmp_path / "recordings"
+    data.mkdir()
+    for name in ("kraken.response.json", "coinbase.response.json"):
+        (data / name).write_bytes((ROOT / "lab" / "data" / "ccxt_static" / name).read_bytes())
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "sim", "venue", "--listen", f"127.0.0.1:{port}",
+                             "--data", str(data)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith(f"venue-emulator ready http://127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -347,12 +347,14 @@ async def test_watch_on_the_control_socket_status_and_metrics(tmp_path: Path, nu
         assert_no_secrets(json.dumps(status), "venues.status")
 
         text = render(service.metrics())
-        assert 'lifeline_venue_state{venue="kraken",uplink="default",state="up"} 1' in text
-        assert 'lifeline_venue_state{venue="kraken",uplink="default",state="down"} 0' in text
-        assert 'lifeline_venue_up{venue="kraken"} 1' in text
-        assert 'lifeline_venue_up{venue="coinbase"} 0' in text
-        assert 'lifeline_venue_probe_failures_total{venue="coinbase",uplink="default",error_class="http"}' in text
-        assert 'lifeline_venue_latency_seconds{venue="kraken",uplink="default"}' in text
+        assert 'lifeline_venue_state{state="up",uplink="default",venue="kraken"} 1.0' in text
+        assert 'lifeline_venue_state{state="down",uplink="default",venue="kraken"} 0.0' in text
+        assert 'lifeline_venue_up{venue="kraken"} 1.0' in text
+        assert 'lifeline_venue_up{venue="coinbase"} 0.0' in text
+        assert 'lifeline_venue_probe_failures_total{error_class="http",uplink="default",venue="coinbase"}' in text
+        assert 'lifeline_venue_latency_seconds{uplink="default",venue="kraken"}' in text
+        # Every answered probe round is in the latency histogram.
+        assert 'lifeline_venue_probe_latency_seconds_count{uplink="default",venue="kraken"}' in text
         client.close()
         nursery.cancel_scope.cancel()
 
@@ -428,10 +430,14 @@ async def test_deadman_rearmed_while_primary_and_left_to_fire_when_fenced(tmp_pa
         failed = await armed_events.receive()
         assert (failed.kind, failed.venue, failed.error_class) == ("VenueDeadmanFailed", "kraken", "http")
         assert "503" in failed.detail
+        failing = {f.name: f for f in service.metrics()}["lifeline_venue_deadman_failing"]
+        assert {s.labels["venue"]: s.value for s in failing.samples}["kraken"] >= 1
         assert "; dead-man NOT ARMED: venue kraken: cancel_all_orders_after failed" in format_matrix(service.details())
         emulator.set_fault("kraken", "ok")
         recovered = await armed_events.receive()
         assert recovered.kind == "VenueDeadmanArmed"  # armed again after a failure
+        failing = {f.name: f for f in service.metrics()}["lifeline_venue_deadman_failing"]
+        assert {s.labels["venue"]: s.value for s in failing.samples}["kraken"] == 0
         await wait_for(lambda: service.status().health == "ok", timeout=5)  # the probes are UP again too
         assert service.details()["venues"]["kraken"]["deadman"]["failures"] >= 1
         nursery.cancel_scope.cancel()

@@ -49,14 +49,14 @@ class Witness:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    def start(self, timeout: float = 15.0) -> str:
+    def start(self, timeout: float = 15.0, extra: tuple[str, ...] = ()) -> str:
         """Start it and wait for its ready line; returns "HOST:PORT". The first start
         takes any free port, a restart the same one (as systemd would restart it)."""
         self.incarnation += 1
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "daemon.cli", "witness", "--listen", self.address or "127.0.0.1:0", "--state",
-                 str(self.state), "--key-file", str(self.key_file)],
+                 str(self.state), "--key-file", str(self.key_file), *extra],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=ROOT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         match = until(lambda: READY.search(self.log_text()) or self.proc.poll() is not None, timeout)  # type: ignore[union-attr]
@@ -276,3 +276,43 @@ def test_a_second_witness_on_the_same_state_refuses(witness: Witness) -> None:
                  "--key-file", str(witness.key_file))
     assert result.returncode == 1
     assert "another witness is using this state file" in result.stderr
+
+
+def scrape(address: str) -> dict[str, float]:
+    """GET /metrics: every sample line as {name{labels}: value}."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+async def test_the_witness_exports_its_own_metrics(tmp_path: Path) -> None:
+    witness = Witness(tmp_path)
+    metrics_address = f"127.0.0.1:{free_port()}"
+    witness.start(extra=("--metrics", metrics_address))
+    try:
+        with trio.fail_after(CAP):
+            a, b = witness.store("edge-a", ttl=5.0), witness.store("edge-b", ttl=5.0)
+            assert await a.acquire("edge-a", 0) == Grant(1)
+            assert await a.renew("edge-a", 1) == Grant(1)
+            assert await a.renew("edge-a", 1) == Grant(1)
+            with pytest.raises(LeaseConflict):
+                await b.acquire("edge-b", 0)
+            with pytest.raises(LeaseUnavailable):
+                await witness.store("edge-b", ttl=1.0, key=OTHER_KEY).read()
+            samples = await trio.to_thread.run_sync(scrape, metrics_address)
+            await a.aclose()
+            await b.aclose()
+        assert samples['lifeline_witness_leases_granted_total{cluster="lifeline"}'] == 1
+        assert samples['lifeline_witness_renewals_total{cluster="lifeline"}'] == 2
+        refusals = {k: v for k, v in samples.items() if k.startswith("lifeline_witness_refusals_total")}
+        assert sum(refusals.values()) == 1 and 'op="acquire"' in next(iter(refusals))
+        assert samples["lifeline_witness_connections_total"] == 2
+        assert samples["lifeline_witness_connections_open"] == 2
+        assert samples["lifeline_witness_auth_failures_total"] == 1
+        assert samples['lifeline_witness_epoch{cluster="lifeline"}'] == 1
+        assert samples["process_resident_memory_bytes"] > 1e6
+    finally:
+        witness.close()

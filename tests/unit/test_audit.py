@@ -626,3 +626,27 @@ def test_an_audit_log_that_cannot_be_opened_names_the_file(tmp_path: Path) -> No
     blocker.write_text("")
     with pytest.raises(AuditError, match=r"not-a-dir/audit\.jsonl: cannot open the audit log: "):
         AuditLog(blocker / "audit.jsonl", HOST)
+
+
+def test_a_chain_damaged_under_an_open_log_is_broken_and_the_metric_says_so(tmp_path: Path) -> None:
+    from recovery.service import RecoveryService
+
+    path = tmp_path / "audit.jsonl"
+    service = RecoveryService.__new__(RecoveryService)  # only what metrics() reads
+    service.playbooks, service.refused, service.runs, service.outcomes = {}, {}, 2, {"failed": 1, "succeeded": 1}
+    with AuditLog(path, HOST, fsync=False) as log:
+        service.audit = log
+        log.append("step", n=1)
+        log.append("step", n=2)
+        assert log.broken is None
+        metrics = {f.name: f for f in service.metrics()}
+        assert metrics["lifeline_audit_chain_ok"].samples[0].value == 1.0
+        outcomes = {s.labels["outcome"]: s.value for s in metrics["lifeline_playbook_outcomes_total"].samples}
+        assert outcomes == {"failed": 1, "succeeded": 1}
+        # Someone edits the last entry behind the daemon's back: the next append refuses.
+        path.write_bytes(path.read_bytes().replace(b'"n":2', b'"n":22'))
+        with pytest.raises(AuditError, match="damaged"):
+            log.append("step", n=3)
+        assert log.broken is not None and "damaged" in log.broken
+        metrics = {f.name: f for f in service.metrics()}
+        assert metrics["lifeline_audit_chain_ok"].samples[0].value == 0.0

@@ -109,7 +109,7 @@ async def test_readings_events_stale_recovery_and_the_watchdog(
     bus = EventBus()
     script, watchdog = Script(), Watchdog()
     ok = {"on_battery": False, "runtime_s": 900.0}
-    battery = {"on_battery": True, "runtime_s": 600.0}
+    battery = {"on_battery": True, "runtime_s": 600.0, "battery_low": None, "load_percent": 23.456789}
     script.answers = [ok, battery, RuntimeError("garbage from the port")]  # then silence
     device = Device("ups", "ups", script.poll, Monitor(), interval=1.0)
     service = HardwareService(config(tmp_path), bus, devices=[device], watchdog=watchdog, clean_stop=lambda: clean)
@@ -119,6 +119,8 @@ async def test_readings_events_stale_recovery_and_the_watchdog(
             await trio.sleep(2.5)
             assert [type(e) for e in drain(sub)] == [UpsOnBattery]
             assert service.status().health == "ok"
+            # For people: no Python reprs, no "None", floats rounded.
+            assert service.status().summary.startswith("ups ups: on_battery=yes, runtime_s=600, load_percent=23.46;")
             await trio.sleep(5)
             stale = drain(sub)
             assert [type(e) for e in stale] == [DeviceStale]
@@ -134,5 +136,9 @@ async def test_readings_events_stale_recovery_and_the_watchdog(
     assert watchdog.calls[-1] == ("disarm" if clean else "left armed")
     metrics = {f.name: f for f in service.metrics()}
     assert metrics["lifeline_hardware_stale"].samples[0].value == 0.0
-    fields = {s.labels["field"]: s.value for s in metrics["lifeline_hardware_reading"].samples}
-    assert fields == {"on_battery": 1.0, "runtime_s": 600.0}
+    # One metric per quantity, in base units.
+    assert "lifeline_hardware_reading" not in metrics
+    assert [s.value for s in metrics["lifeline_hardware_ups_on_battery"].samples] == [1.0]
+    assert [s.value for s in metrics["lifeline_hardware_ups_battery_low"].samples] == [0.0]
+    assert [s.value for s in metrics["lifeline_hardware_battery_runtime_seconds"].samples] == [600.0]
+    assert metrics["lifeline_hardware_battery_runtime_seconds"].samples[0].labels == {"device": "ups", "kind": "ups"}

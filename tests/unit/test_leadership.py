@@ -275,6 +275,12 @@ async def test_primary_crash_promotes_the_synchronous_standby_within_the_lease_b
         assert took <= TIMINGS.ttl + TIMINGS.renew + TIMINGS.fencing_margin + 0.1, took
         assert b.leadership.machine.epoch == 3
         assert trio.current_time() - crashed_at < 2.0
+        # Each promotion (candidate to primary) is in the histogram: a's at the start, b's now.
+        for node in (a, b):
+            samples = {s.name: s.value for s in node.leadership.promotion_seconds.collect()[0].samples
+                       if not s.name.endswith("_bucket")}
+            assert samples["lifeline_promotion_seconds_count"] == 1
+            assert 0 <= samples["lifeline_promotion_seconds_sum"] < 2.0
         nursery.cancel_scope.cancel()
 
 
@@ -780,4 +786,25 @@ async def test_a_subscriber_that_stops_reading_is_cut_off_while_others_follow_ev
         assert len(buffered) == WATCH_BUFFER
         # What it still holds is stale, and says so by itself: every deadline has passed.
         assert all(m["valid_until"] < ns_now() for m in buffered[1:])
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_primary_shows_the_lease_it_holds_not_the_last_one_it_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryStore()
+    a, b = Node("a", store, Position(1, 10)), Node("b", store, Position(1, 9))
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await b.start(nursery)
+        await wait_role(a, Role.PRIMARY)
+        await wait_role(b, Role.STANDBY)
+        await trio.sleep(TIMINGS.ttl * 3)  # renewals, no reads
+        lease = a.leadership.details()["lease"]
+        assert (lease["holder"], lease["epoch"]) == ("a", a.leadership.machine.epoch)
+        assert a.leadership.machine.epoch >= 1
+        assert 0 < lease["ttl_remaining"] <= TIMINGS.ttl
+        # The standby shows what it reads: a holding the same epoch.
+        seen = b.leadership.details()["lease"]
+        assert (seen["holder"], seen["epoch"]) == ("a", a.leadership.machine.epoch)
         nursery.cancel_scope.cancel()

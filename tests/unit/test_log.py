@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import shlex
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,6 +204,7 @@ def test_running_under_journald_matches_dev_and_inode(tmp_path: Path, monkeypatc
 def test_setup_detects_the_journal_by_itself(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None
 ) -> None:
+    monkeypatch.setattr(lifelog, "JOURNAL_SOCKET", str(tmp_path / "no-journald"))  # the stream, prefixed
     with open(tmp_path / "journal", "w") as stream:
         st = os.fstat(stream.fileno())
         monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
@@ -219,3 +221,94 @@ def test_setup_detects_the_journal_by_itself(
 def test_levels_table() -> None:
     assert lifelog.LEVELS["info"] == logging.INFO
     assert lifelog.LEVELS["error"] == logging.ERROR
+
+
+# --- journald's native protocol ----------------------------------------------------------
+
+
+def parse_journal(datagram: bytes) -> dict[str, str]:
+    """The native protocol, decoded independently of daemon.log (systemd's
+    sd_journal_sendv(3) format): NAME=value lines, or NAME, newline, 64-bit LE length,
+    value, newline."""
+    import struct
+
+    fields: dict[str, str] = {}
+    i = 0
+    while i < len(datagram):
+        end = datagram.index(b"\n", i)
+        line = datagram[i:end]
+        if b"=" in line:
+            name, _, value = line.partition(b"=")
+            i = end + 1
+        else:
+            name = line
+            (size,) = struct.unpack("<Q", datagram[end + 1:end + 9])
+            value = datagram[end + 9:end + 9 + size]
+            assert datagram[end + 9 + size:end + 10 + size] == b"\n"
+            i = end + 10 + size
+        assert re.fullmatch(rb"[A-Z][A-Z0-9_]{0,63}", name), name
+        fields[name.decode()] = value.decode()
+    return fields
+
+
+@pytest.fixture
+def journald(tmp_path: Path) -> Iterator[socket.socket]:
+    """A real datagram socket standing in for journald's."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "journal.socket"))
+    sock.settimeout(2)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def test_records_go_to_the_journal_socket_with_fields(
+    tmp_path: Path, journald: socket.socket, restore_logging: None
+) -> None:
+    from daemon.events import RoleChanged, log_event
+
+    stream = io.StringIO()
+    setup("info", stream=stream, journal_socket=tmp_path / "journal.socket")
+    log_event(RoleChanged(source="standby", node="edge-a", role="primary", previous="candidate", epoch=7,
+                          reason="lease granted", monotonic_ns=1))
+    get_logger("uplinks").warning("uplink.odd", uplink="starlink", note="two\nlines", skipped=None)
+    first = parse_journal(journald.recv(65536))
+    assert first["EVENT"] == "RoleChanged"
+    assert first["ROLE"] == "primary" and first["EPOCH"] == "7" and first["NODE"] == "edge-a"
+    assert first["PRIORITY"] == "6" and first["COMPONENT"] == "events" and first["SYSLOG_IDENTIFIER"] == "lifeline"
+    assert first["MESSAGE"].startswith("level=info component=events event=event.RoleChanged ")
+    second = parse_journal(journald.recv(65536))
+    assert second["EVENT"] == "uplink.odd" and second["UPLINK"] == "starlink" and second["PRIORITY"] == "4"
+    assert second["NOTE"] == "two\nlines"  # the length-prefixed form
+    assert "SKIPPED" not in second
+    assert stream.getvalue() == ""  # not written twice
+
+
+def test_journal_socket_gone_falls_back_to_the_stream(tmp_path: Path, restore_logging: None) -> None:
+    stream = io.StringIO()
+    setup("info", stream=stream, journal=True, journal_socket=tmp_path / "nobody-listens")
+    get_logger("x").error("boom", uplink="fibre")
+    assert stream.getvalue() == "<3>level=error component=x event=boom uplink=fibre\n"
+
+
+def test_under_journald_setup_uses_the_socket_when_it_exists(
+    tmp_path: Path, journald: socket.socket, monkeypatch: pytest.MonkeyPatch, restore_logging: None
+) -> None:
+    monkeypatch.setattr(lifelog, "JOURNAL_SOCKET", str(tmp_path / "journal.socket"))
+    with open(tmp_path / "stream", "w") as stream:
+        st = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        setup("info", stream=stream)
+        get_logger("standby").info("role.changed", role="fenced")
+    assert parse_journal(journald.recv(65536))["ROLE"] == "fenced"
+    assert (tmp_path / "stream").read_text() == ""
+    # Not under journald (no JOURNAL_STREAM): plain lines, the socket untouched.
+    monkeypatch.delenv("JOURNAL_STREAM")
+    stream2 = io.StringIO()
+    setup("info", stream=stream2)
+    get_logger("standby").info("role.changed", role="primary")
+    assert stream2.getvalue() == "level=info component=standby event=role.changed role=primary\n"
+    journald.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        journald.recv(65536)

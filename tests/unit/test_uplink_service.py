@@ -31,7 +31,7 @@ source = "10.72.1.2"
 gateway = "10.72.1.1"
 targets = ["udp://10.75.0.1:7", "udp://10.75.0.2:7"]
 [failover]
-route_backend = "none"
+route_backend = "netlink"  # the tests hand in a recording backend
 hold_down = "30s"
 min_dwell = "10s"
 route_check_interval = "1s"
@@ -266,3 +266,34 @@ async def test_status_and_metrics(autojump_clock: trio.testing.MockClock) -> Non
     assert up[("fibre", "up")] == 1 and up[("fibre", "down")] == 0
     rtt = {s.labels["uplink"]: s.value for s in families["lifeline_uplink_rtt_seconds"].samples}
     assert rtt["starlink"] == pytest.approx(0.04)
+    # Every answered probe is in the RTT histogram (a prometheus_client family).
+    histogram = families["lifeline_uplink_probe_rtt_seconds"]
+    assert histogram.type == "histogram"
+    counts = {s.labels["uplink"]: s.value for s in histogram.samples if s.name.endswith("_count")}
+    assert counts["fibre"] > 10 and counts["starlink"] > 10
+    buckets = {s.labels["le"]: s.value for s in histogram.samples
+               if s.name.endswith("_bucket") and s.labels["uplink"] == "starlink"}
+    assert buckets["0.02"] == 0 and buckets["0.08"] == counts["starlink"]  # 40 ms each
+    # sent and received are two counters, not one metric with a "counter" label.
+    assert "lifeline_uplink_probe_events_total" not in families
+    assert {"lifeline_uplink_probes_sent_total", "lifeline_uplink_probes_received_total"} <= set(families)
+
+
+async def test_route_backend_none_decides_and_reports_but_flushes_nothing(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = World(CONFIG.replace('route_backend = "netlink"', 'route_backend = "none"'))
+    assert w.config.failover.route_backend == "none" and w.config.failover.flush_conntrack
+    w.fibre_alive = lambda t: not (10.1 <= t < 20.1)
+    with caplog.at_level("INFO", logger="lifeline"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(w.service.run)
+            await trio.sleep(100)
+            nursery.cancel_scope.cancel()
+    events = w.drain()
+    changes = [(e.change, e.active) for e in events if e.kind == "ActiveUplinkChanged"]
+    assert changes == [("initial", "fibre"), ("failover", "starlink"), ("failback", "fibre")]  # decided, reported
+    assert w.flushed == []  # ... and not one conntrack entry touched
+    assert not [e for e in events if e.kind == "UplinkFlowsFlushed"]
+    skipped = [r for r in caplog.records if getattr(r, "event", "") == "conntrack.flush_skipped"]
+    assert [r.fields["uplink"] for r in skipped] == ["fibre", "starlink"]  # type: ignore[attr-defined]
