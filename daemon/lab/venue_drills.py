@@ -308,6 +308,9 @@ class PhaseResult:
     uplinks_left_up: list[str] = field(default_factory=list)
     route_moves: int = 0
     errors: list[str] = field(default_factory=list)
+    #: CLOCK_MONOTONIC ns of the fault and of the restore (for the drill report).
+    fault_ns: int | None = None
+    restore_ns: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"detection_ms": _rounded(self.detection_ms), "down_ms": _rounded(self.down_ms),
@@ -338,6 +341,9 @@ class VenueDrillReport:
     deadman_arms: int = 0                    # arms the emulator(s) counted, all incarnations
     daemon_deadman_arms: int | None = None   # the daemon's own count (venues.status)
     workdir: str = ""
+    #: For the drill report (lab.report), not in figures(): the daemon's venue and uplink
+    #: events as they came ({"events": [...], "end_ns": ...}).
+    trace: dict[str, Any] = field(default_factory=dict)
 
     def series(self, phase: str | None, name: str) -> list[float]:
         """Every figure ``name`` ("detection_ms", "down_ms", "recovery_ms") of ``phase``
@@ -488,6 +494,9 @@ class _Drill:
             self._notify_thread.join(2)
         if self.events is not None:
             self.events.close()
+            kinds = ("VenueHealthChanged", "UplinkHealthChanged", "ActiveUplinkChanged")
+            self.report.trace = {"events": [e for _, e in self.events.events if e.get("kind") in kinds],
+                                 "end_ns": time.monotonic_ns()}
         if self.daemon is not None:
             with contextlib.suppress(Exception):
                 with ControlClient(self.socket, timeout=3) as client:
@@ -582,7 +591,7 @@ class _Drill:
         route_before = self.world.default_route()
         # A real fault falls at a random phase of the probe schedule (1 s rounds).
         time.sleep(random.uniform(0.0, DEFAULTS["interval_s"]))
-        t0 = time.monotonic_ns()
+        t0 = result.fault_ns = time.monotonic_ns()
         if name == "fibre_only":
             self.drop_fibre()
         else:
@@ -605,7 +614,7 @@ class _Drill:
         except (ConnectionError, OSError) as exc:
             states = {}
             result.errors.append(f"venues.status failed: {exc}")
-        t1 = self._restore(name, result)
+        t1 = result.restore_ns = self._restore(name, result)
         for venue, uplink in affected:
             back = self.events.first("VenueHealthChanged", after_ns=t1, timeout=timeout + 10,
                                      match=_path_event(venue, uplink, lambda s: s == "up"))
