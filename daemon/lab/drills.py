@@ -477,3 +477,36 @@ def format_report(report: DrillReport) -> str:
 
 def report_json(report: DrillReport) -> str:
     return json.dumps({"ok": report.ok, **report.figures()})
+
+
+# ---------------------------------------------------------------------- --report FILE.html
+
+
+def add_report_argument(parser: Any) -> None:
+    parser.add_argument("--report", type=Path, default=None, metavar="FILE.html",
+                        help="also write the drill report: one self-contained HTML file with plots (swimlanes, "
+                             "RTT and loss, venue health, histograms, checks)")
+
+
+def write_drill_report(path: Path | None, reports: list[Any]) -> bool:
+    """Write the HTML report of ``reports`` (the drills' report objects) when ``--report``
+    was given; say where, or why not. False only when it could not be written."""
+    if path is None:
+        return True
+    import sys
+
+    try:
+        from lab.report.drills import write  # matplotlib: only when a report is asked for
+    except ImportError as exc:
+        print(f"drill report: cannot draw it: {exc} (pip install 'lifeline[test]', or matplotlib>=3.6)",
+              file=sys.stderr)
+        return False
+    try:
+        written = write(path, "lifeline " + " ".join(sys.argv[1:2]) + " report", reports,
+                        subtitle="lifeline " + " ".join(sys.argv[1:]) + ";")
+    except OSError as exc:
+        print(f"drill report: cannot write {path}: {exc}", file=sys.stderr)
+        return False
+    print(f"drill report: {written.resolve()} ({written.stat().st_size // 1024} KB; open it in a browser)",
+          file=sys.stderr)
+    return True

@@ -69,7 +69,7 @@ from typing import Any
 
 from daemon.control_client import ControlClient, ControlError
 from daemon.lab import pair as lab_pair
-from daemon.lab.drills import percentile
+from daemon.lab.drills import add_report_argument, percentile, write_drill_report
 from daemon.lab.pair import EDGES, HOSTS, REPLICATION_TIMERS, LabProcess, PairLab
 from daemon.lab.procs import DaemonProcess, until
 from daemon.lab.replay_engine import feed_lines
@@ -1043,6 +1043,7 @@ def add_ha_drill_parsers(drill_sub: argparse._SubParsersAction[argparse.Argument
         parser.add_argument("--workdir", type=Path, default=None,
                             help="keep the drill's files (configs, logs, journals) here")
         parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+        add_report_argument(parser)
 
 
 def run_ha_drill(args: argparse.Namespace) -> int:
@@ -1067,4 +1068,5 @@ def run_ha_drill(args: argparse.Namespace) -> int:
         else:
             progress(f"lifeline drill {kind}: failed; its files are kept in {workdir}")
     print(report_json(report) if args.json else format_report(report))
-    return 0 if report.ok else 1
+    written = write_drill_report(args.report, [report])
+    return 0 if report.ok and written else 1

@@ -78,7 +78,7 @@ from typing import Any
 from daemon.control_client import ControlClient
 from daemon.lab import netns
 from daemon.lab import world as lab_world
-from daemon.lab.drills import percentile
+from daemon.lab.drills import add_report_argument, percentile, write_drill_report
 from daemon.lab.hardware_drills import EventWatch
 from daemon.lab.netns import LabError
 
@@ -802,6 +802,7 @@ def add_venue_drill_parser(drill_sub: Any) -> None:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the drill's files here (default: a temporary directory, kept only on failure)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    add_report_argument(parser)
 
 
 def unavailable() -> str | None:
@@ -841,4 +842,5 @@ def run_venue_drill(args: argparse.Namespace) -> int:
         else:
             progress(f"lifeline drill venue: failed; its files are kept in {workdir}")
     print(report_json(report) if args.json else format_report(report))
-    return 0 if report.ok else 1
+    written = write_drill_report(args.report, [report])
+    return 0 if report.ok and written else 1

@@ -247,6 +247,8 @@ def _value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, list):
+        if not value:
+            return "-"
         text = ", ".join(_value(v) for v in value)
         return text if len(text) <= 90 else text[:87] + "..."
     if isinstance(value, dict):

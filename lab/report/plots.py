@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from typing import Any
 
 import matplotlib
@@ -51,8 +52,9 @@ def _svg(fig: Any) -> str:
     fig.savefig(buffer, format="svg", bbox_inches="tight")
     plt.close(fig)
     text = buffer.getvalue()
-    # Inline: drop the XML declaration and DOCTYPE, keep the <svg> element.
-    return text[text.index("<svg"):]
+    # Inline: drop the XML declaration and DOCTYPE, keep the <svg> element, without its
+    # RDF metadata block (a creator and date per plot, and URLs that look like links).
+    return re.sub(r"<metadata>.*?</metadata>\s*", "", text[text.index("<svg"):], count=1, flags=re.S)
 
 
 def _epoch_colour(epoch: int) -> str:
