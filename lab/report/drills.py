@@ -85,6 +85,23 @@ def swimlane(title: str, nodes: list[str], changes: list[dict[str, Any]], feed: 
                                    if len(nodes) == 2 else 0.0)}
 
 
+def swimlane_from_feed(title: str, nodes: list[str], messages: list[dict[str, Any]], *, end_ns: int,
+                       markers: list[dict[str, Any]] | None = None, origin_ns: int | None = None) -> dict[str, Any]:
+    """A swimlane from role.watch messages alone (each with ``node``; a drill that follows
+    the feeds, such as the nemesis): a role change is a message whose role differs from
+    the node's previous one; a feed that ends (``unknown``) ends the role. Without
+    ``origin_ns`` the plot is one panel over the whole run, in seconds."""
+    changes: list[dict[str, Any]] = []
+    last: dict[str, str] = {}
+    for m in sorted((m for m in messages if isinstance(m.get("monotonic_ns"), int)), key=lambda m: m["monotonic_ns"]):
+        role = str(m.get("role"))
+        if last.get(m["node"]) != role:
+            changes.append({"node": m["node"], "role": role, "epoch": int(m.get("epoch") or 0),
+                            "monotonic_ns": m["monotonic_ns"]})
+            last[m["node"]] = role
+    return swimlane(title, nodes, changes, messages, end_ns=end_ns, origin_ns=origin_ns, markers=markers)
+
+
 def repetition_swimlane(rep: Any) -> dict[str, Any] | None:
     """A promotion drill's repetition (daemon.lab.ha_drills.Repetition) as a swimlane."""
     if not rep.roles or rep.end_ns is None:

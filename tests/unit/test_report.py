@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from lab.report import merge_intervals, overlap_ns, render_html, trading_intervals
-from lab.report.drills import swimlane
+from lab.report.drills import swimlane, swimlane_from_feed
 
 MS = 1_000_000
 
@@ -96,3 +96,16 @@ def test_a_drill_without_plots_renders_its_tables_only() -> None:
     text = render_html({"title": "t", "drills": [{"name": "lifecycle", "ok": False,
                                                   "checks": [{"name": "ready", "ok": False, "figure": "-"}]}]})
     assert "<svg" not in text and "ready" in text and 'class="badge fail"' in text
+
+
+def test_a_swimlane_from_the_feeds_alone_finds_the_role_changes_and_lets_renewals_extend_trading() -> None:
+    messages = [msg("a", "primary", 0, 900, epoch=1), msg("a", "primary", 500, 1400, epoch=1, renewal=True),
+                msg("b", "standby", 10, epoch=1), msg("a", "unknown", 1000),   # a's feed was cut
+                msg("b", "primary", 1600, 2600, epoch=2)]
+    lane = swimlane_from_feed("nemesis", ["a", "b"], messages, end_ns=3000 * MS,
+                              markers=[{"at_ns": 990 * MS, "node": None, "kind": "fault", "label": "kill9"}])
+    assert lane["roles"]["a"] == [[0, 1000 * MS, "primary", 1], [1000 * MS, 3000 * MS, "unknown", 0]]
+    assert lane["roles"]["b"] == [[10 * MS, 1600 * MS, "standby", 1], [1600 * MS, 3000 * MS, "primary", 2]]
+    assert lane["trading"]["a"] == [[0, 1000 * MS]]
+    assert lane["overlap_ms"] == 0 and lane["trading_overlap_ms"] == 0
+    assert "<svg" in render_html({"title": "n", "drills": [{"name": "nemesis", "ok": True, "swimlanes": [lane]}]})
