@@ -1,7 +1,7 @@
 """The promotion drills: kill the primary, partition it from the witness, lose its whole
 site; time the promotion, count lost acknowledged records and overlapping primaries.
 
-    lifeline drill standby|partition|region [--repeat N] [--seed S] [--json] [--workdir DIR]
+    lifeline drill standby|partition|region [--repeat N] [--seed S] [--json] [--workdir DIR] [--report FILE.html]
 
 Each repetition runs in the pair lab (:mod:`daemon.lab.pair`) from a fresh state: a new
 replication key, empty journals, a fresh lease store (the witness, or three etcd members

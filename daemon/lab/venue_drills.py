@@ -1,7 +1,7 @@
 """The venue drill: a venue goes silent through the fibre only, then dies entirely;
 time how long the daemon takes to see it.
 
-    lifeline drill venue [--repeat N] [--json] [--workdir DIR]
+    lifeline drill venue [--repeat N] [--json] [--workdir DIR] [--report FILE.html]
 
 Needs root: it builds the namespace lab (:class:`daemon.lab.world.LabWorld`, holding its
 :class:`~daemon.lab.world.LabLock`), runs the venue emulator

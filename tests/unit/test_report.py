@@ -109,3 +109,22 @@ def test_a_swimlane_from_the_feeds_alone_finds_the_role_changes_and_lets_renewal
     assert lane["trading"]["a"] == [[0, 1000 * MS]]
     assert lane["overlap_ms"] == 0 and lane["trading_overlap_ms"] == 0
     assert "<svg" in render_html({"title": "n", "drills": [{"name": "nemesis", "ok": True, "swimlanes": [lane]}]})
+
+
+def test_every_drill_report_class_has_an_adapter() -> None:
+    from daemon.lab.hardware_drills import HardwareReport
+    from daemon.lab.hardware_drills import Repetition as HwRepetition
+    from daemon.lab.lifecycle import LifecycleReport
+    from lab.report.drills import report_data
+
+    power = HardwareReport("power", 2, [HwRepetition(1, {"detection_ms": 410.0, "playbook_ms": 600.0,
+                                                         "fenced_ms": 900.0, "handover_ms": 2100.0},
+                                                     acked=10, lost=0, overlap_ms=0.0),
+                                        HwRepetition(2, {"detection_ms": None}, errors=["no UPS event"])])
+    lifecycle = LifecycleReport()
+    lifecycle.add("READY=1", True, "812 ms")
+    data = report_data("t", [power, lifecycle])
+    text = render_html(data)
+    assert [d["name"] for d in data["drills"]] == ["power", "lifecycle"]
+    assert data["ok"] is False  # repetition 2 of the power drill failed
+    assert "no UPS event" in text and "READY=1" in text and 'id="histograms-power"' in text
