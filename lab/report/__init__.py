@@ -171,9 +171,9 @@ def _drill_html(d: dict[str, Any], plots: Any) -> str:
         out.append("</table></div>")
     out.append("</div>")
     if figures:
-        # Long tables side by side, up to 18 rows each.
+        # Long tables in three columns side by side.
         items = list(figures.items())
-        size = max(18, -(-len(items) // 3))
+        size = max(8, -(-len(items) // 3))
         out.append('<h3>Figures</h3><div class="cols">')
         for i in range(0, len(items), size):
             out.append("<table><tr><th>figure</th><th>value</th></tr>")
