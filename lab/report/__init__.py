@@ -26,7 +26,8 @@ measured with ``time.monotonic()`` (the same clock). ::
                 "trading": {node: [[start_ns, end_ns], ...]},   # role.watch: primary, before valid_until
                 "markers": [{"at_ns": int, "node": str | None, "kind": str, "label": str}],
                 #          kind: fault, killed, promoted, fenced, first_ok
-                "overlap_ms": float, "trading_overlap_ms": float}
+                "overlap_ms": float, "trading_overlap_ms": float,
+                "trading_gap_ms": float | None}   # the handover: no node may trade
     uplinks = {"origin": s, "end": s, "names": [uplink, ...],
                "status": [[at, {uplink: {"state", "loss", "rtt_ms"}}], ...],   # the daemon's window
                "echo": [[sent, answered], ...],                  # venue echo over the default route
@@ -189,7 +190,9 @@ def _drill_html(d: dict[str, Any], plots: Any) -> str:
         trading = lane.get("trading_overlap_ms")
         words = (f'overlap {_ms(overlap)}' if overlap is not None else "overlap not measured")
         caption = (f'<span class="overlap">{_e(words)}</span> (primary intervals, the drill\'s figure); '
-                   f"trading overlap {_e(_ms(trading))} (role.watch: primary and before valid_until). "
+                   f"trading overlap {_e(_ms(trading))} (role.watch: primary and before valid_until)"
+                   + (f"; no node could trade for {_e(_ms(lane['trading_gap_ms']))} at the handover. "
+                      if lane.get("trading_gap_ms") is not None else ". ") +
                    "Bars: each node's role from its RoleChanged events (primary labelled with its epoch); "
                    "green strip: the interval in which the feed allowed the engine to trade; "
                    "red line: the fault; markers: kill, fence, promotion, the new primary's first ok.")

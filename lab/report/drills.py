@@ -77,10 +77,14 @@ def swimlane(title: str, nodes: list[str], changes: list[dict[str, Any]], feed: 
         primaries = [[[s, e] for s, e, role, _ in roles[n] if role == "primary"] for n in nodes]
         overlap_ms = overlap_ns(*primaries[:2]) / 1e6 if len(primaries) == 2 else 0.0
     trading = {node: trading_intervals(feed, node) for node in nodes}
+    # The handover: from one node's last allowance to the other's first one after it.
+    gaps = [(s - max(ends)) / 1e6 for n in nodes for other in nodes if other != n for s, _ in trading[n]
+            if (origin_ns is None or s >= origin_ns) and (ends := [e for _, e in trading[other] if e <= s])]
     starts = [c["monotonic_ns"] for c in changes] + [m["monotonic_ns"] for m in feed if "monotonic_ns" in m]
     return {"title": title, "nodes": list(nodes), "origin_ns": origin_ns,
             "start_ns": min(starts, default=origin_ns or end_ns), "end_ns": end_ns, "roles": roles,
             "trading": trading, "markers": list(markers or []), "overlap_ms": overlap_ms,
+            "trading_gap_ms": min(gaps) if gaps else None,
             "trading_overlap_ms": (overlap_ns(*[merge_intervals(trading[n]) for n in nodes[:2]]) / 1e6
                                    if len(nodes) == 2 else 0.0)}
 

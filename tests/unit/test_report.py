@@ -49,6 +49,7 @@ def test_swimlane_ends_a_role_at_the_death_and_measures_both_overlaps() -> None:
     assert lane["roles"]["a"] == [[0, 1000 * MS, "primary", 1]]
     assert lane["overlap_ms"] == 0
     assert lane["trading_overlap_ms"] == 100.0
+    assert lane["trading_gap_ms"] is None  # no gap: they overlap
     assert lane["start_ns"] == 0
 
 
@@ -108,6 +109,7 @@ def test_a_swimlane_from_the_feeds_alone_finds_the_role_changes_and_lets_renewal
     assert lane["roles"]["b"] == [[10 * MS, 1600 * MS, "standby", 1], [1600 * MS, 3000 * MS, "primary", 2]]
     assert lane["trading"]["a"] == [[0, 1000 * MS]]
     assert lane["overlap_ms"] == 0 and lane["trading_overlap_ms"] == 0
+    assert lane["trading_gap_ms"] == 1600 - 1000
     assert "<svg" in render_html({"title": "n", "drills": [{"name": "nemesis", "ok": True, "swimlanes": [lane]}]})
 
 
