@@ -130,3 +130,15 @@ def test_every_drill_report_class_has_an_adapter() -> None:
     assert [d["name"] for d in data["drills"]] == ["power", "lifecycle"]
     assert data["ok"] is False  # repetition 2 of the power drill failed
     assert "no UPS event" in text and "READY=1" in text and 'id="histograms-power"' in text
+
+
+def test_saved_report_data_renders_from_the_command_line(tmp_path: Any, capsys: Any) -> None:
+    import json
+
+    from lab.report import main
+
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(report_data()))
+    assert main([str(data), str(tmp_path / "out.html")]) == 0
+    assert 'id="swimlane-partition-1"' in (tmp_path / "out.html").read_text()
+    assert "out.html" in capsys.readouterr().out
