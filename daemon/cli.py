@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                               help='hold-down before failback in the drill (default "3s"; the daemon\'s is 30s)')
     uplink_drill.add_argument("--workdir", type=Path, default=None, help="keep the drill's files here")
     uplink_drill.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    from daemon.lab.drills import add_report_argument
+
+    add_report_argument(uplink_drill)
 
     from daemon.lab.ha_drills import add_ha_drill_parsers
 
@@ -633,7 +636,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     import tempfile
 
     from daemon.config import Duration
-    from daemon.lab.drills import DrillSettings, format_report, report_json, run_uplink_drill
+    from daemon.lab.drills import DrillSettings, format_report, report_json, run_uplink_drill, write_drill_report
 
     if args.drill_command == "venue":
         from daemon.lab.venue_drills import run_venue_drill
@@ -665,7 +668,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     print(report_json(report) if args.json else format_report(report))
-    return 0 if report.ok else 1
+    written = write_drill_report(args.report, [report])
+    return 0 if report.ok and written else 1
 
 
 def format_event(event: dict[str, Any]) -> str:

@@ -30,6 +30,9 @@ def add_lab_parser(sub: Any) -> None:
                      help="repetitions of each promotion drill: standby, partition, region (default 3; 0 skips them)")
     lab.add_argument("--venue-repeat", type=int, default=3,
                      help="repetitions of the venue drill: silent through the fibre, then dead (default 3; 0 skips it)")
+    from daemon.lab.drills import add_report_argument
+
+    add_report_argument(lab)
     actions = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=False)
     up = actions.add_parser("up", help="build the lab's world (namespaces, routers, venue echo) and leave it up")
     down = actions.add_parser("down", help="remove every namespace, link and process the lab made")
@@ -216,6 +219,9 @@ def run_drills(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     ok = (report.ok and (uplink_report is None or uplink_report.ok) and all(r.ok for r in promotion_reports)
           and (venue_report is None or venue_report.ok))
+    from daemon.lab.drills import write_drill_report
+
+    ok = write_drill_report(args.report, [report, uplink_report, *promotion_reports, venue_report]) and ok
     if args.json:
         out: dict[str, Any] = {"ok": ok, "lifecycle": {"ok": report.ok, "checks": [c.__dict__ for c in report.checks],
                                                       **report.figures}}

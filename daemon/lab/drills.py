@@ -74,6 +74,9 @@ class DrillReport:
     soak_real_s: float | None = None
     route_errors: int = 0
     errors: list[str] = field(default_factory=list)
+    #: For the drill report (lab.report), not in figures(): the failover phase as plain
+    #: data (:func:`failover_trace`).
+    trace: dict[str, Any] = field(default_factory=dict)
 
     def series(self, name: str) -> list[float]:
         return [getattr(r, name) for r in self.repetitions if getattr(r, name) is not None]
@@ -218,6 +221,57 @@ def venue_prober(sock: socket.socket, timeline: Timeline, stop: threading.Event,
     threading.Thread(target=loop, name="drill-venue", daemon=True).start()
 
 
+def sample_status(socket_path: Path, samples: list[tuple[float, dict[str, Any]]], stop: threading.Event,
+                  every: float = 0.1) -> threading.Thread:
+    """``uplink.status`` every ``every`` s (each uplink's window loss, median RTT, state),
+    kept with the time it was answered: the report's RTT and loss per uplink."""
+
+    def loop() -> None:
+        try:
+            with ControlClient(socket_path, timeout=2) as client:
+                while not stop.wait(every):
+                    status = client.call("uplink.status")
+                    samples.append((time.monotonic(), {
+                        name: {k: u.get(k) for k in ("state", "loss", "rtt_ms", "lost_streak", "kind")}
+                        for name, u in (status.get("uplinks") or {}).items()}))
+        except (ConnectionError, OSError, ValueError):
+            pass  # the daemon is gone: the samples end there
+
+    thread = threading.Thread(target=loop, name="drill-status", daemon=True)
+    thread.start()
+    return thread
+
+
+def failover_trace(timeline: Timeline, samples: list[tuple[float, dict[str, Any]]], cuts: list[float],
+                   restores: list[float], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The failover phase as plain data (monotonic seconds): the daemon's uplink events,
+    the kernel's default-route changes, every venue echo (sent, answered), the status
+    samples, the cuts and restores, and each uplink's DEGRADED thresholds."""
+    from daemon.config import UplinkConfig
+
+    gateways = {FIBRE_GATEWAY: "fibre", STARLINK_GATEWAY: "starlink"}
+    with timeline._lock:
+        items = list(timeline.items)
+    routes = []
+    for at, kind, value in items:
+        if kind == "route" and value.startswith("default") and "via " in value:
+            gateway = value.split("via ", 1)[1].split()[0]
+            routes.append({"at": at, "uplink": gateways.get(gateway, gateway)})
+    thresholds = {}
+    for _, uplinks in samples[:1]:
+        for name, u in uplinks.items():
+            defaults = UPLINK_KIND_DEFAULTS.get(str(u.get("kind")), UPLINK_KIND_DEFAULTS["other"])
+            rtt = overrides.get("degraded_rtt", defaults["degraded_rtt"])
+            thresholds[name] = {
+                "rtt_ms": (_seconds(rtt) if isinstance(rtt, str) else float(rtt)) * 1000,
+                "loss": float(overrides.get("degraded_loss",
+                                            UplinkConfig.__dataclass_fields__["degraded_loss"].default))}
+    return {"events": [{"at": at, **value} for at, kind, value in items if kind == "event"],
+            "routes": routes,
+            "venue": [(value, at) for at, kind, value in items if kind == "venue"],
+            "status": samples, "cuts": cuts, "restores": restores, "thresholds": thresholds}
+
+
 def _route_via(gateway: str) -> Callable[[str, Any], bool]:
     def match(kind: str, value: Any) -> bool:
         return kind == "route" and value.startswith("default") and f"via {gateway} " in value + " " \
@@ -283,9 +337,13 @@ def _failover_phase(world: Any, workdir: Path, settings: DrillSettings, report: 
     timeline = Timeline()
     stop = threading.Event()
     monitor = follow_routes(lab_world.EDGE, timeline, stop)
+    samples: list[tuple[float, dict[str, Any]]] = []
+    cuts: list[float] = []
+    restores: list[float] = []
     try:
         socket_path = workdir / "run" / "control.sock"
         follow_events(socket_path, timeline, stop)
+        sample_status(socket_path, samples, stop)
         venue_prober(socket_in_netns(lab_world.EDGE, socket.AF_INET, socket.SOCK_DGRAM), timeline, stop)
         if _wait_active(socket_path, "fibre", settings.timeout) is None:
             raise RuntimeError("the edge daemon never put the default route on the fibre")
@@ -298,6 +356,7 @@ def _failover_phase(world: Any, workdir: Path, settings: DrillSettings, report: 
             # they err on the long side; a venue echo counts only if it was sent after the
             # command returned, when the cut is certainly in force.
             cut = time.monotonic()
+            cuts.append(cut)
             world.cut("fibre")
             cut_in_force = time.monotonic()
             detected = timeline.wait_for(_event("UplinkHealthChanged", uplink="fibre", state="down"), cut,
@@ -312,6 +371,7 @@ def _failover_phase(world: Any, workdir: Path, settings: DrillSettings, report: 
                 route_ms = event.get("route_ms")
             time.sleep(settings.settle)
             restored = time.monotonic()
+            restores.append(restored)
             world.restore("fibre")
             back = timeline.wait_for(_route_via(FIBRE_GATEWAY), restored,
                                      settings.timeout + _seconds(settings.hold_down) + 30)
@@ -330,6 +390,7 @@ def _failover_phase(world: Any, workdir: Path, settings: DrillSettings, report: 
     finally:
         stop.set()
         monitor.terminate()
+        report.trace = failover_trace(timeline, samples, cuts, restores, settings.uplink_overrides)
         code = daemon.stop(20)
         if code != 0:
             report.errors.append(f"the edge daemon exited {code} on SIGTERM")
@@ -416,3 +477,36 @@ def format_report(report: DrillReport) -> str:
 
 def report_json(report: DrillReport) -> str:
     return json.dumps({"ok": report.ok, **report.figures()})
+
+
+# ---------------------------------------------------------------------- --report FILE.html
+
+
+def add_report_argument(parser: Any) -> None:
+    parser.add_argument("--report", type=Path, default=None, metavar="FILE.html",
+                        help="also write the drill report: one self-contained HTML file with plots (swimlanes, "
+                             "RTT and loss, venue health, histograms, checks)")
+
+
+def write_drill_report(path: Path | None, reports: list[Any]) -> bool:
+    """Write the HTML report of ``reports`` (the drills' report objects) when ``--report``
+    was given; say where, or why not. False only when it could not be written."""
+    if path is None:
+        return True
+    import sys
+
+    try:
+        from lab.report.drills import write  # matplotlib: only when a report is asked for
+    except ImportError as exc:
+        print(f"drill report: cannot draw it: {exc} (pip install 'lifeline[test]', or matplotlib>=3.6)",
+              file=sys.stderr)
+        return False
+    try:
+        written = write(path, "lifeline " + " ".join(sys.argv[1:2]) + " report", reports,
+                        subtitle="lifeline " + " ".join(sys.argv[1:]) + ";")
+    except OSError as exc:
+        print(f"drill report: cannot write {path}: {exc}", file=sys.stderr)
+        return False
+    print(f"drill report: {written.resolve()} ({written.stat().st_size // 1024} KB; open it in a browser)",
+          file=sys.stderr)
+    return True

@@ -1,7 +1,7 @@
 """The promotion drills: kill the primary, partition it from the witness, lose its whole
 site; time the promotion, count lost acknowledged records and overlapping primaries.
 
-    lifeline drill standby|partition|region [--repeat N] [--seed S] [--json] [--workdir DIR]
+    lifeline drill standby|partition|region [--repeat N] [--seed S] [--json] [--workdir DIR] [--report FILE.html]
 
 Each repetition runs in the pair lab (:mod:`daemon.lab.pair`) from a fresh state: a new
 replication key, empty journals, a fresh lease store (the witness, or three etcd members
@@ -69,7 +69,7 @@ from typing import Any
 
 from daemon.control_client import ControlClient, ControlError
 from daemon.lab import pair as lab_pair
-from daemon.lab.drills import percentile
+from daemon.lab.drills import add_report_argument, percentile, write_drill_report
 from daemon.lab.pair import EDGES, HOSTS, REPLICATION_TIMERS, LabProcess, PairLab
 from daemon.lab.procs import DaemonProcess, until
 from daemon.lab.replay_engine import feed_lines
@@ -151,6 +151,14 @@ class Repetition:
     writer: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     roles: list[dict[str, Any]] = field(default_factory=list)
+    #: For the drill report (lab.report): every role.watch message of both nodes
+    #: (renewals included, with ``valid_until``), the fault, the SIGKILLs taking effect,
+    #: the new node's first ``ok`` and the end of the repetition (CLOCK_MONOTONIC ns).
+    feed: list[dict[str, Any]] = field(default_factory=list)
+    fault_ns: int | None = None
+    deaths_ns: list[int] = field(default_factory=list)
+    promoted_ns: int | None = None
+    end_ns: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -340,6 +348,8 @@ class RoleLog:
         self.changes: dict[tuple[str, int, str], dict[str, Any]] = {}
         #: The current role of each node as its feed last said (snapshots included).
         self.current: dict[str, dict[str, Any]] = {}
+        #: Every message of the feeds as it came (snapshots and renewals included).
+        self.feed: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -352,9 +362,12 @@ class RoleLog:
             if role == "unknown":  # the feed was cut: nothing may be assumed of the node
                 with self._cond:
                     self.current[node] = dict(message, node=node)
+                    self.feed.append(dict(message, node=node))
                     self._cond.notify_all()
             return
         with self._cond:
+            if not history:
+                self.feed.append(dict(message, node=node))
             stamp = int(message.get("monotonic_ns", 0))
             last = self.current.get(node)
             if not history or last is None or stamp > int(last.get("monotonic_ns", 0)):
@@ -735,6 +748,7 @@ class Drill:
                                   f"(the writer's answers: {writer.summary()})")
             else:
                 rep.promotion_ms = (promoted - fault_at) * 1000
+                rep.promoted_ns = int(promoted * 1e9)
             roles.merge_recent(standby)
             became = [c for c in roles.of(standby.name, fault_ns) if c["role"] == "primary"]
             if became:
@@ -771,6 +785,7 @@ class Drill:
                 if node.alive():
                     roles.merge_recent(node)
             rep.roles = roles.all()
+            rep.feed, rep.fault_ns, rep.deaths_ns, rep.end_ns = list(roles.feed), fault_ns, list(deaths), end_ns
             self._check_roles(primary, standby, rep, deaths, fault_ns, end_ns)
             self._check_loss(writer, standby, rep)
             divergent = [e for e in ((primary.try_call("events.recent", {"limit": 1000}) or {}).get("events", []))
@@ -1028,6 +1043,7 @@ def add_ha_drill_parsers(drill_sub: argparse._SubParsersAction[argparse.Argument
         parser.add_argument("--workdir", type=Path, default=None,
                             help="keep the drill's files (configs, logs, journals) here")
         parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+        add_report_argument(parser)
 
 
 def run_ha_drill(args: argparse.Namespace) -> int:
@@ -1052,4 +1068,5 @@ def run_ha_drill(args: argparse.Namespace) -> int:
         else:
             progress(f"lifeline drill {kind}: failed; its files are kept in {workdir}")
     print(report_json(report) if args.json else format_report(report))
-    return 0 if report.ok else 1
+    written = write_drill_report(args.report, [report])
+    return 0 if report.ok and written else 1

@@ -75,7 +75,7 @@ from typing import Any
 
 from daemon.config import dump_toml
 from daemon.control_client import ControlClient
-from daemon.lab.drills import percentile
+from daemon.lab.drills import add_report_argument, percentile, write_drill_report
 from daemon.lab.ha_drills import Node, RoleLog, Writer, overlap_ns, primary_intervals
 from daemon.lab.pair import REPLICATION_TIMERS
 from daemon.lab.procs import DaemonProcess, until
@@ -762,6 +762,7 @@ def add_hardware_drill_parsers(drill_sub: argparse._SubParsersAction[argparse.Ar
         parser.add_argument("--repeat", type=int, default=3, help="repetitions, each with fresh daemons (default 3)")
         parser.add_argument("--workdir", type=Path, default=None, help="keep the drill's files here")
         parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+        add_report_argument(parser)
 
 
 def run_hardware_drill(args: argparse.Namespace) -> int:
@@ -779,4 +780,5 @@ def run_hardware_drill(args: argparse.Namespace) -> int:
         else:
             progress(f"lifeline drill {kind}: failed; its files are kept in {workdir}")
     print(report_json(report) if args.json else format_report(report))
-    return 0 if report.ok else 1
+    written = write_drill_report(args.report, [report])
+    return 0 if report.ok and written else 1

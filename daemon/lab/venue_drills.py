@@ -1,7 +1,7 @@
 """The venue drill: a venue goes silent through the fibre only, then dies entirely;
 time how long the daemon takes to see it.
 
-    lifeline drill venue [--repeat N] [--json] [--workdir DIR]
+    lifeline drill venue [--repeat N] [--json] [--workdir DIR] [--report FILE.html]
 
 Needs root: it builds the namespace lab (:class:`daemon.lab.world.LabWorld`, holding its
 :class:`~daemon.lab.world.LabLock`), runs the venue emulator
@@ -78,7 +78,7 @@ from typing import Any
 from daemon.control_client import ControlClient
 from daemon.lab import netns
 from daemon.lab import world as lab_world
-from daemon.lab.drills import percentile
+from daemon.lab.drills import add_report_argument, percentile, write_drill_report
 from daemon.lab.hardware_drills import EventWatch
 from daemon.lab.netns import LabError
 
@@ -308,6 +308,9 @@ class PhaseResult:
     uplinks_left_up: list[str] = field(default_factory=list)
     route_moves: int = 0
     errors: list[str] = field(default_factory=list)
+    #: CLOCK_MONOTONIC ns of the fault and of the restore (for the drill report).
+    fault_ns: int | None = None
+    restore_ns: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"detection_ms": _rounded(self.detection_ms), "down_ms": _rounded(self.down_ms),
@@ -338,6 +341,9 @@ class VenueDrillReport:
     deadman_arms: int = 0                    # arms the emulator(s) counted, all incarnations
     daemon_deadman_arms: int | None = None   # the daemon's own count (venues.status)
     workdir: str = ""
+    #: For the drill report (lab.report), not in figures(): the daemon's venue and uplink
+    #: events as they came ({"events": [...], "end_ns": ...}).
+    trace: dict[str, Any] = field(default_factory=dict)
 
     def series(self, phase: str | None, name: str) -> list[float]:
         """Every figure ``name`` ("detection_ms", "down_ms", "recovery_ms") of ``phase``
@@ -488,6 +494,9 @@ class _Drill:
             self._notify_thread.join(2)
         if self.events is not None:
             self.events.close()
+            kinds = ("VenueHealthChanged", "UplinkHealthChanged", "ActiveUplinkChanged")
+            self.report.trace = {"events": [e for _, e in self.events.events if e.get("kind") in kinds],
+                                 "end_ns": time.monotonic_ns()}
         if self.daemon is not None:
             with contextlib.suppress(Exception):
                 with ControlClient(self.socket, timeout=3) as client:
@@ -582,7 +591,7 @@ class _Drill:
         route_before = self.world.default_route()
         # A real fault falls at a random phase of the probe schedule (1 s rounds).
         time.sleep(random.uniform(0.0, DEFAULTS["interval_s"]))
-        t0 = time.monotonic_ns()
+        t0 = result.fault_ns = time.monotonic_ns()
         if name == "fibre_only":
             self.drop_fibre()
         else:
@@ -605,7 +614,7 @@ class _Drill:
         except (ConnectionError, OSError) as exc:
             states = {}
             result.errors.append(f"venues.status failed: {exc}")
-        t1 = self._restore(name, result)
+        t1 = result.restore_ns = self._restore(name, result)
         for venue, uplink in affected:
             back = self.events.first("VenueHealthChanged", after_ns=t1, timeout=timeout + 10,
                                      match=_path_event(venue, uplink, lambda s: s == "up"))
@@ -793,6 +802,7 @@ def add_venue_drill_parser(drill_sub: Any) -> None:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the drill's files here (default: a temporary directory, kept only on failure)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    add_report_argument(parser)
 
 
 def unavailable() -> str | None:
@@ -832,4 +842,5 @@ def run_venue_drill(args: argparse.Namespace) -> int:
         else:
             progress(f"lifeline drill venue: failed; its files are kept in {workdir}")
     print(report_json(report) if args.json else format_report(report))
-    return 0 if report.ok else 1
+    written = write_drill_report(args.report, [report])
+    return 0 if report.ok and written else 1

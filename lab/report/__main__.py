@@ -1,0 +1,5 @@
+import sys
+
+from lab.report import main
+
+sys.exit(main())
