@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 import trio  # noqa: E402
 
-from daemon.lab.etcd import EtcdAuth, EtcdCluster  # noqa: E402
-from daemon.lab.ha_drills import percentile  # noqa: E402
-from daemon.lab.pki import make_etcd_pki  # noqa: E402
+from lab.etcd import EtcdAuth, EtcdCluster  # noqa: E402
+from lab.ha_drills import percentile  # noqa: E402
+from lab.pki import make_etcd_pki  # noqa: E402
 from daemon.standby.etcd import EtcdCredentials, EtcdLeaseStore  # noqa: E402
 
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import trio  # noqa: E402
 
 from daemon.metrics import MetricsServer  # noqa: E402
-from daemon.service import MetricFamily, Sample, histogram  # noqa: E402
+from daemon.core.service import MetricFamily, Sample, histogram  # noqa: E402
 
 UPLINKS = ("fibre", "starlink")
 VENUES = ("kraken", "coinbase")

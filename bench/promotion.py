@@ -4,7 +4,7 @@ timings against Patroni's defaults expressed in lifeline's config, measured in t
 
     sudo .venv/bin/python bench/promotion.py [--repeat 20] [--baseline-repeat 3] [--seed S]
 
-Both runs are the ``standby`` drill (:mod:`daemon.lab.ha_drills`) in the pair lab: two
+Both runs are the ``standby`` drill (:mod:`lab.ha_drills`) in the pair lab: two
 real ``lifeline run`` processes in their own network namespaces, the witness in a third,
 a writer appending the recorded Binance feed through the primary's control socket in
 ``mode = "sync"``; kill -9 of the primary at a random point; promotion = from the kill
@@ -42,7 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from daemon.lab.ha_drills import HaReport, HaSettings, percentile, run_drill
+from lab.ha_drills import HaReport, HaSettings, percentile, run_drill
 
 PATRONI = {"ttl": "30s", "renew_interval": "10s", "retry_timeout": "10s", "safety_margin": "5s",
            "fencing_margin": "100ms"}

@@ -7,11 +7,11 @@
 No root needed. Every repeat builds a fresh pair under a temp dir (two configs, a new
 replication key, the primary listening on 127.0.0.1:<free port>, the standby following
 it; ``fsync = "always"`` on both; metrics on port 0), starts both as real processes
-(:class:`daemon.lab.procs.DaemonProcess`, which waits for sd_notify READY) and waits
+(:class:`lab.procs.DaemonProcess`, which waits for sd_notify READY) and waits
 until the primary reports the standby in sync. Then:
 
 1. **Throughput**: the whole replay of the recorded Binance feeds
-   (``daemon.lab.replay_engine``, 440 641 lines merged by receive time, each line one
+   (``lab.replay_engine``, 440 641 lines merged by receive time, each line one
    record) at maximum speed, ``mode = "sync"``. One control connection, requests
    *pipelined* (request k+1 is on the wire before reply k is read; at most
    ``--window`` outstanding). The daemon answers one request at a time per connection
@@ -78,9 +78,9 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 
 from daemon.config import dump_toml  # noqa: E402
-from daemon.lab.lifecycle import default_lab_config  # noqa: E402
-from daemon.lab.procs import DaemonProcess  # noqa: E402
-from daemon.lab.replay_engine import FULL_FEEDS, feed_paths, merged_lines  # noqa: E402
+from lab.lifecycle import default_lab_config  # noqa: E402
+from lab.procs import DaemonProcess  # noqa: E402
+from lab.replay_engine import FULL_FEEDS, feed_paths, merged_lines  # noqa: E402
 from daemon.standby.journal import SEGMENT_HEADER_SIZE, decode_records, verify_directory  # noqa: E402
 from daemon.standby.keys import generate_replication_key  # noqa: E402
 

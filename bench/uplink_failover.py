@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from daemon.lab.drills import DrillSettings, percentile, run_uplink_drill  # noqa: E402
+from lab.drills import DrillSettings, percentile, run_uplink_drill  # noqa: E402
 
 MWAN3 = {"interval": "10s", "timeout": "4s", "down_after": 5, "up_after": 5}
 

@@ -16,11 +16,11 @@ import trio
 
 from daemon.config import Config
 from daemon.control import ControlError, ControlServer, StreamReply
-from daemon.events import EventBus
-from daemon.log import get_logger
+from daemon.core.events import EventBus
+from daemon.core.log import get_logger
 from daemon.metrics import MetricsServer
 from daemon.notify import Notifier
-from daemon.service import Service
+from daemon.core.service import Service
 from daemon.supervisor import ServiceCrashed, Supervisor
 from daemon.standby.service import StandbyService
 from daemon.system import SystemHealthService
@@ -64,7 +64,7 @@ class Daemon:
         self.hardware: Any = None
         if config.hardware is not None:
             # After recovery: its playbooks subscribe before the first hardware event.
-            from daemon.hardware_service import HardwareService
+            from hardware.service import HardwareService
 
             self.hardware = HardwareService(config, self.bus,
                                             clean_stop=lambda: self.supervisor.stop_reason is not None)
@@ -159,7 +159,7 @@ def run_daemon(config: Config) -> int:
 def _kinds(params: dict[str, Any]) -> set[str] | None:
     """The "kinds" parameter: None (every kind) or a set of known event kinds; a
     misspelt kind is refused with the closest known one."""
-    from daemon.events import unknown_kinds
+    from daemon.core.events import unknown_kinds
 
     kinds = params.get("kinds")
     if kinds is None or kinds == []:

@@ -161,19 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
                               help='hold-down before failback in the drill (default "3s"; the daemon\'s is 30s)')
     uplink_drill.add_argument("--workdir", type=Path, default=None, help="keep the drill's files here")
     uplink_drill.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    from daemon.lab.drills import add_report_argument
+    from lab.drills import add_report_argument
 
     add_report_argument(uplink_drill)
 
-    from daemon.lab.ha_drills import add_ha_drill_parsers
+    from lab.ha_drills import add_ha_drill_parsers
 
     add_ha_drill_parsers(drill_sub)
 
-    from daemon.lab.hardware_drills import add_hardware_drill_parsers
+    from lab.hardware_drills import add_hardware_drill_parsers
 
     add_hardware_drill_parsers(drill_sub)
 
-    from daemon.lab.venue_drills import add_venue_drill_parser
+    from lab.venue_drills import add_venue_drill_parser
 
     add_venue_drill_parser(drill_sub)
 
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_witness_parser(sub)
 
-    from daemon.lab.cli import add_lab_parser
+    from lab.cli import add_lab_parser
 
     add_lab_parser(sub)
     return parser
@@ -250,7 +250,7 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     if args.device == "venue":
-        from daemon.lab.venue_emulator import main as emulator_main
+        from lab.venue_emulator import main as emulator_main
 
         return emulator_main(["--listen", args.listen, *(["--data", str(args.data)] if args.data else [])])
     simulator = _hardware_module(args.device).start_simulator()
@@ -293,7 +293,7 @@ def cmd_hardware(args: argparse.Namespace) -> int:
 
 def format_table(data: dict[str, Any], prefix: str = "") -> str:
     """``data`` as aligned ``name  value`` lines, nested tables flattened to ``a.b``."""
-    from daemon.log import human
+    from daemon.core.log import human
 
     rows: list[tuple[str, str]] = []
 
@@ -320,7 +320,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def cmd_playbook_run(args: argparse.Namespace) -> int:
-    from daemon.control_client import ControlError
+    from daemon.core.control_client import ControlError
 
     with _connect(args) as client:
         try:
@@ -338,7 +338,7 @@ def cmd_playbook_run(args: argparse.Namespace) -> int:
 
 
 def cmd_playbook_list(args: argparse.Namespace) -> int:
-    from daemon.control_client import ControlError
+    from daemon.core.control_client import ControlError
 
     with _connect(args) as client:
         try:
@@ -370,7 +370,7 @@ def _witness(args: argparse.Namespace) -> int:
 
 
 def _lab(args: argparse.Namespace) -> int:
-    from daemon.lab.cli import run_lab_command
+    from lab.cli import run_lab_command
 
     return run_lab_command(args)
 
@@ -379,7 +379,7 @@ def _lab(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from daemon import log
+    from daemon.core import log
     from daemon.config import ConfigError, load_config
 
     log.setup("info")
@@ -450,7 +450,7 @@ def socket_path(args: argparse.Namespace) -> Path:
 
 
 def _connect(args: argparse.Namespace) -> Any:
-    from daemon.control_client import ControlClient
+    from daemon.core.control_client import ControlClient
 
     path = socket_path(args)
     try:
@@ -461,7 +461,7 @@ def _connect(args: argparse.Namespace) -> Any:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from daemon.control_client import ControlError
+    from daemon.core.control_client import ControlError
 
     with _connect(args) as client:
         try:
@@ -513,7 +513,7 @@ def format_status(status: dict[str, Any]) -> str:
 
 
 def cmd_uplink(args: argparse.Namespace) -> int:
-    from daemon.control_client import ControlError
+    from daemon.core.control_client import ControlError
 
     with _connect(args) as client:
         try:
@@ -572,7 +572,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
-    from daemon.control_client import ControlError
+    from daemon.core.control_client import ControlError
 
     if args.journal_command == "verify":
         return journal_verify(args)
@@ -636,18 +636,18 @@ def cmd_drill(args: argparse.Namespace) -> int:
     import tempfile
 
     from daemon.config import Duration
-    from daemon.lab.drills import DrillSettings, format_report, report_json, run_uplink_drill, write_drill_report
+    from lab.drills import DrillSettings, format_report, report_json, run_uplink_drill, write_drill_report
 
     if args.drill_command == "venue":
-        from daemon.lab.venue_drills import run_venue_drill
+        from lab.venue_drills import run_venue_drill
 
         return run_venue_drill(args)
     if args.drill_command in ("power", "enclosure"):
-        from daemon.lab.hardware_drills import run_hardware_drill
+        from lab.hardware_drills import run_hardware_drill
 
         return run_hardware_drill(args)
     if args.drill_command != "uplink":
-        from daemon.lab.ha_drills import run_ha_drill
+        from lab.ha_drills import run_ha_drill
 
         return run_ha_drill(args)
     if os.geteuid() != 0:
@@ -673,7 +673,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
 
 def format_event(event: dict[str, Any]) -> str:
-    from daemon.log import human
+    from daemon.core.log import human
 
     stamp = time.strftime("%H:%M:%S", time.localtime(event.get("wall_time", 0)))
     fields = " ".join(f"{k}={human(v)}" for k, v in event.items() if k not in ("kind", "wall_time", "sequence"))
@@ -681,7 +681,7 @@ def format_event(event: dict[str, Any]) -> str:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from daemon.control_client import ControlError
+    from daemon.core.control_client import ControlError
 
     with _connect(args) as client:
         try:
@@ -737,7 +737,7 @@ def format_trading_deadline(info: dict[str, Any]) -> str:
 
 
 def cmd_role(args: argparse.Namespace) -> int:
-    from daemon.control_client import ControlError
+    from daemon.core.control_client import ControlError
 
     with _connect(args) as client:
         try:
@@ -766,7 +766,7 @@ def cmd_role(args: argparse.Namespace) -> int:
 
 
 def cmd_standby(args: argparse.Namespace) -> int:
-    from daemon.control_client import ControlError
+    from daemon.core.control_client import ControlError
 
     if not args.accept_loss:
         print("lifeline standby promote: refused without --accept-loss. This node takes the lease only once it "

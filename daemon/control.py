@@ -32,9 +32,9 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from daemon.control_client import ControlError
-from daemon.log import get_logger
-from daemon.service import ServiceStatus
+from daemon.core.control_client import ControlError
+from daemon.core.log import get_logger
+from daemon.core.service import ServiceStatus
 
 log = get_logger("control")
 

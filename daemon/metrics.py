@@ -5,7 +5,7 @@ every running service for its ``metrics()``), so the two never disagree. prometh
 renders them: a custom collector (:class:`ServicesCollector`) over the services' state on
 a private registry, with its ``ProcessCollector`` for ``process_*``. Histograms are
 prometheus_client ``Histogram`` objects owned by the services (see
-:func:`daemon.service.histogram`); their ``metrics()`` yield the histograms' families.
+:func:`daemon.core.service.histogram`); their ``metrics()`` yield the histograms' families.
 
 The HTTP server is deliberately tiny: it reads one request head (capped at 8 KiB, with a
 deadline, so a slow or garbage client costs only its own connection), answers
@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
-from daemon.log import get_logger
-from daemon.service import MetricFamily, ServiceStatus
+from daemon.core.log import get_logger
+from daemon.core.service import MetricFamily, ServiceStatus
 
 log = get_logger("metrics")
 

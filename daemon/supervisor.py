@@ -26,10 +26,10 @@ from typing import Any, Iterable, Literal
 import trio
 
 from daemon import __version__
-from daemon.events import DaemonReady, DaemonStopping, EventBus, ServiceFailed, ServiceStarted
-from daemon.log import get_logger
+from daemon.core.events import DaemonReady, DaemonStopping, EventBus, ServiceFailed, ServiceStarted
+from daemon.core.log import get_logger
 from daemon.notify import Notifier
-from daemon.service import MetricFamily, Sample, Service, ServiceStatus, service_metrics
+from daemon.core.service import MetricFamily, Sample, Service, ServiceStatus, service_metrics
 
 log = get_logger("supervisor")
 

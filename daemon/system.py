@@ -32,9 +32,9 @@ from typing import Any, Callable
 import trio
 
 from daemon.config import SystemConfig
-from daemon.events import EventBus, SystemOverloaded, SystemRecovered
-from daemon.log import get_logger
-from daemon.service import MetricFamily, ServiceStatus
+from daemon.core.events import EventBus, SystemOverloaded, SystemRecovered
+from daemon.core.log import get_logger
+from daemon.core.service import MetricFamily, ServiceStatus
 
 log = get_logger("system")
 

@@ -1,12 +1,12 @@
 """The devices a ``[hardware]`` config names, built for the hardware service: for each,
 its driver's ``poll``, its sans-IO monitor and its polling interval
-(:class:`daemon.hardware_service.Device`)."""
+(:class:`hardware.service.Device`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from daemon.hardware_service import Device
+from hardware.service import Device
 
 
 def _closer(driver: Any) -> Any:

@@ -74,7 +74,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Self
 
-from daemon.log import get_logger
+from daemon.core.log import get_logger
 from hardware.errors import DeviceGarbage, DeviceTimeout, HardwareError, PortMissing
 
 if TYPE_CHECKING:  # the sans-IO core needs neither serial nor trio; the drivers import them when used

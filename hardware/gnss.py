@@ -88,7 +88,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-from daemon.log import get_logger
+from daemon.core.log import get_logger
 from hardware.errors import DeviceGarbage, DeviceTimeout, HardwareError, PortMissing
 
 log = get_logger("gnss")

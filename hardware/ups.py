@@ -98,7 +98,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
-from daemon.log import get_logger
+from daemon.core.log import get_logger
 from hardware.errors import DeviceGarbage, DeviceTimeout, HardwareError, PortMissing
 
 if TYPE_CHECKING:  # pragma: no cover

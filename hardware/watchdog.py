@@ -38,7 +38,7 @@ import platform
 from pathlib import Path
 from typing import Any, Literal
 
-from daemon.log import get_logger
+from daemon.core.log import get_logger
 
 log = get_logger("watchdog")
 

@@ -88,8 +88,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from daemon.files import fsync_directory, link_new_file, replace_file
-from daemon.log import format_value, get_logger
+from daemon.core.files import fsync_directory, link_new_file, replace_file
+from daemon.core.log import format_value, get_logger
 
 log = get_logger("recovery")
 

@@ -59,7 +59,7 @@ from typing import Any, Literal, Protocol
 import trio
 
 from daemon.config import format_duration
-from daemon.log import get_logger
+from daemon.core.log import get_logger
 from recovery.playbook import Playbook, Precondition, Step
 
 log = get_logger("recovery")
@@ -371,7 +371,7 @@ class Executor:
 class TriggerMatcher:
     """Which playbooks an event starts, honouring each playbook's cooldown (sans-IO).
 
-    An event is a dict as :meth:`daemon.events.Event.to_dict` makes it (``kind`` plus
+    An event is a dict as :meth:`daemon.core.events.Event.to_dict` makes it (``kind`` plus
     the fields). A trigger matches when ``kind`` equals its event and every ``where``
     field is present and equal (``true`` never equals ``1``). A playbook returned by
     :meth:`match` at ``now`` is not returned again before ``now + cooldown``, so a storm

@@ -56,7 +56,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from daemon.files import create_new_file, fsync_directory, link_new_file, replace_file
+from daemon.core.files import create_new_file, fsync_directory, link_new_file, replace_file
 
 KEY_ID_LABEL = b"lifeline-key-v1\0"
 KEY_ID_HEX = 32

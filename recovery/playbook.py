@@ -35,9 +35,9 @@ Decisions where the shared contract (spec/issue7.md) is silent:
 * ``exec``'s ``argv[0]`` must be absolute and normalised (no ``.``/``..`` components, no
   trailing ``/``); no argument may contain a NUL. The keyring's allow-list is checked by
   the verifier, with :func:`exec_programs`.
-* Trigger events and ``where`` keys are checked against the :class:`daemon.events.Event`
+* Trigger events and ``where`` keys are checked against the :class:`daemon.core.events.Event`
   subclasses known when the playbook is parsed (collected recursively, so an event
-  class defined outside daemon/events.py counts once its module is imported). ``where``
+  class defined outside daemon/core/events.py counts once its module is imported). ``where``
   compares scalar fields only (strings, numbers, booleans) and the TOML value's type
   must fit the field's annotation; ``wall_time`` and ``sequence`` cannot be matched.
 
@@ -164,7 +164,7 @@ ARG_TYPES: dict[str, str] = {
     "boolean": "true or false",
     "duration": 'a duration such as "500ms", "10s" or "2m"',
     "uplink": "an uplink name (1-32 letters, digits, '_' or '-', as in [uplinks.NAME])",
-    "event": "an event name (a class in daemon/events.py)",
+    "event": "an event name (a class in daemon/core/events.py)",
     "where": "a table of event fields to equal, e.g. { active = \"starlink\" }",
     "argv": 'an array of strings, the program first, e.g. ["/usr/local/bin/page-desk", "--now"]',
     "level": "one of " + ", ".join(f'"{v}"' for v in LEVELS),
@@ -233,8 +233,8 @@ PRECONDITIONS: dict[str, PreconditionSpec] = {
 
 
 def event_classes() -> dict[str, type]:
-    """Every :class:`daemon.events.Event` subclass known now, by name."""
-    from daemon.events import event_classes as known
+    """Every :class:`daemon.core.events.Event` subclass known now, by name."""
+    from daemon.core.events import event_classes as known
 
     return dict(known())
 
@@ -448,7 +448,7 @@ class _Parser:
             hint = f' (did you mean "{close}"?)' if close else ""
             known = ", ".join(sorted(self.events))
             self.problem(path, f"unknown event {_named(data)}{hint}; use an event class name from "
-                               f"daemon/events.py: {known}")
+                               f"daemon/core/events.py: {known}")
             return _INVALID
         return data
 

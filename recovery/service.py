@@ -35,8 +35,8 @@ from typing import Any, Iterable
 import trio
 
 from daemon.config import Config
-from daemon.control_client import ControlError
-from daemon.events import (
+from daemon.core.control_client import ControlError
+from daemon.core.events import (
     EngineHaltRequested,
     EngineResumeRequested,
     Event,
@@ -46,8 +46,8 @@ from daemon.events import (
     PlaybookRefused,
     PlaybookStarted,
 )
-from daemon.log import get_logger
-from daemon.service import MetricFamily, Sample, ServiceStatus
+from daemon.core.log import get_logger
+from daemon.core.service import MetricFamily, Sample, ServiceStatus
 
 log = get_logger("recovery")
 

@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from daemon.files import replace_file
+from daemon.core.files import replace_file
 from recovery.keys import Keyring, fingerprint
 from recovery.signing import SignatureReport, signature_path, verify_signatures
 

@@ -129,7 +129,7 @@ from typing import Any
 import httpx
 import trio
 
-from daemon.log import get_logger
+from daemon.core.log import get_logger
 from daemon.standby import Position
 from daemon.standby.lease import (
     Grant,

@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from daemon.log import get_logger
+from daemon.core.log import get_logger
 
 log = get_logger("hooks")
 

@@ -81,8 +81,8 @@ import trio
 from crc32c import crc32c
 
 from daemon.config import JournalConfig
-from daemon.log import get_logger
-from daemon.service import histogram
+from daemon.core.log import get_logger
+from daemon.core.service import histogram
 from daemon.standby import MAX_PAYLOAD, JournalCorrupt, Position, Record, StandbyError
 
 log = get_logger("journal")

@@ -16,7 +16,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from daemon.files import create_new_file
+from daemon.core.files import create_new_file
 from daemon.standby import StandbyError
 
 KEY_BYTES = 32

@@ -45,9 +45,9 @@ from typing import Any, Callable, Protocol
 
 import trio
 
-from daemon.events import EventBus, LeaseStoreReachable, LeaseStoreUnreachable, OperatorPromotion, RoleChanged
-from daemon.log import get_logger
-from daemon.service import histogram
+from daemon.core.events import EventBus, LeaseStoreReachable, LeaseStoreUnreachable, OperatorPromotion, RoleChanged
+from daemon.core.log import get_logger
+from daemon.core.service import histogram
 from daemon.standby import Position
 from daemon.standby.lease import LeaseConflict, LeaseError, LeaseLost, LeaseState, LeaseStore
 from daemon.standby.roles import Action, ActionKind, Role, RoleMachine, RoleTimings

@@ -36,7 +36,7 @@ appends do not wait for it (a long catch-up does not stall writers); once the ba
 replayed with few records answered alone left to send (else another catch-up round),
 appends wait for it again until it holds every record answered alone.
 
-Events (``daemon.events``): StandbyConnected, StandbyLost, ReplicationDegraded,
+Events (``daemon.core.events``): StandbyConnected, StandbyLost, ReplicationDegraded,
 ReplicationRecovered, ReplicationRejected, DriftDetected, StandbyDiskFull,
 StandbyWriteError, StandbyTruncated, PrimaryConnected, PrimaryLost; the last 200 are
 also kept in ``announce.recent`` for status.
@@ -60,11 +60,11 @@ from typing import Any, Callable, Literal, Protocol, Sequence
 import trio
 
 import daemon
-from daemon import events
+from daemon.core import events
 from daemon.config import StandbyConfig, parse_host_port
-from daemon.files import fsync_directory
-from daemon.log import get_logger
-from daemon.service import Health, MetricFamily, Sample, ServiceStatus, histogram
+from daemon.core.files import fsync_directory
+from daemon.core.log import get_logger
+from daemon.core.service import Health, MetricFamily, Sample, ServiceStatus, histogram
 from daemon.standby import MAX_PAYLOAD, Position, Record, ReplicationProtocolError, StandbyError
 from daemon.standby.insync import InSyncRule
 from daemon.standby.protocol import (
@@ -119,7 +119,7 @@ REANNOUNCE_AFTER = 60.0
 IN_DOUBT_KEPT = 100
 APPEND_TIMES_KEPT = 100_000  # appends (groups of records), for lag()
 
-#: The events this module publishes (declared in daemon.events, one place for all events).
+#: The events this module publishes (declared in daemon.core.events, one place for all events).
 EVENTS: dict[str, type[events.Event]] = {cls.__name__: cls for cls in (
     events.StandbyConnected, events.StandbyLost, events.ReplicationDegraded, events.ReplicationRecovered,
     events.ReplicationRejected, events.DriftDetected, events.StandbyDiskFull, events.StandbyWriteError,

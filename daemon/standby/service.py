@@ -34,10 +34,10 @@ from typing import Any, Iterable
 import trio
 
 from daemon.config import Config
-from daemon.control_client import ControlError
-from daemon.events import EventBus, JournalTailTruncated
-from daemon.log import get_logger
-from daemon.service import MetricFamily, Sample, ServiceStatus
+from daemon.core.control_client import ControlError
+from daemon.core.events import EventBus, JournalTailTruncated
+from daemon.core.log import get_logger
+from daemon.core.service import MetricFamily, Sample, ServiceStatus
 from daemon.standby import MAX_PAYLOAD, Position, Record, StandbyError
 
 log = get_logger("standby")

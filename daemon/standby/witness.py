@@ -28,8 +28,8 @@ from typing import Any, Awaitable, Callable, Final, Mapping, TypeVar
 import trio
 
 from daemon.config import parse_host_port
-from daemon.log import get_logger
-from daemon.service import MetricFamily, Sample
+from daemon.core.log import get_logger
+from daemon.core.service import MetricFamily, Sample
 from daemon.standby import Position
 from daemon.standby.lease import (
     Grant,
@@ -362,7 +362,7 @@ def add_witness_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def run_witness_command(args: argparse.Namespace) -> int:
-    from daemon import log as logging_setup
+    from daemon.core import log as logging_setup
     from daemon.standby.keys import KeyFileError, load_replication_key
 
     logging_setup.setup(args.log_level)

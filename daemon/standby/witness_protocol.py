@@ -79,7 +79,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Literal, Mapping, TypeGuard, Union
 
-from daemon.files import replace_file
+from daemon.core.files import replace_file
 from daemon.standby import Position, StandbyError
 from daemon.standby.lease import (
     Grant,

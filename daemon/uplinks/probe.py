@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from daemon.log import get_logger
+from daemon.core.log import get_logger
 from daemon.uplinks import ProbeResult
 from daemon.uplinks.echo import (
     PROBE_SIZE,

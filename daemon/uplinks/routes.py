@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import trio
 
-from daemon.log import get_logger
+from daemon.core.log import get_logger
 from daemon.uplinks import UplinkRoute
 
 if TYPE_CHECKING:

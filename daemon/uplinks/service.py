@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterable
 import trio
 
 from daemon.config import Config, UplinkConfig
-from daemon.control_client import ControlError
-from daemon.events import (
+from daemon.core.control_client import ControlError
+from daemon.core.events import (
     ActiveUplinkChanged,
     AllUplinksDown,
     EventBus,
@@ -32,8 +32,8 @@ from daemon.events import (
     UplinkFlowsFlushed,
     UplinkHealthChanged,
 )
-from daemon.log import get_logger
-from daemon.service import MetricFamily, Sample, ServiceStatus, histogram
+from daemon.core.log import get_logger
+from daemon.core.service import MetricFamily, Sample, ServiceStatus, histogram
 from daemon.uplinks import UplinkRoute
 from daemon.uplinks.health import HealthChange, HealthSettings, LinkHealth, LinkState
 from daemon.uplinks.policy import PolicyDecision, UplinkPolicy, UplinkView

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import trio
 
-from daemon.log import get_logger
+from daemon.core.log import get_logger
 
 log = get_logger("starlink")
 

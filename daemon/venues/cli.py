@@ -72,7 +72,7 @@ def format_matrix(details: dict[str, Any]) -> str:
 
 
 def cmd_venues(args: argparse.Namespace, connect: Callable[[argparse.Namespace], Any]) -> int:
-    from daemon.control_client import ControlError
+    from daemon.core.control_client import ControlError
 
     with connect(args) as client:
         try:
@@ -109,7 +109,7 @@ def cmd_venues(args: argparse.Namespace, connect: Callable[[argparse.Namespace],
 
 
 def cmd_reconcile(args: argparse.Namespace, connect: Callable[[argparse.Namespace], Any]) -> int:
-    from daemon.control_client import ControlError
+    from daemon.core.control_client import ControlError
 
     params: dict[str, Any] = {"dry_run": bool(args.dry_run)}
     if args.venue:

@@ -51,7 +51,7 @@ import trio
 
 from daemon.config import Config, VenueConfig
 from daemon.control import ControlError, StreamReply
-from daemon.events import (
+from daemon.core.events import (
     EventBus,
     ReconciliationFinished,
     RoleChanged,
@@ -59,8 +59,8 @@ from daemon.events import (
     VenueDeadmanFailed,
     VenueHealthChanged,
 )
-from daemon.log import get_logger
-from daemon.service import MetricFamily, Sample, ServiceStatus, histogram
+from daemon.core.log import get_logger
+from daemon.core.service import MetricFamily, Sample, ServiceStatus, histogram
 from daemon.venues.health import (
     HealthChange,
     HealthSettings,
@@ -899,7 +899,7 @@ class VenueService:
         data["trigger"] = trigger
 
         def write() -> None:
-            from daemon.files import create_new_file
+            from daemon.core.files import create_new_file
 
             directory.mkdir(parents=True, exist_ok=True, mode=0o750)
             create_new_file(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), 0o640,

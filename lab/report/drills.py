@@ -107,7 +107,7 @@ def swimlane_from_feed(title: str, nodes: list[str], messages: list[dict[str, An
 
 
 def repetition_swimlane(rep: Any) -> dict[str, Any] | None:
-    """A promotion drill's repetition (daemon.lab.ha_drills.Repetition) as a swimlane."""
+    """A promotion drill's repetition (lab.ha_drills.Repetition) as a swimlane."""
     if not rep.roles or rep.end_ns is None:
         return None
     nodes = sorted({c["node"] for c in rep.roles} | {m["node"] for m in rep.feed})
@@ -142,7 +142,7 @@ def repetition_swimlane(rep: Any) -> dict[str, Any] | None:
 
 
 def promotion_section(report: Any) -> dict[str, Any]:
-    """The standby, partition and region drills (daemon.lab.ha_drills.HaReport)."""
+    """The standby, partition and region drills (lab.ha_drills.HaReport)."""
     figures = report.figures()
     promotions = report.series("promotion_ms")
     overlaps = [o for o in figures["overlap_ms"] if o is not None]
@@ -176,7 +176,7 @@ def promotion_section(report: Any) -> dict[str, Any]:
 
 
 def uplink_section(report: Any) -> dict[str, Any]:
-    """The uplink drill (daemon.lab.drills.DrillReport)."""
+    """The uplink drill (lab.drills.DrillReport)."""
     figures = report.figures()
     failover = report.series("failover_ms")
     p95 = figures.get("failover_p95_ms")
@@ -202,7 +202,7 @@ def uplink_section(report: Any) -> dict[str, Any]:
 
 
 def uplink_timeline(trace: dict[str, Any]) -> dict[str, Any]:
-    """The uplink drill's trace (daemon.lab.drills.failover_trace) as the ``uplinks`` plot data."""
+    """The uplink drill's trace (lab.drills.failover_trace) as the ``uplinks`` plot data."""
     status = trace["status"]
     names = list(trace.get("thresholds") or status[0][1])
     events, routes = trace.get("events") or [], trace.get("routes") or []
@@ -231,7 +231,7 @@ def uplink_timeline(trace: dict[str, Any]) -> dict[str, Any]:
 
 
 def venue_section(report: Any) -> dict[str, Any]:
-    """The venue drill (daemon.lab.venue_drills.VenueDrillReport)."""
+    """The venue drill (lab.venue_drills.VenueDrillReport)."""
     figures = report.figures()
     detection = report.series(None, "detection_ms")
     p95 = figures.get("detection_p95_ms")
@@ -275,8 +275,8 @@ def venue_section(report: Any) -> dict[str, Any]:
 
 
 def hardware_section(report: Any) -> dict[str, Any]:
-    """The power and enclosure drills (daemon.lab.hardware_drills.HardwareReport)."""
-    from daemon.lab.hardware_drills import SERIES, TARGETS_MS
+    """The power and enclosure drills (lab.hardware_drills.HardwareReport)."""
+    from lab.hardware_drills import SERIES, TARGETS_MS
 
     figures = report.figures()
     targets = TARGETS_MS[report.drill]
@@ -294,6 +294,6 @@ def hardware_section(report: Any) -> dict[str, Any]:
 
 
 def lifecycle_section(report: Any) -> dict[str, Any]:
-    """The lifecycle drill (daemon.lab.lifecycle.LifecycleReport)."""
+    """The lifecycle drill (lab.lifecycle.LifecycleReport)."""
     return {"name": "lifecycle", "title": "lifecycle drill: a real `lifeline run` under watch", "ok": report.ok,
             "checks": [_check(c.name, c.ok, c.figure) for c in report.checks], "figures": dict(report.figures)}

@@ -6,10 +6,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from daemon.lab.drills import DrillReport, RepetitionResult
-from daemon.lab.ha_drills import HaReport, HaSettings, Repetition, overlap_ns, primary_intervals
-from daemon.lab.venue_drills import PHASES, PhaseResult, VenueDrillReport
-from daemon.lab.venue_drills import Repetition as VenueRepetition
+from lab.drills import DrillReport, RepetitionResult
+from lab.ha_drills import HaReport, HaSettings, Repetition, overlap_ns, primary_intervals
+from lab.venue_drills import PHASES, PhaseResult, VenueDrillReport
+from lab.venue_drills import Repetition as VenueRepetition
 
 MS = 1_000_000
 BASE = 5_000_000_000_000  # a CLOCK_MONOTONIC of a machine up for ~83 minutes

@@ -3,7 +3,7 @@ standby fault tests (tests/integration/test_standby_faults.py).
 
 Each node has its own directory under the test's tmp_path (config, state, runtime,
 one log per incarnation) and is started the way systemd starts it
-(:class:`daemon.lab.procs.DaemonProcess`: ``$NOTIFY_SOCKET``, wait for ``READY=1``).
+(:class:`lab.procs.DaemonProcess`: ``$NOTIFY_SOCKET``, wait for ``READY=1``).
 Everything the tests observe goes through the real interfaces: the control socket
 (``journal.append`` / ``journal.read`` / ``journal.stats`` / ``status`` /
 ``events.recent``) and the ``lifeline`` CLI as a subprocess.
@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from daemon.config import dump_toml
-from daemon.control_client import ControlClient
-from daemon.lab.procs import DaemonProcess
-from daemon.lab.pair import REPLICATION_TIMERS as TIMERS  # noqa: F401  (the tests import it from here)
-from daemon.lab import replay_engine
+from daemon.core.control_client import ControlClient
+from lab.procs import DaemonProcess
+from lab.pair import REPLICATION_TIMERS as TIMERS  # noqa: F401  (the tests import it from here)
+from lab import replay_engine
 from daemon.standby.keys import generate_replication_key
 from support import cli, free_port, until  # noqa: F401  (cli is used by the tests through this module)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-from daemon.lab.procs import until  # noqa: F401  (one polling helper for the lab and the tests)
+from lab.procs import until  # noqa: F401  (one polling helper for the lab and the tests)
 
 
 def free_port() -> int:

@@ -68,7 +68,7 @@ table ip6 lifeline_test {
 
 FLUSH = """
 import functools, json, sys, trio
-from daemon import log
+from daemon.core import log
 from daemon.uplinks.conntrack import flush_uplink_flows
 log.setup("debug")
 kernel_filter = json.loads(sys.argv[1])

@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 from daemon.control import ControlServer, StreamReply
-from daemon.control_client import ControlClient, ControlError
+from daemon.core.control_client import ControlClient, ControlError
 
 # Real sockets and real time: every wait is bounded by this cap.
 CAP = 10

@@ -15,8 +15,8 @@ from typing import Any, Iterator
 import pytest
 
 from daemon.config import dump_toml
-from daemon.control_client import ControlClient
-from daemon.lab.procs import DaemonProcess
+from daemon.core.control_client import ControlClient
+from lab.procs import DaemonProcess
 from support import ROOT, cli
 
 EXAMPLE = ROOT / "examples" / "lifeline.toml"

@@ -2,7 +2,7 @@
 
 Every member runs as production should: TLS on its client and peer ports with client
 certificates required (a CA, server and client certificates made for the test run by
-:func:`daemon.lab.pki.make_etcd_pki`), and etcd's authentication on (lifeline's user may
+:func:`lab.pki.make_etcd_pki`), and etcd's authentication on (lifeline's user may
 read and write its key prefix only). The stores authenticate with the right certificate
 and password; the tests under "Hostile clients" prove the others get nowhere.
 
@@ -32,8 +32,8 @@ import pytest
 import trio
 import trio.testing
 
-from daemon.lab.etcd import ETCD_BINARY, EtcdAuth, EtcdCluster
-from daemon.lab.pki import EtcdPki, make_etcd_pki
+from lab.etcd import ETCD_BINARY, EtcdAuth, EtcdCluster
+from lab.pki import EtcdPki, make_etcd_pki
 from daemon.standby import Position
 from daemon.standby.etcd import MIN_LIVE_TTL, SYNC_MARK_RETRIES, EtcdCredentials, EtcdLeaseStore
 from daemon.standby.lease import (
@@ -666,7 +666,7 @@ REFUSALS = {
 
 def log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     """Every captured record as the daemon writes it (event and fields)."""
-    from daemon.log import KeyValueFormatter
+    from daemon.core.log import KeyValueFormatter
 
     formatter = KeyValueFormatter(journal=False)
     return [formatter.format(record) for record in caplog.records]

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 from support import ROOT
 
-from daemon.lab.etcd import EtcdCluster
-from daemon.lab.ha_drills import TARGET_MS, overlap_ns, primary_intervals
-from daemon.lab.pair import pair_unavailable
+from lab.etcd import EtcdCluster
+from lab.ha_drills import TARGET_MS, overlap_ns, primary_intervals
+from lab.pair import pair_unavailable
 
 UNAVAILABLE = pair_unavailable()
 needs_lab = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"the pair lab needs {UNAVAILABLE}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import dump_toml
-from daemon.lab.procs import DaemonProcess
+from lab.procs import DaemonProcess
 from hardware import enclosure, ups
 from support import ROOT, cli, until
 

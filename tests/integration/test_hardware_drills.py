@@ -1,4 +1,4 @@
-"""`lifeline drill power` and `lifeline drill enclosure` (daemon/lab/hardware_drills.py),
+"""`lifeline drill power` and `lifeline drill enclosure` (lab/hardware_drills.py),
 run as an operator runs them: one repetition each, figures as JSON, exit 0 only when the
 targets are met. On loopback: no namespaces, real daemons, a real witness, simulated
 devices on ptys, signed playbooks."""

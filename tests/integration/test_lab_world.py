@@ -21,8 +21,8 @@ from typing import Callable, Iterator
 import pytest
 
 from daemon.config import dump_toml, parse_config
-from daemon.lab import netns
-from daemon.lab.world import (
+from lab import netns
+from lab.world import (
     EDGE,
     NAMESPACES,
     PREFIX,

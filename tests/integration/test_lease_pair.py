@@ -22,10 +22,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from daemon.control_client import ControlClient, ControlError
-from daemon.lab.etcd import EtcdAuth, EtcdCluster
-from daemon.lab.pki import make_etcd_pki
-from daemon.lab.ha_drills import overlap_ns, primary_intervals
+from daemon.core.control_client import ControlClient, ControlError
+from lab.etcd import EtcdAuth, EtcdCluster
+from lab.pki import make_etcd_pki
+from lab.ha_drills import overlap_ns, primary_intervals
 from daemon.standby.keys import generate_replication_key
 from standby_pair import TIMERS, Node, Writer, feed_lines, wait_for
 from support import cli, free_port

@@ -14,7 +14,7 @@ import trio
 
 from daemon import metrics
 from daemon.metrics import CONTENT_TYPE, MetricsServer, render
-from daemon.service import MetricFamily, Sample
+from daemon.core.service import MetricFamily, Sample
 
 CAP = 10
 
@@ -92,7 +92,7 @@ def test_render_multiple_labels_in_name_order() -> None:
 
 
 def test_render_histograms_from_services() -> None:
-    from daemon.service import histogram
+    from daemon.core.service import histogram
 
     rtt = histogram("lifeline_test_rtt_seconds", "RTT.", "rtt", ("uplink",))
     for value in (0.003, 0.004, 0.5):
@@ -112,7 +112,7 @@ def test_a_counter_must_end_in_total() -> None:
 
 
 def test_the_same_name_with_two_types_is_refused() -> None:
-    from daemon.service import histogram
+    from daemon.core.service import histogram
 
     rtt = histogram("lifeline_x_seconds", "RTT.", "rtt")
     with pytest.raises(ValueError, match="two different types"):

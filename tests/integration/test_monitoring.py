@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.lab.procs import DaemonProcess
+from lab.procs import DaemonProcess
 from support import ROOT, cli
 from test_daemon_process import example_config_in
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import trio
 
-from daemon.events import EventBus
-from daemon.lab.procs import NotifyListener
+from daemon.core.events import EventBus
+from lab.procs import NotifyListener
 from daemon.notify import Notifier
-from daemon.service import ServiceStatus
+from daemon.core.service import ServiceStatus
 from daemon.supervisor import Supervisor
 
 

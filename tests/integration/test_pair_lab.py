@@ -1,4 +1,4 @@
-"""The promotion drills' namespace lab (daemon/lab/pair.py): built and removed without a
+"""The promotion drills' namespace lab (lab/pair.py): built and removed without a
 trace, also after a failed build; a partition cuts exactly the pair it names, in both
 directions, established connections included; losing a site cuts all of its hosts.
 
@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from daemon.lab import netns
-from daemon.lab.netns import LabError
-from daemon.lab.pair import HOSTS, NAMESPACES, PREFIX, SITES, PairLab, pair_unavailable
-from daemon.lab.world import LabLock
+from lab import netns
+from lab.netns import LabError
+from lab.pair import HOSTS, NAMESPACES, PREFIX, SITES, PairLab, pair_unavailable
+from lab.world import LabLock
 
 UNAVAILABLE = pair_unavailable()
 pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"the pair lab needs {UNAVAILABLE}")

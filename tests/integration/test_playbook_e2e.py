@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import dump_toml
-from daemon.lab.procs import DaemonProcess
+from lab.procs import DaemonProcess
 from support import cli, until
 
 TOUCH = "/usr/bin/touch"

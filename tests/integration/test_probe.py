@@ -19,7 +19,7 @@ from typing import AsyncIterator
 import pytest
 import trio
 
-from daemon.lab.echo import EchoResponder, parse_delay, serve
+from lab.echo import EchoResponder, parse_delay, serve
 from daemon.uplinks.echo import decode_reply, encode_dns_name, encode_icmp_echo, encode_probe, internet_checksum
 from daemon.uplinks.probe import DnsProber, UplinkProber
 from daemon.uplinks.targets import parse_target
@@ -168,7 +168,7 @@ async def test_responder_bounds_pending_replies() -> None:
 
 def test_responder_cli_ready_line_and_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.lab.echo", "--listen", "127.0.0.2:0", "--delay", "127.0.0.0/8=1ms..2ms"],
+        [sys.executable, "-m", "lab.echo", "--listen", "127.0.0.2:0", "--delay", "127.0.0.0/8=1ms..2ms"],
         cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
@@ -189,7 +189,7 @@ def test_responder_cli_ready_line_and_sigterm() -> None:
 
 
 def test_responder_cli_bad_delay_is_a_usage_error() -> None:
-    proc = subprocess.run([sys.executable, "-m", "daemon.lab.echo", "--listen", "127.0.0.2:0", "--delay", "x=1ms"],
+    proc = subprocess.run([sys.executable, "-m", "lab.echo", "--listen", "127.0.0.2:0", "--delay", "x=1ms"],
                           cwd=REPO, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "not a network" in proc.stderr
 

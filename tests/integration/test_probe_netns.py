@@ -151,7 +151,7 @@ class World:
         return proc
 
     def start_echo(self) -> None:
-        proc = self.spawn(self.far, sys.executable, "-m", "daemon.lab.echo", "--listen", f"{TARGET}:7",
+        proc = self.spawn(self.far, sys.executable, "-m", "lab.echo", "--listen", f"{TARGET}:7",
                           "--delay", "10.201.2.0/24=5ms..10ms")
         assert proc.stderr is not None
         line = proc.stderr.readline()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support import ROOT
 
-from daemon.lab.pair import pair_unavailable
+from lab.pair import pair_unavailable
 
 UNAVAILABLE = pair_unavailable()
 

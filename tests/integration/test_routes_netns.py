@@ -402,7 +402,7 @@ async def watch_default_routes(world: World) -> AsyncIterator[Watch]:
 
 def _serve() -> None:
     """Inside the namespace: one NetlinkRouteBackend, one JSON command per stdin line."""
-    from daemon import log
+    from daemon.core import log
 
     log.setup("debug")
     backend = NetlinkRouteBackend(rule_priority=PRIORITY, metric=None)

@@ -13,8 +13,8 @@ import trio
 
 from daemon.config import parse_config
 from daemon.control import ControlServer
-from daemon.control_client import ControlClient, ControlError
-from daemon.events import EventBus
+from daemon.core.control_client import ControlClient, ControlError
+from daemon.core.events import EventBus
 from daemon.standby.service import StandbyService, payloads_from_params
 from support import cli, free_port
 

@@ -14,10 +14,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from daemon.control_client import ControlClient
-from daemon.lab import netns
-from daemon.lab.procs import DaemonProcess
-from daemon.lab.world import EDGE, PREFIX, LabWorld, edge_config, netns_unavailable, start_edge_daemon
+from daemon.core.control_client import ControlClient
+from lab import netns
+from lab.procs import DaemonProcess
+from lab.world import EDGE, PREFIX, LabWorld, edge_config, netns_unavailable, start_edge_daemon
 from support import ROOT, until
 
 UNAVAILABLE = netns_unavailable()

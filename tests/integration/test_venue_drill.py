@@ -1,4 +1,4 @@
-"""`lifeline drill venue` (daemon/lab/venue_drills.py) in the namespace lab, and the
+"""`lifeline drill venue` (lab/venue_drills.py) in the namespace lab, and the
 ccxt client's source binding across namespaces: a probe from ll-edge bound to an
 uplink's address reaches the venue emulator in ll-venue through that uplink, and the
 emulator sees that address.
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.lab import netns
-from daemon.lab.venue_drills import AFFECTED, TARGET_MS, EmulatorProcess
-from daemon.lab.world import EDGE, LINKS, PREFIX, LabWorld, netns_unavailable
+from lab import netns
+from lab.venue_drills import AFFECTED, TARGET_MS, EmulatorProcess
+from lab.world import EDGE, LINKS, PREFIX, LabWorld, netns_unavailable
 from daemon.venues.client import VenueClient
 from support import ROOT
 

@@ -29,8 +29,8 @@ import requests.adapters
 import trio
 import trio.testing
 
-from daemon.lab import venue_emulator
-from daemon.lab.venue_emulator import VenueEmulator, load_recorded
+from lab import venue_emulator
+from lab.venue_emulator import VenueEmulator, load_recorded
 
 CAP = 20  # seconds: no test may hang longer than this
 REPO = Path(__file__).resolve().parents[2]
@@ -628,7 +628,7 @@ def test_missing_data_dir_is_a_clear_error(tmp_path: Path) -> None:
 
 def _run_cli_and_stop(args: list[str]) -> tuple[str, int, str, dict[str, Any]]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.lab.venue_emulator", *args], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "lab.venue_emulator", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -661,7 +661,7 @@ async def test_cli_prints_ready_line_and_stops_on_sigterm() -> None:
 
 async def test_cli_bad_data_dir_exits_2(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = await trio.run_process([sys.executable, "-m", "daemon.lab.venue_emulator", "--data", str(tmp_path)],
+    result = await trio.run_process([sys.executable, "-m", "lab.venue_emulator", "--data", str(tmp_path)],
                                     cwd=REPO, env=env, capture_stdout=True, capture_stderr=True, check=False)
     assert result.returncode == 2
     assert b"kraken.response.json" in result.stderr and result.stdout == b""

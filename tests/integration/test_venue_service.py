@@ -32,11 +32,11 @@ from support import cli, free_port
 
 from daemon.config import Config, dump_toml, parse_config
 from daemon.control import ControlServer
-from daemon.control_client import ControlClient
-from daemon.control_client import ControlError as ClientControlError
-from daemon.events import EventBus, RoleChanged
-from daemon.lab.venue_emulator import VenueEmulator
-from daemon.log import KeyValueFormatter
+from daemon.core.control_client import ControlClient
+from daemon.core.control_client import ControlError as ClientControlError
+from daemon.core.events import EventBus, RoleChanged
+from lab.venue_emulator import VenueEmulator
+from daemon.core.log import KeyValueFormatter
 from daemon.metrics import render
 from daemon.standby.service import StandbyService
 from daemon.venues import service as venue_service

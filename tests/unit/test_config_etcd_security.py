@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from daemon.config import ConfigError, load_config
-from daemon.lab.pki import EtcdPki, make_etcd_pki
+from lab.pki import EtcdPki, make_etcd_pki
 
 BASE = '''[node]
 name = "edge-a"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.lab.echo import delay_range, parse_delay
+from lab.echo import delay_range, parse_delay
 from daemon.uplinks.echo import (
     MAGIC,
     PROBE_SIZE,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import events
+from daemon.core import events
 from hardware.enclosure import (
     DEFAULT_MAP,
     NEED_DATA,
@@ -356,7 +356,7 @@ def names(emits: list[tuple[str, dict[str, object]]]) -> list[str]:
 
 
 def test_emits_are_the_contract_events() -> None:
-    """Every Emit builds its daemon/events.py class with exactly those fields (after the
+    """Every Emit builds its daemon/core/events.py class with exactly those fields (after the
     service's one rename, kind → device_type, which the contract asks for)."""
     m = EnclosureMonitor("rack1", stale_after=5, door_debounce=0)
     emits = m.reading(climate(50, 95), 0) + m.reading(door(True), 0) + m.reading(door(False), 1) + m.tick(100)

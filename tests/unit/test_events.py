@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from daemon.events import (
+from daemon.core.events import (
     DaemonReady,
     DaemonStopping,
     Event,

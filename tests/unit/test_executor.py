@@ -661,14 +661,14 @@ def test_update_keeps_the_cooldown_of_playbooks_still_present() -> None:
 
 
 def test_match_accepts_an_event_object() -> None:
-    from daemon.events import UpsOnBattery
+    from daemon.core.events import UpsOnBattery
 
     pb = triggered("ups", Trigger("UpsOnBattery", {"device": "ups0"}))
     assert TriggerMatcher([pb]).match(UpsOnBattery(device="ups0"), 0.0) == [pb]  # type: ignore[arg-type]
 
 
 def test_a_parsed_trigger_matches_a_real_event() -> None:
-    from daemon.events import ActiveUplinkChanged
+    from daemon.core.events import ActiveUplinkChanged
 
     pb = parse_playbook(b"""
 name = "fibre-lost"

@@ -1,4 +1,4 @@
-"""Durable file helpers (daemon/files.py)."""
+"""Durable file helpers (daemon/core/files.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import files
-from daemon.files import create_new_file, fsync_directory, link_new_file, replace_file
+from daemon.core import files
+from daemon.core.files import create_new_file, fsync_directory, link_new_file, replace_file
 
 
 def mode(path: Path) -> int:

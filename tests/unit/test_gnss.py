@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon import events
+from daemon.core import events
 from hardware import gnss
 from hardware.gnss import (
     EpochAssembler,

@@ -13,8 +13,8 @@ import trio
 import trio.testing
 
 from daemon.config import load_config
-from daemon.events import DeviceRecovered, DeviceStale, EventBus, UpsOnBattery
-from daemon.hardware_service import Device, HardwareService
+from daemon.core.events import DeviceRecovered, DeviceStale, EventBus, UpsOnBattery
+from hardware.service import Device, HardwareService
 from hardware.errors import DeviceTimeout
 
 CONFIG = '''

@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from daemon.events import EventBus, LeaseStoreUnreachable, RoleChanged
+from daemon.core.events import EventBus, LeaseStoreUnreachable, RoleChanged
 from daemon.standby import Position
 from daemon.standby.leadership import Leadership
 from daemon.standby.lease import Grant, LeaseConflict, LeaseLost, LeaseState, LeaseStore, LeaseUnavailable, Member

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import log as lifelog
-from daemon.log import format_fields, format_value, get_logger, running_under_journald, setup
+from daemon.core import log as lifelog
+from daemon.core.log import format_fields, format_value, get_logger, running_under_journald, setup
 
 
 @pytest.fixture
@@ -227,7 +227,7 @@ def test_levels_table() -> None:
 
 
 def parse_journal(datagram: bytes) -> dict[str, str]:
-    """The native protocol, decoded independently of daemon.log (systemd's
+    """The native protocol, decoded independently of daemon.core.log (systemd's
     sd_journal_sendv(3) format): NAME=value lines, or NAME, newline, 64-bit LE length,
     value, newline."""
     import struct
@@ -266,7 +266,7 @@ def journald(tmp_path: Path) -> Iterator[socket.socket]:
 def test_records_go_to_the_journal_socket_with_fields(
     tmp_path: Path, journald: socket.socket, restore_logging: None
 ) -> None:
-    from daemon.events import RoleChanged, log_event
+    from daemon.core.events import RoleChanged, log_event
 
     stream = io.StringIO()
     setup("info", stream=stream, journal_socket=tmp_path / "journal.socket")

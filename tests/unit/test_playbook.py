@@ -169,7 +169,7 @@ def test_exec_programs_lists_steps_and_rollbacks_once_each() -> None:
 
 
 def test_event_names_come_from_the_event_classes() -> None:
-    from daemon import events
+    from daemon.core import events
 
     names = event_names()
     assert {"ActiveUplinkChanged", "RoleChanged", "UplinkHealthChanged"} <= names
@@ -182,7 +182,7 @@ def test_event_names_come_from_the_event_classes() -> None:
 def test_an_event_class_defined_elsewhere_counts() -> None:
     from dataclasses import dataclass
 
-    from daemon.events import Event
+    from daemon.core.events import Event
 
     @dataclass(frozen=True, kw_only=True)
     class DrillEventForPlaybookTest(Event):
@@ -284,9 +284,9 @@ REFUSALS = [
     pytest.param(with_header('[[trigger]]\nwhere = {}\n' + STEP),
                  'trigger[0].event: missing required key; add event = "ActiveUplinkChanged"', id='trigger no event'),
     pytest.param(with_header('[[trigger]]\nevent = "UplinkChange"\n' + STEP),
-                 'trigger[0].event: unknown event "UplinkChange" (did you mean "UplinkHealthChanged"?); use an event class name from daemon/events.py: ...', id='trigger unknown event'),
+                 'trigger[0].event: unknown event "UplinkChange" (did you mean "UplinkHealthChanged"?); use an event class name from daemon/core/events.py: ...', id='trigger unknown event'),
     pytest.param(with_header('[[trigger]]\nevent = 3\n' + STEP),
-                 'trigger[0].event: unknown event 3 (integer); use an event class name from daemon/events.py: ...', id='trigger event int'),
+                 'trigger[0].event: unknown event 3 (integer); use an event class name from daemon/core/events.py: ...', id='trigger event int'),
     pytest.param(with_header('[[trigger]]\nevent = "RoleChanged"\nwhen = {}\n' + STEP),
                  'trigger[0].when: unknown key; remove it: a [[trigger]] takes event, where', id='trigger unknown key'),
     pytest.param(with_header('[[trigger]]\nevent = "RoleChanged"\nwhere = "primary"\n' + STEP),

@@ -114,9 +114,9 @@ def test_a_swimlane_from_the_feeds_alone_finds_the_role_changes_and_lets_renewal
 
 
 def test_every_drill_report_class_has_an_adapter() -> None:
-    from daemon.lab.hardware_drills import HardwareReport
-    from daemon.lab.hardware_drills import Repetition as HwRepetition
-    from daemon.lab.lifecycle import LifecycleReport
+    from lab.hardware_drills import HardwareReport
+    from lab.hardware_drills import Repetition as HwRepetition
+    from lab.lifecycle import LifecycleReport
     from lab.report.drills import report_data
 
     power = HardwareReport("power", 2, [HwRepetition(1, {"detection_ms": 410.0, "playbook_ms": 600.0,

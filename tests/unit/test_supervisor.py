@@ -11,9 +11,9 @@ import pytest
 import trio
 import trio.testing
 
-from daemon.events import DaemonReady, EventBus, ServiceFailed, ServiceStarted
+from daemon.core.events import DaemonReady, EventBus, ServiceFailed, ServiceStarted
 from daemon.notify import Notifier
-from daemon.service import ServiceStatus
+from daemon.core.service import ServiceStatus
 from daemon.supervisor import ServiceCrashed, Supervisor
 
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from daemon import system
 from daemon.config import Duration, SystemConfig
-from daemon.events import EventBus, SystemOverloaded, SystemRecovered
+from daemon.core.events import EventBus, SystemOverloaded, SystemRecovered
 from daemon.system import (
     Decision,
     HostHealthMachine,
@@ -508,7 +508,7 @@ async def test_no_temperature_metric_without_sensors(autojump_clock: trio.testin
 
 
 def test_service_matches_the_service_protocol(tmp_path: Path) -> None:
-    from daemon.service import Service
+    from daemon.core.service import Service
 
     service = SystemHealthService(CONFIG, tmp_path, EventBus())
     assert isinstance(service, Service)

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from daemon.config import parse_config
-from daemon.events import EventBus
+from daemon.core.events import EventBus
 from daemon.uplinks import ProbeResult, UplinkRoute
 from daemon.uplinks.service import UplinkService
 
@@ -238,7 +238,7 @@ async def test_manual_pin_through_the_control_methods(autojump_clock: trio.testi
         assert route_at(w, trio.current_time()) == "starlink"
         result = await methods["uplink.auto"]({})
         assert result["active"] == "fibre" and result["switched"] is True  # fibre UP for > 30 s
-        from daemon.control_client import ControlError
+        from daemon.core.control_client import ControlError
 
         with pytest.raises(ControlError, match="no uplink 'nope'"):
             await methods["uplink.use"]({"name": "nope"})

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.lab.venue_emulator import (
+from lab.venue_emulator import (
     InputError,
     ProtocolError,
     RequestParser,

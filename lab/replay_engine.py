@@ -135,7 +135,7 @@ def replay(lines: Iterable[tuple[int, bytes]], append_batch: AppendBatch, *, pac
 
 
 def control_socket_writer(client: Any) -> AppendBatch:
-    """``append_batch`` over a connected :class:`daemon.control_client.ControlClient`:
+    """``append_batch`` over a connected :class:`daemon.core.control_client.ControlClient`:
     payloads that are UTF-8 go as text, others base64."""
     import base64
 

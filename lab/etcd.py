@@ -6,7 +6,7 @@ a network namespace and an address per member, inside those namespaces with
 ``ip netns exec`` (the lab's regional drill). It talks to each member over HTTP, or
 HTTPS with the lab's client certificate (``GET /health``, ``POST
 /v3/maintenance/status``, neither needs etcd's auth); for a member inside a namespace the
-probe's socket is opened in that namespace (:func:`daemon.lab.netns.in_netns`), so the
+probe's socket is opened in that namespace (:func:`lab.netns.in_netns`), so the
 host needs no route to it.
 
 Timers: etcd's minimum lease TTL is ``ceil(1.5 * election timeout)`` seconds, so the
@@ -14,7 +14,7 @@ default 100 ms heartbeat / 1000 ms election makes it 2 s. The lab defaults to 25
 250 ms (min TTL 1 s, re-election well under a second), which loopback and veth links
 keep with room to spare.
 
-Security: given an :class:`~daemon.lab.pki.EtcdPki` (``tls``), every member serves its
+Security: given an :class:`~lab.pki.EtcdPki` (``tls``), every member serves its
 client and peer ports over TLS and wants a certificate from the lab's CA on both
 (``--client-cert-auth``, ``--peer-client-cert-auth``); given an :class:`EtcdAuth`,
 :meth:`EtcdCluster.start` then turns etcd's authentication on through the JSON gateway
@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from daemon.lab.pki import EtcdPki
+from lab.pki import EtcdPki
 
 ETCD_BINARY = "/usr/bin/etcd"
 
@@ -494,7 +494,7 @@ class EtcdCluster:
         if m.netns is None:
             yield
             return
-        from daemon.lab.netns import in_netns
+        from lab.netns import in_netns
 
         with in_netns(m.netns):
             yield

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import trio
 
-from daemon.log import get_logger
+from daemon.core.log import get_logger
 
 log = get_logger("events")
 
@@ -570,7 +570,7 @@ class EngineResumeRequested(Event):
     reason: str
 
 
-# --- hardware (hardware/*, daemon/hardware_service.py) ----------------------------------
+# --- hardware (hardware/*, hardware/service.py) ----------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)

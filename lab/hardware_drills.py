@@ -14,7 +14,7 @@ power
     ``[recovery]`` (``ups-on-battery.toml``). edge-a has ``[hardware.ups]`` on a UPS
     simulator's pty (:class:`hardware.ups.Simulator`, polled every 200 ms) and is started
     first, so it takes the lease; edge-b follows it as its synchronous standby. A writer
-    (the trading engine stand-in of :mod:`daemon.lab.ha_drills`) appends through the
+    (the trading engine stand-in of :mod:`lab.ha_drills`) appends through the
     primary's control socket and follows the role. Then the simulated UPS goes on
     battery. From that moment (CLOCK_MONOTONIC):
 
@@ -74,12 +74,12 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import dump_toml
-from daemon.control_client import ControlClient
-from daemon.lab.drills import add_report_argument, percentile, write_drill_report
-from daemon.lab.ha_drills import Node, RoleLog, Writer, overlap_ns, primary_intervals
-from daemon.lab.pair import REPLICATION_TIMERS
-from daemon.lab.procs import DaemonProcess, until
-from daemon.lab.replay_engine import feed_lines
+from daemon.core.control_client import ControlClient
+from lab.drills import add_report_argument, percentile, write_drill_report
+from lab.ha_drills import Node, RoleLog, Writer, overlap_ns, primary_intervals
+from lab.pair import REPLICATION_TIMERS
+from lab.procs import DaemonProcess, until
+from lab.replay_engine import feed_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOKS = ROOT / "recovery" / "playbooks"
@@ -189,7 +189,7 @@ class EventWatch:
 
 
 class HwNode(Node):
-    """A daemon of the drill: :class:`daemon.lab.ha_drills.Node` (calls, records, stop)
+    """A daemon of the drill: :class:`lab.ha_drills.Node` (calls, records, stop)
     with more config sections and started directly (loopback, no namespace)."""
 
     def __init__(self, name: str, root: Path, standby: dict[str, Any] | None, extra: dict[str, Any]) -> None:

@@ -1,6 +1,6 @@
 """The lab's UDP echo responder (RFC 862), with a per-sender delay standing in for netem.
 
-    python -m daemon.lab.echo --listen 10.80.0.2:7 \\
+    python -m lab.echo --listen 10.80.0.2:7 \\
         --delay 10.71.0.0/16=1ms..3ms --delay 10.72.0.0/16=25ms..60ms
 
 Every datagram goes back to its sender unchanged, after a delay drawn uniformly from the
@@ -167,7 +167,7 @@ def _delay(text: str) -> DelayRule:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m daemon.lab.echo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lab.echo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--listen", action="append", type=_listen, required=True, metavar="IP:PORT",
                         help="address to echo on (repeatable)")
     parser.add_argument("--delay", action="append", type=_delay, default=[], metavar="CIDR=MIN..MAX",

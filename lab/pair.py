@@ -29,7 +29,7 @@ network cuts do not touch, so a drill always talks to both daemons.
 Names start with :data:`PREFIX` (``llp-``, apart from the uplink lab's ``ll-``) and every
 link lives inside a lab namespace, so :meth:`PairLab.down` removes exactly what the lab
 made, after a crash too. :meth:`PairLab.up` takes the lab lock shared with the uplink lab
-(:class:`daemon.lab.world.LabLock`) and holds it until :meth:`PairLab.down`, so drills,
+(:class:`lab.world.LabLock`) and holds it until :meth:`PairLab.down`, so drills,
 benchmarks and tests never build worlds on top of each other.
 """
 
@@ -49,10 +49,10 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import dump_toml
-from daemon.lab import netns
-from daemon.lab.netns import LabError
-from daemon.lab.procs import DaemonProcess
-from daemon.lab.world import LOCK_TIMEOUT, LabLock
+from lab import netns
+from lab.netns import LabError
+from lab.procs import DaemonProcess
+from lab.world import LOCK_TIMEOUT, LabLock
 
 PREFIX = "llp-"
 SWITCH = f"{PREFIX}sw"
@@ -125,7 +125,7 @@ def etcd_endpoints(names: Sequence[str] = ETCD_HOSTS) -> list[str]:
 
 def pair_unavailable() -> str | None:
     """Why this host cannot build the pair lab, or None if it can."""
-    from daemon.lab.world import netns_unavailable
+    from lab.world import netns_unavailable
 
     return netns_unavailable()
 

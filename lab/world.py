@@ -11,7 +11,7 @@
                               ll-rsat (satellite)
 
 The edge has no default route of its own: the daemon under test installs it. The venue's
-echo responder (:mod:`daemon.lab.echo`) delays its replies by the sender's network, since
+echo responder (:mod:`lab.echo`) delays its replies by the sender's network, since
 this kernel has no netem: 1-3 ms for the fibre's 10.71/16, 25-60 ms for Starlink's 10.72/16.
 
 Impairments act on the routers, upstream of the edge, so the edge's own links stay up and
@@ -51,10 +51,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from daemon.config import dump_toml
-from daemon.lab import netns
-from daemon.lab.lifecycle import default_lab_config
-from daemon.lab.netns import LabError, socket_in_netns  # noqa: F401  (re-exported for the drills)
-from daemon.lab.procs import DaemonProcess
+from lab import netns
+from lab.lifecycle import default_lab_config
+from lab.netns import LabError, socket_in_netns  # noqa: F401  (re-exported for the drills)
+from lab.procs import DaemonProcess
 
 PREFIX = "ll-"
 EDGE = f"{PREFIX}edge"
@@ -65,7 +65,7 @@ NAMESPACES = (EDGE, RFIB, RSAT, VENUE)
 NFT_TABLE = "lifeline_lab"
 VENUE_NET = "10.75.0.0/24"
 VENUE_TARGETS: tuple[tuple[str, int], ...] = (("10.75.0.1", 7), ("10.75.0.2", 7))
-#: The project root: the echo responder runs as ``python -m daemon.lab.echo`` from here.
+#: The project root: the echo responder runs as ``python -m lab.echo`` from here.
 ROOT = Path(__file__).resolve().parents[2]
 ECHO_READY_TIMEOUT = 15.0
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "lifeline-lab"
@@ -171,7 +171,7 @@ def echo_round_trips(sock: socket.socket, target: tuple[str, int], count: int = 
 
 def start_echo(argv: Sequence[str], log_path: Path, timeout: float = ECHO_READY_TIMEOUT
                ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start an echo responder (``argv`` ends in ``-m daemon.lab.echo ...``), its output to
+    """Start an echo responder (``argv`` ends in ``-m lab.echo ...``), its output to
     ``log_path``; return it and its ``echo.ready`` line once it has bound every socket."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -203,7 +203,7 @@ def _is_echo(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"daemon.lab.echo" in cmdline
+    return b"lab.echo" in cmdline
 
 
 def _stop_pid(pid: int, timeout: float = 3.0) -> None:
@@ -436,7 +436,7 @@ class LabWorld:
             netns.addr(VENUE, "lo", f"{host}/32")
         addresses.append(f"{VENUE} lo " + ", ".join(f"{h}/32" for h, _ in VENUE_TARGETS))
 
-        argv = netns.exec_argv(VENUE, [self.python, "-m", "daemon.lab.echo",
+        argv = netns.exec_argv(VENUE, [self.python, "-m", "lab.echo",
                                        *[a for h, p in VENUE_TARGETS for a in ("--listen", f"{h}:{p}")],
                                        *[a for link in LINKS.values()
                                          for a in ("--delay", f"{link.edge_net}={link.delay}")]])
@@ -702,7 +702,7 @@ class LoopbackWorld:
 
     def _start(self, name: str, listens: Sequence[tuple[str, int]]) -> dict[str, Any]:
         link = LOOPBACK_LINKS[name]
-        argv = [self.python, "-m", "daemon.lab.echo",
+        argv = [self.python, "-m", "lab.echo",
                 *[a for h, p in listens for a in ("--listen", f"{h}:{p}")],
                 "--delay", f"{link.edge_net}={link.delay}"]
         proc, ready = start_echo(argv, self.workdir / f"echo-{name}.log")

@@ -1,7 +1,7 @@
 """The venue emulator: one small HTTP/1.1 server that answers ccxt's real Kraken and
 Coinbase requests, and can be told to go slow, fail or go silent.
 
-    python -m daemon.lab.venue_emulator --listen 127.0.0.1:0 \\
+    python -m lab.venue_emulator --listen 127.0.0.1:0 \\
         [--api-key kraken=KEY] [--api-key coinbase=KEY] [--data DIR]
 
 prints ``venue-emulator ready http://HOST:PORT`` (the real port) on stdout once it
@@ -109,7 +109,7 @@ from typing import Any
 import trio
 
 from daemon.config import parse_host_port
-from daemon.log import get_logger
+from daemon.core.log import get_logger
 
 log = get_logger("venue_emulator")
 
@@ -1573,7 +1573,7 @@ def _api_key(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m daemon.lab.venue_emulator",
+    parser = argparse.ArgumentParser(prog="python -m lab.venue_emulator",
                                      description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--listen", type=_listen, default=("127.0.0.1", 0), metavar="HOST:PORT",
                         help="address to serve on (port 0: any free port; default 127.0.0.1:0)")
@@ -1597,7 +1597,7 @@ async def _main(emulator: VenueEmulator) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from daemon import log as logsetup
+    from daemon.core import log as logsetup
 
     args = build_parser().parse_args(argv)
     logsetup.setup(level=args.log_level)

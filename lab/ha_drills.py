@@ -3,14 +3,14 @@ site; time the promotion, count lost acknowledged records and overlapping primar
 
     lifeline drill standby|partition|region [--repeat N] [--seed S] [--json] [--workdir DIR] [--report FILE.html]
 
-Each repetition runs in the pair lab (:mod:`daemon.lab.pair`) from a fresh state: a new
+Each repetition runs in the pair lab (:mod:`lab.pair`) from a fresh state: a new
 replication key, empty journals, a fresh lease store (the witness, or three etcd members
 for ``region``), and two real ``lifeline run`` processes in ``llp-edge-a`` and
 ``llp-edge-b`` that start with no role. Whichever takes the lease is "the primary"; the
 drill waits until the other follows it in sync and is marked synchronous in the store.
 
 A writer thread plays the trading engine: it appends the recorded Binance lines
-(:mod:`daemon.lab.replay_engine`) in small batches through the primary's control socket
+(:mod:`lab.replay_engine`) in small batches through the primary's control socket
 and keeps every answer. It follows the README's engine contract: it appends only
 through a node whose ``role.watch`` feed says ``primary`` and whose last message's
 ``valid_until`` is still ahead of CLOCK_MONOTONIC, and waits (a few ms at a time) while
@@ -67,12 +67,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.control_client import ControlClient, ControlError
-from daemon.lab import pair as lab_pair
-from daemon.lab.drills import add_report_argument, percentile, write_drill_report
-from daemon.lab.pair import EDGES, HOSTS, REPLICATION_TIMERS, LabProcess, PairLab
-from daemon.lab.procs import DaemonProcess, until
-from daemon.lab.replay_engine import feed_lines
+from daemon.core.control_client import ControlClient, ControlError
+from lab import pair as lab_pair
+from lab.drills import add_report_argument, percentile, write_drill_report
+from lab.pair import EDGES, HOSTS, REPLICATION_TIMERS, LabProcess, PairLab
+from lab.procs import DaemonProcess, until
+from lab.replay_engine import feed_lines
 
 DRILLS = ("standby", "partition", "region")
 TARGET_MS = {"standby": 2000.0, "partition": 2000.0, "region": 10000.0}
@@ -664,8 +664,8 @@ class Drill:
         """The region drill's three etcd members as production runs them: TLS on the
         client and peer ports with client certificates required (a CA and certificates
         made for this repetition), etcd's authentication on."""
-        from daemon.lab.etcd import EtcdAuth, EtcdCluster, EtcdMember
-        from daemon.lab.pki import make_etcd_pki
+        from lab.etcd import EtcdAuth, EtcdCluster, EtcdMember
+        from lab.pki import make_etcd_pki
 
         pki = make_etcd_pki(root / "pki", [HOSTS[name].address for name in lab_pair.ETCD_HOSTS])
         members = [EtcdMember(name, host=HOSTS[name].address, netns=HOSTS[name].ns)
@@ -1047,7 +1047,7 @@ def add_ha_drill_parsers(drill_sub: argparse._SubParsersAction[argparse.Argument
 
 
 def run_ha_drill(args: argparse.Namespace) -> int:
-    from daemon.lab.pair import pair_unavailable
+    from lab.pair import pair_unavailable
 
     kind = args.drill_command
     reason = pair_unavailable()

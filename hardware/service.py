@@ -23,11 +23,11 @@ from typing import Any, Awaitable, Callable, Iterable
 
 import trio
 
-from daemon import events
+from daemon.core import events
 from daemon.config import Config
-from daemon.events import EventBus
-from daemon.log import get_logger, human
-from daemon.service import MetricFamily, Sample, ServiceStatus
+from daemon.core.events import EventBus
+from daemon.core.log import get_logger, human
+from daemon.core.service import MetricFamily, Sample, ServiceStatus
 
 log = get_logger("hardware")
 

@@ -30,7 +30,7 @@ def add_lab_parser(sub: Any) -> None:
                      help="repetitions of each promotion drill: standby, partition, region (default 3; 0 skips them)")
     lab.add_argument("--venue-repeat", type=int, default=3,
                      help="repetitions of the venue drill: silent through the fibre, then dead (default 3; 0 skips it)")
-    from daemon.lab.drills import add_report_argument
+    from lab.drills import add_report_argument
 
     add_report_argument(lab)
     actions = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=False)
@@ -60,8 +60,8 @@ def run_lab_command(args: argparse.Namespace) -> int:
 
 
 def lab_replay(args: argparse.Namespace) -> int:
-    from daemon.control_client import ControlClient, ControlError
-    from daemon.lab.replay_engine import control_socket_writer, feed_paths, merged_lines, replay
+    from daemon.core.control_client import ControlClient, ControlError
+    from lab.replay_engine import control_socket_writer, feed_paths, merged_lines, replay
 
     def progress(stats: Any) -> None:
         if stats.batches % 200 == 0:
@@ -82,8 +82,8 @@ def lab_replay(args: argparse.Namespace) -> int:
 
 
 def lab_up(args: argparse.Namespace) -> int:
-    from daemon.lab.netns import LabError
-    from daemon.lab.world import DEFAULT_WORKDIR, make_world, netns_unavailable
+    from lab.netns import LabError
+    from lab.world import DEFAULT_WORKDIR, make_world, netns_unavailable
 
     workdir = args.workdir or DEFAULT_WORKDIR
     reason = netns_unavailable()
@@ -104,10 +104,10 @@ def lab_up(args: argparse.Namespace) -> int:
 
 
 def lab_down(args: argparse.Namespace) -> int:
-    from daemon.lab.netns import LabError
-    from daemon.lab.pair import PREFIX as PAIR_PREFIX
-    from daemon.lab.pair import PairLab
-    from daemon.lab.world import DEFAULT_WORKDIR, PREFIX, LabWorld, LoopbackWorld, netns_unavailable
+    from lab.netns import LabError
+    from lab.pair import PREFIX as PAIR_PREFIX
+    from lab.pair import PairLab
+    from lab.world import DEFAULT_WORKDIR, PREFIX, LabWorld, LoopbackWorld, netns_unavailable
 
     workdir = args.workdir or DEFAULT_WORKDIR
     removed: list[str] = []
@@ -135,9 +135,9 @@ def lab_down(args: argparse.Namespace) -> int:
 
 
 def _lab_namespaces() -> list[str]:
-    from daemon.lab import netns
-    from daemon.lab.pair import PREFIX as PAIR_PREFIX
-    from daemon.lab.world import PREFIX
+    from lab import netns
+    from lab.pair import PREFIX as PAIR_PREFIX
+    from lab.world import PREFIX
 
     if shutil.which("ip") is None:
         return []
@@ -149,8 +149,8 @@ def _lab_namespaces() -> list[str]:
 
 def lab_status(args: argparse.Namespace) -> int:
     """Exit 0 when a whole lab is up, 1 otherwise."""
-    from daemon.lab.netns import LabError
-    from daemon.lab.world import DEFAULT_WORKDIR, NAMESPACES, LabWorld, LoopbackWorld
+    from lab.netns import LabError
+    from lab.world import DEFAULT_WORKDIR, NAMESPACES, LabWorld, LoopbackWorld
 
     workdir = args.workdir or DEFAULT_WORKDIR
     loopback = LoopbackWorld(workdir).status()
@@ -176,9 +176,9 @@ def run_drills(args: argparse.Namespace) -> int:
     the venue drill (in namespaces, when root)."""
     from daemon.cli import format_status
     from daemon.config import Duration
-    from daemon.lab.drills import DrillSettings, format_report, run_uplink_drill
-    from daemon.lab.lifecycle import run_lifecycle_drill
-    from daemon.lab.world import netns_unavailable
+    from lab.drills import DrillSettings, format_report, run_uplink_drill
+    from lab.lifecycle import run_lifecycle_drill
+    from lab.world import netns_unavailable
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -205,8 +205,8 @@ def run_drills(args: argparse.Namespace) -> int:
         if skipped is None and args.promotion_repeat > 0:
             promotion_reports, promotion_skipped = _promotion_drills(workdir, args.promotion_repeat, say)
         if skipped is None and args.venue_repeat > 0:
-            from daemon.lab.venue_drills import VenueDrillSettings
-            from daemon.lab.venue_drills import run_drill as run_venue_drill
+            from lab.venue_drills import VenueDrillSettings
+            from lab.venue_drills import run_drill as run_venue_drill
 
             say(f"lab: venue drill, {args.venue_repeat} repetition(s): the venue silent through the fibre only, "
                 "then dead")
@@ -219,7 +219,7 @@ def run_drills(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     ok = (report.ok and (uplink_report is None or uplink_report.ok) and all(r.ok for r in promotion_reports)
           and (venue_report is None or venue_report.ok))
-    from daemon.lab.drills import write_drill_report
+    from lab.drills import write_drill_report
 
     ok = write_drill_report(args.report, [report, uplink_report, *promotion_reports, venue_report]) and ok
     if args.json:
@@ -254,7 +254,7 @@ def run_drills(args: argparse.Namespace) -> int:
         print(format_report(uplink_report))
     else:
         print(f"uplink drill: SKIPPED ({skipped or 'repeat 0'})")
-    from daemon.lab.ha_drills import format_report as format_promotion
+    from lab.ha_drills import format_report as format_promotion
 
     for promotion in promotion_reports:
         print()
@@ -263,7 +263,7 @@ def run_drills(args: argparse.Namespace) -> int:
         print(f"\n{name} drill: SKIPPED ({why})")
     print()
     if venue_report is not None:
-        from daemon.lab.venue_drills import format_report as format_venue
+        from lab.venue_drills import format_report as format_venue
 
         print(format_venue(venue_report))
     else:
@@ -274,8 +274,8 @@ def run_drills(args: argparse.Namespace) -> int:
 
 def _promotion_drills(workdir: Path, repeat: int, say: Any) -> tuple[list[Any], dict[str, str]]:
     """The standby, partition and region drills (region needs etcd), ``repeat`` each."""
-    from daemon.lab.etcd import EtcdCluster
-    from daemon.lab.ha_drills import DRILLS, HaSettings, run_drill
+    from lab.etcd import EtcdCluster
+    from lab.ha_drills import DRILLS, HaSettings, run_drill
 
     reports: list[Any] = []
     skipped: dict[str, str] = {}

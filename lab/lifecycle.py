@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import dump_toml
-from daemon.control_client import ControlClient
-from daemon.lab.procs import DaemonProcess
+from daemon.core.control_client import ControlClient
+from lab.procs import DaemonProcess
 
 #: status must answer within this (the foundation issue's target).
 STATUS_TARGET_MS = 100.0

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from daemon.config import UPLINK_KIND_DEFAULTS, Duration, format_duration
-from daemon.control_client import ControlClient
-from daemon.lab import world as lab_world
-from daemon.lab.netns import socket_in_netns
+from daemon.core.control_client import ControlClient
+from lab import world as lab_world
+from lab.netns import socket_in_netns
 
 VENUE_TARGET = ("10.75.0.1", 7)
 FIBRE_GATEWAY = "10.71.1.1"

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""The mechanical part of issue 15's restructure: move modules to their rooms and rewrite
+every reference to their old names (imports, ``python -m`` strings, mock targets, paths in
+docs). Idempotent: run it again after merging a branch that added code in the old places.
+
+    python3 tools/restructure.py          # from the repository root
+
+Moves (old -> new):
+  daemon/{log,files,events,bus,service,control_client}.py -> daemon/core/   (the ground floor)
+  daemon/hardware_service.py                              -> hardware/service.py
+  daemon/lab/*                                            -> lab/          (the lab's own room)
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CORE = ("log", "files", "events", "bus", "service", "control_client")
+
+#: module renames, dotted (longest first where one is a prefix of another).
+MODULES: list[tuple[str, str]] = [
+    ("daemon.lab", "lab"),
+    ("daemon.hardware_service", "hardware.service"),
+    *[(f"daemon.{name}", f"daemon.core.{name}") for name in CORE],
+]
+
+#: the text files the rewrite looks at (besides every *.py).
+TEXT_GLOBS = ["README.md", "pyproject.toml", "run", ".ci/*", "bench/*.py", "systemd/*", "debian/*",
+              "examples/*", "monitoring/**/*"]
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+
+
+def tracked(path: Path) -> bool:
+    return bool(git("ls-files", "--", str(path.relative_to(ROOT))).strip())
+
+
+def move(old: Path, new: Path) -> None:
+    if not old.exists():
+        return
+    if new.exists():
+        if old.read_bytes() == new.read_bytes():
+            git("rm", "-q", "-f", str(old.relative_to(ROOT)))
+            return
+        sys.exit(f"restructure: both {old} and {new} exist and differ: merge them by hand")
+    new.parent.mkdir(parents=True, exist_ok=True)
+    if tracked(old):
+        git("mv", str(old.relative_to(ROOT)), str(new.relative_to(ROOT)))
+    else:
+        old.rename(new)
+    print(f"moved {old.relative_to(ROOT)} -> {new.relative_to(ROOT)}")
+
+
+def moves() -> None:
+    core = ROOT / "daemon" / "core"
+    core.mkdir(exist_ok=True)
+    init = core / "__init__.py"
+    if not init.exists():
+        init.write_text('"""The ground floor: logging, durable files, durations and config machinery, event types,\n'
+                        'the Service vocabulary, the error root. Imports nothing of lifeline above it."""\n')
+        git("add", str(init.relative_to(ROOT)))
+    for name in CORE:
+        move(ROOT / "daemon" / f"{name}.py", core / f"{name}.py")
+    move(ROOT / "daemon" / "hardware_service.py", ROOT / "hardware" / "service.py")
+    old_lab = ROOT / "daemon" / "lab"
+    if old_lab.is_dir():
+        init = old_lab / "__init__.py"
+        if init.exists() and (ROOT / "lab" / "__init__.py").exists():
+            # lab/__init__.py (its docstring) is the room's; daemon/lab's is obsolete.
+            git("rm", "-q", "-f", str(init.relative_to(ROOT)))
+        for path in sorted(old_lab.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                move(path, ROOT / "lab" / path.relative_to(old_lab))
+        for path in sorted(old_lab.rglob("*"), reverse=True):
+            if path.is_dir() and not any(p for p in path.iterdir() if p.name != "__pycache__"):
+                subprocess.run(["rm", "-rf", str(path)])
+        if old_lab.exists() and not any(p for p in old_lab.iterdir() if p.name != "__pycache__"):
+            subprocess.run(["rm", "-rf", str(old_lab)])
+
+
+def _patterns() -> list[tuple[re.Pattern[str], str]]:
+    out: list[tuple[re.Pattern[str], str]] = []
+    for old, new in MODULES:
+        # dotted: not part of a longer name; ``daemon.log`` as a file name ("daemon.log") stays.
+        tail = r"(?![\w])" + (r"(?![\"'])" if old == "daemon.log" else "")
+        out.append((re.compile(r"(?<![\w.\-/])" + re.escape(old) + tail), new))
+        # paths: daemon/lab/x -> lab/x, daemon/log.py -> daemon/core/log.py
+        old_path, new_path = old.replace(".", "/"), new.replace(".", "/")
+        if old == "daemon.lab":
+            out.append((re.compile(r"(?<![\w./\-])daemon/lab/"), "lab/"))
+        else:
+            out.append((re.compile(r"(?<![\w./\-])" + re.escape(old_path) + r"\.py\b"), new_path + ".py"))
+    # from daemon import log / events ... -> from daemon.core import ...
+    names = "|".join(CORE)
+    out.append((re.compile(rf"^(\s*)from daemon import ({names})\b", re.M), r"\1from daemon.core import \2"))
+    out.append((re.compile(r"^(\s*)from daemon import lab\b", re.M), r"\1import lab"))
+    return out
+
+
+def text_files() -> list[Path]:
+    files = {p for p in ROOT.rglob("*.py") if ".venv" not in p.parts and ".git" not in p.parts}
+    for pattern in TEXT_GLOBS:
+        files.update(p for p in ROOT.glob(pattern) if p.is_file())
+    files.discard(Path(__file__).resolve())
+    return sorted(files)
+
+
+def rewrite() -> None:
+    patterns = _patterns()
+    for path in text_files():
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        new = text
+        for pattern, repl in patterns:
+            new = pattern.sub(repl, new)
+        if new != text:
+            path.write_text(new)
+            print(f"rewrote {path.relative_to(ROOT)}")
+
+
+def main() -> None:
+    moves()
+    rewrite()
+
+
+if __name__ == "__main__":
+    main()
