@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import trio
 
-from daemon.config import SystemConfig
+from daemon.system_config import SystemConfig
 from daemon.core.events import EventBus, SystemOverloaded, SystemRecovered
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, ServiceStatus

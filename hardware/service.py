@@ -24,10 +24,10 @@ from typing import Any, Awaitable, Callable, Iterable
 import trio
 
 from daemon.core import events
-from daemon.config import Config
 from daemon.core.events import EventBus
 from daemon.core.log import get_logger, human
 from daemon.core.service import MetricFamily, Sample, ServiceStatus
+from hardware.config import HardwareSettings
 
 log = get_logger("hardware")
 
@@ -67,7 +67,7 @@ class Device:
 class HardwareService:
     name = "hardware"
 
-    def __init__(self, config: Config, bus: EventBus, *, clean_stop: Callable[[], bool] = lambda: True,
+    def __init__(self, config: HardwareSettings, bus: EventBus, *, clean_stop: Callable[[], bool] = lambda: True,
                  devices: list[Device] | None = None, watchdog: Any = None) -> None:
         assert config.hardware is not None
         self.config = config

@@ -845,7 +845,8 @@ def _state_defaults(args: argparse.Namespace) -> tuple[Path, Path | None]:
     """(STATE_DIR, recovery.audit_log from the config or None)."""
     if getattr(args, "state_dir", None) is not None:
         return Path(args.state_dir), None
-    from daemon.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+    from daemon.config import DEFAULT_CONFIG_PATH, load_config
+    from daemon.core.config import ConfigError
 
     explicit = getattr(args, "config", None)
     config_path = Path(explicit) if explicit is not None else DEFAULT_CONFIG_PATH

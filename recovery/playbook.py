@@ -71,7 +71,9 @@ from datetime import date, datetime, time
 from pathlib import PurePosixPath
 from typing import Any, Literal, NamedTuple, Union
 
-from daemon.config import Duration, describe_value, format_duration
+from daemon.core.config import describe_value
+
+from daemon.core.durations import Duration, format_duration
 
 OnFailure = Literal["abort", "continue", "rollback"]
 ON_FAILURE: tuple[str, ...] = ("abort", "continue", "rollback")

@@ -34,7 +34,6 @@ from typing import Any, Iterable
 
 import trio
 
-from daemon.config import Config
 from daemon.core.control_client import ControlError
 from daemon.core.events import (
     EngineHaltRequested,
@@ -48,6 +47,7 @@ from daemon.core.events import (
 )
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, Sample, ServiceStatus
+from recovery.config import RecoverySettings
 
 log = get_logger("recovery")
 
@@ -243,7 +243,7 @@ class RecoveryService:
 
     name = "recovery"
 
-    def __init__(self, config: Config, bus: EventBus, *, uplinks: Any = None, standby: Any = None) -> None:
+    def __init__(self, config: RecoverySettings, bus: EventBus, *, uplinks: Any = None, standby: Any = None) -> None:
         assert config.recovery is not None
         self.config = config
         self.settings = config.recovery

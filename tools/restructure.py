@@ -103,6 +103,34 @@ def _patterns() -> list[tuple[re.Pattern[str], str]]:
     return out
 
 
+#: where daemon/config.py's names live since the split (the capability sections).
+CONFIG_HOMES = {
+    **{n: "daemon.core.config" for n in (
+        "UNIX_PATH_MAX", "ConfigError", "option", "parse_host_port", "describe_value", "NodeConfig", "to_dict",
+        "dump_toml", "closest")},
+    **{n: "daemon.core.durations" for n in ("Duration", "format_duration")},
+    **{n: "daemon.uplinks.config" for n in ("UPLINK_KIND_DEFAULTS", "UplinkConfig", "FailoverConfig")},
+    **{n: "daemon.standby.config" for n in ("JournalConfig", "LeaseConfig", "StandbyConfig")},
+    **{n: "daemon.venues.config" for n in ("VENUE_PROBE_CALLS", "VenueConfig")},
+    **{n: "hardware.config" for n in (
+        "UpsConfig", "GnssConfig", "EnclosureConfig", "HardwareWatchdogConfig", "HardwareConfig")},
+    "RecoveryConfig": "recovery.config",
+    "SystemConfig": "daemon.system_config",
+}
+#: the rooms below the host: they import config names from their homes, never daemon.config.
+BELOW_HOST = ("daemon/core/", "daemon/uplinks/", "daemon/standby/", "daemon/venues/", "hardware/", "recovery/",
+              "daemon/system.py", "daemon/system_config.py")
+_FROM_CONFIG = re.compile(r"^(\s*)from daemon\.config import ([\w, ]+?)(\s*#.*)?$", re.M)
+
+
+def _split_config_import(match: re.Match[str]) -> str:
+    indent, names = match.group(1), [n.strip() for n in match.group(2).split(",") if n.strip()]
+    homes: dict[str, list[str]] = {}
+    for name in names:
+        homes.setdefault(CONFIG_HOMES.get(name, "daemon.config"), []).append(name)
+    return "\n".join(f"{indent}from {home} import {', '.join(sorted(ns))}" for home, ns in sorted(homes.items()))
+
+
 def text_files() -> list[Path]:
     files = {p for p in ROOT.rglob("*.py") if ".venv" not in p.parts and ".git" not in p.parts}
     for pattern in TEXT_GLOBS:
@@ -121,6 +149,8 @@ def rewrite() -> None:
         new = text
         for pattern, repl in patterns:
             new = pattern.sub(repl, new)
+        if str(path.relative_to(ROOT)).startswith(BELOW_HOST):
+            new = _FROM_CONFIG.sub(_split_config_import, new)
         if new != text:
             path.write_text(new)
             print(f"rewrote {path.relative_to(ROOT)}")

@@ -80,7 +80,7 @@ from typing import Any
 import trio
 from crc32c import crc32c
 
-from daemon.config import JournalConfig
+from daemon.standby.config import JournalConfig
 from daemon.core.log import get_logger
 from daemon.core.service import histogram
 from daemon.standby import MAX_PAYLOAD, JournalCorrupt, Position, Record, StandbyError

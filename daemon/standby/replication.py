@@ -61,7 +61,8 @@ import trio
 
 import daemon
 from daemon.core import events
-from daemon.config import StandbyConfig, parse_host_port
+from daemon.core.config import parse_host_port
+from daemon.standby.config import StandbyConfig
 from daemon.core.files import fsync_directory
 from daemon.core.log import get_logger
 from daemon.core.service import Health, MetricFamily, Sample, ServiceStatus, histogram

@@ -33,12 +33,12 @@ from typing import Any, Iterable
 
 import trio
 
-from daemon.config import Config
 from daemon.core.control_client import ControlError
 from daemon.core.events import EventBus, JournalTailTruncated
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, Sample, ServiceStatus
 from daemon.standby import MAX_PAYLOAD, Position, Record, StandbyError
+from daemon.standby.config import StandbySettings
 
 log = get_logger("standby")
 
@@ -49,7 +49,7 @@ RETENTION_INTERVAL = 60.0
 MAX_BATCH = 10_000
 
 
-def journal_directory(config: Config) -> Path:
+def journal_directory(config: StandbySettings) -> Path:
     return Path(config.node.state_dir) / "journal"
 
 
@@ -108,7 +108,7 @@ class StandbyService:
 
     name = "standby"
 
-    def __init__(self, config: Config, bus: EventBus, *, key: bytes | None = None,
+    def __init__(self, config: StandbySettings, bus: EventBus, *, key: bytes | None = None,
                  lease_store: Any = None, watchdog: Any = None) -> None:
         assert config.standby is not None
         self.config = config
@@ -366,7 +366,11 @@ class StandbyService:
     def _check_order_records(self, payloads: list[bytes]) -> None:
         """Order records (:mod:`daemon.venues.orders`) must be valid and name a configured
         venue: reconciliation after a failover trusts them. Other payloads pass as they are."""
-        from daemon.venues.orders import OrderRecordError, looks_like_record, parse_journal_record
+        from daemon.venues.orders import (
+            OrderRecordError,
+            looks_like_record,
+            parse_journal_record,
+        )
 
         for i, payload in enumerate(payloads):
             if not looks_like_record(payload):

@@ -27,7 +27,7 @@ from typing import Any, Awaitable, Callable, Final, Mapping, TypeVar
 
 import trio
 
-from daemon.config import parse_host_port
+from daemon.core.config import parse_host_port
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, Sample
 from daemon.standby import Position

@@ -49,7 +49,7 @@ from daemon.core.log import get_logger
 from daemon.uplinks import UplinkRoute
 
 if TYPE_CHECKING:
-    from daemon.config import FailoverConfig
+    from daemon.uplinks.config import FailoverConfig
 
 log = get_logger("uplinks.routes")
 

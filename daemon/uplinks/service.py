@@ -21,7 +21,6 @@ from typing import Any, Callable, Iterable
 
 import trio
 
-from daemon.config import Config, UplinkConfig
 from daemon.core.control_client import ControlError
 from daemon.core.events import (
     ActiveUplinkChanged,
@@ -35,6 +34,7 @@ from daemon.core.events import (
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, Sample, ServiceStatus, histogram
 from daemon.uplinks import UplinkRoute
+from daemon.uplinks.config import UplinkConfig, UplinksSettings
 from daemon.uplinks.health import HealthChange, HealthSettings, LinkHealth, LinkState
 from daemon.uplinks.policy import PolicyDecision, UplinkPolicy, UplinkView
 from daemon.uplinks.targets import parse_target
@@ -63,7 +63,7 @@ class Uplink:
     counters: dict[str, int] = field(default_factory=dict)
 
 
-def uplink_routes(config: Config) -> list[UplinkRoute]:
+def uplink_routes(config: UplinksSettings) -> list[UplinkRoute]:
     routes = []
     for position, (name, uplink) in enumerate(config.uplinks.items(), start=1):
         routes.append(UplinkRoute(name=name, interface=uplink.interface, source=uplink.source,
@@ -72,7 +72,7 @@ def uplink_routes(config: Config) -> list[UplinkRoute]:
     return routes
 
 
-def check_uplinks_on_host(config: Config) -> list[str]:
+def check_uplinks_on_host(config: UplinksSettings) -> list[str]:
     """Problems with the uplinks' interfaces and addresses on this host, each naming the
     config file and key path (the daemon refuses to start on any)."""
     import psutil
@@ -103,7 +103,7 @@ class UplinkService:
 
     def __init__(
         self,
-        config: Config,
+        config: UplinksSettings,
         bus: EventBus,
         *,
         route_backend: Any | None = None,

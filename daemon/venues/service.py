@@ -49,8 +49,7 @@ from typing import Any, Callable, Iterable
 
 import trio
 
-from daemon.config import Config, VenueConfig
-from daemon.control import ControlError, StreamReply
+from daemon.core.control import ControlError, ReplyStream
 from daemon.core.events import (
     EventBus,
     ReconciliationFinished,
@@ -61,6 +60,7 @@ from daemon.core.events import (
 )
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, Sample, ServiceStatus, histogram
+from daemon.venues.config import VenueConfig, VenuesSettings
 from daemon.venues.health import (
     HealthChange,
     HealthSettings,
@@ -192,7 +192,7 @@ def _default_client_factory(venue: str, config: VenueConfig, *, uplink: str | No
 class VenueService:
     name = "venues"
 
-    def __init__(self, config: Config, bus: EventBus, *, standby: Any = None,
+    def __init__(self, config: VenuesSettings, bus: EventBus, *, standby: Any = None,
                  client_factory: Callable[..., Any] | None = None,
                  audit_factory: Callable[[], Any] | None = None,
                  clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
@@ -959,7 +959,7 @@ class VenueService:
         async def status(params: dict[str, Any]) -> Any:
             return self.details()
 
-        async def watch(params: dict[str, Any], reply: StreamReply) -> None:
+        async def watch(params: dict[str, Any], reply: ReplyStream) -> None:
             send, receive = trio.open_memory_channel[dict[str, Any]](WATCH_BUFFER)
             self._watchers.append(send)
             await reply.start()

@@ -1,0 +1,110 @@
+"""The venues' config section: ``[venues.NAME]``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from daemon.core.config import NodeConfig, closest, option
+from daemon.core.durations import Duration, format_duration
+
+VENUE_PROBE_CALLS = ("fetch_time", "fetch_status", "fetch_ticker", "fetch_balance")
+
+
+@dataclass(frozen=True)
+class VenueConfig:
+    exchange: str = option(doc='The ccxt exchange id ("kraken", "coinbase", ...).')
+    credentials: Path | None = option(
+        None, doc="TOML file with api_key, secret (and password, uid where the venue needs them), mode 0600; "
+        "needed for fetch_balance probes, the dead-man switch and reconciliation. Never logged or shown.")
+    uplinks: list[str] | None = option(
+        None, doc="Uplinks to probe the venue through (absent: every [uplinks.NAME]; no uplinks: the default route).")
+    interval: Duration = option(Duration(1.0), doc="Time between probe rounds per uplink; never more often than the "
+                                "venue's rate limit allows (ccxt's rateLimit x calls per round).", above=0)
+    timeout: Duration = option(Duration(0.8), doc="A probe call unanswered after this fails (class timeout).",
+                               above=0)
+    probes: list[Literal["fetch_time", "fetch_status", "fetch_ticker", "fetch_balance"]] = option(
+        factory=lambda: ["fetch_time"], doc="The calls one probe round makes, in order; fetch_balance (private) "
+        "needs credentials; fetch_ticker needs ticker_symbol.")
+    ticker_symbol: str | None = option(None, doc='Market whose ticker the fetch_ticker probe reads ("BTC/USDT").')
+    degraded_latency: Duration = option(Duration(0.5), doc="Answers slower than this (slow_after in a row) make "
+                                        "the venue DEGRADED through that uplink.", above=0)
+    down_after: int = option(3, doc="Consecutive failed rounds before DOWN (the first failure already makes it "
+                             "DEGRADED).", min=1, max=100)
+    up_after: int = option(3, doc="Consecutive good rounds before a DEGRADED or DOWN venue is UP again.",
+                           min=1, max=100)
+    slow_after: int = option(3, doc="Consecutive slow answers before DEGRADED.", min=1, max=100)
+    deadman: bool = option(True, doc="While this node is primary, keep re-arming the venue's dead-man switch "
+                           "(cancelAllOrdersAfter) so the venue cancels every order by itself if this node stops "
+                           "(fenced, crashed, cut off). Ignored where the venue has none (reported in status).")
+    deadman_timeout: Duration = option(Duration(60.0), doc="The venue cancels every order this long after the "
+                                       "last re-arm.", min=1, max=86400)
+    deadman_interval: Duration = option(Duration(15.0), doc="Time between re-arms while primary.", above=0)
+    reconcile: Literal["cancel-orphans", "adopt", "report-only"] = option(
+        "cancel-orphans", doc='After a promotion, open orders at the venue that the journal does not know: '
+        '"cancel-orphans" cancels them, "adopt" writes them into the journal as open, "report-only" reports them.')
+    reconcile_on_promotion: bool = option(True, doc="Reconcile when this node becomes primary (false: only by "
+                                          "hand, `lifeline reconcile`).")
+    positions: bool = option(True, doc="Fetch positions too (where the venue has them) for the report.")
+    api_url: str | None = option(None, doc='Replace the scheme and host of every API URL of the exchange '
+                                 '("http://10.75.0.1:8080": the lab\'s venue emulator). Absent: the real venue.')
+    sandbox: bool = option(False, doc="Use the venue's sandbox/testnet URLs (ccxt set_sandbox_mode).")
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        try:
+            import ccxt
+
+            known = ccxt.exchanges
+        except ImportError:  # pragma: no cover - ccxt is a dependency
+            known = [self.exchange]
+        if self.exchange not in known:
+            close = closest(self.exchange, known)
+            hint = f' (did you mean "{close}"?)' if close else ""
+            problems.append(("exchange", f"unknown ccxt exchange id {self.exchange!r}{hint}"))
+        if not self.probes:
+            problems.append(("probes", f"expected at least one of {', '.join(VENUE_PROBE_CALLS)}"))
+        if "fetch_ticker" in self.probes and not self.ticker_symbol:
+            problems.append(("ticker_symbol", 'the fetch_ticker probe needs a market: set ticker_symbol = "BTC/USDT"'))
+        if "fetch_balance" in self.probes and self.credentials is None:
+            problems.append(("credentials", "the fetch_balance probe is private: set credentials = PATH (mode 0600)"))
+        if self.deadman_interval >= self.deadman_timeout:
+            problems.append(("deadman_interval", f"must be shorter than deadman_timeout "
+                                                 f"({format_duration(self.deadman_timeout)}), or the venue cancels "
+                                                 f"between two re-arms; found {format_duration(self.deadman_interval)}"))
+        if self.api_url is not None and not re.fullmatch(r"https?://[^/\s]+/?", self.api_url):
+            problems.append(("api_url", f'expected "http(s)://HOST[:PORT]" without a path, found {self.api_url!r}'))
+        if self.uplinks is not None and len(set(self.uplinks)) != len(self.uplinks):
+            problems.append(("uplinks", "an uplink is listed twice"))
+        return problems
+
+
+class UplinkSource(Protocol):
+    """An uplink as the venues see it: the source address their probes bind to."""
+
+    @property
+    def source(self) -> str: ...
+
+
+class AuditSettings(Protocol):
+    @property
+    def audit_log(self) -> Path | None: ...
+
+
+class VenuesSettings(Protocol):
+    """What the venue service reads of the root config (:class:`daemon.config.Config` is one)."""
+
+    @property
+    def node(self) -> NodeConfig: ...
+
+    @property
+    def venues(self) -> Mapping[str, VenueConfig]: ...
+
+    @property
+    def uplinks(self) -> Mapping[str, UplinkSource]: ...
+
+    @property
+    def recovery(self) -> AuditSettings | None: ...
