@@ -57,7 +57,7 @@ import trio
 import daemon
 from daemon import events
 from daemon.config import StandbyConfig, parse_host_port
-from daemon.files import fsync_directory
+from daemon.files import DATA_DIR_MODE, DATA_FILE_MODE, fsync_directory, make_directory
 from daemon.log import get_logger
 from daemon.service import Health, MetricFamily, Sample, ServiceStatus
 from daemon.standby import MAX_PAYLOAD, Position, Record, ReplicationProtocolError, StandbyError
@@ -1266,9 +1266,11 @@ class ReplicationStandby:
         journal = self.journal
         last = journal.last
         path = self.divergent_dir / f"divergent-e{last.epoch}-s{after_seq + 1}-{last.seq}-{time.time_ns()}.jsonl"
-        self.divergent_dir.mkdir(parents=True, exist_ok=True)
+        make_directory(self.divergent_dir, DATA_DIR_MODE)
         seq = after_seq + 1
-        with open(path, "w", encoding="utf-8") as out:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, DATA_FILE_MODE)
+        os.fchmod(fd, DATA_FILE_MODE)  # order records: 0640 whatever the umask
+        with open(fd, "w", encoding="utf-8") as out:
             while seq <= last.seq:
                 batch = journal.read(seq, 1000)
                 if not batch:
