@@ -608,6 +608,8 @@ class Drill:
                                      "cluster": CLUSTER, "ttl": "2s"}
         else:
             lease = {"backend": "witness", "witness": lab_pair.witness_address(), "cluster": CLUSTER}
+            # The witness's own key, not the replication key (the witness host never holds that).
+            lease["witness_key_file"] = str(self._witness_key)
         lease.update(self.settings.lease)
         return lease
 
@@ -621,7 +623,7 @@ class Drill:
                                   election_ms=self.settings.etcd_election_ms)
             cluster.start()
             return cluster
-        return self.lab.start_witness(root / "witness", key)
+        return self.lab.start_witness(root / "witness", self._witness_key)
 
     @staticmethod
     def _stop_store(store: LabProcess | Any) -> None:
@@ -631,13 +633,15 @@ class Drill:
     # ------------------------------------------------------------------ the run
 
     def run(self, index: int) -> Repetition:
-        from daemon.standby.keys import generate_replication_key
+        from daemon.standby.keys import generate_replication_key, generate_witness_key
 
         rep = Repetition(index)
         root = self.workdir / f"{self.kind}-{index}"
         root.mkdir(parents=True, exist_ok=True)
         key = root / "replication.key"
         generate_replication_key(key)
+        self._witness_key = root / "witness.key"
+        generate_witness_key(self._witness_key)
         nodes: dict[str, Node] = {}
         for name in EDGES:
             other = next(n for n in EDGES if n != name)
