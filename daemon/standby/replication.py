@@ -110,6 +110,27 @@ CLOSE_TIMEOUT = 1.0
 MAX_CATCHUP_ROUNDS = 256
 #: The same standby error is announced again at most this often.
 REANNOUNCE_AFTER = 60.0
+#: Bound on the table of announced rejections: a flood from many source addresses
+#: must not grow it without limit (the oldest entries go first).
+MAX_ANNOUNCED_REJECTIONS = 256
+
+
+def due_again(table: dict[Any, float], key: Any, now: float, interval: float,
+              max_keys: int = MAX_ANNOUNCED_REJECTIONS) -> bool:
+    """Whether ``key`` may be announced now (not within ``interval`` of its last
+    announcement); records it if so. The table keeps at most ``max_keys`` entries:
+    expired ones are dropped first, then the oldest."""
+    last = table.get(key)
+    if last is not None and now - last < interval:
+        return False
+    table.pop(key, None)
+    table[key] = now
+    if len(table) > max_keys:
+        for old in [k for k, t in table.items() if now - t >= interval]:
+            del table[old]
+        while len(table) > max_keys:
+            del table[next(iter(table))]
+    return True
 IN_DOUBT_KEPT = 100
 APPEND_TIMES_KEPT = 100_000  # appends (groups of records), for lag()
 
@@ -574,8 +595,7 @@ class ReplicationPrimary:
         # with a wrong key must not flood the log and the bus.
         key = (link.address.rsplit(":", 1)[0], reason)
         now = trio.current_time()
-        if now - self._rejections_announced.get(key, -REANNOUNCE_AFTER) >= REANNOUNCE_AFTER:
-            self._rejections_announced[key] = now
+        if due_again(self._rejections_announced, key, now, REANNOUNCE_AFTER):
             self.announce("ReplicationRejected", address=link.address, peer=hello.node_id, reason=reason)
         else:
             log.debug("connection.rejected", address=link.address, peer=hello.node_id, reason=reason)

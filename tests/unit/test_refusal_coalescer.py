@@ -41,3 +41,17 @@ def test_at_most_max_per_window_lines_per_window(events: list[tuple[int, float]]
     # Windows are anchored where one starts: any 60 s span overlaps at most two.
     for start in writes:
         assert len([t for t in writes if start <= t < start + 60]) <= 8
+
+
+def test_the_replication_rejection_table_is_bounded() -> None:
+    """A wrong-key flood from 10 000 source addresses: the announcement table stays at
+    its cap, and a known peer is still announced once per interval."""
+    from daemon.standby.replication import MAX_ANNOUNCED_REJECTIONS, due_again
+
+    table: dict[tuple[str, str], float] = {}
+    announced = sum(due_again(table, (f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", "wrong key"), i / 1000, 60)
+                    for i in range(10_000))
+    assert announced == 10_000 and len(table) == MAX_ANNOUNCED_REJECTIONS
+    assert due_again(table, ("10.9.9.9", "wrong key"), 20.0, 60)
+    assert not due_again(table, ("10.9.9.9", "wrong key"), 30.0, 60)
+    assert due_again(table, ("10.9.9.9", "wrong key"), 80.0, 60)
