@@ -330,3 +330,58 @@ async def test_request_id_must_be_json_safe(nursery: trio.Nursery, sock: Path) -
             line = (await s.recv(65536)).split(b"\n")[0]
         assert b"Infinity" not in line
         json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+
+
+SERVER_WITH_FEW_DESCRIPTORS = r"""
+import resource, sys, trio
+from daemon import log
+from daemon.control import ControlServer
+log.setup("info")
+resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+async def main():
+    server = ControlServer(sys.argv[1], group=None, max_connections=1000, max_connections_per_user=1000)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        print("ready", flush=True)
+        await trio.sleep(30)
+trio.run(main)
+"""
+
+
+async def test_out_of_descriptors_drops_the_newest_and_logs_a_count(sock: Path) -> None:
+    """At the process's descriptor limit the listener neither dies nor logs a traceback
+    per attempt: the newest connections are closed, counted once per interval, and the
+    socket answers again as soon as descriptors are free."""
+    root = Path(__file__).resolve().parents[2]
+    proc = await trio.lowlevel.open_process(
+        [os.sys.executable, "-c", SERVER_WITH_FEW_DESCRIPTORS, str(sock)], stdout=-1, stderr=-1, cwd=root)
+    try:
+        with trio.fail_after(CAP):
+            assert proc.stdout is not None and proc.stderr is not None
+            got = b""
+            while b"ready" not in got:
+                got += await proc.stdout.receive_some(100)
+            held = []
+            for _ in range(120):
+                s = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                await s.connect(str(sock))
+                held.append(s)
+            await trio.sleep(1.0)
+            for s in held:
+                s.close()
+            await trio.sleep(0.5)
+            stream = await trio.open_unix_socket(str(sock))
+            await stream.send_all(b'{"id": 1, "method": "ping"}\n')
+            assert b'"pong":true' in await stream.receive_some(1000)
+            await stream.aclose()
+    finally:
+        proc.kill()
+        await proc.wait()
+    assert proc.stderr is not None
+    err = b""
+    while chunk := await proc.stderr.receive_some(65536):
+        err += chunk
+    text = err.decode(errors="replace")
+    assert "Traceback" not in text, text[-3000:]
+    assert "control.accept_failed" in text and "count=" in text, text[-3000:]
+    assert text.count("control.accept_failed") <= 3, text[-3000:]
