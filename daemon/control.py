@@ -64,6 +64,8 @@ SEND_TIMEOUT = 10.0
 ACCEPT_CAPACITY_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 #: One log line per kind of repeated trouble (refusals, EMFILE, caps) per this interval.
 LOG_INTERVAL = 10.0
+#: How long a user's name and roles are reused before the user database is asked again.
+PEER_CACHE_TTL = 10.0
 #: How a journal.append request starts (within its first max_request_bytes).
 _APPEND_PREFIX = re.compile(rb'"method"\s*:\s*"journal\.append"')
 #: Bound on the per-(uid, method) refusal table between two log flushes.
@@ -121,6 +123,7 @@ class ControlServer:
         self._pending_logs: dict[tuple[str, int, str], int] = {}
         self._last_flush = -math.inf
         self._reserve_fd: int | None = None
+        self._peer_cache: dict[tuple[int, int], tuple[float, Caller]] = {}
         self.register("ping", self._ping, help="Liveness check; answers {\"pong\": true}.")
         self.register("help", self._help, help="Lists the methods this daemon answers.")
 
@@ -248,10 +251,22 @@ class ControlServer:
         return trio.socket.from_stdlib_socket(sock)
 
     def _peer(self, stream: trio.SocketStream) -> Caller:
-        """The connecting process's credentials, as the kernel recorded them at connect()."""
+        """The connecting process's credentials, as the kernel recorded them at connect().
+        The user database look-ups (name, groups) are cached per (uid, gid) for
+        PEER_CACHE_TTL: local files answer in microseconds, and a slow directory service
+        then costs the event loop once per user and interval, not once per connection."""
         raw = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid, uid, gid = struct.unpack("3i", raw)
-        return acl.resolve_caller(pid, uid, gid, self.role_map)
+        now = trio.current_time()
+        cached = self._peer_cache.get((uid, gid))
+        if cached is None or now - cached[0] >= PEER_CACHE_TTL:
+            cached = (now, acl.resolve_caller(0, uid, gid, self.role_map))
+            self._peer_cache.pop((uid, gid), None)
+            self._peer_cache[(uid, gid)] = cached
+            while len(self._peer_cache) > MAX_REFUSAL_KEYS:
+                del self._peer_cache[next(iter(self._peer_cache))]
+        base = cached[1]
+        return Caller(pid, uid, gid, base.user, base.roles)
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         self.connections += 1
@@ -264,7 +279,7 @@ class ControlServer:
                 await self._send(stream, _error(None, "busy", f"{self.max_connections} connections are open "
                                                 "(control.max_connections); try again"))
                 return
-            caller = await trio.to_thread.run_sync(self._peer, stream)
+            caller = self._peer(stream)
             uid = caller.uid
             self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
             if self._per_uid[uid] > self.max_connections_per_user and acl.ADMIN not in caller.roles:
