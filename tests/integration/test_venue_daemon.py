@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -220,6 +221,11 @@ def test_a_primary_daemon_probes_adopts_reconciles_and_shows_its_venues(tmp_path
         assert report["trigger"] == "operator" and report["counts"] == answer["counts"]
         assert Path(answer["report"]).parent == tmp_path / "state" / "venues" / "reconcile"
         assert len(journal_records(socket)) == 3
+        # the act names who asked for it (the control caller), the start-up run nobody
+        audit = [json.loads(line) for line in (tmp_path / "state" / "recovery" / "audit.jsonl").read_text().splitlines()]
+        started = [e["fields"] for e in audit if e["kind"] == "venue.reconcile.started"]
+        assert "by" not in started[0] and started[-1]["trigger"] == "operator"
+        assert started[-1]["by"]["uid"] == os.getuid() and started[-1]["by"]["pid"] > 1
 
         # a new orphan: --dry-run reports it, adopts nothing
         emulator.control("orders", {"venue": "kraken", "orders": [
