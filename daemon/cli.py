@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "`sim venue --listen HOST:PORT` runs the venue emulator (Kraken, Coinbase)")
     sim.add_argument("device", choices=HARDWARE_KINDS + ("venue",))
     sim.add_argument("--listen", default="127.0.0.1:8080", help="venue emulator only: address to serve on")
+    sim.add_argument("--data", default=None, metavar="DIR",
+                     help="venue emulator only: folder of the recorded ccxt responses (default lab/data/ccxt_static)")
     sim.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
     hardware = sub.add_parser("hardware", help="read the host's devices")
     hardware_sub = hardware.add_subparsers(dest="hardware_command", metavar="ACTION", required=True)
@@ -243,9 +245,10 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     if args.device == "venue":
-        from daemon.lab.venue_emulator import main as emulator_main
+        # The CLI registry loads the lab's subcommand lazily: the daemon never imports lab/ otherwise.
+        from lab.venues.__main__ import main as emulator_main
 
-        return emulator_main(["--listen", args.listen])
+        return emulator_main(["--listen", args.listen, *(["--data", args.data] if args.data else [])])
     simulator = _hardware_module(args.device).start_simulator()
     print(simulator.path, flush=True)
     print(f"{args.device} simulator on {simulator.path}; Ctrl-C to stop", file=sys.stderr, flush=True)

@@ -29,8 +29,9 @@ import requests.adapters
 import trio
 import trio.testing
 
-from daemon.lab import venue_emulator
-from daemon.lab.venue_emulator import VenueEmulator, load_recorded
+from lab.venues import recorded as recorded_data
+from lab.venues.recorded import load_recorded
+from lab.venues.server import VenueEmulator
 
 CAP = 20  # seconds: no test may hang longer than this
 REPO = Path(__file__).resolve().parents[2]
@@ -542,7 +543,9 @@ async def test_garbage_drops_only_that_connection(emulator: VenueEmulator) -> No
         for garbage, status in ((b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", 400),
                                 (b"GET / HTTP/2.0\r\n\r\n", 505),
                                 (b"GET /v2/time HTTP/1.1\r\nX: " + b"a" * 20000, 431),
-                                (b"POST /_emulator/fault HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", 413)):
+                                # (with Host: an HTTP/1.1 request without one is a 400 first, RFC 9112)
+                                (b"POST /_emulator/fault HTTP/1.1\r\nHost: e\r\nContent-Length: 99999999\r\n\r\n",
+                                 413)):
             bad = await RawClient.connect(emulator)
             await bad.stream.send_all(garbage)
             answer = await bad.read()
@@ -628,7 +631,7 @@ def test_missing_data_dir_is_a_clear_error(tmp_path: Path) -> None:
 
 def _run_cli_and_stop(args: list[str]) -> tuple[str, int, str, dict[str, Any]]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.lab.venue_emulator", *args], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "lab.venues", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -661,12 +664,12 @@ async def test_cli_prints_ready_line_and_stops_on_sigterm() -> None:
 
 async def test_cli_bad_data_dir_exits_2(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = await trio.run_process([sys.executable, "-m", "daemon.lab.venue_emulator", "--data", str(tmp_path)],
+    result = await trio.run_process([sys.executable, "-m", "lab.venues", "--data", str(tmp_path)],
                                     cwd=REPO, env=env, capture_stdout=True, capture_stderr=True, check=False)
     assert result.returncode == 2
     assert b"kraken.response.json" in result.stderr and result.stdout == b""
 
 
 def test_module_reads_the_data_shipped_in_the_repository_by_default() -> None:
-    assert venue_emulator.DEFAULT_DATA_DIR == REPO / "lab" / "data" / "ccxt_static"
-    assert (venue_emulator.DEFAULT_DATA_DIR / "kraken.response.json").is_file()
+    assert recorded_data.DEFAULT_DATA_DIR == REPO / "lab" / "data" / "ccxt_static"
+    assert (recorded_data.DEFAULT_DATA_DIR / "kraken.response.json").is_file()
