@@ -91,7 +91,3 @@ Modules: :mod:`~lab.venues.server` (the trio shell and the Python control API),
 :mod:`~lab.venues.recorded`, :mod:`~lab.venues.control` (``/_emulator/``),
 :mod:`~lab.venues.messages` (request and response), ``__main__`` (the command line).
 """
-
-from __future__ import annotations
-
-import argparse
