@@ -629,9 +629,9 @@ def test_missing_data_dir_is_a_clear_error(tmp_path: Path) -> None:
 
 # --- the command line --------------------------------------------------------------------
 
-def _run_cli_and_stop(args: list[str]) -> tuple[str, int, str, dict[str, Any]]:
+def _run_cli_and_stop(args: list[str], argv0: list[str] | None = None) -> tuple[str, int, str, dict[str, Any]]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "lab.venues", *args], cwd=REPO, env=env,
+    proc = subprocess.Popen([*(argv0 or [sys.executable, "-m", "lab.venues"]), *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -673,3 +673,21 @@ async def test_cli_bad_data_dir_exits_2(tmp_path: Path) -> None:
 def test_module_reads_the_data_shipped_in_the_repository_by_default() -> None:
     assert recorded_data.DEFAULT_DATA_DIR == REPO / "lab" / "data" / "ccxt_static"
     assert (recorded_data.DEFAULT_DATA_DIR / "kraken.response.json").is_file()
+
+
+async def test_lifeline_sim_venue_passes_listen_and_data(tmp_path: Path) -> None:
+    """``lifeline sim venue`` runs this emulator: --data reaches it (an empty folder is
+    refused naming the missing file), and with the shipped data it serves."""
+    lifeline = str(Path(sys.executable).parent / "lifeline")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with trio.fail_after(CAP):
+        result = await trio.run_process([lifeline, "sim", "venue", "--listen", "127.0.0.1:0", "--data",
+                                         str(tmp_path)], cwd=REPO, env=env, capture_stdout=True,
+                                        capture_stderr=True, check=False)
+    assert result.returncode == 2
+    assert str(tmp_path / "kraken.response.json").encode() in result.stderr
+    with trio.fail_after(CAP):
+        line, code, _, state = await trio.to_thread.run_sync(
+            functools.partial(_run_cli_and_stop, ["sim", "venue", "--listen", "127.0.0.1:0"], argv0=[lifeline]))
+    assert line.startswith("venue-emulator ready http://127.0.0.1:") and state["url"] == line.rsplit(" ", 1)[1]
+    assert code == 0
