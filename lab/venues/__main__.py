@@ -14,9 +14,9 @@ import trio
 from daemon import log as logsetup
 from daemon.config import parse_host_port
 from lab import venues
-from lab.venues.control import VENUES
 from lab.venues.recorded import DEFAULT_DATA_DIR
 from lab.venues.server import VenueEmulator
+from lab.venues.venue import VENUES
 
 def _listen(text: str) -> tuple[str, int]:
     try:

@@ -12,9 +12,7 @@ from typing import Any, Protocol
 
 from lab.venues.faults import Fault
 from lab.venues.messages import InputError, Request, Response, json_response
-from lab.venues.venue import Venue, log
-
-VENUES = ("kraken", "coinbase")
+from lab.venues.venue import VENUES, Venue, log
 
 
 class Controlled(Protocol):

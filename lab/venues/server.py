@@ -22,12 +22,11 @@ import trio
 
 from lab.venues import control
 from lab.venues.coinbase import CoinbaseVenue
-from lab.venues.control import VENUES
 from lab.venues.faults import OK, Fault, make_fault, normalize_address
 from lab.venues.kraken import KrakenVenue
 from lab.venues.messages import InputError, Request, Response, json_response
 from lab.venues.recorded import DEFAULT_DATA_DIR, load_recorded
-from lab.venues.venue import MAX_COUNTED_PATHS, Deadman, Now, Venue, iso, log, venue_for_path
+from lab.venues.venue import MAX_COUNTED_PATHS, VENUES, Deadman, Now, Venue, iso, log, venue_for_path
 
 MAX_HEAD = 16384
 MAX_BODY = 1 << 20

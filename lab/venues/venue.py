@@ -18,6 +18,8 @@ from lab.venues.messages import InputError, Request, Response
 
 log = get_logger("venue_emulator")
 
+#: The emulated venues (their modules: lab/venues/kraken.py, coinbase.py).
+VENUES = ("kraken", "coinbase")
 #: Distinct paths counted per venue; more are counted under "(other)".
 MAX_COUNTED_PATHS = 256
 

@@ -117,3 +117,14 @@ def test_venue_for_path() -> None:
     assert venue_for_path("/v2/time") == "coinbase"
     assert venue_for_path("/api/v3/brokerage/accounts") == "coinbase"
     assert venue_for_path("/api/v2/x") is None and venue_for_path("/") is None
+
+
+def test_the_venue_modules_import_no_trio() -> None:
+    """Only lab/venues/server.py (the shell) and __main__ do I/O; the rest is sans-IO."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport lab.venues.kraken, lab.venues.coinbase, lab.venues.control, lab.venues.faults\n"
+            "print('trio' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "False"
