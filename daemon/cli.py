@@ -253,7 +253,8 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     if args.device == "venue":
-        from daemon.lab.venue_emulator import main as emulator_main
+        # The CLI registry loads the lab's subcommand lazily: the daemon never imports lab/ otherwise.
+        from lab.venues.__main__ import main as emulator_main
 
         return emulator_main(["--listen", args.listen, *(["--data", str(args.data)] if args.data else [])])
     simulator = _hardware_module(args.device).start_simulator()

@@ -1,5 +1,5 @@
 """Venues in a real `lifeline run`: daemon processes with [venues] (and [standby]) against
-the venue emulator running as its own process (`python -m daemon.lab.venue_emulator`),
+the venue emulator running as its own process (`python -m lab.venues`),
 driven the way an operator and the engine drive them: the CLI (`lifeline venues`,
 `lifeline reconcile`, `lifeline status`, `lifeline audit verify`), the control socket
 (`venues.watch`, `journal.read`) and /metrics.
@@ -45,7 +45,7 @@ SEEDED_KRAKEN = {"OXCZ7B-EMVZQ-MTJTQJ", "OIIQBL-6PV3A-7M2AJJ", "OF7S76-H2IMS-N2M
 class Emulator:
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.lab.venue_emulator", "--listen", "127.0.0.1:0",
+            [sys.executable, "-m", "lab.venues", "--listen", "127.0.0.1:0",
              "--api-key", f"kraken={KRAKEN_KEY}"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         assert self.proc.stdout is not None

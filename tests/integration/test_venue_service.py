@@ -35,7 +35,7 @@ from daemon.control import ControlServer
 from daemon.control_client import ControlClient
 from daemon.control_client import ControlError as ClientControlError
 from daemon.events import EventBus, RoleChanged
-from daemon.lab.venue_emulator import VenueEmulator
+from lab.venues.server import VenueEmulator
 from daemon.log import KeyValueFormatter
 from daemon.metrics import render
 from daemon.standby.service import StandbyService
