@@ -57,6 +57,8 @@ def test_no_production_module_imports_the_lab() -> None:
     for package in PRODUCTION:
         for path in sorted((REPO / package).rglob("*.py")):
             relative = path.relative_to(REPO)
+            if relative.parts[:2] == ("daemon", "lab"):
+                continue  # the rest of the lab, still under daemon/ until it moves to lab/
             for line, module, top in lab_imports(ast.parse(path.read_text(encoding="utf-8"), str(path))):
                 if relative == CLI_LOADER and not top:
                     continue  # the CLI registry loading a lab subcommand when it runs
