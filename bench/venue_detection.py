@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/venue_detection.py [--repetitions 20] [--venue kraken]
 
-No root needed: everything on loopback. The venue emulator (lab/venue_emulator.py,
+No root needed: everything on loopback. The venue emulator (lab/venues/,
 serving ccxt's recorded Kraken and Coinbase responses) runs in-process; a VenueService
 probes one venue through two "uplinks" (source addresses 127.0.0.1 and 127.0.0.2) with
 the defaults of ``[venues.NAME]`` (a ``fetch_time`` round every 1 s, 0.8 s timeout,
@@ -48,7 +48,7 @@ import trio  # noqa: E402
 
 from daemon.config import parse_config  # noqa: E402
 from daemon.core.events import EventBus  # noqa: E402
-from lab.venue_emulator import VenueEmulator  # noqa: E402
+from lab.venues.server import VenueEmulator  # noqa: E402
 from daemon.venues.service import VenueService  # noqa: E402
 
 PATHS = {"near": "127.0.0.1", "far": "127.0.0.2"}

@@ -41,6 +41,13 @@ class Daemon:
             mode=config.control.mode_bits,
             group=config.control.group,
             max_request_bytes=config.control.max_request_bytes,
+            max_append_bytes=config.control.max_append_bytes,
+            max_connections=config.control.max_connections,
+            max_connections_per_user=config.control.max_connections_per_user,
+            idle_timeout=float(config.control.idle_timeout),
+            request_timeout=float(config.control.request_timeout),
+            roles={"engine": config.control.roles.engine, "operator": config.control.roles.operator,
+                   "admin": config.control.roles.admin},
         )
         self.system = SystemHealthService(config.system, config.node.state_dir, self.bus)
         services: list[Service] = [self.control, self.system]

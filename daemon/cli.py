@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     replication_key = keys_sub.add_parser("replication", help="a pre-shared key for journal replication "
                                                               "(copy the same file to both hosts)")
     replication_key.add_argument("--out", type=Path, required=True, help="where to write it (mode 0600)")
+    witness_key = keys_sub.add_parser("witness", help="a key for the lease witness, one per cluster, apart from "
+                                                      "the replication key (both nodes and the witness get it)")
+    witness_key.add_argument("--out", type=Path, required=True, help="where to write it (mode 0600)")
 
     from recovery.cli import add_parsers as add_recovery_parsers
 
@@ -250,7 +253,8 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     if args.device == "venue":
-        from lab.venue_emulator import main as emulator_main
+        # The CLI registry loads the lab's subcommand lazily: the daemon never imports lab/ otherwise.
+        from lab.venues.__main__ import main as emulator_main
 
         return emulator_main(["--listen", args.listen, *(["--data", str(args.data)] if args.data else [])])
     simulator = _hardware_module(args.device).start_simulator()
@@ -557,6 +561,18 @@ def format_uplinks(details: dict[str, Any]) -> str:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    if args.keys_command == "witness":
+        from daemon.standby.keys import generate_witness_key
+
+        try:
+            generate_witness_key(args.out)
+        except (OSError, ValueError) as exc:
+            print(f"lifeline keys: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {args.out} (mode 0600). Copy it to both nodes and the witness host over a trusted channel; "
+              f"set [standby.lease] witness_key_file on both nodes and start the witness with --key-file "
+              f"(or --cluster-key CLUSTER={args.out}).")
+        return 0
     if args.keys_command != "replication":
         return _recovery(args)
     from daemon.standby.keys import generate_replication_key

@@ -71,6 +71,31 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class ControlRolesConfig:
+    engine: list[str] = option(
+        factory=list, doc='The trading engine: journal.append and the reads it trades on. User names, uids, '
+        '"@group" or "@gid"; a user named in any role gets exactly the roles it is named in.')
+    operator: list[str] = option(
+        factory=lambda: ["@lifeline"], doc="Every read, uplink.use/auto, playbook lists and dry runs, "
+        "reconciliation dry runs.")
+    admin: list[str] = option(
+        factory=lambda: ["root", "@lifeline-admin"], doc="Everything an operator may, plus standby.promote, "
+        "playbook.run and venues.reconcile that act. root and the daemon's own user hold every role.")
+
+    def validate(self) -> list[tuple[str, str]]:
+        from daemon.acl import RoleSpecError, parse_entry
+
+        problems: list[tuple[str, str]] = []
+        for role in ("engine", "operator", "admin"):
+            for entry in getattr(self, role):
+                try:
+                    parse_entry(entry)
+                except RoleSpecError as exc:
+                    problems.append((role, f"{exc}; write a user name, a uid, \"@group\" or \"@gid\""))
+        return problems
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     socket: Path = option(
         Path("/run/lifeline/control.sock"),
@@ -83,12 +108,32 @@ class ControlConfig:
         "If the group does not exist the daemon's own group is kept and a warning logged.",
     )
     max_request_bytes: int = option(
-        4 * 1024 * 1024,
+        64 * 1024,
         doc="Longest request line accepted; a longer one is answered with an error and "
-        "the connection is closed.",
+        "the connection is closed (journal.append: max_append_bytes).",
         min=1024,
         max=64 * 1024 * 1024,
     )
+    max_append_bytes: int = option(
+        4 * 1024 * 1024,
+        doc="Longest journal.append request, from a caller with the engine role (a batch of "
+        "500 recorded feed lines is about 230 KiB).",
+        min=1024,
+        max=64 * 1024 * 1024,
+    )
+    max_connections: int = option(
+        64, doc="Connections served at once; one more gets a `busy` error and is closed.", min=1, max=4096)
+    max_connections_per_user: int = option(
+        16, doc="Connections one uid may hold at once (root and the daemon's user: max_connections).",
+        min=1, max=4096)
+    idle_timeout: Duration = option(
+        Duration(300.0), doc="A connection that sends no request for this long is closed (a streaming "
+        "call is never idle).", above=0)
+    request_timeout: Duration = option(
+        Duration(10.0), doc="A request must be complete (its newline) this long after its first byte.",
+        above=0)
+    roles: "ControlRolesConfig" = option(
+        factory=lambda: ControlRolesConfig(), doc="Who holds which role (README: the roles table).")
 
     @property
     def mode_bits(self) -> int:

@@ -682,6 +682,8 @@ class Drill:
             lease.update(cluster=CLUSTER, ttl="2s")
         else:
             lease = {"backend": "witness", "witness": lab_pair.witness_address(), "cluster": CLUSTER}
+            # The witness's own key, not the replication key (the witness host never holds that).
+            lease["witness_key_file"] = str(self._witness_key)
         lease.update(self.settings.lease)
         return lease
 
@@ -689,7 +691,7 @@ class Drill:
         if etcd is not None:
             etcd.start()
             return etcd
-        return self.lab.start_witness(root / "witness", key)
+        return self.lab.start_witness(root / "witness", self._witness_key)
 
     @staticmethod
     def _stop_store(store: LabProcess | Any) -> None:
@@ -699,7 +701,7 @@ class Drill:
     # ------------------------------------------------------------------ the run
 
     def run(self, index: int) -> Repetition:
-        from daemon.standby.keys import generate_replication_key
+        from daemon.standby.keys import generate_replication_key, generate_witness_key
 
         rep = Repetition(index)
         root = self.workdir / f"{self.kind}-{index}"
@@ -707,6 +709,8 @@ class Drill:
         key = root / "replication.key"
         generate_replication_key(key)
         etcd = self._etcd(root) if self.kind == "region" else None
+        self._witness_key = root / "witness.key"
+        generate_witness_key(self._witness_key)
         nodes: dict[str, Node] = {}
         for name in EDGES:
             other = next(n for n in EDGES if n != name)

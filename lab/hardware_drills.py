@@ -415,13 +415,15 @@ def _system() -> dict[str, Any]:
 
 def power_repetition(index: int, root: Path, books: Path, keyring: Path, lines: Any, progress: Progress
                      ) -> Repetition:
-    from daemon.standby.keys import generate_replication_key
+    from daemon.standby.keys import generate_replication_key, generate_witness_key
     from hardware.ups import Simulator
 
     rep = Repetition(index)
     root.mkdir(parents=True, exist_ok=True)
     key = root / "replication.key"
     generate_replication_key(key)
+    witness_key = root / "witness.key"  # the witness's own key, not the replication key
+    generate_witness_key(witness_key)
     witness: Witness | None = None
     # Each host has its own UPS; the primary's goes on battery.
     sims = {"edge-a": Simulator().start(), "edge-b": Simulator().start()}
@@ -430,8 +432,9 @@ def power_repetition(index: int, root: Path, books: Path, keyring: Path, lines: 
     watch: EventWatch | None = None
     writer: Writer | None = None
     try:
-        witness = Witness(root / "witness", key)
-        lease = {"backend": "witness", "witness": witness.address, "cluster": "drill", **LEASE_TIMINGS}
+        witness = Witness(root / "witness", witness_key)
+        lease = {"backend": "witness", "witness": witness.address, "cluster": "drill",
+                 "witness_key_file": str(witness_key), **LEASE_TIMINGS}
         ports = {"edge-a": free_port(), "edge-b": free_port()}
         for name, other in (("edge-a", "edge-b"), ("edge-b", "edge-a")):
             standby = {"key_file": str(key), "listen": f"127.0.0.1:{ports[name]}",

@@ -5,7 +5,7 @@ time how long the daemon takes to see it.
 
 Needs root: it builds the namespace lab (:class:`lab.world.LabWorld`, holding its
 :class:`~lab.world.LabLock`), runs the venue emulator
-(:mod:`lab.venue_emulator`) as a process inside ``ll-venue`` on
+(:mod:`lab.venues`) as a process inside ``ll-venue`` on
 ``10.75.0.1:8080`` (an address of ``lo`` there, so both routers reach it), and a real
 ``lifeline run`` inside ``ll-edge`` with the lab's two uplinks and two venues:
 
@@ -129,7 +129,7 @@ class _NetnsHTTPConnection(http.client.HTTPConnection):
 
 
 class EmulatorProcess:
-    """``python -m lab.venue_emulator`` inside ``ns`` (``ip netns exec`` execs it,
+    """``python -m lab.venues`` inside ``ns`` (``ip netns exec`` execs it,
     so the child's pid is the emulator's own: :meth:`kill` really kills the venue).
     :meth:`state` and :meth:`fault` talk to its control endpoints from inside ``ns``."""
 
@@ -150,7 +150,7 @@ class EmulatorProcess:
 
     def argv(self) -> list[str]:
         return netns.exec_argv(self.ns, [
-            sys.executable, "-m", "lab.venue_emulator", "--listen", f"{self.host}:{self.port}",
+            sys.executable, "-m", "lab.venues", "--listen", f"{self.host}:{self.port}",
             *[a for venue, key in self.api_keys.items() for a in ("--api-key", f"{venue}={key}")]])
 
     def start(self, timeout: float = EMULATOR_READY_TIMEOUT) -> None:

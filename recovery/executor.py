@@ -58,6 +58,7 @@ from typing import Any, Literal, Protocol
 
 import trio
 
+from daemon.acl import audit_by
 from daemon.core.durations import format_duration
 from daemon.core.log import get_logger
 from recovery.playbook import Playbook, Precondition, Step
@@ -204,7 +205,7 @@ class Executor:
                 running = self.running or "?"
                 error = BusyError(pb.name, running)
                 self.audit.append("run.refused", playbook=pb.name, version=pb.version, reason="busy",
-                                  message=str(error), trigger=trigger_text, dry_run=False)
+                                  message=str(error), trigger=trigger_text, dry_run=False, **_by())
                 log.warning("playbook.refused", playbook=pb.name, reason="busy", running=running)
                 raise error from None
         else:
@@ -250,7 +251,7 @@ class Executor:
         self.audit.append("run.started", playbook=pb.name, version=pb.version, dry_run=dry_run,
                           trigger=trigger_text, event=trigger if isinstance(trigger, Mapping) else None,
                           verified_by=list(signers), steps=len(pb.steps),
-                          preconditions=[c.line() for c in checks])
+                          preconditions=[c.line() for c in checks], **_by())
         log.info("playbook.started", playbook=pb.name, version=pb.version, dry_run=dry_run,
                  trigger=trigger_text, steps=len(pb.steps))
 
@@ -303,7 +304,7 @@ class Executor:
     def _refused(self, base: dict[str, Any], reason: str, summary: str, checks: list[CheckResult],
                  duration_ms: float) -> RunReport:
         self.audit.append("run.refused", playbook=base["playbook"], version=base["version"], reason=reason,
-                          message=summary, trigger=base["trigger"], dry_run=base["dry_run"])
+                          message=summary, trigger=base["trigger"], dry_run=base["dry_run"], **_by())
         log.warning("playbook.refused", playbook=base["playbook"], reason=reason, summary=summary)
         return RunReport(outcome="refused", summary=summary, preconditions=tuple(checks),
                          duration_ms=duration_ms, **base)
@@ -359,10 +360,17 @@ class Executor:
     def _audit_step(self, kind: str, pb: Playbook, result: StepResult, dry_run: bool) -> None:
         self.audit.append(kind, playbook=pb.name, version=pb.version, dry_run=dry_run, index=result.index,
                           action=result.action, status=result.status, duration_ms=result.duration_ms,
-                          message=result.message)
+                          message=result.message, **_by())
         level = log.info if result.status in ("ok", "skipped") else log.warning
         level(f"playbook.{kind.replace('.', '_')}", playbook=pb.name, index=result.index, action=result.action,
               status=result.status, duration_ms=round(result.duration_ms, 3), message=result.message)
+
+
+def _by() -> dict[str, Any]:
+    """``{"by": {uid, pid, user}}`` when a control caller asked for this run (the
+    privileged act names who did it); nothing for a trigger."""
+    by = audit_by()
+    return {} if by is None else {"by": by}
 
 
 # --------------------------------------------------------------------------- triggers

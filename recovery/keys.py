@@ -86,6 +86,38 @@ def raw_public(public_key: Ed25519PublicKey) -> bytes:
     return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
+#: The encodings of Ed25519 points of small order (orders 1, 2, 4 and 8; "Taming the many
+#: EdDSAs", Chalkias et al. 2020, and libsodium's blocklist), the all-zero key among them.
+#: A signature under such a key can verify for many messages: never trust one.
+SMALL_ORDER_KEYS = frozenset(bytes.fromhex(h) for h in (
+    "0100000000000000000000000000000000000000000000000000000000000000",  # identity, order 1
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # (0, -1), order 2
+    "0000000000000000000000000000000000000000000000000000000000000000",  # order 4 (the all-zero key)
+    "0000000000000000000000000000000000000000000000000000000000000080",  # order 4
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",  # order 8
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",  # order 8
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",  # order 8
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",  # order 8
+))
+_P = 2**255 - 19
+
+
+def weak_public_key(raw: bytes) -> str | None:
+    """Why ``raw`` (32 bytes) must not be trusted as an Ed25519 public key, or None: a
+    point of small order, or a non-canonical encoding (y >= p, or x = 0 with the sign
+    bit set, the other spellings of small-order points)."""
+    if len(raw) != 32:
+        return "not 32 bytes"
+    if raw in SMALL_ORDER_KEYS:
+        return "a point of small order (a weak key: a signature under it proves nothing)"
+    y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+    if y >= _P:
+        return "a non-canonical encoding (y >= p)"
+    if raw[31] & 0x80 and y in (1, _P - 1):
+        return "a non-canonical encoding of a point of small order"
+    return None
+
+
 def key_id(public_key: Ed25519PublicKey) -> str:
     """The key's id: 32 lowercase hex digits derived from the raw public key."""
     return hashlib.sha256(KEY_ID_LABEL + raw_public(public_key)).hexdigest()[:KEY_ID_HEX]
@@ -229,6 +261,10 @@ def parse_public_line(line: str, source: str = "public key") -> PublicKeyInfo:
         if raw is None:
             raise KeyFileError(f"{source}: the key after {PUBLIC_PREFIX!r} is not the base64 of 32 bytes; copy the "
                                "whole line again from the NAME.pub file")
+        weak = weak_public_key(raw)
+        if weak is not None:
+            raise KeyFileError(f"{source}: refused: the public key is {weak}; make a real key with "
+                               "`lifeline keys new`")
         public = Ed25519PublicKey.from_public_bytes(raw)
     elif len(parts) >= 2 and parts[0] == SSH_PREFIX:
         try:
@@ -238,6 +274,9 @@ def parse_public_line(line: str, source: str = "public key") -> PublicKeyInfo:
                                "~/.ssh/*.pub file") from None
         if not isinstance(loaded, Ed25519PublicKey):  # pragma: no cover - the prefix says ed25519
             raise KeyFileError(f"{source}: not an Ed25519 key")
+        weak = weak_public_key(raw_public(loaded))
+        if weak is not None:
+            raise KeyFileError(f"{source}: refused: the ssh-ed25519 key is {weak}; use a real key")
         public = loaded
     else:
         first = parts[0] if parts else ""
@@ -428,6 +467,10 @@ def parse_keyring(text: str, source: str = "<keyring>") -> Keyring:
         if raw is None:
             raise _keyring_problem(source, f"{where}.public", "not the base64 of a 32-byte Ed25519 public key",
                                    "copy it from the holder's NAME.pub (the part after `lifeline-ed25519`)")
+        weak = weak_public_key(raw)
+        if weak is not None:
+            raise _keyring_problem(source, f"{where}.public", f"refused: {weak}",
+                                   "remove this key; have its holder make a real one with `lifeline keys new`")
         public = Ed25519PublicKey.from_public_bytes(raw)
         derived = key_id(public)
         if table["id"] != derived:

@@ -85,6 +85,11 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_COOLDOWN = 300.0
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}", re.ASCII)
+
+
+def valid_name(name: object) -> bool:
+    """Whether ``name`` is spelled as a playbook name (``fibre-lost``): no path, no dots."""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
 #: The same spelling as config's ``[uplinks.NAME]`` tables.
 _UPLINK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", re.ASCII)
 _EXAMPLE_EXPIRES = "2027-06-30T00:00:00Z"

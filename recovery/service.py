@@ -52,6 +52,14 @@ from recovery.config import RecoverySettings
 log = get_logger("recovery")
 
 
+def _audit_by() -> dict[str, Any]:
+    """``{"by": {uid, pid, user}}`` when a control caller asked for this act."""
+    from daemon.acl import audit_by
+
+    by = audit_by()
+    return {} if by is None else {"by": by}
+
+
 def _now_utc() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -259,6 +267,11 @@ class RecoveryService:
         self.outcomes: dict[str, int] = {}   # outcome (ok, failed, rolled_back, ...) -> runs
         self.last: dict[str, Any] | None = None
         self._nursery: trio.Nursery | None = None
+        from recovery.verify import RefusalCoalescer
+
+        #: Identical refusals by playbook.run: one audit line per window, with a count.
+        self.refusals = RefusalCoalescer()
+        self._to_publish: list[tuple[str, str, str]] = []
 
     # ------------------------------------------------------------------ service
 
@@ -270,7 +283,8 @@ class RecoveryService:
         audit_path = self.settings.audit_log or self.state_dir / "audit.jsonl"
         self.audit = await trio.to_thread.run_sync(AuditLog, audit_path, host_key)
         self.executor = Executor(self.runner, self.audit, on_busy=self.settings.on_busy)
-        self._load_all()
+        await trio.to_thread.run_sync(self._load_all)
+        self._publish_refusals()
         with self.bus.subscribe("recovery") as sub:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -282,43 +296,71 @@ class RecoveryService:
                     self._on_event(event)
 
     def _load_all(self) -> None:
-        """Verify every playbook in the directory (refusals are logged and audited)."""
+        """Verify every playbook in the directory (refusals are logged and audited).
+        Blocking (keyring, signatures, fsynced audit lines): call it from a thread once
+        the service runs; the refusals' events are published by the caller."""
         from recovery.executor import TriggerMatcher
 
-        self.playbooks.clear()
-        self.refused.clear()
+        playbooks: dict[str, Any] = {}
+        refused: dict[str, str] = {}
         directory = Path(self.settings.playbooks)
         files = sorted(directory.glob("*.toml")) if directory.is_dir() else []
         if not directory.is_dir():
             log.warning("recovery.no_playbooks", directory=str(directory), reason="not a directory")
+        published: list[tuple[str, str, str]] = []
         for path in files:
-            verified, reason, message = self._verify(path)
+            verified, reason, message = self._check(path)
+            if self._record(path, verified, reason, message, refused=refused, now=time.monotonic(), coalesce=False):
+                published.append((path.stem, reason, message))
             if verified is not None:
-                self.playbooks[verified.playbook.name] = verified.playbook
+                playbooks[verified.playbook.name] = verified.playbook
+        self.playbooks, self.refused = playbooks, refused
         self.matcher = TriggerMatcher(list(self.playbooks.values()))
+        self._to_publish = published
 
-    def _verify(self, path: Path, *, record: bool = False) -> tuple[Any, str, str]:
-        """Full verification of ``path`` now: (verified, "", "") or (None, reason, message)."""
+    def _publish_refusals(self) -> None:
+        for name, reason, message in getattr(self, "_to_publish", ()):
+            self.bus.publish(PlaybookRefused(source=self.name, playbook=name, reason=reason, message=message))
+        self._to_publish = []
+
+    def _check(self, path: Path) -> tuple[Any, str, str]:
+        """Full verification of ``path`` now: (verified, "", "") or (None, reason, message).
+        Blocking: keyring read, Ed25519, TOML."""
         from recovery.keys import load_keyring
         from recovery.verify import RollbackState, VerificationError, verify_playbook
 
         try:
             keyring = load_keyring(self.settings.keyring)
-            verified = verify_playbook(path, keyring, now=_now_utc(),
-                                       rollback_state=RollbackState(self.state_dir / "versions.json"))
+            state = RollbackState(self.state_dir / "versions.json")
+            verified = verify_playbook(path, keyring, now=_now_utc(), rollback_state=state)
+            # Seen: older versions are refused from now on, and this version's bytes pinned.
+            state.record_seen(verified.playbook.name, verified.playbook.version, verified.sha256)
         except VerificationError as exc:
-            return self._refuse(path.stem, exc.reason, str(exc))
+            return None, exc.reason, str(exc)
         except Exception as exc:  # a keyring that does not load, an unreadable file
-            return self._refuse(path.stem, "invalid", str(exc))
-        self.audit.append("verify.ok", playbook=verified.playbook.name, version=verified.playbook.version,
-                          file=str(path), signers=list(getattr(verified, "signers", ())))
+            return None, "invalid", str(exc)
         return verified, "", ""
 
-    def _refuse(self, name: str, reason: str, message: str) -> tuple[None, str, str]:
-        self.refused[name] = f"{reason}: {message}"
-        self.audit.append("verify.refused", playbook=name, reason=reason, message=message)
-        self.bus.publish(PlaybookRefused(source=self.name, playbook=name, reason=reason, message=message))
-        return None, reason, message
+    def _record(self, path: Path, verified: Any, reason: str, message: str, *, refused: dict[str, str],
+                now: float, coalesce: bool = True) -> bool:
+        """Audit the verification's result (blocking: an fsynced line). Identical refusals
+        are coalesced: the first is written, repeats within the window are counted and the
+        count is written with the next one after it; past the rate limit, refusals are
+        only counted. True when a refusal was written (then publish its event)."""
+        if verified is not None:
+            self.audit.append("verify.ok", playbook=verified.playbook.name, version=verified.playbook.version,
+                              file=str(path), signers=list(getattr(verified, "signers", ())),
+                              sha256=verified.sha256)
+            return False
+        name = path.stem
+        refused[name] = f"{reason}: {message}"
+        repeated = self.refusals.note((name, reason, message), now) if coalesce else 0
+        if repeated is None:
+            return False
+        extra = {"repeated": repeated} if repeated else {}
+        self.audit.append("verify.refused", playbook=name, reason=reason, message=message, **extra,
+                          **_audit_by())
+        return True
 
     def _on_event(self, event: Event) -> None:
         if not self.settings.triggers or self.matcher is None or event.source == self.name:
@@ -337,14 +379,26 @@ class RecoveryService:
             log.warning("playbook.not_run", playbook=name, trigger=trigger, error=str(exc))
 
     async def run_playbook(self, name: str, *, dry_run: bool = False, trigger: str = "operator") -> dict[str, Any]:
-        """Verify ``name`` from disk now, then run it (or plan it, ``dry_run``)."""
+        """Verify ``name`` from disk now, then run it (or plan it, ``dry_run``). ``name``
+        must be spelled as a playbook name and be one found in the playbook directory at
+        the last (re)load: no path reaches a file elsewhere, and the answer says nothing
+        about files that are not playbooks."""
         from recovery.executor import BusyError
+        from recovery.playbook import valid_name
         from recovery.verify import RollbackState
 
+        if not valid_name(name) or (name not in self.playbooks and name not in self.refused):
+            known = ", ".join(sorted(self.playbooks)) or "none"
+            shown = name if valid_name(name) else "that name"
+            raise ControlError("unknown_playbook", f"no playbook {shown} in {self.settings.playbooks} (a name such "
+                                                   f"as fibre-lost, not a path); verified: {known}; add it there "
+                                                   "and run `lifeline playbook reload`")
         path = Path(self.settings.playbooks) / f"{name}.toml"
-        if not path.is_file():
-            raise ControlError("unknown_playbook", f"no playbook {path}; known: {', '.join(sorted(self.playbooks))}")
-        verified, reason, message = self._verify(path)
+        verified, reason, message = await trio.to_thread.run_sync(self._check, path)
+        now = trio.current_time()
+        if await trio.to_thread.run_sync(
+                lambda: self._record(path, verified, reason, message, refused=self.refused, now=now)):
+            self.bus.publish(PlaybookRefused(source=self.name, playbook=name, reason=reason, message=message))
         if verified is None:
             raise ControlError("refused", f"{name}: {reason}: {message}")
         playbook = verified.playbook
@@ -387,6 +441,7 @@ class RecoveryService:
 
         async def reload(params: dict[str, Any]) -> Any:
             await trio.to_thread.run_sync(self._load_all)
+            self._publish_refusals()
             return await list_(params)
 
         control.register("playbook.list", list_, help="Verified playbooks and the refused ones, with reasons.")

@@ -18,7 +18,10 @@ order (the first failure is the one reported, as a :class:`VerificationError` wh
    and a clock far enough off to matter already breaks the venues' TLS and API
    signatures); a playbook is re-verified, expiry included, at every run;
 5. ``rollback``: its version is lower than the highest version of that name already
-   run on this host (:class:`RollbackState`); the same version again is fine;
+   run *or verified* by the daemon on this host (:class:`RollbackState`; verifying a
+   newer version disarms the older ones even before it runs); the same version again
+   is fine; ``pinned``: the same name and version was verified before with other bytes
+   (a version names one content: re-signing changed bytes needs a new version);
 6. ``exec_not_allowed`` (added to the contract's list, which is silent on it): an
    ``exec`` step (or rollback step) runs a program that is not in the keyring's
    ``exec_allow``.
@@ -44,7 +47,7 @@ from recovery.keys import Keyring, fingerprint
 from recovery.signing import SignatureReport, signature_path, verify_signatures
 
 REASONS = frozenset({"modified", "unknown_key", "revoked_key", "duplicate_key", "threshold", "expired", "rollback",
-                     "name_mismatch", "invalid", "no_signatures", "exec_not_allowed"})
+                     "name_mismatch", "invalid", "no_signatures", "exec_not_allowed", "pinned"})
 
 
 class VerificationError(Exception):
@@ -138,15 +141,70 @@ class RollbackState:
     def highest(self, name: str) -> int | None:
         return self.load().get(name)
 
-    def check(self, name: str, version: int) -> int | None:
-        """Refuse (``VerificationError("rollback")``) ``version`` below the highest run;
-        return that highest (None: never run here)."""
+    # The versions *verified* by the daemon and the digest of each, beside the record of
+    # runs: ``seen.json`` = {name: {"seen": highest verified, "pins": {version: sha256}}}.
+    MAX_PINS = 32  # per playbook: the newest versions' digests
+
+    @property
+    def seen_path(self) -> Path:
+        return self.path.with_name("seen.json")
+
+    def load_seen(self) -> dict[str, dict[str, Any]]:
+        try:
+            with open(self.seen_path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise VerificationError("rollback", f"{self.seen_path}: cannot read the record of verified versions "
+                                    f"({exc.strerror}); fix its permissions") from None
+        try:
+            record = json.loads(data)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not all(
+                isinstance(v, dict) and isinstance(v.get("seen"), int) and isinstance(v.get("pins"), dict)
+                for v in record.values()):
+            raise VerificationError("rollback", f"{self.seen_path}: the record of verified versions is damaged "
+                                    '(expected {name: {"seen": N, "pins": {...}}}); restore it from a backup')
+        return record
+
+    def check(self, name: str, version: int, sha256: str | None = None) -> int | None:
+        """Refuse (``VerificationError("rollback")``) ``version`` below the highest run or
+        verified, and (``"pinned"``) a version verified before with other bytes; return
+        the highest run (None: never run here)."""
         highest = self.load().get(name)
         if highest is not None and version < highest:
             raise VerificationError("rollback", f"{name} version {version} is older than version {highest}, already "
                                     f"run on this host ({self.path}): an old playbook is refused; sign a version >= "
                                     f"{highest}")
+        seen = self.load_seen().get(name)
+        if seen is not None:
+            if version < seen["seen"]:
+                raise VerificationError("rollback", f"{name} version {version} is older than version {seen['seen']}, "
+                                        f"already verified on this host ({self.seen_path}): an old playbook is "
+                                        f"refused; sign a version >= {seen['seen']}")
+            pinned = seen["pins"].get(str(version))
+            if sha256 is not None and pinned is not None and pinned != sha256:
+                raise VerificationError("pinned", f"{name} version {version} was verified here with other bytes "
+                                        f"(sha256 {pinned[:16]}…, now {sha256[:16]}…): a version names one content; "
+                                        f"raise `version` and have it signed again")
         return highest
+
+    def record_seen(self, name: str, version: int, sha256: str) -> None:
+        """Record that the daemon verified ``version`` of ``name`` with these bytes."""
+        record = self.load_seen()
+        entry = record.get(name) or {"seen": version, "pins": {}}
+        if entry["seen"] >= version and entry["pins"].get(str(version)) == sha256:
+            return
+        entry["seen"] = max(entry["seen"], version)
+        pins = dict(entry["pins"])
+        pins[str(version)] = sha256
+        keep = sorted(pins, key=int)[-self.MAX_PINS:]
+        entry["pins"] = {v: pins[v] for v in keep}
+        record[name] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        replace_file(self.seen_path, (json.dumps(record, sort_keys=True, indent=1) + "\n").encode("utf-8"), 0o600)
 
     def record_run(self, name: str, version: int) -> None:
         """Record that ``version`` of ``name`` starts running now (durably, before it runs)."""
@@ -156,6 +214,46 @@ class RollbackState:
         record[name] = version
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         replace_file(self.path, (json.dumps(record, sort_keys=True, indent=1) + "\n").encode("utf-8"), 0o600)
+
+
+class RefusalCoalescer:
+    """Bounds the audit lines that repeated refusals write (sans-IO: ``now`` is given).
+
+    :meth:`note` answers None (count it, write nothing) or the number of identical
+    refusals suppressed since the last one written (write one line carrying that
+    count). An identical refusal is written at most once per ``window`` seconds; all
+    refusals together at most ``max_per_window`` times per window; at most ``max_keys``
+    distinct refusals are remembered (the oldest forgotten first)."""
+
+    def __init__(self, window: float = 60.0, max_per_window: int = 20, max_keys: int = 256) -> None:
+        self.window = window
+        self.max_per_window = max_per_window
+        self.max_keys = max_keys
+        self._keys: dict[Any, list[float | int]] = {}  # key -> [written_at, suppressed]
+        self._window_start = float("-inf")
+        self._written = 0
+
+    def note(self, key: Any, now: float) -> int | None:
+        entry = self._keys.get(key)
+        if entry is not None and now - entry[0] < self.window:
+            entry[1] += 1
+            return None
+        suppressed = int(entry[1]) if entry is not None else 0
+        if now - self._window_start >= self.window:
+            self._window_start, self._written = now, 0
+        if self._written >= self.max_per_window:
+            self._keys[key] = [now, suppressed + 1]
+            self._trim()
+            return None
+        self._written += 1
+        self._keys.pop(key, None)
+        self._keys[key] = [now, 0]
+        self._trim()
+        return suppressed
+
+    def _trim(self) -> None:
+        while len(self._keys) > self.max_keys:
+            del self._keys[next(iter(self._keys))]
 
 
 # --------------------------------------------------------------------------- verification
@@ -170,11 +268,21 @@ def _one_line(text: str) -> str:
 
 
 def _read(path: Path, what: str) -> bytes:
+    """The file's bytes, opened with O_NOFOLLOW: a symbolic link is refused, so a link
+    in the playbook directory cannot make a file elsewhere run under its name."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise VerificationError("invalid", f"{path}: the {what} is a symbolic link; put the file itself in "
+                                    "the playbook directory") from None
+        reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "error")
+        raise VerificationError("invalid", f"{path}: cannot read the {what} ({reason})") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
     except OSError as exc:
         reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "error")
         raise VerificationError("invalid", f"{path}: cannot read the {what} ({reason})") from None
@@ -265,7 +373,7 @@ def verify_playbook(path: str | os.PathLike[str], keyring: Keyring, *, now: date
     highest = None
     if rollback_state is not None:
         try:
-            highest = rollback_state.check(playbook.name, playbook.version)
+            highest = rollback_state.check(playbook.name, playbook.version, hashlib.sha256(data).hexdigest())
         except VerificationError as exc:
             raise VerificationError(exc.reason, f"{path}: {exc.message}", report=report, playbook=playbook) from None
     allowed = set(keyring.exec_allow)

@@ -78,7 +78,12 @@ class ControlClient:
         if timeout != -1.0:
             self._sock.settimeout(timeout)
         while b"\n" not in self._buffer:
-            data = self._sock.recv(65536)
+            try:
+                data = self._sock.recv(65536)
+            except ConnectionResetError:
+                # The daemon closed with our unread bytes queued (a request it refused
+                # as too long): its error reply, if any, came before.
+                raise ConnectionError("the daemon closed the connection (reset)") from None
             if not data:
                 raise ConnectionError("the daemon closed the connection")
             self._buffer += data

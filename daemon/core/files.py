@@ -19,7 +19,12 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["create_new_file", "fsync_directory", "link_new_file", "replace_file"]
+__all__ = ["create_new_file", "fsync_directory", "link_new_file", "make_directory", "replace_file"]
+
+#: The journal's directory and files (order records: the daemon's user and group only),
+#: whatever the umask.
+DATA_DIR_MODE = 0o750
+DATA_FILE_MODE = 0o640
 
 
 def fsync_directory(path: str | os.PathLike[str]) -> None:
@@ -30,6 +35,19 @@ def fsync_directory(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_directory(path: str | os.PathLike[str], mode: int = DATA_DIR_MODE) -> None:
+    """Create ``path`` (and its parents) if missing; then make sure it grants no more
+    than ``mode`` (a new one gets exactly ``mode``, whatever the umask; an existing one
+    only loses bits, so an operator's tighter 0700 stays)."""
+    path = Path(path)
+    created = not path.exists()
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    current = path.stat().st_mode & 0o7777
+    wanted = mode if created else current & mode
+    if current != wanted:
+        os.chmod(path, wanted)
 
 
 def _write_all(fd: int, data: bytes) -> None:

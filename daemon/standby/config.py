@@ -37,7 +37,9 @@ class LeaseConfig:
     cluster: str = option("lifeline", doc="The lease's name in the store: one lease per pair.")
     witness: str | None = option(None, doc='The witness\'s "HOST:PORT" (backend = "witness").')
     witness_key_file: Path | None = option(
-        None, doc="Key shared with the witness (default: the replication key_file).")
+        None, doc="Key shared with the witness, one per cluster: `lifeline keys witness --out FILE`. Without it "
+        "the replication key_file is used (compatibility only, logged: the witness host then holds the "
+        "replication key).")
     etcd_endpoints: list[str] = option(
         factory=list, doc='etcd client URLs ("http://10.0.1.5:2379", ...), tried in order (backend = "etcd").')
     etcd_prefix: str = option("/lifeline/", doc="Key prefix in etcd; the lease lives under PREFIX + cluster.")

@@ -81,6 +81,7 @@ import trio
 from crc32c import crc32c
 
 from daemon.standby.config import JournalConfig
+from daemon.core.files import DATA_DIR_MODE, DATA_FILE_MODE, make_directory
 from daemon.core.log import get_logger
 from daemon.core.service import histogram
 from daemon.standby import MAX_PAYLOAD, JournalCorrupt, Position, Record, StandbyError
@@ -428,7 +429,7 @@ class Journal:
         damage anywhere else raises :class:`JournalCorrupt`. Another process holding the
         directory raises :class:`JournalError`."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        make_directory(directory, DATA_DIR_MODE)  # 0750 whatever the umask
         dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             try:
@@ -755,9 +756,10 @@ class Journal:
                         os.fsync(fd)  # a closed segment is whole on disk before the next exists
                         fsyncs += 1
                     name = segment_name(chunk.new_first_seq)
-                    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644,
-                                 dir_fd=self._dirfd)
+                    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                                 DATA_FILE_MODE, dir_fd=self._dirfd)
                     created.append((fd, name))
+                    os.fchmod(fd, DATA_FILE_MODE)  # 0640 whatever the umask
                     _write_all(fd, encode_segment_header(chunk.new_first_seq, chunk.prev_epoch))
                     if self._durable:
                         os.fsync(fd)
@@ -1186,8 +1188,9 @@ def _list_segments(directory: Path) -> list[tuple[int, Path]]:
 
 def _create_segment(directory: Path, dirfd: int, first_seq: int, prev_epoch: int, durable: bool) -> _Segment:
     path = directory / segment_name(first_seq)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, DATA_FILE_MODE)
     try:
+        os.fchmod(fd, DATA_FILE_MODE)  # 0640 whatever the umask
         _write_all(fd, encode_segment_header(first_seq, prev_epoch))
         if durable:
             os.fsync(fd)

@@ -44,6 +44,18 @@ def generate_replication_key(path: str | os.PathLike[str]) -> bytes:
     return key
 
 
+def generate_witness_key(path: str | os.PathLike[str]) -> bytes:
+    """A new random witness key in ``path`` (mode 0600), the replication key's format.
+    One per cluster, apart from the replication key: the witness host never holds the
+    key that authenticates the journal's replication."""
+    path = Path(path)
+    key = secrets.token_bytes(KEY_BYTES)
+    create_new_file(path, key.hex().encode("ascii") + b"\n", 0o600,
+                    exists_message=f"{path} already exists; remove it first if you really mean to replace the key "
+                                   "(both nodes and the witness must then get the new one)")
+    return key
+
+
 def load_replication_key(path: str | os.PathLike[str]) -> bytes:
     """The key in ``path``. ``KeyFileError`` (a ``ValueError``) if the file is readable
     by group or others, is not hex, or holds fewer than 16 bytes; ``OSError`` if it

@@ -174,7 +174,17 @@ def open_lease_store(lease: Any, node: str, replication_key: bytes, standby: Any
         from daemon.standby.keys import load_replication_key
         from daemon.standby.witness import WitnessLeaseStore
 
-        key = load_replication_key(lease.witness_key_file) if lease.witness_key_file else replication_key
+        if lease.witness_key_file:
+            key = load_replication_key(lease.witness_key_file)
+        else:
+            # Compatibility only: the witness host then holds the key that authenticates
+            # replication (it could impersonate either node to the other).
+            from daemon.core.log import get_logger
+
+            get_logger("lease").warning("lease.witness_uses_replication_key", node=node,
+                                        fix="make a witness key (`lifeline keys witness --out PATH`), set "
+                                            "[standby.lease] witness_key_file and give it to the witness")
+            key = replication_key
         return WitnessLeaseStore(lease.witness, key, lease.cluster, node, float(lease.ttl), timeout)
     if lease.backend == "etcd":
         from daemon.standby.etcd import EtcdLeaseStore, load_password, ssl_context

@@ -63,7 +63,7 @@ import daemon
 from daemon.core import events
 from daemon.core.config import parse_host_port
 from daemon.standby.config import StandbyConfig
-from daemon.core.files import fsync_directory
+from daemon.core.files import DATA_DIR_MODE, DATA_FILE_MODE, fsync_directory, make_directory
 from daemon.core.log import get_logger
 from daemon.core.service import Health, MetricFamily, Sample, ServiceStatus, histogram
 from daemon.standby import MAX_PAYLOAD, Position, Record, ReplicationProtocolError, StandbyError
@@ -117,6 +117,27 @@ CLOSE_TIMEOUT = 1.0
 MAX_CATCHUP_ROUNDS = 256
 #: The same standby error is announced again at most this often.
 REANNOUNCE_AFTER = 60.0
+#: Bound on the table of announced rejections: a flood from many source addresses
+#: must not grow it without limit (the oldest entries go first).
+MAX_ANNOUNCED_REJECTIONS = 256
+
+
+def due_again(table: dict[Any, float], key: Any, now: float, interval: float,
+              max_keys: int = MAX_ANNOUNCED_REJECTIONS) -> bool:
+    """Whether ``key`` may be announced now (not within ``interval`` of its last
+    announcement); records it if so. The table keeps at most ``max_keys`` entries:
+    expired ones are dropped first, then the oldest."""
+    last = table.get(key)
+    if last is not None and now - last < interval:
+        return False
+    table.pop(key, None)
+    table[key] = now
+    if len(table) > max_keys:
+        for old in [k for k, t in table.items() if now - t >= interval]:
+            del table[old]
+        while len(table) > max_keys:
+            del table[next(iter(table))]
+    return True
 IN_DOUBT_KEPT = 100
 APPEND_TIMES_KEPT = 100_000  # appends (groups of records), for lag()
 
@@ -586,8 +607,7 @@ class ReplicationPrimary:
         # with a wrong key must not flood the log and the bus.
         key = (link.address.rsplit(":", 1)[0], reason)
         now = trio.current_time()
-        if now - self._rejections_announced.get(key, -REANNOUNCE_AFTER) >= REANNOUNCE_AFTER:
-            self._rejections_announced[key] = now
+        if due_again(self._rejections_announced, key, now, REANNOUNCE_AFTER):
             self.announce("ReplicationRejected", address=link.address, peer=hello.node_id, reason=reason)
         else:
             log.debug("connection.rejected", address=link.address, peer=hello.node_id, reason=reason)
@@ -1296,9 +1316,11 @@ class ReplicationStandby:
         journal = self.journal
         last = journal.last
         path = self.divergent_dir / f"divergent-e{last.epoch}-s{after_seq + 1}-{last.seq}-{time.time_ns()}.jsonl"
-        self.divergent_dir.mkdir(parents=True, exist_ok=True)
+        make_directory(self.divergent_dir, DATA_DIR_MODE)
         seq = after_seq + 1
-        with open(path, "w", encoding="utf-8") as out:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, DATA_FILE_MODE)
+        os.fchmod(fd, DATA_FILE_MODE)  # order records: 0640 whatever the umask
+        with open(fd, "w", encoding="utf-8") as out:
             while seq <= last.seq:
                 batch = journal.read(seq, 1000)
                 if not batch:

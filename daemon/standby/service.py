@@ -433,7 +433,32 @@ class StandbyService:
         if accept is not True:
             raise ControlError("bad_request", 'an override must say {"accept_loss": true}: this node may lack '
                                               "records the old primary acknowledged")
-        return leadership.operator_promote(True)
+        result = leadership.operator_promote(True)
+        await self._audit_promote(result)
+        return result
+
+    async def _audit_promote(self, result: Any) -> None:
+        """The override goes to the audit chain with who asked (the control caller)."""
+        from daemon.acl import audit_by
+
+        def append() -> None:
+            from recovery.audit import AuditLog, load_or_create_host_key
+
+            recovery = self.config.recovery
+            state_dir = self.config.node.state_dir
+            path = (recovery.audit_log if recovery is not None and recovery.audit_log is not None
+                    else state_dir / "recovery" / "audit.jsonl")
+            key, _ = load_or_create_host_key(state_dir)
+            with AuditLog(path, key) as audit:
+                audit.append("standby.promote", accept_loss=True, node=self.config.node.name, by=by,
+                             accepted=bool(result.get("accepted")) if isinstance(result, dict) else None,
+                             reason=result.get("reason") if isinstance(result, dict) else None)
+
+        by = audit_by()
+        try:
+            await trio.to_thread.run_sync(append)
+        except Exception as exc:  # noqa: BLE001 - the override stands; the failure is reported
+            log.error("standby.promote_audit_failed", error=f"{type(exc).__name__}: {exc}", by=by)
 
     # ------------------------------------------------------------------ reporting
 

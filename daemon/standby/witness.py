@@ -121,10 +121,12 @@ class WitnessServer:
     request is applied and, if it changed the durable state, saved with ``save``
     before it is answered, all under one lock so requests are linearizable."""
 
-    def __init__(self, state: WitnessState, key: bytes, save: Save, *,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+    def __init__(self, state: WitnessState, key: bytes | None, save: Save, *,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, cluster_keys: Mapping[str, bytes] | None = None) -> None:
         self.state = state
         self.key = key
+        #: A key per cluster (``--cluster-key``); ``key`` serves the clusters not listed.
+        self.cluster_keys = dict(cluster_keys or {})
         self.save = save
         self.handshake_timeout = handshake_timeout
         self._lock = trio.Lock()
@@ -195,7 +197,7 @@ class WitnessServer:
 
     async def handle(self, stream: trio.abc.Stream, address: str = "?") -> None:
         """Serve one connection until it closes; any fault of the peer ends it alone."""
-        link = _Link(stream, WitnessConnection("witness", self.key))
+        link = _Link(stream, WitnessConnection("witness", self.key, cluster_keys=self.cluster_keys))
         hello: Hello | None = None
         try:
             with trio.fail_after(self.handshake_timeout):
@@ -278,9 +280,10 @@ def _address(stream: trio.SocketStream) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-async def serve_witness(listen: tuple[str, int], state_path: str | os.PathLike[str], key: bytes, *,
+async def serve_witness(listen: tuple[str, int], state_path: str | os.PathLike[str], key: bytes | None, *,
                         min_epoch: int = 0, handshake_timeout: float = HANDSHAKE_TIMEOUT,
                         metrics: tuple[str, int] | None = None,
+                        cluster_keys: Mapping[str, bytes] | None = None,
                         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
     """Load (or create) the state in ``state_path``, listen on ``listen`` and serve
     until cancelled. ``task_status.started`` gets the bound (host, port), port 0
@@ -311,7 +314,7 @@ async def serve_witness(listen: tuple[str, int], state_path: str | os.PathLike[s
         async def save(data: Mapping[str, Any]) -> None:
             await trio.to_thread.run_sync(write_state_file, path, data)
 
-        server = WitnessServer(state, key, save, handshake_timeout=handshake_timeout)
+        server = WitnessServer(state, key, save, handshake_timeout=handshake_timeout, cluster_keys=cluster_keys)
         host, port = listen
         listeners = await trio.open_tcp_listeners(port, host=host or None)
         bound_host, bound_port = listeners[0].socket.getsockname()[:2]
@@ -350,8 +353,12 @@ def add_witness_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]
                         help='address to listen on, e.g. "0.0.0.0:7480" (port 0: any free port)')
     parser.add_argument("--state", required=True, type=Path, metavar="PATH",
                         help="the state file (created if missing; its directory must exist)")
-    parser.add_argument("--key-file", required=True, type=Path, metavar="PATH",
-                        help="the key shared with the nodes (`lifeline keys replication --out PATH`)")
+    parser.add_argument("--key-file", type=Path, metavar="PATH",
+                        help="the witness key shared with the nodes (`lifeline keys witness --out PATH`), for "
+                             "every cluster without a --cluster-key")
+    parser.add_argument("--cluster-key", action="append", default=[], metavar="CLUSTER=PATH",
+                        help="a witness key for one cluster (repeatable): a key holder of one pair cannot "
+                             "speak for another")
     parser.add_argument("--min-epoch", type=int, default=0, metavar="N",
                         help="start every epoch at N or above (after a lost state file: N = the highest epoch in "
                              "either node's journal, `lifeline journal stats`)")
@@ -371,16 +378,33 @@ def run_witness_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"lifeline witness: --listen: {exc}", file=sys.stderr)
         return 2
-    try:
-        key = load_replication_key(args.key_file)
-    except KeyFileError as exc:
-        print(f"lifeline witness: {exc}", file=sys.stderr)
+    if args.key_file is None and not args.cluster_key:
+        print("lifeline witness: give --key-file PATH or --cluster-key CLUSTER=PATH (make a key with "
+              "`lifeline keys witness --out PATH`)", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"lifeline witness: {args.key_file}: cannot read the key: {exc.strerror or exc}; make one with "
-              f"`lifeline keys replication --out {args.key_file}` and give the nodes the same file",
-              file=sys.stderr)
-        return 2
+    cluster_files: dict[str, Path] = {}
+    for item in args.cluster_key:
+        cluster, sep, file = item.partition("=")
+        if not sep or not cluster or not file:
+            print(f"lifeline witness: --cluster-key {item!r}: expected CLUSTER=PATH", file=sys.stderr)
+            return 2
+        cluster_files[cluster] = Path(file)
+    key: bytes | None = None
+    cluster_keys: dict[str, bytes] = {}
+    for cluster, path in [("", args.key_file)] * (args.key_file is not None) + list(cluster_files.items()):
+        try:
+            loaded = load_replication_key(path)
+        except KeyFileError as exc:
+            print(f"lifeline witness: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"lifeline witness: {path}: cannot read the key: {exc.strerror or exc}; make one with "
+                  f"`lifeline keys witness --out {path}` and give the nodes the same file", file=sys.stderr)
+            return 2
+        if cluster:
+            cluster_keys[cluster] = loaded
+        else:
+            key = loaded
     if args.min_epoch < 0:
         print("lifeline witness: --min-epoch must be 0 or more", file=sys.stderr)
         return 2
@@ -391,18 +415,19 @@ def run_witness_command(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"lifeline witness: --metrics: {exc}", file=sys.stderr)
             return 2
-    return trio.run(_main, listen, args.state, key, args.min_epoch, metrics)
+    return trio.run(_main, listen, args.state, key, args.min_epoch, cluster_keys, metrics)
 
 
-async def _main(listen: tuple[str, int], state_path: Path, key: bytes, min_epoch: int = 0,
-                metrics: tuple[str, int] | None = None) -> int:
+async def _main(listen: tuple[str, int], state_path: Path, key: bytes | None, min_epoch: int = 0,
+                cluster_keys: Mapping[str, bytes] | None = None, metrics: tuple[str, int] | None = None) -> int:
     from daemon.notify import Notifier
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             try:
                 host, port = await nursery.start(functools.partial(serve_witness, min_epoch=min_epoch,
-                                                                   metrics=metrics), listen, state_path, key)
+                                                                   cluster_keys=cluster_keys, metrics=metrics),
+                                                 listen, state_path, key)
             except WitnessStateError as exc:
                 log.error("witness.refused", error=str(exc))
                 print(f"lifeline witness: refusing to start: {exc}", file=sys.stderr)

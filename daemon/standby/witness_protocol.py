@@ -4,7 +4,8 @@ A two-host site cannot tell "my peer died" from "the link to my peer died", so a
 party decides who may be primary (Pacemaker's qnetd plays this part for corosync). The
 witness is that party, and nothing more: a **lock holder**, not a consensus system. It
 grants and renews one lease per cluster by compare-and-set, persists the fencing epoch
-before answering, and authenticates its clients with the replication key. If it is
+before answering, and authenticates its clients with the witness key (its own, not
+the replication key: ``lifeline keys witness``; bound to the cluster's name). If it is
 down, nobody can become primary, and the primary fences itself when its lease runs out:
 the pair stops rather than risk two primaries.
 
@@ -36,6 +37,8 @@ verifies here::
     client  -> HELLO     {"type": "hello", "version": 1, "node", "cluster", "nonce"}
     witness -> CHALLENGE {"type": "challenge", "nonce"}
     client  -> AUTH      {"type": "auth", "proof": HMAC(key, label | "client-proof" | transcript)}
+                         (key = HMAC(witness key, label | "cluster" 0x00 | HELLO cluster): the
+                          cluster's name is bound into every proof and session MAC)
     witness -> WELCOME   {"type": "welcome", "proof": HMAC(key, label | "witness-proof" | transcript)}
             or REJECT    {"type": "reject", "reason"}
 
@@ -102,7 +105,8 @@ from daemon.standby.protocol import (
 #: Mixed into every hash of the handshake and the session: a replication proof (same
 #: key, label "lifeline-replication-v1 ") never verifies at the witness, nor the reverse.
 WITNESS_LABEL: Final = b"lifeline-witness-v1 "
-PROTOCOL_VERSION: Final = 1
+#: 2: proofs and session keys use the key bound to the HELLO's cluster (:func:`cluster_key`).
+PROTOCOL_VERSION: Final = 2
 #: The largest frame body (MAC trailer included). Requests and replies are a few hundred bytes.
 MAX_FRAME: Final = 64 * 1024
 LENGTH = struct.Struct("!I")
@@ -573,6 +577,13 @@ TRANSITIONS: Final[dict[tuple[State, Side, str], State]] = {
 }
 
 
+def cluster_key(key: bytes, cluster: str) -> bytes:
+    """The key a connection for ``cluster`` proves with: the witness key bound to the
+    cluster's name, so a proof (and every session MAC) made for one cluster never
+    verifies for another, even where two clusters were given the same key file."""
+    return hmac.new(key, WITNESS_LABEL + b"cluster\0" + cluster.encode("utf-8"), hashlib.sha256).digest()
+
+
 def _proof(key: bytes, side: Side, transcript: bytes) -> bytes:
     # protocol.proof types its role for replication's two roles; any label string works.
     return proof(key, side, transcript, label=WITNESS_LABEL)  # type: ignore[arg-type]
@@ -593,15 +604,23 @@ class WitnessConnection:
     returns. Anything the peer does wrong raises :class:`WitnessProtocolError` and the
     object stays broken (every later call raises again)."""
 
-    def __init__(self, our_side: Side, key: bytes, *, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, our_side: Side, key: bytes | None, *, max_frame: int = MAX_FRAME,
+                 cluster_keys: Mapping[str, bytes] | None = None) -> None:
+        """``key``: the witness key (the witness: for clusters not in ``cluster_keys``;
+        None: only those). Proofs use it bound to the HELLO's cluster."""
         if our_side not in _DIRECTION:
             raise ValueError(f"our_side must be 'client' or 'witness', found {our_side!r}")
-        if len(key) < 16:
-            raise ValueError("the key must be at least 16 bytes")
+        for k in ([key] if key is not None else []) + list((cluster_keys or {}).values()):
+            if len(k) < 16:
+                raise ValueError("the key must be at least 16 bytes")
+        if key is None and not cluster_keys:
+            raise ValueError("no key")
         self.our_side: Side = our_side
         self.their_side: Side = "witness" if our_side == "client" else "client"
         self.max_frame = min(max_frame, MAX_FRAME)
-        self._key = key
+        self._base_key = key
+        self._cluster_keys = dict(cluster_keys or {})
+        self._key = b""  # bound to the cluster at HELLO
         self.state = State.AWAIT_HELLO
         self.error: StandbyError | None = None
         self.failed_in: State | None = None
@@ -670,6 +689,10 @@ class WitnessConnection:
                 _check_name(event.cluster, "cluster", LocalProtocolError)
             except LocalProtocolError as exc:
                 raise self._fail(exc) from None
+            base = self._cluster_keys.get(event.cluster, self._base_key)
+            if base is None:
+                raise self._fail(LocalProtocolError(f"no key for cluster {event.cluster!r}"))
+            self._key = cluster_key(base, event.cluster)
             self._nonce_client = event.nonce or secrets.token_bytes(NONCE_SIZE)
             self.hello = Hello(event.node, event.cluster, self._nonce_client)
             obj = {"type": "hello", "version": PROTOCOL_VERSION, "node": event.node, "cluster": event.cluster,
@@ -785,6 +808,11 @@ class WitnessConnection:
                                            f"this witness speaks {PROTOCOL_VERSION}: upgrade to the same release")
             _check_name(obj.get("node"), "HELLO node", WitnessProtocolError)
             _check_name(obj.get("cluster"), "HELLO cluster", WitnessProtocolError)
+            base = self._cluster_keys.get(obj["cluster"], self._base_key)
+            if base is None:
+                # Said after the proof would be, in words a key holder can act on.
+                raise WitnessProtocolError(f"this witness has no key for cluster {obj['cluster']!r}")
+            self._key = cluster_key(base, obj["cluster"])
             self._nonce_client = _hex32(obj, "nonce")
             self._hello_body = frame
             self.hello = Hello(obj["node"], obj["cluster"], self._nonce_client)

@@ -833,7 +833,7 @@ class VenueService:
         await self._audit_append("venue.reconcile.started", venue=venue.name, policy=report.policy, dry_run=dry_run,
                                  trigger=trigger, node=self.config.node.name, epoch=self._epoch(),
                                  journal_open=len(journal_open), venue_open=len(venue_open),
-                                 decisions=[d.to_dict() for d in report.decisions])
+                                 decisions=[d.to_dict() for d in report.decisions], **_audit_by())
         by_id = {o.id: o for o in venue_open}
         for i, decision in enumerate(report.decisions):
             outcome = await self._act(venue, decision, by_id, dry_run, term)
@@ -1071,3 +1071,11 @@ class VenueService:
         yield MetricFamily("lifeline_venue_reconciliations_total", "counter", "Reconciliations run.",
                            [Sample({"venue": v.name}, v.reconciliations) for v in self.venues.values()])
         yield from self.probe_latency.collect()
+
+
+def _audit_by() -> dict[str, Any]:
+    """``{"by": {uid, pid, user}}`` when a control caller asked for this act."""
+    from daemon.acl import audit_by
+
+    by = audit_by()
+    return {} if by is None else {"by": by}

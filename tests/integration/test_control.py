@@ -114,7 +114,7 @@ async def test_round_trip_echoes_the_id(nursery: trio.Nursery, sock: Path) -> No
 
         server.register("test.echo", echo, help="Echoes its params.")
         conn = await Conn.open(sock)
-        for request_id in (7, "abc", None, [1, 2]):
+        for request_id in (7, "abc", None):
             reply = await conn.call("test.echo", {"x": [1, "two"]}, id=request_id)
             assert reply == {"id": request_id, "ok": True,
                              "result": {"echo": {"x": [1, "two"]}, "n": 1.5, "none": None}}
@@ -123,7 +123,7 @@ async def test_round_trip_echoes_the_id(nursery: trio.Nursery, sock: Path) -> No
         assert (await conn.read())["result"]["echo"] == {}
         assert seen[-1] == {}
         await conn.aclose()
-        assert server.requests == 5
+        assert server.requests == 4
         assert server.errors == 0
 
 
@@ -233,7 +233,7 @@ async def test_bad_request_keeps_the_connection(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with trio.fail_after(CAP):
-        server = await start(nursery, sock)
+        server = await start(nursery, sock, max_request_bytes=1024 * 1024)
         conn = await Conn.open(sock)
         await conn.send_raw(line + b"\n")
         reply = await conn.read()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -674,3 +675,32 @@ async def test_every_fsync_is_in_the_histogram(tmp_path: Path, mode: str) -> Non
         count = [s.value for s in journal.fsync_seconds.collect()[0].samples if s.name.endswith("_count")][0]
         assert count >= 1
         assert count <= journal.stats()["fsyncs"]  # one observation per fsync or batch of them
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+async def test_journal_modes_do_not_depend_on_the_umask(tmp_path: Path, umask: int) -> None:
+    """Order records are for the daemon's user and group: the directory 0750, every
+    segment (the first and the rolled ones) 0640, under any umask."""
+    directory = tmp_path / "journal"
+    old = os.umask(umask)
+    try:
+        async with running(directory, config(segment_bytes=SMALL)) as journal:
+            await fill(journal, 20)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o750
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.glob("*.seg")}
+    assert len(modes) >= 3 and set(modes.values()) == {0o640}, modes
+
+
+async def test_an_existing_journal_directory_is_narrowed_not_widened(tmp_path: Path) -> None:
+    wide, tight = tmp_path / "wide", tmp_path / "tight"
+    wide.mkdir(mode=0o777)
+    wide.chmod(0o777)
+    tight.mkdir()
+    tight.chmod(0o700)
+    for directory in (wide, tight):
+        async with running(directory, config()) as journal:
+            await fill(journal, 1)
+    assert stat.S_IMODE(wide.stat().st_mode) == 0o750
+    assert stat.S_IMODE(tight.stat().st_mode) == 0o700

@@ -175,3 +175,31 @@ async def test_a_torn_tail_repaired_at_open_is_published_and_shown(tmp_path: Pat
             assert service.details()["repaired_at_open"]
             assert service.journal.last.seq == 2
             nursery.cancel_scope.cancel()
+
+
+async def test_standby_promote_is_audited_with_its_caller(tmp_path: Path) -> None:
+    """The override that may lose acknowledged records names who asked, in the audit
+    chain (the role machine itself is faked: only the record of the act is tested)."""
+    import json
+
+    class Leadership:
+        def operator_promote(self, accept: bool) -> dict[str, Any]:
+            return {"accepted": True, "reason": "free lease; override recorded"}
+
+    cfg = config(tmp_path, "edge-b", "standby", free_port())
+    service = StandbyService(cfg, EventBus(256), key=KEY)
+    service.leadership = Leadership()
+    sock = tmp_path / "promote.sock"
+    control = ControlServer(sock, group=None)
+    service.register_control(control)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(control.run)
+        with trio.fail_after(10):
+            answer = await call(sock, "standby.promote", {"accept_loss": True})
+        nursery.cancel_scope.cancel()
+    assert answer["accepted"] is True
+    audit = tmp_path / "edge-b" / "recovery" / "audit.jsonl"
+    entries = [json.loads(line) for line in audit.read_text().splitlines()]
+    (entry,) = [e for e in entries if e["kind"] == "standby.promote"]
+    assert entry["fields"]["by"]["uid"] == 0 and entry["fields"]["by"]["pid"] > 1
+    assert entry["fields"]["accept_loss"] is True and entry["fields"]["node"] == "edge-b"

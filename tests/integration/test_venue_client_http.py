@@ -6,7 +6,7 @@ arrival time) and can be told, per path, to answer an error or to stay silent. T
 error classes are produced the way they happen on a real network: a port nobody listens
 on, a name in ``.invalid``, TLS spoken to a plain-HTTP server, a self-signed certificate,
 a server that accepts and never answers. Timeouts are 0.3 s. The last tests run the
-lab's venue emulator (``python -m lab.venue_emulator``) as a real process.
+lab's venue emulator (``python -m lab.venues``) as a real process.
 """
 
 from __future__ import annotations
@@ -497,9 +497,9 @@ EMULATOR_KEY = "emulator-kraken-key-0123456789"
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[str]:
-    """``python -m lab.venue_emulator`` as a real process; yields its base URL."""
+    """``python -m lab.venues`` as a real process; yields its base URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "lab.venue_emulator", "--listen", "127.0.0.1:0",
+        [sys.executable, "-m", "lab.venues", "--listen", "127.0.0.1:0",
          "--api-key", f"kraken={EMULATOR_KEY}"],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
     try:

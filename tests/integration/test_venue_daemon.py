@@ -1,5 +1,5 @@
 """Venues in a real `lifeline run`: daemon processes with [venues] (and [standby]) against
-the venue emulator running as its own process (`python -m lab.venue_emulator`),
+the venue emulator running as its own process (`python -m lab.venues`),
 driven the way an operator and the engine drive them: the CLI (`lifeline venues`,
 `lifeline reconcile`, `lifeline status`, `lifeline audit verify`), the control socket
 (`venues.watch`, `journal.read`) and /metrics.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -44,7 +45,7 @@ SEEDED_KRAKEN = {"OXCZ7B-EMVZQ-MTJTQJ", "OIIQBL-6PV3A-7M2AJJ", "OF7S76-H2IMS-N2M
 class Emulator:
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lab.venue_emulator", "--listen", "127.0.0.1:0",
+            [sys.executable, "-m", "lab.venues", "--listen", "127.0.0.1:0",
              "--api-key", f"kraken={KRAKEN_KEY}"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         assert self.proc.stdout is not None
@@ -220,6 +221,11 @@ def test_a_primary_daemon_probes_adopts_reconciles_and_shows_its_venues(tmp_path
         assert report["trigger"] == "operator" and report["counts"] == answer["counts"]
         assert Path(answer["report"]).parent == tmp_path / "state" / "venues" / "reconcile"
         assert len(journal_records(socket)) == 3
+        # the act names who asked for it (the control caller), the start-up run nobody
+        audit = [json.loads(line) for line in (tmp_path / "state" / "recovery" / "audit.jsonl").read_text().splitlines()]
+        started = [e["fields"] for e in audit if e["kind"] == "venue.reconcile.started"]
+        assert "by" not in started[0] and started[-1]["trigger"] == "operator"
+        assert started[-1]["by"]["uid"] == os.getuid() and started[-1]["by"]["pid"] > 1
 
         # a new orphan: --dry-run reports it, adopts nothing
         emulator.control("orders", {"venue": "kraken", "orders": [

@@ -29,8 +29,9 @@ import requests.adapters
 import trio
 import trio.testing
 
-from lab import venue_emulator
-from lab.venue_emulator import VenueEmulator, load_recorded
+from lab.venues import recorded as recorded_data
+from lab.venues.recorded import load_recorded
+from lab.venues.server import VenueEmulator
 
 CAP = 20  # seconds: no test may hang longer than this
 REPO = Path(__file__).resolve().parents[2]
@@ -542,7 +543,9 @@ async def test_garbage_drops_only_that_connection(emulator: VenueEmulator) -> No
         for garbage, status in ((b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", 400),
                                 (b"GET / HTTP/2.0\r\n\r\n", 505),
                                 (b"GET /v2/time HTTP/1.1\r\nX: " + b"a" * 20000, 431),
-                                (b"POST /_emulator/fault HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", 413)):
+                                # (with Host: an HTTP/1.1 request without one is a 400 first, RFC 9112)
+                                (b"POST /_emulator/fault HTTP/1.1\r\nHost: e\r\nContent-Length: 99999999\r\n\r\n",
+                                 413)):
             bad = await RawClient.connect(emulator)
             await bad.stream.send_all(garbage)
             answer = await bad.read()
@@ -626,9 +629,9 @@ def test_missing_data_dir_is_a_clear_error(tmp_path: Path) -> None:
 
 # --- the command line --------------------------------------------------------------------
 
-def _run_cli_and_stop(args: list[str]) -> tuple[str, int, str, dict[str, Any]]:
+def _run_cli_and_stop(args: list[str], argv0: list[str] | None = None) -> tuple[str, int, str, dict[str, Any]]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "lab.venue_emulator", *args], cwd=REPO, env=env,
+    proc = subprocess.Popen([*(argv0 or [sys.executable, "-m", "lab.venues"]), *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -661,37 +664,30 @@ async def test_cli_prints_ready_line_and_stops_on_sigterm() -> None:
 
 async def test_cli_bad_data_dir_exits_2(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = await trio.run_process([sys.executable, "-m", "lab.venue_emulator", "--data", str(tmp_path)],
+    result = await trio.run_process([sys.executable, "-m", "lab.venues", "--data", str(tmp_path)],
                                     cwd=REPO, env=env, capture_stdout=True, capture_stderr=True, check=False)
     assert result.returncode == 2
     assert b"kraken.response.json" in result.stderr and result.stdout == b""
 
 
 def test_module_reads_the_data_shipped_in_the_repository_by_default() -> None:
-    assert venue_emulator.DEFAULT_DATA_DIR == REPO / "lab" / "data" / "ccxt_static"
-    assert (venue_emulator.DEFAULT_DATA_DIR / "kraken.response.json").is_file()
+    assert recorded_data.DEFAULT_DATA_DIR == REPO / "lab" / "data" / "ccxt_static"
+    assert (recorded_data.DEFAULT_DATA_DIR / "kraken.response.json").is_file()
 
 
-def test_lifeline_sim_venue_takes_the_data_folder_it_points_at(tmp_path: Path) -> None:
-    from support import ROOT, cli, free_port
-
-    # The error for missing recordings names --data: the command has it.
-    missing = cli("sim", "venue", "--listen", "127.0.0.1:0", "--data", str(tmp_path / "nothing-here"))
-    assert missing.returncode == 2
-    assert str(tmp_path / "nothing-here") in missing.stderr and "--data" in missing.stderr
-    assert "unrecognized arguments" not in missing.stderr
-    # A copy of the recordings elsewhere serves.
-    data = tmp_path / "recordings"
-    data.mkdir()
-    for name in ("kraken.response.json", "coinbase.response.json"):
-        (data / name).write_bytes((ROOT / "lab" / "data" / "ccxt_static" / name).read_bytes())
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "sim", "venue", "--listen", f"127.0.0.1:{port}",
-                             "--data", str(data)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().startswith(f"venue-emulator ready http://127.0.0.1:{port}")
-    finally:
-        proc.terminate()
-        proc.wait(10)
+async def test_lifeline_sim_venue_passes_listen_and_data(tmp_path: Path) -> None:
+    """``lifeline sim venue`` runs this emulator: --data reaches it (an empty folder is
+    refused naming the missing file), and with the shipped data it serves."""
+    lifeline = str(Path(sys.executable).parent / "lifeline")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with trio.fail_after(CAP):
+        result = await trio.run_process([lifeline, "sim", "venue", "--listen", "127.0.0.1:0", "--data",
+                                         str(tmp_path)], cwd=REPO, env=env, capture_stdout=True,
+                                        capture_stderr=True, check=False)
+    assert result.returncode == 2
+    assert str(tmp_path / "kraken.response.json").encode() in result.stderr
+    with trio.fail_after(CAP):
+        line, code, _, state = await trio.to_thread.run_sync(
+            functools.partial(_run_cli_and_stop, ["sim", "venue", "--listen", "127.0.0.1:0"], argv0=[lifeline]))
+    assert line.startswith("venue-emulator ready http://127.0.0.1:") and state["url"] == line.rsplit(" ", 1)[1]
+    assert code == 0

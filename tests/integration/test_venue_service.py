@@ -35,7 +35,7 @@ from daemon.control import ControlServer
 from daemon.core.control_client import ControlClient
 from daemon.core.control_client import ControlError as ClientControlError
 from daemon.core.events import EventBus, RoleChanged
-from lab.venue_emulator import VenueEmulator
+from lab.venues.server import VenueEmulator
 from daemon.core.log import KeyValueFormatter
 from daemon.metrics import render
 from daemon.standby.service import StandbyService

@@ -255,7 +255,7 @@ def test_the_command_refuses_bad_keys_and_arguments(tmp_path: Path) -> None:
     state = tmp_path / "witness.state"
     result = cli("witness", "--listen", "127.0.0.1:0", "--state", str(state), "--key-file", str(key_file))
     assert result.returncode == 2
-    assert f"{key_file}: cannot read the key" in result.stderr and "lifeline keys replication" in result.stderr
+    assert f"{key_file}: cannot read the key" in result.stderr and "lifeline keys witness" in result.stderr
     generate_replication_key(key_file)
     key_file.chmod(0o644)
     result = cli("witness", "--listen", "127.0.0.1:0", "--state", str(state), "--key-file", str(key_file))
@@ -316,3 +316,44 @@ async def test_the_witness_exports_its_own_metrics(tmp_path: Path) -> None:
         assert samples["process_resident_memory_bytes"] > 1e6
     finally:
         witness.close()
+
+
+def test_keys_witness_makes_a_private_key_and_never_overwrites(tmp_path: Path) -> None:
+    out = tmp_path / "witness.key"
+    result = cli("keys", "witness", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "witness_key_file" in result.stdout
+    assert out.stat().st_mode & 0o777 == 0o600 and len(bytes.fromhex(out.read_text().strip())) == 32
+    again = cli("keys", "witness", "--out", str(out))
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+
+async def test_a_witness_with_a_key_per_cluster(tmp_path: Path) -> None:
+    """`--cluster-key CLUSTER=PATH`: each pair proves with its own key; one pair's key
+    holder gets nothing from another pair's lease."""
+    keys = {name: generate_replication_key(tmp_path / f"{name}.key") for name in ("pair-a", "pair-b")}
+    log = tmp_path / "witness.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "witness", "--listen", "127.0.0.1:0", "--state",
+             str(tmp_path / "state.json"), "--cluster-key", f"pair-a={tmp_path / 'pair-a.key'}",
+             "--cluster-key", f"pair-b={tmp_path / 'pair-b.key'}"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        match = until(lambda: READY.search(log.read_text(errors="replace")) or proc.poll() is not None, 15)
+        assert isinstance(match, re.Match), log.read_text()
+        address = match.group(1)
+        with trio.fail_after(CAP):
+            grant = await WitnessLeaseStore(address, keys["pair-a"], "pair-a", "edge-a", 1.0, 1.0).acquire("edge-a", 0)
+            assert grant.epoch == 1
+            intruder = WitnessLeaseStore(address, keys["pair-a"], "pair-b", "edge-a", 1.0, 1.0)
+            with pytest.raises(LeaseUnavailable):
+                await intruder.acquire("edge-a", 0)
+            unknown = WitnessLeaseStore(address, keys["pair-a"], "pair-z", "edge-a", 1.0, 1.0)
+            with pytest.raises(LeaseUnavailable):
+                await unknown.read()
+            state = await WitnessLeaseStore(address, keys["pair-b"], "pair-b", "edge-b", 1.0, 1.0).read()
+            assert (state.holder, state.epoch) == (None, 0)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

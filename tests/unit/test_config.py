@@ -465,7 +465,7 @@ def test_defaults_applied(tmp_path: Path) -> None:
     assert config.log == LogConfig(level="info")
     assert config.control == ControlConfig(
         socket=Path("/run/lifeline/control.sock"), mode="0660", group="lifeline",
-        max_request_bytes=4 * 1024 * 1024,
+        max_request_bytes=64 * 1024,
     )
     assert config.control.mode_bits == 0o660
     assert config.metrics == MetricsConfig(enabled=True, listen="127.0.0.1:9469")
@@ -791,7 +791,7 @@ def test_cli_config_show_fills_defaults_and_resolves_paths(tmp_path: Path) -> No
     shown = tomllib.loads(result.stdout)
     assert shown["node"]["state_dir"] == str(tmp_path.resolve() / "state")
     assert shown["system"]["interval"] == "2s"
-    assert shown["control"]["max_request_bytes"] == 4 * 1024 * 1024
+    assert shown["control"]["max_request_bytes"] == 64 * 1024
 
 
 def test_cli_config_show_bad_file(tmp_path: Path) -> None:

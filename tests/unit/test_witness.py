@@ -532,15 +532,15 @@ def framed(body: bytes) -> bytes:
     (b"\xff\xfe\xfd", "not JSON"),
     (b"[1, 2]", "a JSON list, expected an object"),
     (b"[" * 50000, "not JSON"),  # deep nesting: a RecursionError inside, a protocol error outside
-    (b'{"type": "hello", "version": 1, "node": "a", "cluster": "c", "nonce": NaN}', "not JSON"),
+    (b'{"type": "hello", "version": 2, "node": "a", "cluster": "c", "nonce": NaN}', "not JSON"),
     (b'{"op": "read", "id": 1}', "expected a handshake frame in state await-hello, found type None"),
     (b'{"type": "auth", "proof": "00"}', "can't handle AUTH from the client in state await-hello"),
-    (b'{"type": "hello", "version": 2, "node": "a", "cluster": "c", "nonce": "' + b"00" * 32 + b'"}',
-     "protocol version 2"),
-    (b'{"type": "hello", "version": 1, "node": "", "cluster": "c", "nonce": "' + b"00" * 32 + b'"}',
+    (b'{"type": "hello", "version": 1, "node": "a", "cluster": "c", "nonce": "' + b"00" * 32 + b'"}',
+     "protocol version 1"),
+    (b'{"type": "hello", "version": 2, "node": "", "cluster": "c", "nonce": "' + b"00" * 32 + b'"}',
      "HELLO node must be"),
-    (b'{"type": "hello", "version": 1, "node": "a", "cluster": "c", "nonce": "abc"}', "nonce must be 32 bytes"),
-    (b'{"type": "hello", "version": 1, "node": "a", "cluster": "c", "nonce": "' + b"zz" * 32 + b'"}',
+    (b'{"type": "hello", "version": 2, "node": "a", "cluster": "c", "nonce": "abc"}', "nonce must be 32 bytes"),
+    (b'{"type": "hello", "version": 2, "node": "a", "cluster": "c", "nonce": "' + b"zz" * 32 + b'"}',
      "nonce must be 32 bytes"),
 ])
 def test_garbage_and_out_of_turn_frames_before_auth(body: bytes, problem: str) -> None:
