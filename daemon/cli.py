@@ -151,43 +151,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_audit_parser(sub)
 
-    drill = sub.add_parser("drill", help="scripted failures in the lab, timed (needs root)")
-    drill_sub = drill.add_subparsers(dest="drill_command", metavar="DRILL", required=True)
-    uplink_drill = drill_sub.add_parser("uplink", help="cut the fibre, time detection, failover and failback; "
-                                                       "then a loss soak that must not flap")
-    uplink_drill.add_argument("--repeat", type=int, default=5, help="cut/restore repetitions (default 5)")
-    uplink_drill.add_argument("--soak", default="10m",
-                              help='simulated length of the 5 %% loss soak ("10m"; "0" skips it)')
-    uplink_drill.add_argument("--compress", type=float, default=10.0,
-                              help="run the soak this many times faster than real time (default 10)")
-    uplink_drill.add_argument("--hold-down", default="3s",
-                              help='hold-down before failback in the drill (default "3s"; the daemon\'s is 30s)')
-    uplink_drill.add_argument("--workdir", type=Path, default=None, help="keep the drill's files here")
-    uplink_drill.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    from lab.drills import add_report_argument
-
-    add_report_argument(uplink_drill)
-
-    from lab.ha_drills import add_ha_drill_parsers
-
-    add_ha_drill_parsers(drill_sub)
-
-    from lab.hardware_drills import add_hardware_drill_parsers
-
-    add_hardware_drill_parsers(drill_sub)
-
-    from lab.venue_drills import add_venue_drill_parser
-
-    add_venue_drill_parser(drill_sub)
+    # The lab's commands (lab/cli.py): their arguments are added when one of them runs.
+    for name, help_text in LAB_COMMAND_HELP.items():
+        _lab_parser(sub.add_parser(name, help=help_text), name)
 
     from daemon.standby.witness import add_witness_parser
 
     add_witness_parser(sub)
 
-    from lab.cli import add_lab_parser
-
-    add_lab_parser(sub)
     return parser
+
+
+#: The commands the lab provides, with their help (kept equal to lab/cli.py's by
+#: tests/unit/test_daemon_never_imports_lab.py).
+LAB_COMMAND_HELP = {
+    "drill": "scripted failures in the lab, timed (needs root)",
+    "lab": "run the lab drills on the embedded default and report",
+}
+
+
+class _LabParser(argparse.ArgumentParser):
+    """A lab command's parser, completed by lab/cli.py the first time it parses or prints its
+    help: the daemon's CLI is the one module that may load the lab, and only for a lab command
+    (the daemon never imports lab/; README "Layout")."""
+
+    lab_command: str | None = None
+
+    def _complete(self) -> None:
+        if self.lab_command is not None:
+            command, self.lab_command = self.lab_command, None
+            # lazily: the lab is its own room, loaded by `lifeline lab` and `lifeline drill` only
+            from lab.cli import add_arguments
+
+            add_arguments(command, self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._complete()
+        return super().format_usage()
+
+
+def _lab_parser(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.__class__ = _LabParser
+    parser.lab_command = command  # type: ignore[attr-defined]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -374,7 +387,7 @@ def _witness(args: argparse.Namespace) -> int:
 
 
 def _lab(args: argparse.Namespace) -> int:
-    from lab.cli import run_lab_command
+    from lab.cli import run_lab_command  # lazily: a lab command
 
     return run_lab_command(args)
 
@@ -647,45 +660,9 @@ def journal_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
-    import os
-    import shutil
-    import tempfile
+    from lab.cli import run_drill_command  # lazily: a lab command
 
-    from daemon.config import Duration
-    from lab.drills import DrillSettings, format_report, report_json, run_uplink_drill, write_drill_report
-
-    if args.drill_command == "venue":
-        from lab.venue_drills import run_venue_drill
-
-        return run_venue_drill(args)
-    if args.drill_command in ("power", "enclosure"):
-        from lab.hardware_drills import run_hardware_drill
-
-        return run_hardware_drill(args)
-    if args.drill_command != "uplink":
-        from lab.ha_drills import run_ha_drill
-
-        return run_ha_drill(args)
-    if os.geteuid() != 0:
-        print("lifeline drill: needs root (it builds network namespaces); run it with sudo", file=sys.stderr)
-        return 2
-    try:
-        soak = 0.0 if args.soak in ("0", "0s") else float(Duration.parse(args.soak))
-        Duration.parse(args.hold_down)
-    except ValueError as exc:
-        print(f'lifeline drill: expected a duration such as "10m" or "3s", found {exc}', file=sys.stderr)
-        return 2
-    settings = DrillSettings(repeat=args.repeat, soak=soak, compress=args.compress, hold_down=args.hold_down)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lifeline-drill-"))
-    progress = (lambda line: print(line, file=sys.stderr, flush=True))
-    try:
-        report = run_uplink_drill(workdir, settings, progress=progress)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(report_json(report) if args.json else format_report(report))
-    written = write_drill_report(args.report, [report])
-    return 0 if report.ok and written else 1
+    return run_drill_command(args)
 
 
 def format_event(event: dict[str, Any]) -> str:

@@ -83,7 +83,7 @@ class ControlRolesConfig:
         "playbook.run and venues.reconcile that act. root and the daemon's own user hold every role.")
 
     def validate(self) -> list[tuple[str, str]]:
-        from daemon.acl import RoleSpecError, parse_entry
+        from daemon.core.acl import RoleSpecError, parse_entry
 
         problems: list[tuple[str, str]] = []
         for role in ("engine", "operator", "admin"):

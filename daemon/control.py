@@ -8,10 +8,10 @@ A streaming method (``events.subscribe``) answers ``ok`` once and then writes on
 ``{"event": {...}}`` line per event until the client disconnects.
 
 Who can connect is decided by the socket file's mode (0660 by default) and group; what
-a connection may call, by the role of its peer (``SO_PEERCRED``, :mod:`daemon.acl`): a
+a connection may call, by the role of its peer (``SO_PEERCRED``, :mod:`daemon.core.acl`): a
 refused call answers ``forbidden`` naming the role it needs, and every state-changing
 call is logged with the caller's uid, pid and roles (and handlers find the caller in
-:data:`daemon.acl.CURRENT_CALLER` for their audit entries).
+:data:`daemon.core.acl.CURRENT_CALLER` for their audit entries).
 
 The connection is the unit of damage: a malformed line gets an error reply and the
 connection stays usable; a line longer than ``max_request_bytes`` (``max_append_bytes``
@@ -46,8 +46,8 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from daemon import acl
-from daemon.acl import Caller, RoleMap
+from daemon.core import acl
+from daemon.core.acl import Caller, RoleMap
 from daemon.core.control_client import ControlError
 from daemon.core.log import get_logger
 from daemon.core.service import ServiceStatus

@@ -17,8 +17,23 @@ from pathlib import Path
 from typing import Any
 
 
+#: The lab's commands and their help (daemon/cli.py lists them without importing the lab).
+COMMAND_HELP = {
+    "drill": "scripted failures in the lab, timed (needs root)",
+    "lab": "run the lab drills on the embedded default and report",
+}
+
+
+def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
+    """Complete the parser of ``lifeline COMMAND`` (daemon/cli.py calls it when the command runs)."""
+    {"lab": add_lab_arguments, "drill": add_drill_arguments}[command](parser)
+
+
 def add_lab_parser(sub: Any) -> None:
-    lab = sub.add_parser("lab", help="run the lab drills on the embedded default and report")
+    add_lab_arguments(sub.add_parser("lab", help=COMMAND_HELP["lab"]))
+
+
+def add_lab_arguments(lab: argparse.ArgumentParser) -> None:
     lab.add_argument("--seconds", type=float, default=3.0, help="how long the daemon runs under watch (default 3)")
     lab.add_argument("--workdir", type=Path, default=None,
                      help="keep the lab's files here (default: a temporary directory, removed afterwards)")
@@ -286,3 +301,76 @@ def _promotion_drills(workdir: Path, repeat: int, say: Any) -> tuple[list[Any], 
         say(f"lab: {kind} promotion drill, {repeat} repetition(s)")
         reports.append(run_drill(kind, workdir / kind, HaSettings(repeat=repeat), progress=say))
     return reports, skipped
+
+
+def add_drill_arguments(drill: argparse.ArgumentParser) -> None:
+    drill_sub = drill.add_subparsers(dest="drill_command", metavar="DRILL", required=True)
+    uplink_drill = drill_sub.add_parser("uplink", help="cut the fibre, time detection, failover and failback; "
+                                                       "then a loss soak that must not flap")
+    uplink_drill.add_argument("--repeat", type=int, default=5, help="cut/restore repetitions (default 5)")
+    uplink_drill.add_argument("--soak", default="10m",
+                              help='simulated length of the 5 %% loss soak ("10m"; "0" skips it)')
+    uplink_drill.add_argument("--compress", type=float, default=10.0,
+                              help="run the soak this many times faster than real time (default 10)")
+    uplink_drill.add_argument("--hold-down", default="3s",
+                              help='hold-down before failback in the drill (default "3s"; the daemon\'s is 30s)')
+    uplink_drill.add_argument("--workdir", type=Path, default=None, help="keep the drill's files here")
+    uplink_drill.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    from lab.drills import add_report_argument
+
+    add_report_argument(uplink_drill)
+
+    from lab.ha_drills import add_ha_drill_parsers
+
+    add_ha_drill_parsers(drill_sub)
+
+    from lab.hardware_drills import add_hardware_drill_parsers
+
+    add_hardware_drill_parsers(drill_sub)
+
+    from lab.venue_drills import add_venue_drill_parser
+
+    add_venue_drill_parser(drill_sub)
+
+
+def run_drill_command(args: argparse.Namespace) -> int:
+    """Run ``lifeline drill DRILL``."""
+    import os
+    import shutil
+    import tempfile
+
+    from daemon.config import Duration
+    from lab.drills import DrillSettings, format_report, report_json, run_uplink_drill, write_drill_report
+
+    if args.drill_command == "venue":
+        from lab.venue_drills import run_venue_drill
+
+        return run_venue_drill(args)
+    if args.drill_command in ("power", "enclosure"):
+        from lab.hardware_drills import run_hardware_drill
+
+        return run_hardware_drill(args)
+    if args.drill_command != "uplink":
+        from lab.ha_drills import run_ha_drill
+
+        return run_ha_drill(args)
+    if os.geteuid() != 0:
+        print("lifeline drill: needs root (it builds network namespaces); run it with sudo", file=sys.stderr)
+        return 2
+    try:
+        soak = 0.0 if args.soak in ("0", "0s") else float(Duration.parse(args.soak))
+        Duration.parse(args.hold_down)
+    except ValueError as exc:
+        print(f'lifeline drill: expected a duration such as "10m" or "3s", found {exc}', file=sys.stderr)
+        return 2
+    settings = DrillSettings(repeat=args.repeat, soak=soak, compress=args.compress, hold_down=args.hold_down)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lifeline-drill-"))
+    progress = (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        report = run_uplink_drill(workdir, settings, progress=progress)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(report_json(report) if args.json else format_report(report))
+    written = write_drill_report(args.report, [report])
+    return 0 if report.ok and written else 1

@@ -58,7 +58,7 @@ from typing import Any, Literal, Protocol
 
 import trio
 
-from daemon.acl import audit_by
+from daemon.core.acl import audit_by
 from daemon.core.durations import format_duration
 from daemon.core.log import get_logger
 from recovery.playbook import Playbook, Precondition, Step

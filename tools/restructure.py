@@ -6,7 +6,7 @@ docs). Idempotent: run it again after merging a branch that added code in the ol
     python3 tools/restructure.py          # from the repository root
 
 Moves (old -> new):
-  daemon/{log,files,events,bus,service,control_client}.py -> daemon/core/   (the ground floor)
+  daemon/{log,files,events,bus,service,control_client,acl}.py -> daemon/core/   (the ground floor)
   daemon/hardware_service.py                              -> hardware/service.py
   daemon/lab/*                                            -> lab/          (the lab's own room)
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CORE = ("log", "files", "events", "bus", "service", "control_client")
+CORE = ("log", "files", "events", "bus", "service", "control_client", "acl")
 
 #: module renames, dotted (longest first where one is a prefix of another).
 MODULES: list[tuple[str, str]] = [

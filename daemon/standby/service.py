@@ -439,7 +439,7 @@ class StandbyService:
 
     async def _audit_promote(self, result: Any) -> None:
         """The override goes to the audit chain with who asked (the control caller)."""
-        from daemon.acl import audit_by
+        from daemon.core.acl import audit_by
 
         def append() -> None:
             from recovery.audit import AuditLog, load_or_create_host_key

@@ -1075,7 +1075,7 @@ class VenueService:
 
 def _audit_by() -> dict[str, Any]:
     """``{"by": {uid, pid, user}}`` when a control caller asked for this act."""
-    from daemon.acl import audit_by
+    from daemon.core.acl import audit_by
 
     by = audit_by()
     return {} if by is None else {"by": by}

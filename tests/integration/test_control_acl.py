@@ -20,7 +20,7 @@ import pytest
 import trio
 import trio.testing
 
-from daemon import acl
+from daemon.core import acl
 from daemon.control import ControlServer
 
 CAP = 20

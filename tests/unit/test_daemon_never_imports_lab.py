@@ -73,3 +73,21 @@ def test_starting_the_cli_and_the_app_loads_no_lab_module() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                             check=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_the_cli_lists_the_lab_commands_with_the_labs_own_help() -> None:
+    import daemon.cli
+    import lab.cli
+
+    assert daemon.cli.LAB_COMMAND_HELP == lab.cli.COMMAND_HELP
+
+
+def test_a_lab_command_completes_its_parser_from_the_lab() -> None:
+    import daemon.cli
+
+    parser = daemon.cli.build_parser()
+    args = parser.parse_args(["drill", "uplink", "--repeat", "2", "--json"])
+    assert (args.command, args.drill_command, args.repeat, args.json) == ("drill", "uplink", 2, True)
+    args = parser.parse_args(["lab", "--seconds", "1", "status"])
+    assert (args.command, args.seconds, args.lab_command) == ("lab", 1.0, "status")
+    assert "DRILL" in daemon.cli.build_parser()._subparsers._group_actions[0].choices["drill"].format_help()
