@@ -24,7 +24,8 @@ def build_devices(settings: Any) -> list[Device]:
     """``settings``: a :class:`daemon.config.HardwareConfig`."""
     devices: list[Device] = []
     if settings.ups is not None:
-        from hardware.ups import UpsMonitor, open_ups
+        from hardware.ups.driver import open_ups
+        from hardware.ups.monitor import UpsMonitor
 
         ups = settings.ups
         driver = open_ups(ups.port, name="ups")
@@ -32,7 +33,8 @@ def build_devices(settings: Any) -> list[Device]:
                              stale_after=float(ups.stale_after))
         devices.append(Device("ups", "ups", driver.poll, monitor, float(ups.interval), _closer(driver)))
     if settings.gnss is not None:
-        from hardware.gnss import GnssMonitor, make_source
+        from hardware.gnss.driver import make_source
+        from hardware.gnss.monitor import GnssMonitor
 
         gnss = settings.gnss
         driver = make_source(gnss.port, baudrate=gnss.baud)
@@ -40,7 +42,8 @@ def build_devices(settings: Any) -> list[Device]:
                               stale_after=float(gnss.stale_after))
         devices.append(Device("gnss", "gnss", driver.poll, monitor, 1.0, _closer(driver)))
     if settings.enclosure is not None:
-        from hardware.enclosure import DoorContact, EnclosureMonitor, ModbusSensor
+        from hardware.enclosure.driver import DoorContact, ModbusSensor
+        from hardware.enclosure.monitor import EnclosureMonitor
 
         enc = settings.enclosure
         if enc.port is not None:

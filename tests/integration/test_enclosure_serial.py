@@ -28,20 +28,11 @@ import pytest
 import trio
 from support import cli
 
-from hardware.enclosure import (
-    ClimateReading,
-    DoorContact,
-    DoorReading,
-    EnclosureMonitor,
-    EnclosureSimulator,
-    ModbusExceptionError,
-    ModbusSensor,
-    Register,
-    RegisterMap,
-    read_door_once,
-    read_once,
-    start_simulator,
-)
+from hardware.enclosure.driver import DoorContact, ModbusSensor, read_door_once, read_once
+from hardware.enclosure.modbus import ModbusExceptionError
+from hardware.enclosure.monitor import EnclosureMonitor
+from hardware.enclosure.registers import ClimateReading, DoorReading, Register, RegisterMap
+from lab.sim.enclosure import EnclosureSimulator, start_simulator
 from hardware.errors import DeviceGarbage, DeviceTimeout, HardwareError, PortMissing
 
 

@@ -18,17 +18,13 @@ from typing import Any
 import pytest
 import trio
 
-from hardware import gnss
 from hardware.errors import DeviceGarbage, DeviceTimeout, PortMissing
-from hardware.gnss import (
-    FakeGpsd,
-    GnssMonitor,
-    GnssReading,
-    GnssReceiver,
-    GnssSimulator,
-    GpsdClient,
-    read_once,
-)
+from hardware.gnss.driver import GnssReceiver, GpsdClient, read_once
+from hardware.gnss.gpsd import GPSD_WATCH
+from hardware.gnss.monitor import GnssMonitor
+from hardware.gnss.nmea import GnssReading
+from lab.sim import gnss as gnss_sim
+from lab.sim.gnss import FakeGpsd, GnssSimulator
 
 FAST = 0.1
 
@@ -141,7 +137,7 @@ async def test_simulator_as_a_trio_task() -> None:
 
 
 async def test_start_simulator_runs_at_one_hertz() -> None:
-    sim = gnss.start_simulator()
+    sim = gnss_sim.start_simulator()
     try:
         assert os.path.exists(sim.path) and sim.interval == 1.0
         result = await read_once(sim.path, timeout=3.0)
@@ -278,7 +274,7 @@ async def test_gpsd_read_once() -> None:
         assert result["source"] == "gpsd" and result["fix"] is True and result["fix_type"] == 3
         assert result["satellites"] == 7 and 0 <= result["offset_ms"] < 150
         assert result["talker"] == "/dev/ttyFAKE0" and result["counters"]["garbage"] == 0
-        assert fake.requests == [gnss.GPSD_WATCH]
+        assert fake.requests == [GPSD_WATCH]
 
         fake.set(mode=1, garbage=True)
         result = await read_once(f"gpsd://127.0.0.1:{port}", timeout=2.0)

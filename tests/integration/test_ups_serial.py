@@ -14,19 +14,11 @@ import pytest
 import trio
 
 from hardware.errors import DeviceGarbage, DeviceTimeout, PortMissing
-from hardware.ups import (
-    FakeUpsd,
-    NutClient,
-    NutError,
-    NutUps,
-    Simulator,
-    UpsMonitor,
-    UpsReading,
-    UpsSerial,
-    open_ups,
-    read_once,
-    start_simulator,
-)
+from hardware.ups.driver import NutClient, NutUps, UpsSerial, open_ups, read_once
+from hardware.ups.monitor import UpsMonitor
+from hardware.ups.nut import NutError
+from hardware.ups.reading import UpsReading
+from lab.sim.ups import FakeUpsd, Simulator, start_simulator
 from tests.integration.support import free_port
 
 INTERVAL = 0.1

@@ -12,17 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon import events
-from hardware.enclosure import (
-    DEFAULT_MAP,
+from hardware.enclosure.modbus import (
     NEED_DATA,
-    PRESETS,
-    ClimateReading,
-    DoorReading,
-    EnclosureMonitor,
-    EnclosureSimulator,
     ExceptionReply,
-    Register,
-    RegisterMap,
     RegistersReply,
     Request,
     RtuReadTransaction,
@@ -34,6 +26,16 @@ from hardware.enclosure import (
     registers_response,
     with_crc,
 )
+from hardware.enclosure.monitor import EnclosureMonitor
+from hardware.enclosure.registers import (
+    DEFAULT_MAP,
+    PRESETS,
+    ClimateReading,
+    DoorReading,
+    Register,
+    RegisterMap,
+)
+from lab.sim.enclosure import EnclosureSimulator
 from hardware.errors import DeviceGarbage, DeviceTimeout
 
 # ../shared/notes/hardware.md (XY-MD02 / SHT20 class): 30.5 °C, 54.6 %RH.

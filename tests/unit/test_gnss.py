@@ -18,22 +18,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon import events
-from hardware import gnss
-from hardware.gnss import (
+from hardware.gnss import monitor as gnss_monitor
+from hardware.gnss.gpsd import GpsdProtocol
+from hardware.gnss.monitor import GnssMonitor
+from hardware.gnss.nmea import (
+    Sentence,
     EpochAssembler,
-    FakeGpsd,
     Gga,
-    GnssMonitor,
     GnssProtocol,
     GnssReading,
-    GnssSimulator,
-    GpsdProtocol,
     Gsa,
     NmeaParser,
     Rmc,
     nmea_checksum,
     nmea_sentence,
 )
+from lab.sim.gnss import FakeGpsd, GnssSimulator
 
 # The bar is 100 000 examples per parser: LIFELINE_HYPOTHESIS_EXAMPLES=100000.
 EXAMPLES = int(os.environ.get("LIFELINE_HYPOTHESIS_EXAMPLES", "300"))
@@ -110,12 +110,12 @@ def wire(*lines: str) -> bytes:
     return "".join(line + "\r\n" for line in lines).encode("ascii")
 
 
-def parse(data: bytes, now: float = 100.0) -> tuple[list[gnss.Sentence], NmeaParser]:
+def parse(data: bytes, now: float = 100.0) -> tuple[list[Sentence], NmeaParser]:
     parser = NmeaParser()
     return parser.feed(data, now), parser
 
 
-def one(line: str) -> gnss.Sentence:
+def one(line: str) -> Sentence:
     sentences, parser = parse(wire(line))
     assert len(sentences) == 1, parser.stats
     return sentences[0]
@@ -611,15 +611,15 @@ def reading(fix: bool = True, offset_ms: float | None = 100.0, satellites: int |
                        offset_ms=offset_ms if fix else None, arrival=0.0)
 
 
-def feed(monitor: GnssMonitor, rs: list[GnssReading], start: float = 0.0, step: float = 1.0) -> list[list[gnss.Emit]]:
+def feed(monitor: GnssMonitor, rs: list[GnssReading], start: float = 0.0, step: float = 1.0) -> list[list[gnss_monitor.Emit]]:
     return [monitor.reading(r, start + i * step) for i, r in enumerate(rs)]
 
 
-def flat(outs: list[list[gnss.Emit]]) -> list[gnss.Emit]:
+def flat(outs: list[list[gnss_monitor.Emit]]) -> list[gnss_monitor.Emit]:
     return [emit for out in outs for emit in out]
 
 
-def names(emits: list[gnss.Emit]) -> list[str]:
+def names(emits: list[gnss_monitor.Emit]) -> list[str]:
     return [name for name, _ in emits]
 
 

@@ -12,36 +12,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hardware.errors import DeviceGarbage, DeviceTimeout, HardwareError
-from hardware.ups import (
-    FakeUpsd,
+from hardware.ups.monitor import UpsMonitor
+from hardware.ups.nut import NutError, nut_error, parse_nut_url, parse_nut_var, quote_nut, split_nut_line
+from hardware.ups.q1 import (
     LineFramer,
-    NutError,
     Q1Info,
     Q1Ratings,
     Q1Status,
-    RuntimeCalibration,
-    RuntimeEstimator,
-    Simulator,
-    UpsMonitor,
-    UpsReading,
-    UpsSimState,
-    battery_packs,
     format_info,
     format_q1,
     format_ratings,
-    nut_error,
     parse_info,
-    parse_nut_status,
-    parse_nut_url,
-    parse_nut_var,
     parse_q1,
     parse_ratings,
-    quote_nut,
-    reading_from_nut,
-    reading_from_q1,
     request,
-    split_nut_line,
 )
+from hardware.ups.reading import UpsReading, parse_nut_status, reading_from_nut, reading_from_q1
+from hardware.ups.runtime import RuntimeCalibration, RuntimeEstimator, battery_packs
+from lab.sim.ups import FakeUpsd, Simulator, UpsSimState
 
 EXAMPLES = int(os.environ.get("LIFELINE_HYPOTHESIS_EXAMPLES", "300"))
 PROPERTY = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,0 +1,2 @@
+"""The lab: what exercises the daemon from outside (device simulators, ...). The daemon never
+imports it."""
