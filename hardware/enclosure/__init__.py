@@ -10,15 +10,17 @@ What this package owns, in the order of the issue-8 contract:
    slave's side for the simulator (:class:`RtuRequestParser`, :func:`registers_response`,
    :func:`exception_response`) and the :class:`RegisterMap` that turns registers into
    a :class:`ClimateReading`.
-2. **Trio drivers over pyserial** (:mod:`hardware.enclosure.driver`): :class:`ModbusSensor` (RS-485 temperature/humidity
-   sensor) and :class:`DoorContact` (a dry contact on a modem-status line). Both open a
-   device path or any pyserial URL (``serial.serial_for_url``: ``/dev/ttyUSB0``,
-   ``socket://host:port`` behind an RS-485 gateway, ``loop://``, ``spy://``, ``rfc2217://``).
-3. **Simulator** (the lab's, :mod:`lab.sim.enclosure`): :class:`EnclosureSimulator`, a Modbus RTU sensor on the master side of
-   a pty, scriptable (temperature, humidity, silent, garbage, bad CRC, exception, wrong
-   unit). ptys have no modem lines, so the door is simulated with ``loop://`` instead.
-4. **Monitor** (:mod:`hardware.enclosure.monitor`, sans-IO): :class:`EnclosureMonitor`, readings → events with thresholds,
-   hysteresis, door debounce and staleness.
+2. **Trio drivers over pyserial** (:mod:`hardware.enclosure.driver`): :class:`ModbusSensor`
+   (RS-485 temperature/humidity sensor) and :class:`DoorContact` (a dry contact on a
+   modem-status line). Both open a device path or any pyserial URL
+   (``serial.serial_for_url``: ``/dev/ttyUSB0``, ``socket://host:port`` behind an RS-485
+   gateway, ``loop://``, ``spy://``, ``rfc2217://``).
+3. **Simulator** (the lab's, :mod:`lab.sim.enclosure`): :class:`EnclosureSimulator`, a
+   Modbus RTU sensor on the master side of a pty, scriptable (temperature, humidity, silent,
+   garbage, bad CRC, exception, wrong unit). ptys have no modem lines, so the door is
+   simulated with ``loop://`` instead.
+4. **Monitor** (:mod:`hardware.enclosure.monitor`, sans-IO): :class:`EnclosureMonitor`,
+   readings → events with thresholds, hysteresis, door debounce and staleness.
 
 Why the Modbus framing is ours and not pymodbus's client
 --------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import inspect
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -17,8 +16,22 @@ from typing import TYPE_CHECKING, Any
 from daemon.log import get_logger
 from hardware.errors import DeviceTimeout, HardwareError, PortMissing
 from hardware.enclosure.door import DoorLine, OpenWhen, check_door, door_reading
-from hardware.enclosure.modbus import _FUNCTION_NAMES, NEED_DATA, ExceptionReply, ModbusExceptionError, RegistersReply, RtuReadTransaction
-from hardware.enclosure.registers import DEFAULT_MAP, KIND_CLIMATE, KIND_DOOR, ClimateReading, DoorReading, RegisterMap
+from hardware.enclosure.modbus import (
+    _FUNCTION_NAMES,
+    NEED_DATA,
+    ExceptionReply,
+    ModbusExceptionError,
+    RegistersReply,
+    RtuReadTransaction,
+)
+from hardware.enclosure.registers import (
+    DEFAULT_MAP,
+    KIND_CLIMATE,
+    KIND_DOOR,
+    ClimateReading,
+    DoorReading,
+    RegisterMap,
+)
 
 if TYPE_CHECKING:  # the sans-IO core needs neither serial nor trio; the drivers import them when used
     import serial
@@ -57,14 +70,13 @@ def _open_error(port: str, exc: BaseException) -> HardwareError:
 
 
 class _SerialDriver:
-    """What both drivers share: open by path or URL, drop the port on an I/O error,
-    ``run`` with a steady interval, reconnect with exponential backoff, one log line per
-    state change."""
+    """What both drivers share: open by path or URL, drop the port on an I/O error, one
+    log line per state change (the hardware service's device loop polls them, reopening a
+    missing port with exponential backoff)."""
 
     kind = "serial"
 
-    def __init__(self, port: str, *, name: str, serial_factory: SerialFactory | None,
-                 reconnect_min: float, reconnect_max: float) -> None:
+    def __init__(self, port: str, *, name: str, serial_factory: SerialFactory | None) -> None:
         import trio
 
         self.port = port
@@ -72,7 +84,6 @@ class _SerialDriver:
         self._factory = serial_factory
         self._serial: serial.SerialBase | None = None
         self._lock = trio.Lock()
-        self.reconnect_min, self.reconnect_max = reconnect_min, reconnect_max
         self.last_error: HardwareError | None = None
         self._state: str | None = None
 
@@ -124,42 +135,11 @@ class _SerialDriver:
         else:
             log.warning(f"{self.kind}.failing", device=self.name, port=self.port, error=str(error))
 
-    async def run(self, on_reading: Callable[[Any], Any], *, interval: float,
-                  task_status: Any = None) -> None:
-        """Poll every ``interval`` seconds and hand each reading to ``on_reading`` (sync or
-        async). Failures are logged once per change and never reach ``on_reading``: the
-        monitor's staleness reports the silence. A missing port is retried with
-        exponential backoff from ``reconnect_min`` to ``reconnect_max``."""
-        import trio
-
-        if interval <= 0:
-            raise ValueError(f"interval must be > 0, got {interval}")
-        if task_status is not None:
-            task_status.started()
-        backoff = self.reconnect_min
-        next_at = trio.current_time()
-        try:
-            while True:
-                try:
-                    reading = await self.poll()
-                except PortMissing as exc:
-                    self._note(exc)
-                    await trio.sleep(backoff)
-                    backoff = min(backoff * 2, self.reconnect_max)
-                    next_at = trio.current_time()
-                    continue
-                except HardwareError as exc:
-                    self._note(exc)
-                else:
-                    backoff = self.reconnect_min
-                    self._note(None)
-                    result = on_reading(reading)
-                    if inspect.isawaitable(result):
-                        await result
-                next_at = max(next_at + interval, trio.current_time())
-                await trio.sleep_until(next_at)
-        finally:
-            self.close()
+    def note(self, error: BaseException | None, *, reading: Any = None, retry_s: float | None = None) -> None:
+        """One poll's outcome, as the hardware service's device loop saw it."""
+        if error is not None and not isinstance(error, HardwareError):
+            error = HardwareError(f"{self.port}: {type(error).__name__}: {error}")
+        self._note(error)
 
 
 def _io_errors() -> tuple[type[BaseException], ...]:
@@ -195,10 +175,8 @@ class ModbusSensor(_SerialDriver):
     def __init__(self, port: str, *, register_map: RegisterMap = DEFAULT_MAP, unit: int | None = None,
                  baudrate: int = 9600, parity: str = "N", stopbits: int = 1, timeout: float = 1.0,
                  name: str = "enclosure",
-                 serial_factory: SerialFactory | None = None,
-                 reconnect_min: float = 0.5, reconnect_max: float = 30.0) -> None:
-        super().__init__(port, name=name, serial_factory=serial_factory,
-                         reconnect_min=reconnect_min, reconnect_max=reconnect_max)
+                 serial_factory: SerialFactory | None = None) -> None:
+        super().__init__(port, name=name, serial_factory=serial_factory)
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
         # ``unit`` overrides the map's address ([hardware.enclosure] slave).
@@ -260,10 +238,8 @@ class DoorContact(_SerialDriver):
     kind = KIND_DOOR
 
     def __init__(self, port: str, *, line: DoorLine = "cts", open_when: OpenWhen = "deasserted",
-                 name: str = "enclosure", serial_factory: SerialFactory | None = None,
-                 reconnect_min: float = 0.5, reconnect_max: float = 30.0) -> None:
-        super().__init__(port, name=name, serial_factory=serial_factory,
-                         reconnect_min=reconnect_min, reconnect_max=reconnect_max)
+                 name: str = "enclosure", serial_factory: SerialFactory | None = None) -> None:
+        super().__init__(port, name=name, serial_factory=serial_factory)
         check_door(line, open_when)
         self.line, self.open_when = line, open_when
 

@@ -6,10 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from daemon.events import (
+    DeviceRecovered,
+    DeviceStale,
+    EnclosureClosed,
+    EnclosureHumidityHigh,
+    EnclosureOpened,
+    EnclosureTemperatureHigh,
+    Event,
+)
 from hardware.enclosure.registers import KIND_CLIMATE, KIND_DOOR, ClimateReading, DoorReading
 
 
-Emit = tuple[str, dict[str, Any]]
 
 
 # --- monitor: readings → events --------------------------------------------------------
@@ -26,15 +34,15 @@ class _Liveness:
         self.since: float | None = None
         self.stale = False
 
-    def seen(self, now: float) -> list[Emit]:
-        out: list[Emit] = []
+    def seen(self, now: float) -> list[Event]:
+        out: list[Event] = []
         if self.stale:
-            out.append(("DeviceRecovered", {"device": self.device, "kind": self.kind}))
+            out.append(DeviceRecovered(device=self.device, device_type=self.kind))
             self.stale = False
         self.last = now
         return out
 
-    def tick(self, now: float) -> list[Emit]:
+    def tick(self, now: float) -> list[Event]:
         if self.since is None:
             self.since = now
         reference = self.last if self.last is not None else self.since
@@ -42,7 +50,7 @@ class _Liveness:
         if self.stale or silent < self.stale_after:
             return []
         self.stale = True
-        return [("DeviceStale", {"device": self.device, "kind": self.kind, "silent_s": round(silent, 3)})]
+        return [DeviceStale(device=self.device, device_type=self.kind, silent_s=round(silent, 3))]
 
 
 class _Threshold:
@@ -107,27 +115,27 @@ class EnclosureMonitor:
         self.door_open = False                      # the reported (debounced) state
         self._door_candidate: tuple[bool, float] | None = None
 
-    def reading(self, r: ClimateReading | DoorReading, now: float) -> list[Emit]:
+    def reading(self, r: ClimateReading | DoorReading, now: float) -> list[Event]:
         if isinstance(r, ClimateReading):
             return self._climate_reading(r, now)
         if isinstance(r, DoorReading):
             return self._door_reading(r, now)
         raise TypeError(f"EnclosureMonitor cannot use a {type(r).__name__}")
 
-    def _climate_reading(self, r: ClimateReading, now: float) -> list[Emit]:
+    def _climate_reading(self, r: ClimateReading, now: float) -> list[Event]:
         if self._climate is None:
             raise ValueError(f"{self.device}: a climate reading, but the monitor was built with climate=False")
         out = self._climate.seen(now)
         self.last_climate = r
         if self._temperature.step(r.celsius):
-            out.append(("EnclosureTemperatureHigh", {"device": self.device, "celsius": r.celsius,
-                                                     "threshold_c": self._temperature.high}))
+            out.append(EnclosureTemperatureHigh(device=self.device, celsius=r.celsius,
+                                                threshold_c=self._temperature.high))
         if r.humidity_percent is not None and self._humidity.step(r.humidity_percent):
-            out.append(("EnclosureHumidityHigh", {"device": self.device, "percent": r.humidity_percent,
-                                                  "threshold_percent": self._humidity.high}))
+            out.append(EnclosureHumidityHigh(device=self.device, percent=r.humidity_percent,
+                                             threshold_percent=self._humidity.high))
         return out
 
-    def _door_reading(self, r: DoorReading, now: float) -> list[Emit]:
+    def _door_reading(self, r: DoorReading, now: float) -> list[Event]:
         if self._door is None:
             raise ValueError(f"{self.device}: a door reading, but the monitor was built with door=False")
         out = self._door.seen(now)
@@ -140,11 +148,11 @@ class EnclosureMonitor:
         if now - self._door_candidate[1] >= self.door_debounce:
             self.door_open = r.open
             self._door_candidate = None
-            out.append(("EnclosureOpened" if r.open else "EnclosureClosed", {"device": self.device}))
+            out.append(EnclosureOpened(device=self.device) if r.open else EnclosureClosed(device=self.device))
         return out
 
-    def tick(self, now: float) -> list[Emit]:
-        out: list[Emit] = []
+    def tick(self, now: float) -> list[Event]:
+        out: list[Event] = []
         for liveness in (self._climate, self._door):
             if liveness is not None:
                 out += liveness.tick(now)

@@ -21,7 +21,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hardware.errors import DeviceGarbage
-from hardware.enclosure.modbus import READ_HOLDING_REGISTERS, READ_INPUT_REGISTERS, RegistersReply, RtuReadTransaction, read_request
+from hardware.enclosure.modbus import (
+    READ_HOLDING_REGISTERS,
+    READ_INPUT_REGISTERS,
+    RegistersReply,
+    RtuReadTransaction,
+    read_request,
+)
 
 
 #: The ``kind`` of DeviceStale/DeviceRecovered (the service's device kinds: the sensor and

@@ -4,18 +4,20 @@ A GNSS receiver on a serial line talks on its own, once a second, in NMEA 0183 (
 requests). This package reads that stream (or a running ``gpsd``'s JSON instead) and turns
 it into readings and events:
 
-* **protocol core (sans-IO)**, :mod:`hardware.gnss.nmea` and :mod:`hardware.gnss.gpsd`: :class:`NmeaParser` frames sentences out of a byte stream
-  (partial lines, line noise, truncated and overlong lines), verifies the ``*HH`` checksum
-  (XOR of every byte between ``$`` and ``*``; a bad or missing one drops the sentence and
-  is counted) and decodes ``$GPRMC``/``$GNRMC`` (status A/V, UTC date and time),
-  ``$GPGGA``/``$GNGGA`` (fix quality, satellites in use, UTC time) and
-  ``$GPGSA``/``$GNGSA`` (fix type 1/2/3). Every other talker or sentence is ignored and
-  counted. :class:`EpochAssembler` groups the sentences of one epoch (same UTC time tag)
-  into one :class:`GnssReading`; :class:`GpsdProtocol` does the same for gpsd's TPV/SKY.
+* **protocol core (sans-IO)**, :mod:`hardware.gnss.nmea` and :mod:`hardware.gnss.gpsd`:
+  :class:`NmeaParser` frames sentences out of a byte stream (partial lines, line noise,
+  truncated and overlong lines), verifies the ``*HH`` checksum (XOR of every byte between
+  ``$`` and ``*``; a bad or missing one drops the sentence and is counted) and decodes
+  ``$GPRMC``/``$GNRMC`` (status A/V, UTC date and time), ``$GPGGA``/``$GNGGA`` (fix quality,
+  satellites in use, UTC time) and ``$GPGSA``/``$GNGSA`` (fix type 1/2/3). Every other
+  talker or sentence is ignored and counted. :class:`EpochAssembler` groups the sentences of
+  one epoch (same UTC time tag) into one :class:`GnssReading`; :class:`GpsdProtocol` does
+  the same for gpsd's TPV/SKY.
 * **driver** (:mod:`hardware.gnss.driver`): :class:`GnssReceiver` (pyserial, any
   ``serial_for_url`` port, 4800 or 9600 baud) and :class:`GpsdClient` (TCP 2947, ``?WATCH``).
-* **monitor** (:mod:`hardware.gnss.monitor`, sans-IO): :class:`GnssMonitor` turns readings into ``GnssFixLost``,
-  ``GnssFixAcquired``, ``ClockOffsetHigh``, ``DeviceStale`` and ``DeviceRecovered``.
+* **monitor** (:mod:`hardware.gnss.monitor`, sans-IO): :class:`GnssMonitor` turns readings
+  into ``GnssFixLost``, ``GnssFixAcquired``, ``ClockOffsetHigh``, ``DeviceStale`` and
+  ``DeviceRecovered``.
 
 The clock offset is a rough check, not time keeping
 ----------------------------------------------------

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import inspect
-import math
 import os
 import time
 from collections import deque
@@ -37,74 +35,34 @@ class _PortLost(Exception):
     pass
 
 
-class _RunLoop:
-    """``run()`` shared by the serial and gpsd drivers: poll, reconnect with backoff,
-    one log line per state change."""
+class _Noting:
+    """What the serial and gpsd drivers share: the state of the source, one log line per
+    change (the hardware service's device loop polls them and reports each outcome)."""
 
-    backoff: float
-    backoff_max: float
     url: str
+    _state: str | None = None
 
-    async def poll(self, timeout: float | None = None) -> GnssReading:  # pragma: no cover
-        raise NotImplementedError
+    def _change(self, new: str, level: str, **fields: Any) -> None:
+        if new != self._state:
+            self._state = new
+            getattr(log, level)(f"gnss.{new}", port=self.url, **fields)
 
-    async def aclose(self) -> None:  # pragma: no cover
-        raise NotImplementedError
-
-    async def run(self, on_reading: Callable[[GnssReading], Any], *, interval: float = 1.0,
-                  task_status: Any = None) -> None:
-        """Read forever; hand ``on_reading`` (sync or async) one reading per ``interval``
-        seconds on average (every epoch when 0): the first reading due, the epochs in
-        between are read but not handed over. Started at once: a missing device is
-        reported by the monitor's staleness, not by blocking the daemon's start."""
-        import trio
-
-        _started(task_status)
-        state: str | None = None
-        delay = self.backoff
-        due = -math.inf
-        slack = min(0.5, interval / 2) if interval > 0 else 0.0  # epochs arrive with jitter
-
-        def change(new: str, level: str, **fields: Any) -> None:
-            nonlocal state
-            if new != state:
-                state = new
-                getattr(log, level)(f"gnss.{new}", port=self.url, **fields)
-
-        try:
-            while True:
-                try:
-                    reading = await self.poll()
-                except PortMissing as exc:
-                    change("port_missing", "warning", error=str(exc), retry_s=delay)
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, self.backoff_max)
-                    continue
-                except DeviceTimeout as exc:
-                    change("silent", "warning", error=str(exc))
-                    continue
-                except DeviceGarbage as exc:
-                    change("garbage", "warning", error=str(exc))
-                    continue
-                except HardwareError as exc:  # anything else a driver may say: retry
-                    change("error", "warning", error=str(exc), retry_s=delay)
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, self.backoff_max)
-                    continue
-                delay = self.backoff
-                change("receiving", "info", fix=reading.fix, satellites=reading.satellites)
-                now = trio.current_time()
-                if interval <= 0 or now >= due - slack:
-                    due = now + interval if now - due > interval else due + interval
-                    result = on_reading(reading)
-                    if inspect.isawaitable(result):
-                        await result
-        finally:
-            with trio.CancelScope(shield=True):
-                await self.aclose()
+    def note(self, error: BaseException | None, *, reading: GnssReading | None = None,
+             retry_s: float | None = None) -> None:
+        if error is None:
+            assert reading is not None
+            self._change("receiving", "info", fix=reading.fix, satellites=reading.satellites)
+        elif isinstance(error, PortMissing):
+            self._change("port_missing", "warning", error=str(error), retry_s=retry_s)
+        elif isinstance(error, DeviceTimeout):
+            self._change("silent", "warning", error=str(error))
+        elif isinstance(error, DeviceGarbage):
+            self._change("garbage", "warning", error=str(error))
+        else:  # anything else a driver may say: retried after the backoff
+            self._change("error", "warning", error=str(error), retry_s=retry_s)
 
 
-class GnssReceiver(_RunLoop):
+class GnssReceiver(_Noting):
     """An NMEA receiver on a serial port (device path or ``serial_for_url`` URL).
 
     Blocking reads run in a worker thread with a short timeout (``read_timeout``), so a
@@ -112,7 +70,7 @@ class GnssReceiver(_RunLoop):
     A read that times out also marks the end of the receiver's burst: the epoch is
     complete then (``read_timeout`` must stay well below the receiver's interval).
 
-    :meth:`poll` can be called back to back (as :meth:`run` does) or once in a while:
+    :meth:`poll` can be called back to back (as the device loop does with a zero interval) or once in a while:
     when nothing has read the port for ``catch_up_after`` seconds, the bytes the kernel
     buffered meanwhile are old (their arrival time would be wrong), so they are flushed
     and the driver joins the stream at the next burst: it skips bytes until the line
@@ -122,7 +80,7 @@ class GnssReceiver(_RunLoop):
     """
 
     def __init__(self, port: str, *, baudrate: int = 9600, timeout: float = 3.0,
-                 read_timeout: float = 0.05, backoff: float = 0.5, backoff_max: float = 30.0,
+                 read_timeout: float = 0.05,
                  catch_up_after: float = 0.5, join_limit: float = 1.5,
                  clock: Callable[[], float] = time.time) -> None:
         if baudrate <= 0:
@@ -132,8 +90,6 @@ class GnssReceiver(_RunLoop):
         self.baudrate = baudrate
         self.timeout = timeout
         self.read_timeout = read_timeout
-        self.backoff = backoff
-        self.backoff_max = backoff_max
         self._clock = clock
         self._protocol = GnssProtocol()
         self.catch_up_after = max(catch_up_after, 5 * read_timeout)
@@ -273,7 +229,7 @@ class GnssReceiver(_RunLoop):
                             "(enable RMC and GGA output on the receiver)")
 
 
-class GpsdClient(_RunLoop):
+class GpsdClient(_Noting):
     """Readings from a running gpsd over TCP (``?WATCH={"enable":true,"json":true}``).
 
     gpsd reports a TPV once it has the whole epoch, so its offsets include gpsd's cycle
@@ -283,13 +239,11 @@ class GpsdClient(_RunLoop):
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = GPSD_PORT, *, timeout: float = 3.0,
-                 device: str | None = None, backoff: float = 0.5, backoff_max: float = 30.0,
+                 device: str | None = None,
                  catch_up_after: float = 0.5, clock: Callable[[], float] = time.time) -> None:
         self.host, self.port = host, port
         self.url = f"gpsd://{host}:{port}"
         self.timeout = timeout
-        self.backoff = backoff
-        self.backoff_max = backoff_max
         self._clock = clock
         self.catch_up_after = catch_up_after
         self._protocol = GpsdProtocol(device=device)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from daemon.events import ClockOffsetHigh, DeviceRecovered, DeviceStale, Event, GnssFixAcquired, GnssFixLost
 from hardware.gnss.nmea import KIND, GnssReading
 
 
-Emit = tuple[str, dict[str, Any]]
 
 
 # --- monitor (sans-IO) ----------------------------------------------------------------
@@ -60,13 +60,13 @@ class GnssMonitor:
     def healthy(self) -> bool:
         return not self.stale and self.fix is True and not self.offset_high
 
-    def reading(self, r: GnssReading, now: float) -> list[Emit]:
-        out: list[Emit] = []
+    def reading(self, r: GnssReading, now: float) -> list[Event]:
+        out: list[Event] = []
         if self._since is None:
             self._since = now
         if self.stale:
             self.stale = False
-            out.append(("DeviceRecovered", {"device": self.device, "kind": KIND}))
+            out.append(DeviceRecovered(device=self.device, device_type=KIND))
         self._last_time = now
         self.last_reading = r
         if r.fix:
@@ -75,12 +75,12 @@ class GnssMonitor:
             self._fix_run, self._nofix_run = 0, self._nofix_run + 1
         if self.fix is not True and self._fix_run >= self.fix_confirm:
             self.fix = True
-            out.append(("GnssFixAcquired", {"device": self.device,
-                                            "satellites": r.satellites if r.satellites is not None else 0,
-                                            "quality": r.quality}))
+            out.append(GnssFixAcquired(device=self.device,
+                                       satellites=r.satellites if r.satellites is not None else 0,
+                                       quality=r.quality))
         elif self.fix is not False and self._nofix_run >= self.fix_confirm:
             self.fix = False
-            out.append(("GnssFixLost", {"device": self.device, "reason": r.reason or "no fix"}))
+            out.append(GnssFixLost(device=self.device, reason=r.reason or "no fix"))
         if r.offset_ms is not None and math.isfinite(r.offset_ms):
             size = abs(r.offset_ms)
             if size > self.offset_threshold_ms:
@@ -91,14 +91,14 @@ class GnssMonitor:
                 self._high_run = self._low_run = 0
             if not self.offset_high and self._high_run >= self.offset_confirm:
                 self.offset_high = True
-                out.append(("ClockOffsetHigh", {"device": self.device,
-                                                "offset_ms": round(r.offset_ms, 3),
-                                                "threshold_ms": self.offset_threshold_ms}))
+                out.append(ClockOffsetHigh(device=self.device,
+                                           offset_ms=round(r.offset_ms, 3),
+                                           threshold_ms=self.offset_threshold_ms))
             elif self.offset_high and self._low_run >= self.offset_confirm:
                 self.offset_high = False
         return out
 
-    def tick(self, now: float) -> list[Emit]:
+    def tick(self, now: float) -> list[Event]:
         if self._since is None:
             self._since = now
         last = self._last_time if self._last_time is not None else self._since
@@ -107,11 +107,11 @@ class GnssMonitor:
             return []
         self.stale = True
         self._fix_run = self._nofix_run = self._high_run = self._low_run = 0
-        out: list[Emit] = [("DeviceStale", {"device": self.device, "kind": KIND,
-                                            "silent_s": round(silent, 3)})]
+        out: list[Event] = [DeviceStale(device=self.device, device_type=KIND,
+                                        silent_s=round(silent, 3))]
         if self.fix is True:
-            out.append(("GnssFixLost", {"device": self.device,
-                                        "reason": f"no data from the receiver for {silent:.1f} s"}))
+            out.append(GnssFixLost(device=self.device,
+                                   reason=f"no data from the receiver for {silent:.1f} s"))
         if self.fix is not None:
             self.fix = False
         return out

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,16 @@ from typing import TYPE_CHECKING, Any
 from daemon.log import get_logger
 from hardware.errors import DeviceGarbage, DeviceTimeout, HardwareError, PortMissing
 from hardware.ups.nut import NUT_PORT, nut_error, parse_nut_url, parse_nut_var, split_nut_line
-from hardware.ups.q1 import MAX_LINE, LineFramer, Q1Info, Q1Ratings, parse_info, parse_q1, parse_ratings, request
+from hardware.ups.q1 import (
+    MAX_LINE,
+    LineFramer,
+    Q1Info,
+    Q1Ratings,
+    parse_info,
+    parse_q1,
+    parse_ratings,
+    request,
+)
 from hardware.ups.reading import KIND, UpsReading, reading_from_nut, reading_from_q1
 from hardware.ups.runtime import RuntimeCalibration, RuntimeEstimator
 
@@ -30,15 +38,6 @@ log = get_logger("ups")
 DEFAULT_BAUDRATE = 2400
 
 
-class _Ignored:
-    """``task_status`` when nobody started us with ``nursery.start``."""
-
-    def started(self, value: Any = None) -> None:
-        pass
-
-
-_IGNORED = _Ignored()
-
 
 def _is_port_error(exc: BaseException) -> bool:
     import termios
@@ -49,12 +48,10 @@ def _is_port_error(exc: BaseException) -> bool:
 
 
 class _Driver:
-    """The run loop both UPS drivers share: poll every ``interval``, reconnect with
-    exponential backoff when the port or the connection goes away."""
+    """What both UPS drivers share: their state (ok / timeout / garbage / missing / error),
+    logged once per change. The hardware service's device loop polls them, with backoff."""
 
     name: str
-    backoff_initial: float
-    backoff_max: float
     _state: str | None = None
 
     @property
@@ -84,49 +81,22 @@ class _Driver:
         """None before the first poll, then ok / timeout / garbage / missing / error."""
         return self._state
 
-    async def run(self, on_reading: Callable[[UpsReading], Any], *, interval: float,
-                  task_status: Any = _IGNORED) -> None:
-        """Poll forever; ``on_reading(reading)`` (sync or async) for each good reading.
-        Silence and garbage are logged as state changes and otherwise left to the monitor's
-        staleness; a missing port or a lost connection is retried after a backoff."""
-        import trio
-
-        if interval <= 0:
-            raise ValueError("interval must be positive")
-        task_status.started()
-        backoff = self.backoff_initial
-        try:
-            while True:
-                started = trio.current_time()
-                try:
-                    if not self.connected:
-                        await self.connect()
-                    reading = await self.poll()
-                except PortMissing as exc:
-                    self.close()
-                    self._set_state("missing", exc)
-                    await trio.sleep(backoff)
-                    backoff = min(backoff * 2, self.backoff_max)
-                    continue
-                except DeviceTimeout as exc:
-                    self._set_state("timeout", exc)
-                except DeviceGarbage as exc:
-                    self._set_state("garbage", exc)
-                except HardwareError as exc:
-                    self.close()
-                    self._set_state("error", exc)
-                    await trio.sleep(backoff)
-                    backoff = min(backoff * 2, self.backoff_max)
-                    continue
-                else:
-                    backoff = self.backoff_initial
-                    self._set_state("ok")
-                    result = on_reading(reading)
-                    if inspect.isawaitable(result):
-                        await result
-                await trio.sleep_until(started + interval)
-        finally:
+    def note(self, error: BaseException | None, *, reading: Any = None, retry_s: float | None = None) -> None:
+        """One poll's outcome, as the hardware service's device loop saw it: one log line
+        per change of state; a missing port or another error drops the port, so the next
+        poll (after the loop's backoff) reopens it."""
+        if error is None:
+            self._set_state("ok")
+        elif isinstance(error, PortMissing):
             self.close()
+            self._set_state("missing", error)
+        elif isinstance(error, DeviceTimeout):
+            self._set_state("timeout", error)
+        elif isinstance(error, DeviceGarbage):
+            self._set_state("garbage", error)
+        else:
+            self.close()
+            self._set_state("error", error)
 
 
 class UpsSerial(_Driver):
@@ -142,15 +112,12 @@ class UpsSerial(_Driver):
                  runtimecal: RuntimeCalibration | str | None = None,
                  battery_v_nominal: float | None = None, battery_packs: float | None = None,
                  charge_time_s: float = 43200.0, idle_load: float = 0.1,
-                 backoff_initial: float = 0.5, backoff_max: float = 30.0,
                  identify: bool = True) -> None:
         self.port = port
         self.name = name or port
         self.baudrate = baudrate
         self.timeout = timeout
         self.read_timeout = read_timeout
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
         self.identify_on_connect = identify
         if isinstance(runtimecal, str):
             runtimecal = RuntimeCalibration.parse(runtimecal)
@@ -380,12 +347,10 @@ class NutUps(_Driver):
     """A UPS read through NUT's ``upsd``: one ``LIST VAR`` per poll."""
 
     def __init__(self, host: str, port: int = NUT_PORT, ups: str = "ups", *, name: str | None = None,
-                 timeout: float = 3.0, backoff_initial: float = 0.5, backoff_max: float = 30.0) -> None:
+                 timeout: float = 3.0) -> None:
         self.client = NutClient(host, port, timeout=timeout)
         self.ups = ups
         self.name = name or f"nut://{host}:{port}/{ups}"
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> NutUps:

@@ -6,10 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from daemon.events import (
+    DeviceRecovered,
+    DeviceStale,
+    Event,
+    UpsBatteryLow,
+    UpsOnBattery,
+    UpsOnline,
+    UpsRuntimeBelow,
+)
 from hardware.ups.reading import KIND, UpsReading
 
 
-Emit = tuple[str, dict[str, Any]]
 
 
 class UpsMonitor:
@@ -52,23 +60,23 @@ class UpsMonitor:
         if self._since is None:
             self._since = now
 
-    def reading(self, r: UpsReading, now: float) -> list[Emit]:
+    def reading(self, r: UpsReading, now: float) -> list[Event]:
         self._start(now)
-        out: list[Emit] = []
+        out: list[Event] = []
         if self.stale:
             self.stale = False
-            out.append(("DeviceRecovered", {"device": self.device, "kind": self.kind}))
+            out.append(DeviceRecovered(device=self.device, device_type=self.kind))
         self.last, self.last_at = r, now
         on_battery = r.on_battery
         if on_battery and self._on_battery is not True:
-            out.append(("UpsOnBattery", {"device": self.device, "runtime_s": r.runtime_s}))
+            out.append(UpsOnBattery(device=self.device, runtime_s=r.runtime_s))
         elif not on_battery and self._on_battery is True:
-            out.append(("UpsOnline", {"device": self.device}))
+            out.append(UpsOnline(device=self.device))
         self._on_battery = on_battery
         if r.battery_low:
             if self._low_armed:
                 self._low_armed = False
-                out.append(("UpsBatteryLow", {"device": self.device, "battery_v": r.battery_v}))
+                out.append(UpsBatteryLow(device=self.device, battery_v=r.battery_v))
         elif not on_battery:
             self._low_armed = True
         threshold = self.runtime_threshold_s
@@ -77,8 +85,8 @@ class UpsMonitor:
         elif threshold is not None and r.runtime_s is not None:
             if self._runtime_armed and r.runtime_s < threshold:
                 self._runtime_armed = False
-                out.append(("UpsRuntimeBelow", {"device": self.device, "runtime_s": r.runtime_s,
-                                                "threshold_s": threshold}))
+                out.append(UpsRuntimeBelow(device=self.device, runtime_s=r.runtime_s,
+                                           threshold_s=threshold))
             elif not self._runtime_armed and r.runtime_s >= threshold + self.runtime_hysteresis_s:
                 self._runtime_armed = True
         return out
@@ -89,11 +97,11 @@ class UpsMonitor:
         assert ref is not None
         return max(0.0, now - ref)
 
-    def tick(self, now: float) -> list[Emit]:
+    def tick(self, now: float) -> list[Event]:
         silent = self.silent_s(now)
         if not self.stale and silent >= self.stale_after:
             self.stale = True
-            return [("DeviceStale", {"device": self.device, "kind": self.kind, "silent_s": silent})]
+            return [DeviceStale(device=self.device, device_type=self.kind, silent_s=silent)]
         return []
 
     def snapshot(self, now: float) -> dict[str, Any]:

@@ -11,7 +11,15 @@ import os
 import threading
 from typing import Self
 
-from hardware.enclosure.modbus import _FUNCTION_NAMES, MAX_READ_COUNT, NEED_DATA, Request, RtuRequestParser, exception_response, registers_response
+from hardware.enclosure.modbus import (
+    _FUNCTION_NAMES,
+    MAX_READ_COUNT,
+    NEED_DATA,
+    Request,
+    RtuRequestParser,
+    exception_response,
+    registers_response,
+)
 from hardware.enclosure.registers import DEFAULT_MAP, RegisterMap
 
 
