@@ -43,23 +43,6 @@ pymodbus does the job better as an *independent* implementation to test against:
 integration tests read :class:`EnclosureSimulator` with pymodbus's ``ModbusSerialClient``
 and read pymodbus's own serial server with :class:`ModbusSensor`, over real ptys.
 
-Default register map
---------------------
-``xy-md02``: the common SHT20-based RS-485 modules (XY-MD02, XY-MD01, "SHT20 RS485
-temperature humidity sensor"): 9600 8N1, unit 1, input registers (function 04),
-register 0x0001 temperature ×10 signed (two's complement: 0xFF33 = -20.5 °C),
-0x0002 humidity ×10. ``01 04 00 01 00 02 20 0B`` → ``01 04 04 01 31 02 22 2A CE`` =
-30.5 °C, 54.6 %RH. Other sensors: give the map in config (see :meth:`RegisterMap.from_config`),
-e.g. the ``l-com-srth100`` preset (holding registers, 0x0000 temperature ×10 signed,
-0x0001 humidity ×10). Addresses are the 0-based addresses on the wire (a manual's
-"register 30002" or "40001"-style number minus the prefix and minus one).
-
-Door wiring
------------
-pyserial raises RTS and DTR when it opens a port, so a contact can be powered by the
-port itself: wire it between RTS (DB9 pin 7) and CTS (pin 8), or DTR (pin 4) and DSR
-(pin 6) or DCD (pin 1). ``open_when="deasserted"`` (the default, as in
-``[hardware.enclosure] door_open_when``) means a closed door closes the circuit, so a cut
-wire or an unplugged cable reads as *open*: fail-safe for a tamper loop.
-``open_when="asserted"`` is for a contact that closes when the door opens.
+The default register map and the presets: :mod:`hardware.enclosure.registers`; the door's
+wiring: :mod:`hardware.enclosure.door`.
 """

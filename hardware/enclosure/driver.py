@@ -6,12 +6,14 @@ Both open a device path or any pyserial URL. :func:`read_once` / :func:`read_doo
 
 from __future__ import annotations
 
-
 import contextlib
 import errno
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import serial
+import trio
 
 from daemon.log import get_logger
 from hardware.errors import DeviceTimeout, HardwareError, PortMissing
@@ -33,8 +35,6 @@ from hardware.enclosure.registers import (
     RegisterMap,
 )
 
-if TYPE_CHECKING:  # the sans-IO core needs neither serial nor trio; the drivers import them when used
-    import serial
 
 log = get_logger("hardware.enclosure")
 
@@ -50,7 +50,6 @@ SerialFactory = Callable[..., "serial.SerialBase"]
 
 
 def _serial_factory() -> SerialFactory:
-    import serial
     return serial.serial_for_url  # type: ignore[no-any-return]
 
 
@@ -77,8 +76,6 @@ class _SerialDriver:
     kind = "serial"
 
     def __init__(self, port: str, *, name: str, serial_factory: SerialFactory | None) -> None:
-        import trio
-
         self.port = port
         self.name = name
         self._factory = serial_factory
@@ -103,8 +100,6 @@ class _SerialDriver:
             raise _open_error(self.port, exc) from exc
 
     async def _port(self) -> serial.SerialBase:
-        import trio
-
         if self._serial is None:
             # Opening a URL (socket://, rfc2217://) connects over the network: off the trio thread.
             self._serial = await trio.to_thread.run_sync(self._open_sync)
@@ -145,13 +140,11 @@ class _SerialDriver:
 def _io_errors() -> tuple[type[BaseException], ...]:
     """What a pyserial call raises when the device goes away: SerialException, OSError,
     and termios.error (not an OSError) from tcflush/tcsetattr on a hung-up tty."""
-    import serial as pyserial
-
     try:
         import termios
     except ImportError:  # not POSIX
-        return (pyserial.SerialException, OSError)
-    return (pyserial.SerialException, OSError, termios.error)
+        return (serial.SerialException, OSError)
+    return (serial.SerialException, OSError, termios.error)
 
 
 def _read_some(port: serial.SerialBase) -> bytes:
@@ -193,9 +186,6 @@ class ModbusSensor(_SerialDriver):
     async def poll(self) -> ClimateReading:
         """One request and its answer within ``timeout``: a reading, or DeviceTimeout,
         DeviceGarbage, ModbusExceptionError, PortMissing."""
-        import serial as pyserial
-        import trio
-
         async with self._lock:
             port = await self._port()
             txn = self.register_map.transaction()
@@ -211,7 +201,7 @@ class ModbusSensor(_SerialDriver):
                         event = txn.next_event()
                         if event is not NEED_DATA:
                             break
-            except pyserial.SerialTimeoutException as exc:
+            except serial.SerialTimeoutException as exc:
                 self.close()
                 raise DeviceTimeout(f"{self.port}: write timed out ({exc})") from exc
             except _io_errors() as exc:
@@ -255,8 +245,6 @@ class DoorContact(_SerialDriver):
         return door_reading(asserted, line=self.line, open_when=self.open_when)
 
     async def poll(self) -> DoorReading:
-        import trio
-
         async with self._lock:
             port = await self._port()
             try:

@@ -7,7 +7,6 @@ or an :class:`ExceptionReply`) and the slave's side for the simulator
 
 from __future__ import annotations
 
-
 import enum
 import struct
 from collections.abc import Sequence

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 from typing import Any
 
 from daemon.events import (
@@ -16,8 +15,6 @@ from daemon.events import (
     Event,
 )
 from hardware.enclosure.registers import KIND_CLIMATE, KIND_DOOR, ClimateReading, DoorReading
-
-
 
 
 # --- monitor: readings → events --------------------------------------------------------

@@ -15,7 +15,6 @@ e.g. the ``l-com-srth100`` preset (holding registers, 0x0000 temperature ×10 si
 
 from __future__ import annotations
 
-
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any

@@ -6,7 +6,6 @@ is ``lifeline hardware read gnss``.
 
 from __future__ import annotations
 
-
 import contextlib
 import errno
 import os
@@ -14,6 +13,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+import serial
+import trio
 
 from daemon.log import get_logger
 from hardware.errors import DeviceGarbage, DeviceTimeout, HardwareError, PortMissing
@@ -108,8 +110,6 @@ class GnssReceiver(_Noting):
         return self._serial is not None
 
     def _open_blocking(self) -> Any:
-        import serial
-
         try:
             # exclusive: a second lifeline reader (``lifeline hardware read`` next to the
             # daemon) is refused instead of silently stealing half the bytes
@@ -130,8 +130,6 @@ class GnssReceiver(_Noting):
         return ser
 
     async def open(self) -> None:
-        import trio
-
         if self._serial is not None:
             return
         self._serial = await trio.to_thread.run_sync(self._open_blocking)
@@ -150,8 +148,6 @@ class GnssReceiver(_Noting):
         self.close()
 
     def _read_chunk(self) -> tuple[bytes, float]:
-        import serial
-
         ser = self._serial
         if ser is None:
             raise _PortLost("closed")
@@ -168,8 +164,6 @@ class GnssReceiver(_Noting):
             raise _PortLost(str(exc) or type(exc).__name__) from None
 
     def _catch_up(self) -> None:
-        import serial
-
         self._ready.clear()
         self._protocol.reset()
         self._joining = True
@@ -180,8 +174,6 @@ class GnssReceiver(_Noting):
         """The next epoch's reading. Raises PortMissing (cannot open, or lost: the next
         call reopens), DeviceTimeout (no data, or no RMC/GGA) or DeviceGarbage (bytes
         but no valid sentence: often the wrong baud rate)."""
-        import trio
-
         timeout = self.timeout if timeout is None else timeout
         await self.open()
         if self._last_read is not None and time.monotonic() - self._last_read > self.catch_up_after:
@@ -265,8 +257,6 @@ class GpsdClient(_Noting):
         return self._protocol.version
 
     async def connect(self) -> None:
-        import trio
-
         if self._stream is not None:
             return
         try:
@@ -296,8 +286,6 @@ class GpsdClient(_Noting):
 
     async def _receive(self, deadline: float) -> bytes | None:
         """Bytes from gpsd, or None at the deadline; PortMissing when the link is gone."""
-        import trio
-
         data = None
         with trio.move_on_at(deadline):
             try:
@@ -311,8 +299,6 @@ class GpsdClient(_Noting):
         return data
 
     async def _catch_up(self) -> None:
-        import trio
-
         self._ready.clear()
         limit = trio.current_time() + 1.0
         while trio.current_time() < limit:
@@ -323,8 +309,6 @@ class GpsdClient(_Noting):
         self._protocol.forget_sky()
 
     async def poll(self, timeout: float | None = None) -> GnssReading:
-        import trio
-
         timeout = self.timeout if timeout is None else timeout
         await self.connect()
         if self._last_receive is not None and time.monotonic() - self._last_receive > self.catch_up_after:
@@ -365,8 +349,6 @@ async def read_once(port: str, *, timeout: float = 3.0, baudrate: int = 9600) ->
     plain data; raises HardwareError with a one-line message (no such port, no answer,
     garbage). gpsd's first TPV may come before its first SKY (no satellite count): then
     the next one is awaited while ``timeout`` allows."""
-    import trio
-
     source = make_source(port, baudrate=baudrate, timeout=timeout)
     deadline = trio.current_time() + timeout
     try:

@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-
 import math
 from typing import Any
 
 from daemon.events import ClockOffsetHigh, DeviceRecovered, DeviceStale, Event, GnssFixAcquired, GnssFixLost
 from hardware.gnss.nmea import KIND, GnssReading
-
-
 
 
 # --- monitor (sans-IO) ----------------------------------------------------------------

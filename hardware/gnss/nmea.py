@@ -6,7 +6,6 @@ decodes RMC, GGA and GSA; :class:`EpochAssembler` groups the sentences of one ep
 
 from __future__ import annotations
 
-
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any

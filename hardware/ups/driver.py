@@ -6,12 +6,15 @@ to ``upsd``. Both have ``poll() -> UpsReading``; the hardware service's device l
 
 from __future__ import annotations
 
-
 import contextlib
 import dataclasses
+import termios
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import serial
+import trio
 
 from daemon.log import get_logger
 from hardware.errors import DeviceGarbage, DeviceTimeout, HardwareError, PortMissing
@@ -29,21 +32,13 @@ from hardware.ups.q1 import (
 from hardware.ups.reading import KIND, UpsReading, reading_from_nut, reading_from_q1
 from hardware.ups.runtime import RuntimeCalibration, RuntimeEstimator
 
-if TYPE_CHECKING:  # pragma: no cover
-    import trio
-
 log = get_logger("ups")
 
 
 DEFAULT_BAUDRATE = 2400
 
 
-
 def _is_port_error(exc: BaseException) -> bool:
-    import termios
-
-    import serial
-
     return isinstance(exc, (serial.SerialException, OSError, termios.error))
 
 
@@ -134,8 +129,6 @@ class UpsSerial(_Driver):
         return self._serial is not None
 
     def _open_blocking(self) -> Any:
-        import serial
-
         try:
             return serial.serial_for_url(
                 self.port, baudrate=self.baudrate, bytesize=serial.EIGHTBITS,
@@ -149,8 +142,6 @@ class UpsSerial(_Driver):
             raise
 
     async def connect(self) -> None:
-        import trio
-
         self.close()
         self._serial = await trio.to_thread.run_sync(self._open_blocking)
         self._framer.clear()
@@ -178,8 +169,6 @@ class UpsSerial(_Driver):
 
     async def command(self, command: str, *, timeout: float | None = None) -> bytes:
         """Send one command and return its one-line answer (without the CR)."""
-        import trio
-
         if self._serial is None:
             await self.connect()
         timeout = self.timeout if timeout is None else timeout
@@ -240,8 +229,6 @@ class NutClient:
         return self._stream is not None
 
     async def connect(self) -> None:
-        import trio
-
         await self.aclose()
         try:
             with trio.fail_after(self.timeout):
@@ -255,8 +242,6 @@ class NutClient:
     async def aclose(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:
-            import trio
-
             with trio.CancelScope(shield=True), contextlib.suppress(Exception):  # a broken stream
                 await stream.aclose()
 
@@ -291,8 +276,6 @@ class NutClient:
             self._buf += data
 
     async def _exchange(self, line: str, reader: Callable[[], Any]) -> Any:
-        import trio
-
         if self._stream is None:
             await self.connect()
         try:

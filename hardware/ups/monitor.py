@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 from typing import Any
 
 from daemon.events import (
@@ -16,8 +15,6 @@ from daemon.events import (
     UpsRuntimeBelow,
 )
 from hardware.ups.reading import KIND, UpsReading
-
-
 
 
 class UpsMonitor:

@@ -13,7 +13,6 @@ reason. Operator ports: ``nut://HOST[:PORT]/UPSNAME``.
 
 from __future__ import annotations
 
-
 from urllib.parse import urlsplit
 
 from hardware.errors import DeviceGarbage, DeviceTimeout, HardwareError

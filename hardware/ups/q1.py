@@ -44,7 +44,6 @@ queries are optional (NUT's ``norating``/``novendor``), so the driver reads them
 
 from __future__ import annotations
 
-
 import math
 import re
 from dataclasses import dataclass

@@ -16,7 +16,6 @@ a calibration (or without a nominal battery voltage) ``runtime_s`` is None. Thro
 
 from __future__ import annotations
 
-
 import math
 from dataclasses import dataclass
 

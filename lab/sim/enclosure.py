@@ -5,10 +5,11 @@ so the door is simulated with ``loop://`` instead.
 
 from __future__ import annotations
 
-
 import contextlib
 import os
+import select
 import threading
+import tty
 from typing import Self
 
 from hardware.enclosure.modbus import (
@@ -38,8 +39,6 @@ class EnclosureSimulator:
 
     def __init__(self, register_map: RegisterMap = DEFAULT_MAP, *, celsius: float = 23.5,
                  percent: float | None = 41.0) -> None:
-        import tty
-
         self.register_map = register_map
         self._lock = threading.Lock()
         self._values = register_map.encode(celsius, percent)
@@ -103,8 +102,6 @@ class EnclosureSimulator:
         return self
 
     def _serve(self) -> None:
-        import select
-
         parser = RtuRequestParser()
         while not self._stop.is_set():
             try:

@@ -4,7 +4,6 @@ receiver's side on a pty; :class:`FakeGpsd` is a tiny gpsd for tests and the lab
 
 from __future__ import annotations
 
-
 import json
 import math
 import os
@@ -15,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
+
+import trio
 
 from hardware.gnss.nmea import _iso, nmea_checksum, nmea_sentence
 
@@ -146,8 +147,6 @@ class GnssSimulator:
 
     async def run(self, *, task_status: Any = None) -> None:
         """Run as a trio task (cancel it to stop; :meth:`close` separately)."""
-        import trio
-
         _started(task_status, self.path)
         while True:
             tick = self._next_tick()
@@ -233,16 +232,12 @@ class FakeGpsd:
         return out + (json.dumps(sky) + "\r\n").encode() + (json.dumps(tpv) + "\r\n").encode()
 
     async def serve(self, *, host: str = "127.0.0.1", port: int = 0, task_status: Any = None) -> None:
-        import trio
-
         listeners = await trio.open_tcp_listeners(port, host=host)
         self.port = listeners[0].socket.getsockname()[1]
         _started(task_status, self.port)
         await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, stream: Any) -> None:
-        import trio
-
         version = {"class": "VERSION", "release": "3.25", "rev": "3.25", "proto_major": 3, "proto_minor": 15}
         try:
             await stream.send_all((json.dumps(version) + "\r\n").encode())

@@ -4,7 +4,6 @@ the master side of a pty, and :class:`FakeUpsd`, a tiny read-only ``upsd`` for t
 
 from __future__ import annotations
 
-
 import errno
 import functools
 import os
@@ -16,15 +15,14 @@ import time
 import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
+
+import trio
 
 from hardware.errors import DeviceGarbage
 from hardware.ups.nut import quote_nut, split_nut_line
 from hardware.ups.q1 import LineFramer, Q1Info, Q1Ratings, Q1Status, format_info, format_q1, format_ratings
 from hardware.ups.reading import KIND
-
-if TYPE_CHECKING:  # pragma: no cover
-    import trio
 
 
 class _Ignored:
@@ -327,8 +325,6 @@ class Simulator:
 
     async def run(self) -> None:
         """Serve as a trio task (until cancelled); do not also :meth:`start` it."""
-        import trio
-
         while True:
             fd = self._master
             if fd is None:
@@ -429,8 +425,6 @@ class FakeUpsd:
         return ["ERR INVALID-ARGUMENT"]
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        import trio
-
         self.connections += 1
         buf = bytearray()
         try:
@@ -456,8 +450,6 @@ class FakeUpsd:
     async def serve(self, *, host: str = "127.0.0.1", port: int = 0, task_status: Any = _IGNORED) -> None:
         """Listen (port 0: any free port; ``task_status.started(port)``) until :meth:`stop`
         or cancellation; stopping drops every connection, as a dying upsd does."""
-        import trio
-
         with trio.CancelScope() as self._scope:
             async with trio.open_nursery() as nursery:
                 listeners = await nursery.start(functools.partial(trio.serve_tcp, self._handle, port, host=host))
