@@ -14,6 +14,7 @@ from typing import Any
 
 import serial
 import trio
+from serial import SerialBase
 
 from daemon.log import get_logger
 from hardware.errors import DeviceTimeout, HardwareError, PortMissing
@@ -46,7 +47,7 @@ log = get_logger("hardware.enclosure")
 READ_SLICE_S = 0.05
 WRITE_TIMEOUT_S = 1.0
 
-SerialFactory = Callable[..., "serial.SerialBase"]
+SerialFactory = Callable[..., SerialBase]
 
 
 def _serial_factory() -> SerialFactory:
@@ -79,27 +80,27 @@ class _SerialDriver:
         self.port = port
         self.name = name
         self._factory = serial_factory
-        self._serial: serial.SerialBase | None = None
+        self._serial: SerialBase | None = None
         self._lock = trio.Lock()
         self.last_error: HardwareError | None = None
         self._state: str | None = None
 
     @property
-    def serial(self) -> serial.SerialBase | None:
+    def serial(self) -> SerialBase | None:
         """The open pyserial object (None while closed): tests flip ``loop://`` lines on it."""
         return self._serial
 
     def _settings(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _open_sync(self) -> serial.SerialBase:
+    def _open_sync(self) -> SerialBase:
         factory = self._factory or _serial_factory()
         try:
             return factory(self.port, **self._settings())
         except Exception as exc:  # pyserial raises SerialException, OSError, ValueError, termios.error
             raise _open_error(self.port, exc) from exc
 
-    async def _port(self) -> serial.SerialBase:
+    async def _port(self) -> SerialBase:
         if self._serial is None:
             # Opening a URL (socket://, rfc2217://) connects over the network: off the trio thread.
             self._serial = await trio.to_thread.run_sync(self._open_sync)
@@ -147,13 +148,13 @@ def _io_errors() -> tuple[type[BaseException], ...]:
     return (serial.SerialException, OSError, termios.error)
 
 
-def _read_some(port: serial.SerialBase) -> bytes:
+def _read_some(port: SerialBase) -> bytes:
     """One short blocking read: what is waiting, or one byte within READ_SLICE_S."""
     waiting = port.in_waiting
     return bytes(port.read(waiting if waiting else 1))
 
 
-def _send(port: serial.SerialBase, frame: bytes) -> None:
+def _send(port: SerialBase, frame: bytes) -> None:
     # A late answer to an earlier, timed-out request must not be taken for this one's.
     port.reset_input_buffer()
     port.write(frame)
