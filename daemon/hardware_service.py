@@ -7,7 +7,8 @@ hand each reading to the device's sans-IO monitor, publish the events it returns
 (``UpsOnBattery``, ``GnssFixLost``, ``EnclosureOpened``, ...), and tick the monitor even
 when the device is silent, so a device that stops answering becomes ``DeviceStale`` —
 never a healthy one with an old reading. A driver error (timeout, garbage) is logged once
-per change and retried at the device's interval; a missing port or lost connection is
+per change (by the driver's ``note``, in its own words: ``ups.state``, ``gnss.silent``,
+``enclosure.failing``, ...) and retried at the device's interval; a missing port or lost connection is
 retried with exponential backoff (from the interval up to 30 s). No error stops the daemon.
 
 ``[hardware.watchdog]``: the device is armed at start and fed from this trio loop every
@@ -204,7 +205,7 @@ async def device_loop(device: Device, publish: Callable[[Device, list[Event]], N
                 device.polls += 1
                 device.reading = _plain(reading)
                 device.read_at = now
-                if device.error is not None:
+                if device.error is not None and device.note is None:
                     log.info("device.answering", device=device.name, kind=device.kind)
                 device.error = None
                 emits += device.monitor.reading(reading, now)
@@ -221,6 +222,6 @@ async def device_loop(device: Device, publish: Callable[[Device, list[Event]], N
 
 def _failed(device: Device, message: str) -> None:
     device.failures += 1
-    if device.error != message:
+    if device.error != message and device.note is None:  # else the driver logs its own state change
         log.warning("device.error", device=device.name, kind=device.kind, error=message)
     device.error = message
