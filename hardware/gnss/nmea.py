@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from collections.abc import Callable
 from typing import Any
 
 
@@ -191,7 +192,8 @@ def _decode_gsa(talker: str, f: list[str], arrival: float) -> Gsa:
     return Gsa(talker, fix_type, used, arrival)
 
 
-_DECODERS = {"RMC": _decode_rmc, "GGA": _decode_gga, "GSA": _decode_gsa}
+_DECODERS: dict[str, Callable[[str, list[str], float], Sentence]] = {
+    "RMC": _decode_rmc, "GGA": _decode_gga, "GSA": _decode_gsa}
 
 
 class NmeaParser:

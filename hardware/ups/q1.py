@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from hardware.errors import DeviceGarbage
 
@@ -207,7 +208,8 @@ def parse_q1(line: bytes) -> Q1Status:
     if len(bits) != 8 or set(bits) - {"0", "1"}:
         raise DeviceGarbage(f"Q1: status bits {bits[:20]!r} are not eight 0/1")
     flags = {name: bit == "1" for name, bit in zip(Q1_BITS, bits)}
-    return Q1Status(**values, **flags)
+    fields: dict[str, Any] = {**values, **flags}
+    return Q1Status(**fields)
 
 
 def _fmt(value: float | None, spec: str, width: int) -> str:

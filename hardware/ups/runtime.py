@@ -54,7 +54,7 @@ class RuntimeCalibration:
     @property
     def nominal_s(self) -> float:
         """Runtime of a full battery at 100 % load."""
-        return self.runtime_high_s * (self.load_high / 100) ** self.exponent
+        return float(self.runtime_high_s * (self.load_high / 100) ** self.exponent)
 
 
 _PACKS = (120, 100, 80, 60, 48, 36, 30, 24, 18, 12, 8, 6, 4, 3, 2, 1, 0.5)
@@ -109,7 +109,7 @@ class RuntimeEstimator:
     def effective_load(self, load_percent: float | None) -> float:
         if load_percent is None:
             return 1.0  # blazer.c starts from full load: the pessimistic guess
-        return max((max(load_percent, 0.0) / 100) ** self.calibration.exponent, self.idle_load)
+        return max(float((max(load_percent, 0.0) / 100) ** self.calibration.exponent), self.idle_load)
 
     def update(self, q: Q1Status, now: float) -> tuple[float | None, float | None]:
         """One Q1 answer at ``now`` → (battery charge %, runtime seconds), None until the
