@@ -1,0 +1,305 @@
+"""The nemesis's checker: a pure function from a run's history and final journals to
+findings and figures. No trio, no I/O: it is tested with hand-made histories.
+
+The history is a list of records (dicts, as the nemesis writes them one JSON line each),
+every time a CLOCK_MONOTONIC reading in ns (``time.monotonic_ns()``, one clock for every
+process and namespace of the host):
+
+``{"kind": "append", "node": N, "sent_ns": S, "recv_ns": R, "payloads": [text...],``
+``"outcome": "answered" | "refused" | "timeout" | "lost" | "not_sent", "results":``
+``[{"seq", "epoch", "status"}...], "error": code}``
+    one ``journal.append`` request and what came back. ``answered``: one result per
+    payload, ``status`` ``ok`` or ``in_doubt``; ``refused``: an error reply (nothing was
+    written); ``timeout`` / ``lost``: sent, no answer (the outcome is unknown);
+    ``not_sent``: the connection failed before the request left.
+``{"kind": "role", "node": N, "feed": F, "first": bool, "recv_ns": R, "msg": {...}}``
+    one ``role.watch`` message of node ``N`` on feed connection ``F`` (``first``: the
+    snapshot a subscription starts with).
+``{"kind": "feed_end", "node": N, "feed": F, "recv_ns": R}``
+    that feed connection ended (the process died, or the feed was cut).
+``{"kind": "fault", "class": C, ...}``
+    a fault the nemesis injected (counted by class).
+
+The journals: ``{node: {seq: payload bytes}}`` read back at the end, and which node was
+primary then.
+
+The rules (each finding names its rule):
+
+``lost``  every ``ok`` record is in the final primary's journal, byte-identical, at its seq.
+``double_ack``  no seq is answered ``ok`` twice with different payloads.
+``outside_interval``  no ``ok`` from a node outside its own trading intervals as its
+    feed defined them. A ``primary`` message opens an interval at the message's
+    ``monotonic_ns`` stamp (when the node published it; the receive time if absent) and
+    closes it at its ``valid_until`` (the fence deadline the feed now carries) or, with
+    no ``valid_until`` (the feed before it had one), at the node's next message on that
+    feed (its stamp, else its receive time) or the end of the feed connection; any later
+    non-primary message of the node (``fenced``, ``standby``...) closes it earlier. An
+    ``ok`` answer to a request sent at S and answered at R is legitimate when [S, R]
+    meets one of its node's intervals; a violation when it meets none: the request was
+    sent after the node's last published deadline had passed (or before it first said
+    primary) and the node still answered ``ok``.
+``duplicate``  no payload is at two seqs of the final journal (each payload is unique).
+``unknown_payload``  the final journal holds nothing the writer did not send.
+``diverged``  after the final catch-up, every node's journal agrees with the final
+    primary's on every seq both hold.
+``in_doubt`` (informational)  every ``in_doubt`` record is read back: present at its seq
+    or absent; every request without an answer is looked up by payload.
+
+``findings`` with ``severity`` ``"violation"`` fail the run; ``"info"`` ones report.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+VIOLATIONS = ("lost", "double_ack", "outside_interval", "duplicate", "unknown_payload", "diverged")
+#: At most this many findings of one rule are listed one by one; the rest are counted.
+EXAMPLES = 20
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: str  # "violation" | "info"
+    message: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CheckResult:
+    findings: list[Finding]
+    figures: dict[str, Any]
+
+    @property
+    def violations(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "violation"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "figures": self.figures, "findings": [asdict(f) for f in self.findings]}
+
+
+@dataclass(frozen=True)
+class Interval:
+    node: str
+    start_ns: int
+    end_ns: int  # exclusive
+    epoch: int
+    source: str  # "valid_until" | "next_message"
+
+    def meets(self, a: int, b: int) -> bool:
+        """Whether [a, b] and [start, end) share an instant."""
+        return self.start_ns <= b and a < self.end_ns
+
+
+def _stamp(record: Mapping[str, Any]) -> int:
+    msg = record.get("msg") or {}
+    stamp = msg.get("monotonic_ns")
+    return int(stamp) if isinstance(stamp, int) and not isinstance(stamp, bool) else int(record["recv_ns"])
+
+
+def trading_intervals(history: Iterable[Mapping[str, Any]], end_ns: int) -> dict[str, list[Interval]]:
+    """Each node's trading intervals as its ``role.watch`` feeds defined them (see the
+    module docstring). ``end_ns``: the end of the run, closing a feed still open."""
+    feeds: dict[tuple[str, Any], list[Mapping[str, Any]]] = {}
+    ends: dict[tuple[str, Any], int] = {}
+    for record in history:
+        if record.get("kind") == "role":
+            feeds.setdefault((record["node"], record.get("feed")), []).append(record)
+        elif record.get("kind") == "feed_end":
+            ends[(record["node"], record.get("feed"))] = int(record["recv_ns"])
+    out: dict[str, list[Interval]] = {}
+    for (node, feed), messages in feeds.items():
+        messages = sorted(messages, key=lambda r: int(r["recv_ns"]))
+        feed_end = ends.get((node, feed), end_ns)
+        for i, record in enumerate(messages):
+            msg = record.get("msg") or {}
+            if msg.get("role") != "primary":
+                continue
+            start = _stamp(record)
+            later = messages[i + 1:]
+            # Any later message that is not primary ends the interval (when it was stamped).
+            closing = next((_stamp(r) for r in later if (r.get("msg") or {}).get("role") != "primary"), None)
+            valid_until = msg.get("valid_until")
+            if isinstance(valid_until, int) and not isinstance(valid_until, bool):
+                end, source = int(valid_until), "valid_until"
+            else:
+                # Fallback (a feed without deadlines): valid until the node's next message.
+                end = _stamp(later[0]) if later else feed_end
+                source = "next_message"
+            if closing is not None:
+                end = min(end, closing)
+            if end > start:
+                out.setdefault(node, []).append(Interval(node, start, end, int(msg.get("epoch", 0) or 0), source))
+    for intervals in out.values():
+        intervals.sort(key=lambda iv: iv.start_ns)
+    return out
+
+
+def _overlap_ns(a: list[Interval], b: list[Interval]) -> int:
+    return sum(max(0, min(x.end_ns, y.end_ns) - max(x.start_ns, y.start_ns)) for x in a for y in b)
+
+
+def check(history: Iterable[Mapping[str, Any]], journals: Mapping[str, Mapping[int, bytes]], final_primary: str,
+          *, end_ns: int | None = None) -> CheckResult:
+    """Check a whole run. ``journals``: each node's journal read back at the end (seq →
+    payload); ``final_primary``: the node that was primary then."""
+    history = list(history)
+    if end_ns is None:
+        end_ns = max((int(r.get("recv_ns", 0)) for r in history), default=0)
+    findings: list[Finding] = []
+    counts: Counter[str] = Counter()
+
+    def report(rule: str, severity: str, message: str, **detail: Any) -> None:
+        counts[rule] += 1
+        if counts[rule] <= EXAMPLES:
+            findings.append(Finding(rule, severity, message, detail))
+
+    final = journals.get(final_primary)
+    if final is None:
+        findings.append(Finding("lost", "violation", f"no journal of the final primary {final_primary!r} to check "
+                                                     "against", {}))
+        final = {}
+    appends = [r for r in history if r.get("kind") == "append"]
+    intervals = trading_intervals(history, end_ns)
+
+    acked: list[tuple[Mapping[str, Any], int, int, bytes]] = []  # (request, seq, epoch, payload)
+    in_doubt: list[tuple[Mapping[str, Any], int, bytes]] = []
+    unanswered: list[tuple[Mapping[str, Any], bytes]] = []
+    sent_payloads: set[bytes] = set()
+    statuses: Counter[str] = Counter()
+    for request in appends:
+        payloads = [p.encode() for p in request.get("payloads", [])]
+        outcome = request.get("outcome")
+        statuses[f"{request.get('node')} {outcome}"] += 1
+        if outcome != "not_sent" and outcome != "refused":
+            sent_payloads.update(payloads)
+        if outcome in ("timeout", "lost"):
+            unanswered += [(request, p) for p in payloads]
+            continue
+        if outcome != "answered":
+            continue
+        for result, payload in zip(request.get("results", []), payloads):
+            status = result.get("status")
+            if status == "ok":
+                acked.append((request, int(result["seq"]), int(result.get("epoch", 0)), payload))
+            elif status == "in_doubt":
+                in_doubt.append((request, int(result["seq"]), payload))
+
+    # (a) lost: every ok record in the final primary's journal, byte for byte, at its seq.
+    lost = 0
+    for request, seq, epoch, payload in acked:
+        held = final.get(seq)
+        if held != payload:
+            lost += 1
+            why = "missing" if held is None else "a different record at that seq"
+            report("lost", "violation", f"seq {seq} acknowledged ok by {request['node']} (epoch {epoch}) is "
+                                        f"{why} in {final_primary}'s final journal",
+                   seq=seq, node=request["node"], epoch=epoch, payload=payload.decode(errors="replace"),
+                   held=None if held is None else held.decode(errors="replace"), sent_ns=request["sent_ns"])
+
+    # (b) double_ack: one seq answered ok with two different payloads.
+    by_seq: dict[int, tuple[bytes, Mapping[str, Any]]] = {}
+    double = 0
+    for request, seq, epoch, payload in acked:
+        first = by_seq.setdefault(seq, (payload, request))
+        if first[0] != payload:
+            double += 1
+            report("double_ack", "violation", f"seq {seq} answered ok twice with different payloads: by "
+                                              f"{first[1]['node']} and by {request['node']}",
+                   seq=seq, nodes=[first[1]["node"], request["node"]],
+                   payloads=[first[0].decode(errors="replace"), payload.decode(errors="replace")])
+
+    # (c) outside_interval: an ok from a node outside every trading interval of its feed.
+    outside = 0
+    for request, seq, epoch, payload in acked:
+        node = request["node"]
+        sent, received = int(request["sent_ns"]), int(request["recv_ns"])
+        mine = intervals.get(node, [])
+        if any(iv.meets(sent, received) for iv in mine):
+            continue
+        outside += 1
+        before = [iv for iv in mine if iv.end_ns <= sent]
+        last = before[-1] if before else None
+        why = (f"its last interval ended {(sent - last.end_ns) / 1e6:.1f} ms before the request was sent "
+               f"({last.source})" if last is not None else "its feed never said primary before the answer")
+        report("outside_interval", "violation", f"seq {seq} answered ok by {node} outside its trading intervals: "
+                                                f"{why}", seq=seq, node=node, sent_ns=sent, recv_ns=received,
+               last_end_ns=last.end_ns if last else None)
+
+    # Final journal: no payload twice, nothing the writer did not send.
+    positions: dict[bytes, list[int]] = {}
+    for seq, payload in final.items():
+        positions.setdefault(payload, []).append(seq)
+    for payload, seqs in positions.items():
+        if len(seqs) > 1:
+            report("duplicate", "violation", f"one payload at {len(seqs)} seqs of the final journal: "
+                                             f"{sorted(seqs)[:5]}", seqs=sorted(seqs),
+                   payload=payload.decode(errors="replace"))
+        if payload not in sent_payloads:
+            report("unknown_payload", "violation", f"seq {seqs[0]} of the final journal holds a payload the writer "
+                                                   "never sent", seqs=sorted(seqs))
+    for node, journal in journals.items():
+        if node == final_primary:
+            continue
+        differ = sorted(seq for seq, payload in journal.items() if seq in final and final[seq] != payload)
+        if differ:
+            report("diverged", "violation", f"{node}'s final journal differs from {final_primary}'s at "
+                                            f"{len(differ)} seq(s), from {differ[0]}", node=node, seqs=differ[:20])
+
+    # (d) in_doubt and unanswered records, read back.
+    doubt_present = sum(1 for _, seq, payload in in_doubt if final.get(seq) == payload)
+    for request, seq, payload in in_doubt:
+        there = final.get(seq) == payload
+        report("in_doubt", "info", f"seq {seq} in doubt from {request['node']}: "
+                                   f"{'present' if there else 'absent'} in the final journal",
+               seq=seq, node=request["node"], present=there)
+    unanswered_present = sum(1 for _, payload in unanswered if payload in positions)
+
+    primary_epochs = {(r["node"], int((r.get("msg") or {}).get("epoch", 0) or 0)) for r in history
+                      if r.get("kind") == "role" and (r.get("msg") or {}).get("role") == "primary"}
+    nodes = sorted(intervals)
+    overlap = _overlap_ns(intervals[nodes[0]], intervals[nodes[1]]) if len(nodes) == 2 else 0
+    faults = Counter(str(r.get("class")) for r in history if r.get("kind") == "fault")
+    figures: dict[str, Any] = {
+        "faults": dict(sorted(faults.items())),
+        "faults_total": sum(faults.values()),
+        "requests": len(appends),
+        "requests_by_outcome": dict(sorted(statuses.items())),
+        "records_sent": len(sent_payloads),
+        "records_acked": len(acked),
+        "records_in_doubt": len(in_doubt),
+        "in_doubt_present": doubt_present,
+        "in_doubt_absent": len(in_doubt) - doubt_present,
+        "records_unanswered": len(unanswered),
+        "unanswered_present": unanswered_present,
+        "unanswered_absent": len(unanswered) - unanswered_present,
+        "promotions": len(primary_epochs),
+        "final_primary": final_primary,
+        "final_last_seq": max(final, default=0),
+        "lost": lost,
+        "double_acked": double,
+        "outside_interval": outside,
+        "duplicates": counts["duplicate"],
+        "unknown_payloads": counts["unknown_payload"],
+        "diverged": counts["diverged"],
+        # Informational: how long both feeds said primary at once (with the fallback, a
+        # frozen primary's stale "primary" counts until its next message).
+        "feed_overlap_ms": round(overlap / 1e6, 3),
+        "interval_sources": dict(Counter(iv.source for ivs in intervals.values() for iv in ivs)),
+    }
+    for rule, count in counts.items():
+        if count > EXAMPLES:
+            findings.append(Finding(rule, findings_severity(rule), f"... and {count - EXAMPLES} more {rule} finding(s)",
+                                    {"omitted": count - EXAMPLES}))
+    return CheckResult(findings, figures)
+
+
+def findings_severity(rule: str) -> str:
+    return "violation" if rule in VIOLATIONS else "info"
