@@ -11,7 +11,11 @@ process and namespace of the host):
     one ``journal.append`` request and what came back. ``answered``: one result per
     payload, ``status`` ``ok`` or ``in_doubt``; ``refused``: an error reply (nothing was
     written); ``timeout`` / ``lost``: sent, no answer (the outcome is unknown);
-    ``not_sent``: the connection failed before the request left.
+    ``not_sent``: the connection failed before the request left. The nemesis writes
+    the same compactly: ``"first_n": N, "count": K`` for the payloads
+    :func:`payload_text` (seed, N) ... (seed, N + K - 1), the seed being the ``start``
+    record's, and ``"runs": [[first_seq, last_seq, epoch, status], ...]`` for the results.
+``{"kind": "start", "seed": S, ...}``  the run's seed (first record).
 ``{"kind": "role", "node": N, "feed": F, "first": bool, "recv_ns": R, "msg": {...}}``
     one ``role.watch`` message of node ``N`` on feed connection ``F`` (``first``: the
     snapshot a subscription starts with).
@@ -21,7 +25,8 @@ process and namespace of the host):
     a fault the nemesis injected (counted by class).
 
 The journals: ``{node: {seq: payload bytes}}`` read back at the end, and which node was
-primary then.
+primary then. Only the final primary's must be whole; of the others, the records that
+differ from the final primary's are enough (the nemesis keeps no more, to save memory).
 
 The rules (each finding names its rule):
 
@@ -98,6 +103,26 @@ class Interval:
         return self.start_ns <= b and a < self.end_ns
 
 
+def payload_text(seed: int, n: int) -> str:
+    """The nemesis writer's ``n``-th payload: unique in a run, and across runs by seed."""
+    return f"nemesis seed={seed} n={n}"
+
+
+def request_payloads(request: Mapping[str, Any], seed: int | None) -> list[bytes]:
+    if "payloads" in request:
+        return [p.encode() for p in request["payloads"]]
+    first, count = int(request.get("first_n", 0)), int(request.get("count", 0))
+    return [payload_text(seed or 0, n).encode() for n in range(first, first + count)]
+
+
+def request_results(request: Mapping[str, Any]) -> list[tuple[int, int, str]]:
+    """(seq, epoch, status) per payload, from ``results`` or from ``runs``."""
+    if "runs" in request:
+        return [(seq, int(epoch), str(status)) for first, last, epoch, status in request["runs"]
+                for seq in range(int(first), int(last) + 1)]
+    return [(int(r["seq"]), int(r.get("epoch", 0)), str(r.get("status"))) for r in request.get("results", [])]
+
+
 def _stamp(record: Mapping[str, Any]) -> int:
     msg = record.get("msg") or {}
     stamp = msg.get("monotonic_ns")
@@ -167,6 +192,7 @@ def check(history: Iterable[Mapping[str, Any]], journals: Mapping[str, Mapping[i
                                                      "against", {}))
         final = {}
     appends = [r for r in history if r.get("kind") == "append"]
+    seed = next((int(r["seed"]) for r in history if r.get("kind") == "start" and "seed" in r), None)
     intervals = trading_intervals(history, end_ns)
 
     acked: list[tuple[Mapping[str, Any], int, int, bytes]] = []  # (request, seq, epoch, payload)
@@ -175,7 +201,7 @@ def check(history: Iterable[Mapping[str, Any]], journals: Mapping[str, Mapping[i
     sent_payloads: set[bytes] = set()
     statuses: Counter[str] = Counter()
     for request in appends:
-        payloads = [p.encode() for p in request.get("payloads", [])]
+        payloads = request_payloads(request, seed)
         outcome = request.get("outcome")
         statuses[f"{request.get('node')} {outcome}"] += 1
         if outcome != "not_sent" and outcome != "refused":
@@ -185,12 +211,11 @@ def check(history: Iterable[Mapping[str, Any]], journals: Mapping[str, Mapping[i
             continue
         if outcome != "answered":
             continue
-        for result, payload in zip(request.get("results", []), payloads):
-            status = result.get("status")
+        for (seq, epoch, status), payload in zip(request_results(request), payloads):
             if status == "ok":
-                acked.append((request, int(result["seq"]), int(result.get("epoch", 0)), payload))
+                acked.append((request, seq, epoch, payload))
             elif status == "in_doubt":
-                in_doubt.append((request, int(result["seq"]), payload))
+                in_doubt.append((request, seq, payload))
 
     # (a) lost: every ok record in the final primary's journal, byte for byte, at its seq.
     lost = 0

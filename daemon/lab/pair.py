@@ -137,6 +137,8 @@ class PairLab:
         self.lock = LabLock()
         #: The pairs of hosts currently cut from each other.
         self.cut_pairs: set[frozenset[str]] = set()
+        #: One-way cuts: (sender, receiver) where the receiver drops what the sender sends.
+        self.one_way: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------ build and remove
 
@@ -220,6 +222,15 @@ class PairLab:
             raise LabError(f"cannot cut {a} from itself")
         self._cut([(a, b)])
 
+    def cut_one_way(self, sender: str, receiver: str) -> None:
+        """``receiver`` drops every packet from ``sender``; the other direction still
+        flows (so TCP from either side stalls, but ``receiver``'s packets still arrive:
+        the half-broken path a bad optic or an asymmetric firewall rule makes)."""
+        if sender == receiver:
+            raise LabError(f"cannot cut {sender} from itself")
+        netns.nft(host(receiver).ns, f"add element inet {NFT_TABLE} cut {{ {host(sender).address} }}\n")
+        self.one_way.add((sender, receiver))
+
     def isolate(self, name: str) -> None:
         """Cut ``name`` from every other host."""
         self._cut([(name, other) for other in HOSTS if other != name])
@@ -239,6 +250,7 @@ class PairLab:
         for h in HOSTS.values():
             netns.nft(h.ns, f"flush set inet {NFT_TABLE} cut\n")
         self.cut_pairs.clear()
+        self.one_way.clear()
 
     def _cut(self, pairs: Iterable[tuple[str, str]]) -> None:
         blocked: dict[str, set[str]] = {}

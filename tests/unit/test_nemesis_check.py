@@ -225,3 +225,39 @@ def test_a_faithful_pair_never_fails_and_dropping_an_ack_is_always_found(steps, 
         del damaged[victim]
         broken = check(history, {current: damaged}, current, end_ns=t + 100)
         assert [f.detail.get("seq") for f in broken.violations if f.rule == "lost"] == [victim]
+
+
+def test_the_compact_records_of_the_nemesis_writer():
+    from daemon.lab.nemesis import compress_results
+    from daemon.lab.nemesis_check import payload_text
+
+    results = [{"seq": 1, "epoch": 1, "status": "ok"}, {"seq": 2, "epoch": 1, "status": "ok"},
+               {"seq": 3, "epoch": 1, "status": "in_doubt"}, {"seq": 4, "epoch": 2, "status": "in_doubt"}]
+    runs = compress_results(results)
+    assert runs == [[1, 2, 1, "ok"], [3, 3, 1, "in_doubt"], [4, 4, 2, "in_doubt"]]
+    history = [{"kind": "start", "seed": 9}, role("a", 0, "primary"),
+               {"kind": "append", "node": "a", "sent_ns": 10, "recv_ns": 11, "first_n": 5, "count": 4,
+                "outcome": "answered", "runs": runs}]
+    journal = {i + 1: payload_text(9, 5 + i).encode() for i in range(4)}
+    result = check(history, {"a": journal}, "a", end_ns=100)
+    assert result.ok and result.figures["records_acked"] == 2 and result.figures["records_in_doubt"] == 2
+    del journal[2]
+    assert [f.detail["payload"] for f in check(history, {"a": journal}, "a", end_ns=100).violations] == [
+        "nemesis seed=9 n=6"]
+
+
+def test_the_schedule_is_a_function_of_the_seed():
+    from daemon.lab.nemesis import CLASSES, make_schedule
+
+    a, b = make_schedule(42, 60), make_schedule(42, 60)
+    assert a == b and a != make_schedule(43, 60)
+    assert {f.cls for f in make_schedule(1, 600)} == set(CLASSES)
+    assert {f.cls for f in make_schedule(1, 60, ("pause", "flap"))} == {"pause", "flap"}
+    for fault in make_schedule(5, 600):
+        assert [f.describe() for f in [fault]]  # every class formats
+        if fault.cls == "one_way":
+            assert len(set(fault.targets)) == 2
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown fault class"):
+        make_schedule(1, 60, ("meteor",))
