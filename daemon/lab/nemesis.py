@@ -17,13 +17,23 @@ The fault classes (:data:`CLASSES`):
 ``kill9``      SIGKILL a daemon or the witness, restart it after the hold.
 ``pause``      SIGSTOP a daemon or the witness, SIGCONT after the hold.
 ``restart``    SIGTERM a daemon and start it again (a clean restart).
+``crash``      a host crash: the daemon's packets to its peer stop at that instant (a
+               one-way cut armed beforehand) and it is killed with SIGKILL; back after the
+               hold. (kill -9 alone lets the kernel still deliver the dead process's
+               socket buffers; a machine that dies does not.)
 ``partition``  cut two of primary / standby / witness from each other (nftables, both ways).
 ``one_way``    one of them drops everything the other sends (the reverse path works).
 ``flap``       cut and heal a pair every 0.2-0.8 s for the hold.
-``blip_kill``  the targeted one: cut primary ↔ standby long enough for the primary to
-               acknowledge alone, heal, wait until the primary says the standby is in
-               sync again, then ``kill -9`` the primary within 0-20 ms (the catch-up
-               hole of issue 14).
+``blip_kill``  the targeted one (the catch-up hole of issue 14): cut primary ↔ standby
+               long enough for the primary to acknowledge alone (2-6 s; peer_timeout is
+               1 s), heal; the standby reconnects with a catch-up target (the primary's
+               last seq then) while the writer keeps appending; once the primary has
+               sent the target (``journal.stats``), the link drops again one way,
+               primary → standby (a cut armed beforehand). The standby still
+               acknowledges what it got, the primary declares it in sync and the store
+               marks it synchronous; 0-5 ms later the primary is killed with SIGKILL.
+               A primary that calls the standby in sync only once it holds every record
+               answered without it never sets the mark here, and nothing is lost.
 
 Slow fsync is not among them: the kernel here has no device-mapper (``dmsetup targets``:
 "/dev/mapper/control: open failed"), so no ``dm-delay``; ``/dev/fuse`` exists but no FUSE
@@ -67,10 +77,10 @@ from daemon.control_client import ControlClient, ControlError
 from daemon.lab import pair as lab_pair
 from daemon.lab.ha_drills import CLUSTER, Node
 from daemon.lab.nemesis_check import CheckResult, check, payload_text
-from daemon.lab.pair import EDGES, REPLICATION_TIMERS, LabProcess, PairLab
+from daemon.lab.pair import EDGES, REPLICATION_TIMERS, ArmedCut, LabProcess, PairLab
 from daemon.lab.procs import until
 
-CLASSES = ("kill9", "pause", "restart", "partition", "one_way", "flap", "blip_kill")
+CLASSES = ("kill9", "pause", "restart", "crash", "partition", "one_way", "flap", "blip_kill")
 #: The classes a run draws from unless told otherwise (all of them).
 DEFAULT_CLASSES = CLASSES
 ROLES = ("primary", "standby", "witness")
@@ -100,11 +110,13 @@ class Fault:
             "kill9": f"kill -9 the {t[0]}, restart after {self.hold:.1f} s",
             "pause": f"SIGSTOP the {t[0]} for {self.hold:.1f} s",
             "restart": f"SIGTERM the {t[0]} and start it again",
+            "crash": f"crash the {t[0]}'s host (its packets stop, kill -9), back after {self.hold:.1f} s",
             "partition": f"cut {t[0]} from {t[1]} for {self.hold:.1f} s",
             "one_way": f"{t[1]} drops what {t[0]} sends for {self.hold:.1f} s",
             "flap": f"flap {t[0]} <-> {t[1]} every {self.period:.2f} s for {self.hold:.1f} s",
-            "blip_kill": f"cut primary <-> standby for {self.hold:.1f} s, heal, kill -9 the primary "
-                         f"{self.delay_ms:.0f} ms after it marks the standby in sync",
+            "blip_kill": f"cut primary <-> standby for {self.hold:.1f} s, heal, cut primary -> standby once "
+                         f"the catch-up target is sent, kill -9 the primary {self.delay_ms:.1f} ms after "
+                         "the store marks the standby synchronous",
         }[self.cls]
         return f"#{self.index} after {self.gap:.1f} s: {what}"
 
@@ -127,6 +139,8 @@ def make_schedule(seed: int, duration: float, classes: tuple[str, ...] = DEFAULT
         delay = 0.0
         if cls in ("kill9", "pause"):
             targets: tuple[str, ...] = (rng.choice(ROLES),)
+        elif cls == "crash":
+            targets = (rng.choice(ROLES[:2]),)
         elif cls == "restart":
             targets = (rng.choice(ROLES[:2]),)
             hold = 0.0
@@ -141,8 +155,10 @@ def make_schedule(seed: int, duration: float, classes: tuple[str, ...] = DEFAULT
             period = round(rng.uniform(0.2, 0.8), 2)
         else:  # blip_kill
             targets = ("primary", "standby")
-            hold = round(rng.uniform(1.5, 3.0), 2)  # longer than peer_timeout: the primary degrades
-            delay = round(rng.uniform(0.0, 20.0), 1)
+            # Longer than peer_timeout (the primary degrades), long enough for a backlog
+            # whose catch-up takes a while (the writer keeps appending meanwhile).
+            hold = round(rng.uniform(2.0, 6.0), 2)
+            delay = round(rng.uniform(0.0, 5.0), 1)
         out.append(Fault(len(out) + 1, cls, targets, gap, hold, period, delay))
         planned += gap + hold + 2.0
     return out
@@ -502,10 +518,29 @@ class Nemesis:
                 flaps += 1
                 time.sleep(fault.period)
             entry["flaps"] = flaps
+        elif fault.cls == "crash":
+            self._crash(hosts[0], entry)
+            time.sleep(hold)
+            self.lab.heal()
+            self._restart(hosts[0])
         elif fault.cls == "blip_kill":
             self._blip_kill(hosts[0], hosts[1], hold, fault.delay_ms, entry)
         entry["end_ns"] = time.monotonic_ns()
         return entry
+
+    def _crash(self, host: str, entry: dict[str, Any], armed: ArmedCut | None = None) -> None:
+        """A host crash: the daemon's packets to its peer stop at once (a one-way cut
+        armed beforehand) and the daemon is killed. A kill -9 alone lets the kernel still
+        deliver what sat in the dead process's socket buffers; a machine that dies does not."""
+        other = next(n for n in EDGES if n != host)
+        armed = armed or self.lab.arm_one_way(host, other)
+        try:
+            armed.fire()
+        finally:
+            armed.cancel()
+        entry["cut_ns"] = time.monotonic_ns()
+        self._kill(host)
+        entry["killed_ns"] = time.monotonic_ns()
 
     def _blip_kill(self, primary: str, standby: str, hold: float, delay_ms: float, entry: dict[str, Any]) -> None:
         node = self.nodes[primary]
@@ -514,21 +549,60 @@ class Nemesis:
         # Out of sync by now? (peer_timeout 1 s: the primary has been acknowledging alone.)
         stats = node.try_call("journal.stats") or {}
         entry["in_sync_before_heal"] = bool(stats.get("replication", {}).get("in_sync"))
-        self.lab.heal()
-        entry["healed_ns"] = time.monotonic_ns()
+        assert node.proc is not None
+        log = node.proc.stderr_path
+        offset = log.stat().st_size if log.exists() else 0
+        armed = self.lab.arm_one_way(primary, standby)
 
-        def in_sync() -> bool:
-            s = node.try_call("journal.stats") or {}
-            return bool(s.get("replication", {}).get("in_sync"))
+        def lines() -> list[str]:
+            with open(log, "rb") as handle:
+                handle.seek(offset)
+                return handle.read().decode(errors="replace").splitlines()
 
-        marked = until(in_sync, 10.0, every=0.002)
-        entry["in_sync_ns"] = time.monotonic_ns() if marked else None
+        def logged(*needles: str) -> bool:
+            return any(all(n in line for n in needles) for line in lines())
+
+        def connected_line() -> str | None:
+            return next((line for line in lines() if f"event=standby.connected standby={standby} " in line), None)
+
+        try:
+            self.lab.heal()
+            entry["healed_ns"] = time.monotonic_ns()
+            # The standby reconnects; its catch-up target is fixed then (the primary's
+            # last seq: common_seq + backlog), while the writer keeps appending.
+            connected = until(lambda: connected_line(), 10.0, every=0.001)
+            target = None
+            if connected:
+                fields = dict(f.split("=", 1) for f in connected.split() if "=" in f)
+                target = int(fields.get("common_seq", 0)) + int(fields.get("backlog", 0))
+            entry["catch_up_target"] = target
+
+            def sent_past_target() -> bool:
+                replication = (node.try_call("journal.stats") or {}).get("replication", {})
+                peer = replication.get("peer") or {}
+                entry["sent_seq"] = peer.get("sent_seq")
+                return replication.get("in_sync") or (target is not None and int(peer.get("sent_seq") or 0) >= target)
+
+            until(sent_past_target, 10.0, every=0.001)
+            # Everything up to the target is on its way: the link drops again, one way
+            # (primary -> standby). The standby still acknowledges what it received, so
+            # the primary declares it in sync and writes the mark; what it answered alone
+            # after the standby's last frame never arrives.
+            armed.fire()
+            entry["cut_ns"] = time.monotonic_ns()
+        finally:
+            armed.cancel()
+        # The primary still writes the mark to the store (the witness it reaches): from
+        # then on the standby may promote on the mark alone. Crash the primary then.
+        found = until(lambda: logged(f"event=lease.sync_mark node={primary} ", f"sync_node={standby}"),
+                      5.0, every=0.001)
+        entry["sync_mark_ns"] = time.monotonic_ns() if found else None
         if delay_ms:
             time.sleep(delay_ms / 1000)
-        if node.alive():
-            node.kill9()
-            entry["killed_ns"] = node.killed_ns
+        self._kill(primary)
+        entry["killed_ns"] = time.monotonic_ns()
         time.sleep(1.0)
+        self.lab.heal()
         self._restart(primary)
 
     def _wait_primary(self, timeout: float) -> bool:
@@ -774,6 +848,8 @@ def add_nemesis_parser(drill_sub: argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--seed", type=int, default=None, help="seed of the schedule (printed; replays it)")
     parser.add_argument("--classes", default=",".join(DEFAULT_CLASSES),
                         help=f"fault classes to draw from, comma-separated (default all: {','.join(CLASSES)})")
+    parser.add_argument("--batch-max", type=int, default=NemesisSettings.batch_max,
+                        help=f"most records per append request (default {NemesisSettings.batch_max})")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the run's files (logs, journals) here")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--report", nargs="?", const="", default=None, metavar="PATH",
@@ -802,7 +878,7 @@ def run_nemesis_drill(args: argparse.Namespace) -> int:
               f"choose from {', '.join(CLASSES)}", file=sys.stderr)
         return 2
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
-    settings = NemesisSettings(duration=duration, seed=seed, classes=classes)
+    settings = NemesisSettings(duration=duration, seed=seed, classes=classes, batch_max=max(1, args.batch_max))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lifeline-drill-nemesis-"))
     report_path = None
     if args.report is not None:

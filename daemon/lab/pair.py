@@ -19,6 +19,8 @@ B adds B to A's set and A to B's, so each side silently loses what the other sen
 on a real broken path: no refusal, no ``EPERM`` to the sender, just timeouts, and
 established TCP connections stall like the new ones. :meth:`PairLab.partition` cuts one
 pair (edge-a from the witness, say, while edge-a still reaches edge-b);
+:meth:`PairLab.cut_one_way` makes one host drop what another sends (the other way still
+works), :meth:`PairLab.arm_one_way` readies such a cut to fire within a millisecond;
 :meth:`PairLab.lose_site` cuts every host of a site from every other host, the site's
 own included (a whole site gone dark); :meth:`PairLab.heal` empties every set.
 
@@ -231,6 +233,16 @@ class PairLab:
         netns.nft(host(receiver).ns, f"add element inet {NFT_TABLE} cut {{ {host(sender).address} }}\n")
         self.one_way.add((sender, receiver))
 
+    def arm_one_way(self, sender: str, receiver: str) -> ArmedCut:
+        """A one-way cut made ready to fire within a millisecond or so: ``nft -f -`` is
+        started inside ``receiver`` now and reads its command only at :meth:`ArmedCut.fire`
+        (a fresh ``nft`` takes several ms to start; a host crash is instantaneous)."""
+        if sender == receiver:
+            raise LabError(f"cannot cut {sender} from itself")
+        proc = subprocess.Popen(self.exec_argv(receiver, ["nft", "-f", "-"]), stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return ArmedCut(self, sender, receiver, proc)
+
     def isolate(self, name: str) -> None:
         """Cut ``name`` from every other host."""
         self._cut([(name, other) for other in HOSTS if other != name])
@@ -323,6 +335,25 @@ class PairLab:
         proc = LabProcess.start("witness", argv, workdir / "witness.log")
         proc.wait_for_line("witness.listening", timeout)
         return proc
+
+
+class ArmedCut:
+    """A pending one-way cut (:meth:`PairLab.arm_one_way`)."""
+
+    def __init__(self, lab: PairLab, sender: str, receiver: str, proc: subprocess.Popen[bytes]) -> None:
+        self.lab, self.sender, self.receiver, self.proc = lab, sender, receiver, proc
+
+    def fire(self) -> None:
+        command = f"add element inet {NFT_TABLE} cut {{ {host(self.sender).address} }}\n"
+        _, err = self.proc.communicate(command.encode(), timeout=10)
+        if self.proc.returncode != 0:
+            raise LabError(f"nft in {host(self.receiver).ns}: {err.decode(errors='replace').strip()}")
+        self.lab.one_way.add((self.sender, self.receiver))
+
+    def cancel(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class LabProcess:
