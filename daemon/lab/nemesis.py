@@ -234,6 +234,8 @@ class FeedWatcher(threading.Thread):
         if not self.connected or msg is None or msg.get("role") != "primary":
             return None
         valid_until = msg.get("valid_until")
+        if "valid_until" in msg and not isinstance(valid_until, int):
+            return None  # the feed has deadlines and says none: may not trade
         if isinstance(valid_until, int) and now_ns >= valid_until:
             return None
         return int(msg.get("epoch", 0) or 0), int(valid_until or 0)
@@ -298,10 +300,14 @@ class Writer(threading.Thread):
         names = list(self.nodes)
         if claims:
             target = claims[-1][1]  # two claims (a stale feed): the higher epoch
-            if self.rng.random() < self.confused:
-                target = next(n for n in names if n != target)
+            other = next(n for n in names if n != target)
+            if self.watchers[other].connected and self.rng.random() < self.confused:
+                target = other
             return target
-        return self.rng.choice(names) if self.rng.random() < self.confused else None
+        # Confused with no primary in sight: any node whose feed is followed (an ok from
+        # a node whose feed nobody watched could not be judged).
+        followed = [n for n in names if self.watchers[n].connected]
+        return self.rng.choice(followed) if followed and self.rng.random() < self.confused else None
 
     def _drop(self, name: str) -> None:
         client = self._clients.pop(name, None)

@@ -35,8 +35,9 @@ The rules (each finding names its rule):
 ``outside_interval``  no ``ok`` from a node outside its own trading intervals as its
     feed defined them. A ``primary`` message opens an interval at the message's
     ``monotonic_ns`` stamp (when the node published it; the receive time if absent) and
-    closes it at its ``valid_until`` (the fence deadline the feed now carries) or, with
-    no ``valid_until`` (the feed before it had one), at the node's next message on that
+    closes it at its ``valid_until`` (the fence deadline the feed now carries; ``null``:
+    no interval, the node may not trade) or, with no ``valid_until`` key at all (the
+    feed before it had one), at the node's next message on that
     feed (its stamp, else its receive time) or the end of the feed connection; any later
     non-primary message of the node (``fenced``, ``standby``...) closes it earlier. An
     ``ok`` answer to a request sent at S and answered at R is legitimate when [S, R]
@@ -154,6 +155,8 @@ def trading_intervals(history: Iterable[Mapping[str, Any]], end_ns: int) -> dict
             valid_until = msg.get("valid_until")
             if isinstance(valid_until, int) and not isinstance(valid_until, bool):
                 end, source = int(valid_until), "valid_until"
+            elif "valid_until" in msg:
+                continue  # a feed with deadlines, and none: this node may not trade now
             else:
                 # Fallback (a feed without deadlines): valid until the node's next message.
                 end = _stamp(later[0]) if later else feed_end

@@ -261,3 +261,13 @@ def test_the_schedule_is_a_function_of_the_seed():
 
     with pytest.raises(ValueError, match="unknown fault class"):
         make_schedule(1, 60, ("meteor",))
+
+
+def test_a_primary_message_with_a_null_deadline_opens_no_interval():
+    # The feed carries deadlines; null means "primary, but may not trade now".
+    history = [{"kind": "role", "node": "a", "feed": 1, "first": True, "recv_ns": 0,
+                "msg": {"role": "primary", "epoch": 1, "monotonic_ns": 0, "valid_until": None, "valid_for": None}},
+               role("b", 0, "standby")]
+    result = check(history + [append("a", 10, 20, [(1, "ok")], ["p1"])], {"a": {1: b"p1"}}, "a", end_ns=100)
+    assert rules(result) == ["outside_interval"]
+    assert trading_intervals(history, 100) == {}
