@@ -56,6 +56,7 @@ The rules (each finding names its rule):
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -170,6 +171,23 @@ def trading_intervals(history: Iterable[Mapping[str, Any]], end_ns: int) -> dict
     return out
 
 
+def _merge(intervals: list[Interval]) -> list[tuple[int, int]]:
+    """The union of intervals as disjoint [start, end) pairs, sorted."""
+    out: list[tuple[int, int]] = []
+    for iv in sorted(intervals, key=lambda iv: iv.start_ns):
+        if out and iv.start_ns <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], iv.end_ns))
+        else:
+            out.append((iv.start_ns, iv.end_ns))
+    return out
+
+
+def _meets(merged: list[tuple[int, int]], a: int, b: int) -> bool:
+    """Whether [a, b] shares an instant with one of the disjoint sorted [start, end)."""
+    i = bisect.bisect_right(merged, (b, 1 << 62)) - 1  # the last interval starting at or before b
+    return i >= 0 and a < merged[i][1]
+
+
 def _overlap_ns(a: list[Interval], b: list[Interval]) -> int:
     return sum(max(0, min(x.end_ns, y.end_ns) - max(x.start_ns, y.start_ns)) for x in a for y in b)
 
@@ -198,81 +216,114 @@ def check(history: Iterable[Mapping[str, Any]], journals: Mapping[str, Mapping[i
     seed = next((int(r["seed"]) for r in history if r.get("kind") == "start" and "seed" in r), None)
     intervals = trading_intervals(history, end_ns)
 
-    acked: list[tuple[Mapping[str, Any], int, int, bytes]] = []  # (request, seq, epoch, payload)
+    # One pass over the requests; nothing per acknowledged record is kept but what a
+    # finding needs (a long run acknowledges millions).
+    merged = {node: _merge(ivs) for node, ivs in intervals.items()}
+    acked = 0
+    lost = 0
+    lost_seqs: set[int] = set()
+    outside = 0
     in_doubt: list[tuple[Mapping[str, Any], int, bytes]] = []
     unanswered: list[tuple[Mapping[str, Any], bytes]] = []
-    sent_payloads: set[bytes] = set()
+    sent_explicit: set[bytes] = set()
+    sent_ranges: list[tuple[int, int]] = []  # compact requests: [first_n, first_n + count)
     statuses: Counter[str] = Counter()
     for request in appends:
         payloads = request_payloads(request, seed)
         outcome = request.get("outcome")
         statuses[f"{request.get('node')} {outcome}"] += 1
         if outcome != "not_sent" and outcome != "refused":
-            sent_payloads.update(payloads)
+            if "payloads" in request:
+                sent_explicit.update(payloads)
+            else:
+                first_n = int(request.get("first_n", 0))
+                sent_ranges.append((first_n, first_n + int(request.get("count", 0))))
         if outcome in ("timeout", "lost"):
             unanswered += [(request, p) for p in payloads]
             continue
         if outcome != "answered":
             continue
+        oks: list[tuple[int, int]] = []  # (seq, epoch)
         for (seq, epoch, status), payload in zip(request_results(request), payloads):
-            if status == "ok":
-                acked.append((request, seq, epoch, payload))
-            elif status == "in_doubt":
+            if status == "in_doubt":
                 in_doubt.append((request, seq, payload))
-
-    # (a) lost: every ok record in the final primary's journal, byte for byte, at its seq.
-    lost = 0
-    for request, seq, epoch, payload in acked:
-        held = final.get(seq)
-        if held != payload:
-            lost += 1
-            why = "missing" if held is None else "a different record at that seq"
-            report("lost", "violation", f"seq {seq} acknowledged ok by {request['node']} (epoch {epoch}) is "
-                                        f"{why} in {final_primary}'s final journal",
-                   seq=seq, node=request["node"], epoch=epoch, payload=payload.decode(errors="replace"),
-                   held=None if held is None else held.decode(errors="replace"), sent_ns=request["sent_ns"])
-
-    # (b) double_ack: one seq answered ok with two different payloads.
-    by_seq: dict[int, tuple[bytes, Mapping[str, Any]]] = {}
-    double = 0
-    for request, seq, epoch, payload in acked:
-        first = by_seq.setdefault(seq, (payload, request))
-        if first[0] != payload:
-            double += 1
-            report("double_ack", "violation", f"seq {seq} answered ok twice with different payloads: by "
-                                              f"{first[1]['node']} and by {request['node']}",
-                   seq=seq, nodes=[first[1]["node"], request["node"]],
-                   payloads=[first[0].decode(errors="replace"), payload.decode(errors="replace")])
-
-    # (c) outside_interval: an ok from a node outside every trading interval of its feed.
-    outside = 0
-    for request, seq, epoch, payload in acked:
+                continue
+            if status != "ok":
+                continue
+            acked += 1
+            oks.append((seq, epoch))
+            # (a) lost: every ok record in the final primary's journal, byte for byte, at its seq.
+            held = final.get(seq)
+            if held != payload:
+                lost += 1
+                lost_seqs.add(seq)
+                why = "missing" if held is None else "a different record at that seq"
+                report("lost", "violation", f"seq {seq} acknowledged ok by {request['node']} (epoch {epoch}) is "
+                                            f"{why} in {final_primary}'s final journal",
+                       seq=seq, node=request["node"], epoch=epoch, payload=payload.decode(errors="replace"),
+                       held=None if held is None else held.decode(errors="replace"), sent_ns=request["sent_ns"])
+        if not oks:
+            continue
+        # (c) outside_interval: an ok from a node outside every trading interval of its feed.
         node = request["node"]
         sent, received = int(request["sent_ns"]), int(request["recv_ns"])
-        mine = intervals.get(node, [])
-        if any(iv.meets(sent, received) for iv in mine):
+        mine = merged.get(node, [])
+        if _meets(mine, sent, received):
             continue
-        outside += 1
-        before = [iv for iv in mine if iv.end_ns <= sent]
+        outside += len(oks)
+        before = sorted((iv for iv in intervals.get(node, []) if iv.end_ns <= sent), key=lambda iv: iv.end_ns)
         last = before[-1] if before else None
+        last_end = last.end_ns if last is not None else None
         why = (f"its last interval ended {(sent - last.end_ns) / 1e6:.1f} ms before the request was sent "
                f"({last.source})" if last is not None else "its feed never said primary before the answer")
-        report("outside_interval", "violation", f"seq {seq} answered ok by {node} outside its trading intervals: "
-                                                f"{why}", seq=seq, node=node, sent_ns=sent, recv_ns=received,
-               last_end_ns=last.end_ns if last else None)
+        for seq, _ in oks:
+            report("outside_interval", "violation", f"seq {seq} answered ok by {node} outside its trading "
+                                                    f"intervals: {why}", seq=seq, node=node, sent_ns=sent,
+                   recv_ns=received, last_end_ns=last_end)
+
+    # (b) double_ack: one seq answered ok with two different payloads. At most one of
+    # them is the final journal's, so every such seq is among the lost ones.
+    by_seq: dict[int, dict[bytes, str]] = {}
+    if lost_seqs:
+        for request in appends:
+            if request.get("outcome") != "answered":
+                continue
+            for (seq, _epoch, status), payload in zip(request_results(request), request_payloads(request, seed)):
+                if status == "ok" and seq in lost_seqs:
+                    by_seq.setdefault(seq, {}).setdefault(payload, request["node"])
+    double = 0
+    for seq in sorted(by_seq):
+        answers = by_seq[seq]
+        if len(answers) > 1:
+            double += len(answers) - 1
+            report("double_ack", "violation", f"seq {seq} answered ok twice with different payloads: by "
+                                              f"{' and by '.join(answers.values())}",
+                   seq=seq, nodes=list(answers.values()), payloads=[p.decode(errors="replace") for p in answers])
 
     # Final journal: no payload twice, nothing the writer did not send.
-    positions: dict[bytes, list[int]] = {}
+    first_at: dict[bytes, int] = {}
+    again: dict[bytes, list[int]] = {}
     for seq, payload in final.items():
-        positions.setdefault(payload, []).append(seq)
-    for payload, seqs in positions.items():
-        if len(seqs) > 1:
-            report("duplicate", "violation", f"one payload at {len(seqs)} seqs of the final journal: "
-                                             f"{sorted(seqs)[:5]}", seqs=sorted(seqs),
-                   payload=payload.decode(errors="replace"))
-        if payload not in sent_payloads:
-            report("unknown_payload", "violation", f"seq {seqs[0]} of the final journal holds a payload the writer "
-                                                   "never sent", seqs=sorted(seqs))
+        if payload in first_at:
+            again.setdefault(payload, [first_at[payload]]).append(seq)
+        else:
+            first_at[payload] = seq
+    for payload, seqs in again.items():
+        report("duplicate", "violation", f"one payload at {len(seqs)} seqs of the final journal: "
+                                         f"{sorted(seqs)[:5]}", seqs=sorted(seqs), payload=payload.decode(errors="replace"))
+    sent_ranges.sort()
+    starts = [a for a, _ in sent_ranges]
+    prefix = f"nemesis seed={seed} n=".encode() if seed is not None else None
+    for payload, seq in first_at.items():
+        if payload in sent_explicit:
+            continue
+        if prefix is not None and payload.startswith(prefix) and payload[len(prefix):].isdigit():
+            n = int(payload[len(prefix):])
+            i = bisect.bisect_right(starts, n) - 1
+            if i >= 0 and n < sent_ranges[i][1]:
+                continue
+        report("unknown_payload", "violation", f"seq {seq} of the final journal holds a payload the writer "
+                                               "never sent", seqs=sorted(again.get(payload, [seq])))
     for node, journal in journals.items():
         if node == final_primary:
             continue
@@ -288,7 +339,7 @@ def check(history: Iterable[Mapping[str, Any]], journals: Mapping[str, Mapping[i
         report("in_doubt", "info", f"seq {seq} in doubt from {request['node']}: "
                                    f"{'present' if there else 'absent'} in the final journal",
                seq=seq, node=request["node"], present=there)
-    unanswered_present = sum(1 for _, payload in unanswered if payload in positions)
+    unanswered_present = sum(1 for _, payload in unanswered if payload in first_at)
 
     primary_epochs = {(r["node"], int((r.get("msg") or {}).get("epoch", 0) or 0)) for r in history
                       if r.get("kind") == "role" and (r.get("msg") or {}).get("role") == "primary"}
@@ -300,8 +351,8 @@ def check(history: Iterable[Mapping[str, Any]], journals: Mapping[str, Mapping[i
         "faults_total": sum(faults.values()),
         "requests": len(appends),
         "requests_by_outcome": dict(sorted(statuses.items())),
-        "records_sent": len(sent_payloads),
-        "records_acked": len(acked),
+        "records_sent": len(sent_explicit) + sum(b - a for a, b in sent_ranges),
+        "records_acked": acked,
         "records_in_doubt": len(in_doubt),
         "in_doubt_present": doubt_present,
         "in_doubt_absent": len(in_doubt) - doubt_present,

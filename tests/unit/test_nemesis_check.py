@@ -271,3 +271,14 @@ def test_a_primary_message_with_a_null_deadline_opens_no_interval():
     result = check(history + [append("a", 10, 20, [(1, "ok")], ["p1"])], {"a": {1: b"p1"}}, "a", end_ns=100)
     assert rules(result) == ["outside_interval"]
     assert trading_intervals(history, 100) == {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 100), st.integers(1, 30)), max_size=8), st.integers(0, 130),
+       st.integers(0, 30))
+def test_merged_intervals_answer_like_the_intervals_themselves(spans, a, width):
+    from daemon.lab.nemesis_check import Interval, _meets, _merge
+
+    intervals = [Interval("a", s, s + w, 1, "valid_until") for s, w in spans]
+    b = a + width
+    assert _meets(_merge(intervals), a, b) == any(iv.meets(a, b) for iv in intervals)
