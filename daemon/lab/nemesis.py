@@ -791,7 +791,12 @@ def run_nemesis(workdir: Path, settings: NemesisSettings, *, progress: Progress 
     lab = lab or PairLab()
     began = time.monotonic()
     records: list[dict[str, Any]] = []
-    lab.up()
+    try:
+        lab.up()
+    except Exception as exc:  # another lab in use, a namespace that would not build
+        report.errors.append(f"the pair lab: {type(exc).__name__}: {exc}")
+        report.elapsed = time.monotonic() - began
+        return report
     try:
         nemesis = Nemesis(lab, workdir, settings, seed, progress)
         try:
