@@ -187,7 +187,7 @@ class FeedWatcher(threading.Thread):
     """Follows one node's ``role.watch`` across its restarts; logs every message with
     its receive time, and every end of a feed connection."""
 
-    def __init__(self, node: Node, history: History, feeds: itertools_count, stop: threading.Event) -> None:
+    def __init__(self, node: Node, history: History, feeds: FeedIds, stop: threading.Event) -> None:
         super().__init__(daemon=True, name=f"nemesis-feed-{node.name}")
         self.node = node
         self.history = history
@@ -253,7 +253,7 @@ def compress_results(results: list[dict[str, Any]]) -> list[list[Any]]:
     return runs
 
 
-class itertools_count:
+class FeedIds:
     """A thread-safe counter (feed connection ids)."""
 
     def __init__(self) -> None:
@@ -700,7 +700,7 @@ class Nemesis:
                           "classes": list(self.settings.classes), "now_ns": time.monotonic_ns(),
                           "schedule": [asdict(f) for f in report.schedule]})
         writer: Writer | None = None
-        feeds = itertools_count()
+        feeds = FeedIds()
         try:
             self._start_witness()
             for node in self.nodes.values():
