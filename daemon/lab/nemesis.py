@@ -375,12 +375,13 @@ class NemesisSettings:
     batch_max: int = 50
     #: Between answered requests (0: back to back, the load that opens the catch-up hole).
     pause: float = 0.0
+    #: How often the writer appends through the node its feed does not name.
     confused: float = 0.03
     ready_timeout: float = 30.0
     #: Longest wait for a primary after a fault is undone, before the next one.
     recover_timeout: float = 20.0
     settle_timeout: float = 60.0
-    #: Stop at the first fault after which the checker already fails (for hunting seeds).
+    #: Extra ``[standby.lease]`` keys (empty: the daemon's default timings).
     lease: dict[str, Any] = field(default_factory=dict)
 
 
