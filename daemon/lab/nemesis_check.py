@@ -44,6 +44,11 @@ The rules (each finding names its rule):
     meets one of its node's intervals; a violation when it meets none: the request was
     sent after the node's last published deadline had passed (or before it first said
     primary) and the node still answered ``ok``.
+``overlap``  no instant at which both nodes' feeds allowed trading (at most one host
+    trades), as an engine following the contract sees them: an interval also ends when
+    its feed connection closes ("stop at once on a closed feed"). A violation when both
+    intervals come from ``valid_until``; with the fallback only the figure
+    ``feed_overlap_ms`` (a frozen primary's old feed says "primary" until it can speak).
 ``duplicate``  no payload is at two seqs of the final journal (each payload is unique).
 ``unknown_payload``  the final journal holds nothing the writer did not send.
 ``diverged``  after the final catch-up, every node's journal agrees with the final
@@ -62,7 +67,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-VIOLATIONS = ("lost", "double_ack", "outside_interval", "duplicate", "unknown_payload", "diverged")
+VIOLATIONS = ("lost", "double_ack", "outside_interval", "overlap", "duplicate", "unknown_payload", "diverged")
 #: At most this many findings of one rule are listed one by one; the rest are counted.
 EXAMPLES = 20
 
@@ -96,9 +101,15 @@ class CheckResult:
 class Interval:
     node: str
     start_ns: int
-    end_ns: int  # exclusive
+    end_ns: int  # exclusive: the node's own end (its deadline, its next message)
     epoch: int
     source: str  # "valid_until" | "next_message"
+    #: The end as an engine following the contract sees it: also when its feed closed.
+    engine_end_ns: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.engine_end_ns:
+            object.__setattr__(self, "engine_end_ns", self.end_ns)
 
     def meets(self, a: int, b: int) -> bool:
         """Whether [a, b] and [start, end) share an instant."""
@@ -164,8 +175,11 @@ def trading_intervals(history: Iterable[Mapping[str, Any]], end_ns: int) -> dict
                 source = "next_message"
             if closing is not None:
                 end = min(end, closing)
+            # The contract: stop at once on a closed feed (the deadline still binds the node).
+            engine_end = min(end, feed_end)
             if end > start:
-                out.setdefault(node, []).append(Interval(node, start, end, int(msg.get("epoch", 0) or 0), source))
+                out.setdefault(node, []).append(Interval(node, start, end, int(msg.get("epoch", 0) or 0), source,
+                                                         max(start, engine_end)))
     for intervals in out.values():
         intervals.sort(key=lambda iv: iv.start_ns)
     return out
@@ -188,8 +202,16 @@ def _meets(merged: list[tuple[int, int]], a: int, b: int) -> bool:
     return i >= 0 and a < merged[i][1]
 
 
-def _overlap_ns(a: list[Interval], b: list[Interval]) -> int:
-    return sum(max(0, min(x.end_ns, y.end_ns) - max(x.start_ns, y.start_ns)) for x in a for y in b)
+def _overlaps(a: list[Interval], b: list[Interval]) -> list[tuple[Interval, Interval, int]]:
+    """Pairs of intervals of two nodes during which an engine following each feed could
+    trade on both hosts (engine view: the feed's end counts), with the overlap in ns."""
+    out = []
+    for x in a:
+        for y in b:
+            both = min(x.engine_end_ns, y.engine_end_ns) - max(x.start_ns, y.start_ns)
+            if both > 0:
+                out.append((x, y, both))
+    return out
 
 
 def check(history: Iterable[Mapping[str, Any]], journals: Mapping[str, Mapping[int, bytes]], final_primary: str,
@@ -343,8 +365,18 @@ def check(history: Iterable[Mapping[str, Any]], journals: Mapping[str, Mapping[i
 
     primary_epochs = {(r["node"], int((r.get("msg") or {}).get("epoch", 0) or 0)) for r in history
                       if r.get("kind") == "role" and (r.get("msg") or {}).get("role") == "primary"}
+    # Two hosts trading at once: with deadlines on both feeds a violation of the pair's
+    # second promise; with the fallback (no deadlines) a figure, since a frozen primary's
+    # feed says "primary" until it can say otherwise.
     nodes = sorted(intervals)
-    overlap = _overlap_ns(intervals[nodes[0]], intervals[nodes[1]]) if len(nodes) == 2 else 0
+    overlap = 0
+    for x, y, both in (_overlaps(intervals[nodes[0]], intervals[nodes[1]]) if len(nodes) == 2 else []):
+        overlap += both
+        if x.source == "valid_until" and y.source == "valid_until":
+            report("overlap", "violation", f"both feeds allowed trading for {both / 1e6:.1f} ms: {x.node} epoch "
+                                           f"{x.epoch} and {y.node} epoch {y.epoch}",
+                   nodes=[x.node, y.node], epochs=[x.epoch, y.epoch], start_ns=max(x.start_ns, y.start_ns),
+                   overlap_ns=both)
     faults = Counter(str(r.get("class")) for r in history if r.get("kind") == "fault")
     figures: dict[str, Any] = {
         "faults": dict(sorted(faults.items())),
@@ -368,9 +400,10 @@ def check(history: Iterable[Mapping[str, Any]], journals: Mapping[str, Mapping[i
         "duplicates": counts["duplicate"],
         "unknown_payloads": counts["unknown_payload"],
         "diverged": counts["diverged"],
-        # Informational: how long both feeds said primary at once (with the fallback, a
-        # frozen primary's stale "primary" counts until its next message).
+        # How long both feeds allowed trading at once (a violation with deadlines on both;
+        # with the fallback, a frozen primary's stale "primary" counts until its next message).
         "feed_overlap_ms": round(overlap / 1e6, 3),
+        "overlaps": counts["overlap"],
         "interval_sources": dict(Counter(iv.source for ivs in intervals.values() for iv in ivs)),
     }
     for rule, count in counts.items():

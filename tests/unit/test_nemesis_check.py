@@ -155,9 +155,9 @@ def test_the_interval_starts_at_the_publication_stamp_not_the_receive_time():
 
 
 def test_feed_overlap_is_measured():
-    history = [role("a", 0, "primary"), role("a", 300, "fenced"), role("b", 200, "primary", epoch=2)]
-    result = check(history, {"a": {}, "b": {}}, "b", end_ns=1000)
-    assert result.figures["feed_overlap_ms"] == round(100 / 1e6, 3)
+    history = [role("a", 0, "primary"), role("a", 300 * MS, "fenced"), role("b", 200 * MS, "primary", epoch=2)]
+    result = check(history, {"a": {}, "b": {}}, "b", end_ns=1000 * MS)
+    assert result.figures["feed_overlap_ms"] == 100.0
 
 
 def test_duplicates_and_unknown_payloads_in_the_final_journal():
@@ -282,3 +282,30 @@ def test_merged_intervals_answer_like_the_intervals_themselves(spans, a, width):
     intervals = [Interval("a", s, s + w, 1, "valid_until") for s, w in spans]
     b = a + width
     assert _meets(_merge(intervals), a, b) == any(iv.meets(a, b) for iv in intervals)
+
+
+def test_both_feeds_allowing_trading_at_once_is_an_overlap_with_deadlines():
+    # b promoted at 150 while a's deadline runs to 200: both may trade for 50 ns.
+    history = [role("a", 0, "primary", valid_until=200 * MS), role("b", 150 * MS, "primary", epoch=2,
+                                                                 valid_until=400 * MS)]
+    result = check(history, {"b": {}}, "b", end_ns=1000 * MS)
+    assert rules(result) == ["overlap"]
+    assert result.figures["feed_overlap_ms"] == 50.0 and result.figures["overlaps"] == 1
+
+
+def test_a_closed_feed_ends_the_engines_interval_not_the_nodes_deadline():
+    # a's feed closed at 120 (a stopped; its "fenced" never reached the watcher) and b
+    # promoted at 150: an engine stops on a closed feed, so no overlap; a's own deadline
+    # still decides whether an ok it gave was in time.
+    history = [role("a", 0, "primary", valid_until=200), {"kind": "feed_end", "node": "a", "feed": 1, "recv_ns": 120},
+               role("b", 150, "primary", epoch=2, valid_until=400)]
+    in_time = append("a", 130, 140, [(1, "ok")], ["p1"])
+    result = check(history + [in_time], {"b": {1: b"p1"}}, "b", end_ns=1000)
+    assert result.ok, result.violations
+    assert result.figures["feed_overlap_ms"] == 0
+
+
+def test_without_deadlines_an_overlap_is_only_a_figure():
+    history = [role("a", 0, "primary"), role("a", 300 * MS, "fenced"), role("b", 200 * MS, "primary", epoch=2)]
+    result = check(history, {"b": {}}, "b", end_ns=1000 * MS)
+    assert result.ok and result.figures["feed_overlap_ms"] == 100.0 and result.figures["overlaps"] == 0
