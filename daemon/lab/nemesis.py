@@ -429,6 +429,8 @@ class Nemesis:
         self.paused: set[str] = set()
         self.stop_feeds = threading.Event()
         self.watchers: dict[str, FeedWatcher] = {}
+        #: The final primary's first retained seq (its journal is checked from there).
+        self.retained_from = 1
 
     # ------------------------------------------------------------------ processes
 
@@ -626,32 +628,32 @@ class Nemesis:
         """The final primary's whole journal; of the other node's, the records that differ
         from it (read page by page: a long run's journals are millions of records)."""
         journals: dict[str, dict[int, bytes]] = {}
-        try:
-            journals[primary] = {seq: payload for seq, _epoch, payload in self.nodes[primary].records()}
-        except (ConnectionError, OSError, ControlError) as exc:
-            report.errors.append(f"cannot read {primary}'s journal: {exc}")
-            return journals
-        final = journals[primary]
-        for name, node in self.nodes.items():
-            if name == primary:
-                continue
-            differ: dict[int, bytes] = {}
+        final: dict[int, bytes] = {}
+        for name in (primary, *(n for n in self.nodes if n != primary)):
+            mine: dict[int, bytes] = {}
             try:
-                with ControlClient(node.socket, timeout=30) as client:
-                    start = 1
+                with ControlClient(self.nodes[name].socket, timeout=30) as client:
+                    start = int(client.call("journal.stats")["journal"].get("first_seq") or 1)
+                    if name == primary:
+                        self.retained_from = start
                     while True:
                         page = client.call("journal.read", {"from": start, "limit": 10_000})["records"]
                         if not page:
                             break
                         for r in page:
+                            seq = int(r["seq"])
                             payload = r["payload"].encode() if "payload" in r else base64.b64decode(r["payload_b64"])
-                            if final.get(int(r["seq"])) != payload:
-                                differ[int(r["seq"])] = payload
+                            if name == primary or final.get(seq) != payload:
+                                mine[seq] = payload
                         start = int(page[-1]["seq"]) + 1
             except (ConnectionError, OSError, ControlError) as exc:
                 report.errors.append(f"cannot read {name}'s journal: {exc}")
+                if name == primary:
+                    return journals
                 continue
-            journals[name] = differ
+            journals[name] = mine
+            if name == primary:
+                final = mine
         return journals
 
     def _settle(self) -> tuple[str | None, str]:
@@ -693,7 +695,10 @@ class Nemesis:
             settings = {"key_file": str(self.key), "listen": lab_pair.replication_address(name),
                         "peer": lab_pair.replication_address(other), "mode": "sync",
                         "on_standby_loss": "degrade-to-async", **REPLICATION_TIMERS,
-                        "journal": {"fsync": "always", "segment_bytes": 4 * 1024 * 1024},
+                        # Keep every segment: the checker reads the whole journal back at
+                        # the end (a 10-minute run writes ~7 M records, ~400 MB a node).
+                        "journal": {"fsync": "always", "segment_bytes": 16 * 1024 * 1024,
+                                    "retain_segments": 1_000_000},
                         "lease": {"backend": "witness", "witness": lab_pair.witness_address(), "cluster": CLUSTER,
                                   **self.settings.lease}}
             self.nodes[name] = Node(name, self.workdir / name, settings)
@@ -760,7 +765,7 @@ class Nemesis:
             for watcher in self.watchers.values():
                 watcher.join(3)
             records = self.history.snapshot()
-            report.result = check(records, journals, primary, end_ns=end_ns)
+            report.result = check(records, journals, primary, end_ns=end_ns, retained_from=self.retained_from)
             return records
         finally:
             if writer is not None and writer.is_alive():

@@ -215,9 +215,11 @@ def _overlaps(a: list[Interval], b: list[Interval]) -> list[tuple[Interval, Inte
 
 
 def check(history: Iterable[Mapping[str, Any]], journals: Mapping[str, Mapping[int, bytes]], final_primary: str,
-          *, end_ns: int | None = None) -> CheckResult:
+          *, end_ns: int | None = None, retained_from: int = 1) -> CheckResult:
     """Check a whole run. ``journals``: each node's journal read back at the end (seq →
-    payload); ``final_primary``: the node that was primary then."""
+    payload); ``final_primary``: the node that was primary then; ``retained_from``: its
+    first seq still on disk (journal retention removed the ones below: an acknowledged
+    record there is counted ``unverifiable``, not lost)."""
     history = list(history)
     if end_ns is None:
         end_ns = max((int(r.get("recv_ns", 0)) for r in history), default=0)
@@ -242,6 +244,7 @@ def check(history: Iterable[Mapping[str, Any]], journals: Mapping[str, Mapping[i
     # finding needs (a long run acknowledges millions).
     merged = {node: _merge(ivs) for node, ivs in intervals.items()}
     acked = 0
+    unverifiable = 0
     lost = 0
     lost_seqs: set[int] = set()
     outside = 0
@@ -274,6 +277,9 @@ def check(history: Iterable[Mapping[str, Any]], journals: Mapping[str, Mapping[i
                 continue
             acked += 1
             oks.append((seq, epoch))
+            if seq < retained_from:
+                unverifiable += 1
+                continue
             # (a) lost: every ok record in the final primary's journal, byte for byte, at its seq.
             held = final.get(seq)
             if held != payload:
@@ -385,6 +391,7 @@ def check(history: Iterable[Mapping[str, Any]], journals: Mapping[str, Mapping[i
         "requests_by_outcome": dict(sorted(statuses.items())),
         "records_sent": len(sent_explicit) + sum(b - a for a, b in sent_ranges),
         "records_acked": acked,
+        "acked_unverifiable": unverifiable,
         "records_in_doubt": len(in_doubt),
         "in_doubt_present": doubt_present,
         "in_doubt_absent": len(in_doubt) - doubt_present,
@@ -394,6 +401,7 @@ def check(history: Iterable[Mapping[str, Any]], journals: Mapping[str, Mapping[i
         "promotions": len(primary_epochs),
         "final_primary": final_primary,
         "final_last_seq": max(final, default=0),
+        "final_first_seq": retained_from,
         "lost": lost,
         "double_acked": double,
         "outside_interval": outside,

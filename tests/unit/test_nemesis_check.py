@@ -309,3 +309,10 @@ def test_without_deadlines_an_overlap_is_only_a_figure():
     history = [role("a", 0, "primary"), role("a", 300 * MS, "fenced"), role("b", 200 * MS, "primary", epoch=2)]
     result = check(history, {"b": {}}, "b", end_ns=1000 * MS)
     assert result.ok and result.figures["feed_overlap_ms"] == 100.0 and result.figures["overlaps"] == 0
+
+
+def test_records_below_the_retained_journal_are_unverifiable_not_lost():
+    history = BASE + [append("a", 10, 11, [(1, "ok"), (2, "ok"), (3, "ok")], ["p1", "p2", "p3"])]
+    result = check(history, {"a": {3: b"p3"}}, "a", end_ns=100, retained_from=3)
+    assert result.ok and result.figures["acked_unverifiable"] == 2 and result.figures["lost"] == 0
+    assert not check(history, {"a": {3: b"p3"}}, "a", end_ns=100).ok
