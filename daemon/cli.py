@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_venue_drill_parser(drill_sub)
 
+    from daemon.lab.nemesis import add_nemesis_parser
+
+    add_nemesis_parser(drill_sub)
+
     from daemon.standby.witness import add_witness_parser
 
     add_witness_parser(sub)
@@ -666,6 +670,10 @@ def cmd_drill(args: argparse.Namespace) -> int:
         from daemon.lab.venue_drills import run_venue_drill
 
         return run_venue_drill(args)
+    if args.drill_command == "nemesis":
+        from daemon.lab.nemesis import run_nemesis_drill
+
+        return run_nemesis_drill(args)
     if args.drill_command in ("power", "enclosure"):
         from daemon.lab.hardware_drills import run_hardware_drill
 
