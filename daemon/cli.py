@@ -249,7 +249,15 @@ HARDWARE_KINDS = ("ups", "gnss", "enclosure")
 def _hardware_module(kind: str) -> Any:
     import importlib
 
-    return importlib.import_module(f"hardware.{kind}")
+    return importlib.import_module(f"hardware.{kind}.driver")
+
+
+def _simulator_module(kind: str) -> Any:
+    # The one place the daemon's CLI reaches into the lab: `lifeline sim` runs the lab's
+    # device simulators (loaded on use; production code never imports lab).
+    import importlib
+
+    return importlib.import_module(f"lab.sim.{kind}")
 
 
 def _venues(args: argparse.Namespace) -> int:
@@ -270,7 +278,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         from lab.venues.__main__ import main as emulator_main
 
         return emulator_main(["--listen", args.listen, *(["--data", str(args.data)] if args.data else [])])
-    simulator = _hardware_module(args.device).start_simulator()
+    simulator = _simulator_module(args.device).start_simulator()
     print(simulator.path, flush=True)
     print(f"{args.device} simulator on {simulator.path}; Ctrl-C to stop", file=sys.stderr, flush=True)
     try:

@@ -1,13 +1,15 @@
 """The hardware service: the host's serial devices and its watchdog, as events.
 
 One loop per configured device (``[hardware.ups]``, ``[hardware.gnss]``,
-``[hardware.enclosure]``): poll the driver (:mod:`hardware.ups`, :mod:`hardware.gnss`,
-:mod:`hardware.enclosure`), hand each reading to the device's sans-IO monitor, publish
-what it decides (``UpsOnBattery``, ``GnssFixLost``, ``EnclosureOpened``, ...), and tick
-the monitor even when the device is silent, so a device that stops answering becomes
-``DeviceStale`` — never a healthy one with an old reading. A driver error (port gone,
-garbage, timeout) is logged once per change and retried at the device's interval; it
-never stops the daemon.
+``[hardware.enclosure]``), the same :func:`device_loop` for every kind: poll the driver
+(:mod:`hardware.ups.driver`, :mod:`hardware.gnss.driver`, :mod:`hardware.enclosure.driver`),
+hand each reading to the device's sans-IO monitor, publish the events it returns
+(``UpsOnBattery``, ``GnssFixLost``, ``EnclosureOpened``, ...), and tick the monitor even
+when the device is silent, so a device that stops answering becomes ``DeviceStale`` —
+never a healthy one with an old reading. A driver error (timeout, garbage) is logged once
+per change (by the driver's ``note``, in its own words: ``ups.state``, ``gnss.silent``,
+``enclosure.failing``, ...) and retried at the device's interval; a missing port or lost connection is
+retried with exponential backoff (from the interval up to 30 s). No error stops the daemon.
 
 ``[hardware.watchdog]``: the device is armed at start and fed from this trio loop every
 third of its timeout, so a daemon whose loop hangs stops feeding it and the host
@@ -19,21 +21,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import trio
 
-from daemon.core import events
-from daemon.core.events import EventBus
+from daemon.core.events import DeviceRecovered, DeviceStale, Event, EventBus
 from daemon.core.log import get_logger, human
 from daemon.core.service import MetricFamily, Sample, ServiceStatus
 from hardware.config import HardwareSettings
+from hardware.devices import Device, build_devices
+from hardware.errors import DeviceGarbage, DeviceTimeout, HardwareError
+from hardware.watchdog import LinuxWatchdog
+
+__all__ = ["Device", "HardwareService", "device_loop"]
 
 log = get_logger("hardware")
 
-EVENT_CLASSES: dict[str, type[events.Event]] = {
-    cls.__name__: cls for cls in vars(events).values()
-    if isinstance(cls, type) and issubclass(cls, events.Event)}
+#: While a device backs off, its monitor is still ticked at least this often.
+_MIN_TICK_S = 0.05
 
 
 def _plain(reading: Any) -> dict[str, Any]:
@@ -44,24 +49,6 @@ def _plain(reading: Any) -> dict[str, Any]:
     else:
         data = {"value": reading}
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in data.items()}
-
-
-@dataclasses.dataclass
-class Device:
-    """One configured device: how to poll it, its monitor, and what it last said."""
-
-    kind: str                      # ups | gnss | enclosure | door
-    name: str                      # the config name (the events' ``device``)
-    poll: Callable[[], Awaitable[Any]]
-    monitor: Any
-    interval: float
-    close: Callable[[], Awaitable[None]] | None = None
-    reading: dict[str, Any] | None = None
-    read_at: float | None = None
-    error: str | None = None
-    stale: bool = False
-    polls: int = 0
-    failures: int = 0
 
 
 class HardwareService:
@@ -81,14 +68,10 @@ class HardwareService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if not self._built:
-            from hardware.devices import build_devices
-
             self.devices = build_devices(self.settings)
         armed = False
         if self.settings.watchdog is not None:
             if self.watchdog is None:
-                from hardware.watchdog import LinuxWatchdog
-
                 self.watchdog = LinuxWatchdog(self.settings.watchdog.device, required=True)
             # Arming may fail (no device, another holder): that stops the daemon with
             # the watchdog's own message naming the device and the fix.
@@ -99,7 +82,7 @@ class HardwareService:
         try:
             async with trio.open_nursery() as nursery:
                 for device in self.devices:
-                    nursery.start_soon(self._device_loop, device)
+                    nursery.start_soon(device_loop, device, self._publish)
                 if armed:
                     nursery.start_soon(self._feed_loop)
                 log.info("hardware.started", devices=",".join(f"{d.kind}:{d.name}" for d in self.devices) or "-",
@@ -127,50 +110,15 @@ class HardwareService:
             self.feeds += 1
             await trio.sleep(period)
 
-    async def _device_loop(self, device: Device) -> None:
-        while True:
-            now = trio.current_time()
-            emits: list[tuple[str, dict[str, Any]]] = []
-            try:
-                with trio.fail_after(max(device.interval, 1.0) * 3):
-                    reading = await device.poll()
-            except trio.TooSlowError:
-                self._failed(device, "no answer within three intervals")
-            except Exception as exc:  # a driver error is a device fault, never the daemon's
-                self._failed(device, f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc))
-            else:
-                now = trio.current_time()
-                device.polls += 1
-                device.reading = _plain(reading)
-                device.read_at = now
-                if device.error is not None:
-                    log.info("device.answering", device=device.name, kind=device.kind)
-                device.error = None
-                emits += device.monitor.reading(reading, now)
-            emits += device.monitor.tick(trio.current_time())
-            self._publish(device, emits)
-            await trio.sleep(device.interval)
-
-    def _failed(self, device: Device, message: str) -> None:
-        device.failures += 1
-        if device.error != message:
-            log.warning("device.error", device=device.name, kind=device.kind, error=message)
-        device.error = message
-
-    def _publish(self, device: Device, emits: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        for kind, fields in emits:
-            if kind == "DeviceStale":
+    def _publish(self, device: Device, emits: Iterable[Event]) -> None:
+        for event in emits:
+            if isinstance(event, DeviceStale):
                 device.stale = True
-            elif kind == "DeviceRecovered":
+            elif isinstance(event, DeviceRecovered):
                 device.stale = False
-            if "kind" in fields:  # the monitors say kind; the event calls it device_type
-                fields = {**fields, "device_type": fields["kind"]}
-                del fields["kind"]
-            cls = EVENT_CLASSES.get(kind)
-            if cls is None:
-                log.error("hardware.unknown_event", device=device.name, event=kind)
-                continue
-            self.bus.publish(cls(source=self.name, **fields))
+            if not event.source:
+                event = dataclasses.replace(event, source=self.name)
+            self.bus.publish(event)
 
     # ------------------------------------------------------------------ reporting
 
@@ -278,3 +226,56 @@ def _summary(kind: str, reading: dict[str, Any]) -> str:
             "door": ("open",)}.get(kind, ())
     shown = [f"{k}={human(reading[k])}" for k in keys if reading.get(k) is not None]
     return ", ".join(shown) if shown else ", ".join(f"{k}={human(v)}" for k, v in list(reading.items())[:4])
+
+
+async def device_loop(device: Device, publish: Callable[[Device, list[Event]], None]) -> None:
+    """Poll ``device`` forever (see the module docstring); ``publish(device, events)`` after
+    every round, with what the monitor returned (often nothing)."""
+    initial = (device.backoff_initial if device.backoff_initial is not None
+               else max(device.interval, _MIN_TICK_S))
+    backoff, retry_at = initial, -math.inf
+    while True:
+        emits: list[Event] = []
+        if trio.current_time() >= retry_at:
+            reading: Any = None
+            error: BaseException | None = None
+            retry_s: float | None = None
+            try:
+                with trio.fail_after(max(device.interval, 1.0) * 3):
+                    reading = await device.poll()
+            except trio.TooSlowError:
+                error = DeviceTimeout("no answer within three intervals")
+                _failed(device, str(error))
+            except Exception as exc:  # a driver error is a device fault, never the daemon's
+                error = exc
+                _failed(device, f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc))
+                if isinstance(exc, HardwareError) and not isinstance(exc, (DeviceTimeout, DeviceGarbage)):
+                    # the port or the connection is gone (or unusable): retry less and less often
+                    retry_s, retry_at = backoff, trio.current_time() + backoff
+                    backoff = min(backoff * 2, max(device.backoff_max, initial))
+            else:
+                now = trio.current_time()
+                backoff = initial
+                device.polls += 1
+                device.reading = _plain(reading)
+                device.read_at = now
+                if device.error is not None and device.note is None:
+                    log.info("device.answering", device=device.name, kind=device.kind)
+                device.error = None
+                emits += device.monitor.reading(reading, now)
+            if device.note is not None:
+                device.note(error, reading=reading, retry_s=retry_s)
+        emits += device.monitor.tick(trio.current_time())
+        publish(device, emits)
+        now = trio.current_time()
+        if retry_at > now:
+            await trio.sleep_until(min(retry_at, now + max(device.interval, _MIN_TICK_S)))
+        else:
+            await trio.sleep(device.interval)
+
+
+def _failed(device: Device, message: str) -> None:
+    device.failures += 1
+    if device.error != message and device.note is None:  # else the driver logs its own state change
+        log.warning("device.error", device=device.name, kind=device.kind, error=message)
+    device.error = message

@@ -1,6 +1,6 @@
 """`lifeline lab`: build the lab, run the drills, print a report an operator can read.
 
-    lifeline lab [--seconds S] [--workdir DIR] [--json]   run the drills (the default)
+    lifeline lab [--seconds S] [--workdir DIR] [--json]   run the drills and the nemesis (the default)
     lifeline lab up [--workdir DIR] [--loopback]          build the lab's world and leave it up
     lifeline lab down [--workdir DIR]                     remove everything the lab made
     lifeline lab status [--workdir DIR]                   what of the lab exists right now
@@ -45,6 +45,9 @@ def add_lab_arguments(lab: argparse.ArgumentParser) -> None:
                      help="repetitions of each promotion drill: standby, partition, region (default 3; 0 skips them)")
     lab.add_argument("--venue-repeat", type=int, default=3,
                      help="repetitions of the venue drill: silent through the fibre, then dead (default 3; 0 skips it)")
+    lab.add_argument("--nemesis-duration", default="2m",
+                     help='faults of the nemesis after the venue drill (default "2m"; "0" skips it)')
+    lab.add_argument("--nemesis-seed", type=int, default=None, help="seed of the nemesis's schedule (printed)")
     from lab.drills import add_report_argument
 
     add_report_argument(lab)
@@ -203,6 +206,7 @@ def run_drills(args: argparse.Namespace) -> int:
     promotion_reports: list[Any] = []
     promotion_skipped: dict[str, str] = {}
     venue_report = None
+    nemesis_report = None
     skipped = None
     try:
         say(f"lab: lifecycle drill: a real `lifeline run` under {workdir} (notify socket, watchdog 1 s)")
@@ -229,11 +233,12 @@ def run_drills(args: argparse.Namespace) -> int:
                                            progress=say)
             if args.workdir is None:
                 venue_report.workdir = ""  # removed below
+        nemesis_report = _nemesis(args, workdir, skipped, say)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     ok = (report.ok and (uplink_report is None or uplink_report.ok) and all(r.ok for r in promotion_reports)
-          and (venue_report is None or venue_report.ok))
+          and (venue_report is None or venue_report.ok) and (nemesis_report is None or nemesis_report.ok))
     from lab.drills import write_drill_report
 
     ok = write_drill_report(args.report, [report, uplink_report, *promotion_reports, venue_report]) and ok
@@ -252,6 +257,8 @@ def run_drills(args: argparse.Namespace) -> int:
             out["venue"] = {"ok": venue_report.ok, **venue_report.figures()}
         else:
             out["venue"] = {"skipped": skipped or "--venue-repeat 0"}
+        out["nemesis"] = (nemesis_report.figures() if nemesis_report is not None
+                          else {"skipped": skipped or "--nemesis-duration 0"})
         print(json.dumps(out))
         return 0 if ok else 1
     if report.status is not None:
@@ -283,8 +290,31 @@ def run_drills(args: argparse.Namespace) -> int:
         print(format_venue(venue_report))
     else:
         print(f"venue drill: SKIPPED ({skipped or 'venue-repeat 0'})")
+    print()
+    if nemesis_report is not None:
+        from lab.nemesis import format_report as format_nemesis
+
+        print(format_nemesis(nemesis_report))
+    else:
+        print(f"nemesis: SKIPPED ({skipped or 'nemesis-duration 0'})")
     print(f"\nlab: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
+
+
+def _nemesis(args: argparse.Namespace, workdir: Path, skipped: str | None, say: Any) -> Any:
+    """The nemesis (random faults against the pair, the history checked), or None."""
+    from daemon.config import Duration
+    from lab.nemesis import NemesisSettings, run_nemesis
+
+    duration = 0.0 if args.nemesis_duration in ("0", "0s") else float(Duration.parse(args.nemesis_duration))
+    if skipped is not None or duration <= 0:
+        return None
+    say(f"lab: nemesis, {args.nemesis_duration} of random faults against the pair while an engine writes")
+    report = run_nemesis(workdir / "nemesis", NemesisSettings(duration=duration, seed=args.nemesis_seed),
+                         progress=say, report_path=workdir / "nemesis" / "report.jsonl")
+    if args.workdir is None:
+        report.workdir = report.report_path = ""  # removed with the workdir
+    return report
 
 
 def _promotion_drills(workdir: Path, repeat: int, say: Any) -> tuple[list[Any], dict[str, str]]:
@@ -332,6 +362,10 @@ def add_drill_arguments(drill: argparse.ArgumentParser) -> None:
 
     add_venue_drill_parser(drill_sub)
 
+    from lab.nemesis import add_nemesis_parser
+
+    add_nemesis_parser(drill_sub)
+
 
 def run_drill_command(args: argparse.Namespace) -> int:
     """Run ``lifeline drill DRILL``."""
@@ -346,6 +380,10 @@ def run_drill_command(args: argparse.Namespace) -> int:
         from lab.venue_drills import run_venue_drill
 
         return run_venue_drill(args)
+    if args.drill_command == "nemesis":
+        from lab.nemesis import run_nemesis_drill
+
+        return run_nemesis_drill(args)
     if args.drill_command in ("power", "enclosure"):
         from lab.hardware_drills import run_hardware_drill
 

@@ -12,7 +12,7 @@ keys (``lifeline playbook sign``) — the path an operator takes.
 power
     A witness (``lifeline witness``) and two daemons with ``[standby.lease]`` and
     ``[recovery]`` (``ups-on-battery.toml``). edge-a has ``[hardware.ups]`` on a UPS
-    simulator's pty (:class:`hardware.ups.Simulator`, polled every 200 ms) and is started
+    simulator's pty (:class:`lab.sim.ups.Simulator`, polled every 200 ms) and is started
     first, so it takes the lease; edge-b follows it as its synchronous standby. A writer
     (the trading engine stand-in of :mod:`lab.ha_drills`) appends through the
     primary's control socket and follows the role. Then the simulated UPS goes on
@@ -416,7 +416,7 @@ def _system() -> dict[str, Any]:
 def power_repetition(index: int, root: Path, books: Path, keyring: Path, lines: Any, progress: Progress
                      ) -> Repetition:
     from daemon.standby.keys import generate_replication_key, generate_witness_key
-    from hardware.ups import Simulator
+    from lab.sim.ups import Simulator
 
     rep = Repetition(index)
     root.mkdir(parents=True, exist_ok=True)
@@ -576,7 +576,7 @@ def probe_door(url: str) -> str | None:
     """Can the daemon's door driver read CTS over ``url``? None if yes, else why not."""
     import trio
 
-    from hardware.enclosure import read_door_once
+    from hardware.enclosure.driver import read_door_once
 
     try:
         trio.run(read_door_once, url)
@@ -589,7 +589,7 @@ def enclosure_repetition(index: int, root: Path, books: Path, keyring: Path, pro
                          path: str) -> Repetition:
     """``path``: "door" (EnclosureOpened over RFC 2217) or "temperature"
     (EnclosureTemperatureHigh from the Modbus sensor)."""
-    from hardware.enclosure import EnclosureSimulator
+    from lab.sim.enclosure import EnclosureSimulator
 
     rep = Repetition(index)
     rep.path = path

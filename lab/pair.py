@@ -19,6 +19,8 @@ B adds B to A's set and A to B's, so each side silently loses what the other sen
 on a real broken path: no refusal, no ``EPERM`` to the sender, just timeouts, and
 established TCP connections stall like the new ones. :meth:`PairLab.partition` cuts one
 pair (edge-a from the witness, say, while edge-a still reaches edge-b);
+:meth:`PairLab.cut_one_way` makes one host drop what another sends (the other way still
+works), :meth:`PairLab.arm_one_way` readies such a cut to fire within a millisecond;
 :meth:`PairLab.lose_site` cuts every host of a site from every other host, the site's
 own included (a whole site gone dark); :meth:`PairLab.heal` empties every set.
 
@@ -137,6 +139,8 @@ class PairLab:
         self.lock = LabLock()
         #: The pairs of hosts currently cut from each other.
         self.cut_pairs: set[frozenset[str]] = set()
+        #: One-way cuts: (sender, receiver) where the receiver drops what the sender sends.
+        self.one_way: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------ build and remove
 
@@ -220,6 +224,25 @@ class PairLab:
             raise LabError(f"cannot cut {a} from itself")
         self._cut([(a, b)])
 
+    def cut_one_way(self, sender: str, receiver: str) -> None:
+        """``receiver`` drops every packet from ``sender``; the other direction still
+        flows (so TCP from either side stalls, but ``receiver``'s packets still arrive:
+        the half-broken path a bad optic or an asymmetric firewall rule makes)."""
+        if sender == receiver:
+            raise LabError(f"cannot cut {sender} from itself")
+        netns.nft(host(receiver).ns, f"add element inet {NFT_TABLE} cut {{ {host(sender).address} }}\n")
+        self.one_way.add((sender, receiver))
+
+    def arm_one_way(self, sender: str, receiver: str) -> ArmedCut:
+        """A one-way cut made ready to fire within a millisecond or so: ``nft -f -`` is
+        started inside ``receiver`` now and reads its command only at :meth:`ArmedCut.fire`
+        (a fresh ``nft`` takes several ms to start; a host crash is instantaneous)."""
+        if sender == receiver:
+            raise LabError(f"cannot cut {sender} from itself")
+        proc = subprocess.Popen(self.exec_argv(receiver, ["nft", "-f", "-"]), stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return ArmedCut(self, sender, receiver, proc)
+
     def isolate(self, name: str) -> None:
         """Cut ``name`` from every other host."""
         self._cut([(name, other) for other in HOSTS if other != name])
@@ -239,6 +262,7 @@ class PairLab:
         for h in HOSTS.values():
             netns.nft(h.ns, f"flush set inet {NFT_TABLE} cut\n")
         self.cut_pairs.clear()
+        self.one_way.clear()
 
     def _cut(self, pairs: Iterable[tuple[str, str]]) -> None:
         blocked: dict[str, set[str]] = {}
@@ -311,6 +335,25 @@ class PairLab:
         proc = LabProcess.start("witness", argv, workdir / "witness.log")
         proc.wait_for_line("witness.listening", timeout)
         return proc
+
+
+class ArmedCut:
+    """A pending one-way cut (:meth:`PairLab.arm_one_way`)."""
+
+    def __init__(self, lab: PairLab, sender: str, receiver: str, proc: subprocess.Popen[bytes]) -> None:
+        self.lab, self.sender, self.receiver, self.proc = lab, sender, receiver, proc
+
+    def fire(self) -> None:
+        command = f"add element inet {NFT_TABLE} cut {{ {host(self.sender).address} }}\n"
+        _, err = self.proc.communicate(command.encode(), timeout=10)
+        if self.proc.returncode != 0:
+            raise LabError(f"nft in {host(self.receiver).ns}: {err.decode(errors='replace').strip()}")
+        self.lab.one_way.add((self.sender, self.receiver))
+
+    def cancel(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class LabProcess:

@@ -13,6 +13,7 @@ timeouts; every test is capped with ``trio.fail_after``."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -28,21 +29,13 @@ import pytest
 import trio
 from support import cli
 
-from hardware.enclosure import (
-    ClimateReading,
-    DoorContact,
-    DoorReading,
-    EnclosureMonitor,
-    EnclosureSimulator,
-    ModbusExceptionError,
-    ModbusSensor,
-    Register,
-    RegisterMap,
-    read_door_once,
-    read_once,
-    start_simulator,
-)
+from hardware.enclosure.driver import DoorContact, ModbusSensor, read_door_once, read_once
+from hardware.enclosure.modbus import ModbusExceptionError
+from hardware.enclosure.monitor import EnclosureMonitor
+from hardware.enclosure.registers import ClimateReading, DoorReading, Register, RegisterMap
+from lab.sim.enclosure import EnclosureSimulator, start_simulator
 from hardware.errors import DeviceGarbage, DeviceTimeout, HardwareError, PortMissing
+from tests.hardware_support import pairs, run_device
 
 
 @pytest.fixture
@@ -178,12 +171,12 @@ async def test_port_vanishes_and_comes_back(tmp_path: Path, caplog: pytest.LogCa
     link.symlink_to(first.path)
     second: EnclosureSimulator | None = None
     readings: list[ClimateReading] = []
-    sensor = ModbusSensor(str(link), timeout=0.2, reconnect_min=0.02, reconnect_max=0.1)
+    sensor = ModbusSensor(str(link), timeout=0.2)
     try:
         with trio.fail_after(5):
             async with trio.open_nursery() as nursery:
-                await nursery.start(lambda task_status: sensor.run(readings.append, interval=0.02,
-                                                                   task_status=task_status))
+                await nursery.start(functools.partial(run_device, sensor, readings.append, interval=0.02,
+                                                      backoff_initial=0.02, backoff_max=0.1))
                 await wait_for(lambda: len(readings) >= 2)
                 first.close()
                 link.unlink()
@@ -349,22 +342,20 @@ async def test_events_from_real_devices(sim: EnclosureSimulator) -> None:
     door = DoorContact("loop://")
 
     def feed(monitor: EnclosureMonitor) -> Callable[[Any], None]:
-        return lambda reading: emitted.extend(monitor.reading(reading, trio.current_time()))
+        return lambda reading: emitted.extend(pairs(monitor.reading(reading, trio.current_time())))
 
     def seen(name: str) -> Callable[[], bool]:
         return lambda: any(n == name for n, _ in emitted)
 
     async def ticker() -> None:
         while True:
-            emitted.extend(climate.tick(trio.current_time()) + door_monitor.tick(trio.current_time()))
+            emitted.extend(pairs(climate.tick(trio.current_time()) + door_monitor.tick(trio.current_time())))
             await trio.sleep(0.02)
 
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            await nursery.start(lambda task_status: sensor.run(feed(climate), interval=0.02,
-                                                               task_status=task_status))
-            await nursery.start(lambda task_status: door.run(feed(door_monitor), interval=0.02,
-                                                             task_status=task_status))
+            await nursery.start(functools.partial(run_device, sensor, feed(climate), interval=0.02))
+            await nursery.start(functools.partial(run_device, door, feed(door_monitor), interval=0.02))
             nursery.start_soon(ticker)
             await wait_for(lambda: climate.last_climate is not None and door_monitor.last_door is not None)
             assert emitted == []
@@ -384,7 +375,7 @@ async def test_events_from_real_devices(sim: EnclosureSimulator) -> None:
             sim.silent = True                                # the sensor stops answering
             await wait_for(seen("DeviceStale"))
             stale = [f for n, f in emitted if n == "DeviceStale"]
-            assert stale == [{"device": "rack1", "kind": "enclosure", "silent_s": stale[0]["silent_s"]}]
+            assert stale == [{"device": "rack1", "device_type": "enclosure", "silent_s": stale[0]["silent_s"]}]
             assert stale[0]["silent_s"] >= 0.3
             assert climate.snapshot(trio.current_time())["climate"]["stale"]
             assert not door_monitor.snapshot(trio.current_time())["door"]["stale"]

@@ -7,6 +7,7 @@ going silent and a port disappearing each take a fraction of a second.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -18,17 +19,14 @@ from typing import Any
 import pytest
 import trio
 
-from hardware import gnss
 from hardware.errors import DeviceGarbage, DeviceTimeout, PortMissing
-from hardware.gnss import (
-    FakeGpsd,
-    GnssMonitor,
-    GnssReading,
-    GnssReceiver,
-    GnssSimulator,
-    GpsdClient,
-    read_once,
-)
+from hardware.gnss.driver import GnssReceiver, GpsdClient, read_once
+from hardware.gnss.gpsd import GPSD_WATCH
+from hardware.gnss.monitor import GnssMonitor
+from hardware.gnss.nmea import GnssReading
+from lab.sim import gnss as gnss_sim
+from lab.sim.gnss import FakeGpsd, GnssSimulator
+from tests.hardware_support import pairs, run_device
 
 FAST = 0.1
 
@@ -56,11 +54,11 @@ class Harness:
 
     def on_reading(self, reading: GnssReading) -> None:
         self.readings.append(reading)
-        self.events += self.monitor.reading(reading, trio.current_time())
+        self.events += pairs(self.monitor.reading(reading, trio.current_time()))
 
     async def ticker(self) -> None:
         while True:
-            self.events += self.monitor.tick(trio.current_time())
+            self.events += pairs(self.monitor.tick(trio.current_time()))
             await trio.sleep(0.02)
 
     def names(self) -> list[str]:
@@ -141,7 +139,7 @@ async def test_simulator_as_a_trio_task() -> None:
 
 
 async def test_start_simulator_runs_at_one_hertz() -> None:
-    sim = gnss.start_simulator()
+    sim = gnss_sim.start_simulator()
     try:
         assert os.path.exists(sim.path) and sim.interval == 1.0
         result = await read_once(sim.path, timeout=3.0)
@@ -170,8 +168,7 @@ async def test_driver_and_monitor_follow_the_receiver(sim: GnssSimulator) -> Non
     receiver = GnssReceiver(sim.path, timeout=0.3)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(harness.ticker)
-        await nursery.start(lambda task_status: receiver.run(harness.on_reading, interval=0,
-                                                             task_status=task_status))
+        await nursery.start(functools.partial(run_device, receiver, harness.on_reading, interval=0))
         await wait_for(harness.has("GnssFixAcquired"))
         assert harness.events[0] == ("GnssFixAcquired", {"device": "gps0", "satellites": 8, "quality": 1})
 
@@ -206,11 +203,12 @@ async def test_port_disappears_and_comes_back(tmp_path: Path, caplog: pytest.Log
     second: GnssSimulator | None = None
     link.symlink_to(first.path)
     harness = Harness(GnssMonitor("gps0", fix_confirm=1, stale_after=0.5))
-    receiver = GnssReceiver(str(link), timeout=0.3, backoff=0.05, backoff_max=0.2)
+    receiver = GnssReceiver(str(link), timeout=0.3)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(harness.ticker)
-            nursery.start_soon(lambda: receiver.run(harness.on_reading, interval=0))
+            nursery.start_soon(functools.partial(run_device, receiver, harness.on_reading, interval=0,
+                                                 backoff_initial=0.05, backoff_max=0.2))
             await wait_for(lambda: len(harness.readings) >= 3)
 
             first.close()  # unplugged: the pty is gone, and udev removes the link
@@ -245,7 +243,7 @@ async def test_a_receiver_answering_garbage_is_logged_once(sim: GnssSimulator,
     receiver = GnssReceiver(sim.path, timeout=0.2)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(harness.ticker)
-        nursery.start_soon(lambda: receiver.run(harness.on_reading, interval=0))
+        nursery.start_soon(functools.partial(run_device, receiver, harness.on_reading, interval=0))
         await wait_for(harness.has("DeviceStale"))
         await trio.sleep(0.5)
         nursery.cancel_scope.cancel()
@@ -257,12 +255,12 @@ async def test_a_receiver_answering_garbage_is_logged_once(sim: GnssSimulator,
 async def test_run_hands_over_at_most_one_reading_per_interval(sim: GnssSimulator) -> None:
     got: list[float] = []
 
-    async def on_reading(reading: GnssReading) -> None:  # an async callback works too
+    def on_reading(reading: GnssReading) -> None:
         got.append(trio.current_time())
 
     receiver = GnssReceiver(sim.path, timeout=1.0)
     with trio.move_on_after(1.6):
-        await receiver.run(on_reading, interval=0.5)
+        await run_device(receiver, on_reading, interval=0.5)
     assert 2 <= len(got) <= 4
     assert all(b - a >= 0.25 for a, b in itertools.pairwise(got))
 
@@ -278,7 +276,7 @@ async def test_gpsd_read_once() -> None:
         assert result["source"] == "gpsd" and result["fix"] is True and result["fix_type"] == 3
         assert result["satellites"] == 7 and 0 <= result["offset_ms"] < 150
         assert result["talker"] == "/dev/ttyFAKE0" and result["counters"]["garbage"] == 0
-        assert fake.requests == [gnss.GPSD_WATCH]
+        assert fake.requests == [GPSD_WATCH]
 
         fake.set(mode=1, garbage=True)
         result = await read_once(f"gpsd://127.0.0.1:{port}", timeout=2.0)
@@ -319,9 +317,10 @@ async def test_gpsd_closing_the_connection_then_coming_back() -> None:
     harness = Harness(GnssMonitor("gps0", fix_confirm=2, stale_after=0.5))
     async with trio.open_nursery() as nursery:
         port = await nursery.start(lambda task_status: fake.serve(task_status=task_status))
-        client = GpsdClient("127.0.0.1", port, timeout=0.5, backoff=0.05)
+        client = GpsdClient("127.0.0.1", port, timeout=0.5)
         nursery.start_soon(harness.ticker)
-        await nursery.start(lambda task_status: client.run(harness.on_reading, interval=0, task_status=task_status))
+        await nursery.start(functools.partial(run_device, client, harness.on_reading, interval=0,
+                                              backoff_initial=0.05))
         await wait_for(harness.has("GnssFixAcquired"))
         assert harness.events[0] == ("GnssFixAcquired", {"device": "gps0", "satellites": 8, "quality": 1})
         fake.set(mode=3, status=8)  # gpsd says: simulated

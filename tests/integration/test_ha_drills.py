@@ -119,6 +119,7 @@ def test_the_main_job_runs_every_promotion_drill(tmp_path: Path) -> None:
     """`lifeline lab` (the README's main job) includes the promotion drills."""
     result = subprocess.run(
         [sys.executable, "-m", "daemon.cli", "lab", "--repeat", "0", "--seconds", "1", "--promotion-repeat", "1", "--venue-repeat", "0",
+         "--nemesis-duration", "0",
          "--json", "--workdir", str(tmp_path / "lab")],
         check=False, capture_output=True, text=True, timeout=3 * DRILL_TIMEOUT, cwd=ROOT)
     context = f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-4000:]}"

@@ -14,7 +14,7 @@ from typing import Any
 
 from daemon.config import dump_toml
 from lab.procs import DaemonProcess
-from hardware import enclosure, ups
+from lab.sim import enclosure, ups
 from support import ROOT, cli, until
 
 
@@ -99,7 +99,7 @@ def test_hardware_read_and_sim_for_commissioning(tmp_path: Path) -> None:
 
 
 def test_a_daemon_follows_the_simulated_gnss_receiver(tmp_path: Path) -> None:
-    from hardware import gnss
+    from lab.sim import gnss
 
     sim = gnss.start_simulator(interval=0.2)
     socket = tmp_path / "run" / "control.sock"

@@ -168,6 +168,34 @@ def test_a_partition_cuts_only_that_pair_both_ways_established_connections_too(l
         server.close()
 
 
+def test_a_one_way_cut_drops_one_direction_of_an_established_connection(lab: PairLab,
+                                                                       listeners: Listeners) -> None:
+    """edge-b drops what edge-a sends (an armed cut, as the nemesis fires it): edge-a's
+    bytes stop arriving, edge-b's still reach edge-a."""
+    client = netns.socket_in_netns(HOSTS["edge-a"].ns, socket.AF_INET, socket.SOCK_STREAM)
+    client.settimeout(2)
+    client.connect((HOSTS["edge-b"].address, PORT))
+    server, _ = listeners.socks["edge-b"].accept()
+    server.settimeout(0.5)
+    try:
+        armed = lab.arm_one_way("edge-a", "edge-b")
+        armed.fire()
+        assert lab.cuts()["edge-b"] == [HOSTS["edge-a"].address] and lab.cuts()["edge-a"] == []
+        assert lab.one_way == {("edge-a", "edge-b")}
+        client.sendall(b"a to b")
+        with pytest.raises(socket.timeout):
+            server.recv(100)
+        server.sendall(b"b to a")
+        assert client.recv(100) == b"b to a"
+        lab.heal()
+        assert lab.one_way == set() and all(v == [] for v in lab.cuts().values())
+        lab.cut_one_way("witness", "edge-a")
+        assert lab.cuts()["edge-a"] == [HOSTS["witness"].address] and lab.cuts()["witness"] == []
+    finally:
+        client.close()
+        server.close()
+
+
 @pytest.mark.parametrize("site", [1, 3])
 def test_losing_a_site_cuts_every_host_of_it_and_nothing_else(lab: PairLab, listeners: Listeners,
                                                               site: int) -> None:

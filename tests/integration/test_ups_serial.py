@@ -4,6 +4,7 @@ sockets), short intervals."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -14,19 +15,12 @@ import pytest
 import trio
 
 from hardware.errors import DeviceGarbage, DeviceTimeout, PortMissing
-from hardware.ups import (
-    FakeUpsd,
-    NutClient,
-    NutError,
-    NutUps,
-    Simulator,
-    UpsMonitor,
-    UpsReading,
-    UpsSerial,
-    open_ups,
-    read_once,
-    start_simulator,
-)
+from hardware.ups.driver import NutClient, NutUps, UpsSerial, open_ups, read_once
+from hardware.ups.monitor import UpsMonitor
+from hardware.ups.nut import NutError
+from hardware.ups.reading import UpsReading
+from lab.sim.ups import FakeUpsd, Simulator, start_simulator
+from tests.hardware_support import pairs, run_device
 from tests.integration.support import free_port
 
 INTERVAL = 0.1
@@ -44,7 +38,7 @@ class Harness:
 
     def _record(self, emits: list) -> None:
         now = trio.current_time()
-        for name, fields in emits:
+        for name, fields in pairs(emits):
             self.events.append((now, name, fields))
         self._changed.set()
         self._changed = trio.Event()
@@ -58,9 +52,10 @@ class Harness:
             self._record(self.monitor.tick(trio.current_time()))
             await trio.sleep(0.02)
 
-    async def start(self, nursery: trio.Nursery, interval: float = INTERVAL) -> None:
-        await nursery.start(lambda task_status: self.driver.run(self.on_reading, interval=interval,
-                                                                task_status=task_status))
+    async def start(self, nursery: trio.Nursery, interval: float = INTERVAL, **backoff: float) -> None:
+        """The driver in the daemon's device loop (``backoff_initial``, ``backoff_max``)."""
+        await nursery.start(functools.partial(run_device, self.driver, self.on_reading, interval=interval,
+                                              **backoff))
         nursery.start_soon(self.ticker)
 
     def names(self) -> list[str]:
@@ -188,7 +183,7 @@ async def test_silent_device_goes_stale_then_recovers(sim: Simulator, nursery: t
     await harness.wait_readings(1)
     sim.silent()
     _, stale = await harness.wait_event("DeviceStale")
-    assert stale == {"device": "ups1", "kind": "ups", "silent_s": pytest.approx(0.5, abs=0.1)}
+    assert stale == {"device": "ups1", "device_type": "ups", "silent_s": pytest.approx(0.5, abs=0.1)}
     assert driver.state == "timeout"
     assert harness.monitor.snapshot(trio.current_time())["healthy"] is False
     sim.normal()
@@ -206,9 +201,9 @@ async def test_port_vanishes_and_comes_back(tmp_path: Path, nursery: trio.Nurser
     link = str(tmp_path / "ttyUPS")
     simulator = Simulator(link=link).start()
     try:
-        driver = UpsSerial(link, name="ups1", timeout=0.3, backoff_initial=0.05, backoff_max=0.2)
+        driver = UpsSerial(link, name="ups1", timeout=0.3)
         harness = Harness(driver, UpsMonitor("ups1", stale_after=0.6))
-        await harness.start(nursery)
+        await harness.start(nursery, backoff_initial=0.05, backoff_max=0.2)
         await harness.wait_readings(2)
         old_pty = simulator.slave_path
         simulator.unplug()
@@ -230,9 +225,9 @@ async def test_port_vanishes_and_comes_back(tmp_path: Path, nursery: trio.Nurser
 
 async def test_run_survives_a_port_that_is_missing_from_the_start(tmp_path: Path, nursery: trio.Nursery) -> None:
     link = str(tmp_path / "ttyLATE")
-    driver = UpsSerial(link, timeout=0.3, backoff_initial=0.05, backoff_max=0.1)
+    driver = UpsSerial(link, timeout=0.3)
     harness = Harness(driver, UpsMonitor("ups1", stale_after=0.3))
-    await harness.start(nursery)
+    await harness.start(nursery, backoff_initial=0.05, backoff_max=0.1)
     await harness.wait_event("DeviceStale")
     assert driver.state == "missing"
     simulator = Simulator(link=link).start()
@@ -301,11 +296,10 @@ async def test_nut_driver_events_staleness_and_reconnect(nursery: trio.Nursery,
     caplog.set_level(logging.INFO, logger="lifeline")
     fake = FakeUpsd("su700")
     port = await nursery.start(fake.serve)
-    driver = NutUps.from_url(f"nut://127.0.0.1:{port}/su700", name="ups1", timeout=0.3,
-                             backoff_initial=0.05, backoff_max=0.1)
+    driver = NutUps.from_url(f"nut://127.0.0.1:{port}/su700", name="ups1", timeout=0.3)
     harness = Harness(driver, UpsMonitor("ups1", runtime_threshold_s=300, runtime_hysteresis_s=60,
                                          stale_after=0.5))
-    await harness.start(nursery)
+    await harness.start(nursery, backoff_initial=0.05, backoff_max=0.1)
     await harness.wait_readings(1)
 
     fake.set(on_battery=True, runtime_s=600)

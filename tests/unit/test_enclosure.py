@@ -12,17 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.core import events
-from hardware.enclosure import (
-    DEFAULT_MAP,
+from hardware.enclosure.modbus import (
     NEED_DATA,
-    PRESETS,
-    ClimateReading,
-    DoorReading,
-    EnclosureMonitor,
-    EnclosureSimulator,
     ExceptionReply,
-    Register,
-    RegisterMap,
     RegistersReply,
     Request,
     RtuReadTransaction,
@@ -34,6 +26,17 @@ from hardware.enclosure import (
     registers_response,
     with_crc,
 )
+from hardware.enclosure.monitor import EnclosureMonitor
+from hardware.enclosure.registers import (
+    DEFAULT_MAP,
+    PRESETS,
+    ClimateReading,
+    DoorReading,
+    Register,
+    RegisterMap,
+)
+from lab.sim.enclosure import EnclosureSimulator
+from tests.hardware_support import Pairs, pairs
 from hardware.errors import DeviceGarbage, DeviceTimeout
 
 # ../shared/notes/hardware.md (XY-MD02 / SHT20 class): 30.5 °C, 54.6 %RH.
@@ -356,25 +359,24 @@ def names(emits: list[tuple[str, dict[str, object]]]) -> list[str]:
 
 
 def test_emits_are_the_contract_events() -> None:
-    """Every Emit builds its daemon/core/events.py class with exactly those fields (after the
-    service's one rename, kind → device_type, which the contract asks for)."""
+    """Every event the monitor returns is its daemon/core/events.py class, with exactly the
+    fields the contract names."""
     m = EnclosureMonitor("rack1", stale_after=5, door_debounce=0)
-    emits = m.reading(climate(50, 95), 0) + m.reading(door(True), 0) + m.reading(door(False), 1) + m.tick(100)
-    emits += m.reading(climate(20), 101)
+    emitted = m.reading(climate(50, 95), 0) + m.reading(door(True), 0) + m.reading(door(False), 1) + m.tick(100)
+    emitted += m.reading(climate(20), 101)
+    emits = pairs(emitted)
     assert names(emits) == ["EnclosureTemperatureHigh", "EnclosureHumidityHigh", "EnclosureOpened",
                             "EnclosureClosed", "DeviceStale", "DeviceStale", "DeviceRecovered"]
-    for name, fields in emits:
-        if "kind" in fields:
-            fields = {k: v for k, v in fields.items() if k != "kind"} | {"device_type": fields["kind"]}
+    for event, (name, fields) in zip(emitted, emits):
         cls = getattr(events, name)
-        event = cls(source="hardware", **fields)
+        assert type(event) is cls  # the monitor returns the daemon's own event objects
         declared = {f.name for f in dataclasses.fields(cls)} - {"source", "wall_time", "sequence"}
         assert set(fields) == declared, name
         assert event.kind == name
 
 
 def test_temperature_threshold_and_hysteresis() -> None:
-    m = EnclosureMonitor("rack1", temperature_high=35, temperature_hysteresis=2)
+    m = Pairs(EnclosureMonitor("rack1", temperature_high=35, temperature_hysteresis=2))
     assert m.reading(climate(34.9), 0) == []
     assert m.reading(climate(35.0), 0.5) == []      # "above" the threshold, as the config says
     assert m.reading(climate(35.1), 1) == [("EnclosureTemperatureHigh",
@@ -387,7 +389,7 @@ def test_temperature_threshold_and_hysteresis() -> None:
 
 
 def test_humidity_threshold_and_hysteresis() -> None:
-    m = EnclosureMonitor("rack1", humidity_high=80, humidity_hysteresis=5)
+    m = Pairs(EnclosureMonitor("rack1", humidity_high=80, humidity_hysteresis=5))
     assert m.reading(climate(20, 79), 0) == []
     assert m.reading(climate(20, 81), 1) == [("EnclosureHumidityHigh",
                                               {"device": "rack1", "percent": 81, "threshold_percent": 80})]
@@ -400,7 +402,7 @@ def test_humidity_threshold_and_hysteresis() -> None:
 
 
 def test_door_debounce() -> None:
-    m = EnclosureMonitor("rack1", door_debounce=0.5)
+    m = Pairs(EnclosureMonitor("rack1", door_debounce=0.5))
     assert m.reading(door(False), 0.0) == []        # closed at start: the normal state
     assert m.reading(door(True), 1.0) == []         # opened: not yet held long enough
     assert m.reading(door(False), 1.2) == []        # a bounce
@@ -415,42 +417,42 @@ def test_door_debounce() -> None:
 
 
 def test_door_already_open_at_start_is_reported() -> None:
-    m = EnclosureMonitor("rack1", door_debounce=0)
+    m = Pairs(EnclosureMonitor("rack1", door_debounce=0))
     assert m.reading(door(True), 0) == [("EnclosureOpened", {"device": "rack1"})]
 
 
 def test_stale_on_silence_and_recovery() -> None:
-    m = EnclosureMonitor("rack1", stale_after=10)
+    m = Pairs(EnclosureMonitor("rack1", stale_after=10))
     assert m.tick(100.0) == []                      # the clock starts at the first tick
     assert m.reading(climate(20), 101.0) == []
     assert m.reading(door(False), 101.0) == []
     assert m.tick(110.9) == []
     assert m.tick(111.0) == [
-        ("DeviceStale", {"device": "rack1", "kind": "enclosure", "silent_s": 10.0}),
-        ("DeviceStale", {"device": "rack1", "kind": "door", "silent_s": 10.0}),
+        ("DeviceStale", {"device": "rack1", "device_type": "enclosure", "silent_s": 10.0}),
+        ("DeviceStale", {"device": "rack1", "device_type": "door", "silent_s": 10.0}),
     ]
     assert m.tick(200.0) == []                      # once
     snap = m.snapshot(200.0)
     assert snap["climate"]["stale"] and snap["door"]["stale"]
     assert snap["climate"]["celsius"] == 20 and snap["climate"]["age_s"] == 99.0
-    assert m.reading(climate(20), 201.0) == [("DeviceRecovered", {"device": "rack1", "kind": "enclosure"})]
+    assert m.reading(climate(20), 201.0) == [("DeviceRecovered", {"device": "rack1", "device_type": "enclosure"})]
     assert not m.snapshot(201.0)["climate"]["stale"] and m.snapshot(201.0)["door"]["stale"]
     # the door went on being silent; the climate sensor is fresh: only the door is counted
-    assert m.tick(300.0) == [("DeviceStale", {"device": "rack1", "kind": "enclosure", "silent_s": 99.0})]
+    assert m.tick(300.0) == [("DeviceStale", {"device": "rack1", "device_type": "enclosure", "silent_s": 99.0})]
 
 
 def test_never_answered_goes_stale_and_is_never_healthy() -> None:
-    m = EnclosureMonitor("rack1", stale_after=5, door=False)
+    m = Pairs(EnclosureMonitor("rack1", stale_after=5, door=False))
     assert m.snapshot(0)["climate"]["stale"]        # no reading yet: not healthy
     assert "door" not in m.snapshot(0)
     assert m.tick(0) == []
-    assert m.tick(5) == [("DeviceStale", {"device": "rack1", "kind": "enclosure", "silent_s": 5})]
+    assert m.tick(5) == [("DeviceStale", {"device": "rack1", "device_type": "enclosure", "silent_s": 5})]
     with pytest.raises(ValueError, match="door=False"):
         m.reading(door(True), 6)
 
 
 def test_recovery_keeps_a_standing_alarm_latched() -> None:
-    m = EnclosureMonitor("rack1", stale_after=5, temperature_high=30, door=False)
+    m = Pairs(EnclosureMonitor("rack1", stale_after=5, temperature_high=30, door=False))
     assert names(m.reading(climate(31), 0)) == ["EnclosureTemperatureHigh"]
     assert names(m.tick(10)) == ["DeviceStale"]
     assert names(m.reading(climate(31), 11)) == ["DeviceRecovered"]  # still hot: no second alarm
@@ -459,8 +461,8 @@ def test_recovery_keeps_a_standing_alarm_latched() -> None:
 
 def test_monitor_rejects_bad_settings() -> None:
     with pytest.raises(ValueError):
-        EnclosureMonitor("x", stale_after=0)
+        Pairs(EnclosureMonitor("x", stale_after=0))
     with pytest.raises(ValueError):
-        EnclosureMonitor("x", temperature_hysteresis=-1)
+        Pairs(EnclosureMonitor("x", temperature_hysteresis=-1))
     with pytest.raises(TypeError):
-        EnclosureMonitor("x").reading(struct, 0)  # type: ignore[arg-type]
+        Pairs(EnclosureMonitor("x")).reading(struct, 0)  # type: ignore[arg-type]

@@ -13,27 +13,31 @@ import itertools
 import os
 from datetime import UTC, date, datetime
 
+from typing import Any
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.core import events
-from hardware import gnss
-from hardware.gnss import (
+from hardware.gnss.gpsd import GpsdProtocol
+from hardware.gnss.monitor import GnssMonitor
+from hardware.gnss.nmea import (
+    Sentence,
     EpochAssembler,
-    FakeGpsd,
     Gga,
-    GnssMonitor,
     GnssProtocol,
     GnssReading,
-    GnssSimulator,
-    GpsdProtocol,
     Gsa,
     NmeaParser,
     Rmc,
     nmea_checksum,
     nmea_sentence,
 )
+from lab.sim.gnss import FakeGpsd, GnssSimulator
+from tests.hardware_support import Pairs, pairs
+
+Emit = tuple[str, dict[str, Any]]
 
 # The bar is 100 000 examples per parser: LIFELINE_HYPOTHESIS_EXAMPLES=100000.
 EXAMPLES = int(os.environ.get("LIFELINE_HYPOTHESIS_EXAMPLES", "300"))
@@ -110,12 +114,12 @@ def wire(*lines: str) -> bytes:
     return "".join(line + "\r\n" for line in lines).encode("ascii")
 
 
-def parse(data: bytes, now: float = 100.0) -> tuple[list[gnss.Sentence], NmeaParser]:
+def parse(data: bytes, now: float = 100.0) -> tuple[list[Sentence], NmeaParser]:
     parser = NmeaParser()
     return parser.feed(data, now), parser
 
 
-def one(line: str) -> gnss.Sentence:
+def one(line: str) -> Sentence:
     sentences, parser = parse(wire(line))
     assert len(sentences) == 1, parser.stats
     return sentences[0]
@@ -611,20 +615,20 @@ def reading(fix: bool = True, offset_ms: float | None = 100.0, satellites: int |
                        offset_ms=offset_ms if fix else None, arrival=0.0)
 
 
-def feed(monitor: GnssMonitor, rs: list[GnssReading], start: float = 0.0, step: float = 1.0) -> list[list[gnss.Emit]]:
+def feed(monitor: GnssMonitor, rs: list[GnssReading], start: float = 0.0, step: float = 1.0) -> list[list[Emit]]:
     return [monitor.reading(r, start + i * step) for i, r in enumerate(rs)]
 
 
-def flat(outs: list[list[gnss.Emit]]) -> list[gnss.Emit]:
+def flat(outs: list[list[Emit]]) -> list[Emit]:
     return [emit for out in outs for emit in out]
 
 
-def names(emits: list[gnss.Emit]) -> list[str]:
+def names(emits: list[Emit]) -> list[str]:
     return [name for name, _ in emits]
 
 
 def test_fix_acquired_after_confirmation() -> None:
-    m = GnssMonitor("gps0")
+    m = Pairs(GnssMonitor("gps0"))
     out = feed(m, [reading()] * 3)
     assert out[:2] == [[], []]
     assert out[2] == [("GnssFixAcquired", {"device": "gps0", "satellites": 8, "quality": 1})]
@@ -633,7 +637,7 @@ def test_fix_acquired_after_confirmation() -> None:
 
 
 def test_fix_lost_after_confirmation_and_flicker_is_quiet() -> None:
-    m = GnssMonitor("gps0", fix_confirm=2)
+    m = Pairs(GnssMonitor("gps0", fix_confirm=2))
     feed(m, [reading()] * 2)
     assert feed(m, [reading(False), reading(), reading(False), reading()], start=2) == [[]] * 4
     out = feed(m, [reading(False), reading(False)], start=6)
@@ -643,13 +647,13 @@ def test_fix_lost_after_confirmation_and_flicker_is_quiet() -> None:
 
 
 def test_no_fix_from_the_start_is_reported() -> None:
-    m = GnssMonitor("gps0")
+    m = Pairs(GnssMonitor("gps0"))
     out = flat(feed(m, [reading(False)] * 3))
     assert out == [("GnssFixLost", {"device": "gps0", "reason": "RMC status V"})]
 
 
 def test_clock_offset_high_with_hysteresis() -> None:
-    m = GnssMonitor("gps0", offset_threshold_ms=500.0, offset_confirm=2)
+    m = Pairs(GnssMonitor("gps0", offset_threshold_ms=500.0, offset_confirm=2))
     feed(m, [reading()] * 3)
     assert m.reading(reading(offset_ms=900.0), 3) == []
     out = m.reading(reading(offset_ms=-950.0), 4)
@@ -665,51 +669,51 @@ def test_clock_offset_high_with_hysteresis() -> None:
 
 
 def test_readings_without_offset_do_not_touch_the_offset_state() -> None:
-    m = GnssMonitor("gps0", offset_threshold_ms=500.0, offset_confirm=2)
+    m = Pairs(GnssMonitor("gps0", offset_threshold_ms=500.0, offset_confirm=2))
     m.reading(reading(offset_ms=900.0), 0)
     m.reading(reading(offset_ms=None), 1)
     assert "ClockOffsetHigh" in names(m.reading(reading(offset_ms=900.0), 2))
 
 
 def test_stale_then_recovered() -> None:
-    m = GnssMonitor("gps0", stale_after=3.0)
+    m = Pairs(GnssMonitor("gps0", stale_after=3.0))
     feed(m, [reading()] * 3)  # at 0, 1, 2
     assert m.tick(4.9) == []
     out = m.tick(5.0)
-    assert out == [("DeviceStale", {"device": "gps0", "kind": "gnss", "silent_s": 3.0}),
+    assert out == [("DeviceStale", {"device": "gps0", "device_type": "gnss", "silent_s": 3.0}),
                    ("GnssFixLost", {"device": "gps0", "reason": "no data from the receiver for 3.0 s"})]
     assert m.stale and m.fix is False and not m.healthy
     assert m.status(6.0)["healthy"] is False and m.status(6.0)["silent_s"] == 4.0
     assert m.tick(60.0) == []  # once
     out = feed(m, [reading()] * 3, start=61)
-    assert out == [[("DeviceRecovered", {"device": "gps0", "kind": "gnss"})], [],
+    assert out == [[("DeviceRecovered", {"device": "gps0", "device_type": "gnss"})], [],
                    [("GnssFixAcquired", {"device": "gps0", "satellites": 8, "quality": 1})]]
 
 
 def test_stale_without_any_reading_counts_from_the_first_tick() -> None:
-    m = GnssMonitor("gps0", stale_after=5.0)
+    m = Pairs(GnssMonitor("gps0", stale_after=5.0))
     assert m.tick(100.0) == [] and m.tick(104.0) == []
-    assert m.tick(105.0) == [("DeviceStale", {"device": "gps0", "kind": "gnss", "silent_s": 5.0})]
+    assert m.tick(105.0) == [("DeviceStale", {"device": "gps0", "device_type": "gnss", "silent_s": 5.0})]
     assert m.fix is None and not m.healthy
 
 
 def test_monitor_rejects_nonsense_thresholds() -> None:
     with pytest.raises(ValueError):
-        GnssMonitor("gps0", offset_threshold_ms=0)
+        Pairs(GnssMonitor("gps0", offset_threshold_ms=0))
     with pytest.raises(ValueError):
-        GnssMonitor("gps0", offset_threshold_ms=100, offset_clear_ms=200)
+        Pairs(GnssMonitor("gps0", offset_threshold_ms=100, offset_clear_ms=200))
 
 
 def test_emits_build_the_daemon_events() -> None:
     m = GnssMonitor("gps0", fix_confirm=1, offset_confirm=1, stale_after=1.0)
-    emits = m.reading(reading(offset_ms=5000.0), 0) + m.tick(2.0) + m.reading(reading(False), 3)
-    emits += m.reading(reading(), 4)
+    emitted = m.reading(reading(offset_ms=5000.0), 0) + m.tick(2.0) + m.reading(reading(False), 3)
+    emitted += m.reading(reading(), 4)
+    emits = pairs(emitted)
     assert set(names(emits)) == {"GnssFixAcquired", "ClockOffsetHigh", "DeviceStale", "GnssFixLost",
                                  "DeviceRecovered"}
-    for name, fields in emits:
-        # the contract's "kind" is the event class's device_type (the service renames it)
-        fields = {("device_type" if k == "kind" else k): v for k, v in fields.items()}
-        event = getattr(events, name)(source="hardware.gnss", **fields)
+    for event, (name, fields) in zip(emitted, emits):
+        # the monitor returns the daemon's own event objects (typed, not names resolved later)
+        assert type(event) is getattr(events, name) and isinstance(event, events.Event)
         declared = {f.name for f in dataclasses.fields(event)} - {"source", "wall_time", "sequence"}
         assert declared == set(fields), name
 
@@ -812,7 +816,7 @@ def test_gpsd_odd_objects_never_raise(obj: dict, cls: str | None) -> None:
 @PROPERTY
 @given(st.lists(st.tuples(st.booleans(), st.floats(-5000, 5000), st.floats(0, 8)), max_size=40))
 def test_monitor_never_calls_a_stale_receiver_healthy(steps: list[tuple[bool, float, float]]) -> None:
-    m = GnssMonitor("gps0", offset_threshold_ms=1000.0, fix_confirm=2, offset_confirm=2, stale_after=3.0)
+    m = Pairs(GnssMonitor("gps0", offset_threshold_ms=1000.0, fix_confirm=2, offset_confirm=2, stale_after=3.0))
     now = 0.0
     fix_events: list[str] = []
     stale_events: list[str] = []

@@ -13,9 +13,9 @@ import trio
 import trio.testing
 
 from daemon.config import load_config
-from daemon.core.events import DeviceRecovered, DeviceStale, EventBus, UpsOnBattery
-from hardware.service import Device, HardwareService
-from hardware.errors import DeviceTimeout
+from daemon.core.events import DeviceRecovered, DeviceStale, Event, EventBus, UpsOnBattery
+from hardware.service import Device, HardwareService, device_loop
+from hardware.errors import DeviceTimeout, PortMissing
 
 CONFIG = '''
 [node]
@@ -46,21 +46,21 @@ class Monitor:
         self.stale = False
         self.on_battery = False
 
-    def reading(self, r: dict[str, Any], now: float) -> list[tuple[str, dict[str, Any]]]:
-        out: list[tuple[str, dict[str, Any]]] = []
+    def reading(self, r: dict[str, Any], now: float) -> list[Event]:
+        out: list[Event] = []
         self.last = now
         if self.stale:
             self.stale = False
-            out.append(("DeviceRecovered", {"device": "ups", "kind": "ups"}))
+            out.append(DeviceRecovered(device="ups", device_type="ups"))
         if r["on_battery"] and not self.on_battery:
-            out.append(("UpsOnBattery", {"device": "ups", "runtime_s": r["runtime_s"]}))
+            out.append(UpsOnBattery(device="ups", runtime_s=r["runtime_s"]))
         self.on_battery = r["on_battery"]
         return out
 
-    def tick(self, now: float) -> list[tuple[str, dict[str, Any]]]:
+    def tick(self, now: float) -> list[Event]:
         if self.last is not None and not self.stale and now - self.last >= 3:
             self.stale = True
-            return [("DeviceStale", {"device": "ups", "kind": "ups", "silent_s": now - self.last})]
+            return [DeviceStale(device="ups", device_type="ups", silent_s=now - self.last)]
         return []
 
 
@@ -142,3 +142,46 @@ async def test_readings_events_stale_recovery_and_the_watchdog(
     assert [s.value for s in metrics["lifeline_hardware_ups_battery_low"].samples] == [0.0]
     assert [s.value for s in metrics["lifeline_hardware_battery_runtime_seconds"].samples] == [600.0]
     assert metrics["lifeline_hardware_battery_runtime_seconds"].samples[0].labels == {"device": "ups", "kind": "ups"}
+
+
+class Quiet:
+    """A monitor that only counts its ticks."""
+
+    def __init__(self) -> None:
+        self.ticks: list[float] = []
+
+    def reading(self, r: Any, now: float) -> list[Event]:
+        return []
+
+    def tick(self, now: float) -> list[Event]:
+        self.ticks.append(now)
+        return []
+
+
+async def test_one_loop_backs_off_a_missing_port_and_keeps_ticking(autojump_clock: trio.testing.MockClock) -> None:
+    """The device loop every kind runs in: a missing port is retried after 1, 2, 4, 4 s (the
+    interval doubling up to backoff_max), a timeout at the interval, a reading resets the
+    backoff; the monitor is ticked every interval throughout (staleness stays on time)."""
+    attempts: list[float] = []
+    answers: list[Any] = [PortMissing("/dev/ttyUPS: no such port")] * 5 + [{"on_battery": False}]
+    answers += [DeviceTimeout("/dev/ttyUPS: no answer")] * 2 + [PortMissing("/dev/ttyUPS: port went away")] * 2
+
+    async def poll() -> Any:
+        attempts.append(trio.current_time())
+        answer = answers.pop(0) if answers else {"on_battery": False}
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    notes: list[tuple[str | None, float | None]] = []
+    monitor = Quiet()
+    device = Device("ups", "ups", poll, monitor, interval=1.0, backoff_max=4.0,
+                    note=lambda error, reading, retry_s: notes.append(
+                        (None if error is None else type(error).__name__, retry_s)))
+    with trio.move_on_after(25.5):
+        await device_loop(device, lambda device, events: None)
+    assert attempts[:12] == [0, 1, 3, 7, 11, 15, 16, 17, 18, 19, 21, 22]
+    assert notes[:7] == [("PortMissing", 1.0), ("PortMissing", 2.0), ("PortMissing", 4.0), ("PortMissing", 4.0),
+                         ("PortMissing", 4.0), (None, None), ("DeviceTimeout", None)]
+    assert monitor.ticks[:16] == [float(s) for s in range(16)]
+    assert device.failures == 9 and device.polls >= 4

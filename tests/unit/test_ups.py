@@ -12,36 +12,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hardware.errors import DeviceGarbage, DeviceTimeout, HardwareError
-from hardware.ups import (
-    FakeUpsd,
+from hardware.ups.monitor import UpsMonitor
+from hardware.ups.nut import NutError, nut_error, parse_nut_url, parse_nut_var, quote_nut, split_nut_line
+from hardware.ups.q1 import (
     LineFramer,
-    NutError,
     Q1Info,
     Q1Ratings,
     Q1Status,
-    RuntimeCalibration,
-    RuntimeEstimator,
-    Simulator,
-    UpsMonitor,
-    UpsReading,
-    UpsSimState,
-    battery_packs,
     format_info,
     format_q1,
     format_ratings,
-    nut_error,
     parse_info,
-    parse_nut_status,
-    parse_nut_url,
-    parse_nut_var,
     parse_q1,
     parse_ratings,
-    quote_nut,
-    reading_from_nut,
-    reading_from_q1,
     request,
-    split_nut_line,
 )
+from hardware.ups.reading import UpsReading, parse_nut_status, reading_from_nut, reading_from_q1
+from hardware.ups.runtime import RuntimeCalibration, RuntimeEstimator, battery_packs
+from lab.sim.ups import FakeUpsd, Simulator, UpsSimState
+from tests.hardware_support import Pairs
 
 EXAMPLES = int(os.environ.get("LIFELINE_HYPOTHESIS_EXAMPLES", "300"))
 PROPERTY = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -519,7 +508,7 @@ def names(emits: list) -> list[str]:
 
 
 def test_monitor_outage_sequence() -> None:
-    m = UpsMonitor("ups1", runtime_threshold_s=300, runtime_hysteresis_s=60, stale_after=10)
+    m = Pairs(UpsMonitor("ups1", runtime_threshold_s=300, runtime_hysteresis_s=60, stale_after=10))
     assert m.reading(reading("OL", runtime=1800), 0) == []
     assert m.reading(reading("OB", runtime=900), 1) == [("UpsOnBattery", {"device": "ups1", "runtime_s": 900})]
     assert m.reading(reading("OB", runtime=600), 2) == []
@@ -542,23 +531,23 @@ def test_monitor_outage_sequence() -> None:
 
 
 def test_monitor_first_reading() -> None:
-    assert UpsMonitor("u").reading(reading("OL"), 0) == []
-    assert names(UpsMonitor("u").reading(reading("OB"), 0)) == ["UpsOnBattery"]
-    assert names(UpsMonitor("u").reading(reading("OL LB"), 0)) == ["UpsBatteryLow"]  # recharging, still low
-    assert names(UpsMonitor("u").reading(reading("FSD"), 0)) == ["UpsOnBattery", "UpsBatteryLow"]
+    assert Pairs(UpsMonitor("u")).reading(reading("OL"), 0) == []
+    assert names(Pairs(UpsMonitor("u")).reading(reading("OB"), 0)) == ["UpsOnBattery"]
+    assert names(Pairs(UpsMonitor("u")).reading(reading("OL LB"), 0)) == ["UpsBatteryLow"]  # recharging, still low
+    assert names(Pairs(UpsMonitor("u")).reading(reading("FSD"), 0)) == ["UpsOnBattery", "UpsBatteryLow"]
 
 
 def test_monitor_runtime_on_line_raises_nothing_and_none_runtime_is_ignored() -> None:
-    m = UpsMonitor("u", runtime_threshold_s=300)
+    m = Pairs(UpsMonitor("u", runtime_threshold_s=300))
     assert m.reading(reading("OL", runtime=100), 0) == []
     assert names(m.reading(reading("OB", runtime=None), 1)) == ["UpsOnBattery"]
     assert m.reading(reading("OB", runtime=None), 2) == []
     assert names(m.reading(reading("OB", runtime=10), 3)) == ["UpsRuntimeBelow"]
-    assert UpsMonitor("u").reading(reading("OB", runtime=1), 0) == [("UpsOnBattery", {"device": "u", "runtime_s": 1})]
+    assert Pairs(UpsMonitor("u")).reading(reading("OB", runtime=1), 0) == [("UpsOnBattery", {"device": "u", "runtime_s": 1})]
 
 
 def test_monitor_low_battery_rearms_only_on_line_without_lb() -> None:
-    m = UpsMonitor("u")
+    m = Pairs(UpsMonitor("u"))
     m.reading(reading("OL LB"), 0)
     assert m.reading(reading("OL LB"), 1) == []
     assert m.reading(reading("OL"), 2) == []
@@ -566,22 +555,22 @@ def test_monitor_low_battery_rearms_only_on_line_without_lb() -> None:
 
 
 def test_monitor_staleness() -> None:
-    m = UpsMonitor("u", stale_after=30)
+    m = Pairs(UpsMonitor("u", stale_after=30))
     assert m.tick(100) == []  # the first call starts the clock
     assert m.tick(129.9) == []
-    assert m.tick(130) == [("DeviceStale", {"device": "u", "kind": "ups", "silent_s": 30})]
+    assert m.tick(130) == [("DeviceStale", {"device": "u", "device_type": "ups", "silent_s": 30})]
     assert m.tick(500) == []  # once
     snap = m.snapshot(500)
     assert snap["stale"] and not snap["healthy"] and snap["reading"] is None
-    assert m.reading(reading("OL"), 501) == [("DeviceRecovered", {"device": "u", "kind": "ups"})]
+    assert m.reading(reading("OL"), 501) == [("DeviceRecovered", {"device": "u", "device_type": "ups"})]
     assert m.snapshot(502)["healthy"]
     assert m.tick(530) == []
     assert m.snapshot(531.5)["stale"] and not m.snapshot(531.5)["healthy"]  # silent past stale_after, before tick
-    assert m.tick(531) == [("DeviceStale", {"device": "u", "kind": "ups", "silent_s": 30})]
+    assert m.tick(531) == [("DeviceStale", {"device": "u", "device_type": "ups", "silent_s": 30})]
 
 
 def test_monitor_change_while_stale_is_reported_after_recovery() -> None:
-    m = UpsMonitor("u", stale_after=5)
+    m = Pairs(UpsMonitor("u", stale_after=5))
     m.reading(reading("OL"), 0)
     assert names(m.tick(10)) == ["DeviceStale"]
     assert names(m.reading(reading("OB"), 20)) == ["DeviceRecovered", "UpsOnBattery"]
@@ -590,14 +579,14 @@ def test_monitor_change_while_stale_is_reported_after_recovery() -> None:
 
 
 def test_monitor_on_battery_is_not_healthy_and_rejects_bad_thresholds() -> None:
-    m = UpsMonitor("u")
+    m = Pairs(UpsMonitor("u"))
     m.reading(reading("OB"), 0)
     assert not m.snapshot(1)["healthy"]
     assert m.snapshot(1)["reading"]["on_battery"] is True
     with pytest.raises(ValueError):
-        UpsMonitor("u", stale_after=0)
+        Pairs(UpsMonitor("u", stale_after=0))
     with pytest.raises(ValueError):
-        UpsMonitor("u", runtime_hysteresis_s=-1)
+        Pairs(UpsMonitor("u", runtime_hysteresis_s=-1))
 
 
 # ------------------------------------------------------------------ simulator, device side
