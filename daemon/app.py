@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +17,43 @@ import trio
 
 from daemon.config import Config
 from daemon.control import ControlError, ControlServer, StreamReply
+from daemon.core.audit import AuditFactory
 from daemon.core.events import EventBus
 from daemon.core.log import get_logger
+from daemon.core.service import Service
 from daemon.metrics import MetricsServer
 from daemon.notify import Notifier
-from daemon.core.service import Service
-from daemon.supervisor import ServiceCrashed, Supervisor
 from daemon.standby.service import StandbyService
+from daemon.supervisor import ServiceCrashed, Supervisor
 from daemon.system import SystemHealthService
 from daemon.uplinks.service import UplinkService
+from daemon.venues.orders import check_payload
+from hardware.watchdog import open_watchdog
+from recovery.audit import host_audit_factory
 
 log = get_logger("app")
+
+
+# The seams between capabilities, injected here (README "Layout"): what one capability needs
+# of another, as the keyword arguments of its service.
+
+
+def audit_for(config: Config) -> AuditFactory:
+    """The audit sink (recovery's hash-chained log) for the venues and the standby."""
+    return host_audit_factory(config.node.state_dir,
+                              config.recovery.audit_log if config.recovery is not None else None)
+
+
+def standby_seams(config: Config) -> dict[str, Any]:
+    """The standby's: the order-record check on the append path (the venues'), the watchdog
+    for leadership (hardware's), the audit sink (recovery's)."""
+    return {"check_payload": partial(check_payload, venues=list(config.venues)), "open_watchdog": open_watchdog,
+            "audit_factory": audit_for(config)}
+
+
+def venue_seams(config: Config) -> dict[str, Any]:
+    """The venues': the audit sink of reconciliation (recovery's)."""
+    return {"audit_factory": audit_for(config)}
 
 
 class Daemon:
@@ -58,7 +85,7 @@ class Daemon:
             services.append(self.uplinks)
         self.standby: StandbyService | None = None
         if config.standby is not None:
-            self.standby = StandbyService(config, self.bus)
+            self.standby = StandbyService(config, self.bus, **standby_seams(config))
             self.standby.register_control(self.control)
             services.append(self.standby)
         self.recovery: Any = None
@@ -80,7 +107,7 @@ class Daemon:
         if config.venues:
             from daemon.venues.service import VenueService
 
-            self.venues = VenueService(config, self.bus, standby=self.standby)
+            self.venues = VenueService(config, self.bus, standby=self.standby, **venue_seams(config))
             self.venues.register_control(self.control)
             services.append(self.venues)
             if self.recovery is not None:

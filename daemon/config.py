@@ -212,10 +212,10 @@ class Config:
                     problems.append((f"uplinks.{name}.{key}", f"{value!r} is also used by uplinks.{seen[(key, value)]}"))
                 seen[(key, value)] = name
         for name, venue in self.venues.items():
-            for i, uplink in enumerate(venue.uplinks or ()):
-                if uplink not in self.uplinks:
+            for i, uplink_name in enumerate(venue.uplinks or ()):
+                if uplink_name not in self.uplinks:
                     known = ", ".join(self.uplinks) or "none configured"
-                    problems.append((f"venues.{name}.uplinks[{i}]", f"no [uplinks.{uplink}] (uplinks: {known})"))
+                    problems.append((f"venues.{name}.uplinks[{i}]", f"no [uplinks.{uplink_name}] (uplinks: {known})"))
         lease = self.standby.lease if self.standby is not None else None
         if self.hardware is not None and self.hardware.watchdog is not None and lease is not None \
                 and lease.watchdog != "off":
@@ -264,7 +264,7 @@ class _Loader:
     def problem(self, path: str, message: str) -> None:
         self.problems.append(f"{self.source}: {path}: {message}")
 
-    def section(self, cls: type, data: Any, path: str) -> Any:
+    def section(self, cls: Any, data: Any, path: str) -> Any:
         where = path or "top level"
         if not isinstance(data, dict):
             self.problem(where, f"expected a table, found {describe_value(data)}")

@@ -34,7 +34,7 @@ import trio
 from daemon.system_config import SystemConfig
 from daemon.core.events import EventBus, SystemOverloaded, SystemRecovered
 from daemon.core.log import get_logger
-from daemon.core.service import MetricFamily, ServiceStatus
+from daemon.core.service import Health, MetricFamily, ServiceStatus
 
 log = get_logger("system")
 
@@ -525,7 +525,7 @@ class SystemHealthService:
             summary = machine.describe()
         if self.consecutive_failures:
             summary += f" (sampling failing: {self.consecutive_failures} in a row, {self.last_error})"
-        health = "degraded" if machine.overloaded or self.consecutive_failures else "ok"
+        health: Health = "degraded" if machine.overloaded or self.consecutive_failures else "ok"
         return ServiceStatus(health, summary, details)
 
     def metrics(self) -> list[MetricFamily]:

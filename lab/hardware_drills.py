@@ -81,7 +81,7 @@ from lab.pair import REPLICATION_TIMERS
 from lab.procs import DaemonProcess, until
 from lab.replay_engine import feed_lines
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PLAYBOOKS = ROOT / "recovery" / "playbooks"
 DRILLS = ("power", "enclosure")
 TARGETS_MS = {"power": {"detection_ms": 1000.0, "handover_ms": 5000.0},

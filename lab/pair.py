@@ -69,7 +69,7 @@ ETCD_PEER_PORT = 2380
 #: The replication timers of the drills and the standby fault tests: a dead link is
 #: noticed within a second.
 REPLICATION_TIMERS = {"heartbeat": "100ms", "peer_timeout": "1s", "reconnect_max": "200ms", "sync_timeout": "2s"}
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 WITNESS_READY_TIMEOUT = 20.0
 PROBE_TIMEOUT = 0.3
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 #: The trimmed recordings shipped in the repository (18 816 lines, 0.8 MB gzipped).
 DATA_DIR = ROOT / "lab" / "data" / "hftbacktest_feeds"
 

@@ -82,7 +82,7 @@ from lab.drills import add_report_argument, percentile, write_drill_report
 from lab.hardware_drills import EventWatch
 from lab.netns import LabError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 EMULATOR_HOST = "10.75.0.1"
 EMULATOR_PORT = 8080
 VENUES = ("kraken", "coinbase")

@@ -66,7 +66,7 @@ NFT_TABLE = "lifeline_lab"
 VENUE_NET = "10.75.0.0/24"
 VENUE_TARGETS: tuple[tuple[str, int], ...] = (("10.75.0.1", 7), ("10.75.0.2", 7))
 #: The project root: the echo responder runs as ``python -m lab.echo`` from here.
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 ECHO_READY_TIMEOUT = 15.0
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "lifeline-lab"
 #: Held by the process using the namespace world, from ``up()`` to ``down()``.

@@ -86,7 +86,10 @@ from typing import Any, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from daemon.core.files import fsync_directory, link_new_file, replace_file
 from daemon.core.log import format_value, get_logger
@@ -293,6 +296,20 @@ def _write_public_key(pub_path: Path, public_key: Ed25519PublicKey) -> None:
     else:
         log.warning("audit.host_pub_replaced", pub=pub_path, fingerprint=key_fingerprint(public_key),
                     note="host.pub did not match host.key; it now does")
+
+
+def host_audit_factory(state_dir: str | os.PathLike[str], audit_log: str | os.PathLike[str] | None = None,
+                       ) -> Callable[[], AuditLog]:
+    """Opens the host's audit log: ``audit_log`` (``recovery.audit_log``) or
+    ``STATE_DIR/recovery/audit.jsonl``, signed with the host key. What the composition root
+    (:mod:`daemon.app`) hands the venues and the standby as their audit sink."""
+
+    def open_log() -> AuditLog:
+        path = Path(audit_log) if audit_log is not None else Path(state_dir) / "recovery" / "audit.jsonl"
+        key, _ = load_or_create_host_key(state_dir)
+        return AuditLog(path, key)
+
+    return open_log
 
 
 def load_or_create_host_key(state_dir: str | os.PathLike[str]) -> tuple[Ed25519PrivateKey, Path]:

@@ -30,11 +30,12 @@ from __future__ import annotations
 import datetime as dt
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 import trio
 
 from daemon.core.control_client import ControlError
+from daemon.core.errors import Unavailable
 from daemon.core.events import (
     EngineHaltRequested,
     EngineResumeRequested,
@@ -64,6 +65,13 @@ def _now_utc() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+class VenueActions(Protocol):
+    """What a playbook may ask of the venues (:class:`daemon.venues.service.VenueService` is one,
+    set by daemon/app.py); a call that cannot be made raises :class:`~daemon.core.errors.Unavailable`."""
+
+    async def cancel_all(self, venue: str, /, *, dry_run: bool, reason: str) -> str: ...
+
+
 class DaemonActionRunner:
     """The built-in actions, carried out on this daemon's services."""
 
@@ -72,7 +80,7 @@ class DaemonActionRunner:
         self.uplinks = uplinks
         self.standby = standby
         #: The venues service (issue 9), set by the daemon when [venues] are configured.
-        self.venues: Any = None
+        self.venues: VenueActions | None = None
         self.playbook = ""  # the running playbook's name (for notices)
 
     async def run(self, action: str, args: dict[str, Any], *, dry_run: bool) -> str:
@@ -176,11 +184,9 @@ class DaemonActionRunner:
         venue = str(args["venue"])
         if self.venues is None:
             raise ActionFailed(f"venue.cancel_all {venue}: no [venues] are configured in this daemon")
-        from daemon.venues.service import VenueUnavailable
-
         try:
             return await self.venues.cancel_all(venue, dry_run=dry_run, reason=f"playbook {self.playbook}")
-        except VenueUnavailable as exc:
+        except Unavailable as exc:  # the venues' VenueUnavailable
             raise ActionFailed(f"venue.cancel_all: {exc}") from None
 
     async def _notify(self, args: dict[str, Any], dry_run: bool) -> str:

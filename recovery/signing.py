@@ -211,7 +211,7 @@ def sign_playbook(playbook_path: str | os.PathLike[str], private_key: Ed25519Pri
     fd = os.open(sig_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        chunks = []
+        chunks: list[bytes] = []
         while chunk := os.pread(fd, 1 << 16, sum(len(c) for c in chunks)):
             chunks.append(chunk)
         existing = b"".join(chunks)

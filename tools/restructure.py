@@ -76,7 +76,15 @@ def moves() -> None:
             git("rm", "-q", "-f", str(init.relative_to(ROOT)))
         for path in sorted(old_lab.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
-                move(path, ROOT / "lab" / path.relative_to(old_lab))
+                new = ROOT / "lab" / path.relative_to(old_lab)
+                move(path, new)
+                if new.suffix == ".py":
+                    # one directory shallower: Path(__file__).parents[N] names the repository one level up
+                    text = new.read_text()
+                    fixed = re.sub(r"(Path\(__file__\)(?:\.resolve\(\))?\.parents\[)(\d+)\]",
+                                   lambda m: f"{m.group(1)}{int(m.group(2)) - 1}]", text)
+                    if fixed != text:
+                        new.write_text(fixed)
         for path in sorted(old_lab.rglob("*"), reverse=True):
             if path.is_dir() and not any(p for p in path.iterdir() if p.name != "__pycache__"):
                 subprocess.run(["rm", "-rf", str(path)])

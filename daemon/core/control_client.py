@@ -88,7 +88,8 @@ class ControlClient:
                 raise ConnectionError("the daemon closed the connection")
             self._buffer += data
         line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
+        reply: dict[str, Any] = json.loads(line)
+        return reply
 
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         """Send one request and return its result; raise ControlError on an error reply."""

@@ -77,7 +77,7 @@ def histogram(name: str, help: str, buckets: str, labels: tuple[str, ...] = ()) 
     renders it)."""
     from prometheus_client import Histogram, disable_created_metrics
 
-    disable_created_metrics()  # no *_created series: one name per quantity
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream; no *_created series: one name per quantity
     return Histogram(name, help, labelnames=labels, buckets=BUCKETS[buckets], registry=None)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -192,13 +191,10 @@ class StandbyConfig:
 
 class StandbySettings(Protocol):
     """What the standby service reads of the root config (:class:`daemon.config.Config` is one):
-    this host, its section, and the names of the configured venues (an order record must name one)."""
+    this host and its section."""
 
     @property
     def node(self) -> NodeConfig: ...
 
     @property
     def standby(self) -> StandbyConfig | None: ...
-
-    @property
-    def venues(self) -> Mapping[str, object]: ...

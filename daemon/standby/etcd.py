@@ -937,7 +937,7 @@ class EtcdLeaseStore(LeaseStore):
             token = await self._authenticate(deadline, what)
             return await self._send(path, body, deadline, what, token)
 
-    async def _authenticate(self, deadline: float, what: str) -> str:
+    async def _authenticate(self, deadline: float, what: str) -> str:  # type: ignore[return]  # the shielded scope has no cancel of its own: it returns or raises
         """A fresh token for the credentials; :class:`LeaseUnavailable` saying why not
         (never the password).
 

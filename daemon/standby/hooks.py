@@ -124,8 +124,9 @@ class HookRunner:
         with trio.move_on_after(self.timeout) as deadline:
             async with trio.open_nursery() as nursery:
                 try:
+                    # (the ignore: trio.run_process takes the argv list; partial's inference picks the str overload)
                     proc = await nursery.start(partial(
-                        self._run_process, list(job.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                        self._run_process, list(job.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,  # type: ignore[arg-type]
                         stderr=subprocess.STDOUT, env=env, cwd="/", start_new_session=True, check=False,
                         deliver_cancel=_kill_group))
                 except OSError as exc:  # missing program, not executable, ...

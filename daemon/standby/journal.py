@@ -1237,11 +1237,11 @@ def _recover(directory: Path, dirfd: int,
     values: list[int] = []
     for n, (name_seq, path) in enumerate(found):
         is_last = n == len(found) - 1
-        segment, report = _scan_segment(path, name_seq, segments[-1] if segments else None, starts, values,
-                                        is_last, durable)
+        segment, scanned = _scan_segment(path, name_seq, segments[-1] if segments else None, starts, values,
+                                         is_last, durable)
         segments.append(segment)
-        if report is not None:
-            recoveries.append(report)
+        if scanned is not None:
+            recoveries.append(scanned)
     return segments, starts, values, recoveries
 
 

@@ -867,7 +867,7 @@ class ReplicationPrimary:
             self._append_times.append((first, last, trio.current_time()))
             self.counters["appends"] += last - first + 1
             if self.config.mode == "async":
-                runs = [(first, last, epoch, "ok", "primary", None, False)]
+                runs: list[AppendRun] = [(first, last, epoch, "ok", "primary", None, False)]
             else:
                 runs = await self._wait_for_standby(first, last, epoch)
             self.append_to_ack.observe(trio.current_time() - started)

@@ -29,16 +29,18 @@ from __future__ import annotations
 import base64
 import binascii
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal, Protocol
 
 import trio
 
+from daemon.core.audit import AuditFactory
 from daemon.core.control_client import ControlError
 from daemon.core.events import EventBus, JournalTailTruncated
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, Sample, ServiceStatus
 from daemon.standby import MAX_PAYLOAD, Position, Record, StandbyError
 from daemon.standby.config import StandbySettings
+from daemon.standby.leadership import Watchdog
 
 log = get_logger("standby")
 
@@ -97,6 +99,19 @@ def payloads_from_params(params: dict[str, Any]) -> list[bytes]:
     return payloads
 
 
+class PayloadCheck(Protocol):
+    """The order-record check on the append path (the venues', :func:`daemon.venues.orders.check_payload`):
+    None for a payload that may be written, else the problem, one line."""
+
+    def __call__(self, payload: bytes, /) -> str | None: ...
+
+
+class WatchdogOpener(Protocol):
+    """Opens the hardware watchdog for leadership (:func:`hardware.watchdog.open_watchdog` is one)."""
+
+    def __call__(self, mode: Literal["off", "optional", "required"], path: Path, /) -> Watchdog: ...
+
+
 class StandbyService:
     """Owns the journal and the replication role of this host.
 
@@ -109,7 +124,9 @@ class StandbyService:
     name = "standby"
 
     def __init__(self, config: StandbySettings, bus: EventBus, *, key: bytes | None = None,
-                 lease_store: Any = None, watchdog: Any = None) -> None:
+                 lease_store: Any = None, watchdog: Any = None,
+                 check_payload: PayloadCheck | None = None, open_watchdog: WatchdogOpener | None = None,
+                 audit_factory: AuditFactory | None = None) -> None:
         assert config.standby is not None
         self.config = config
         self.settings = config.standby
@@ -118,6 +135,9 @@ class StandbyService:
         self._key = key
         self._lease_store = lease_store
         self._watchdog = watchdog
+        self._check_payload = check_payload
+        self._open_watchdog = open_watchdog
+        self._audit_factory = audit_factory
         self.journal: Any = None
         self.replication: Any = None
         self.leadership: Any = None
@@ -183,12 +203,14 @@ class StandbyService:
         assert lease is not None
         node = self.config.node.name
         if self._lease_store is None:
+            assert self._key is not None  # loaded before leadership starts
             self._lease_store = open_lease_store(lease, node, self._key, self.settings)
         watchdog = self._watchdog
         if watchdog is None and lease.watchdog != "off":
-            from hardware.watchdog import open_watchdog
-
-            watchdog = open_watchdog(lease.watchdog, lease.watchdog_device)
+            if self._open_watchdog is None:
+                raise StandbyError(f'standby.lease.watchdog = "{lease.watchdog}" but no watchdog was given to the '
+                                   "standby service (daemon/app.py injects it)")
+            watchdog = self._open_watchdog(lease.watchdog, lease.watchdog_device)
         hardware = getattr(self.config, "hardware", None)
         if (lease.watchdog == "off" and getattr(hardware, "watchdog", None) is None
                 and Path(lease.watchdog_device).exists()):
@@ -252,6 +274,7 @@ class StandbyService:
                 self._wanted_changed = trio.Event()
                 side, epoch, primary = wanted
                 scope = trio.CancelScope()
+                assert self._key is not None  # loaded before the runner starts
                 if side == "primary":
                     # A fixed-role primary stamps the journal's epoch (at least 1); a
                     # leased one, the lease's epoch.
@@ -364,26 +387,15 @@ class StandbyService:
         return {"results": out}
 
     def _check_order_records(self, payloads: list[bytes]) -> None:
-        """Order records (:mod:`daemon.venues.orders`) must be valid and name a configured
-        venue: reconciliation after a failover trusts them. Other payloads pass as they are."""
-        from daemon.venues.orders import (
-            OrderRecordError,
-            looks_like_record,
-            parse_journal_record,
-        )
-
+        """Order records must be valid and name a configured venue: reconciliation after a
+        failover trusts them (the check is the venues', injected by daemon/app.py). Other
+        payloads pass as they are."""
+        if self._check_payload is None:
+            return
         for i, payload in enumerate(payloads):
-            if not looks_like_record(payload):
-                continue
-            try:
-                record = parse_journal_record(payload)
-            except OrderRecordError as exc:
-                raise ControlError("bad_record", f"payload {i}: order record: {exc} (nothing was written)") from None
-            venues = self.config.venues
-            if record is not None and venues and record.venue not in venues:
-                raise ControlError("bad_record", f"payload {i}: order record: venue: {record.venue!r} is not a "
-                                                 f"configured venue ({', '.join(venues)}); write the [venues.NAME] "
-                                                 "name (nothing was written)")
+            problem = self._check_payload(payload)
+            if problem is not None:
+                raise ControlError("bad_record", f"payload {i}: order record: {problem} (nothing was written)")
 
     async def _read(self, params: dict[str, Any]) -> Any:
         start = params.get("from", 1)
@@ -442,17 +454,15 @@ class StandbyService:
         from daemon.core.acl import audit_by
 
         def append() -> None:
-            from recovery.audit import AuditLog, load_or_create_host_key
-
-            recovery = self.config.recovery
-            state_dir = self.config.node.state_dir
-            path = (recovery.audit_log if recovery is not None and recovery.audit_log is not None
-                    else state_dir / "recovery" / "audit.jsonl")
-            key, _ = load_or_create_host_key(state_dir)
-            with AuditLog(path, key) as audit:
+            if self._audit_factory is None:
+                raise StandbyError("no audit log was given to the standby service (daemon/app.py injects it)")
+            audit = self._audit_factory()
+            try:
                 audit.append("standby.promote", accept_loss=True, node=self.config.node.name, by=by,
                              accepted=bool(result.get("accepted")) if isinstance(result, dict) else None,
                              reason=result.get("reason") if isinstance(result, dict) else None)
+            finally:
+                audit.close()
 
         by = audit_by()
         try:

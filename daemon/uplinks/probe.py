@@ -469,7 +469,7 @@ class UplinkProber:
         if reply is None or reply.nonce != self.nonce or reply.uplink_id != self.uplink_id:
             self.counters["garbage"] += 1
             return
-        source = (_normal(address[0]), address[1])
+        source: tuple[str, int] = (_normal(address[0]), address[1])
         if source not in self._udp_sources:
             self.counters["wrong_source"] += 1
             return

@@ -299,7 +299,7 @@ class NetlinkRouteBackend(RouteBackend):
         self._uplinks: list[UplinkRoute] = []
         self._pending: dict[str, str] = {}
         # The family of the route we manage; current() looks at this one.
-        self._family = socket.AF_INET
+        self._family: int = socket.AF_INET
 
     def pending(self) -> dict[str, str]:
         return dict(self._pending)

@@ -187,6 +187,7 @@ class UplinkService:
                     log.warning("uplinks.cleanup_failed", error=str(exc))
 
     async def _probe_loop(self, uplink: Uplink) -> None:
+        assert uplink.config.interval is not None  # filled from the kind's defaults
         interval = float(uplink.config.interval)
         next_at = trio.current_time()
         async with trio.open_nursery() as rounds:
@@ -215,6 +216,7 @@ class UplinkService:
         await self._decide(now)
 
     async def _dns_loop(self, uplink: Uplink) -> None:
+        assert uplink.dns is not None  # started only for an uplink with a dns_server
         seq = 0
         while True:
             seq += 1
@@ -483,6 +485,7 @@ def _describe_route(current: Any) -> str:
 def _default_prober(name: str, config: UplinkConfig) -> Any:
     from daemon.uplinks.probe import UplinkProber
 
+    assert config.timeout is not None  # filled from the kind's defaults
     return UplinkProber(name, config.source, [parse_target(t) for t in config.targets],
                         float(config.timeout), interface=config.interface)
 
@@ -490,5 +493,6 @@ def _default_prober(name: str, config: UplinkConfig) -> Any:
 def _default_dns(name: str, config: UplinkConfig) -> Any:
     from daemon.uplinks.probe import DnsProber
 
+    assert config.timeout is not None and config.dns_server is not None  # only with a dns_server
     # A resolver may recurse before answering: allow it more than a probe's timeout.
     return DnsProber(name, config.source, config.dns_server, config.dns_name, max(1.0, 4 * float(config.timeout)))

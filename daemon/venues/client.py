@@ -366,7 +366,7 @@ def _chain(exc: BaseException, limit: int = 64) -> list[BaseException]:
 
 
 def _message(exc: BaseException) -> str:
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = getattr(exc, "args", ())
     if isinstance(exc, urllib3.exceptions.HTTPError) and len(args) > 1 and isinstance(args[-1], str):
         text = args[-1]  # ConnectTimeoutError(conn, "Connection to HOST timed out. ...")
     else:
@@ -530,7 +530,8 @@ class SourceAddressAdapter(requests.adapters.HTTPAdapter):
     """A requests adapter whose connections (direct and through a proxy) are bound to one
     source address (port chosen by the kernel)."""
 
-    __attrs__: ClassVar[list[str]] = [*requests.adapters.HTTPAdapter.__attrs__, "source_address"]
+    # requests' stubs declare __attrs__ per instance; it is HTTPAdapter's class attribute (pickling)
+    __attrs__: ClassVar[list[str]] = [*requests.adapters.HTTPAdapter.__attrs__, "source_address"]  # type: ignore[misc]
 
     def __init__(self, source_address: str, **kwargs: Any) -> None:
         self.source_address = str(ipaddress.ip_address(source_address))

@@ -89,11 +89,6 @@ class UplinkSource(Protocol):
     def source(self) -> str: ...
 
 
-class AuditSettings(Protocol):
-    @property
-    def audit_log(self) -> Path | None: ...
-
-
 class VenuesSettings(Protocol):
     """What the venue service reads of the root config (:class:`daemon.config.Config` is one)."""
 
@@ -107,4 +102,4 @@ class VenuesSettings(Protocol):
     def uplinks(self) -> Mapping[str, UplinkSource]: ...
 
     @property
-    def recovery(self) -> AuditSettings | None: ...
+    def source(self) -> Path: ...

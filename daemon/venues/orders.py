@@ -138,6 +138,7 @@ import difflib
 import json
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -236,7 +237,7 @@ def _decimal(name: str, value: Any, *, example: str, allow_zero: bool) -> Decima
         raise OrderRecordError(name, f"expected {what}, found {shown(value)}")
     if not number.is_finite() or number < 0 or (number == 0 and not allow_zero):
         raise OrderRecordError(name, f"expected {what}, found {shown(value)}")
-    if number != 0 and (number.adjusted() >= 30 or -number.as_tuple().exponent > MAX_DECIMAL_DIGITS):
+    if number != 0 and (number.adjusted() >= 30 or -int(number.as_tuple().exponent) > MAX_DECIMAL_DIGITS):
         raise OrderRecordError(name, f"expected {what} below 1e30 with at most {MAX_DECIMAL_DIGITS} decimal "
                                      f"places, found {shown(value)}")
     return number
@@ -606,3 +607,19 @@ class OpenOrders:
         self.applied = 0
         self.last_error = None
         self._open.clear()
+
+
+def check_payload(payload: bytes, /, venues: Collection[str]) -> str | None:
+    """The order-record check on the journal's append path (the standby calls it, injected by
+    daemon/app.py): None if ``payload`` may be written (not an order record, or a valid one
+    naming one of ``venues``, any venue when none are configured), else the problem, one line."""
+    if not looks_like_record(payload):
+        return None
+    try:
+        record = parse_journal_record(payload)
+    except OrderRecordError as exc:
+        return str(exc)
+    if record is not None and venues and record.venue not in venues:
+        return (f"venue: {record.venue!r} is not a configured venue ({', '.join(venues)}); write the "
+                "[venues.NAME] name")
+    return None

@@ -133,7 +133,7 @@ class VenueOrder:
     filled: Decimal | None = None
 
     @classmethod
-    def from_ccxt(cls, order: dict) -> VenueOrder:
+    def from_ccxt(cls, order: dict[str, Any]) -> VenueOrder:
         """From a ccxt unified order structure (``fetch_open_orders``' items). Raises
         ValueError naming the key when the order has no ``id`` or no ``symbol``: without them
         it can be neither matched nor cancelled. ``clientOrderId`` ``None``, ``""`` or
@@ -199,7 +199,7 @@ class Decision:
 
     def line(self, outcome: str | None = None) -> str:
         """One human line: kind, action (→ outcome), ids, symbol side amount@price, reason."""
-        what = self.action
+        what: str = self.action
         if outcome and outcome not in (self.action, "kept", "reported"):
             what = f"{self.action} → {outcome}"
         return (f"{self.kind} {what}: venue order {self.venue_order_id or '-'}, "
@@ -297,16 +297,16 @@ def reconcile(venue: str, policy: Policy, journal_open: Sequence[OrderRecord],
     matches: dict[int, tuple[OrderRecord, str]] = {}  # venue order index -> (record, matched by)
     claimed: dict[int, str] = {}  # id(record) -> the venue order id that matched it first
     for i, order in enumerate(orders):
-        record = by_vid.get(order.id)
-        if record is not None:
-            matches[i] = (record, "venue order id")
+        found = by_vid.get(order.id)
+        if found is not None:
+            matches[i] = (found, "venue order id")
     for i, order in enumerate(orders):
         if i in matches:
             continue
         for coid in _client_ids(order):
-            record = by_coid.get(coid)
-            if record is not None:
-                matches[i] = (record, "client order id")
+            candidate = by_coid.get(coid)
+            if candidate is not None:
+                matches[i] = (candidate, "client order id")
                 break
 
     decisions: list[Decision] = []
@@ -404,7 +404,7 @@ class ReconciliationReport:
     started_at: float
     finished_at: float | None = None
     decisions: list[Decision] = field(default_factory=list)
-    positions: list[dict] = field(default_factory=list)
+    positions: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     outcomes: dict[int, str] = field(default_factory=dict)
 
@@ -492,7 +492,7 @@ class ReconciliationReport:
         }
 
 
-def _describe_position(position: dict) -> str:
+def _describe_position(position: dict[str, Any]) -> str:
     if not isinstance(position, dict):
         return " ".join(str(position).split())[:200]
     parts = [str(position.get("symbol") or "?"), str(position.get("side") or "?")]

@@ -49,7 +49,9 @@ from typing import Any, Callable, Iterable
 
 import trio
 
+from daemon.core.audit import AuditFactory
 from daemon.core.control import ControlError, ReplyStream
+from daemon.core.errors import Unavailable
 from daemon.core.events import (
     EventBus,
     ReconciliationFinished,
@@ -59,7 +61,7 @@ from daemon.core.events import (
     VenueHealthChanged,
 )
 from daemon.core.log import get_logger
-from daemon.core.service import MetricFamily, Sample, ServiceStatus, histogram
+from daemon.core.service import Health, MetricFamily, Sample, ServiceStatus, histogram
 from daemon.venues.config import VenueConfig, VenuesSettings
 from daemon.venues.health import (
     HealthChange,
@@ -86,7 +88,7 @@ WATCH_BUFFER = 256
 DEFAULT_PATH = "default"
 
 
-class VenueUnavailable(Exception):
+class VenueUnavailable(Unavailable):
     """A private call could not be made (no credentials, no usable path, the call failed)."""
 
     def __init__(self, message: str, error_class: str = "other") -> None:
@@ -194,7 +196,7 @@ class VenueService:
 
     def __init__(self, config: VenuesSettings, bus: EventBus, *, standby: Any = None,
                  client_factory: Callable[..., Any] | None = None,
-                 audit_factory: Callable[[], Any] | None = None,
+                 audit_factory: AuditFactory | None = None,
                  clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
         self.config = config
         self.bus = bus
@@ -299,7 +301,7 @@ class VenueService:
         endpoint's cost: Kraken's Balance is 3 s, Coinbase's v2 time 360 ms): add that to the
         round's allowance first, so the round's deadline never mistakes the venue's own pacing
         for a venue that does not answer."""
-        exchange = getattr(path.client, "exchange", None)
+        exchange: Any = getattr(path.client, "exchange", None)
         original = getattr(exchange, "throttle", None)
         if original is None:
             return
@@ -729,17 +731,9 @@ class VenueService:
 
     def _audit_log(self) -> Any:
         if self._audit is None:
-            if self._audit_factory is not None:
-                self._audit = self._audit_factory()
-            else:
-                from recovery.audit import AuditLog, load_or_create_host_key
-
-                recovery = self.config.recovery
-                state_dir = self.config.node.state_dir
-                path = (recovery.audit_log if recovery is not None and recovery.audit_log is not None
-                        else state_dir / "recovery" / "audit.jsonl")
-                key, _ = load_or_create_host_key(state_dir)
-                self._audit = AuditLog(path, key)
+            if self._audit_factory is None:
+                raise VenueUnavailable("no audit log was given to the venue service (daemon/app.py injects it)")
+            self._audit = self._audit_factory()
         return self._audit
 
     async def _audit_append(self, kind: str, **fields: Any) -> None:
@@ -1025,7 +1019,8 @@ class VenueService:
     def status(self) -> ServiceStatus:
         if not self._started:
             return ServiceStatus("ok", "starting")
-        parts, health = [], "ok"
+        parts: list[str] = []
+        health: Health = "ok"
         for v in self.venues.values():
             state = v.state()
             if state is not VenueState.UP:

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 import trio
+from support import cli, free_port
 
+from daemon.app import standby_seams
 from daemon.config import parse_config
 from daemon.control import ControlServer
 from daemon.core.control_client import ControlClient, ControlError
 from daemon.core.events import EventBus
 from daemon.standby.service import StandbyService, payloads_from_params
-from support import cli, free_port
 
 KEY = bytes(range(32))
 
@@ -53,7 +54,7 @@ async def call(path: Path, method: str, params: dict[str, Any] | None = None) ->
 
 
 async def start(nursery: trio.Nursery, cfg: Any, tmp: Path) -> tuple[StandbyService, Path]:
-    service = StandbyService(cfg, EventBus(256), key=KEY)
+    service = StandbyService(cfg, EventBus(256), **standby_seams(cfg), key=KEY)
     sock = tmp / f"{cfg.node.name}.sock"
     control = ControlServer(sock, group=None)
     service.register_control(control)
@@ -166,7 +167,7 @@ async def test_a_torn_tail_repaired_at_open_is_published_and_shown(tmp_path: Pat
     segment.write_bytes(segment.read_bytes()[:-2])  # the last record torn
     bus = EventBus(64)
     events = bus.subscribe("test", kinds={"JournalTailTruncated"})
-    service = StandbyService(cfg, bus, key=KEY)
+    service = StandbyService(cfg, bus, **standby_seams(cfg), key=KEY)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)
@@ -187,7 +188,7 @@ async def test_standby_promote_is_audited_with_its_caller(tmp_path: Path) -> Non
             return {"accepted": True, "reason": "free lease; override recorded"}
 
     cfg = config(tmp_path, "edge-b", "standby", free_port())
-    service = StandbyService(cfg, EventBus(256), key=KEY)
+    service = StandbyService(cfg, EventBus(256), **standby_seams(cfg), key=KEY)
     service.leadership = Leadership()
     sock = tmp_path / "promote.sock"
     control = ControlServer(sock, group=None)

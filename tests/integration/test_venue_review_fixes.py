@@ -42,6 +42,7 @@ from test_venue_service import (
     wait_for,
 )
 
+from daemon.app import venue_seams
 from daemon.config import JournalConfig
 from daemon.core.events import EventBus
 from daemon.standby import Record
@@ -143,7 +144,7 @@ async def test_order_placed_while_the_venue_answers_is_not_an_orphan(tmp_path: P
     with trio.fail_after(CAP):
         standby = await start_standby(nursery, cfg, bus)
         await wait_for(lambda: standby.accepting)
-        service = VenueService(cfg, bus, standby=standby, client_factory=fast_client_factory)
+        service = VenueService(cfg, bus, **venue_seams(cfg), standby=standby, client_factory=fast_client_factory)
         await start_primary(nursery, service)
         warm = await service.reconcile("kraken", dry_run=True)  # the private client and its markets exist now
         assert warm.counts()["would_cancel"] == 3 and warm.errors == []
@@ -201,7 +202,7 @@ async def test_index_follows_a_divergent_tail_cut_and_refilled(tmp_path: Path, n
         await journal.append(payload("old-2", venue_order_id="OOLD02-AAAAA-AAAAAA"), 1)
         await journal.append(payload("old-3", venue_order_id="OOLD03-AAAAA-AAAAAA"), 1)
         standby = JournalStandby(journal)
-        service = VenueService(cfg, bus, standby=standby, client_factory=fast_client_factory)
+        service = VenueService(cfg, bus, **venue_seams(cfg), standby=standby, client_factory=fast_client_factory)
         await start_primary(nursery, service)
         await wait_for(lambda: service.orders is not None and service.orders.position == 3)
         assert {r.client_order_id for r in service.orders.open_at("kraken")} == {"keep-1", "old-2", "old-3"}
@@ -252,7 +253,7 @@ async def test_journal_without_its_first_records_only_reports(tmp_path: Path, nu
             await journal.append(b"x" * 100_000, 1)
         assert journal.remove_segments_through(journal.last.seq, now=1e12) >= 1
         assert journal.first_seq > 1
-        service = VenueService(cfg, bus, standby=JournalStandby(journal), client_factory=fast_client_factory)
+        service = VenueService(cfg, bus, **venue_seams(cfg), standby=JournalStandby(journal), client_factory=fast_client_factory)
         await start_primary(nursery, service)
 
         report = await service.reconcile("kraken", dry_run=False)
@@ -300,7 +301,7 @@ async def test_invalid_order_record_in_the_journal_only_reports(tmp_path: Path, 
         journal = await open_journal(nursery, tmp_path / "journal")
         await journal.append(payload("eng-1", venue_order_id="OIIQBL-6PV3A-7M2AJJ", price="54.0"), 1)
         await journal.append(payload("eng-2", venue_order_id="OXCZ7B-EMVZQ-MTJTQJ", amount="-1"), 1)
-        service = VenueService(cfg, bus, standby=JournalStandby(journal), client_factory=fast_client_factory)
+        service = VenueService(cfg, bus, **venue_seams(cfg), standby=JournalStandby(journal), client_factory=fast_client_factory)
         await start_primary(nursery, service)
         await wait_for(lambda: service.orders is not None and service.orders.position == 2)
         assert service.orders.invalid == 1
@@ -339,7 +340,7 @@ async def test_unmatched_new_order_without_venue_id_protects_a_look_alike(tmp_pa
     with trio.fail_after(CAP):
         journal = await open_journal(nursery, tmp_path / "journal")
         await journal.append(payload("eng-new", state="new", price="100"), 1)
-        service = VenueService(cfg, bus, standby=JournalStandby(journal), client_factory=fast_client_factory)
+        service = VenueService(cfg, bus, **venue_seams(cfg), standby=JournalStandby(journal), client_factory=fast_client_factory)
         await start_primary(nursery, service)
 
         report = await service.reconcile("kraken", dry_run=False)
@@ -382,7 +383,7 @@ async def test_malformed_venue_orders_are_reported_and_the_daemon_keeps_running(
     finished = bus.subscribe("test-reconciled", kinds={"ReconciliationFinished"})
     with trio.fail_after(CAP):
         standby = await start_standby(nursery, cfg, bus)
-        service = VenueService(cfg, bus, standby=standby, client_factory=factory)
+        service = VenueService(cfg, bus, **venue_seams(cfg), standby=standby, client_factory=factory)
         await nursery.start(service.run)
         event = await finished.receive()
         assert event.trigger == "start"
@@ -411,7 +412,7 @@ async def test_cancel_all_refuses_on_a_node_that_is_not_primary(tmp_path: Path, 
     bus = EventBus(1000)
     standby = FakeStandby()
     standby.leadership.primary = False
-    service = VenueService(cfg, bus, standby=standby, client_factory=fast_client_factory)
+    service = VenueService(cfg, bus, **venue_seams(cfg), standby=standby, client_factory=fast_client_factory)
     with trio.fail_after(CAP):
         await nursery.start(service.run)
         with pytest.raises(VenueUnavailable) as info:
@@ -476,7 +477,7 @@ async def test_reconciliation_fenced_while_waiting_for_the_venue_sends_no_more_c
     with trio.fail_after(CAP):
         journal = await open_journal(nursery, tmp_path / "journal")
         standby = JournalStandby(journal)
-        service = VenueService(cfg, bus, standby=standby, client_factory=factory)
+        service = VenueService(cfg, bus, **venue_seams(cfg), standby=standby, client_factory=factory)
         lock = service.venues["kraken"].private_lock
         await start_primary(nursery, service)
         await wait_for(lambda: deadman.arms >= 1)
@@ -532,7 +533,7 @@ async def test_reconciliation_of_a_past_term_sends_no_more_cancels(tmp_path: Pat
     with trio.fail_after(CAP):
         journal = await open_journal(nursery, tmp_path / "journal")
         standby = JournalStandby(journal)
-        service = VenueService(cfg, bus, standby=standby, client_factory=factory)
+        service = VenueService(cfg, bus, **venue_seams(cfg), standby=standby, client_factory=factory)
         await start_primary(nursery, service)
         result: dict[str, Any] = {}
         done = trio.Event()
@@ -596,7 +597,7 @@ async def test_promotion_while_the_clients_are_built_is_reconciled_once(tmp_path
     with trio.fail_after(CAP):
         journal = await open_journal(nursery, tmp_path / "journal")
         standby = JournalStandby(journal, primary=False, epoch=7, lease="fake")
-        service = VenueService(cfg, bus, standby=standby, client_factory=factory)
+        service = VenueService(cfg, bus, **venue_seams(cfg), standby=standby, client_factory=factory)
         await nursery.start(service.run)
         assert promoted.is_set() and service.may_trade()
         with trio.fail_after(8):
@@ -674,7 +675,7 @@ async def test_signed_requests_through_two_uplinks_are_paced_as_one_key(tmp_path
     cfg = make_config(tmp_path, {"kraken": kraken_venue(url, tmp_path, reconcile_on_promotion=False,
                                                         positions=False, deadman=False, interval="60s")},
                       uplinks=True)
-    service = VenueService(cfg, EventBus(1000), client_factory=recording_factory)
+    service = VenueService(cfg, EventBus(1000), **venue_seams(cfg), client_factory=recording_factory)
     with trio.fail_after(CAP):
         await nursery.start(service.run)
         venue = service.venues["kraken"]

@@ -30,18 +30,19 @@ import pytest
 import trio
 from support import cli, free_port
 
+from daemon.app import standby_seams, venue_seams
 from daemon.config import Config, dump_toml, parse_config
 from daemon.control import ControlServer
 from daemon.core.control_client import ControlClient
 from daemon.core.control_client import ControlError as ClientControlError
 from daemon.core.events import EventBus, RoleChanged
-from lab.venues.server import VenueEmulator
 from daemon.core.log import KeyValueFormatter
 from daemon.metrics import render
 from daemon.standby.service import StandbyService
 from daemon.venues import service as venue_service
 from daemon.venues.cli import format_matrix
 from daemon.venues.service import VenueService, VenueUnavailable
+from lab.venues.server import VenueEmulator
 
 CAP = 30  # seconds: no test may hang longer than this
 KEY = bytes(range(32))  # the replication key of the in-process standby services
@@ -147,7 +148,7 @@ async def start_emulator(nursery: trio.Nursery, **kwargs: Any) -> tuple[VenueEmu
 
 
 async def start_standby(nursery: trio.Nursery, config: Config, bus: EventBus) -> StandbyService:
-    standby = StandbyService(config, bus, key=KEY)
+    standby = StandbyService(config, bus, **standby_seams(config), key=KEY)
     await nursery.start(standby.run)
     return standby
 
@@ -187,7 +188,7 @@ async def test_one_uplink_silent_then_back_the_other_stays_up(tmp_path: Path, nu
                                               "timeout": "600ms", "down_after": 3, "up_after": 2}}, uplinks=True)
     bus = EventBus(1000)
     changes = Changes(bus)
-    service = VenueService(cfg, bus)
+    service = VenueService(cfg, bus, **venue_seams(cfg))
     began_ns = time.monotonic_ns()
     with trio.fail_after(CAP):
         await nursery.start(service.run)
@@ -238,7 +239,7 @@ async def test_error_classes_slow_answers_and_the_venue_state(tmp_path: Path, nu
         "degraded_latency": "120ms", "down_after": 2, "up_after": 2, "slow_after": 2}}, uplinks=True)
     bus = EventBus(1000)
     changes = Changes(bus)
-    service = VenueService(cfg, bus)
+    service = VenueService(cfg, bus, **venue_seams(cfg))
 
     async def both(state: str, **fields: Any) -> list[Any]:
         events: dict[str, Any] = {}
@@ -300,7 +301,7 @@ async def test_watch_on_the_control_socket_status_and_metrics(tmp_path: Path, nu
                    "deadman": False, "up_after": 1},
     })
     bus = EventBus(1000)
-    service = VenueService(cfg, bus)
+    service = VenueService(cfg, bus, **venue_seams(cfg))
     sock = tmp_path / "control.sock"
     control = ControlServer(sock, group=None)
     service.register_control(control)
@@ -378,7 +379,7 @@ async def test_deadman_rearmed_while_primary_and_left_to_fire_when_fenced(tmp_pa
     bus = EventBus(1000)
     armed_events = bus.subscribe("test-armed", kinds={"VenueDeadmanArmed", "VenueDeadmanFailed"})
     standby = FakeStandby()
-    service = VenueService(cfg, bus, standby=standby, client_factory=fast_client_factory)
+    service = VenueService(cfg, bus, **venue_seams(cfg), standby=standby, client_factory=fast_client_factory)
     deadman = emulator.venue("kraken").deadman
 
     with trio.fail_after(CAP):
@@ -471,7 +472,7 @@ async def test_cancel_orphans_when_primary_at_start_keeps_what_the_journal_knows
                          amount="5", price="0.5"),
             order_record("eng-3", venue_order_id="OCLOSE-AAAAA-BBBBBB", state="filled"),
         ]})
-        service = VenueService(cfg, bus, standby=standby, client_factory=fast_client_factory)
+        service = VenueService(cfg, bus, **venue_seams(cfg), standby=standby, client_factory=fast_client_factory)
         await nursery.start(service.run)
         event = await finished.receive()
         assert (event.venue, event.policy, event.dry_run, event.trigger) == ("kraken", "cancel-orphans", False, "start")
@@ -523,7 +524,7 @@ async def test_adopt_writes_adoption_records_then_everything_matches(tmp_path: P
     bus = EventBus(1000)
     with trio.fail_after(CAP):
         standby = await start_standby(nursery, cfg, bus)
-        service = VenueService(cfg, bus, standby=standby, client_factory=fast_client_factory)
+        service = VenueService(cfg, bus, **venue_seams(cfg), standby=standby, client_factory=fast_client_factory)
         await nursery.start(service.run)
         await wait_for(lambda: service.may_trade())
 
@@ -562,7 +563,7 @@ async def test_report_only_changes_nothing_at_the_venue(tmp_path: Path, nursery:
     finished = bus.subscribe("test-reconciled", kinds={"ReconciliationFinished"})
     with trio.fail_after(CAP):
         standby = await start_standby(nursery, cfg, bus)
-        service = VenueService(cfg, bus, standby=standby, client_factory=fast_client_factory)
+        service = VenueService(cfg, bus, **venue_seams(cfg), standby=standby, client_factory=fast_client_factory)
         await nursery.start(service.run)
         event = await finished.receive()
         assert (event.policy, event.trigger) == ("report-only", "start")
@@ -602,9 +603,9 @@ async def test_journal_append_refuses_invalid_order_records_and_writes_nothing(t
         return info.value.message
 
     with trio.fail_after(CAP):
-        standby = StandbyService(cfg, bus, key=KEY)
+        standby = StandbyService(cfg, bus, **standby_seams(cfg), key=KEY)
         standby.register_control(control)
-        service = VenueService(cfg, bus, standby=standby, client_factory=fast_client_factory)
+        service = VenueService(cfg, bus, **venue_seams(cfg), standby=standby, client_factory=fast_client_factory)
         service.register_control(control)
         await nursery.start(control.run)
         await nursery.start(standby.run)
@@ -647,7 +648,7 @@ async def test_playbook_action_venue_cancel_all(tmp_path: Path, nursery: trio.Nu
     emulator, url = await start_emulator(nursery, api_keys={"kraken": KRAKEN_KEY})
     cfg = make_config(tmp_path, {"kraken": kraken_venue(url, tmp_path)})
     bus = EventBus(1000)
-    service = VenueService(cfg, bus, client_factory=fast_client_factory)
+    service = VenueService(cfg, bus, **venue_seams(cfg), client_factory=fast_client_factory)
     runner = DaemonActionRunner(bus)
     runner.playbook = "venue-dark"
     with trio.fail_after(CAP):
@@ -700,7 +701,7 @@ async def test_credentials_never_in_logs_status_reports_or_errors(tmp_path: Path
     texts: list[str] = []
     with trio.fail_after(CAP):
         standby = await start_standby(nursery, cfg, bus)
-        service = VenueService(cfg, bus, standby=standby, client_factory=fast_client_factory)
+        service = VenueService(cfg, bus, **venue_seams(cfg), standby=standby, client_factory=fast_client_factory)
         await nursery.start(service.run)
         reports = [await finished.receive(), await finished.receive()]
         by_venue = {e.venue: e for e in reports}
