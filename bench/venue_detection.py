@@ -47,9 +47,9 @@ sys.path.insert(0, str(ROOT))
 import trio  # noqa: E402
 
 from daemon.config import parse_config  # noqa: E402
-from daemon.core.events import EventBus  # noqa: E402
-from lab.venues.server import VenueEmulator  # noqa: E402
+from daemon.core.bus import EventBus
 from daemon.venues.service import VenueService  # noqa: E402
+from lab.venues.server import VenueEmulator  # noqa: E402
 
 PATHS = {"near": "127.0.0.1", "far": "127.0.0.2"}
 ENDPOINT = {"kraken": "/0/public/Time", "coinbase": "/v2/time"}

@@ -18,7 +18,7 @@ import trio
 from daemon.config import Config
 from daemon.control import ControlError, ControlServer, StreamReply
 from daemon.core.audit import AuditFactory
-from daemon.core.events import EventBus
+from daemon.core.bus import EventBus
 from daemon.core.log import get_logger
 from daemon.core.service import Service
 from daemon.metrics import MetricsServer

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from daemon.status import format_duration_short, format_status
+
 DEFAULT_SOCKET = Path("/run/lifeline/control.sock")
 DEFAULT_CONFIG = Path("/etc/lifeline/lifeline.toml")
 
@@ -404,8 +406,8 @@ def _lab(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from daemon.core import log
     from daemon.config import ConfigError, load_config
+    from daemon.core import log
 
     log.setup("info")
     logger = log.get_logger("cli")
@@ -500,41 +502,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(format_status(status))
     healthy = all(s.get("health") == "ok" for s in status.get("services", [])) and status.get("ready")
     return 0 if healthy else 1
-
-
-def format_duration_short(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
-
-
-def format_status(status: dict[str, Any]) -> str:
-    """The human table of `lifeline status`."""
-    lines = [
-        f"lifeline {status.get('version', '?')} on {status.get('node', '?')} "
-        f"(pid {status.get('pid', '?')}, up {format_duration_short(status.get('uptime_s', 0))}"
-        f"{'' if status.get('ready') else ', NOT READY'})",
-        status.get("summary", ""),
-        "",
-    ]
-    rows = [("SERVICE", "STATE", "HEALTH", "SUMMARY")]
-    for service in status.get("services", []):
-        rows.append((service["name"], service.get("lifecycle", "?"), service.get("health", "?"),
-                     service.get("summary", "")))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for row in rows:
-        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
-    events = status.get("events", {})
-    subscribers = events.get("subscribers", [])
-    lines.append("")
-    lines.append(f"events: {events.get('published', 0)} published, {events.get('dropped', 0)} dropped "
-                 f"for slow subscribers, {len(subscribers)} subscriber(s)")
-    return "\n".join(lines)
 
 
 def cmd_uplink(args: argparse.Namespace) -> int:

@@ -26,10 +26,11 @@ from typing import Any, Iterable, Literal
 import trio
 
 from daemon import __version__
-from daemon.core.events import DaemonReady, DaemonStopping, EventBus, ServiceFailed, ServiceStarted
+from daemon.core.bus import EventBus
+from daemon.core.events import DaemonReady, DaemonStopping, ServiceFailed, ServiceStarted
 from daemon.core.log import get_logger
-from daemon.notify import Notifier
 from daemon.core.service import MetricFamily, Sample, Service, ServiceStatus, service_metrics
+from daemon.notify import Notifier
 
 log = get_logger("supervisor")
 

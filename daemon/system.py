@@ -31,10 +31,11 @@ from typing import Any, Callable
 
 import trio
 
-from daemon.system_config import SystemConfig
-from daemon.core.events import EventBus, SystemOverloaded, SystemRecovered
+from daemon.core.bus import EventBus
+from daemon.core.events import SystemOverloaded, SystemRecovered
 from daemon.core.log import get_logger
 from daemon.core.service import Health, MetricFamily, ServiceStatus
+from daemon.system_config import SystemConfig
 
 log = get_logger("system")
 

@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterable
 
 import trio
 
-from daemon.core.events import DeviceRecovered, DeviceStale, Event, EventBus
+from daemon.core.bus import EventBus
+from daemon.core.events import DeviceRecovered, DeviceStale, Event
 from daemon.core.log import get_logger, human
 from daemon.core.service import MetricFamily, Sample, ServiceStatus
 from hardware.config import HardwareSettings

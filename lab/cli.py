@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-
 #: The lab's commands and their help (daemon/cli.py lists them without importing the lab).
 COMMAND_HELP = {
     "drill": "scripted failures in the lab, timed (needs root)",
@@ -192,8 +191,8 @@ def lab_status(args: argparse.Namespace) -> int:
 def run_drills(args: argparse.Namespace) -> int:
     """The main job: the lifecycle drill, then the uplink drill, the promotion drills and
     the venue drill (in namespaces, when root)."""
-    from daemon.cli import format_status
     from daemon.config import Duration
+    from daemon.status import format_status
     from lab.drills import DrillSettings, format_report, run_uplink_drill
     from lab.lifecycle import run_lifecycle_drill
     from lab.world import netns_unavailable

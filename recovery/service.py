@@ -34,13 +34,13 @@ from typing import Any, Iterable, Protocol
 
 import trio
 
+from daemon.core.bus import EventBus
 from daemon.core.control_client import ControlError
 from daemon.core.errors import Unavailable
 from daemon.core.events import (
     EngineHaltRequested,
     EngineResumeRequested,
     Event,
-    EventBus,
     PlaybookFinished,
     PlaybookNotice,
     PlaybookRefused,

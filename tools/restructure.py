@@ -139,6 +139,42 @@ def _split_config_import(match: re.Match[str]) -> str:
     return "\n".join(f"{indent}from {home} import {', '.join(sorted(ns))}" for home, ns in sorted(homes.items()))
 
 
+#: names that moved to another module (to break an import circle): module -> {name: new module}.
+MOVED_NAMES = {
+    "daemon.core.events": {"EventBus": "daemon.core.bus", "Subscription": "daemon.core.bus"},
+    "daemon.standby.lease": {"open_lease_store": "daemon.standby.stores"},
+    "daemon.standby.service": {"record_to_json": "daemon.standby"},
+    "daemon.cli": {"format_status": "daemon.status", "format_duration_short": "daemon.status"},
+}
+
+
+def _moved_names(text: str) -> str:
+    for module, moved in MOVED_NAMES.items():
+        pattern = re.compile(rf"^([ \t]*)from {re.escape(module)} import (\(([^)]*)\)|([\w, ]+?))([ \t]*#[^\n]*)?$",
+                             re.M)
+
+        def split(match: re.Match[str]) -> str:
+            indent = match.group(1)
+            body = match.group(3) if match.group(3) is not None else match.group(4)
+            names = [n.strip() for n in body.replace("\n", " ").split(",") if n.strip()]
+            if not any(n.split(" as ")[0] in moved for n in names):
+                return match.group(0)
+            homes: dict[str, list[str]] = {}
+            for name in names:
+                homes.setdefault(moved.get(name.split(" as ")[0], module), []).append(name)
+            lines = []
+            for home, ns in homes.items():
+                line = f"{indent}from {home} import {', '.join(sorted(ns))}"
+                if len(line) > 110:
+                    inner = "".join(f"{indent}    {n},\n" for n in sorted(ns))
+                    line = f"{indent}from {home} import (\n{inner}{indent})"
+                lines.append(line)
+            return "\n".join(lines)
+
+        text = pattern.sub(split, text)
+    return text
+
+
 def text_files() -> list[Path]:
     files = {p for p in ROOT.rglob("*.py") if ".venv" not in p.parts and ".git" not in p.parts}
     for pattern in TEXT_GLOBS:
@@ -157,6 +193,8 @@ def rewrite() -> None:
         new = text
         for pattern, repl in patterns:
             new = pattern.sub(repl, new)
+        if path.suffix == ".py":
+            new = _moved_names(new)
         if str(path.relative_to(ROOT)).startswith(BELOW_HOST):
             new = _FROM_CONFIG.sub(_split_config_import, new)
         if new != text:

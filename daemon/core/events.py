@@ -19,25 +19,13 @@ import dataclasses
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 
 from daemon.core.log import get_logger
 
 log = get_logger("events")
 
-if TYPE_CHECKING:
-    from daemon.core.bus import EventBus, Subscription  # noqa: F401
-
-
-def __getattr__(name: str) -> Any:
-    # The bus needs trio and the event types must not (the hardware monitors are sans-IO):
-    # ``from daemon.core.events import EventBus`` loads daemon.core.bus on first use.
-    if name in ("EventBus", "Subscription"):
-        from daemon.core import bus
-
-        return getattr(bus, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _sequence = itertools.count(1)
 

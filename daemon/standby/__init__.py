@@ -10,7 +10,9 @@ Shared vocabulary lives here so the pieces agree on it.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
+from typing import Any
 
 #: Largest payload of one record (the engine's unit of durable state).
 MAX_PAYLOAD = 1024 * 1024
@@ -52,3 +54,12 @@ class JournalCorrupt(StandbyError):
 
 class ReplicationProtocolError(StandbyError):
     """The peer sent something the protocol does not allow; the connection is closed."""
+
+
+def record_to_json(record: Record) -> dict[str, Any]:
+    out: dict[str, Any] = {"seq": record.seq, "epoch": record.epoch, "timestamp_ns": record.timestamp_ns}
+    try:
+        out["payload"] = record.payload.decode("utf-8")
+    except UnicodeDecodeError:
+        out["payload_b64"] = base64.b64encode(record.payload).decode()
+    return out

@@ -45,7 +45,8 @@ from typing import Any, Callable, Protocol
 
 import trio
 
-from daemon.core.events import EventBus, LeaseStoreReachable, LeaseStoreUnreachable, OperatorPromotion, RoleChanged
+from daemon.core.bus import EventBus
+from daemon.core.events import LeaseStoreReachable, LeaseStoreUnreachable, OperatorPromotion, RoleChanged
 from daemon.core.log import get_logger
 from daemon.core.service import histogram
 from daemon.standby import Position

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any
 
 from daemon.standby import Position, StandbyError
 
@@ -163,38 +162,3 @@ class LeaseStore(abc.ABC):
 
     async def aclose(self) -> None:
         """Release connections (not the lease)."""
-
-
-def open_lease_store(lease: Any, node: str, replication_key: bytes, standby: Any = None) -> LeaseStore:
-    """The backend ``[standby.lease]`` names, built from its config (a
-    :class:`daemon.config.LeaseConfig`); ``replication_key`` authenticates to the
-    witness unless ``witness_key_file`` names another key."""
-    timeout = float(lease.retry_timeout)
-    if lease.backend == "witness":
-        from daemon.standby.keys import load_replication_key
-        from daemon.standby.witness import WitnessLeaseStore
-
-        if lease.witness_key_file:
-            key = load_replication_key(lease.witness_key_file)
-        else:
-            # Compatibility only: the witness host then holds the key that authenticates
-            # replication (it could impersonate either node to the other).
-            from daemon.core.log import get_logger
-
-            get_logger("lease").warning("lease.witness_uses_replication_key", node=node,
-                                        fix="make a witness key (`lifeline keys witness --out PATH`), set "
-                                            "[standby.lease] witness_key_file and give it to the witness")
-            key = replication_key
-        return WitnessLeaseStore(lease.witness, key, lease.cluster, node, float(lease.ttl), timeout)
-    if lease.backend == "etcd":
-        from daemon.standby.etcd import EtcdLeaseStore, load_password, ssl_context
-
-        tls = None
-        if lease.etcd_ca is not None or lease.etcd_cert is not None:
-            tls = ssl_context(lease.etcd_ca, lease.etcd_cert, lease.etcd_key)
-        credentials = None
-        if lease.etcd_user is not None and lease.etcd_password_file is not None:
-            credentials = load_password(lease.etcd_password_file, lease.etcd_user)
-        return EtcdLeaseStore(list(lease.etcd_endpoints), lease.cluster, node, float(lease.ttl), timeout,
-                              prefix=lease.etcd_prefix, tls=tls, credentials=credentials)
-    raise ValueError(f"unknown lease backend {lease.backend!r}")

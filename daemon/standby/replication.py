@@ -62,11 +62,11 @@ import trio
 import daemon
 from daemon.core import events
 from daemon.core.config import parse_host_port
-from daemon.standby.config import StandbyConfig
 from daemon.core.files import DATA_DIR_MODE, DATA_FILE_MODE, fsync_directory, make_directory
 from daemon.core.log import get_logger
 from daemon.core.service import Health, MetricFamily, Sample, ServiceStatus, histogram
 from daemon.standby import MAX_PAYLOAD, Position, Record, ReplicationProtocolError, StandbyError
+from daemon.standby.config import StandbyConfig
 from daemon.standby.insync import InSyncRule
 from daemon.standby.protocol import (
     HEADER_SIZE,
@@ -1311,7 +1311,7 @@ class ReplicationStandby:
         orders this node acknowledged while it was primary: reconciliation needs them."""
         if self.divergent_dir is None:
             return None
-        from daemon.standby.service import record_to_json
+        from daemon.standby import record_to_json
 
         journal = self.journal
         last = journal.last

@@ -34,11 +34,12 @@ from typing import Any, Iterable, Literal, Protocol
 import trio
 
 from daemon.core.audit import AuditFactory
+from daemon.core.bus import EventBus
 from daemon.core.control_client import ControlError
-from daemon.core.events import EventBus, JournalTailTruncated
+from daemon.core.events import JournalTailTruncated
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, Sample, ServiceStatus
-from daemon.standby import MAX_PAYLOAD, Position, Record, StandbyError
+from daemon.standby import MAX_PAYLOAD, Position, StandbyError, record_to_json
 from daemon.standby.config import StandbySettings
 from daemon.standby.leadership import Watchdog
 
@@ -53,15 +54,6 @@ MAX_BATCH = 10_000
 
 def journal_directory(config: StandbySettings) -> Path:
     return Path(config.node.state_dir) / "journal"
-
-
-def record_to_json(record: Record) -> dict[str, Any]:
-    out: dict[str, Any] = {"seq": record.seq, "epoch": record.epoch, "timestamp_ns": record.timestamp_ns}
-    try:
-        out["payload"] = record.payload.decode("utf-8")
-    except UnicodeDecodeError:
-        out["payload_b64"] = base64.b64encode(record.payload).decode()
-    return out
 
 
 def payloads_from_params(params: dict[str, Any]) -> list[bytes]:
@@ -197,7 +189,7 @@ class StandbyService:
 
     def _make_leadership(self) -> Any:
         from daemon.standby.leadership import Leadership
-        from daemon.standby.lease import open_lease_store
+        from daemon.standby.stores import open_lease_store
 
         lease = self.settings.lease
         assert lease is not None

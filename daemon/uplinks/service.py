@@ -21,11 +21,11 @@ from typing import Any, Callable, Iterable
 
 import trio
 
+from daemon.core.bus import EventBus
 from daemon.core.control_client import ControlError
 from daemon.core.events import (
     ActiveUplinkChanged,
     AllUplinksDown,
-    EventBus,
     RouteChangeFailed,
     RouteRepaired,
     UplinkFlowsFlushed,

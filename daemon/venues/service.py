@@ -50,10 +50,10 @@ from typing import Any, Callable, Iterable
 import trio
 
 from daemon.core.audit import AuditFactory
+from daemon.core.bus import EventBus
 from daemon.core.control import ControlError, ReplyStream
 from daemon.core.errors import Unavailable
 from daemon.core.events import (
-    EventBus,
     ReconciliationFinished,
     RoleChanged,
     VenueDeadmanArmed,

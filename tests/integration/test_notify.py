@@ -11,11 +11,11 @@ from typing import Any
 
 import trio
 
-from daemon.core.events import EventBus
-from lab.procs import NotifyListener
-from daemon.notify import Notifier
+from daemon.core.bus import EventBus
 from daemon.core.service import ServiceStatus
+from daemon.notify import Notifier
 from daemon.supervisor import Supervisor
+from lab.procs import NotifyListener
 
 
 def test_environment_parsing() -> None:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon.config import dump_toml, parse_config
 from daemon.control import ControlServer
-from daemon.core.events import EventBus
+from daemon.core.bus import EventBus
 from recovery.keys import init_keyring, write_keyring
 from recovery.service import RecoveryService
 from recovery.signing import sign_playbook

@@ -15,8 +15,8 @@ from support import cli, free_port
 from daemon.app import standby_seams
 from daemon.config import parse_config
 from daemon.control import ControlServer
+from daemon.core.bus import EventBus
 from daemon.core.control_client import ControlClient, ControlError
-from daemon.core.events import EventBus
 from daemon.standby.service import StandbyService, payloads_from_params
 
 KEY = bytes(range(32))

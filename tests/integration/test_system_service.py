@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from daemon.config import Duration, SystemConfig
-from daemon.core.events import EventBus
+from daemon.core.bus import EventBus
 from daemon.system import SystemHealthService, existing_parent, read_host_sample
 
 

@@ -44,7 +44,7 @@ from test_venue_service import (
 
 from daemon.app import venue_seams
 from daemon.config import JournalConfig
-from daemon.core.events import EventBus
+from daemon.core.bus import EventBus
 from daemon.standby import Record
 from daemon.standby.journal import Journal
 from daemon.venues import service as venue_service

@@ -33,9 +33,10 @@ from support import cli, free_port
 from daemon.app import standby_seams, venue_seams
 from daemon.config import Config, dump_toml, parse_config
 from daemon.control import ControlServer
+from daemon.core.bus import EventBus
 from daemon.core.control_client import ControlClient
 from daemon.core.control_client import ControlError as ClientControlError
-from daemon.core.events import EventBus, RoleChanged
+from daemon.core.events import RoleChanged
 from daemon.core.log import KeyValueFormatter
 from daemon.metrics import render
 from daemon.standby.service import StandbyService

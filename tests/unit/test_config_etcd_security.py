@@ -66,7 +66,7 @@ def only(tmp_path: Path, lease: str, key: str, *fragments: str) -> str:
 
 
 def test_a_secure_etcd_lease_loads_and_opens_a_store_with_tls_and_credentials(tmp_path: Path, pki: EtcdPki) -> None:
-    from daemon.standby.lease import open_lease_store
+    from daemon.standby.stores import open_lease_store
 
     path = tmp_path / "lifeline.toml"
     path.write_text(BASE + HTTPS + secure(pki, password_file(tmp_path)))

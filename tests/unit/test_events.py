@@ -11,11 +11,11 @@ import pytest
 import trio
 import trio.testing
 
+from daemon.core.bus import EventBus
 from daemon.core.events import (
     DaemonReady,
     DaemonStopping,
     Event,
-    EventBus,
     ServiceFailed,
     ServiceStarted,
     SystemOverloaded,

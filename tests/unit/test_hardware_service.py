@@ -13,9 +13,10 @@ import trio
 import trio.testing
 
 from daemon.config import load_config
-from daemon.core.events import DeviceRecovered, DeviceStale, Event, EventBus, UpsOnBattery
-from hardware.service import Device, HardwareService, device_loop
+from daemon.core.bus import EventBus
+from daemon.core.events import DeviceRecovered, DeviceStale, Event, UpsOnBattery
 from hardware.errors import DeviceTimeout, PortMissing
+from hardware.service import Device, HardwareService, device_loop
 
 CONFIG = '''
 [node]

@@ -17,10 +17,19 @@ import pytest
 import trio
 import trio.testing
 
-from daemon.core.events import EventBus, LeaseStoreUnreachable, RoleChanged
+from daemon.core.bus import EventBus
+from daemon.core.events import LeaseStoreUnreachable, RoleChanged
 from daemon.standby import Position
 from daemon.standby.leadership import Leadership
-from daemon.standby.lease import Grant, LeaseConflict, LeaseLost, LeaseState, LeaseStore, LeaseUnavailable, Member
+from daemon.standby.lease import (
+    Grant,
+    LeaseConflict,
+    LeaseLost,
+    LeaseState,
+    LeaseStore,
+    LeaseUnavailable,
+    Member,
+)
 from daemon.standby.roles import Role, RoleTimings
 
 TIMINGS = RoleTimings()  # the defaults: ttl 1.5 s, renew 0.5 s, retry 0.5 s, margins 0.3 / 0.1 s

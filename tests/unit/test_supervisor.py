@@ -11,9 +11,10 @@ import pytest
 import trio
 import trio.testing
 
-from daemon.core.events import DaemonReady, EventBus, ServiceFailed, ServiceStarted
-from daemon.notify import Notifier
+from daemon.core.bus import EventBus
+from daemon.core.events import DaemonReady, ServiceFailed, ServiceStarted
 from daemon.core.service import ServiceStatus
+from daemon.notify import Notifier
 from daemon.supervisor import ServiceCrashed, Supervisor
 
 

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from daemon import system
 from daemon.config import Duration, SystemConfig
-from daemon.core.events import EventBus, SystemOverloaded, SystemRecovered
+from daemon.core.bus import EventBus
+from daemon.core.events import SystemOverloaded, SystemRecovered
 from daemon.system import (
     Decision,
     HostHealthMachine,

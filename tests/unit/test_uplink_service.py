@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from daemon.config import parse_config
-from daemon.core.events import EventBus
+from daemon.core.bus import EventBus
 from daemon.uplinks import ProbeResult, UplinkRoute
 from daemon.uplinks.service import UplinkService
 
