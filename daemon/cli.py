@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(role)
     role.add_argument("--follow", action="store_true", help="print every role change as it happens")
     role.add_argument("--json", action="store_true")
+    role.add_argument("--check", choices=("primary", "standby"), default=None,
+                      help="exit 0 if this node is that (primary: accepting and before valid_until), "
+                           "1 if not, 2 if the daemon is unreachable (keepalived's track_script)")
     standby = sub.add_parser("standby", help="operator actions on the pair")
     standby_sub = standby.add_subparsers(dest="standby_command", metavar="ACTION", required=True)
     promote = standby_sub.add_parser("promote", help="let this node take a FREE lease although it may lack "
@@ -743,6 +746,19 @@ def format_role(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def role_matches(info: dict[str, Any], wanted: str) -> tuple[bool, str]:
+    """``lifeline role --check``: is this node ``wanted`` (as /primary and /standby judge)?"""
+    role = info.get("role")
+    if role != wanted:
+        return False, f"role is {role}"
+    if wanted == "primary":
+        if info.get("accepting_appends") is False:
+            return False, "primary but not accepting appends yet"
+        if not info.get("fixed") and info.get("valid_until") is None:
+            return False, "primary but past its fence deadline (no valid_until)"
+    return True, f"{role} at epoch {info.get('epoch', 0)}"
+
+
 def format_trading_deadline(info: dict[str, Any]) -> str:
     """A primary's fence deadline, as role.status / role.watch give it."""
     until, left = info.get("valid_until"), info.get("valid_for")
@@ -759,6 +775,10 @@ def cmd_role(args: argparse.Namespace) -> int:
             if not args.follow:
                 info = client.call("role.status")
                 print(json.dumps(info, indent=2, sort_keys=True) if args.json else format_role(info))
+                if args.check is not None:
+                    ok, why = role_matches(info, args.check)
+                    print(f"check {args.check}: {'yes' if ok else 'NO'} ({why})")
+                    return 0 if ok else 1
                 return 0
             client.call("role.watch")
             print("following role changes; Ctrl-C to stop", file=sys.stderr)
