@@ -102,6 +102,9 @@ class Daemon:
                               help="The last events published (params: limit, kinds).")
         self.control.register_stream("events.subscribe", self._subscribe,
                                      help="Stream events as they happen (params: kinds); `lifeline events --follow`.")
+        from daemon import operate
+
+        operate.register(self)  # preflight.run (the operator's day)
 
     def _collect_metrics(self) -> Any:
         return self.supervisor.metrics()

@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     role.add_argument("--check", choices=("primary", "standby"), default=None,
                       help="exit 0 if this node is that (primary: accepting and before valid_until), "
                            "1 if not, 2 if the daemon is unreachable (keepalived's track_script)")
+    preflight = sub.add_parser("preflight", help="the pre-market checklist: PASS/WARN/FAIL per check; exit 0 if "
+                                                 "nothing failed, 1 if a check failed, 2 if the daemon is unreachable")
+    _add_client_options(preflight)
+    preflight.add_argument("--json", action="store_true", help="the checks as one JSON object")
+    preflight.add_argument("--no-verify", action="store_true", help="skip journal verify and audit verify (fast)")
     standby = sub.add_parser("standby", help="operator actions on the pair")
     standby_sub = standby.add_subparsers(dest="standby_command", metavar="ACTION", required=True)
     promote = standby_sub.add_parser("promote", help="let this node take a FREE lease although it may lack "
@@ -216,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lab": _lab,
         "witness": _witness,
         "role": cmd_role,
+        "preflight": cmd_preflight,
         "standby": cmd_standby,
         "keyring": _recovery,
         "playbook": _recovery,
@@ -798,6 +804,29 @@ def cmd_role(args: argparse.Namespace) -> int:
         except ConnectionError as exc:
             print(f"lifeline: {exc}", file=sys.stderr)
             return 2
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from daemon.control_client import ControlError
+
+    with _connect(args) as client:
+        try:
+            client.set_timeout(120.0)  # journal verify reads every segment
+            result = client.call("preflight.run", {"verify": not args.no_verify})
+        except ControlError as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+        except ConnectionError as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(f"preflight on {result.get('node')} ({result.get('duration_ms')} ms)")
+        for line in result.get("lines", []):
+            print(line)
+        print(result.get("summary", ""))
+    return int(result.get("exit_code", 1))
 
 
 def cmd_standby(args: argparse.Namespace) -> int:

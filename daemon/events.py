@@ -729,3 +729,22 @@ class ReconciliationFinished(Event):
     @property
     def severity(self) -> str:  # type: ignore[override]
         return "warning" if self.errors or self.counts.get("failed") else "info"
+
+
+# --- the operator's day (daemon/operate.py) ---------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreflightFinished(Event):
+    """`lifeline preflight` ran: how many checks passed, warned and failed (by name)."""
+
+    node: str
+    passed: int
+    warned: int
+    failed: int
+    failed_checks: list[str]
+    duration_ms: float
+
+    @property
+    def severity(self) -> str:  # type: ignore[override]
+        return "warning" if self.failed else "info"
