@@ -72,6 +72,7 @@ METHODS: dict[str, frozenset[str]] = {
     "playbook.run": ONLY_ADMIN,        # {"dry_run": true}: operator
     "venues.reconcile": ONLY_ADMIN,    # {"dry_run": true}: operator
     "standby.promote": ONLY_ADMIN,
+    "cluster.status": READ,
     "preflight.run": ONLY_OPERATOR,    # reads, plus one audit line per run
 }
 #: Methods whose dry run an operator may ask for.

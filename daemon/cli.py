@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     role.add_argument("--check", choices=("primary", "standby"), default=None,
                       help="exit 0 if this node is that (primary: accepting and before valid_until), "
                            "1 if not, 2 if the daemon is unreachable (keepalived's track_script)")
+    cluster = sub.add_parser("cluster", help="both nodes of the pair: role, epoch, position, lag, sync, the lease "
+                                             "and the store (from either node)")
+    _add_client_options(cluster)
+    cluster.add_argument("--json", action="store_true")
     preflight = sub.add_parser("preflight", help="the pre-market checklist: PASS/WARN/FAIL per check; exit 0 if "
                                                  "nothing failed, 1 if a check failed, 2 if the daemon is unreachable")
     _add_client_options(preflight)
@@ -222,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "witness": _witness,
         "role": cmd_role,
         "preflight": cmd_preflight,
+        "cluster": cmd_cluster,
         "standby": cmd_standby,
         "keyring": _recovery,
         "playbook": _recovery,
@@ -804,6 +809,21 @@ def cmd_role(args: argparse.Namespace) -> int:
         except ConnectionError as exc:
             print(f"lifeline: {exc}", file=sys.stderr)
             return 2
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from daemon.control_client import ControlError
+    from daemon.operate import format_cluster
+
+    with _connect(args) as client:
+        try:
+            info = client.call("cluster.status")
+        except (ControlError, ConnectionError) as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+    print(json.dumps(info, indent=2, sort_keys=True) if args.json else "\n".join(format_cluster(info)))
+    store = info.get("store")
+    return 1 if store is not None and not store.get("reachable") else 0
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:

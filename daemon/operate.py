@@ -1,4 +1,5 @@
-"""The operator's day, inside the daemon: ``preflight.run`` (the pre-market checklist).
+"""The operator's day, inside the daemon: ``preflight.run`` (the pre-market checklist)
+and ``cluster.status`` (the pair at a glance).
 
 The daemon has the state, so the checklist is evaluated here: :func:`gather` collects
 the facts from the running services (and runs ``journal verify`` / ``audit verify`` and
@@ -32,6 +33,12 @@ def register(daemon: "Daemon") -> None:
             raise ControlError("bad_request", '"verify" must be true or false')
         return await run_preflight(daemon, verify=verify)
 
+    async def cluster(params: dict[str, Any]) -> Any:
+        return await cluster_status(daemon)
+
+    daemon.control.register("cluster.status", cluster,
+                            help="Both nodes of the pair: role, epoch, journal position, lag, sync state, the lease "
+                                 "and the store's health; `lifeline cluster`.")
     daemon.control.register("preflight.run", preflight,
                             help='The pre-market checklist: every check PASS/WARN/FAIL with its figure and what to '
                                  'do ({"verify": false} skips journal/audit verify); `lifeline preflight`.')
@@ -177,3 +184,123 @@ async def _audit(daemon: "Daemon", **fields: Any) -> None:
         await trio.to_thread.run_sync(append)
     except Exception as exc:  # noqa: BLE001 - the checklist stands; the failure is reported
         log.error("preflight.audit_failed", error=f"{type(exc).__name__}: {exc}")
+
+
+# --------------------------------------------------------------------------- the pair at a glance
+
+
+async def read_store(daemon: "Daemon") -> dict[str, Any]:
+    """One read of the lease store on a connection of its own (never the one the lease
+    is renewed on: a slow or failed read here cannot delay or drop a renewal)."""
+    from daemon.standby.lease import LeaseError, open_lease_store
+
+    standby = daemon.standby
+    assert standby is not None and standby.settings.lease is not None
+    lease = standby.settings.lease
+    leadership = standby.leadership
+    name = getattr(leadership, "store_name", None) or lease.backend
+    out: dict[str, Any] = {"name": name}
+    store = None
+    started = time.monotonic()
+    try:
+        store = open_lease_store(lease, daemon.config.node.name, standby._key, standby.settings)
+        with trio.fail_after(float(lease.retry_timeout) * 2):
+            state = await store.read()
+    except (LeaseError, trio.TooSlowError, OSError, ValueError) as exc:
+        out.update(reachable=False, error=str(exc) or type(exc).__name__)
+        return out
+    finally:
+        if store is not None:
+            with trio.move_on_after(1, shield=True):
+                await store.aclose()
+    out.update(reachable=True, read_ms=round((time.monotonic() - started) * 1000, 1),
+               holder=None if state.free else state.holder, epoch=state.epoch,
+               ttl_remaining=round(state.ttl_remaining, 3), sync_node=state.sync_node,
+               last_holder=state.last_holder,
+               members=[{"node": m.node, "seq": m.position.seq, "epoch": m.position.epoch,
+                         "seen_epoch": m.seen_epoch} for m in state.members])
+    return out
+
+
+async def cluster_status(daemon: "Daemon") -> dict[str, Any]:
+    """Both nodes as this one sees them: itself from its own state, its peer from the
+    authenticated replication link (what the peer acknowledged or announced), the lease
+    from a fresh read of the store (holder, epoch, expiry, synchronous standby, and the
+    positions members reported there)."""
+    standby = daemon.standby
+    node = daemon.config.node.name
+    if standby is None or standby.journal is None:
+        raise ControlError("no_journal", f"{node} has no [standby] (or its journal is not open yet): there is no pair")
+    role, replication = _role(daemon)
+    assert role is not None
+    last = standby.journal.last
+    # A standby's own epoch is 0 (it never held the lease): show the epoch it follows.
+    epoch = role.get("epoch") if role.get("role") == "primary" else role.get("highest_epoch", role.get("epoch"))
+    me: dict[str, Any] = {"node": node, "self": True, "role": role.get("role"), "epoch": epoch,
+                          "seq": last.seq, "journal_epoch": last.epoch, "accepting": bool(standby.accepting),
+                          "valid_for": role.get("valid_for"), "reason": role.get("reason"), "source": "self"}
+    rep = replication or {}
+    peer: dict[str, Any] | None = None
+    if rep.get("role") == "primary":
+        me.update(lag_records=0, sync=rep.get("state"))
+        p = rep.get("peer") or {}
+        peer = {"node": p.get("node") or "(no standby connected)", "role": "standby" if p else None,
+                "seq": p.get("acked_seq", rep.get("acked_seq")), "lag_records": rep.get("lag_records") if p else None,
+                "lag_ms": rep.get("lag_ms") if p else None, "sync": rep.get("state"), "connected": bool(p),
+                "last_heartbeat_age_s": p.get("last_heartbeat_age_s"), "source": "replication link"}
+    elif rep.get("role") == "standby":
+        me.update(lag_records=rep.get("lag_records"), lag_ms=rep.get("lag_ms"),
+                  sync="connected" if rep.get("connected") else "NOT connected")
+        p = rep.get("primary") or {}
+        peer = {"node": p.get("node") or rep.get("peer") or "(primary unknown)", "role": "primary" if p else None,
+                "epoch": p.get("epoch"), "seq": rep.get("primary_last_seq"), "connected": bool(rep.get("connected")),
+                "source": "replication link"}
+    out: dict[str, Any] = {"node": node, "members": [me] + ([peer] if peer else [])}
+    if standby.leadership is not None:
+        store = await read_store(daemon)
+        out["store"] = store
+        by_node = {m["node"]: m for m in out["members"]}
+        for reported in store.get("members") or []:
+            member = by_node.get(reported["node"])
+            if member is None:
+                member = {"node": reported["node"], "source": "lease store"}
+                out["members"].append(member)
+            member["store_report"] = {"seq": reported["seq"], "epoch": reported["epoch"],
+                                      "seen_epoch": reported["seen_epoch"]}
+        holder = store.get("holder")
+        for member in out["members"]:
+            member["lease_holder"] = holder is not None and member["node"] == holder
+            if member.get("role") is None and holder is not None:
+                member["role"] = "primary" if member["node"] == holder else "not primary"
+    else:
+        out["store"] = None
+    return out
+
+
+def format_cluster(info: dict[str, Any]) -> list[str]:
+    """`lifeline cluster` as a table (patronictl list's columns), then the lease."""
+    rows = [("member", "role", "epoch", "seq", "lag", "sync", "lease", "seen via")]
+    for m in info.get("members", []):
+        lag = m.get("lag_records")
+        lag_text = "-" if lag is None else f"{lag}" + (f" ({m['lag_ms']:.0f} ms)" if m.get("lag_ms") else "")
+        rows.append((m["node"] + (" *" if m.get("self") else ""), str(m.get("role") or "?"),
+                     str(m.get("epoch") if m.get("epoch") is not None else "-"),
+                     str(m.get("seq") if m.get("seq") is not None else
+                         (m.get("store_report") or {}).get("seq", "?")),
+                     lag_text, str(m.get("sync") or "-"), "holder" if m.get("lease_holder") else "-",
+                     str(m.get("source"))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows]
+    store = info.get("store")
+    if store is None:
+        lines.append("lease: none (fixed roles, no [standby.lease])")
+    elif not store.get("reachable"):
+        lines.append(f"lease store {store.get('name')}: UNREACHABLE ({store.get('error')})")
+    else:
+        holder = store.get("holder") or "nobody (FREE)"
+        lines.append(f"lease: held by {holder} at epoch {store.get('epoch')}, {store.get('ttl_remaining')}s left; "
+                     f"synchronous standby: {store.get('sync_node') or 'none'}; last holder: "
+                     f"{store.get('last_holder') or 'none'}")
+        lines.append(f"lease store {store.get('name')}: reachable (read in {store.get('read_ms')} ms)")
+    lines.append("(* this node; the peer as seen over the authenticated replication link and the lease store)")
+    return lines
