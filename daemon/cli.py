@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                                              "and the store (from either node)")
     _add_client_options(cluster)
     cluster.add_argument("--json", action="store_true")
+    reload = sub.add_parser("reload", help="re-read the config: apply what can change without releasing the lease "
+                                           "(log level, uplink thresholds, playbooks), refuse the rest naming the key")
+    _add_client_options(reload)
     preflight = sub.add_parser("preflight", help="the pre-market checklist: PASS/WARN/FAIL per check; exit 0 if "
                                                  "nothing failed, 1 if a check failed, 2 if the daemon is unreachable")
     _add_client_options(preflight)
@@ -227,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "role": cmd_role,
         "preflight": cmd_preflight,
         "cluster": cmd_cluster,
+        "reload": cmd_reload,
         "standby": cmd_standby,
         "keyring": _recovery,
         "playbook": _recovery,
@@ -824,6 +828,21 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     print(json.dumps(info, indent=2, sort_keys=True) if args.json else "\n".join(format_cluster(info)))
     store = info.get("store")
     return 1 if store is not None and not store.get("reachable") else 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from daemon.control_client import ControlError
+
+    with _connect(args) as client:
+        try:
+            result = client.call("config.reload")
+        except (ControlError, ConnectionError) as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+    print(f"reload: {result.get('summary')}")
+    if result.get("playbooks"):
+        print(f"playbooks: {result['playbooks']['verified']} verified, {result['playbooks']['refused']} refused")
+    return 0 if result.get("ok") else 1
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:

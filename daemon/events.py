@@ -748,3 +748,18 @@ class PreflightFinished(Event):
     @property
     def severity(self) -> str:  # type: ignore[override]
         return "warning" if self.failed else "info"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigReloaded(Event):
+    """A reload (SIGHUP or `lifeline reload`): the keys applied, or those refused (then
+    nothing was applied and the old config stays)."""
+
+    file: str
+    applied: list[str]
+    refused: list[str]
+    by: str
+
+    @property
+    def severity(self) -> str:  # type: ignore[override]
+        return "warning" if self.refused else "info"

@@ -1,5 +1,5 @@
 """The operator's day, inside the daemon: ``preflight.run`` (the pre-market checklist)
-and ``cluster.status`` (the pair at a glance).
+``cluster.status`` (the pair at a glance) and ``config.reload`` (SIGHUP).
 
 The daemon has the state, so the checklist is evaluated here: :func:`gather` collects
 the facts from the running services (and runs ``journal verify`` / ``audit verify`` and
@@ -39,6 +39,22 @@ def register(daemon: "Daemon") -> None:
     daemon.control.register("cluster.status", cluster,
                             help="Both nodes of the pair: role, epoch, journal position, lag, sync state, the lease "
                                  "and the store's health; `lifeline cluster`.")
+    async def reload(params: dict[str, Any]) -> Any:
+        from daemon.acl import audit_by
+
+        return await reload_config(daemon, by=audit_by() or "control")
+
+    daemon.control.register("config.reload", reload,
+                            help="Re-read the config file; apply what can change without releasing the lease, refuse "
+                                 "the rest naming each key; `lifeline reload` (SIGHUP does the same).")
+
+    async def on_sighup() -> None:
+        try:
+            await reload_config(daemon, by="signal SIGHUP")
+        except Exception as exc:  # noqa: BLE001 - a failed reload never stops the daemon
+            log.error("config.reload_failed", error=f"{type(exc).__name__}: {exc}", by="signal SIGHUP")
+
+    daemon.supervisor.on_reload = on_sighup
     daemon.control.register("preflight.run", preflight,
                             help='The pre-market checklist: every check PASS/WARN/FAIL with its figure and what to '
                                  'do ({"verify": false} skips journal/audit verify); `lifeline preflight`.')
@@ -304,3 +320,67 @@ def format_cluster(info: dict[str, Any]) -> list[str]:
         lines.append(f"lease store {store.get('name')}: reachable (read in {store.get('read_ms')} ms)")
     lines.append("(* this node; the peer as seen over the authenticated replication link and the lease store)")
     return lines
+
+
+# --------------------------------------------------------------------------- reload
+
+
+async def reload_config(daemon: "Daemon", *, by: Any) -> dict[str, Any]:
+    """Re-read the config file and apply what can change without releasing the lease
+    (:mod:`daemon.reload` decides); refuse the rest, naming each key, and keep running on
+    the old config. The playbooks are verified again either way. One log line, one
+    ``ConfigReloaded`` event."""
+    from daemon.config import ConfigError, load_config, to_dict
+    from daemon.events import ConfigReloaded
+    from daemon.reload import ReloadPlan, plan
+
+    source = Path(daemon.config.source)
+    if str(source) == "<memory>":
+        raise ControlError("no_file", "this daemon was not started from a config file: nothing to re-read")
+    try:
+        new = await trio.to_thread.run_sync(load_config, source)
+    except ConfigError as exc:
+        result = ReloadPlan(refused=[("(file)", p) for p in exc.problems])
+    else:
+        result = plan(to_dict(daemon.config), to_dict(new))
+        if result.ok:
+            _apply(daemon, new, result)
+    playbooks = None
+    if daemon.recovery is not None and result.ok:
+        await trio.to_thread.run_sync(daemon.recovery._load_all)
+        daemon.recovery._publish_refusals()
+        playbooks = {"verified": len(daemon.recovery.playbooks), "refused": len(daemon.recovery.refused)}
+    if not result.ok:
+        result.apply = {}  # nothing was applied: say so everywhere
+    line = result.line()
+    fields = {"file": str(source), "applied": sorted(result.apply), "refused": [k for k, _ in result.refused],
+              "by": by}
+    (log.info if result.ok else log.warning)("config.reload", outcome="applied" if result.ok else "refused",
+                                             detail=line, **fields)
+    daemon.bus.publish(ConfigReloaded(source="operate", file=str(source), applied=sorted(result.apply),
+                                      refused=[f"{k}: {why}" for k, why in result.refused], by=str(by)), log=False)
+    return {"ok": result.ok, "applied": result.apply, "refused": [{"key": k, "why": why} for k, why in result.refused],
+            "playbooks": playbooks, "summary": line}
+
+
+def _apply(daemon: "Daemon", new: Any, result: Any) -> None:
+    import logging
+
+    from daemon.log import LEVELS
+
+    uplinks_changed = set()
+    for key in result.apply:
+        if key == "log.level":
+            logging.getLogger("lifeline").setLevel(LEVELS.get(new.log.level, logging.INFO))
+        elif key.startswith("uplinks."):
+            uplinks_changed.add(key.split(".")[1])
+    if uplinks_changed and daemon.uplinks is not None:
+        from daemon.uplinks.health import HealthSettings
+
+        for name in uplinks_changed:
+            uplink = daemon.uplinks.uplinks.get(name)
+            if uplink is not None:
+                uplink.config = new.uplinks[name]
+                uplink.health.settings = HealthSettings.from_config(new.uplinks[name])
+    # Every key that differs was applied: the new config is now the daemon's.
+    daemon.config = new
