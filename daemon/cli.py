@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
                                              "and the store (from either node)")
     _add_client_options(cluster)
     cluster.add_argument("--json", action="store_true")
+    report = sub.add_parser("report", help="operator reports (eod: the end-of-day report after the close)")
+    report_sub = report.add_subparsers(dest="report_command", metavar="REPORT", required=True)
+    eod = report_sub.add_parser("eod", help="the day's events, a reconciliation dry run of every venue and journal "
+                                            "verify; exit 0 if nothing needs a look, 1 if something does")
+    _add_client_options(eod)
+    eod.add_argument("--json", action="store_true", help="print the report as JSON")
+    eod.add_argument("--out-dir", type=Path, default=None,
+                     help="also write eod-YYYY-MM-DD.txt and .json into this directory")
     reload = sub.add_parser("reload", help="re-read the config: apply what can change without releasing the lease "
                                            "(log level, uplink thresholds, playbooks), refuse the rest naming the key")
     _add_client_options(reload)
@@ -231,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "preflight": cmd_preflight,
         "cluster": cmd_cluster,
         "reload": cmd_reload,
+        "report": cmd_report,
         "standby": cmd_standby,
         "keyring": _recovery,
         "playbook": _recovery,
@@ -828,6 +837,40 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     print(json.dumps(info, indent=2, sort_keys=True) if args.json else "\n".join(format_cluster(info)))
     store = info.get("store")
     return 1 if store is not None and not store.get("reachable") else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from daemon import eod
+    from daemon.control_client import ControlError
+
+    journal_dir = None
+    config_path = args.config or DEFAULT_CONFIG
+    if config_path.exists():
+        from daemon.config import ConfigError, load_config
+        from daemon.standby.service import journal_directory
+
+        try:
+            config = load_config(config_path)
+            journal_dir = journal_directory(config) if config.standby is not None else None
+        except ConfigError:
+            pass
+    with _connect(args) as client:
+        try:
+            report = eod.gather(client, journal_dir)
+        except (ControlError, ConnectionError) as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+    text = "\n".join(eod.lines(report)) + "\n"
+    print(json.dumps(report, indent=2, sort_keys=True) if args.json else text, end="" if not args.json else "\n")
+    if args.out_dir is not None:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        stem = args.out_dir / f"eod-{date.today().isoformat()}"
+        stem.with_suffix(".txt").write_text(text)
+        stem.with_suffix(".json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        print(f"written: {stem}.txt, {stem}.json", file=sys.stderr)
+    return 0 if report["ok"] else 1
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

@@ -36,6 +36,14 @@ def test_preflight_passes_on_a_healthy_pair(tmp_path: Path) -> None:
         audit = (pair.primary.state_dir / "recovery" / "audit.jsonl").read_text().splitlines()
         assert [json.loads(line)["kind"] for line in audit].count("preflight.run") == 2, audit
 
+        # The end-of-day report on the same pair: today's preflights, journal verify OK.
+        out = cli("report", "eod", "--socket", str(pair.primary.socket), "--config", str(pair.primary.config),
+                  "--out-dir", str(tmp_path / "reports"), timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout.startswith("end of day on edge-a") and "PreflightFinished" in out.stdout, out.stdout
+        assert "journal verify: OK" in out.stdout and out.stdout.rstrip().endswith("result: OK"), out.stdout
+        assert len(list((tmp_path / "reports").glob("eod-*.json"))) == 1
+
         # The standby goes away: the primary's preflight fails, naming the check.
         pair.standby.stop()
         out = cli("preflight", "--socket", str(pair.primary.socket), "--no-verify", timeout=60)
