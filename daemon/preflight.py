@@ -246,7 +246,7 @@ def venue_checks(venues: Mapping[str, Any] | None) -> list[Check]:
         if not dm.get("enabled"):
             out.append(Check(label, SKIP, "deadman = false"))
         elif v.get("credentials") == "none":
-            out.append(Check(label, WARN, "no credentials: it cannot be armed", "configure the venue's API key"))
+            out.append(Check(label, SKIP, "probe-only venue (no credentials): nothing to arm"))
         elif dm.get("supported") is False:
             out.append(Check(label, WARN, f"{v.get('exchange')} has no dead-man switch",
                              "rely on reconciliation after a failover"))

@@ -78,6 +78,7 @@ def test_preflight_fails_naming_the_cut_starlink_path(tmp_path: Path, monkeypatc
         assert drill.path_states().get("coinbase/starlink") == "down", drill.path_states()
 
         out = preflight(drill.socket)
+        print(out.stdout)  # pytest -s shows the operator's view
         assert out.returncode == 1, out.stdout + out.stderr
         failed = lines_of(out.stdout, "FAIL")
         assert len(failed) == 1 and failed[0].startswith("FAIL  venue coinbase via starlink: down"), out.stdout

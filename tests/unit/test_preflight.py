@@ -153,7 +153,7 @@ def test_venue_paths(path: dict[str, Any], result: str) -> None:
 
 @pytest.mark.parametrize("deadman, credentials, result", [
     ({"enabled": False}, "configured", SKIP),
-    ({"enabled": True, "supported": True}, "none", WARN),
+    ({"enabled": True, "supported": True}, "none", SKIP),
     ({"enabled": True, "supported": False}, "configured", WARN),
     ({"enabled": True, "supported": True, "error": "403 forbidden"}, "configured", FAIL),
     ({"enabled": True, "supported": True, "armed_at": None}, "configured", PASS),
