@@ -109,14 +109,16 @@ class Daemon:
     def _collect_metrics(self) -> Any:
         return self.supervisor.metrics()
 
-    def health_facts(self) -> Any:
-        """What /primary, /standby and /health answer from (:mod:`daemon.health`)."""
+    def health_facts(self, path: str = "/health") -> Any:
+        """What /primary, /standby and /health answer from (:mod:`daemon.health`). Only
+        /health asks every service for its status (a load balancer polls the others)."""
         from daemon.health import HealthFacts
 
         unhealthy: dict[str, str] = {}
-        for entry in self.supervisor.status()["services"]:
-            if entry.get("health") != "ok":
-                unhealthy[entry["name"]] = str(entry.get("health"))
+        if path == "/health":
+            for entry in self.supervisor.status()["services"]:
+                if entry.get("health") != "ok":
+                    unhealthy[entry["name"]] = str(entry.get("health"))
         standby = self.standby
         if standby is None:
             return HealthFacts(self.config.node.name, "none", unhealthy=unhealthy)

@@ -6,6 +6,10 @@
     lifeline config check FILE                   validate a config; exit 0 or 1
     lifeline config show FILE                    the effective config, defaults filled in
     lifeline lab [...]                           the lab: start the daemon, drill, report
+    lifeline preflight [--json]                  the pre-market checklist; exit 0, 1 (a FAIL) or 2
+    lifeline cluster [--json]                    both nodes of the pair, the lease and the store
+    lifeline reload                              re-read the config (as SIGHUP does)
+    lifeline report eod [--out-dir DIR]          the end-of-day report
 
 Client commands find the control socket from ``--socket``, else from the config file
 (``--config``, default /etc/lifeline/lifeline.toml), else the default path.

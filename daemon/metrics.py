@@ -120,12 +120,12 @@ class MetricsServer:
     name = "metrics"
 
     def __init__(self, host: str, port: int, collect: Callable[[], Iterable[MetricFamily | Metric]], *,
-                 process: bool = True, health: Callable[[], Any] | None = None) -> None:
+                 process: bool = True, health: Callable[[str], Any] | None = None) -> None:
         self.host = host
         self.port = port
         self.collect = collect
-        #: Returns a :class:`daemon.health.HealthFacts` for /primary, /standby, /health
-        #: (None: those paths answer 404).
+        #: Returns a :class:`daemon.health.HealthFacts` for the path (/primary, /standby,
+        #: /health); None: those paths answer 404.
         self.health = health
         self.registry = make_registry(collect, process=process)
         self.bound_port: int | None = None
@@ -198,7 +198,8 @@ class MetricsServer:
             from daemon.health import answer
 
             try:
-                code, body = answer(target.decode("latin-1"), self.health())
+                path = target.decode("latin-1")
+                code, body = answer(path, self.health(path))
             except Exception as exc:
                 log.exception("metrics.health_failed")
                 code, body = 503, f'{{"ok": false, "why": "{type(exc).__name__}"}}\n'
