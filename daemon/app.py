@@ -115,7 +115,7 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         if config.metrics.enabled:
             host, port = config.metrics.host_port
-            self.metrics = MetricsServer(host, port, self._collect_metrics)
+            self.metrics = MetricsServer(host, port, self._collect_metrics, health=self.health_facts)
             services.append(self.metrics)
         self.supervisor = Supervisor(
             node=config.node.name,
@@ -129,9 +129,35 @@ class Daemon:
                               help="The last events published (params: limit, kinds).")
         self.control.register_stream("events.subscribe", self._subscribe,
                                      help="Stream events as they happen (params: kinds); `lifeline events --follow`.")
+        from daemon import operate
+
+        operate.register(self)  # preflight.run (the operator's day)
 
     def _collect_metrics(self) -> Any:
         return self.supervisor.metrics()
+
+    def health_facts(self, path: str = "/health") -> Any:
+        """What /primary, /standby and /health answer from (:mod:`daemon.health`). Only
+        /health asks every service for its status (a load balancer polls the others)."""
+        from daemon.health import HealthFacts
+
+        unhealthy: dict[str, str] = {}
+        if path == "/health":
+            for entry in self.supervisor.status()["services"]:
+                if entry.get("health") != "ok":
+                    unhealthy[entry["name"]] = str(entry.get("health"))
+        standby = self.standby
+        if standby is None:
+            return HealthFacts(self.config.node.name, "none", unhealthy=unhealthy)
+        leadership = standby.leadership
+        machine = getattr(leadership, "machine", None)
+        role = machine.role.value if machine is not None else str(standby.role)
+        epoch = machine.epoch if machine is not None else int(getattr(standby, "epoch", 0) or 0)
+        may_trade = leadership.may_trade() if leadership is not None else role == "primary"
+        replication = standby.replication
+        connected = bool(role == "standby" and replication is not None and getattr(replication, "connected", False))
+        return HealthFacts(self.config.node.name, role, epoch=epoch, accepting=bool(standby.accepting),
+                           may_trade=may_trade, standby_connected=connected, unhealthy=unhealthy)
 
     async def _status(self, params: dict[str, Any]) -> Any:
         return self.supervisor.status()

@@ -6,6 +6,10 @@
     lifeline config check FILE                   validate a config; exit 0 or 1
     lifeline config show FILE                    the effective config, defaults filled in
     lifeline lab [...]                           the lab: start the daemon, drill, report
+    lifeline preflight [--json]                  the pre-market checklist; exit 0, 1 (a FAIL) or 2
+    lifeline cluster [--json]                    both nodes of the pair, the lease and the store
+    lifeline reload                              re-read the config (as SIGHUP does)
+    lifeline report eod [--out-dir DIR]          the end-of-day report
 
 Client commands find the control socket from ``--socket``, else from the config file
 (``--config``, default /etc/lifeline/lifeline.toml), else the default path.
@@ -80,6 +84,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(role)
     role.add_argument("--follow", action="store_true", help="print every role change as it happens")
     role.add_argument("--json", action="store_true")
+    role.add_argument("--check", choices=("primary", "standby"), default=None,
+                      help="exit 0 if this node is that (primary: accepting and before valid_until), "
+                           "1 if not, 2 if the daemon is unreachable (keepalived's track_script)")
+    cluster = sub.add_parser("cluster", help="both nodes of the pair: role, epoch, position, lag, sync, the lease "
+                                             "and the store (from either node)")
+    _add_client_options(cluster)
+    cluster.add_argument("--json", action="store_true")
+    report = sub.add_parser("report", help="operator reports (eod: the end-of-day report after the close)")
+    report_sub = report.add_subparsers(dest="report_command", metavar="REPORT", required=True)
+    eod = report_sub.add_parser("eod", help="the day's events, a reconciliation dry run of every venue and journal "
+                                            "verify; exit 0 if nothing needs a look, 1 if something does")
+    _add_client_options(eod)
+    eod.add_argument("--json", action="store_true", help="print the report as JSON")
+    eod.add_argument("--out-dir", type=Path, default=None,
+                     help="also write eod-YYYY-MM-DD.txt and .json into this directory")
+    reload = sub.add_parser("reload", help="re-read the config: apply what can change without releasing the lease "
+                                           "(log level, uplink thresholds, playbooks), refuse the rest naming the key")
+    _add_client_options(reload)
+    preflight = sub.add_parser("preflight", help="the pre-market checklist: PASS/WARN/FAIL per check; exit 0 if "
+                                                 "nothing failed, 1 if a check failed, 2 if the daemon is unreachable")
+    _add_client_options(preflight)
+    preflight.add_argument("--json", action="store_true", help="the checks as one JSON object")
+    preflight.add_argument("--no-verify", action="store_true", help="skip journal verify and audit verify (fast)")
     standby = sub.add_parser("standby", help="operator actions on the pair")
     standby_sub = standby.add_subparsers(dest="standby_command", metavar="ACTION", required=True)
     promote = standby_sub.add_parser("promote", help="let this node take a FREE lease although it may lack "
@@ -228,6 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lab": _lab,
         "witness": _witness,
         "role": cmd_role,
+        "preflight": cmd_preflight,
+        "cluster": cmd_cluster,
+        "reload": cmd_reload,
+        "report": cmd_report,
         "standby": cmd_standby,
         "keyring": _recovery,
         "playbook": _recovery,
@@ -696,6 +727,19 @@ def format_role(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def role_matches(info: dict[str, Any], wanted: str) -> tuple[bool, str]:
+    """``lifeline role --check``: is this node ``wanted`` (as /primary and /standby judge)?"""
+    role = info.get("role")
+    if role != wanted:
+        return False, f"role is {role}"
+    if wanted == "primary":
+        if info.get("accepting_appends") is False:
+            return False, "primary but not accepting appends yet"
+        if not info.get("fixed") and info.get("valid_until") is None:
+            return False, "primary but past its fence deadline (no valid_until)"
+    return True, f"{role} at epoch {info.get('epoch', 0)}"
+
+
 def format_trading_deadline(info: dict[str, Any]) -> str:
     """A primary's fence deadline, as role.status / role.watch give it."""
     until, left = info.get("valid_until"), info.get("valid_for")
@@ -712,6 +756,10 @@ def cmd_role(args: argparse.Namespace) -> int:
             if not args.follow:
                 info = client.call("role.status")
                 print(json.dumps(info, indent=2, sort_keys=True) if args.json else format_role(info))
+                if args.check is not None:
+                    ok, why = role_matches(info, args.check)
+                    print(f"check {args.check}: {'yes' if ok else 'NO'} ({why})")
+                    return 0 if ok else 1
                 return 0
             client.call("role.watch")
             print("following role changes; Ctrl-C to stop", file=sys.stderr)
@@ -731,6 +779,93 @@ def cmd_role(args: argparse.Namespace) -> int:
         except ConnectionError as exc:
             print(f"lifeline: {exc}", file=sys.stderr)
             return 2
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from daemon.core.control_client import ControlError
+    from daemon.operate import format_cluster
+
+    with _connect(args) as client:
+        try:
+            info = client.call("cluster.status")
+        except (ControlError, ConnectionError) as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+    print(json.dumps(info, indent=2, sort_keys=True) if args.json else "\n".join(format_cluster(info)))
+    store = info.get("store")
+    return 1 if store is not None and not store.get("reachable") else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from daemon import eod
+    from daemon.core.control_client import ControlError
+
+    journal_dir = None
+    config_path = args.config or DEFAULT_CONFIG
+    if config_path.exists():
+        from daemon.config import ConfigError, load_config
+        from daemon.standby.service import journal_directory
+
+        try:
+            config = load_config(config_path)
+            journal_dir = journal_directory(config) if config.standby is not None else None
+        except ConfigError:
+            pass
+    with _connect(args) as client:
+        try:
+            report = eod.gather(client, journal_dir)
+        except (ControlError, ConnectionError) as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+    text = "\n".join(eod.lines(report)) + "\n"
+    print(json.dumps(report, indent=2, sort_keys=True) if args.json else text, end="" if not args.json else "\n")
+    if args.out_dir is not None:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        stem = args.out_dir / f"eod-{date.today().isoformat()}"
+        stem.with_suffix(".txt").write_text(text)
+        stem.with_suffix(".json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        print(f"written: {stem}.txt, {stem}.json", file=sys.stderr)
+    return 0 if report["ok"] else 1
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from daemon.core.control_client import ControlError
+
+    with _connect(args) as client:
+        try:
+            result = client.call("config.reload")
+        except (ControlError, ConnectionError) as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+    print(f"reload: {result.get('summary')}")
+    if result.get("playbooks"):
+        print(f"playbooks: {result['playbooks']['verified']} verified, {result['playbooks']['refused']} refused")
+    return 0 if result.get("ok") else 1
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from daemon.core.control_client import ControlError
+
+    with _connect(args) as client:
+        try:
+            client.set_timeout(120.0)  # journal verify reads every segment
+            result = client.call("preflight.run", {"verify": not args.no_verify})
+        except ControlError as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+        except ConnectionError as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(f"preflight on {result.get('node')} ({result.get('duration_ms')} ms)")
+        for line in result.get("lines", []):
+            print(line)
+        print(result.get("summary", ""))
+    return int(result.get("exit_code", 1))
 
 
 def cmd_standby(args: argparse.Namespace) -> int:

@@ -9,20 +9,22 @@ prometheus_client ``Histogram`` objects owned by the services (see
 
 The HTTP server is deliberately tiny: it reads one request head (capped at 8 KiB, with a
 deadline, so a slow or garbage client costs only its own connection), answers
-``/metrics`` (and ``/`` with a pointer), 404 to other paths, 405 to other methods, and
+``/metrics`` (and ``/`` with a pointer; ``/primary``, ``/standby``, ``/health`` for
+load balancers, see :mod:`daemon.health`), 404 to other paths, 405 to other methods, and
 closes the connection. It listens on loopback by default; put a reverse proxy in front
 for anything else.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
+from daemon.health import PATHS
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, ServiceStatus
 
@@ -118,10 +120,13 @@ class MetricsServer:
     name = "metrics"
 
     def __init__(self, host: str, port: int, collect: Callable[[], Iterable[MetricFamily | Metric]], *,
-                 process: bool = True) -> None:
+                 process: bool = True, health: Callable[[str], Any] | None = None) -> None:
         self.host = host
         self.port = port
         self.collect = collect
+        #: Returns a :class:`daemon.health.HealthFacts` for the path (/primary, /standby,
+        #: /health); None: those paths answer 404.
+        self.health = health
         self.registry = make_registry(collect, process=process)
         self.bound_port: int | None = None
         self.scrapes = 0
@@ -189,6 +194,16 @@ class MetricsServer:
                                   head_only=head_only)
                 return
             await self._reply(stream, 200, body, content_type=CONTENT_TYPE, head_only=head_only)
+        elif self.health is not None and target.decode("latin-1") in PATHS:
+            from daemon.health import answer
+
+            try:
+                path = target.decode("latin-1")
+                code, body = answer(path, self.health(path))
+            except Exception as exc:
+                log.exception("metrics.health_failed")
+                code, body = 503, f'{{"ok": false, "why": "{type(exc).__name__}"}}\n'
+            await self._reply(stream, code, body, content_type="application/json", head_only=head_only)
         elif target == b"/":
             await self._reply(stream, 200, "lifeline: metrics at /metrics\n", head_only=head_only)
         else:
@@ -198,7 +213,8 @@ class MetricsServer:
                      content_type: str = "text/plain; charset=utf-8", extra: str = "",
                      head_only: bool = False) -> None:
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                  431: "Request Header Fields Too Large", 500: "Internal Server Error"}[code]
+                  431: "Request Header Fields Too Large", 500: "Internal Server Error",
+                  503: "Service Unavailable"}[code]
         payload = body.encode()
         head = (f"HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(payload)}\r\nConnection: close\r\n{extra}\r\n")

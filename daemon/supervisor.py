@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal
+from typing import Any, Awaitable, Callable, Iterable, Literal
 
 import trio
 
@@ -72,6 +72,8 @@ class Supervisor:
     notifier: Notifier = field(default_factory=lambda: Notifier({}))
     start_timeout: float = DEFAULT_START_TIMEOUT
     handle_signals: bool = True
+    #: Called (in the root nursery) on SIGHUP: the config reload (daemon/operate.py).
+    on_reload: Callable[[], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.services]
@@ -190,9 +192,15 @@ class Supervisor:
         raise ServiceCrashed(service.name, slot.error)
 
     async def _watch_signals(self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             task_status.started()
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    if self.on_reload is not None and self._nursery is not None:
+                        self._nursery.start_soon(self.on_reload)
+                    else:
+                        log.warning("daemon.sighup_ignored", reason="no reload handler")
+                    continue
                 self.stop(f"signal {signal.Signals(signum).name}")
 
     async def _refresh_status(self) -> None:

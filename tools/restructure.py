@@ -12,8 +12,10 @@ Moves (old -> new):
 """
 from __future__ import annotations
 
+import io
 import re
 import subprocess
+import tokenize
 import sys
 from pathlib import Path
 
@@ -175,6 +177,37 @@ def _moved_names(text: str) -> str:
     return text
 
 
+def _prose_spans(text: str) -> list[tuple[int, int]]:
+    """Offsets of the strings and comments of Python source (where a module's dotted name is
+    a name, not an attribute of a variable that happens to be called ``daemon``)."""
+    starts = [0]
+    for line in text.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+    spans = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type in (tokenize.STRING, tokenize.COMMENT):
+                spans.append((starts[tok.start[0] - 1] + tok.start[1], starts[tok.end[0] - 1] + tok.end[1]))
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return [(0, len(text))]
+    return spans
+
+
+_IMPORT_LINE = re.compile(r"^[ \t]*(from|import)[ \t]", re.M)
+
+
+def _sub_outside_code(pattern: re.Pattern[str], repl: str, text: str) -> str:
+    """``pattern.sub`` in .py files, only in import statements, strings and comments."""
+    spans = _prose_spans(text)
+    import_lines = [(m.start(), text.find("\n", m.start()) if "(" not in text[m.start():text.find("\n", m.start())]
+                     else text.find(")", m.start())) for m in _IMPORT_LINE.finditer(text)]
+
+    def inside(pos: int) -> bool:
+        return any(a <= pos < b for a, b in spans) or any(a <= pos <= b for a, b in import_lines)
+
+    return pattern.sub(lambda m: m.expand(repl) if inside(m.start()) else m.group(0), text)
+
+
 def text_files() -> list[Path]:
     files = {p for p in ROOT.rglob("*.py") if ".venv" not in p.parts and ".git" not in p.parts}
     for pattern in TEXT_GLOBS:
@@ -192,7 +225,7 @@ def rewrite() -> None:
             continue
         new = text
         for pattern, repl in patterns:
-            new = pattern.sub(repl, new)
+            new = _sub_outside_code(pattern, repl, new) if path.suffix == ".py" else pattern.sub(repl, new)
         if path.suffix == ".py":
             new = _moved_names(new)
         if str(path.relative_to(ROOT)).startswith(BELOW_HOST):

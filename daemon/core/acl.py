@@ -72,12 +72,15 @@ METHODS: dict[str, frozenset[str]] = {
     "playbook.run": ONLY_ADMIN,        # {"dry_run": true}: operator
     "venues.reconcile": ONLY_ADMIN,    # {"dry_run": true}: operator
     "standby.promote": ONLY_ADMIN,
+    "cluster.status": READ,
+    "preflight.run": ONLY_OPERATOR,    # reads, plus one audit line per run
+    "config.reload": ONLY_ADMIN,
 }
 #: Methods whose dry run an operator may ask for.
 DRY_RUN_OPERATOR = frozenset({"playbook.run", "venues.reconcile"})
 #: Methods that change state: each call is logged with the caller.
 STATE_CHANGING = frozenset({"journal.append", "uplink.use", "uplink.auto", "playbook.reload", "playbook.run",
-                            "venues.reconcile", "standby.promote"})
+                            "venues.reconcile", "standby.promote", "config.reload"})
 
 DEFAULT_ROLES: dict[str, list[str]] = {
     ENGINE: [],

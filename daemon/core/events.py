@@ -606,3 +606,37 @@ class ReconciliationFinished(Event):
     @property
     def severity(self) -> str:  # type: ignore[override]
         return "warning" if self.errors or self.counts.get("failed") else "info"
+
+
+# --- the operator's day (daemon/operate.py) ---------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreflightFinished(Event):
+    """`lifeline preflight` ran: how many checks passed, warned and failed (by name)."""
+
+    node: str
+    passed: int
+    warned: int
+    failed: int
+    failed_checks: list[str]
+    duration_ms: float
+
+    @property
+    def severity(self) -> str:  # type: ignore[override]
+        return "warning" if self.failed else "info"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigReloaded(Event):
+    """A reload (SIGHUP or `lifeline reload`): the keys applied, or those refused (then
+    nothing was applied and the old config stays)."""
+
+    file: str
+    applied: list[str]
+    refused: list[str]
+    by: str
+
+    @property
+    def severity(self) -> str:  # type: ignore[override]
+        return "warning" if self.refused else "info"

@@ -403,6 +403,10 @@ class UplinkService:
                     "for_s": round(trio.current_time() - u.health.since, 3) if self.policy else None,
                     "interface": u.config.interface, "source": u.config.source, "priority": u.config.priority,
                     "kind": u.config.kind, "probes": dict(getattr(u.prober, "counters", {})),
+                    # The thresholds in force (a reload may change them: daemon/reload.py).
+                    "thresholds": {k: getattr(u.health.settings, k) for k in
+                                   ("down_after", "up_after", "min_targets", "degraded_loss", "recovered_loss",
+                                    "degraded_rtt", "dns_failures")},
                 }
                 for name, u in self.uplinks.items()
             },

@@ -64,6 +64,8 @@ class Node:
     incarnation: int = 0
     proc: DaemonProcess | None = None
     logs: list[Path] = field(default_factory=list)
+    #: Extra top-level config tables (e.g. {"metrics": {...}}), replacing the defaults below.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def socket(self) -> Path:
@@ -94,6 +96,7 @@ class Node:
             "system": {"interval": "1s", "sustain": "1h", "cpu_threshold": 1.0, "memory_threshold": 1.0,
                        "disk_threshold": 1.0, "temperature_threshold_c": 150.0},
             "standby": self.settings,
+            **self.extra,
         }
         self.config.write_text(dump_toml(data))
 
