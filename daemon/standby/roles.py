@@ -31,6 +31,23 @@ Transitions (:data:`TRANSITIONS`, with why)::
     FENCED    -> STANDBY    another node holds the lease, or the epoch moved past ours
     FENCED    -> CANDIDATE  the lease is free at our own epoch: we were the last
                             primary, our journal has every record we acknowledged
+                            (not while handing over: see below)
+    PRIMARY   -> FENCED     also a planned switchover: fence, then release for the
+                            in-sync standby
+
+Switchover and pause
+--------------------
+* **Switchover** (:meth:`RoleMachine.switchover`): only a primary whose store confirms
+  the target as the synchronous standby (it holds every acknowledged record), with the
+  store reachable and the pair not paused. The primary fences first (no renewal, no
+  valid_until extension), then releases its epoch; the target, marked synchronous,
+  takes ``epoch + 1`` by compare-and-set like any free lease. The old primary does not
+  take its own released epoch back for ``handover_timeout`` (``2 * ttl``); past that,
+  if nobody took it, the ordinary last-holder rule lets it (the switchover failed, the
+  pair is not left without a primary).
+* **Pause** (:meth:`RoleMachine.paused`): maintenance mode, stored in the lease store
+  with a wall-clock expiry the shell converts: no *automatic* take-over while paused
+  (a live primary keeps renewing; an operator override still works).
 
 Rules
 -----
@@ -105,6 +122,7 @@ class ActionKind(enum.Enum):
     DISARM_WATCHDOG = "disarm-watchdog"  # magic-close the watchdog: no longer primary, not hung
     FOLLOW = "follow"                    # replicate from node (the holder at epoch); truncate a divergent tail
     WAIT = "wait"                        # nothing to do; the reason says why (status, log)
+    REFUSE = "refuse"                    # an operator request (switchover) refused; the reason says why
 
 
 @dataclass(frozen=True)
@@ -275,6 +293,10 @@ class RoleMachine:
         self._following: tuple[str | None, int] = (None, -1)
         self._eligible_reason = ""
         self._last_now = now
+        #: A switchover in progress: (target, the epoch released, give up at).
+        self.handover: tuple[str, int, float] | None = None
+        #: Maintenance mode until this local monotonic time (None: not paused).
+        self.paused_until: float | None = None
 
     # ------------------------------------------------------------------ inputs
 
@@ -516,6 +538,64 @@ class RoleMachine:
         written from the moment it is sent."""
         return self.role is Role.PRIMARY and self.sync_maybe in (None, self.node) and self.sync_wanted is None
 
+    def switchover_refusal(self, target: str | None, now: float, *, store_ok: bool) -> str | None:
+        """Why a switchover to ``target`` (None: the in-sync standby) may not start
+        now, or None when it may. No state changes (the shell asks before it drains)."""
+        if self.role is not Role.PRIMARY:
+            return f"this node is {self.role.value}, not primary: run the switchover on the primary"
+        if self.handover is not None:
+            return f"a switchover to {self.handover[0]} is already under way"
+        if self.paused_until is not None and now < self.paused_until:
+            return "the pair is paused (maintenance): `lifeline resume` first"
+        if not store_ok:
+            return "the lease store is unreachable: the handover needs it (compare-and-set); try again when it answers"
+        synced = self.sync_confirmed
+        if synced is None or self.sync_wanted != synced or self.sync_maybe != synced:
+            return ("no standby is in sync (the store marks none synchronous): it may lack acknowledged records; "
+                    "wait until `lifeline role` shows a sync_mark")
+        if target is not None and target != synced:
+            return f"{target} is not the in-sync standby ({synced} is): switch over to {synced}, or omit --to"
+        if synced == self.node:
+            return "the store marks this node itself synchronous: no standby to hand over to"
+        return None
+
+    def switchover(self, target: str | None, now: float, *, store_ok: bool) -> list[Action]:
+        """Hand the lease to the in-sync standby: fence now, then release the epoch so the
+        standby (marked synchronous) takes ``epoch + 1``; a refusal is a REFUSE action.
+        The shell stops appends and drains replication *before* calling this."""
+        out: list[Action] = []
+        self._begin(now, out)
+        refusal = self.switchover_refusal(target, now, store_ok=store_ok)
+        if refusal is not None:
+            out.append(Action(ActionKind.REFUSE, f"switchover refused: {refusal}"))
+            return self._end(now, out)
+        node = self.sync_confirmed
+        assert node is not None
+        epoch = self.epoch
+        self.handover = (node, epoch, now + self.handover_timeout)
+        self._fence(now, out, f"switching over to {node}: fenced before the lease is handed over")
+        out.append(Action(ActionKind.RELEASE, f"handing the lease over to {node} (in sync) at epoch {epoch + 1}",
+                          epoch, node))
+        return self._end(now, out)
+
+    @property
+    def handover_timeout(self) -> float:
+        """How long an old primary leaves its released epoch to the switchover target."""
+        return 2 * self.timings.ttl
+
+    def paused(self, until: float | None, now: float) -> list[Action]:
+        """Maintenance mode as the store holds it: no automatic take-over before
+        ``until`` (local monotonic seconds; None: not paused)."""
+        out: list[Action] = []
+        self._begin(now, out)
+        if until is not None and until <= now:
+            until = None
+        if until != self.paused_until:
+            self.paused_until = until
+            out.append(Action(ActionKind.WAIT, f"paused (maintenance) for {until - now:.0f}s more: no automatic "
+                                               "promotion" if until is not None else "not paused"))
+        return self._end(now, out)
+
     # ------------------------------------------------------------------ time
 
     def next_deadline(self, now: float) -> float | None:
@@ -532,6 +612,10 @@ class RoleMachine:
                     times.append(self.sync_next_at)
         elif self.role is not Role.CANDIDATE and self.pending is None:
             times.append(self.next_read_at)
+            if self.handover is not None:
+                times.append(self.handover[2])
+            if self.paused_until is not None:
+                times.append(self.paused_until)
             take = self._take_at()
             if take is not None:
                 times.append(take)
@@ -547,6 +631,14 @@ class RoleMachine:
         if now < self._last_now:
             raise RoleError(f"time went backwards ({now} < {self._last_now}): pass monotonic time only")
         self._last_now = now
+        if self.handover is not None and now >= self.handover[2]:
+            target, epoch, _ = self.handover
+            self.handover = None
+            out.append(Action(ActionKind.WAIT, f"switchover: {target} did not take epoch {epoch + 1} within "
+                                               f"{self.handover_timeout:g}s: the ordinary rules apply again"))
+        if self.paused_until is not None and now >= self.paused_until:
+            self.paused_until = None
+            out.append(Action(ActionKind.WAIT, "the pause expired: automatic promotion is back"))
         if self.role is Role.PRIMARY and self.fence_at is not None and now >= self.fence_at:
             self._fence(now, out, f"no successful renewal by the fence deadline (ttl {self.timings.ttl:g}s - "
                                   f"safety margin {self.timings.safety_margin:g}s after the last one was sent)")
@@ -635,6 +727,12 @@ class RoleMachine:
             return False, f"may not become primary: {self.blocked}"
         if lease.epoch < self.highest_epoch:
             return False, f"the store's epoch {lease.epoch} is below {self.highest_epoch} already seen"
+        if self.handover is not None and lease.epoch == self.handover[1]:
+            return False, (f"handed over to {self.handover[0]}: leaving epoch {lease.epoch + 1} to it for "
+                           f"{self.handover[2] - self._last_now:.1f}s")
+        if self.paused_until is not None and not self.override:
+            return False, (f"paused (maintenance) for {self.paused_until - self._last_now:.0f}s more: no automatic "
+                           "promotion; `lifeline resume` ends it")
         if self.role is Role.FENCED and lease.epoch == self.epoch and lease.last_holder == self.node:
             return True, f"we held epoch {lease.epoch} last: our journal has every record we acknowledged"
         if self.override:
@@ -668,6 +766,8 @@ class RoleMachine:
             out.append(Action(ActionKind.WAIT, self.reason))
             return False
         self._note_epoch(epoch)
+        if self.handover is not None and epoch > self.handover[1]:
+            self.handover = None  # the target (or someone) took the next epoch: done
         return True
 
     def _note_epoch(self, epoch: int) -> None:
