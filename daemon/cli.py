@@ -86,6 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--accept-loss", action="store_true",
                          help="required: you accept that records the old primary acknowledged may be missing here")
 
+    switchover = sub.add_parser("switchover", help="planned handover: the primary hands the lease to its in-sync "
+                                                   "standby (no acknowledged record lost); run on the primary")
+    _add_client_options(switchover)
+    switchover.add_argument("--to", metavar="NODE", help="the standby to hand over to (default: the in-sync one)")
+    switchover.add_argument("--json", action="store_true")
+    pause = sub.add_parser("pause", help="maintenance mode: no automatic promotion in the pair until it expires "
+                                         "or `lifeline resume`")
+    _add_client_options(pause)
+    pause.add_argument("--for", dest="duration", default="1h", metavar="DURATION",
+                       help="how long: 90s, 30m, 2h (default 1h, at most 24h)")
+    pause.add_argument("--json", action="store_true")
+    resume = sub.add_parser("resume", help="end the maintenance pause: automatic promotion again")
+    _add_client_options(resume)
+    resume.add_argument("--json", action="store_true")
+
     journal = sub.add_parser("journal", help="the execution journal: tail, verify, stats")
     journal_sub = journal.add_subparsers(dest="journal_command", metavar="ACTION", required=True)
     tail = journal_sub.add_parser("tail", help="the last records (through the daemon)")
@@ -214,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "witness": _witness,
         "role": cmd_role,
         "standby": cmd_standby,
+        "switchover": cmd_switchover,
+        "pause": cmd_pause,
+        "resume": cmd_pause,
         "keyring": _recovery,
         "playbook": _recovery,
         "audit": _audit,
@@ -740,7 +758,38 @@ def format_role(info: dict[str, Any]) -> str:
         lines.append(f"  store: {info['store']} ({reach}{': ' + info['store_error'] if info.get('store_error') else ''})")
     if info.get("blocked"):
         lines.append(f"  BLOCKED from becoming primary: {info['blocked']}")
+    paused = info.get("paused")
+    if paused:
+        lines.append(f"  PAUSED (maintenance, by {paused.get('by')}): no automatic promotion for "
+                     f"{format_seconds(paused.get('for_s', 0))} more; `lifeline resume` ends it")
+    if info.get("handover_to"):
+        lines.append(f"  switching over to {info['handover_to']}")
     return "\n".join(lines)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``30m``, ``2h`` or plain seconds; ValueError naming the form."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            value = float(text[:-1]) * units[text[-1]]
+        else:
+            value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration: write 90s, 30m or 2h") from None
+    if not 0 < value <= 24 * 3600:
+        raise ValueError(f"{text!r}: a pause lasts more than 0 and at most 24h")
+    return value
 
 
 def format_trading_deadline(info: dict[str, Any]) -> str:
@@ -797,6 +846,56 @@ def cmd_standby(args: argparse.Namespace) -> int:
     print(f"{'accepted' if result.get('accepted') else 'REFUSED'}: {result.get('reason')} "
           f"(role now {result.get('role')})")
     return 0 if result.get("accepted") else 1
+
+
+def cmd_switchover(args: argparse.Namespace) -> int:
+    from daemon.control_client import ControlError
+
+    with _connect(args) as client:
+        client.set_timeout(30.0)  # drain + handover: a few ttl at most
+        try:
+            result = client.call("standby.switchover", {"to": args.to})
+        except ControlError as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+        except TimeoutError:
+            print("lifeline: no answer within 30 s: check `lifeline role` on both nodes", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    elif result.get("ok"):
+        print(f"switched over: {result.get('from')} -> {result.get('to')} at epoch {result.get('epoch')} "
+              f"(appends refused for ~{result.get('seen_ms')} ms as seen from {result.get('from')}; drained in "
+              f"{result.get('drain_ms')} ms). {result.get('reason')}")
+    else:
+        print(f"switchover REFUSED: {result.get('reason')}")
+    return 0 if result.get("ok") else 1
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    from daemon.control_client import ControlError
+
+    if args.command == "pause":
+        try:
+            seconds = parse_duration(args.duration)
+        except ValueError as exc:
+            print(f"lifeline pause: --for {exc}", file=sys.stderr)
+            return 2
+        method, params = "standby.pause", {"seconds": seconds}
+    else:
+        method, params = "standby.resume", {}
+    with _connect(args) as client:
+        try:
+            result = client.call(method, params)
+        except ControlError as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(f"{'paused' if args.command == 'pause' else 'resumed'}: {result.get('reason')}" if result.get("ok")
+              else f"{args.command} FAILED: {result.get('reason')}")
+    return 0 if result.get("ok") else 1
 
 
 if __name__ == "__main__":  # pragma: no cover
