@@ -40,7 +40,8 @@ Switchover and pause
 * **Switchover** (:meth:`RoleMachine.switchover`): only a primary whose store confirms
   the target as the synchronous standby (it holds every acknowledged record), with the
   store reachable and the pair not paused. The primary fences first (no renewal, no
-  valid_until extension), then releases its epoch; the target, marked synchronous,
+  valid_until extension), then releases its epoch once the last ``valid_until`` it gave
+  the engine has passed (its fence deadline); the target, marked synchronous,
   takes ``epoch + 1`` by compare-and-set like any free lease. The old primary does not
   take its own released epoch back for ``handover_timeout`` (``2 * ttl``); past that,
   if nobody took it, the ordinary last-holder rule lets it (the switchover failed, the
@@ -295,6 +296,8 @@ class RoleMachine:
         self._last_now = now
         #: A switchover in progress: (target, the epoch released, give up at).
         self.handover: tuple[str, int, float] | None = None
+        #: When to release the fenced epoch for the target: the last valid_until given.
+        self.handover_release_at: float | None = None
         #: Maintenance mode until this local monotonic time (None: not paused).
         self.paused_until: float | None = None
 
@@ -570,12 +573,15 @@ class RoleMachine:
             out.append(Action(ActionKind.REFUSE, f"switchover refused: {refusal}"))
             return self._end(now, out)
         node = self.sync_confirmed
-        assert node is not None
+        assert node is not None and self.fence_at is not None
         epoch = self.epoch
-        self.handover = (node, epoch, now + self.handover_timeout)
+        # The engine may trade until the fence deadline it was last given (valid_until):
+        # the lease passes on only after it, so the two never overlap, even for an
+        # engine that missed the FENCE message.
+        release_at = self.fence_at
+        self.handover = (node, epoch, release_at + self.handover_timeout)
         self._fence(now, out, f"switching over to {node}: fenced before the lease is handed over")
-        out.append(Action(ActionKind.RELEASE, f"handing the lease over to {node} (in sync) at epoch {epoch + 1}",
-                          epoch, node))
+        self.handover_release_at = release_at
         return self._end(now, out)
 
     @property
@@ -603,6 +609,8 @@ class RoleMachine:
         times: list[float] = []
         if self.pending is not None:
             times.append(self.pending_since + self.timings.retry_timeout)
+        if self.handover_release_at is not None:
+            times.append(self.handover_release_at)
         if self.role is Role.PRIMARY:
             assert self.fence_at is not None and self.next_renew_at is not None
             times.append(self.fence_at)
@@ -655,6 +663,11 @@ class RoleMachine:
 
     def _end(self, now: float, out: list[Action]) -> list[Action]:
         """Decide what to ask the store next."""
+        if self.handover_release_at is not None and now >= self.handover_release_at and self.handover is not None:
+            target, epoch, _ = self.handover
+            self.handover_release_at = None
+            out.append(Action(ActionKind.RELEASE, f"handing the lease over to {target} (in sync) at epoch "
+                                                  f"{epoch + 1}: our last valid_until has passed", epoch, target))
         if self.pending is not None:
             return out
         t = self.timings

@@ -23,18 +23,27 @@ def synced_primary(now: float = 0.0) -> RoleMachine:
 
 def test_switchover_fences_first_then_releases_for_the_in_sync_standby() -> None:
     m = synced_primary()
+    fence_at = m.fence_at
+    assert fence_at is not None and fence_at > 0.15
     acts = m.switchover(None, 0.15, store_ok=True)
-    assert kinds(acts)[:3] == [K.FENCE, K.DISARM_WATCHDOG, K.RELEASE]
-    release = acts[2]
-    assert release.epoch == 1 and release.node == "b" and "handing the lease over to b" in release.reason
+    assert kinds(acts)[:2] == [K.FENCE, K.DISARM_WATCHDOG] and K.RELEASE not in kinds(acts)
     assert m.role is Role.FENCED and m.fence_at is None  # valid_until stops before the lease is released
-    assert m.handover == ("b", 1, 0.15 + 2 * T.ttl)
+    assert m.handover == ("b", 1, fence_at + 2 * T.ttl)
+    # The release waits until the last valid_until given to the engine has passed.
+    assert m.next_deadline(0.16) <= fence_at
+    acts = m.tick(0.16)
+    if m.pending == "read":
+        acts += m.observed(held("a", 1, ttl=1.0, sync="b"), 0.17)
+    assert K.RELEASE not in kinds(acts)
+    acts = m.tick(fence_at)
+    release = next(a for a in acts if a.kind is K.RELEASE)
+    assert release.epoch == 1 and release.node == "b" and "handing the lease over to b" in release.reason
     assert (Role.PRIMARY, Role.FENCED) in TRANSITIONS
 
 
 def test_switchover_to_the_named_standby() -> None:
     m = synced_primary()
-    assert K.RELEASE in kinds(m.switchover("b", 0.15, store_ok=True))
+    assert K.FENCE in kinds(m.switchover("b", 0.15, store_ok=True)) and m.handover is not None
 
 
 @pytest.mark.parametrize("setup, target, store_ok, words", [
@@ -90,7 +99,8 @@ def test_old_primary_does_not_take_its_released_epoch_back_then_follows() -> Non
 def test_handover_not_taken_in_time_lets_the_old_primary_take_it_back() -> None:
     m = synced_primary()
     m.switchover(None, 0.15, store_ok=True)
-    deadline = 0.15 + m.handover_timeout
+    assert m.handover is not None
+    deadline = m.handover[2]
     assert m.next_deadline(2.0) <= deadline
     t, acts = 0.2, []
     while t < deadline + 1.0 and K.ACQUIRE not in kinds(acts):
@@ -188,7 +198,8 @@ def run_switchover_world(seed: int) -> World:
     node = w.nodes[first]
     w.t = 5.0
     node_m = node.machine
-    assert node_m.sync_confirmed is not None
+    assert node_m.sync_confirmed is not None and node_m.fence_at is not None
+    w.valid_until = node_m.fence_at  # type: ignore[attr-defined]  # rate 1, offset 0: local == real
     w._apply(node, node_m.switchover(None, node.local(5.0), store_ok=True))
     w.run(12.0)
     return w
@@ -201,8 +212,12 @@ def test_world_switchover_moves_the_primary_once_never_two(seed: int) -> None:
     iv = w.intervals()
     assert len(iv) == 2 and iv[0][2] != iv[1][2] and (iv[0][3], iv[1][3]) == (1, 2)
     pause = iv[1][0] - iv[0][1]
-    # Fenced before released; the target reads at least every renew interval.
-    assert 0 < pause < T.renew + T.fencing_margin + 0.05, pause
+    # The new primary starts only after the old one's last valid_until (its fence
+    # deadline at the switchover): no overlap even for an engine that missed FENCE.
+    assert iv[1][0] > w.valid_until  # type: ignore[attr-defined]
+    # And not much later: the target reads at least every renew interval.
+    assert 0 < pause < (T.ttl - T.safety_margin) + T.renew + T.fencing_margin + 0.05, pause
+    assert iv[1][0] - w.valid_until < T.renew + T.fencing_margin + 0.05  # type: ignore[attr-defined]
     # And back again.
     second = w.primary()
     node = w.nodes[second]
