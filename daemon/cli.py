@@ -761,19 +761,10 @@ def format_role(info: dict[str, Any]) -> str:
     paused = info.get("paused")
     if paused:
         lines.append(f"  PAUSED (maintenance, by {paused.get('by')}): no automatic promotion for "
-                     f"{format_seconds(paused.get('for_s', 0))} more; `lifeline resume` ends it")
+                     f"{format_duration_short(paused.get('for_s', 0))} more; `lifeline resume` ends it")
     if info.get("handover_to"):
         lines.append(f"  switching over to {info['handover_to']}")
     return "\n".join(lines)
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def parse_duration(text: str) -> float:

@@ -566,6 +566,17 @@ class StandbyService:
         return out
 
     def status(self) -> ServiceStatus:
+        status = self._status()
+        pause = self.leadership.pause_info() if self.leadership is not None and \
+            hasattr(self.leadership, "pause_info") else None
+        if pause is None:
+            return status
+        left = int(pause["for_s"])
+        return ServiceStatus(status.health, f"{status.summary}; PAUSED (maintenance, by {pause['by']}) for "
+                                            f"{left // 3600}h{left % 3600 // 60:02d}m more: no automatic promotion",
+                             status.details)
+
+    def _status(self) -> ServiceStatus:
         if self.journal is None:
             return ServiceStatus("ok", "opening the journal")
         last = self.journal.last

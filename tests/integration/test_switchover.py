@@ -159,6 +159,8 @@ def test_paused_pair_does_not_promote_after_kill9_until_resumed(tmp_path: Path, 
         assert pair.role(first)["paused"]["for_s"] > 7000
         shown = cli("role", "--socket", str(pair.nodes[second].socket))
         assert "PAUSED (maintenance" in shown.stdout, shown.stdout
+        status = cli("status", "--socket", str(pair.nodes[first].socket))
+        assert "PAUSED (maintenance" in status.stdout and "no automatic promotion" in status.stdout, status.stdout
         # A switchover waits for the end of maintenance too.
         code, result = switchover(pair, first)
         assert code == 1 and "paused" in result["reason"], result
