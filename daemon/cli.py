@@ -855,9 +855,9 @@ def cmd_switchover(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, sort_keys=True))
     elif result.get("ok"):
-        print(f"switched over: {result.get('from')} -> {result.get('to')} at epoch {result.get('epoch')} "
-              f"(appends refused for ~{result.get('seen_ms')} ms as seen from {result.get('from')}; drained in "
-              f"{result.get('drain_ms')} ms). {result.get('reason')}")
+        print(f"switched over: {result.get('from')} -> {result.get('to')} at epoch {result.get('epoch')}; appends "
+              f"refused here {result.get('seen_ms')} ms until {result.get('from')} saw {result.get('to')} primary "
+              f"(after {result.get('wind_down_ms')} ms of trading without renewals). {result.get('reason')}")
     else:
         print(f"switchover REFUSED: {result.get('reason')}")
     return 0 if result.get("ok") else 1

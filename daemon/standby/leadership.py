@@ -552,49 +552,55 @@ class Leadership:
                 "reason": (f"no automatic promotion for {seconds:g}s (until `lifeline resume`)" if seconds > 0
                            else "automatic promotion is back")}
 
-    async def switchover(self, target: str | None, *, by: str = "?", drain_timeout: float | None = None
-                         ) -> dict[str, Any]:
-        """A planned handover to the in-sync standby: refuse appends, wait until the
-        standby acknowledged the journal's end, fence, release the epoch, and wait
-        (up to the handover timeout) for the target to hold the next one."""
+    async def switchover(self, target: str | None, *, by: str = "?", drain_lead: float = 0.1) -> dict[str, Any]:
+        """A planned handover to the in-sync standby, with the engine's pause as short
+        as the lease allows: stop renewing (valid_until is no longer extended) and keep
+        trading until ``drain_lead`` before the fence deadline already given; then
+        refuse appends, wait until the standby acknowledged the journal's end, fence,
+        release the epoch once that deadline has passed, and wait (up to the handover
+        timeout) for the target to hold the next epoch."""
         machine = self.machine
         if machine is None:
             return {"ok": False, "reason": "not started yet"}
         started, started_ns = trio.current_time(), self.clock_ns()
-        store_ok = self.store_reachable is not False
-        refusal = machine.switchover_refusal(target, started, store_ok=store_ok)
-        if refusal is None and not hasattr(self.host, "hold_appends"):
-            refusal = "this host cannot hold its appends"
+        refusal = None if hasattr(self.host, "hold_appends") else "this host cannot hold its appends"
+        actions: list[Action] = []
+        if refusal is None:
+            actions = machine.switchover_prepare(target, started, store_ok=self.store_reachable is not False)
+            refusal = next((a.reason for a in actions if a.kind is ActionKind.REFUSE), None)
         if refusal is not None:
+            self._apply(actions)
             log.warning("role.switchover_refused", node=self.node, to=target or "", by=by, reason=refusal)
-            return {"ok": False, "reason": refusal, "role": machine.role.value, "epoch": machine.epoch}
-        to = machine.sync_confirmed
-        assert to is not None
+            return {"ok": False, "reason": refusal.removeprefix("switchover refused: "), "role": machine.role.value,
+                    "epoch": machine.epoch}
+        to = machine.winding_down
+        assert to is not None and machine.fence_at is not None
         epoch = machine.epoch
-        limit = drain_timeout if drain_timeout is not None else self.timings.ttl
+        self._apply(actions)
         log.warning("role.switchover", node=self.node, to=to, epoch=epoch, by=by,
-                    detail="appends refused; draining to the standby")
-        self.host.hold_appends(f"switching over to {to}")
+                    detail=f"renewals stopped; trading until {drain_lead:g}s before the fence deadline")
+        drained = False
+        held_at = started
         try:
-            drained = await self.host.drained(limit)
-            drained_at = trio.current_time()
+            await trio.sleep_until(machine.fence_at - drain_lead if machine.fence_at is not None else started)
+            held_at = trio.current_time()
+            self.host.hold_appends(f"switching over to {to}")
+            if machine.role is Role.PRIMARY and machine.fence_at is not None:
+                drained = await self.host.drained(max(0.0, machine.fence_at - trio.current_time()))
             now = trio.current_time()
-            if not drained:
-                refusal = (f"{to} did not acknowledge the journal's end within {limit:g}s: appends resumed here, "
-                           "nothing changed")
-                actions = []
-            else:
+            if machine.role is Role.PRIMARY:
                 actions = machine.switchover(to, now, store_ok=self.store_reachable is not False)
                 refusal = next((a.reason for a in actions if a.kind is ActionKind.REFUSE), None)
-            if refusal is not None:
+                if refusal is not None:
+                    self._apply(actions + machine.switchover_abort(refusal, now))
+                    log.warning("role.switchover_refused", node=self.node, to=to, by=by, reason=refusal)
+                    return {"ok": False, "reason": refusal.removeprefix("switchover refused: "),
+                            "role": machine.role.value, "epoch": epoch}
                 self._apply(actions)
-                log.warning("role.switchover_refused", node=self.node, to=to, by=by, reason=refusal)
-                return {"ok": False, "reason": refusal, "role": machine.role.value, "epoch": epoch}
-            fenced_ns = self.clock_ns()
-            self._apply(actions)
-            # The target takes epoch + 1 once it reads the lease free: wait to see it.
+            # Else the fence deadline came first: the machine fenced and hands over.
+            fenced_at = trio.current_time()
             taken = False
-            with trio.move_on_after(machine.handover_timeout + self.timings.retry_timeout):
+            with trio.move_on_after(machine.handover_timeout + self.timings.ttl):
                 while True:
                     lease = self.lease
                     if lease is not None and not lease.free and lease.epoch > epoch:
@@ -606,16 +612,17 @@ class Leadership:
         seen = trio.current_time()
         lease = self.lease
         result = {"ok": taken, "from": self.node, "to": to, "epoch": lease.epoch if lease else epoch,
-                  "previous_epoch": epoch, "drain_ms": round((drained_at - started) * 1000, 1),
-                  "fenced_ns": fenced_ns, "started_ns": started_ns,
-                  "seen_ms": round((seen - started) * 1000, 1), "role": machine.role.value,
+                  "previous_epoch": epoch, "drained": drained,
+                  "held_ms": round((fenced_at - held_at) * 1000, 1),
+                  "wind_down_ms": round((held_at - started) * 1000, 1), "started_ns": started_ns,
+                  "seen_ms": round((seen - held_at) * 1000, 1), "role": machine.role.value,
                   "reason": (f"{to} is primary at epoch {lease.epoch if lease else '?'}; this node follows it"
                              if taken else f"{to} did not take the lease within {machine.handover_timeout:g}s: "
                                            "the ordinary rules apply (this node may take it back)")}
         self.switchovers += 1
         self.last_switchover = {k: result[k] for k in ("ok", "from", "to", "epoch", "seen_ms")}
         log.warning("role.switchover_done", node=self.node, to=to, ok=taken, epoch=result["epoch"],
-                    seen_ms=result["seen_ms"], by=by)
+                    appends_refused_ms=result["seen_ms"], by=by)
         return result
 
     def may_trade(self) -> bool:

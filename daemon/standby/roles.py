@@ -298,6 +298,9 @@ class RoleMachine:
         self.handover: tuple[str, int, float] | None = None
         #: When to release the fenced epoch for the target: the last valid_until given.
         self.handover_release_at: float | None = None
+        #: A switchover being prepared: the target; renewals stop (valid_until is no
+        #: longer extended) so the lease can pass on as soon as the last one ends.
+        self.winding_down: str | None = None
         #: Maintenance mode until this local monotonic time (None: not paused).
         self.paused_until: float | None = None
 
@@ -584,6 +587,35 @@ class RoleMachine:
         self.handover_release_at = release_at
         return self._end(now, out)
 
+    def switchover_prepare(self, target: str | None, now: float, *, store_ok: bool) -> list[Action]:
+        """First step of a switchover: stop renewing, so ``valid_until`` is no longer
+        extended and the lease can pass on at the fence deadline already given; the
+        primary keeps trading until the shell holds its appends and calls
+        :meth:`switchover` (or :meth:`switchover_abort`). Should the deadline come
+        first, the node fences as always and hands over at once."""
+        out: list[Action] = []
+        self._begin(now, out)
+        refusal = self.switchover_refusal(target, now, store_ok=store_ok)
+        if refusal is None and self.winding_down is not None:
+            refusal = f"a switchover to {self.winding_down} is already under way"
+        if refusal is not None:
+            out.append(Action(ActionKind.REFUSE, f"switchover refused: {refusal}"))
+            return self._end(now, out)
+        self.winding_down = self.sync_confirmed
+        assert self.fence_at is not None
+        out.append(Action(ActionKind.WAIT, f"switching over to {self.winding_down}: no more renewals; trading until "
+                                           f"the fence deadline in {self.fence_at - now:.3f}s"))
+        return self._end(now, out)
+
+    def switchover_abort(self, reason: str, now: float) -> list[Action]:
+        """The shell gave the switchover up before :meth:`switchover`: renew again."""
+        out: list[Action] = []
+        self._begin(now, out)
+        if self.winding_down is not None and self.role is Role.PRIMARY:
+            self.winding_down = None
+            out.append(Action(ActionKind.WAIT, f"switchover abandoned ({reason}): renewing again"))
+        return self._end(now, out)
+
     @property
     def handover_timeout(self) -> float:
         """How long an old primary leaves its released epoch to the switchover target."""
@@ -615,7 +647,8 @@ class RoleMachine:
             assert self.fence_at is not None and self.next_renew_at is not None
             times.append(self.fence_at)
             if self.pending is None:
-                times.append(self.next_renew_at)
+                if self.winding_down is None:
+                    times.append(self.next_renew_at)
                 if self._sync_write_needed():
                     times.append(self.sync_next_at)
         elif self.role is not Role.CANDIDATE and self.pending is None:
@@ -648,8 +681,14 @@ class RoleMachine:
             self.paused_until = None
             out.append(Action(ActionKind.WAIT, "the pause expired: automatic promotion is back"))
         if self.role is Role.PRIMARY and self.fence_at is not None and now >= self.fence_at:
+            target, epoch = self.winding_down, self.epoch
             self._fence(now, out, f"no successful renewal by the fence deadline (ttl {self.timings.ttl:g}s - "
                                   f"safety margin {self.timings.safety_margin:g}s after the last one was sent)")
+            if target is not None:
+                # Winding down for a switchover that did not finish in time: the last
+                # valid_until has passed, hand over now (the target is marked in sync).
+                self.handover = (target, epoch, now + self.handover_timeout)
+                self.handover_release_at = now
         if self.pending is not None and now >= self.pending_since + self.timings.retry_timeout:
             kind, self.pending = self.pending, None
             if kind == "acquire" and self.role is Role.CANDIDATE:
@@ -673,7 +712,7 @@ class RoleMachine:
         t = self.timings
         if self.role is Role.PRIMARY:
             assert self.next_renew_at is not None
-            if now >= self.next_renew_at:
+            if now >= self.next_renew_at and self.winding_down is None:
                 self._send("renew", now)
                 out.append(Action(ActionKind.RENEW, f"renewing epoch {self.epoch} every {t.renew:g}s", self.epoch))
             elif self._sync_write_needed() and now >= self.sync_next_at:
@@ -802,6 +841,7 @@ class RoleMachine:
                                                f"({wd:g}s timeout would outlast the fence deadline)"))
 
     def _fence(self, now: float, out: list[Action], why: str) -> None:
+        self.winding_down = None
         self._goto(Role.FENCED, now, out, why)
         out.append(Action(ActionKind.FENCE, why, self.epoch))
         if self.timings.watchdog_timeout is not None:

@@ -226,3 +226,44 @@ def test_world_switchover_moves_the_primary_once_never_two(seed: int) -> None:
     w.run(20.0)
     w.assert_safe()
     assert len(w.intervals()) == 3 and w.primary() == iv[0][2] and w.store.epoch == 3
+
+
+# --------------------------------------------------------------------------- winding down
+
+
+def test_prepare_stops_renewals_so_valid_until_is_no_longer_extended() -> None:
+    m = synced_primary()
+    fence_at = m.fence_at
+    acts = m.switchover_prepare(None, 0.15, store_ok=True)
+    assert K.REFUSE not in kinds(acts) and m.winding_down == "b" and m.role is Role.PRIMARY
+    # No renewal, and the machine sleeps until the fence deadline (no busy loop).
+    assert m.next_deadline(0.7) == fence_at
+    assert K.RENEW not in kinds(m.tick(0.7)) and m.fence_at == fence_at
+    acts = m.switchover("b", 0.9, store_ok=True)
+    assert kinds(acts)[0] is K.FENCE and K.RELEASE not in kinds(acts)
+    assert K.RELEASE in kinds(m.tick(fence_at))
+
+
+def test_deadline_reached_while_winding_down_fences_and_hands_over_at_once() -> None:
+    m = synced_primary()
+    fence_at = m.fence_at
+    m.switchover_prepare(None, 0.15, store_ok=True)
+    acts = m.tick(fence_at)
+    assert kinds(acts)[0] is K.FENCE and K.RELEASE in kinds(acts)
+    assert m.handover is not None and m.handover[0] == "b" and m.winding_down is None
+
+
+def test_abort_renews_again_and_a_second_prepare_is_refused() -> None:
+    m = synced_primary()
+    m.switchover_prepare(None, 0.15, store_ok=True)
+    again = m.switchover_prepare(None, 0.2, store_ok=True)
+    assert [a for a in again if a.kind is K.REFUSE]
+    acts = m.switchover_abort("drain failed", 0.7)
+    assert K.RENEW in kinds(acts) and m.winding_down is None
+
+
+def test_prepare_refuses_like_switchover() -> None:
+    m = primary_at(0.0)
+    acts = m.switchover_prepare(None, 0.15, store_ok=True)
+    assert "no standby is in sync" in next(a for a in acts if a.kind is K.REFUSE).reason
+    assert m.winding_down is None
