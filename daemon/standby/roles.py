@@ -327,6 +327,14 @@ class RoleMachine:
             self.expires_at = now + lease.ttl_remaining
             # Look again as soon as it could have expired, not a whole interval later.
             self.next_read_at = min(self.next_read_at, self.expires_at + self.timings.fencing_margin)
+            if lease.holder != self.node:
+                # A holder that stopped renewing (a switchover winding down) releases at
+                # its fence deadline, ``safety_margin`` before the store's expiry: look
+                # then, and every ``retry_pause / 2`` after, rather than only at the
+                # expiry. (A live primary renews long before: no extra reads.)
+                released_at = self.expires_at - self.timings.safety_margin + 0.01
+                poll = released_at if now < released_at else now + self.timings.retry_pause / 2
+                self.next_read_at = min(self.next_read_at, poll)
         if self.role is Role.PRIMARY:
             if lease.free:
                 self._fence(now, out, f"the store shows the lease free at epoch {lease.epoch}: fencing now")
