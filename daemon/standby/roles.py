@@ -39,9 +39,13 @@ Switchover and pause
 --------------------
 * **Switchover** (:meth:`RoleMachine.switchover`): only a primary whose store confirms
   the target as the synchronous standby (it holds every acknowledged record), with the
-  store reachable and the pair not paused. The primary fences first (no renewal, no
-  valid_until extension), then releases its epoch once the last ``valid_until`` it gave
-  the engine has passed (its fence deadline); the target, marked synchronous,
+  store reachable and the pair not paused. :meth:`RoleMachine.switchover_prepare`
+  stops the renewals (``valid_until`` is no longer extended; the primary trades on);
+  :meth:`RoleMachine.switchover`, once the shell has held appends and drained, fences
+  and releases the epoch once the last ``valid_until`` it gave the engine has passed
+  (its fence deadline; a standby polls a lease that stopped being renewed from
+  ``safety_margin`` before its expiry, so it sees the release at once); the target,
+  marked synchronous,
   takes ``epoch + 1`` by compare-and-set like any free lease. The old primary does not
   take its own released epoch back for ``handover_timeout`` (``2 * ttl``); past that,
   if nobody took it, the ordinary last-holder rule lets it (the switchover failed, the
