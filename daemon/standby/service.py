@@ -53,6 +53,13 @@ def journal_directory(config: Config) -> Path:
     return Path(config.node.state_dir) / "journal"
 
 
+def _who(by: dict[str, Any] | None) -> str:
+    """The control caller as a short name for the lease store and the logs."""
+    if not by:
+        return "daemon"
+    return str(by.get("user") or f"uid {by.get('uid')}")
+
+
 def record_to_json(record: Record) -> dict[str, Any]:
     out: dict[str, Any] = {"seq": record.seq, "epoch": record.epoch, "timestamp_ns": record.timestamp_ns}
     try:
@@ -132,6 +139,9 @@ class StandbyService:
         self.repairs: list[str] = []
         self._wanted: tuple[str, int, str] = ("none", 0, "")  # (side, epoch, primary node)
         self._wanted_changed = trio.Event()
+        #: A switchover in progress: appends are refused with this reason.
+        self.holding: str | None = None
+        self._appends_in_flight = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from daemon.standby.journal import Journal
@@ -233,6 +243,23 @@ class StandbyService:
         self.role = "standby"
         self._set_wanted("standby", epoch, node)
 
+    def hold_appends(self, reason: str | None) -> None:
+        """Switchover: refuse appends (not_primary, with ``reason``) from now; None lifts it."""
+        self.holding = reason
+
+    async def drained(self, timeout: float) -> bool:
+        """Switchover: every append in flight answered and the standby has acknowledged
+        the journal's end (``acked seq == last seq``), within ``timeout`` seconds."""
+        with trio.move_on_after(timeout):
+            while True:
+                replication = self.replication
+                acked = getattr(replication, "standby_acked_seq", None)
+                if (self._appends_in_flight == 0 and self.journal is not None and acked is not None
+                        and acked >= self.journal.last.seq):
+                    return True
+                await trio.sleep(0.001)
+        return False
+
     def _set_wanted(self, side: str, epoch: int, node: str) -> None:
         if self._wanted == (side, epoch, node):
             return  # already running that side: a restart would only drop its link
@@ -333,8 +360,19 @@ class StandbyService:
         control.register("standby.promote", self._promote,
                          help='Allow this node to take a FREE lease although it may lack acknowledged records: '
                               '{"accept_loss": true}. Never takes a live lease; `lifeline standby promote`.')
+        control.register("standby.switchover", self._switchover,
+                         help='Planned handover to the in-sync standby: {"to": NODE|null}. Refuses appends, drains, '
+                              "fences, hands the lease over at the next epoch; `lifeline switchover`.")
+        control.register("standby.pause", self._pause,
+                         help='Maintenance mode for the pair: no automatic promotion for {"seconds": S} '
+                              "(default 3600, at most 86400); `lifeline pause --for 2h`.")
+        control.register("standby.resume", self._resume, help="End the maintenance pause; `lifeline resume`.")
 
     async def _append(self, params: dict[str, Any]) -> Any:
+        if self.holding is not None:
+            raise ControlError("not_primary", f"this host ({self.config.node.name}) is {self.holding}: appends are "
+                                              "refused; append on the new primary once role.watch names it "
+                                              "(nothing was written)")
         if not self.accepting or self.replication is None or (
                 self.leadership is not None and not self.leadership.may_trade()):
             raise ControlError("not_primary", f"this host ({self.config.node.name}) is {self.role}, not an "
@@ -345,6 +383,7 @@ class StandbyService:
         payloads = payloads_from_params(params)
         self._check_order_records(payloads)
         replication = self.replication
+        self._appends_in_flight += 1
         try:
             if hasattr(replication, "append_runs"):
                 runs = await replication.append_runs(payloads)
@@ -353,6 +392,8 @@ class StandbyService:
                         for r in await replication.append_many(payloads)]
         except StandbyError as exc:
             raise ControlError("refused", str(exc)) from None
+        finally:
+            self._appends_in_flight -= 1
         out: list[dict[str, Any]] = []
         for first, last, epoch, status, durable_on, reason, _degraded in runs:
             count = last - first + 1
@@ -433,6 +474,63 @@ class StandbyService:
         await self._audit_promote(result)
         return result
 
+    async def _switchover(self, params: dict[str, Any]) -> Any:
+        from daemon.acl import audit_by
+
+        leadership = self._require_leadership()
+        to = params.get("to")
+        if to is not None and (not isinstance(to, str) or not 0 < len(to) <= 64):
+            raise ControlError("bad_request", '"to" must be a node name or null (the in-sync standby)')
+        result = await leadership.switchover(to, by=_who(audit_by()))
+        await self._audit("standby.switchover", to=to, ok=result.get("ok"), reason=result.get("reason"),
+                          epoch=result.get("epoch"))
+        return result
+
+    async def _pause(self, params: dict[str, Any]) -> Any:
+        from daemon.acl import audit_by
+        from daemon.standby.lease import check_pause_seconds
+
+        leadership = self._require_leadership()
+        seconds = params.get("seconds", 3600)
+        try:
+            seconds = check_pause_seconds(seconds)
+        except ValueError as exc:
+            raise ControlError("bad_request", f'"seconds": {exc}') from None
+        if seconds == 0:
+            raise ControlError("bad_request", '"seconds" must be above 0: `lifeline resume` ends a pause')
+        result = await leadership.set_pause(seconds, _who(audit_by()))
+        await self._audit("standby.pause", seconds=seconds, ok=result.get("ok"), reason=result.get("reason"))
+        return result
+
+    async def _resume(self, params: dict[str, Any]) -> Any:
+        from daemon.acl import audit_by
+
+        leadership = self._require_leadership()
+        result = await leadership.set_pause(0.0, _who(audit_by()))
+        await self._audit("standby.resume", ok=result.get("ok"), reason=result.get("reason"))
+        return result
+
+    async def _audit(self, action: str, **fields: Any) -> None:
+        """One line in the audit chain with who asked (the control caller)."""
+        from daemon.acl import audit_by
+
+        def append() -> None:
+            from recovery.audit import AuditLog, load_or_create_host_key
+
+            recovery = self.config.recovery
+            state_dir = self.config.node.state_dir
+            path = (recovery.audit_log if recovery is not None and recovery.audit_log is not None
+                    else state_dir / "recovery" / "audit.jsonl")
+            key, _ = load_or_create_host_key(state_dir)
+            with AuditLog(path, key) as audit:
+                audit.append(action, node=self.config.node.name, by=by, **fields)
+
+        by = audit_by()
+        try:
+            await trio.to_thread.run_sync(append)
+        except Exception as exc:  # noqa: BLE001 - the action stands; the failure is reported
+            log.error("standby.audit_failed", action=action, error=f"{type(exc).__name__}: {exc}", by=by)
+
     async def _audit_promote(self, result: Any) -> None:
         """The override goes to the audit chain with who asked (the control caller)."""
         from daemon.acl import audit_by
@@ -468,6 +566,17 @@ class StandbyService:
         return out
 
     def status(self) -> ServiceStatus:
+        status = self._status()
+        pause = self.leadership.pause_info() if self.leadership is not None and \
+            hasattr(self.leadership, "pause_info") else None
+        if pause is None:
+            return status
+        left = int(pause["for_s"])
+        return ServiceStatus(status.health, f"{status.summary}; PAUSED (maintenance, by {pause['by']}) for "
+                                            f"{left // 3600}h{left % 3600 // 60:02d}m more: no automatic promotion",
+                             status.details)
+
+    def _status(self) -> ServiceStatus:
         if self.journal is None:
             return ServiceStatus("ok", "opening the journal")
         last = self.journal.last

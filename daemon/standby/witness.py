@@ -252,7 +252,7 @@ def _stage(link: _Link) -> str:
     return (link.conn.failed_in or link.conn.state).value
 
 
-_OPS = frozenset({"acquire", "renew", "read", "release", "set_sync_mark", "report"})
+_OPS = frozenset({"acquire", "renew", "read", "release", "set_sync_mark", "report", "pause"})
 
 
 def _log_request(cluster: str, node: str, body: Mapping[str, Any], reply: Mapping[str, Any]) -> None:
@@ -268,6 +268,8 @@ def _log_request(cluster: str, node: str, body: Mapping[str, Any], reply: Mappin
             log.info("lease.released", **fields, epoch=body.get("epoch"))
     elif op == "set_sync_mark":
         log.info("lease.sync_mark", **fields, epoch=body.get("epoch"), sync_node=body.get("sync_node"))
+    elif op == "pause":
+        log.warning("lease.pause", **fields, seconds=body.get("seconds"), by=body.get("by"))
     else:  # renewals, reads and reports come several times a second
         log.debug(f"lease.{op}", **fields)
 
@@ -507,6 +509,9 @@ class WitnessLeaseStore(LeaseStore):
 
     async def set_sync_mark(self, node: str, epoch: int, sync_node: str | None, generation: int = 0) -> None:
         await self._call("set_sync_mark", node, epoch=epoch, sync_node=sync_node, generation=generation)
+
+    async def set_pause(self, node: str, seconds: float, by: str) -> None:
+        await self._call("pause", node, seconds=seconds, by=by)
 
     async def report(self, node: str, position: Position, seen_epoch: int) -> None:
         await self._call("report", node, position=[position.epoch, position.seq], seen_epoch=seen_epoch)
