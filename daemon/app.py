@@ -81,7 +81,7 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         if config.metrics.enabled:
             host, port = config.metrics.host_port
-            self.metrics = MetricsServer(host, port, self._collect_metrics)
+            self.metrics = MetricsServer(host, port, self._collect_metrics, limits=config.listeners.limits())
             services.append(self.metrics)
         self.supervisor = Supervisor(
             node=config.node.name,
