@@ -70,7 +70,7 @@ import psutil  # noqa: E402
 from daemon.config import dump_toml  # noqa: E402
 from daemon.control_client import ControlClient  # noqa: E402
 from daemon.lab.procs import DaemonProcess, until  # noqa: E402
-from daemon.standby.keys import generate_replication_key  # noqa: E402
+from daemon.standby.keys import generate_replication_key, load_replication_key  # noqa: E402
 
 FLOODS = ("replication-bare", "replication-preauth", "witness-bare", "witness-preauth", "metrics-slowloris",
           "control-slowloris")
@@ -248,9 +248,13 @@ class Phase:
         self.name = "warmup"
 
 
-class Engine(threading.Thread):
-    def __init__(self, socket_path: Path, phase: Phase, rate: float, batch: int) -> None:
-        super().__init__(daemon=True, name="engine")
+class Engine:
+    """Open-loop appends: a batch is due every batch/rate seconds on a fixed schedule and
+    goes out on the first of ``connections`` idle control connections (the daemon
+    serves one request at a time per connection; several let its group commit share
+    fsyncs, as a real engine's threads would). Latency = reply arrival - due time."""
+
+    def __init__(self, socket_path: Path, phase: Phase, rate: float, batch: int, connections: int = 4) -> None:
         self.socket_path = socket_path
         self.phase = phase
         self.interval = batch / rate
@@ -259,32 +263,51 @@ class Engine(threading.Thread):
         self.statuses: dict[str, dict[str, int]] = {}
         self.errors: list[str] = []
         self.stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._next_due = 0.0
+        self._threads = [threading.Thread(target=self._worker, args=(i,), daemon=True, name=f"engine-{i}")
+                         for i in range(connections)]
 
-    def run(self) -> None:
-        payloads = [f"order {i:06d} buy 0.001 BTC-USD limit 43000.0 client-id bench-{i}" for i in range(self.batch)]
+    def start(self) -> None:
+        self._next_due = time.monotonic()
+        for thread in self._threads:
+            thread.start()
+
+    def join(self, timeout: float) -> None:
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _claim(self) -> float:
+        with self._lock:
+            due = self._next_due
+            self._next_due += self.interval
+            return due
+
+    def _worker(self, i: int) -> None:
+        payloads = [f"order {i}-{n:06d} buy 0.001 BTC-USD limit 43000.0 client-id bench-{n}" for n in range(self.batch)]
         try:
             client = ControlClient(self.socket_path, timeout=30.0).connect()
         except Exception as exc:
             self.errors.append(repr(exc))
             return
-        due = time.monotonic()
         try:
             while not self.stop_event.is_set():
-                now = time.monotonic()
-                if now < due:
-                    self.stop_event.wait(due - now)
-                    continue
+                due = self._claim()
+                wait = due - time.monotonic()
+                if wait > 0 and self.stop_event.wait(wait):
+                    return
                 phase = self.phase.name
                 try:
                     answer = client.call("journal.append", {"payloads": payloads})
                 except Exception as exc:
                     self.errors.append(f"{phase}: {exc!r}")
                     return
-                self.latencies.setdefault(phase, []).append((time.monotonic() - due) * 1000)
-                counts = self.statuses.setdefault(phase, {})
-                for result in answer["results"]:
-                    counts[result["status"]] = counts.get(result["status"], 0) + 1
-                due += self.interval
+                latency = (time.monotonic() - due) * 1000
+                with self._lock:
+                    self.latencies.setdefault(phase, []).append(latency)
+                    counts = self.statuses.setdefault(phase, {})
+                    for result in answer["results"]:
+                        counts[result["status"]] = counts.get(result["status"], 0) + 1
         finally:
             client.close()
 
@@ -459,11 +482,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"pair up: primary {primary}, witness 127.0.0.1:{cluster.witness_port}, LimitNOFILE={nofile}, "
               f"{args.seconds:g} s per phase", flush=True)
         engine = Engine(cluster.socket(primary), phase, args.rate, args.batch)
-        probe = LeaseProbe(f"127.0.0.1:{cluster.witness_port}", cluster.key.read_bytes(), phase)
+        probe = LeaseProbe(f"127.0.0.1:{cluster.witness_port}", load_replication_key(cluster.key), phase)
         sampler = Sampler(cluster.procs, phase)
         gc.disable()  # the measuring threads must not pause themselves
-        for thread in (engine, probe, sampler):
-            thread.start()
+        engine.start()
+        probe.start()
+        sampler.start()
         time.sleep(3.0)  # warm-up
         targets = {
             "replication-bare": f"127.0.0.1:{cluster.ports[primary]['replication']}",

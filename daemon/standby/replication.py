@@ -94,6 +94,8 @@ log = get_logger("replication")
 #: dropped: slow-loris peers cannot hold the port.
 HANDSHAKE_TIMEOUT = 5.0
 RECEIVE_CHUNK = 256 * 1024
+#: Reads before the peer proved the key: a HELLO (under 1 KiB) or a REJECT fits.
+HANDSHAKE_CHUNK = 8 * 1024
 #: How much the primary reads from its journal for one send (one or more frames).
 BATCH_RECORDS = 2000
 BATCH_BYTES = 4 * 1024 * 1024
@@ -272,7 +274,10 @@ class _Link:
             event = self.conn.next_event()
             if event is not NEED_DATA:
                 return event  # type: ignore[return-value]
-            self.conn.receive_data(await self.stream.receive_some(RECEIVE_CHUNK))
+            # A stranger is read a handshake frame's worth at a time: large reads of
+            # junk, even if dropped at once, fragment the heap (RSS that never returns).
+            chunk = RECEIVE_CHUNK if self.conn.authenticated else HANDSHAKE_CHUNK
+            self.conn.receive_data(await self.stream.receive_some(chunk))
 
     async def receive_within(self, seconds: float, what: str) -> Event:
         with trio.move_on_after(seconds):
