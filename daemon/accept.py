@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from daemon.listeners import ConnectionBudget, FloodLog, Limits, Ticket
+from daemon.listeners import REFUSALS, ConnectionBudget, FloodLog, Limits, Ticket
 from daemon.log import Logger
 
 #: accept() failures that mean "no resources for one more socket now".
@@ -39,6 +39,8 @@ SKIP_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EN
                          errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH})
 #: How often suppressed events of a flood are logged (one line per kind, with a count).
 FLOOD_INTERVAL = 10.0
+#: Connections accepted in a row before the loop lets other tasks run.
+ACCEPT_BURST = 8
 #: With no spare descriptor to sacrifice, how long the loop waits before accepting again.
 CAPACITY_BACKOFF = 0.1
 
@@ -155,6 +157,7 @@ class BoundedListener:
             self.close()
 
     async def _accept_loop(self, sock: socket.socket, nursery: trio.Nursery) -> None:
+        accepted = 0
         while True:
             try:
                 conn, address = sock.accept()
@@ -185,7 +188,9 @@ class BoundedListener:
                     conn.close()
                 else:
                     nursery.start_soon(self._run, stream, Connection(source, shown, admitted, self.budget))
-            await trio.lowlevel.checkpoint()  # a flood of connects must not starve the loop
+            accepted += 1
+            if accepted % ACCEPT_BURST == 0:
+                await trio.lowlevel.checkpoint()  # a flood of connects must not starve the loop
 
     def _drop_newest(self, sock: socket.socket, exc: OSError) -> bool:
         reserve = descriptor_reserve()
@@ -215,7 +220,9 @@ class BoundedListener:
         while True:
             await trio.sleep(self.flood.interval)
             for key, count in self.flood.flush(trio.current_time()):
-                event = "listener.at_fd_limit" if key == "fd-limit" else "listener.refused"
+                # The handlers share this log for strangers' drops (see its users).
+                event = ("listener.at_fd_limit" if key == "fd-limit" else "listener.refused" if key in REFUSALS
+                         else "connection.dropped")
                 self.log.warning(event, listener=self.name, count=count, interval_s=self.flood.interval,
                                  reason=key, **self.budget.snapshot())
 
