@@ -229,8 +229,12 @@ class BoundedListener:
     async def _run(self, stream: trio.SocketStream, connection: Connection) -> None:
         try:
             await self.handler(stream, connection)
+        except Exception:  # a peer must never take the listener down: log our bug loudly
+            self.log.exception("listener.handler_failed", listener=self.name, address=connection.address)
         finally:
             self.budget.release(connection.ticket)
+            with trio.move_on_after(1, shield=True):
+                await stream.aclose()
 
 
 def _close_now(conn: socket.socket) -> None:
