@@ -308,7 +308,8 @@ def add_witness_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]
         description="Grant and renew the pair's leader lease from a third host; the epoch is kept in --state. "
                     "Stops with SIGTERM or SIGINT (exit 0).")
     parser.add_argument("--listen", required=True, metavar="HOST:PORT",
-                        help='address to listen on, e.g. "0.0.0.0:7480" (port 0: any free port)')
+                        help='the address the nodes reach, e.g. "198.51.100.30:7480", not every interface '
+                             '(port 0: any free port)')
     parser.add_argument("--state", required=True, type=Path, metavar="PATH",
                         help="the state file (created if missing; its directory must exist)")
     parser.add_argument("--key-file", required=True, type=Path, metavar="PATH",
