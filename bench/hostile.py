@@ -39,7 +39,8 @@ control-slowloris      200 connections to the primary's control socket, a byte a
 =====================  ==========================================================
 
 Per phase: each process's peak RSS growth over its RSS when the phase began, its peak
-descriptors, the log bytes it wrote, whether it died; the append p99 and the renewal p99
+descriptors, the log bytes it wrote, its CPU seconds, whether it died (and the flood
+process's CPU seconds, and how busy the whole host was); the append p99 and the renewal p99
 and their ratio to the quiet window's; lease losses (role changes of either node, from
 ``role.status``) and in-doubt appends. Targets (issue 16): RSS growth < 20 MB, 0 lease
 losses, 0 crashes, append p99 under flood <= 2x baseline. Human lines first; the last
@@ -125,6 +126,13 @@ class Proc:
             return psutil.Process(self.pid).memory_info().rss / 1e6
         except psutil.Error:
             return 0.0
+
+    def cpu_s(self) -> float:
+        try:
+            times = psutil.Process(self.pid).cpu_times()
+        except psutil.Error:
+            return 0.0
+        return float(times.user + times.system)
 
     def fds(self) -> int:
         try:
@@ -481,6 +489,7 @@ class PhaseResult:
     appends: int = 0
     renew_failures: int = 0
     flood: dict[str, Any] = field(default_factory=dict)
+    host_busy_pct: float = 0.0
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -516,8 +525,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         phases = ["baseline"] + [p for k in floods for p in (f"quiet-{k}", k)]
         for name in phases:
             quiet = name == "baseline" or name.startswith("quiet-")
-            before = {n: (p.rss_mb(), p.log_bytes()) for n, p in cluster.procs.items()}
+            before = {n: (p.rss_mb(), p.log_bytes(), p.cpu_s()) for n, p in cluster.procs.items()}
             changes = cluster.role_changes()
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            psutil.cpu_percent()  # starts the host's busy-time window
             phase.name = name
             flood_out = ""
             if quiet:
@@ -530,17 +541,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     capture_output=True, text=True, timeout=args.seconds + 120)
                 flood_out = child.stdout.strip().splitlines()[-1] if child.stdout.strip() else child.stderr[-500:]
             phase.name = f"{name}-settle"
+            host_busy = psutil.cpu_percent()
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             result = PhaseResult(name)
+            result.host_busy_pct = host_busy
             try:
                 result.flood = json.loads(flood_out) if flood_out else {}
             except ValueError:
                 result.flood = {"error": flood_out}
+            if not quiet:
+                result.flood["cpu_s"] = round(after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime, 1)
             for n, p in cluster.procs.items():
                 result.processes[n] = {
                     "rss_growth_mb": round(max(0.0, sampler.rss.get((name, n), before[n][0]) - before[n][0]), 1),
                     "fds_peak": sampler.fds.get((name, n), 0),
                     "log_bytes": p.log_bytes() - before[n][1],
                     "crashed": not p.alive(),
+                    "cpu_s": round(p.cpu_s() - before[n][2], 1),
                 }
             result.lease_losses = cluster.role_changes() - changes
             lat = engine.latencies.get(name, [])
@@ -579,12 +596,13 @@ def _ratio(value: float | None, base: float | None) -> float | None:
 
 
 def _print_phase(r: PhaseResult) -> None:
-    procs = "  ".join(f"{n}: +{p['rss_growth_mb']} MB, {p['fds_peak']} fds, {p['log_bytes']} B log"
+    procs = "  ".join(f"{n}: +{p['rss_growth_mb']} MB, {p['fds_peak']} fds, {p['log_bytes']} B log, {p['cpu_s']} s CPU"
                       f"{', CRASHED' if p['crashed'] else ''}" for n, p in r.processes.items())
     ratio = f" ({r.append_ratio}x)" if r.append_ratio is not None else ""
     renew_ratio = f" ({r.renew_ratio}x)" if r.renew_ratio is not None else ""
     print(f"{r.name:20} append p99 {r.append_p99_ms} ms{ratio}, renew p99 {r.renew_p99_ms} ms{renew_ratio}, "
-          f"lease losses {r.lease_losses}, in-doubt {r.in_doubt}, renew failures {r.renew_failures}", flush=True)
+          f"lease losses {r.lease_losses}, in-doubt {r.in_doubt}, renew failures {r.renew_failures}, "
+          f"host CPU {r.host_busy_pct:.0f}% busy", flush=True)
     print(f"{'':20} {procs}", flush=True)
     if r.flood:
         print(f"{'':20} flood: {r.flood}", flush=True)
@@ -604,7 +622,8 @@ def summarize(results: list[PhaseResult], args: argparse.Namespace, nofile: int)
         "phases": {r.name: {"append_p99_ms": r.append_p99_ms, "append_ratio": r.append_ratio,
                             "renew_p99_ms": r.renew_p99_ms, "renew_ratio": r.renew_ratio,
                             "lease_losses": r.lease_losses, "in_doubt": r.in_doubt,
-                            "renew_failures": r.renew_failures, "processes": r.processes, "flood": r.flood}
+                            "renew_failures": r.renew_failures, "host_busy_pct": r.host_busy_pct,
+                            "processes": r.processes, "flood": r.flood}
                    for r in results},
         "max_rss_growth_mb": rss, "max_append_ratio": max(ratios) if ratios else None, "crashes": crashes,
         "lease_losses": losses, "targets_met": meets,
