@@ -139,6 +139,12 @@ class BoundedListener:
 
     def close(self) -> None:
         for sock in self.sockets:
+            if sock.fileno() == -1:
+                continue  # closed by its accept loop already
+            try:
+                trio.lowlevel.notify_closing(sock)  # wakes (and unregisters) a task waiting on it
+            except RuntimeError:  # pragma: no cover - outside trio: nobody waits on it
+                pass
             sock.close()
 
     def snapshot(self) -> dict[str, int]:
@@ -147,16 +153,29 @@ class BoundedListener:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept until cancelled; the sockets are closed on the way out."""
         descriptor_reserve()
+        # The handlers' nursery outlives the accept loops: once cancelled, the sockets
+        # close at once (the port is free again) while handlers finish their cleanup.
         try:
-            async with trio.open_nursery() as nursery:
-                for sock in self.sockets:
-                    nursery.start_soon(self._accept_loop, sock, nursery)
-                nursery.start_soon(self._flush_loop)
-                task_status.started()
+            async with trio.open_nursery() as handlers:
+                async with trio.open_nursery() as nursery:
+                    for sock in self.sockets:
+                        nursery.start_soon(self._accept_loop, sock, handlers)
+                    nursery.start_soon(self._flush_loop)
+                    task_status.started()
         finally:
             self.close()
 
     async def _accept_loop(self, sock: socket.socket, nursery: trio.Nursery) -> None:
+        try:
+            await self._accept_forever(sock, nursery)
+        finally:
+            try:
+                trio.lowlevel.notify_closing(sock)
+            except RuntimeError:  # pragma: no cover - outside trio
+                pass
+            sock.close()
+
+    async def _accept_forever(self, sock: socket.socket, nursery: trio.Nursery) -> None:
         accepted = 0
         while True:
             try:
