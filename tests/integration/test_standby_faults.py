@@ -341,7 +341,11 @@ def test_hostile_peers_are_dropped_while_the_real_standby_is_served(make_pair: C
     rng = random.Random(11)
 
     def attack(name: str, opening: bytes, within: float, dribble: bytes = b"") -> None:
-        sock = socket.create_connection(("127.0.0.1", pair.port), timeout=5)
+        # One source address each: five strangers from one address would exceed the
+        # listener's per-source cap on unauthenticated connections (the newest refused
+        # at once; tests/integration/test_listener_bounds.py tests that).
+        source = f"127.0.0.{2 + list(attacks).index(name)}"
+        sock = socket.create_connection(("127.0.0.1", pair.port), timeout=5, source_address=(source, 0))
         try:
             if opening:
                 sock.sendall(opening)
