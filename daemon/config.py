@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
+from daemon.listeners import Limits
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 and older
@@ -235,6 +237,29 @@ class ControlConfig:
         if self.mode_bits & 0o600 != 0o600:
             return [("mode", f"the daemon itself needs read and write (0600), found {self.mode!r}")]
         return []
+
+
+@dataclass(frozen=True)
+class ListenersConfig:
+    """The bounds of every TCP listener of the daemon (replication, metrics), each with
+    its own count: a peer that has not proved the key gets one of a few slots, a short
+    deadline and a hello-sized frame. The newest connection past a cap is closed at once."""
+
+    max_connections: int = option(64, doc="Connections one listener holds at once.", min=1, max=65536)
+    max_per_source: int = option(16, doc="Connections one listener holds at once from one address.",
+                                 min=1, max=65536)
+    max_unauthenticated: int = option(
+        16, doc="Connections one listener holds that have not proved the key (or sent their request) yet.",
+        min=1, max=65536)
+    max_unauthenticated_per_source: int = option(4, doc="The same, from one address.", min=1, max=65536)
+    handshake_timeout: Duration = option(
+        Duration(2.0), doc="Time a peer has to prove the key (replication) or send its request head (metrics).",
+        above=0)
+
+    def limits(self) -> Limits:
+        """As the listeners take them."""
+        return Limits(self.max_connections, self.max_per_source, self.max_unauthenticated,
+                      self.max_unauthenticated_per_source, float(self.handshake_timeout))
 
 
 @dataclass(frozen=True)
@@ -546,7 +571,8 @@ class StandbyConfig:
         None, doc='A fixed role, for a pair without a lease store: "primary" serves the journal, "standby" '
         'follows it. Leave it out when [standby.lease] is set: the lease decides, and it moves at failover.'
     )
-    listen: str = option("0.0.0.0:7470", doc='The primary\'s replication address, "HOST:PORT".')
+    listen: str = option("0.0.0.0:7470", doc='The primary\'s replication address, "HOST:PORT": this host\'s '
+                         'cross-connect address (the default listens on every interface, uplinks included).')
     peer: str | None = option(None, doc='The other host\'s replication address ("HOST:PORT"): a standby '
                               'connects there to follow it. Required with role = "standby" and with [standby.lease].')
     mode: Literal["sync", "async"] = option(
@@ -752,6 +778,8 @@ class Config:
     log: LogConfig = option(factory=LogConfig, doc="Logging.")
     control: ControlConfig = option(factory=ControlConfig, doc="The control socket.")
     metrics: MetricsConfig = option(factory=MetricsConfig, doc="Prometheus metrics.")
+    listeners: ListenersConfig = option(factory=ListenersConfig,
+                                        doc="Bounds of the TCP listeners (replication, metrics).")
     system: SystemConfig = option(factory=SystemConfig, doc="Host health (psutil) and its circuit breaker.")
     events: EventsConfig = option(factory=EventsConfig, doc="The event bus.")
     uplinks: dict[str, UplinkConfig] = option(

@@ -284,7 +284,8 @@ class StandbyService:
                     # leased one, the lease's epoch.
                     provider = (lambda e=epoch: e) if self.leadership is not None else None
                     replication: Any = ReplicationPrimary(self.journal, self.settings, node, self._key, bus=self.bus,
-                                                          epoch_provider=provider)
+                                                          epoch_provider=provider,
+                                                          limits=self.config.listeners.limits())
                     if self.leadership is not None:
                         replication.sync_listener = self.leadership.standby_sync_changed
                         replication.async_gate = self.leadership.async_allowed

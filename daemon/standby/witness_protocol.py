@@ -28,8 +28,9 @@ in :mod:`daemon.standby.witness`.
 Wire protocol
 -------------
 TCP; every frame is a 4-byte big-endian length and a body of at most :data:`MAX_FRAME`
-bytes (64 KiB). A length above that is refused as soon as its 4 bytes arrive, before
-any of the body is buffered. Bodies are JSON objects. The handshake mirrors
+bytes (64 KiB), and at most :data:`MAX_HANDSHAKE_FRAME` (8 KiB, a HELLO with two names of
+255 characters) before authentication. A length above that is refused as soon as its 4
+bytes arrive, before any of the body is buffered: a stranger gets a hello-sized buffer. Bodies are JSON objects. The handshake mirrors
 replication's (see :mod:`daemon.standby.protocol`), with its own label
 (:data:`WITNESS_LABEL`) mixed into every hash, so nothing signed for replication ever
 verifies here::
@@ -111,6 +112,9 @@ WITNESS_LABEL: Final = b"lifeline-witness-v1 "
 PROTOCOL_VERSION: Final = 2
 #: The largest frame body (MAC trailer included). Requests and replies are a few hundred bytes.
 MAX_FRAME: Final = 64 * 1024
+#: The largest frame body before authentication: a HELLO's two names of MAX_NAME
+#: characters, JSON-escaped (12 bytes for a character outside the BMP), fit.
+MAX_HANDSHAKE_FRAME: Final = 8 * 1024
 LENGTH = struct.Struct("!I")
 TRAILER = struct.Struct("!Q16s")
 TRAILER_SIZE: Final = TRAILER.size  # 24
@@ -617,6 +621,10 @@ def cluster_key(key: bytes, cluster: str) -> bytes:
     return hmac.new(key, WITNESS_LABEL + b"cluster\0" + cluster.encode("utf-8"), hashlib.sha256).digest()
 
 
+#: Before both sides proved the key: frames are bounded by MAX_HANDSHAKE_FRAME.
+_HANDSHAKE_STATES: Final = frozenset({State.AWAIT_HELLO, State.AWAIT_CHALLENGE, State.AWAIT_AUTH, State.AWAIT_VERDICT})
+
+
 def _proof(key: bytes, side: Side, transcript: bytes) -> bytes:
     # protocol.proof types its role for replication's two roles; any label string works.
     return proof(key, side, transcript, label=WITNESS_LABEL)  # type: ignore[arg-type]
@@ -787,6 +795,9 @@ class WitnessConnection:
         if length > self.max_frame or length == 0:
             raise self._fail(WitnessProtocolError(
                 f"frame of {length} bytes announced, expected 1 to {self.max_frame} (not a lifeline witness client?)"))
+        if length > MAX_HANDSHAKE_FRAME and self.state in _HANDSHAKE_STATES:
+            raise self._fail(WitnessProtocolError(
+                f"frame of {length} bytes announced before authentication, at most {MAX_HANDSHAKE_FRAME}"))
         return int(length)
 
     def next_event(self) -> Event | _NeedData:
