@@ -115,7 +115,8 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         if config.metrics.enabled:
             host, port = config.metrics.host_port
-            self.metrics = MetricsServer(host, port, self._collect_metrics, health=self.health_facts)
+            self.metrics = MetricsServer(host, port, self._collect_metrics, health=self.health_facts,
+                                         limits=config.listeners.limits())
             services.append(self.metrics)
         self.supervisor = Supervisor(
             node=config.node.name,

@@ -115,6 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--accept-loss", action="store_true",
                          help="required: you accept that records the old primary acknowledged may be missing here")
 
+    switchover = sub.add_parser("switchover", help="planned handover: the primary hands the lease to its in-sync "
+                                                   "standby (no acknowledged record lost); run on the primary")
+    _add_client_options(switchover)
+    switchover.add_argument("--to", metavar="NODE", help="the standby to hand over to (default: the in-sync one)")
+    switchover.add_argument("--json", action="store_true")
+    pause = sub.add_parser("pause", help="maintenance mode: no automatic promotion in the pair until it expires "
+                                         "or `lifeline resume`")
+    _add_client_options(pause)
+    pause.add_argument("--for", dest="duration", default="1h", metavar="DURATION",
+                       help="how long: 90s, 30m, 2h (default 1h, at most 24h)")
+    pause.add_argument("--json", action="store_true")
+    resume = sub.add_parser("resume", help="end the maintenance pause: automatic promotion again")
+    _add_client_options(resume)
+    resume.add_argument("--json", action="store_true")
+
     journal = sub.add_parser("journal", help="the execution journal: tail, verify, stats")
     journal_sub = journal.add_subparsers(dest="journal_command", metavar="ACTION", required=True)
     tail = journal_sub.add_parser("tail", help="the last records (through the daemon)")
@@ -260,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reload": cmd_reload,
         "report": cmd_report,
         "standby": cmd_standby,
+        "switchover": cmd_switchover,
+        "pause": cmd_pause,
+        "resume": cmd_pause,
         "keyring": _recovery,
         "playbook": _recovery,
         "audit": _audit,
@@ -724,6 +742,12 @@ def format_role(info: dict[str, Any]) -> str:
         lines.append(f"  store: {info['store']} ({reach}{': ' + info['store_error'] if info.get('store_error') else ''})")
     if info.get("blocked"):
         lines.append(f"  BLOCKED from becoming primary: {info['blocked']}")
+    paused = info.get("paused")
+    if paused:
+        lines.append(f"  PAUSED (maintenance, by {paused.get('by')}): no automatic promotion for "
+                     f"{format_duration_short(paused.get('for_s', 0))} more; `lifeline resume` ends it")
+    if info.get("handover_to"):
+        lines.append(f"  switching over to {info['handover_to']}")
     return "\n".join(lines)
 
 
@@ -738,6 +762,20 @@ def role_matches(info: dict[str, Any], wanted: str) -> tuple[bool, str]:
         if not info.get("fixed") and info.get("valid_until") is None:
             return False, "primary but past its fence deadline (no valid_until)"
     return True, f"{role} at epoch {info.get('epoch', 0)}"
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``30m``, ``2h`` or plain seconds; ValueError naming the form."""
+    from daemon.config import Duration
+
+    text = text.strip().lower()
+    try:
+        value = float(Duration.parse(text)) if not text.replace(".", "", 1).isdigit() else float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration: write 90s, 30m or 2h") from None
+    if not 0 < value <= 24 * 3600:
+        raise ValueError(f"{text!r}: a pause lasts more than 0 and at most 24h")
+    return value
 
 
 def format_trading_deadline(info: dict[str, Any]) -> str:
@@ -885,6 +923,56 @@ def cmd_standby(args: argparse.Namespace) -> int:
     print(f"{'accepted' if result.get('accepted') else 'REFUSED'}: {result.get('reason')} "
           f"(role now {result.get('role')})")
     return 0 if result.get("accepted") else 1
+
+
+def cmd_switchover(args: argparse.Namespace) -> int:
+    from daemon.core.control_client import ControlError
+
+    with _connect(args) as client:
+        client.set_timeout(30.0)  # drain + handover: a few ttl at most
+        try:
+            result = client.call("standby.switchover", {"to": args.to})
+        except ControlError as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+        except TimeoutError:
+            print("lifeline: no answer within 30 s: check `lifeline role` on both nodes", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    elif result.get("ok"):
+        print(f"switched over: {result.get('from')} -> {result.get('to')} at epoch {result.get('epoch')}; appends "
+              f"refused here {result.get('seen_ms')} ms until {result.get('from')} saw {result.get('to')} primary "
+              f"(after {result.get('wind_down_ms')} ms of trading without renewals). {result.get('reason')}")
+    else:
+        print(f"switchover REFUSED: {result.get('reason')}")
+    return 0 if result.get("ok") else 1
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    from daemon.core.control_client import ControlError
+
+    if args.command == "pause":
+        try:
+            seconds = parse_duration(args.duration)
+        except ValueError as exc:
+            print(f"lifeline pause: --for {exc}", file=sys.stderr)
+            return 2
+        method, params = "standby.pause", {"seconds": seconds}
+    else:
+        method, params = "standby.resume", {}
+    with _connect(args) as client:
+        try:
+            result = client.call(method, params)
+        except ControlError as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(f"{'paused' if args.command == 'pause' else 'resumed'}: {result.get('reason')}" if result.get("ok")
+              else f"{args.command} FAILED: {result.get('reason')}")
+    return 0 if result.get("ok") else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,6 +35,7 @@ else:  # pragma: no cover - Python 3.10 and older
 from daemon.core.config import (  # noqa: F401 - re-exported: the loader and the CLI use them
     UNIX_PATH_MAX,
     ConfigError,
+    ListenersConfig,
     NodeConfig,
     closest,
     describe_value,
@@ -188,6 +189,8 @@ class Config:
     log: LogConfig = option(factory=LogConfig, doc="Logging.")
     control: ControlConfig = option(factory=ControlConfig, doc="The control socket.")
     metrics: MetricsConfig = option(factory=MetricsConfig, doc="Prometheus metrics.")
+    listeners: ListenersConfig = option(factory=ListenersConfig,
+                                        doc="Bounds of the TCP listeners (replication, metrics).")
     system: SystemConfig = option(factory=SystemConfig, doc="Host health (psutil) and its circuit breaker.")
     events: EventsConfig = option(factory=EventsConfig, doc="The event bus.")
     uplinks: dict[str, UplinkConfig] = option(

@@ -7,8 +7,9 @@ a private registry, with its ``ProcessCollector`` for ``process_*``. Histograms 
 prometheus_client ``Histogram`` objects owned by the services (see
 :func:`daemon.core.service.histogram`); their ``metrics()`` yield the histograms' families.
 
-The HTTP server is deliberately tiny: it reads one request head (capped at 8 KiB, with a
-deadline, so a slow or garbage client costs only its own connection), answers
+The HTTP server is deliberately tiny: it reads one request head (capped at 8 KiB, within
+the listener's handshake_timeout, so a slow or garbage client costs only its own
+connection; the connections are capped as every listener's, see :mod:`daemon.core.accept`), answers
 ``/metrics`` (and ``/`` with a pointer; ``/primary``, ``/standby``, ``/health`` for
 load balancers, see :mod:`daemon.health`), 404 to other paths, 405 to other methods, and
 closes the connection. It listens on loopback by default; put a reverse proxy in front
@@ -24,7 +25,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
+from daemon.core.accept import BoundedListener, Connection
 from daemon.health import PATHS
+from daemon.core.listeners import Limits
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, ServiceStatus
 
@@ -120,7 +123,8 @@ class MetricsServer:
     name = "metrics"
 
     def __init__(self, host: str, port: int, collect: Callable[[], Iterable[MetricFamily | Metric]], *,
-                 process: bool = True, health: Callable[[str], Any] | None = None) -> None:
+                 process: bool = True, health: Callable[[str], Any] | None = None,
+                 limits: Limits | None = None) -> None:
         self.host = host
         self.port = port
         self.collect = collect
@@ -128,22 +132,35 @@ class MetricsServer:
         #: /health); None: those paths answer 404.
         self.health = health
         self.registry = make_registry(collect, process=process)
+        #: Every connection counts as unauthenticated: the caps on those apply, and the
+        #: request head must arrive within handshake_timeout (slow-loris clients).
+        self.limits = limits or Limits()
+        self.listener = BoundedListener("metrics", self.limits, self._serve, log)
         self.bound_port: int | None = None
         self.scrapes = 0
         self.bad_requests = 0
+        self.slow_requests = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
-        self.bound_port = listeners[0].socket.getsockname()[1]
+        _, self.bound_port = await self.listener.open(self.host, self.port)
         log.info("metrics.listening", address=f"{self.host}:{self.bound_port}", path="/metrics")
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            await trio.serve_listeners(self._serve, listeners, handler_nursery=nursery)
+        await self.listener.serve(task_status=task_status)
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
+    async def _serve(self, stream: trio.SocketStream, connection: Connection | None = None) -> None:
         try:
             with trio.move_on_after(REQUEST_DEADLINE):
-                await self._handle(stream)
+                head = None
+                with trio.move_on_after(self.limits.handshake_timeout) as head_scope:
+                    head = await self._read_head(stream)
+                if head_scope.cancelled_caught:
+                    self.slow_requests += 1
+                    count = self.listener.flood.note("slow-request", trio.current_time())
+                    if count is not None:
+                        log.warning("metrics.request_dropped", reason=f"no request head within "
+                                    f"{self.limits.handshake_timeout:g}s", count=count,
+                                    interval_s=self.listener.flood.interval)
+                    return
+                await self._handle(stream, head)
                 # Lingering close (RFC 9112 section 9.6): closing a TCP socket with
                 # unread input (a POST body, the rest of an oversized head) sends a
                 # reset, which can destroy our answer in the client's buffers before it
@@ -158,7 +175,9 @@ class MetricsServer:
             with trio.move_on_after(1, shield=True):
                 await stream.aclose()
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _read_head(self, stream: trio.SocketStream) -> bytearray | None:
+        """The request head; None if the client closed first; too long a head is
+        answered here (431) and also answers None."""
         head = bytearray()
         while True:
             end = _end_of_head(head)
@@ -166,13 +185,17 @@ class MetricsServer:
             if end > MAX_HEAD or (end < 0 and len(head) >= MAX_HEAD):
                 self.bad_requests += 1
                 await self._reply(stream, 431, "request head too large\n")
-                return
+                return None
             if end >= 0:
-                break
+                return head
             data = await stream.receive_some(4096)
             if not data:
-                return
+                return None
             head += data
+
+    async def _handle(self, stream: trio.SocketStream, head: bytearray | None) -> None:
+        if head is None:
+            return
         request_line = bytes(head).split(b"\n", 1)[0].strip()
         parts = request_line.split(b" ")
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
@@ -223,4 +246,5 @@ class MetricsServer:
     def status(self) -> ServiceStatus:
         return ServiceStatus("ok", f"http://{self.host}:{self.bound_port}/metrics ({self.scrapes} scrapes)",
                              {"address": f"{self.host}:{self.bound_port}", "scrapes": self.scrapes,
-                              "bad_requests": self.bad_requests})
+                              "bad_requests": self.bad_requests, "slow_requests": self.slow_requests,
+                              "listener": self.listener.snapshot()})

@@ -6,7 +6,7 @@ docs). Idempotent: run it again after merging a branch that added code in the ol
     python3 tools/restructure.py          # from the repository root
 
 Moves (old -> new):
-  daemon/{log,files,events,bus,service,control_client,acl}.py -> daemon/core/   (the ground floor)
+  daemon/{log,files,events,bus,service,control_client,acl,accept,listeners}.py -> daemon/core/   (the ground floor)
   daemon/hardware_service.py                              -> hardware/service.py
   daemon/lab/*                                            -> lab/          (the lab's own room)
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CORE = ("log", "files", "events", "bus", "service", "control_client", "acl")
+CORE = ("log", "files", "events", "bus", "service", "control_client", "acl", "accept", "listeners")
 
 #: module renames, dotted (longest first where one is a prefix of another).
 MODULES: list[tuple[str, str]] = [
@@ -116,7 +116,7 @@ def _patterns() -> list[tuple[re.Pattern[str], str]]:
 #: where daemon/config.py's names live since the split (the capability sections).
 CONFIG_HOMES = {
     **{n: "daemon.core.config" for n in (
-        "UNIX_PATH_MAX", "ConfigError", "option", "parse_host_port", "describe_value", "NodeConfig", "to_dict",
+        "UNIX_PATH_MAX", "ConfigError", "ListenersConfig", "option", "parse_host_port", "describe_value", "NodeConfig", "to_dict",
         "dump_toml", "closest")},
     **{n: "daemon.core.durations" for n in ("Duration", "format_duration")},
     **{n: "daemon.uplinks.config" for n in ("UPLINK_KIND_DEFAULTS", "UplinkConfig", "FailoverConfig")},

@@ -11,7 +11,8 @@ Roles
 ``operator``  people on call: every read, ``uplink.use``/``auto``, playbook lists and
               dry runs, reconciliation dry runs, ``playbook.reload``.
 ``admin``     what can lose money or records: ``standby.promote`` (``accept_loss``),
-              ``playbook.run`` for real, ``venues.reconcile`` that acts.
+              ``playbook.run`` for real, ``venues.reconcile`` that acts,
+              ``standby.switchover``, ``standby.pause`` / ``resume``.
 
 Roles are cumulative in one direction only: admin includes operator; engine is apart
 (an operator cannot append order records, which reconciliation trusts, and the engine
@@ -75,12 +76,16 @@ METHODS: dict[str, frozenset[str]] = {
     "cluster.status": READ,
     "preflight.run": ONLY_OPERATOR,    # reads, plus one audit line per run
     "config.reload": ONLY_ADMIN,
+    "standby.switchover": ONLY_ADMIN,
+    "standby.pause": ONLY_ADMIN,
+    "standby.resume": ONLY_ADMIN,
 }
 #: Methods whose dry run an operator may ask for.
 DRY_RUN_OPERATOR = frozenset({"playbook.run", "venues.reconcile"})
 #: Methods that change state: each call is logged with the caller.
 STATE_CHANGING = frozenset({"journal.append", "uplink.use", "uplink.auto", "playbook.reload", "playbook.run",
-                            "venues.reconcile", "standby.promote", "config.reload"})
+                            "venues.reconcile", "standby.promote", "config.reload", "standby.switchover",
+                            "standby.pause", "standby.resume"})
 
 DEFAULT_ROLES: dict[str, list[str]] = {
     ENGINE: [],

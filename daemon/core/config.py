@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.durations import Duration, format_duration
+from daemon.core.listeners import Limits
 
 #: Longest path a unix socket can bind to (sun_path is 108 bytes, NUL included).
 UNIX_PATH_MAX = 107
@@ -188,3 +189,25 @@ def closest(key: str, candidates: Iterable[str]) -> str | None:
     matches = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.7)
     return matches[0] if matches else None
 
+
+@dataclass(frozen=True)
+class ListenersConfig:
+    """The bounds of every TCP listener of the daemon (replication, metrics), each with
+    its own count: a peer that has not proved the key gets one of a few slots, a short
+    deadline and a hello-sized frame. The newest connection past a cap is closed at once."""
+
+    max_connections: int = option(64, doc="Connections one listener holds at once.", min=1, max=65536)
+    max_per_source: int = option(16, doc="Connections one listener holds at once from one address.",
+                                 min=1, max=65536)
+    max_unauthenticated: int = option(
+        16, doc="Connections one listener holds that have not proved the key (or sent their request) yet.",
+        min=1, max=65536)
+    max_unauthenticated_per_source: int = option(4, doc="The same, from one address.", min=1, max=65536)
+    handshake_timeout: Duration = option(
+        Duration(2.0), doc="Time a peer has to prove the key (replication) or send its request head (metrics).",
+        above=0)
+
+    def limits(self) -> Limits:
+        """As the listeners take them."""
+        return Limits(self.max_connections, self.max_per_source, self.max_unauthenticated,
+                      self.max_unauthenticated_per_source, float(self.handshake_timeout))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from daemon.core.config import NodeConfig, option, parse_host_port
+from daemon.core.config import ListenersConfig, NodeConfig, option, parse_host_port
 from daemon.core.durations import Duration, format_duration
 
 
@@ -137,7 +137,8 @@ class StandbyConfig:
         None, doc='A fixed role, for a pair without a lease store: "primary" serves the journal, "standby" '
         'follows it. Leave it out when [standby.lease] is set: the lease decides, and it moves at failover.'
     )
-    listen: str = option("0.0.0.0:7470", doc='The primary\'s replication address, "HOST:PORT".')
+    listen: str = option("0.0.0.0:7470", doc='The primary\'s replication address, "HOST:PORT": this host\'s '
+                         'cross-connect address (the default listens on every interface, uplinks included).')
     peer: str | None = option(None, doc='The other host\'s replication address ("HOST:PORT"): a standby '
                               'connects there to follow it. Required with role = "standby" and with [standby.lease].')
     mode: Literal["sync", "async"] = option(
@@ -198,3 +199,6 @@ class StandbySettings(Protocol):
 
     @property
     def standby(self) -> StandbyConfig | None: ...
+
+    @property
+    def listeners(self) -> ListenersConfig: ...

@@ -24,6 +24,9 @@ Keys, under ``{prefix}{cluster}/``:
 ``members/NODE``
     ``{"epoch": E, "seq": S, "seen_epoch": N}``: a node's journal position, reported
     while not primary (no lease).
+``pause``
+    ``{"until": WALL_SECONDS, "by": "alice via edge-a"}``: maintenance mode (``lifeline
+    pause``), no automatic promotion until then; absent when not paused.
 
 Requests (all ``POST``, JSON bodies, keys and values base64, int64 fields as strings;
 etcd leaves out fields at their zero value, e.g. ``"succeeded"`` of a refused txn, an
@@ -121,6 +124,7 @@ import math
 import os
 import ssl
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +135,7 @@ import trio
 
 from daemon.core.log import get_logger
 from daemon.standby import Position
+from daemon.standby.lease import MAX_PAUSE
 from daemon.standby.lease import (
     Grant,
     LeaseConflict,
@@ -459,6 +464,7 @@ class EtcdLeaseStore(LeaseStore):
         self._last_key = self.base + "last"
         self._sync_key = self.base + "sync"
         self._members_prefix = self.base + "members/"
+        self._pause_key = self.base + "pause"
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=timeout / len(self.endpoints)),
             trust_env=False,  # never through an HTTP proxy from the environment
@@ -674,6 +680,39 @@ class EtcdLeaseStore(LeaseStore):
         with self._guard(what):
             await self._unrefused(self._post("/v3/kv/put", body, deadline, what), what)
 
+    async def set_pause(self, node: str, seconds: float, by: str) -> None:
+        """``pause``: ``{"until": WALL_SECONDS, "by": ...}`` (each reader counts the rest on
+        its own wall clock: NTP-close is plenty for hours); deleted to resume."""
+        deadline = self._deadline()
+        what = f"pause for {seconds:g}s by {by}" if seconds > 0 else f"resume by {by}"
+        with self._guard(what):
+            if seconds > 0:
+                value = json.dumps({"until": time.time() + seconds, "by": f"{by} via {node}"})
+                body = {"key": _b64(self._pause_key), "value": _b64(value)}
+                await self._unrefused(self._post("/v3/kv/put", body, deadline, what), what)
+            else:
+                await self._unrefused(self._post("/v3/kv/deleterange", {"key": _b64(self._pause_key)}, deadline,
+                                                 what), what)
+        log.warning("lease.pause", node=node, seconds=seconds, by=by)
+
+    def _parse_pause(self, kv: dict[str, Any] | None, source: str) -> tuple[float, str | None]:
+        """(seconds left, who) of the pause key; unreadable counts as a pause of the
+        longest length: a garbled pause must not let a promotion through unnoticed."""
+        if kv is None:
+            return 0.0, None
+        raw = kv.get("value")
+        try:
+            doc = json.loads(_utf8(_unb64(raw)))
+            left = float(doc["until"]) - time.time()
+            by = str(doc.get("by", "?"))[:300]
+        except (ValueError, KeyError, TypeError, _Unreadable) as e:
+            log.warning("pause.unreadable", key=self._pause_key, endpoint=source, value=f"{raw!r:.120}",
+                        error=_describe(e), fix=f"`lifeline resume`, or delete {self._pause_key}")
+            return MAX_PAUSE, f"unreadable {self._pause_key}"
+        if left <= 0:
+            return 0.0, None
+        return min(left, MAX_PAUSE), by
+
     async def aclose(self) -> None:
         await self._client.aclose()
 
@@ -685,7 +724,7 @@ class EtcdLeaseStore(LeaseStore):
         member report that cannot be is left out."""
         if not isinstance(kvs, list):
             raise LeaseUnavailable(f"etcd {what}: {source}: the range answered kvs that are not a list: {kvs!r:.80}")
-        leader = last = sync = None
+        leader = last = sync = pause = None
         members: list[Member] = []
         for kv in kvs:
             if not isinstance(kv, dict):
@@ -701,6 +740,8 @@ class EtcdLeaseStore(LeaseStore):
                 last = kv
             elif key == self._sync_key:
                 sync = kv
+            elif key == self._pause_key:
+                pause = kv
             elif key.startswith(self._members_prefix):
                 member = self._parse_member(key[len(self._members_prefix):], kv, source)
                 if member is not None:
@@ -739,8 +780,10 @@ class EtcdLeaseStore(LeaseStore):
                 holder, ttl_remaining = name, float(self.store_ttl)
             if holder is not None and created != epoch:
                 log.warning("leader.epoch_mismatch", holder=holder, create_revision=created, epoch=epoch)
+        paused_for, paused_by = self._parse_pause(pause, source)
         return LeaseState(holder=holder, epoch=epoch, ttl_remaining=ttl_remaining, sync_node=sync_node,
-                          last_holder=last_holder, members=tuple(sorted(members, key=lambda m: m.node)))
+                          last_holder=last_holder, members=tuple(sorted(members, key=lambda m: m.node)),
+                          paused_for=paused_for, paused_by=paused_by)
 
     def _parse_member(self, node: str, kv: dict[str, Any], source: str) -> Member | None:
         """A member report, or None (logged) when it cannot be decoded: reports are

@@ -80,6 +80,11 @@ class RoleHost(Protocol):
 
     def follow(self, node: str, epoch: int) -> None: ...
 
+    # Switchover (optional: a host without them cannot switch over).
+    def hold_appends(self, reason: str | None) -> None: ...
+
+    async def drained(self, timeout: float) -> bool: ...
+
 
 class Watchdog(Protocol):
     def arm(self, timeout_s: int) -> None: ...
@@ -130,6 +135,11 @@ class Leadership:
         self._valid_until_ns: int | None = None
         self._fence_at_seen: float | None = None
         self.renewals_published = 0
+        #: Maintenance pause as last read or set: (until, trio time; who), None: not paused.
+        self._pause: tuple[float, str] | None = None
+        self._pause_read_at = -math.inf
+        self.switchovers = 0
+        self.last_switchover: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ service
 
@@ -418,6 +428,7 @@ class Leadership:
                 self._apply(machine.refuse_primary(refused, now))
         if kind is ActionKind.READ:
             self.lease = state
+            self._note_pause(state, now)
             self._feed_journal(now, state)
             self._apply(machine.observed(state, now))
         elif kind is ActionKind.ACQUIRE:
@@ -475,6 +486,16 @@ class Leadership:
             machine = self.machine
             assert machine is not None
             lease = self.lease
+            if machine.role is Role.PRIMARY and trio.current_time() - self._pause_read_at >= REPORT_REFRESH:
+                # A primary renews and does not read: look at the store now and then so
+                # a pause set from the other node shows here too.
+                self._pause_read_at = trio.current_time()
+                try:
+                    with trio.fail_after(self.timings.retry_timeout):
+                        state = await self.store.read()
+                    self._note_pause(state, trio.current_time())
+                except (LeaseError, trio.TooSlowError, OSError) as exc:
+                    log.debug("lease.pause_read_failed", node=self.node, error=_describe(exc, 0))
             if machine.role not in (Role.PRIMARY, Role.CANDIDATE) and lease is not None:
                 position = self.host.journal_position()
                 now = trio.current_time()
@@ -495,6 +516,115 @@ class Leadership:
         if self.machine is None:
             return
         self._apply(self.machine.standby_sync_changed(node, trio.current_time()))
+
+    # ------------------------------------------------------------------ switchover and pause
+
+    def _note_pause(self, state: LeaseState, now: float) -> None:
+        self._pause_read_at = now
+        pause = (now + state.paused_for, state.paused_by or "?") if state.paused_for > 0 else None
+        if (pause is None) != (self._pause is None) or (pause and self._pause and pause[1] != self._pause[1]):
+            log.warning("role.paused" if pause else "role.resumed", node=self.node,
+                        seconds=round(state.paused_for), by=pause[1] if pause else "")
+        self._pause = pause
+        if self.machine is not None:
+            self._apply(self.machine.paused(pause[0] if pause else None, now))
+
+    def pause_info(self) -> dict[str, Any] | None:
+        pause = self._pause
+        if pause is None:
+            return None
+        left = pause[0] - trio.current_time()
+        return {"for_s": round(left), "by": pause[1]} if left > 0 else None
+
+    async def set_pause(self, seconds: float, by: str) -> dict[str, Any]:
+        """Pause (``seconds`` > 0) or resume (0) automatic promotion for the pair, in the store."""
+        try:
+            with trio.fail_after(self.timings.retry_timeout):
+                await self.store.set_pause(self.node, seconds, by)
+        except (LeaseError, trio.TooSlowError, OSError) as exc:
+            reason = _describe(exc, self.timings.retry_timeout)
+            return {"ok": False, "reason": f"the lease store did not take it ({reason}): nothing changed"}
+        now = trio.current_time()
+        self._pause = (now + seconds, f"{by} via {self.node}") if seconds > 0 else None
+        if self.machine is not None:
+            self._apply(self.machine.paused(self._pause[0] if self._pause else None, now))
+        log.warning("role.paused" if seconds > 0 else "role.resumed", node=self.node, seconds=round(seconds), by=by)
+        return {"ok": True, "paused": self.pause_info(),
+                "reason": (f"no automatic promotion for {seconds:g}s (until `lifeline resume`)" if seconds > 0
+                           else "automatic promotion is back")}
+
+    async def switchover(self, target: str | None, *, by: str = "?", drain_lead: float = 0.1) -> dict[str, Any]:
+        """A planned handover to the in-sync standby, with the engine's pause as short
+        as the lease allows: stop renewing (valid_until is no longer extended) and keep
+        trading until ``drain_lead`` before the fence deadline already given; then
+        refuse appends, wait until the standby acknowledged the journal's end, fence,
+        release the epoch once that deadline has passed, and wait (up to the handover
+        timeout) for the target to hold the next epoch."""
+        machine = self.machine
+        if machine is None:
+            return {"ok": False, "reason": "not started yet"}
+        started, started_ns = trio.current_time(), self.clock_ns()
+        refusal = None if hasattr(self.host, "hold_appends") else "this host cannot hold its appends"
+        actions: list[Action] = []
+        if refusal is None:
+            actions = machine.switchover_prepare(target, started, store_ok=self.store_reachable is not False)
+            refusal = next((a.reason for a in actions if a.kind is ActionKind.REFUSE), None)
+        if refusal is not None:
+            self._apply(actions)
+            log.warning("role.switchover_refused", node=self.node, to=target or "", by=by, reason=refusal)
+            return {"ok": False, "reason": refusal.removeprefix("switchover refused: "), "role": machine.role.value,
+                    "epoch": machine.epoch}
+        to = machine.winding_down
+        assert to is not None and machine.fence_at is not None
+        epoch = machine.epoch
+        self._apply(actions)
+        log.warning("role.switchover", node=self.node, to=to, epoch=epoch, by=by,
+                    detail=f"renewals stopped; trading until {drain_lead:g}s before the fence deadline")
+        drained = False
+        held_at = started
+        try:
+            await trio.sleep_until(machine.fence_at - drain_lead if machine.fence_at is not None else started)
+            held_at = trio.current_time()
+            self.host.hold_appends(f"switching over to {to}")
+            if machine.role is Role.PRIMARY and machine.fence_at is not None:
+                drained = await self.host.drained(max(0.0, machine.fence_at - trio.current_time()))
+            now = trio.current_time()
+            if machine.role is Role.PRIMARY:
+                actions = machine.switchover(to, now, store_ok=self.store_reachable is not False)
+                refusal = next((a.reason for a in actions if a.kind is ActionKind.REFUSE), None)
+                if refusal is not None:
+                    self._apply(actions + machine.switchover_abort(refusal, now))
+                    log.warning("role.switchover_refused", node=self.node, to=to, by=by, reason=refusal)
+                    return {"ok": False, "reason": refusal.removeprefix("switchover refused: "),
+                            "role": machine.role.value, "epoch": epoch}
+                self._apply(actions)
+            # Else the fence deadline came first: the machine fenced and hands over.
+            fenced_at = trio.current_time()
+            taken = False
+            with trio.move_on_after(machine.handover_timeout + self.timings.ttl):
+                while True:
+                    lease = self.lease
+                    if lease is not None and not lease.free and lease.epoch > epoch:
+                        taken = lease.holder == to
+                        break
+                    await trio.sleep(0.005)
+        finally:
+            self.host.hold_appends(None)
+        seen = trio.current_time()
+        lease = self.lease
+        result = {"ok": taken, "from": self.node, "to": to, "epoch": lease.epoch if lease else epoch,
+                  "previous_epoch": epoch, "drained": drained,
+                  "held_ms": round((fenced_at - held_at) * 1000, 1),
+                  "wind_down_ms": round((held_at - started) * 1000, 1), "started_ns": started_ns,
+                  "seen_ms": round((seen - held_at) * 1000, 1), "role": machine.role.value,
+                  "reason": (f"{to} is primary at epoch {lease.epoch if lease else '?'}; this node follows it"
+                             if taken else f"{to} did not take the lease within {machine.handover_timeout:g}s: "
+                                           "the ordinary rules apply (this node may take it back)")}
+        self.switchovers += 1
+        self.last_switchover = {k: result[k] for k in ("ok", "from", "to", "epoch", "seen_ms")}
+        log.warning("role.switchover_done", node=self.node, to=to, ok=taken, epoch=result["epoch"],
+                    appends_refused_ms=result["seen_ms"], by=by)
+        return result
 
     def may_trade(self) -> bool:
         """Primary, and before the fence deadline *now*: checked on every append, so a
@@ -575,6 +705,11 @@ class Leadership:
             out["async_allowed"] = machine.may_acknowledge_alone
             if machine.blocked:
                 out["blocked"] = machine.blocked
+            if machine.handover is not None:
+                out["handover_to"] = machine.handover[0]
+        out["paused"] = self.pause_info()
+        if self.last_switchover is not None:
+            out["last_switchover"] = self.last_switchover
         out["role_changes"] = self.role_changes
         out["renewals_published"] = self.renewals_published
         out["watchers"] = len(self._watchers)

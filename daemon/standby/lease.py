@@ -41,6 +41,17 @@ from dataclasses import dataclass
 from daemon.standby import Position, StandbyError
 
 
+#: The longest maintenance pause (``lifeline pause --for``): nobody forgets one for days.
+MAX_PAUSE = 24 * 3600.0
+
+
+def check_pause_seconds(seconds: object) -> float:
+    """A pause's length in seconds, or ValueError naming the bound."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_PAUSE:
+        raise ValueError(f"a pause lasts 0 (resume) to {MAX_PAUSE:g} seconds (24h), found {seconds!r}")
+    return float(seconds)
+
+
 class LeaseError(StandbyError):
     """Base of the lease errors."""
 
@@ -93,6 +104,9 @@ class LeaseState:
     sync_node: str | None = None
     last_holder: str | None = None
     members: tuple[Member, ...] = ()
+    #: Maintenance mode (``lifeline pause``): seconds it still lasts (0: not paused), who set it.
+    paused_for: float = 0.0
+    paused_by: str | None = None
 
     @property
     def free(self) -> bool:
@@ -159,6 +173,12 @@ class LeaseStore(abc.ABC):
         """Publish ``node``'s journal position (while it is not primary) with the lease
         epoch it has seen; :meth:`read` returns every node's latest report in
         ``LeaseState.members``. Reports are advisory and need no lease."""
+
+    async def set_pause(self, node: str, seconds: float, by: str) -> None:
+        """Maintenance mode for the whole pair: no automatic promotion for ``seconds``
+        (0: resume now), at most :data:`MAX_PAUSE`; ``by`` names who asked. Needs no
+        lease (a pause is set from either node). Backends that cannot hold it refuse."""
+        raise LeaseUnavailable(f"{type(self).__name__} cannot hold a pause")
 
     async def aclose(self) -> None:
         """Release connections (not the lease)."""

@@ -17,9 +17,11 @@ Every frame is a 12-byte header and a body, in network byte order::
     magic "LLRP" | version u8 | type u8 | flags u16 | length u32 | body ... [| counter u64 | tag 16]
 
 ``length`` counts every byte after the header, MAC trailer included; a frame may not
-exceed :data:`MAX_FRAME` (8 MiB, well above one batch of records). The header is checked
-as soon as its 12 bytes have arrived, so an absurd length is refused before any of its
-body is buffered. Flag bit 0 says a MAC trailer is present; it must be present exactly
+exceed :data:`MAX_FRAME` (8 MiB, well above one batch of records), and before both sides
+have proved the key a frame may not exceed what its handshake type can hold
+(:data:`MAX_HANDSHAKE_BODY`: under 1 KiB for a HELLO), so a stranger is never buffered
+more than a hello. The header is checked as soon as its 12 bytes have arrived, so an
+absurd length is refused before any of its body is buffered. Flag bit 0 says a MAC trailer is present; it must be present exactly
 on the frames sent after authentication.
 
 Authentication: HMAC-SHA256 challenge-response with the pre-shared key
@@ -296,6 +298,22 @@ TRANSITIONS: Final[dict[tuple[State, Role, FrameType], State]] = {
 
 #: Frames that travel with a MAC: everything from WELCOME on, except REJECT.
 _AUTHENTICATED_STATES: Final = frozenset({State.SYNCING, State.AWAIT_POSITION, State.STREAMING})
+
+
+#: The largest body (MAC trailer included) each handshake frame can have, from its
+#: encoding below: three names of at most MAX_NAME bytes, nonces, proofs, a reason of
+#: at most MAX_TEXT. Before authentication no other frame type is allowed at all.
+MAX_HANDSHAKE_BODY: Final[dict[FrameType, int]] = {
+    FrameType.HELLO: 1 + 8 + 16 + NONCE_SIZE + 3 * (1 + MAX_NAME),
+    FrameType.CHALLENGE: NONCE_SIZE,
+    FrameType.AUTH: PROOF_SIZE,
+    FrameType.WELCOME: PROOF_SIZE + 8 + 16 + 3 * (1 + MAX_NAME) + TRAILER_SIZE,
+    FrameType.REJECT: 2 + MAX_TEXT,
+}
+
+
+#: Before both sides proved the key: frames are bounded by MAX_HANDSHAKE_BODY.
+_HANDSHAKE_STATES: Final = frozenset({State.AWAIT_HELLO, State.AWAIT_CHALLENGE, State.AWAIT_AUTH, State.AWAIT_VERDICT})
 
 
 def _needs_mac(state: State, frame_type: FrameType) -> bool:
@@ -748,6 +766,17 @@ class ReplicationConnection:
         if HEADER_SIZE + length > self.max_frame:
             raise self._fail(ReplicationProtocolError(
                 f"{frame_type.name} frame of {HEADER_SIZE + length} bytes announced, at most {self.max_frame}"))
+        if self.state in _HANDSHAKE_STATES:
+            # A peer that has not proved the key gets a hello-sized buffer, no more.
+            limit = MAX_HANDSHAKE_BODY.get(frame_type)
+            if limit is None:  # not a handshake frame: refused now, before its body
+                self._transition(self.their_role, frame_type)
+                raise self._fail(ReplicationProtocolError(  # pragma: no cover - the table has none
+                    f"{frame_type.name} frame before authentication (state {self.state.value})"))
+            if length > limit:
+                raise self._fail(ReplicationProtocolError(
+                    f"{frame_type.name} frame of {HEADER_SIZE + length} bytes announced before authentication, "
+                    f"at most {HEADER_SIZE + limit}"))
         if flags & ~FLAG_MAC:
             raise self._fail(ReplicationProtocolError(f"{frame_type.name} frame with unknown flags 0x{flags:04x}"))
         self._pending_header = (frame_type, flags, length)

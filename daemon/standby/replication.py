@@ -62,7 +62,10 @@ import trio
 import daemon
 from daemon.core import events
 from daemon.core.config import parse_host_port
+from daemon.standby.config import StandbyConfig
+from daemon.core.accept import BoundedListener, Connection
 from daemon.core.files import DATA_DIR_MODE, DATA_FILE_MODE, fsync_directory, make_directory
+from daemon.core.listeners import Limits
 from daemon.core.log import get_logger
 from daemon.core.service import Health, MetricFamily, Sample, ServiceStatus, histogram
 from daemon.standby import MAX_PAYLOAD, Position, Record, ReplicationProtocolError, StandbyError
@@ -99,6 +102,8 @@ log = get_logger("replication")
 #: dropped: slow-loris peers cannot hold the port.
 HANDSHAKE_TIMEOUT = 5.0
 RECEIVE_CHUNK = 256 * 1024
+#: Reads before the peer proved the key: a HELLO (under 1 KiB) or a REJECT fits.
+HANDSHAKE_CHUNK = 8 * 1024
 #: How much the primary reads from its journal for one send (one or more frames).
 BATCH_RECORDS = 2000
 BATCH_BYTES = 4 * 1024 * 1024
@@ -283,6 +288,8 @@ class _Link:
         self.conn = conn
         self.address = address
         self._lock = trio.Lock()
+        #: Called once the peer proved the key (the listener's budget and deadline).
+        self.on_authenticated: Callable[[], None] = lambda: None
 
     async def send(self, *events: Event) -> None:
         async with self._lock:
@@ -294,7 +301,10 @@ class _Link:
             event = self.conn.next_event()
             if event is not NEED_DATA:
                 return event  # type: ignore[return-value]
-            self.conn.receive_data(await self.stream.receive_some(RECEIVE_CHUNK))
+            # A stranger is read a handshake frame's worth at a time: large reads of
+            # junk, even if dropped at once, fragment the heap (RSS that never returns).
+            chunk = RECEIVE_CHUNK if self.conn.authenticated else HANDSHAKE_CHUNK
+            self.conn.receive_data(await self.stream.receive_some(chunk))
 
     async def receive_within(self, seconds: float, what: str) -> Event:
         with trio.move_on_after(seconds):
@@ -420,11 +430,16 @@ class ReplicationPrimary:
         epoch_provider: Any = None,
         bus: Any = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        limits: Limits | None = None,
     ) -> None:
         self.journal = journal
         self.config = config
         self.node_id = node_id
         self._key = key
+        #: The listener's bounds (config [listeners]); its handshake_timeout is the time
+        #: a peer has to prove the key, ``handshake_timeout`` the time to be agreed too.
+        self.limits = limits or Limits()
+        self.listener: BoundedListener | None = None
         self.epoch_provider = epoch_provider or (lambda: max(journal.last.epoch, 1))
         self.handshake_timeout = handshake_timeout
         self.announce = _Announcer(self.name, bus)
@@ -450,6 +465,7 @@ class ReplicationPrimary:
         # (first seq, last seq, trio time) of each append not yet acknowledged, for lag().
         self._append_times: collections.deque[tuple[int, int, float]] = collections.deque(maxlen=APPEND_TIMES_KEPT)
         self._last_announced_error: tuple[str, float] | None = None
+        #: (host, reason) pairs whose rejection was announced recently; due_again bounds it.
         self._rejections_announced: dict[tuple[str, str], float] = {}
         self.recent_in_doubt: collections.deque[AppendResult] = collections.deque(maxlen=IN_DOUBT_KEPT)
         self.append_to_ack = histogram(
@@ -471,14 +487,14 @@ class ReplicationPrimary:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         host, port = parse_host_port(self.config.listen)
         self._out_of_sync_since = trio.current_time()
-        listeners = await trio.open_tcp_listeners(port, host=host or None)
-        self.bound_port = listeners[0].socket.getsockname()[1]
+        self.listener = BoundedListener("replication", self.limits, self._handle, log)
+        _, self.bound_port = await self.listener.open(host or None, port)
         log.info("primary.listening", listen=self.config.listen, port=self.bound_port, mode=self.config.mode,
                  on_standby_loss=self.config.on_standby_loss, last_seq=self.journal.last.seq)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reaper)
-                await nursery.start(trio.serve_listeners, self._handle, listeners)
+                await nursery.start(self.listener.serve)
                 task_status.started()
         finally:
             # Appends still writing locally must not wait for a standby nobody serves
@@ -504,12 +520,22 @@ class ReplicationPrimary:
             first.timed_out = True
             first.event.set()
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        address = _address(stream)
+    async def _handle(self, stream: trio.SocketStream, connection: Connection | None = None) -> None:
+        address = connection.address if connection is not None else _address(stream)
         link = _Link(stream, ReplicationConnection("primary", self._key), address)
         session: _Session | None = None
+        started = trio.current_time()
         try:
-            with trio.fail_after(self.handshake_timeout):
+            # A stranger has limits.handshake_timeout to prove the key; once it has, the
+            # deadline moves to handshake_timeout for the whole agreement.
+            with trio.fail_after(min(self.limits.handshake_timeout, self.handshake_timeout)) as scope:
+
+                def authenticated() -> None:
+                    if connection is not None:
+                        connection.authenticated()
+                    scope.deadline = max(scope.deadline, started + self.handshake_timeout)
+
+                link.on_authenticated = authenticated
                 session, common = await self._handshake(link)
             if session is None:
                 return
@@ -519,20 +545,22 @@ class ReplicationPrimary:
                     await self._serve(session, common)
             reason = "replaced by a new connection from the same standby"
         except trio.TooSlowError:
-            reason = f"no handshake within {self.handshake_timeout:g}s"
+            limit = self.handshake_timeout if link.conn.peer_verified else self.limits.handshake_timeout
+            reason = f"no handshake within {limit:g}s"
             self.counters["handshake_timeouts"] += 1
-            log.warning("connection.dropped", address=address, reason=reason, stage=_stage(link))
+            self._dropped(link, "handshake-timeout", reason)
         except ReplicationProtocolError as exc:
             reason = f"protocol error: {exc}"
             self.counters["protocol_errors"] += 1
-            log.warning("connection.dropped", address=address, reason=reason, stage=_stage(link))
+            self._dropped(link, "protocol-error", reason)
         except CatchUpError as exc:
             reason = f"cannot catch up: {exc}"
             log.error("catchup.impossible", address=address, error=str(exc))
             await self._try_send(link, Error("catch-up-impossible", str(exc)))
         except _DISCONNECTS as exc:
             reason = str(exc) or type(exc).__name__
-            if session is None:
+            if session is None and (link.conn.peer_verified or self.listener is None
+                                    or self.listener.flood.note("closed", trio.current_time()) is not None):
                 log.info("connection.closed", address=address, reason=reason, stage=_stage(link))
         except StandbyError as exc:  # the journal refused something (a read past retention, ...)
             reason = f"{type(exc).__name__}: {exc}"
@@ -546,6 +574,17 @@ class ReplicationPrimary:
             await link.aclose()
         if session is not None and self._session is session:
             self._end(session, reason)
+
+    def _dropped(self, link: _Link, kind: str, reason: str) -> None:
+        """Log a dropped connection; strangers' drops coalesce (one line per interval
+        and kind, with a count), so a flood of bad handshakes cannot flood the log."""
+        if link.conn.peer_verified or self.listener is None:
+            log.warning("connection.dropped", address=link.address, reason=reason, stage=_stage(link))
+            return
+        count = self.listener.flood.note(kind, trio.current_time())
+        if count is not None:
+            log.warning("connection.dropped", address=link.address, reason=reason, stage=_stage(link), count=count,
+                        interval_s=self.listener.flood.interval)
 
     async def _try_send(self, link: _Link, event: Event) -> None:
         with trio.move_on_after(CLOSE_TIMEOUT):
@@ -571,6 +610,7 @@ class ReplicationPrimary:
             await self._reject(link, hello, "authentication failed: the standby's proof does not match this "
                                             "primary's key (different key files on the two hosts?)")
             return None, 0
+        link.on_authenticated()
         epoch = self.epoch_provider()
         if hello.last.epoch > epoch:
             await self._reject(link, hello, f"the standby's journal ends at epoch {hello.last.epoch}, newer than "

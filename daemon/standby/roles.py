@@ -31,6 +31,28 @@ Transitions (:data:`TRANSITIONS`, with why)::
     FENCED    -> STANDBY    another node holds the lease, or the epoch moved past ours
     FENCED    -> CANDIDATE  the lease is free at our own epoch: we were the last
                             primary, our journal has every record we acknowledged
+                            (not while handing over: see below)
+    PRIMARY   -> FENCED     also a planned switchover: fence, then release for the
+                            in-sync standby
+
+Switchover and pause
+--------------------
+* **Switchover** (:meth:`RoleMachine.switchover`): only a primary whose store confirms
+  the target as the synchronous standby (it holds every acknowledged record), with the
+  store reachable and the pair not paused. :meth:`RoleMachine.switchover_prepare`
+  stops the renewals (``valid_until`` is no longer extended; the primary trades on);
+  :meth:`RoleMachine.switchover`, once the shell has held appends and drained, fences
+  and releases the epoch once the last ``valid_until`` it gave the engine has passed
+  (its fence deadline; a standby polls a lease that stopped being renewed from
+  ``safety_margin`` before its expiry, so it sees the release at once); the target,
+  marked synchronous,
+  takes ``epoch + 1`` by compare-and-set like any free lease. The old primary does not
+  take its own released epoch back for ``handover_timeout`` (``2 * ttl``); past that,
+  if nobody took it, the ordinary last-holder rule lets it (the switchover failed, the
+  pair is not left without a primary).
+* **Pause** (:meth:`RoleMachine.paused`): maintenance mode, stored in the lease store
+  with a wall-clock expiry the shell converts: no *automatic* take-over while paused
+  (a live primary keeps renewing; an operator override still works).
 
 Rules
 -----
@@ -105,6 +127,7 @@ class ActionKind(enum.Enum):
     DISARM_WATCHDOG = "disarm-watchdog"  # magic-close the watchdog: no longer primary, not hung
     FOLLOW = "follow"                    # replicate from node (the holder at epoch); truncate a divergent tail
     WAIT = "wait"                        # nothing to do; the reason says why (status, log)
+    REFUSE = "refuse"                    # an operator request (switchover) refused; the reason says why
 
 
 @dataclass(frozen=True)
@@ -275,6 +298,15 @@ class RoleMachine:
         self._following: tuple[str | None, int] = (None, -1)
         self._eligible_reason = ""
         self._last_now = now
+        #: A switchover in progress: (target, the epoch released, give up at).
+        self.handover: tuple[str, int, float] | None = None
+        #: When to release the fenced epoch for the target: the last valid_until given.
+        self.handover_release_at: float | None = None
+        #: A switchover being prepared: the target; renewals stop (valid_until is no
+        #: longer extended) so the lease can pass on as soon as the last one ends.
+        self.winding_down: str | None = None
+        #: Maintenance mode until this local monotonic time (None: not paused).
+        self.paused_until: float | None = None
 
     # ------------------------------------------------------------------ inputs
 
@@ -299,6 +331,14 @@ class RoleMachine:
             self.expires_at = now + lease.ttl_remaining
             # Look again as soon as it could have expired, not a whole interval later.
             self.next_read_at = min(self.next_read_at, self.expires_at + self.timings.fencing_margin)
+            if lease.holder != self.node:
+                # A holder that stopped renewing (a switchover winding down) releases at
+                # its fence deadline, ``safety_margin`` before the store's expiry: look
+                # then, and every ``retry_pause / 2`` after, rather than only at the
+                # expiry. (A live primary renews long before: no extra reads.)
+                released_at = self.expires_at - self.timings.safety_margin + 0.01
+                poll = released_at if now < released_at else now + self.timings.retry_pause / 2
+                self.next_read_at = min(self.next_read_at, poll)
         if self.role is Role.PRIMARY:
             if lease.free:
                 self._fence(now, out, f"the store shows the lease free at epoch {lease.epoch}: fencing now")
@@ -516,6 +556,96 @@ class RoleMachine:
         written from the moment it is sent."""
         return self.role is Role.PRIMARY and self.sync_maybe in (None, self.node) and self.sync_wanted is None
 
+    def switchover_refusal(self, target: str | None, now: float, *, store_ok: bool) -> str | None:
+        """Why a switchover to ``target`` (None: the in-sync standby) may not start
+        now, or None when it may. No state changes (the shell asks before it drains)."""
+        if self.role is not Role.PRIMARY:
+            return f"this node is {self.role.value}, not primary: run the switchover on the primary"
+        if self.handover is not None:
+            return f"a switchover to {self.handover[0]} is already under way"
+        if self.paused_until is not None and now < self.paused_until:
+            return "the pair is paused (maintenance): `lifeline resume` first"
+        if not store_ok:
+            return "the lease store is unreachable: the handover needs it (compare-and-set); try again when it answers"
+        synced = self.sync_confirmed
+        if synced is None or self.sync_wanted != synced or self.sync_maybe != synced:
+            return ("no standby is in sync (the store marks none synchronous): it may lack acknowledged records; "
+                    "wait until `lifeline role` shows a sync_mark")
+        if target is not None and target != synced:
+            return f"{target} is not the in-sync standby ({synced} is): switch over to {synced}, or omit --to"
+        if synced == self.node:
+            return "the store marks this node itself synchronous: no standby to hand over to"
+        return None
+
+    def switchover(self, target: str | None, now: float, *, store_ok: bool) -> list[Action]:
+        """Hand the lease to the in-sync standby: fence now, then release the epoch so the
+        standby (marked synchronous) takes ``epoch + 1``; a refusal is a REFUSE action.
+        The shell stops appends and drains replication *before* calling this."""
+        out: list[Action] = []
+        self._begin(now, out)
+        refusal = self.switchover_refusal(target, now, store_ok=store_ok)
+        if refusal is not None:
+            out.append(Action(ActionKind.REFUSE, f"switchover refused: {refusal}"))
+            return self._end(now, out)
+        node = self.sync_confirmed
+        assert node is not None and self.fence_at is not None
+        epoch = self.epoch
+        # The engine may trade until the fence deadline it was last given (valid_until):
+        # the lease passes on only after it, so the two never overlap, even for an
+        # engine that missed the FENCE message.
+        release_at = self.fence_at
+        self.handover = (node, epoch, release_at + self.handover_timeout)
+        self._fence(now, out, f"switching over to {node}: fenced before the lease is handed over")
+        self.handover_release_at = release_at
+        return self._end(now, out)
+
+    def switchover_prepare(self, target: str | None, now: float, *, store_ok: bool) -> list[Action]:
+        """First step of a switchover: stop renewing, so ``valid_until`` is no longer
+        extended and the lease can pass on at the fence deadline already given; the
+        primary keeps trading until the shell holds its appends and calls
+        :meth:`switchover` (or :meth:`switchover_abort`). Should the deadline come
+        first, the node fences as always and hands over at once."""
+        out: list[Action] = []
+        self._begin(now, out)
+        refusal = self.switchover_refusal(target, now, store_ok=store_ok)
+        if refusal is None and self.winding_down is not None:
+            refusal = f"a switchover to {self.winding_down} is already under way"
+        if refusal is not None:
+            out.append(Action(ActionKind.REFUSE, f"switchover refused: {refusal}"))
+            return self._end(now, out)
+        self.winding_down = self.sync_confirmed
+        assert self.fence_at is not None
+        out.append(Action(ActionKind.WAIT, f"switching over to {self.winding_down}: no more renewals; trading until "
+                                           f"the fence deadline in {self.fence_at - now:.3f}s"))
+        return self._end(now, out)
+
+    def switchover_abort(self, reason: str, now: float) -> list[Action]:
+        """The shell gave the switchover up before :meth:`switchover`: renew again."""
+        out: list[Action] = []
+        self._begin(now, out)
+        if self.winding_down is not None and self.role is Role.PRIMARY:
+            self.winding_down = None
+            out.append(Action(ActionKind.WAIT, f"switchover abandoned ({reason}): renewing again"))
+        return self._end(now, out)
+
+    @property
+    def handover_timeout(self) -> float:
+        """How long an old primary leaves its released epoch to the switchover target."""
+        return 2 * self.timings.ttl
+
+    def paused(self, until: float | None, now: float) -> list[Action]:
+        """Maintenance mode as the store holds it: no automatic take-over before
+        ``until`` (local monotonic seconds; None: not paused)."""
+        out: list[Action] = []
+        self._begin(now, out)
+        if until is not None and until <= now:
+            until = None
+        if until != self.paused_until:
+            self.paused_until = until
+            out.append(Action(ActionKind.WAIT, f"paused (maintenance) for {until - now:.0f}s more: no automatic "
+                                               "promotion" if until is not None else "not paused"))
+        return self._end(now, out)
+
     # ------------------------------------------------------------------ time
 
     def next_deadline(self, now: float) -> float | None:
@@ -523,15 +653,22 @@ class RoleMachine:
         times: list[float] = []
         if self.pending is not None:
             times.append(self.pending_since + self.timings.retry_timeout)
+        if self.handover_release_at is not None:
+            times.append(self.handover_release_at)
         if self.role is Role.PRIMARY:
             assert self.fence_at is not None and self.next_renew_at is not None
             times.append(self.fence_at)
             if self.pending is None:
-                times.append(self.next_renew_at)
+                if self.winding_down is None:
+                    times.append(self.next_renew_at)
                 if self._sync_write_needed():
                     times.append(self.sync_next_at)
         elif self.role is not Role.CANDIDATE and self.pending is None:
             times.append(self.next_read_at)
+            if self.handover is not None:
+                times.append(self.handover[2])
+            if self.paused_until is not None:
+                times.append(self.paused_until)
             take = self._take_at()
             if take is not None:
                 times.append(take)
@@ -547,9 +684,23 @@ class RoleMachine:
         if now < self._last_now:
             raise RoleError(f"time went backwards ({now} < {self._last_now}): pass monotonic time only")
         self._last_now = now
+        if self.handover is not None and now >= self.handover[2]:
+            target, epoch, _ = self.handover
+            self.handover = None
+            out.append(Action(ActionKind.WAIT, f"switchover: {target} did not take epoch {epoch + 1} within "
+                                               f"{self.handover_timeout:g}s: the ordinary rules apply again"))
+        if self.paused_until is not None and now >= self.paused_until:
+            self.paused_until = None
+            out.append(Action(ActionKind.WAIT, "the pause expired: automatic promotion is back"))
         if self.role is Role.PRIMARY and self.fence_at is not None and now >= self.fence_at:
+            winding_down, epoch = self.winding_down, self.epoch
             self._fence(now, out, f"no successful renewal by the fence deadline (ttl {self.timings.ttl:g}s - "
                                   f"safety margin {self.timings.safety_margin:g}s after the last one was sent)")
+            if winding_down is not None:
+                # Winding down for a switchover that did not finish in time: the last
+                # valid_until has passed, hand over now (the target is marked in sync).
+                self.handover = (winding_down, epoch, now + self.handover_timeout)
+                self.handover_release_at = now
         if self.pending is not None and now >= self.pending_since + self.timings.retry_timeout:
             kind, self.pending = self.pending, None
             if kind == "acquire" and self.role is Role.CANDIDATE:
@@ -563,12 +714,17 @@ class RoleMachine:
 
     def _end(self, now: float, out: list[Action]) -> list[Action]:
         """Decide what to ask the store next."""
+        if self.handover_release_at is not None and now >= self.handover_release_at and self.handover is not None:
+            target, epoch, _ = self.handover
+            self.handover_release_at = None
+            out.append(Action(ActionKind.RELEASE, f"handing the lease over to {target} (in sync) at epoch "
+                                                  f"{epoch + 1}: our last valid_until has passed", epoch, target))
         if self.pending is not None:
             return out
         t = self.timings
         if self.role is Role.PRIMARY:
             assert self.next_renew_at is not None
-            if now >= self.next_renew_at:
+            if now >= self.next_renew_at and self.winding_down is None:
                 self._send("renew", now)
                 out.append(Action(ActionKind.RENEW, f"renewing epoch {self.epoch} every {t.renew:g}s", self.epoch))
             elif self._sync_write_needed() and now >= self.sync_next_at:
@@ -635,6 +791,12 @@ class RoleMachine:
             return False, f"may not become primary: {self.blocked}"
         if lease.epoch < self.highest_epoch:
             return False, f"the store's epoch {lease.epoch} is below {self.highest_epoch} already seen"
+        if self.handover is not None and lease.epoch == self.handover[1]:
+            return False, (f"handed over to {self.handover[0]}: leaving epoch {lease.epoch + 1} to it for "
+                           f"{self.handover[2] - self._last_now:.1f}s")
+        if self.paused_until is not None and not self.override:
+            return False, (f"paused (maintenance) for {self.paused_until - self._last_now:.0f}s more: no automatic "
+                           "promotion; `lifeline resume` ends it")
         if self.role is Role.FENCED and lease.epoch == self.epoch and lease.last_holder == self.node:
             return True, f"we held epoch {lease.epoch} last: our journal has every record we acknowledged"
         if self.override:
@@ -668,6 +830,8 @@ class RoleMachine:
             out.append(Action(ActionKind.WAIT, self.reason))
             return False
         self._note_epoch(epoch)
+        if self.handover is not None and epoch > self.handover[1]:
+            self.handover = None  # the target (or someone) took the next epoch: done
         return True
 
     def _note_epoch(self, epoch: int) -> None:
@@ -689,6 +853,7 @@ class RoleMachine:
                                                f"({wd:g}s timeout would outlast the fence deadline)"))
 
     def _fence(self, now: float, out: list[Action], why: str) -> None:
+        self.winding_down = None
         self._goto(Role.FENCED, now, out, why)
         out.append(Action(ActionKind.FENCE, why, self.epoch))
         if self.timings.watchdog_timeout is not None:

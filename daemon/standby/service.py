@@ -56,6 +56,13 @@ def journal_directory(config: StandbySettings) -> Path:
     return Path(config.node.state_dir) / "journal"
 
 
+def _who(by: dict[str, Any] | None) -> str:
+    """The control caller as a short name for the lease store and the logs."""
+    if not by:
+        return "daemon"
+    return str(by.get("user") or f"uid {by.get('uid')}")
+
+
 def payloads_from_params(params: dict[str, Any]) -> list[bytes]:
     """The payloads of a journal.append request, validated; ControlError otherwise."""
     if "payloads" in params:
@@ -144,6 +151,9 @@ class StandbyService:
         self.repairs: list[str] = []
         self._wanted: tuple[str, int, str] = ("none", 0, "")  # (side, epoch, primary node)
         self._wanted_changed = trio.Event()
+        #: A switchover in progress: appends are refused with this reason.
+        self.holding: str | None = None
+        self._appends_in_flight = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from daemon.standby.journal import Journal
@@ -247,6 +257,23 @@ class StandbyService:
         self.role = "standby"
         self._set_wanted("standby", epoch, node)
 
+    def hold_appends(self, reason: str | None) -> None:
+        """Switchover: refuse appends (not_primary, with ``reason``) from now; None lifts it."""
+        self.holding = reason
+
+    async def drained(self, timeout: float) -> bool:
+        """Switchover: every append in flight answered and the standby has acknowledged
+        the journal's end (``acked seq == last seq``), within ``timeout`` seconds."""
+        with trio.move_on_after(timeout):
+            while True:
+                replication = self.replication
+                acked = getattr(replication, "standby_acked_seq", None)
+                if (self._appends_in_flight == 0 and self.journal is not None and acked is not None
+                        and acked >= self.journal.last.seq):
+                    return True
+                await trio.sleep(0.001)
+        return False
+
     def _set_wanted(self, side: str, epoch: int, node: str) -> None:
         if self._wanted == (side, epoch, node):
             return  # already running that side: a restart would only drop its link
@@ -272,7 +299,8 @@ class StandbyService:
                     # leased one, the lease's epoch.
                     provider = (lambda e=epoch: e) if self.leadership is not None else None
                     replication: Any = ReplicationPrimary(self.journal, self.settings, node, self._key, bus=self.bus,
-                                                          epoch_provider=provider)
+                                                          epoch_provider=provider,
+                                                          limits=self.config.listeners.limits())
                     if self.leadership is not None:
                         replication.sync_listener = self.leadership.standby_sync_changed
                         replication.async_gate = self.leadership.async_allowed
@@ -348,8 +376,19 @@ class StandbyService:
         control.register("standby.promote", self._promote,
                          help='Allow this node to take a FREE lease although it may lack acknowledged records: '
                               '{"accept_loss": true}. Never takes a live lease; `lifeline standby promote`.')
+        control.register("standby.switchover", self._switchover,
+                         help='Planned handover to the in-sync standby: {"to": NODE|null}. Refuses appends, drains, '
+                              "fences, hands the lease over at the next epoch; `lifeline switchover`.")
+        control.register("standby.pause", self._pause,
+                         help='Maintenance mode for the pair: no automatic promotion for {"seconds": S} '
+                              "(default 3600, at most 86400); `lifeline pause --for 2h`.")
+        control.register("standby.resume", self._resume, help="End the maintenance pause; `lifeline resume`.")
 
     async def _append(self, params: dict[str, Any]) -> Any:
+        if self.holding is not None:
+            raise ControlError("not_primary", f"this host ({self.config.node.name}) is {self.holding}: appends are "
+                                              "refused; append on the new primary once role.watch names it "
+                                              "(nothing was written)")
         if not self.accepting or self.replication is None or (
                 self.leadership is not None and not self.leadership.may_trade()):
             raise ControlError("not_primary", f"this host ({self.config.node.name}) is {self.role}, not an "
@@ -360,6 +399,7 @@ class StandbyService:
         payloads = payloads_from_params(params)
         self._check_order_records(payloads)
         replication = self.replication
+        self._appends_in_flight += 1
         try:
             if hasattr(replication, "append_runs"):
                 runs = await replication.append_runs(payloads)
@@ -368,6 +408,8 @@ class StandbyService:
                         for r in await replication.append_many(payloads)]
         except StandbyError as exc:
             raise ControlError("refused", str(exc)) from None
+        finally:
+            self._appends_in_flight -= 1
         out: list[dict[str, Any]] = []
         for first, last, epoch, status, durable_on, reason, _degraded in runs:
             count = last - first + 1
@@ -441,6 +483,61 @@ class StandbyService:
         await self._audit_promote(result)
         return result
 
+    async def _switchover(self, params: dict[str, Any]) -> Any:
+        from daemon.core.acl import audit_by
+
+        leadership = self._require_leadership()
+        to = params.get("to")
+        if to is not None and (not isinstance(to, str) or not 0 < len(to) <= 64):
+            raise ControlError("bad_request", '"to" must be a node name or null (the in-sync standby)')
+        result = await leadership.switchover(to, by=_who(audit_by()))
+        await self._audit("standby.switchover", to=to, ok=result.get("ok"), reason=result.get("reason"),
+                          epoch=result.get("epoch"))
+        return result
+
+    async def _pause(self, params: dict[str, Any]) -> Any:
+        from daemon.core.acl import audit_by
+        from daemon.standby.lease import check_pause_seconds
+
+        leadership = self._require_leadership()
+        seconds = params.get("seconds", 3600)
+        try:
+            seconds = check_pause_seconds(seconds)
+        except ValueError as exc:
+            raise ControlError("bad_request", f'"seconds": {exc}') from None
+        if seconds == 0:
+            raise ControlError("bad_request", '"seconds" must be above 0: `lifeline resume` ends a pause')
+        result = await leadership.set_pause(seconds, _who(audit_by()))
+        await self._audit("standby.pause", seconds=seconds, ok=result.get("ok"), reason=result.get("reason"))
+        return result
+
+    async def _resume(self, params: dict[str, Any]) -> Any:
+        from daemon.core.acl import audit_by
+
+        leadership = self._require_leadership()
+        result = await leadership.set_pause(0.0, _who(audit_by()))
+        await self._audit("standby.resume", ok=result.get("ok"), reason=result.get("reason"))
+        return result
+
+    async def _audit(self, action: str, **fields: Any) -> None:
+        """One line in the audit chain with who asked (the control caller)."""
+        from daemon.core.acl import audit_by
+
+        def append() -> None:
+            if self._audit_factory is None:
+                raise StandbyError("no audit log was given to the standby service (daemon/app.py injects it)")
+            audit = self._audit_factory()
+            try:
+                audit.append(action, node=self.config.node.name, by=by, **fields)
+            finally:
+                audit.close()
+
+        by = audit_by()
+        try:
+            await trio.to_thread.run_sync(append)
+        except Exception as exc:  # noqa: BLE001 - the action stands; the failure is reported
+            log.error("standby.audit_failed", action=action, error=f"{type(exc).__name__}: {exc}", by=by)
+
     async def _audit_promote(self, result: Any) -> None:
         """The override goes to the audit chain with who asked (the control caller)."""
         from daemon.core.acl import audit_by
@@ -474,6 +571,17 @@ class StandbyService:
         return out
 
     def status(self) -> ServiceStatus:
+        status = self._status()
+        pause = self.leadership.pause_info() if self.leadership is not None and \
+            hasattr(self.leadership, "pause_info") else None
+        if pause is None:
+            return status
+        left = int(pause["for_s"])
+        return ServiceStatus(status.health, f"{status.summary}; PAUSED (maintenance, by {pause['by']}) for "
+                                            f"{left // 3600}h{left % 3600 // 60:02d}m more: no automatic promotion",
+                             status.details)
+
+    def _status(self) -> ServiceStatus:
         if self.journal is None:
             return ServiceStatus("ok", "opening the journal")
         last = self.journal.last

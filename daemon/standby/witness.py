@@ -27,7 +27,9 @@ from typing import Any, Awaitable, Callable, Final, Mapping, TypeVar
 
 import trio
 
+from daemon.core.accept import BoundedListener, Connection
 from daemon.core.config import parse_host_port
+from daemon.core.listeners import FloodLog, Limits
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, Sample
 from daemon.standby import Position
@@ -122,13 +124,16 @@ class WitnessServer:
     before it is answered, all under one lock so requests are linearizable."""
 
     def __init__(self, state: WitnessState, key: bytes | None, save: Save, *,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT, cluster_keys: Mapping[str, bytes] | None = None) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, cluster_keys: Mapping[str, bytes] | None = None,
+                 flood: FloodLog | None = None) -> None:
         self.state = state
         self.key = key
         #: A key per cluster (``--cluster-key``); ``key`` serves the clusters not listed.
         self.cluster_keys = dict(cluster_keys or {})
         self.save = save
         self.handshake_timeout = handshake_timeout
+        #: Coalesces the log lines of strangers' dropped connections (a flood is a count).
+        self.flood = flood or FloodLog()
         self._lock = trio.Lock()
         # Figures for `--metrics` (see metrics()).
         self.granted: dict[str, int] = {}
@@ -195,7 +200,7 @@ class WitnessServer:
         _log_request(cluster, node, body, reply)
         return reply
 
-    async def handle(self, stream: trio.abc.Stream, address: str = "?") -> None:
+    async def handle(self, stream: trio.abc.Stream, address: str = "?", connection: Connection | None = None) -> None:
         """Serve one connection until it closes; any fault of the peer ends it alone."""
         link = _Link(stream, WitnessConnection("witness", self.key, cluster_keys=self.cluster_keys))
         hello: Hello | None = None
@@ -204,6 +209,8 @@ class WitnessServer:
                 hello = await self._handshake(link, address)
             if hello is None:
                 return
+            if connection is not None:
+                connection.authenticated()
             log.info("connection.opened", address=address, node=hello.node, cluster=hello.cluster)
             self.connections += 1
             self.open_connections += 1
@@ -215,11 +222,11 @@ class WitnessServer:
                 assert isinstance(event, Message)  # the only event from a client once open
                 await link.send(Message(await self.apply(hello.cluster, hello.node, event.body)))
         except trio.TooSlowError:
-            log.warning("connection.dropped", address=address, reason=f"no handshake within "
-                        f"{self.handshake_timeout:g}s", stage=_stage(link))
+            self._dropped(link, "handshake-timeout", address=address,
+                          reason=f"no handshake within {self.handshake_timeout:g}s", stage=_stage(link))
         except WitnessProtocolError as exc:
-            log.warning("connection.dropped", address=address, node=hello.node if hello else None,
-                        reason=f"protocol error: {exc}", stage=_stage(link))
+            self._dropped(link, "protocol-error", address=address, node=hello.node if hello else None,
+                          reason=f"protocol error: {exc}", stage=_stage(link))
         except _DISCONNECTS as exc:
             log.info("connection.closed", address=address, node=hello.node if hello else None,
                      reason=str(exc) or type(exc).__name__)
@@ -229,6 +236,14 @@ class WitnessServer:
             if hello is not None:
                 self.open_connections -= 1
             await trio.aclose_forcefully(stream)
+
+    def _dropped(self, link: _Link, kind: str, **fields: Any) -> None:
+        """A stranger's dropped connection is logged once per interval and kind, with a
+        count; an authenticated client's, every time."""
+        if link.conn.authenticated:
+            log.warning("connection.dropped", **fields)
+        elif (count := self.flood.note(kind, trio.current_time())) is not None:
+            log.warning("connection.dropped", **fields, count=count, interval_s=self.flood.interval)
 
     async def _handshake(self, link: _Link, address: str) -> Hello | None:
         hello = await link.receive()
@@ -240,8 +255,10 @@ class WitnessServer:
             raise WitnessProtocolError("the connection closed before AUTH")
         if not auth.verified:
             self.auth_failures += 1
-            log.warning("auth.failed", address=address, node=hello.node, cluster=hello.cluster,
-                        reason="the proof does not verify: another key")
+            if (count := self.flood.note("auth-failed", trio.current_time())) is not None:
+                log.warning("auth.failed", address=address, node=hello.node, cluster=hello.cluster,
+                            reason="the proof does not verify: another key", count=count,
+                            interval_s=self.flood.interval)
             await link.send(Reject("authentication failed: the client's key is not the witness's"))
             return None
         await link.send(Welcome())
@@ -252,7 +269,7 @@ def _stage(link: _Link) -> str:
     return (link.conn.failed_in or link.conn.state).value
 
 
-_OPS = frozenset({"acquire", "renew", "read", "release", "set_sync_mark", "report"})
+_OPS = frozenset({"acquire", "renew", "read", "release", "set_sync_mark", "report", "pause"})
 
 
 def _log_request(cluster: str, node: str, body: Mapping[str, Any], reply: Mapping[str, Any]) -> None:
@@ -268,20 +285,14 @@ def _log_request(cluster: str, node: str, body: Mapping[str, Any], reply: Mappin
             log.info("lease.released", **fields, epoch=body.get("epoch"))
     elif op == "set_sync_mark":
         log.info("lease.sync_mark", **fields, epoch=body.get("epoch"), sync_node=body.get("sync_node"))
+    elif op == "pause":
+        log.warning("lease.pause", **fields, seconds=body.get("seconds"), by=body.get("by"))
     else:  # renewals, reads and reports come several times a second
         log.debug(f"lease.{op}", **fields)
 
 
-def _address(stream: trio.SocketStream) -> str:
-    try:
-        host, port = stream.socket.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
 async def serve_witness(listen: tuple[str, int], state_path: str | os.PathLike[str], key: bytes | None, *,
-                        min_epoch: int = 0, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                        min_epoch: int = 0, handshake_timeout: float | None = None, limits: Limits | None = None,
                         metrics: tuple[str, int] | None = None,
                         cluster_keys: Mapping[str, bytes] | None = None,
                         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -314,23 +325,27 @@ async def serve_witness(listen: tuple[str, int], state_path: str | os.PathLike[s
         async def save(data: Mapping[str, Any]) -> None:
             await trio.to_thread.run_sync(write_state_file, path, data)
 
-        server = WitnessServer(state, key, save, handshake_timeout=handshake_timeout, cluster_keys=cluster_keys)
-        host, port = listen
-        listeners = await trio.open_tcp_listeners(port, host=host or None)
-        bound_host, bound_port = listeners[0].socket.getsockname()[:2]
-        shown = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
+        limits = limits or Limits()
 
-        async def handle(stream: trio.SocketStream) -> None:
+        async def handle(stream: trio.SocketStream, connection: Connection) -> None:
             # Clients keep one idle connection open; keepalive reaps those of dead hosts.
             stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            await server.handle(stream, _address(stream))
+            await server.handle(stream, connection.address, connection)
+
+        listener = BoundedListener("witness", limits, handle, log)
+        server = WitnessServer(state, key, save, flood=listener.flood, cluster_keys=cluster_keys,
+                               handshake_timeout=limits.handshake_timeout if handshake_timeout is None
+                               else handshake_timeout)
+        host, port = listen
+        bound_host, bound_port = await listener.open(host or None, port)
+        shown = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
 
         async with trio.open_nursery() as nursery:
             if metrics is not None:
                 from daemon.metrics import MetricsServer
 
                 await nursery.start(MetricsServer(metrics[0], metrics[1], server.metrics).run)
-            await nursery.start(trio.serve_listeners, handle, listeners)
+            await nursery.start(listener.serve)
             log.info("witness.listening", address=shown, epochs=_epochs(state))
             task_status.started((bound_host, bound_port))
     finally:
@@ -350,7 +365,8 @@ def add_witness_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]
         description="Grant and renew the pair's leader lease from a third host; the epoch is kept in --state. "
                     "Stops with SIGTERM or SIGINT (exit 0).")
     parser.add_argument("--listen", required=True, metavar="HOST:PORT",
-                        help='address to listen on, e.g. "0.0.0.0:7480" (port 0: any free port)')
+                        help='the address the nodes reach, e.g. "198.51.100.30:7480", not every interface '
+                             '(port 0: any free port)')
     parser.add_argument("--state", required=True, type=Path, metavar="PATH",
                         help="the state file (created if missing; its directory must exist)")
     parser.add_argument("--key-file", type=Path, metavar="PATH",
@@ -366,6 +382,20 @@ def add_witness_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]
     parser.add_argument("--metrics", default=None, metavar="HOST:PORT",
                         help='serve Prometheus metrics at http://HOST:PORT/metrics, e.g. "127.0.0.1:9478" '
                              "(default: none)")
+    defaults = Limits()
+    bounds = parser.add_argument_group("listener bounds (a client that has not proved the key gets a slot, "
+                                       "a short deadline and a hello-sized frame)")
+    bounds.add_argument("--max-connections", type=int, default=defaults.max_connections, metavar="N",
+                        help="connections held at once (default %(default)s)")
+    bounds.add_argument("--max-per-source", type=int, default=defaults.max_per_source, metavar="N",
+                        help="connections held at once from one address (default %(default)s)")
+    bounds.add_argument("--max-unauthenticated", type=int, default=defaults.max_unauthenticated, metavar="N",
+                        help="connections still in their handshake (default %(default)s)")
+    bounds.add_argument("--max-unauthenticated-per-source", type=int,
+                        default=defaults.max_unauthenticated_per_source, metavar="N",
+                        help="the same, from one address (default %(default)s)")
+    bounds.add_argument("--handshake-timeout", type=float, default=defaults.handshake_timeout, metavar="SECONDS",
+                        help="time a client has to prove the key (default %(default)s)")
 
 
 def run_witness_command(args: argparse.Namespace) -> int:
@@ -408,6 +438,11 @@ def run_witness_command(args: argparse.Namespace) -> int:
     if args.min_epoch < 0:
         print("lifeline witness: --min-epoch must be 0 or more", file=sys.stderr)
         return 2
+    limits = Limits(args.max_connections, args.max_per_source, args.max_unauthenticated,
+                    args.max_unauthenticated_per_source, args.handshake_timeout)
+    for name, problem in limits.problems():
+        print(f"lifeline witness: --{name.replace('_', '-')} {problem}", file=sys.stderr)
+        return 2
     metrics = None
     if args.metrics is not None:
         try:
@@ -415,18 +450,20 @@ def run_witness_command(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"lifeline witness: --metrics: {exc}", file=sys.stderr)
             return 2
-    return trio.run(_main, listen, args.state, key, args.min_epoch, cluster_keys, metrics)
+    return trio.run(_main, listen, args.state, key, args.min_epoch, cluster_keys, metrics, limits)
 
 
 async def _main(listen: tuple[str, int], state_path: Path, key: bytes | None, min_epoch: int = 0,
-                cluster_keys: Mapping[str, bytes] | None = None, metrics: tuple[str, int] | None = None) -> int:
+                cluster_keys: Mapping[str, bytes] | None = None, metrics: tuple[str, int] | None = None,
+                limits: Limits | None = None) -> int:
     from daemon.notify import Notifier
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             try:
                 host, port = await nursery.start(functools.partial(serve_witness, min_epoch=min_epoch,
-                                                                   cluster_keys=cluster_keys, metrics=metrics),
+                                                                   cluster_keys=cluster_keys, metrics=metrics,
+                                                                   limits=limits),
                                                  listen, state_path, key)
             except WitnessStateError as exc:
                 log.error("witness.refused", error=str(exc))
@@ -507,6 +544,9 @@ class WitnessLeaseStore(LeaseStore):
 
     async def set_sync_mark(self, node: str, epoch: int, sync_node: str | None, generation: int = 0) -> None:
         await self._call("set_sync_mark", node, epoch=epoch, sync_node=sync_node, generation=generation)
+
+    async def set_pause(self, node: str, seconds: float, by: str) -> None:
+        await self._call("pause", node, seconds=seconds, by=by)
 
     async def report(self, node: str, position: Position, seen_epoch: int) -> None:
         await self._call("report", node, position=[position.epoch, position.seq], seen_epoch=seen_epoch)

@@ -28,8 +28,9 @@ in :mod:`daemon.standby.witness`.
 Wire protocol
 -------------
 TCP; every frame is a 4-byte big-endian length and a body of at most :data:`MAX_FRAME`
-bytes (64 KiB). A length above that is refused as soon as its 4 bytes arrive, before
-any of the body is buffered. Bodies are JSON objects. The handshake mirrors
+bytes (64 KiB), and at most :data:`MAX_HANDSHAKE_FRAME` (8 KiB, a HELLO with two names of
+255 characters) before authentication. A length above that is refused as soon as its 4
+bytes arrive, before any of the body is buffered: a stranger gets a hello-sized buffer. Bodies are JSON objects. The handshake mirrors
 replication's (see :mod:`daemon.standby.protocol`), with its own label
 (:data:`WITNESS_LABEL`) mixed into every hash, so nothing signed for replication ever
 verifies here::
@@ -54,6 +55,7 @@ A connection speaks for the node and cluster of its HELLO. Requests and replies:
     {"op": "acquire", "id": 7, "node": "edge-a", "expected_epoch": 3, "ttl": 1.5}
     {"op": "renew", "id": 8, "node": "edge-a", "epoch": 4, "ttl": 1.5}
     {"op": "read" | "release" | "set_sync_mark" | "report", "id": 9, "node": ..., ...}
+    {"op": "pause", "id": 10, "node": "edge-a", "seconds": 3600, "by": "alice"}   (0: resume; in memory)
     {"id": 7, "ok": true, "epoch": 4}                      (read: "state": {...})
     {"id": 7, "error": "conflict" | "lost" | "bad_request" | "unavailable", "message": ..., "state": {...}}
 
@@ -92,6 +94,7 @@ from daemon.standby.lease import (
     LeaseState,
     Member,
 )
+from daemon.standby.lease import MAX_PAUSE, check_pause_seconds
 from daemon.standby.protocol import (
     NEED_DATA,
     LocalProtocolError,
@@ -109,6 +112,9 @@ WITNESS_LABEL: Final = b"lifeline-witness-v1 "
 PROTOCOL_VERSION: Final = 2
 #: The largest frame body (MAC trailer included). Requests and replies are a few hundred bytes.
 MAX_FRAME: Final = 64 * 1024
+#: The largest frame body before authentication: a HELLO's two names of MAX_NAME
+#: characters, JSON-escaped (12 bytes for a character outside the BMP), fit.
+MAX_HANDSHAKE_FRAME: Final = 8 * 1024
 LENGTH = struct.Struct("!I")
 TRAILER = struct.Struct("!Q16s")
 TRAILER_SIZE: Final = TRAILER.size  # 24
@@ -192,6 +198,9 @@ class WitnessState:
     def __init__(self) -> None:
         self._leases: dict[str, _Lease] = {}
         self._members: dict[str, dict[str, Member]] = {}
+        #: Maintenance pauses per cluster: (until, on the witness's clock; who). In
+        #: memory only, like the reports: a restarted witness has no pause.
+        self._pauses: dict[str, tuple[float, str]] = {}
         #: The lowest epoch of any cluster (``--min-epoch``): a witness that lost its
         #: state is restarted above every epoch already in the nodes' journals.
         self.min_epoch = 0
@@ -288,9 +297,19 @@ class WitnessState:
         lease = self._lease(cluster)
         holder = lease.live_holder(now)
         members = tuple(member for _, member in sorted(self._members.get(cluster, {}).items()))
+        until, by = self._pauses.get(cluster, (0.0, None))
+        paused = until > now
         return LeaseState(holder=holder, epoch=lease.epoch,
                           ttl_remaining=lease.expires_at - now if holder is not None else 0.0,
-                          sync_node=lease.sync_node, last_holder=lease.last_holder, members=members)
+                          sync_node=lease.sync_node, last_holder=lease.last_holder, members=members,
+                          paused_for=until - now if paused else 0.0, paused_by=by if paused else None)
+
+    def set_pause(self, cluster: str, seconds: float, by: str, now: float) -> None:
+        """Pause automatic promotion in ``cluster`` for ``seconds`` (0: resume)."""
+        if seconds > 0:
+            self._pauses[cluster] = (now + seconds, by)
+        else:
+            self._pauses.pop(cluster, None)
 
     def acquire(self, cluster: str, node: str, expected_epoch: int, ttl: float, now: float) -> Grant:
         """Compare-and-set: grant ``expected_epoch + 1`` to ``node`` for ``ttl`` seconds
@@ -400,6 +419,16 @@ def answer(state: WitnessState, cluster: str, node: str, body: Mapping[str, Any]
                 raise BadRequest(f'"generation" must be a non-negative integer, found {generation!r}')
             applied = state.set_sync_mark(cluster, node, _epoch_field(body, "epoch"), sync_node, now, generation)
             return {"id": request_id, "ok": True, "applied": applied}
+        if op == "pause":
+            try:
+                seconds = check_pause_seconds(body.get("seconds"))
+            except ValueError as exc:
+                raise BadRequest(f'"seconds": {exc}') from None
+            by = body.get("by")
+            if not isinstance(by, str) or not 0 < len(by) <= 200:
+                raise BadRequest(f'"by" must name who asked (1 to 200 characters), found {by!r:.60}')
+            state.set_pause(cluster, seconds, f"{by} via {node}", now)
+            return {"id": request_id, "ok": True}
         if op == "report":
             position = _position_field(body, "position", BadRequest)
             state.report(cluster, node, position, _epoch_field(body, "seen_epoch"))
@@ -417,6 +446,7 @@ def answer(state: WitnessState, cluster: str, node: str, body: Mapping[str, Any]
 def lease_state_to_json(state: LeaseState) -> dict[str, Any]:
     return {"holder": state.holder, "epoch": state.epoch, "ttl_remaining": state.ttl_remaining,
             "sync_node": state.sync_node, "last_holder": state.last_holder,
+            "paused_for": state.paused_for, "paused_by": state.paused_by,
             "members": [{"node": m.node, "position": [m.position.epoch, m.position.seq], "seen_epoch": m.seen_epoch}
                         for m in state.members]}
 
@@ -451,8 +481,15 @@ def lease_state_from_json(data: Any) -> LeaseState:
         if not _is_int(seen) or seen < 0:
             raise bad(f"lease state: bad seen_epoch {seen!r}")
         members.append(Member(member_node, _position_field(raw, "position", bad), seen))
+    paused_for = data.get("paused_for", 0.0)
+    if not _is_number(paused_for) or not math.isfinite(paused_for) or not 0 <= paused_for <= MAX_PAUSE:
+        raise bad(f"lease state: bad paused_for {paused_for!r}")
+    paused_by = data.get("paused_by")
+    if paused_by is not None and (not isinstance(paused_by, str) or len(paused_by) > 300):
+        raise bad(f"lease state: bad paused_by {paused_by!r:.60}")
     return LeaseState(holder=names["holder"], epoch=epoch, ttl_remaining=float(ttl_remaining),
-                      sync_node=names["sync_node"], last_holder=names["last_holder"], members=tuple(members))
+                      sync_node=names["sync_node"], last_holder=names["last_holder"], members=tuple(members),
+                      paused_for=float(paused_for), paused_by=paused_by)
 
 
 def _reply_epoch(reply: Mapping[str, Any], expected: int) -> int:
@@ -582,6 +619,10 @@ def cluster_key(key: bytes, cluster: str) -> bytes:
     cluster's name, so a proof (and every session MAC) made for one cluster never
     verifies for another, even where two clusters were given the same key file."""
     return hmac.new(key, WITNESS_LABEL + b"cluster\0" + cluster.encode("utf-8"), hashlib.sha256).digest()
+
+
+#: Before both sides proved the key: frames are bounded by MAX_HANDSHAKE_FRAME.
+_HANDSHAKE_STATES: Final = frozenset({State.AWAIT_HELLO, State.AWAIT_CHALLENGE, State.AWAIT_AUTH, State.AWAIT_VERDICT})
 
 
 def _proof(key: bytes, side: Side, transcript: bytes) -> bytes:
@@ -754,6 +795,9 @@ class WitnessConnection:
         if length > self.max_frame or length == 0:
             raise self._fail(WitnessProtocolError(
                 f"frame of {length} bytes announced, expected 1 to {self.max_frame} (not a lifeline witness client?)"))
+        if length > MAX_HANDSHAKE_FRAME and self.state in _HANDSHAKE_STATES:
+            raise self._fail(WitnessProtocolError(
+                f"frame of {length} bytes announced before authentication, at most {MAX_HANDSHAKE_FRAME}"))
         return int(length)
 
     def next_event(self) -> Event | _NeedData:

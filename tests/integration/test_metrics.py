@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from daemon import metrics
+from daemon.core.listeners import Limits
 from daemon.metrics import CONTENT_TYPE, MetricsServer, render
 from daemon.core.service import MetricFamily, Sample
 
@@ -192,8 +193,9 @@ class Collector:
                              [Sample({"v": 'a"b\\c\nd'}, math.nan), Sample({"v": "inf"}, math.inf)])]
 
 
-async def start(nursery: trio.Nursery, collect: Collector | None = None) -> MetricsServer:
-    server = MetricsServer("127.0.0.1", 0, collect or Collector())
+async def start(nursery: trio.Nursery, collect: Collector | None = None, limits: Limits | None = None
+                ) -> MetricsServer:
+    server = MetricsServer("127.0.0.1", 0, collect or Collector(), limits=limits)
     await nursery.start(server.run)
     assert server.bound_port
     return server
@@ -428,7 +430,8 @@ async def test_bad_sample_value_is_500(nursery: trio.Nursery) -> None:
 
 async def test_many_scrapes_at_once(nursery: trio.Nursery) -> None:
     with trio.fail_after(CAP):
-        server = await start(nursery)
+        # Within the caps ([listeners]); past them, see tests/integration/test_listener_bounds.py.
+        server = await start(nursery, limits=Limits(64, 64, 64, 64))
         codes: list[int] = []
 
         async def scrape() -> None:

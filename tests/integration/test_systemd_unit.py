@@ -21,7 +21,7 @@ UNIT = SYSTEMD_DIR / "lifeline.service"
 SYSUSERS = SYSTEMD_DIR / "lifeline.sysusers.conf"
 TMPFILES = SYSTEMD_DIR / "lifeline.tmpfiles.conf"
 
-MAX_EXPOSURE = 2.5
+MAX_EXPOSURE = 2.0
 EXPECTED_CAPS = {"CAP_NET_ADMIN", "CAP_NET_RAW"}
 DIRECTORIES = ("/var/lib/lifeline", "/run/lifeline", "/etc/lifeline")
 
@@ -308,3 +308,12 @@ def test_sysusers_and_tmpfiles_apply_to_a_scratch_root(tmp_path: Path) -> None:
         assert (st.st_mode & 0o7777) == 0o750, directory
         if os.geteuid() == 0:  # only root can chown; as a user tmpfiles keeps our ids
             assert (st.st_uid, st.st_gid) == (owner, grp), directory
+
+
+def test_resource_limits(service: dict[str, list[str]]) -> None:
+    # Issue 16: at the default soft limit of 1024 descriptors a flood of bare TCP
+    # connections failed every listener; memory and tasks are bounded too.
+    assert int(service["LimitNOFILE"][-1]) >= 4096
+    memory = service["MemoryMax"][-1]
+    assert memory.endswith("M") and 256 <= int(memory[:-1]) <= 2048
+    assert 64 <= int(service["TasksMax"][-1]) <= 1024

@@ -210,7 +210,9 @@ async def test_garbage_and_absurd_lengths_drop_only_that_connection(witness: Wit
         assert await a.renew("edge-a", 1) == Grant(1)  # on its original connection
         log = witness.log_text()
         assert log.count("event=connection.opened") == 1
-        assert log.count("event=connection.dropped") == 4
+        # Strangers' drops coalesce: the first is logged at once (count=1), the next
+        # ones of that interval become one line with their count later.
+        assert log.count("event=connection.dropped") == 1 and "count=1 " in log
         assert witness.proc is not None and witness.proc.poll() is None
 
 

@@ -16,6 +16,9 @@ from hypothesis import strategies as st
 from daemon.standby import MAX_PAYLOAD, Position, Record, ReplicationProtocolError
 from daemon.standby.keys import KeyFileError, generate_replication_key, load_replication_key
 from daemon.standby.protocol import (
+    FLAG_MAC,
+    MAX_HANDSHAKE_BODY,
+    MAX_NAME,
     HEADER,
     HEADER_SIZE,
     MAGIC,
@@ -354,9 +357,52 @@ def test_oversized_length_is_refused_from_the_header_alone() -> None:
 
 def test_the_largest_frame_is_accepted_and_one_more_byte_is_not() -> None:
     assert HEADER_SIZE + 0xFFFFFFFF > MAX_FRAME
-    conn = ReplicationConnection("standby", KEY)
-    conn.receive_data(HEADER.pack(MAGIC, PROTOCOL_VERSION, FrameType.HELLO, 0, MAX_FRAME - HEADER_SIZE))
+    _primary, conn = streaming()
+    conn.receive_data(HEADER.pack(MAGIC, PROTOCOL_VERSION, FrameType.RECORDS, FLAG_MAC, MAX_FRAME - HEADER_SIZE))
     assert conn.next_event() is NEED_DATA
+
+
+@pytest.mark.parametrize("frame_type", list(MAX_HANDSHAKE_BODY))
+def test_before_authentication_a_frame_is_hello_sized(frame_type: FrameType) -> None:
+    # The primary's side of the flood in issue 16: an 8 MiB "hello" from a stranger
+    # was buffered whole. Now the header alone is refused, nothing of the body kept.
+    limit = MAX_HANDSHAKE_BODY[frame_type]
+    assert limit <= 2 + 4096  # at most a REJECT's reason; a HELLO is under 1 KiB
+    for role in ("primary", "standby"):
+        conn = ReplicationConnection(role, KEY)  # type: ignore[arg-type]
+        conn.receive_data(HEADER.pack(MAGIC, PROTOCOL_VERSION, frame_type, 0, limit))
+        assert conn.state is not State.BROKEN
+        conn = ReplicationConnection(role, KEY)  # type: ignore[arg-type]
+        with pytest.raises(ReplicationProtocolError, match="announced before authentication, at most"):
+            conn.receive_data(HEADER.pack(MAGIC, PROTOCOL_VERSION, frame_type, 0, limit + 1))
+        assert len(conn._buffer) == HEADER_SIZE
+
+
+def test_handshake_bounds_hold_the_largest_real_handshake_frames() -> None:
+    name = "n" * MAX_NAME
+    big = ReplicationConnection("primary", KEY)
+    big_hello = Hello(name, "standby", 2**64 - 1, Position(2**64 - 1, 2**64 - 1), name, b"d" * MAX_NAME)
+    standby = ReplicationConnection("standby", KEY)
+    [got] = deliver(standby.send(big_hello), big)
+    assert isinstance(got, Hello) and got.node_id == name
+    deliver(big.send(Challenge()), standby)
+    deliver(standby.send(Auth()), big)
+    [got_welcome] = deliver(big.send(Welcome(name, 2**64 - 1, Position(2**64 - 1, 2**64 - 1), name,
+                                             b"d" * MAX_NAME)), standby)
+    assert isinstance(got_welcome, Welcome)
+    primary = ReplicationConnection("primary", KEY)
+    standby = ReplicationConnection("standby", KEY)
+    deliver(standby.send(hello()), primary)
+    deliver(primary.send(Challenge()), standby)
+    deliver(standby.send(Auth()), primary)
+    [reject] = deliver(primary.send(Reject("x" * 10_000)), standby)
+    assert isinstance(reject, Reject)
+
+
+def test_after_authentication_frames_may_be_large_again() -> None:
+    _primary, standby = handshake()
+    standby.receive_data(HEADER.pack(MAGIC, PROTOCOL_VERSION, FrameType.RECORDS, FLAG_MAC, 1024 * 1024))
+    assert standby.state is State.SYNCING
 
 
 def test_a_lower_max_frame_applies() -> None:

@@ -24,6 +24,8 @@ from daemon.standby.witness import WitnessLeaseStore, WitnessServer
 from daemon.standby.witness_protocol import (
     LENGTH,
     MAX_FRAME,
+    MAX_HANDSHAKE_FRAME,
+    MAX_NAME,
     MAX_TTL,
     MIN_TTL,
     TRAILER_SIZE,
@@ -518,9 +520,31 @@ def test_an_absurd_length_is_refused_before_any_body_is_buffered(data: bytes, pr
 
 
 def test_the_largest_frame_is_buffered() -> None:
-    _, witness = pair()
+    client, witness = pair()
+    handshake(client, witness)
     witness.receive_data(LENGTH.pack(MAX_FRAME) + b" " * 1000)
     assert witness.next_event() is NEED_DATA
+
+
+@pytest.mark.parametrize("side", ["witness", "client"])
+def test_before_authentication_a_frame_is_hello_sized(side: str) -> None:
+    # Issue 16: a stranger's 64 KiB "hello" was buffered whole; now its length alone
+    # is refused, and nothing of its body kept.
+    conn = WitnessConnection(side, KEY)  # type: ignore[arg-type]
+    conn.receive_data(LENGTH.pack(MAX_HANDSHAKE_FRAME))
+    assert conn.state is not State.BROKEN
+    conn = WitnessConnection(side, KEY)  # type: ignore[arg-type]
+    with pytest.raises(WitnessProtocolError, match=f"announced before authentication, at most {MAX_HANDSHAKE_FRAME}"):
+        conn.receive_data(LENGTH.pack(MAX_HANDSHAKE_FRAME + 1) + b"{")
+    assert len(conn._buffer) == LENGTH.size + 1
+
+
+def test_the_largest_hello_fits_the_handshake_bound() -> None:
+    client, witness = pair()
+    name = "\U0001F600" * MAX_NAME  # the longest escape JSON writes, 12 bytes a character
+    data = client.send(Hello(name, name))
+    assert len(data) - LENGTH.size <= MAX_HANDSHAKE_FRAME
+    assert isinstance(deliver(data, witness), Hello)
 
 
 def framed(body: bytes) -> bytes:
@@ -531,7 +555,7 @@ def framed(body: bytes) -> bytes:
     (b"\x00\x01garbage", "not JSON"),
     (b"\xff\xfe\xfd", "not JSON"),
     (b"[1, 2]", "a JSON list, expected an object"),
-    (b"[" * 50000, "not JSON"),  # deep nesting: a RecursionError inside, a protocol error outside
+    (b"[" * 8000, "not JSON"),  # deep nesting: a RecursionError inside, a protocol error outside
     (b'{"type": "hello", "version": 2, "node": "a", "cluster": "c", "nonce": NaN}', "not JSON"),
     (b'{"op": "read", "id": 1}', "expected a handshake frame in state await-hello, found type None"),
     (b'{"type": "auth", "proof": "00"}', "can't handle AUTH from the client in state await-hello"),
