@@ -36,7 +36,28 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
                         help=f"config file to read the socket path from (default {DEFAULT_CONFIG})")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands whose parsers live in modules that are slow to import (trio, cryptography, the
+# drills): `lifeline --help` and every other command show them with this help line only;
+# the full parser is built when the command itself runs. Kept equal to the modules' own help
+# by tests/unit/test_packaging.py.
+LAZY_COMMAND_HELP = {
+    "audit": "the hash-chained audit log of playbook runs: verify it, show it",
+    "witness": "run the lease witness (the pair's quorum device)",
+}
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first word that is not an option), if any."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser (``command`` None), or one whose slow-to-import parts are built
+    only for ``command`` (what :func:`main` uses, so that start-up stays fast)."""
+
+    def needs(name: str) -> bool:
+        return command is None or command == name
+
     parser = argparse.ArgumentParser(prog="lifeline", description="Resilience daemon for hardened trading hosts.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -140,9 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_venue_parsers(sub, _add_client_options)
 
-    from recovery.audit import add_audit_parser
+    if needs("audit"):
+        from recovery.audit import add_audit_parser  # here: it loads cryptography (~40 ms)
 
-    add_audit_parser(sub)
+        add_audit_parser(sub)
+    else:
+        sub.add_parser("audit", help=LAZY_COMMAND_HELP["audit"])
 
     drill = sub.add_parser("drill", help="scripted failures in the lab, timed (needs root)")
     drill_sub = drill.add_subparsers(dest="drill_command", metavar="DRILL", required=True)
@@ -158,21 +182,25 @@ def build_parser() -> argparse.ArgumentParser:
     uplink_drill.add_argument("--workdir", type=Path, default=None, help="keep the drill's files here")
     uplink_drill.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
-    from daemon.lab.ha_drills import add_ha_drill_parsers
+    if needs("drill"):  # the drill modules load trio and the whole lab (~150 ms)
+        from daemon.lab.ha_drills import add_ha_drill_parsers
 
-    add_ha_drill_parsers(drill_sub)
+        add_ha_drill_parsers(drill_sub)
 
-    from daemon.lab.hardware_drills import add_hardware_drill_parsers
+        from daemon.lab.hardware_drills import add_hardware_drill_parsers
 
-    add_hardware_drill_parsers(drill_sub)
+        add_hardware_drill_parsers(drill_sub)
 
-    from daemon.lab.venue_drills import add_venue_drill_parser
+        from daemon.lab.venue_drills import add_venue_drill_parser
 
-    add_venue_drill_parser(drill_sub)
+        add_venue_drill_parser(drill_sub)
 
-    from daemon.standby.witness import add_witness_parser
+    if needs("witness"):
+        from daemon.standby.witness import add_witness_parser  # here: it loads trio (~100 ms)
 
-    add_witness_parser(sub)
+        add_witness_parser(sub)
+    else:
+        sub.add_parser("witness", help=LAZY_COMMAND_HELP["witness"])
 
     from daemon.lab.cli import add_lab_parser
 
@@ -181,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_of(argv) or "")
     args = parser.parse_args(argv)
     if args.version:
         from daemon import __version__
