@@ -3,7 +3,7 @@
     lifeline run [--config PATH]                 run the daemon (systemd's ExecStart)
     lifeline status [--json]                     what every service is doing
     lifeline events [--follow] [--kind K ...]    recent events, or a live stream
-    lifeline config check FILE                   validate a config; exit 0 or 1
+    lifeline config check FILE [--no-host]       validate a config and this host; exit 0 or 1
     lifeline config show FILE                    the effective config, defaults filled in
     lifeline lab [...]                           the lab: start the daemon, drill, report
 
@@ -14,7 +14,8 @@ Imports are lazy so that client commands such as `lifeline status` start fast: t
 not load trio, psutil or ccxt.
 
 Exit codes: 0 success / all healthy; 1 a check failed or something is unhealthy;
-2 usage error or the daemon could not be reached.
+2 usage error or the daemon could not be reached; `lifeline run`: 78 (EX_CONFIG) for a
+config or host that cannot work (one line per problem; systemd does not restart it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus=78: a bad config is not restarted
 DEFAULT_SOCKET = Path("/run/lifeline/control.sock")
 DEFAULT_CONFIG = Path("/etc/lifeline/lifeline.toml")
 
@@ -78,8 +80,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="check or show a config file")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    check = config_sub.add_parser("check", help="validate FILE; exit 0 if usable, 1 otherwise")
+    check = config_sub.add_parser("check", help="validate FILE, and this host against it; exit 0 if usable, "
+                                                 "1 otherwise")
     check.add_argument("file", type=Path)
+    check.add_argument("--host", action=argparse.BooleanOptionalAction, default=True,
+                       help="also check this host: interfaces and addresses, key and credential files readable "
+                            "by --user, directories writable by it (default; --no-host: the file only)")
+    check.add_argument("--user", default="lifeline",
+                       help="the account the daemon runs as, for --host (default lifeline)")
     show = config_sub.add_parser("show", help="print FILE's effective config with every default filled in")
     show.add_argument("file", type=Path)
 
@@ -127,6 +135,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     replication_key = keys_sub.add_parser("replication", help="a pre-shared key for journal replication "
                                                               "(copy the same file to both hosts)")
     replication_key.add_argument("--out", type=Path, required=True, help="where to write it (mode 0600)")
+    replication_key.add_argument("--owner", metavar="USER[:GROUP]", default=None,
+                                 help="give the file to this user (the service user, lifeline; run as root), "
+                                      "so that the daemon can read it")
 
     from recovery.cli import add_parsers as add_recovery_parsers
 
@@ -388,21 +399,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
+        # One line per problem, no traceback; exit 78 so that systemd does not restart it.
         for problem in exc.problems:
-            logger.error("config.invalid", problem=problem)
-        print(f"lifeline: refusing to start, {len(exc.problems)} problem(s) in the config:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
-    from daemon.uplinks.service import check_uplinks_on_host
+            logger.error("config.invalid", problem=problem, exit_code=EX_CONFIG)
+        return EX_CONFIG
+    from daemon.host_check import check_host
 
-    host_problems = check_uplinks_on_host(config)
-    if host_problems:
-        print(f"lifeline: refusing to start, {len(host_problems)} problem(s) with this host:", file=sys.stderr)
-        for problem in host_problems:
-            logger.error("config.host_mismatch", problem=problem)
-            print(f"  {problem}", file=sys.stderr)
-        return 1
+    # Every file and directory the services open at start-up, checked before any starts.
+    host = check_host(config)
+    for warning in host.warnings:
+        logger.warning("config.host_warning", problem=warning)
+    for problem in host.problems:
+        logger.error("config.host_mismatch", problem=problem, exit_code=EX_CONFIG)
+    if host.problems:
+        return EX_CONFIG
     log.setup(config.log.level)
     from daemon.app import run_daemon
 
@@ -420,7 +430,26 @@ def cmd_config(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     if args.config_command == "check":
-        print(f"{args.file}: OK (node {config.node.name}, control socket {config.control.socket})")
+        checked = ""
+        if args.host:
+            from daemon.host_check import ServiceUser, check_host
+
+            try:
+                user = ServiceUser.named(args.user)
+            except KeyError as exc:
+                print(f"{args.file}: cannot check this host: {exc.args[0]}", file=sys.stderr)
+                return 1
+            host = check_host(config, user)
+            for warning in host.warnings:
+                print(f"  warning: {warning}", file=sys.stderr)
+            if host.problems:
+                print(f"{args.file}: this host does not fit it, {len(host.problems)} problem(s) "
+                      f"(for user {user.name}):", file=sys.stderr)
+                for problem in host.problems:
+                    print(f"  {problem}", file=sys.stderr)
+                return 1
+            checked = f"; this host fits it for user {user.name}"
+        print(f"{args.file}: OK (node {config.node.name}, control socket {config.control.socket}{checked})")
         return 0
     print(f"# effective config of {args.file}, defaults filled in")
     print(dump_toml(to_dict(config)), end="")
@@ -562,12 +591,20 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return _recovery(args)
     from daemon.standby.keys import generate_replication_key
 
+    import os
+
+    from daemon.files import resolve_owner
+
     try:
+        uid, gid, owner = resolve_owner(args.owner) if args.owner else (-1, -1, "")
         generate_replication_key(args.out)
+        if args.owner:
+            os.chown(args.out, uid, gid)
     except (OSError, ValueError) as exc:
         print(f"lifeline keys: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out} (mode 0600). Copy it to the other host over a trusted channel and set "
+    owner = f", owner {owner}" if owner else ""
+    print(f"wrote {args.out} (mode 0600{owner}). Copy it to the other host over a trusted channel and set "
           f"standby.key_file on both.")
     return 0
 
