@@ -308,3 +308,34 @@ def test_sysusers_and_tmpfiles_apply_to_a_scratch_root(tmp_path: Path) -> None:
         assert (st.st_mode & 0o7777) == 0o750, directory
         if os.geteuid() == 0:  # only root can chown; as a user tmpfiles keeps our ids
             assert (st.st_uid, st.st_gid) == (owner, grp), directory
+
+
+# ------------------------------------------------------------------- exit 78, the witness unit
+
+WITNESS_UNIT = SYSTEMD_DIR / "lifeline-witness.service"
+
+
+def test_a_config_error_is_not_restarted(service: dict[str, list[str]]) -> None:
+    # `lifeline run` exits 78 (EX_CONFIG) on a config or host it cannot serve
+    from daemon.cli import EX_CONFIG
+
+    assert single(service, "Restart") == "on-failure"
+    assert str(EX_CONFIG) in single(service, "RestartPreventExitStatus").split()
+
+
+def test_the_witness_unit_is_hardened_and_runs_the_witness() -> None:
+    unit = parse_unit(WITNESS_UNIT.read_text())["Service"]
+    assert exposure(WITNESS_UNIT) <= 2.0
+    assert single(unit, "ExecStart").startswith("/opt/lifeline/bin/lifeline witness --listen ")
+    assert "--key-file /etc/lifeline/witness.key" in single(unit, "ExecStart")
+    assert single(unit, "CapabilityBoundingSet") == "" and single(unit, "User") == "lifeline"
+    assert single(unit, "StateDirectory") == "lifeline-witness"
+    assert "/var/lib/lifeline-witness/witness.state" in single(unit, "ExecStart")
+    assert single(unit, "Type") == "notify"  # the witness sends READY=1 once it listens
+    tool = shutil.which("systemd-analyze")
+    if tool is not None:
+        proc = subprocess.run([tool, "verify", "--man=no", str(WITNESS_UNIT)], capture_output=True, text=True,
+                              env=_TOOL_ENV, timeout=120)
+        bad = [line for line in (proc.stdout + proc.stderr).splitlines()
+               if re.search(r"Unknown (key|section|lvalue)|Failed to parse|Invalid|Missing '='", line)]
+        assert not bad, "\n".join(bad)
