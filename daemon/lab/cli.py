@@ -17,6 +17,15 @@ from pathlib import Path
 from typing import Any
 
 
+# --quick: every drill still runs and is judged, just fewer times and a shorter soak.
+QUICK = {"repeat": 2, "soak": "2m", "compress": 20.0, "promotion_repeat": 1, "venue_repeat": 1}
+
+
+def _describe(values: dict[str, Any]) -> str:
+    return ", ".join(f"--{key.replace('_', '-')} {value:g}" if isinstance(value, float)
+                     else f"--{key.replace('_', '-')} {value}" for key, value in values.items())
+
+
 def add_lab_parser(sub: Any) -> None:
     lab = sub.add_parser("lab", help="run the lab drills on the embedded default and report")
     lab.add_argument("--seconds", type=float, default=3.0, help="how long the daemon runs under watch (default 3)")
@@ -30,6 +39,8 @@ def add_lab_parser(sub: Any) -> None:
                      help="repetitions of each promotion drill: standby, partition, region (default 3; 0 skips them)")
     lab.add_argument("--venue-repeat", type=int, default=3,
                      help="repetitions of the venue drill: silent through the fibre, then dead (default 3; 0 skips it)")
+    lab.add_argument("--quick", action="store_true",
+                     help=f"every drill, fewer repetitions (CI): {_describe(QUICK)}, unless given")
     actions = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=False)
     up = actions.add_parser("up", help="build the lab's world (namespaces, routers, venue echo) and leave it up")
     down = actions.add_parser("down", help="remove every namespace, link and process the lab made")
@@ -52,6 +63,13 @@ def add_lab_parser(sub: Any) -> None:
 def run_lab_command(args: argparse.Namespace) -> int:
     action = getattr(args, "lab_command", None)
     if action is None:
+        if args.quick:
+            build = argparse.ArgumentParser()
+            add_lab_parser(build.add_subparsers())  # the defaults, to tell them from given values
+            defaults = build.parse_args(["lab"])
+            for key, value in QUICK.items():
+                if getattr(args, key) == getattr(defaults, key):
+                    setattr(args, key, value)
         return run_drills(args)
     return {"up": lab_up, "down": lab_down, "status": lab_status, "replay": lab_replay}[action](args)
 
