@@ -8,7 +8,8 @@ temp dir, as tests/integration/test_daemon_process.py does), then runs each comm
 times as a user would, alternating between them so that all see the same machine state:
 
 * ``status``: ``lifeline status --config CFG`` (reads the config for the socket path,
-  asks the running daemon, prints the table);
+  asks the running daemon, prints the table); CFG is the daemon's config plus the
+  example's [venues], as on a production host;
 * ``role``: ``lifeline role --config CFG``;
 * ``help``: ``lifeline --help``;
 * ``version``: ``lifeline --version``;
@@ -46,10 +47,13 @@ TIME = "/usr/bin/time"  # Debian: apt-get install time
 TARGETS = {"status": (150.0, 40.0), "help": (200.0, None)}
 
 
-def example_config(tmp: Path) -> Path:
-    """The shipped example with its host-specific sections left out and its paths under tmp."""
+def example_config(tmp: Path) -> tuple[Path, Path]:
+    """The shipped example with its host-specific sections left out and its paths under
+    tmp, for the daemon; and the same with the example's [venues] kept, for the commands
+    (they read it for the socket path, as on a production host with venues)."""
     data = tomllib.loads((ROOT / "examples" / "lifeline.toml").read_text())
-    for section in ("uplinks", "standby", "recovery", "hardware", "venues"):
+    venues = data.pop("venues")
+    for section in ("uplinks", "standby", "recovery", "hardware"):
         data.pop(section, None)
     data["node"]["state_dir"] = str(tmp / "state")
     data["node"]["runtime_dir"] = str(tmp / "run")
@@ -58,7 +62,11 @@ def example_config(tmp: Path) -> Path:
     data["metrics"]["listen"] = "127.0.0.1:0"
     path = tmp / "lifeline.toml"
     path.write_text(dump_toml(data))
-    return path
+    for venue in venues.values():
+        venue.pop("uplinks", None)
+    client = tmp / "client.toml"
+    client.write_text(dump_toml({**data, "venues": venues}))
+    return path, client
 
 
 def run_once(argv: list[str]) -> tuple[float, float, int]:
@@ -83,7 +91,7 @@ def main() -> int:
     lifeline = str(args.lifeline or Path(sys.executable).parent / "lifeline")
     with tempfile.TemporaryDirectory(prefix="lifeline-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        config = example_config(tmp)
+        config, client_config = example_config(tmp)
         daemon = DaemonProcess(config=config, workdir=tmp / "daemon", watchdog_usec=None)
         daemon.start()
         try:
@@ -91,8 +99,8 @@ def main() -> int:
                 print("the daemon did not start:\n" + daemon.log_text(), file=sys.stderr)
                 return 1
             commands = {
-                "status": [lifeline, "status", "--config", str(config)],
-                "role": [lifeline, "role", "--config", str(config)],
+                "status": [lifeline, "status", "--config", str(client_config)],
+                "role": [lifeline, "role", "--config", str(client_config)],
                 "help": [lifeline, "--help"],
                 "version": [lifeline, "--version"],
                 "baseline": [sys.executable, "-c", "pass"],
