@@ -60,16 +60,21 @@ def add_lab_parser(sub: Any) -> None:
                     help="no namespaces: everything on lo, route backend none (the default without root)")
 
 
+def apply_quick(args: argparse.Namespace) -> None:
+    """--quick: the QUICK values for every option left at its default."""
+    build = argparse.ArgumentParser()
+    add_lab_parser(build.add_subparsers())  # the defaults, to tell them from given values
+    defaults = build.parse_args(["lab"])
+    for key, value in QUICK.items():
+        if getattr(args, key) == getattr(defaults, key):
+            setattr(args, key, value)
+
+
 def run_lab_command(args: argparse.Namespace) -> int:
     action = getattr(args, "lab_command", None)
     if action is None:
         if args.quick:
-            build = argparse.ArgumentParser()
-            add_lab_parser(build.add_subparsers())  # the defaults, to tell them from given values
-            defaults = build.parse_args(["lab"])
-            for key, value in QUICK.items():
-                if getattr(args, key) == getattr(defaults, key):
-                    setattr(args, key, value)
+            apply_quick(args)
         return run_drills(args)
     return {"up": lab_up, "down": lab_down, "status": lab_status, "replay": lab_replay}[action](args)
 

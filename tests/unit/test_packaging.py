@@ -115,3 +115,25 @@ def test_the_witness_and_the_drills_still_get_their_full_parsers() -> None:
     assert args.key_file == Path("k") and args.min_epoch == 0
     assert build_parser("drill").parse_args(["drill", "venue"]).drill_command == "venue"
     assert build_parser("audit").parse_args(["audit", "verify"]).audit_command == "verify"
+
+
+def test_lab_quick_shortens_every_drill_but_keeps_what_is_given() -> None:
+    from daemon.lab.cli import QUICK, apply_quick
+
+    args = build_parser("lab").parse_args(["lab", "--quick", "--venue-repeat", "2"])
+    apply_quick(args)
+    assert (args.repeat, args.soak, args.compress, args.promotion_repeat, args.venue_repeat) == \
+        (QUICK["repeat"], QUICK["soak"], QUICK["compress"], QUICK["promotion_repeat"], 2)
+    assert all(value for value in QUICK.values()), "--quick skips no drill"
+    full = build_parser("lab").parse_args(["lab"])
+    assert (full.repeat, full.promotion_repeat, full.venue_repeat) == (5, 3, 3)
+
+
+@pytest.mark.parametrize("module", ["daemon.standby.witness", "daemon.app"])
+def test_the_witness_and_the_daemon_need_no_optional_library(module: str) -> None:
+    """The witness host installs the core only; the daemon loads ccxt only for [venues]."""
+    code = (f"import sys, {module}\n"
+            "print(' '.join(m for m in ('ccxt', 'requests', 'aiohttp', 'starlink_grpc', 'grpc') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
