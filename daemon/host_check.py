@@ -3,11 +3,12 @@ and what `lifeline config check` checks (``--host``, the default) for the servic
 
 Every file the daemon opens at start-up because the config names it, and every directory
 it writes: the uplinks' interfaces and addresses, the replication and witness keys, the
-venues' credentials, the state, runtime and control-socket directories. Each problem is
-one line naming the config file, the key path and the fix. What the daemon tolerates at
-start-up (no playbook directory, a keyring that does not load, a missing hook program,
-serial device or control-socket group) are *warnings*: the daemon starts and reports
-them; `config check` prints them and still exits 0.
+venues' credentials, the hardware watchdog, the state, runtime and control-socket
+directories. Each problem is one line naming the config file, the key path and the fix.
+What the daemon tolerates at start-up (no playbook directory, a keyring that does not
+load, a missing hook program, serial device, lease watchdog or control-socket group) are
+*warnings*: the daemon starts and reports them; `config check` prints them and still
+exits 0.
 
 ``user`` is the account the daemon will run as (``config check --user lifeline``); the
 checks then go by that account's uid, groups and each file's owner and mode, whoever runs
@@ -217,6 +218,20 @@ def check_host(config: Any, user: ServiceUser | None = None) -> HostReport:
             del report.problems[before:]
 
     hardware = config.hardware
+    if hardware is not None and hardware.watchdog is not None:  # opened at start: a failure stops the daemon
+        device = Path(hardware.watchdog.device)
+        if not device.exists():
+            report.problems.append(f"{source}: hardware.watchdog.device: no device {device}; load the board's "
+                                   f"watchdog driver (iTCO_wdt, sp5100_tco, ...; softdog for tests) or remove "
+                                   f"[hardware.watchdog]")
+        elif denied := _access(device, 2, user):
+            report.problems.append(f"{source}: hardware.watchdog.device: {device}: {denied}")
+    lease = config.standby.lease if config.standby is not None else None
+    if lease is not None and lease.watchdog != "off" and not Path(lease.watchdog_device).exists():
+        report.warnings.append(f"{source}: standby.lease.watchdog_device: no device {lease.watchdog_device}; with "
+                               f'watchdog = "{lease.watchdog}" this node '
+                               + ("will never become primary" if lease.watchdog == "required"
+                                  else "will be primary without a watchdog"))
     if hardware is not None:
         for kind in ("ups", "gnss", "enclosure"):
             device = getattr(hardware, kind)

@@ -158,3 +158,16 @@ def test_venues_without_ccxt_are_a_config_error_naming_the_extra(tmp_path: Path)
     assert result.returncode == 0, result.stderr
     assert f"{config}: venues.kraken.exchange: venues need ccxt, which is not installed here: " \
            "pip install 'lifeline[venues]'" in result.stdout, result.stdout
+
+
+def test_a_missing_hardware_watchdog_refuses_to_start_with_ex_config(tmp_path: Path) -> None:
+    """The hardware service opens it at start; without the check the daemon crashed (exit 1)."""
+    key = tmp_path / "replication.key"
+    generate_replication_key(key)
+    config = standby_config(tmp_path, key)
+    config.write_text(config.read_text() + f'[hardware.watchdog]\ndevice = "{tmp_path / "watchdog9"}"\n')
+    result = cli("run", "--config", str(config))
+    assert result.returncode == 78, result.stderr
+    assert f"{config}: hardware.watchdog.device: no device {tmp_path / 'watchdog9'}; load the board's " \
+           f"watchdog driver" in result.stderr
+    assert "Traceback" not in result.stderr
