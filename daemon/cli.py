@@ -3,7 +3,7 @@
     lifeline run [--config PATH]                 run the daemon (systemd's ExecStart)
     lifeline status [--json]                     what every service is doing
     lifeline events [--follow] [--kind K ...]    recent events, or a live stream
-    lifeline config check FILE                   validate a config; exit 0 or 1
+    lifeline config check FILE [--no-host]       validate a config and this host; exit 0 or 1
     lifeline config show FILE                    the effective config, defaults filled in
     lifeline lab [...]                           the lab: start the daemon, drill, report
     lifeline preflight [--json]                  the pre-market checklist; exit 0, 1 (a FAIL) or 2
@@ -18,7 +18,8 @@ Imports are lazy so that client commands such as `lifeline status` start fast: t
 not load trio, psutil or ccxt.
 
 Exit codes: 0 success / all healthy; 1 a check failed or something is unhealthy;
-2 usage error or the daemon could not be reached.
+2 usage error or the daemon could not be reached; `lifeline run`: 78 (EX_CONFIG) for a
+config or host that cannot work (one line per problem; systemd does not restart it).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, Sequence
 
 from daemon.status import format_duration_short, format_status
 
+EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus=78: a bad config is not restarted
 DEFAULT_SOCKET = Path("/run/lifeline/control.sock")
 DEFAULT_CONFIG = Path("/etc/lifeline/lifeline.toml")
 
@@ -42,7 +44,28 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
                         help=f"config file to read the socket path from (default {DEFAULT_CONFIG})")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands whose parsers live in modules that are slow to import (trio, cryptography, the
+# drills): `lifeline --help` and every other command show them with this help line only;
+# the full parser is built when the command itself runs. Kept equal to the modules' own help
+# by tests/unit/test_packaging.py.
+LAZY_COMMAND_HELP = {
+    "audit": "the hash-chained audit log of playbook runs: verify it, show it",
+    "witness": "run the lease witness (the pair's quorum device)",
+}
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first word that is not an option), if any."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser (``command`` None), or one whose slow-to-import parts are built
+    only for ``command`` (what :func:`main` uses, so that start-up stays fast)."""
+
+    def needs(name: str) -> bool:
+        return command is None or command == name
+
     parser = argparse.ArgumentParser(prog="lifeline", description="Resilience daemon for hardened trading hosts.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -63,8 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="check or show a config file")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    check = config_sub.add_parser("check", help="validate FILE; exit 0 if usable, 1 otherwise")
+    check = config_sub.add_parser("check", help="validate FILE, and this host against it; exit 0 if usable, "
+                                                 "1 otherwise")
     check.add_argument("file", type=Path)
+    check.add_argument("--host", action=argparse.BooleanOptionalAction, default=True,
+                       help="also check this host: interfaces and addresses, key and credential files readable "
+                            "by --user, directories writable by it (default; --no-host: the file only)")
+    check.add_argument("--user", default="lifeline",
+                       help="the account the daemon runs as, for --host (default lifeline)")
     show = config_sub.add_parser("show", help="print FILE's effective config with every default filled in")
     show.add_argument("file", type=Path)
 
@@ -151,9 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     replication_key = keys_sub.add_parser("replication", help="a pre-shared key for journal replication "
                                                               "(copy the same file to both hosts)")
     replication_key.add_argument("--out", type=Path, required=True, help="where to write it (mode 0600)")
+    replication_key.add_argument("--owner", metavar="USER[:GROUP]", default=None,
+                                 help="give the file to this user (the service user, lifeline; run as root), "
+                                      "so that the daemon can read it")
     witness_key = keys_sub.add_parser("witness", help="a key for the lease witness, one per cluster, apart from "
                                                       "the replication key (both nodes and the witness get it)")
     witness_key.add_argument("--out", type=Path, required=True, help="where to write it (mode 0600)")
+    witness_key.add_argument("--owner", metavar="USER[:GROUP]", default=None,
+                             help="give the file to this user (the service user, lifeline; run as root)")
 
     from recovery.cli import add_parsers as add_recovery_parsers
 
@@ -191,17 +225,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_venue_parsers(sub, _add_client_options)
 
-    from recovery.audit import add_audit_parser
+    if needs("audit"):
+        from recovery.audit import add_audit_parser  # here: it loads cryptography (~40 ms)
 
-    add_audit_parser(sub)
+        add_audit_parser(sub)
+    else:
+        sub.add_parser("audit", help=LAZY_COMMAND_HELP["audit"])
 
     # The lab's commands (lab/cli.py): their arguments are added when one of them runs.
     for name, help_text in LAB_COMMAND_HELP.items():
         _lab_parser(sub.add_parser(name, help=help_text), name)
 
-    from daemon.standby.witness import add_witness_parser
+    if needs("witness"):
+        from daemon.standby.witness import add_witness_parser  # here: it loads trio (~100 ms)
 
-    add_witness_parser(sub)
+        add_witness_parser(sub)
+    else:
+        sub.add_parser("witness", help=LAZY_COMMAND_HELP["witness"])
 
     return parser
 
@@ -248,7 +288,8 @@ def _lab_parser(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_of(argv) or "")
     args = parser.parse_args(argv)
     if args.version:
         from daemon import __version__
@@ -463,21 +504,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
+        # One line per problem, no traceback; exit 78 so that systemd does not restart it.
         for problem in exc.problems:
-            logger.error("config.invalid", problem=problem)
-        print(f"lifeline: refusing to start, {len(exc.problems)} problem(s) in the config:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
-    from daemon.uplinks.service import check_uplinks_on_host
+            logger.error("config.invalid", problem=problem, exit_code=EX_CONFIG)
+        return EX_CONFIG
+    from daemon.host_check import check_host
 
-    host_problems = check_uplinks_on_host(config)
-    if host_problems:
-        print(f"lifeline: refusing to start, {len(host_problems)} problem(s) with this host:", file=sys.stderr)
-        for problem in host_problems:
-            logger.error("config.host_mismatch", problem=problem)
-            print(f"  {problem}", file=sys.stderr)
-        return 1
+    # Every file and directory the services open at start-up, checked before any starts.
+    host = check_host(config)
+    for warning in host.warnings:
+        logger.warning("config.host_warning", problem=warning)
+    for problem in host.problems:
+        logger.error("config.host_mismatch", problem=problem, exit_code=EX_CONFIG)
+    if host.problems:
+        return EX_CONFIG
     log.setup(config.log.level)
     from daemon.app import run_daemon
 
@@ -495,7 +535,26 @@ def cmd_config(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     if args.config_command == "check":
-        print(f"{args.file}: OK (node {config.node.name}, control socket {config.control.socket})")
+        checked = ""
+        if args.host:
+            from daemon.host_check import ServiceUser, check_host
+
+            try:
+                user = ServiceUser.named(args.user)
+            except KeyError as exc:
+                print(f"{args.file}: cannot check this host: {exc.args[0]}", file=sys.stderr)
+                return 1
+            host = check_host(config, user)
+            for warning in host.warnings:
+                print(f"  warning: {warning}", file=sys.stderr)
+            if host.problems:
+                print(f"{args.file}: this host does not fit it, {len(host.problems)} problem(s) "
+                      f"(for user {user.name}):", file=sys.stderr)
+                for problem in host.problems:
+                    print(f"  {problem}", file=sys.stderr)
+                return 1
+            checked = f"; this host fits it for user {user.name}"
+        print(f"{args.file}: OK (node {config.node.name}, control socket {config.control.socket}{checked})")
         return 0
     print(f"# effective config of {args.file}, defaults filled in")
     print(dump_toml(to_dict(config)), end="")
@@ -598,29 +657,30 @@ def format_uplinks(details: dict[str, Any]) -> str:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    if args.keys_command == "witness":
-        from daemon.standby.keys import generate_witness_key
-
-        try:
-            generate_witness_key(args.out)
-        except (OSError, ValueError) as exc:
-            print(f"lifeline keys: {exc}", file=sys.stderr)
-            return 1
-        print(f"wrote {args.out} (mode 0600). Copy it to both nodes and the witness host over a trusted channel; "
-              f"set [standby.lease] witness_key_file on both nodes and start the witness with --key-file "
-              f"(or --cluster-key CLUSTER={args.out}).")
-        return 0
-    if args.keys_command != "replication":
+    if args.keys_command not in ("replication", "witness"):
         return _recovery(args)
-    from daemon.standby.keys import generate_replication_key
+    import os
 
+    from daemon.core.files import resolve_owner
+    from daemon.standby.keys import generate_replication_key, generate_witness_key
+
+    generate = generate_witness_key if args.keys_command == "witness" else generate_replication_key
     try:
-        generate_replication_key(args.out)
+        uid, gid, owner = resolve_owner(args.owner) if args.owner else (-1, -1, "")
+        generate(args.out)
+        if args.owner:
+            os.chown(args.out, uid, gid)
     except (OSError, ValueError) as exc:
         print(f"lifeline keys: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out} (mode 0600). Copy it to the other host over a trusted channel and set "
-          f"standby.key_file on both.")
+    owner = f", owner {owner}" if owner else ""
+    if args.keys_command == "witness":
+        print(f"wrote {args.out} (mode 0600{owner}). Copy it to both nodes and the witness host over a trusted "
+              f"channel; set [standby.lease] witness_key_file on both nodes and start the witness with --key-file "
+              f"(or --cluster-key CLUSTER={args.out}).")
+    else:
+        print(f"wrote {args.out} (mode 0600{owner}). Copy it to the other host over a trusted channel and set "
+              f"standby.key_file on both.")
     return 0
 
 

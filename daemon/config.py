@@ -48,7 +48,7 @@ from daemon.core.durations import Duration, format_duration  # noqa: F401
 from daemon.standby.config import JournalConfig, LeaseConfig, StandbyConfig  # noqa: F401
 from daemon.system_config import SystemConfig  # noqa: F401
 from daemon.uplinks.config import UPLINK_KIND_DEFAULTS, FailoverConfig, UplinkConfig  # noqa: F401
-from daemon.venues.config import VENUE_PROBE_CALLS, VenueConfig  # noqa: F401
+from daemon.venues.config import VENUE_PROBE_CALLS, VenueConfig, ccxt_exchange_ids  # noqa: F401
 from hardware.config import (  # noqa: F401
     EnclosureConfig,
     GnssConfig,

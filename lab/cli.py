@@ -28,6 +28,16 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     {"lab": add_lab_arguments, "drill": add_drill_arguments}[command](parser)
 
 
+# --quick: every drill still runs and is judged, just fewer times and a shorter soak.
+QUICK = {"repeat": 2, "soak": "2m", "compress": 20.0, "promotion_repeat": 1, "venue_repeat": 1,
+         "nemesis_duration": "1m"}
+
+
+def _describe(values: dict[str, Any]) -> str:
+    return ", ".join(f"--{key.replace('_', '-')} {value:g}" if isinstance(value, float)
+                     else f"--{key.replace('_', '-')} {value}" for key, value in values.items())
+
+
 def add_lab_parser(sub: Any) -> None:
     add_lab_arguments(sub.add_parser("lab", help=COMMAND_HELP["lab"]))
 
@@ -50,6 +60,8 @@ def add_lab_arguments(lab: argparse.ArgumentParser) -> None:
     from lab.drills import add_report_argument
 
     add_report_argument(lab)
+    lab.add_argument("--quick", action="store_true",
+                     help=f"every drill, fewer repetitions (CI): {_describe(QUICK)}, unless given")
     actions = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=False)
     up = actions.add_parser("up", help="build the lab's world (namespaces, routers, venue echo) and leave it up")
     down = actions.add_parser("down", help="remove every namespace, link and process the lab made")
@@ -69,9 +81,21 @@ def add_lab_arguments(lab: argparse.ArgumentParser) -> None:
                     help="no namespaces: everything on lo, route backend none (the default without root)")
 
 
+def apply_quick(args: argparse.Namespace) -> None:
+    """--quick: the QUICK values for every option left at its default."""
+    build = argparse.ArgumentParser()
+    add_lab_parser(build.add_subparsers())  # the defaults, to tell them from given values
+    defaults = build.parse_args(["lab"])
+    for key, value in QUICK.items():
+        if getattr(args, key) == getattr(defaults, key):
+            setattr(args, key, value)
+
+
 def run_lab_command(args: argparse.Namespace) -> int:
     action = getattr(args, "lab_command", None)
     if action is None:
+        if args.quick:
+            apply_quick(args)
         return run_drills(args)
     return {"up": lab_up, "down": lab_down, "status": lab_status, "replay": lab_replay}[action](args)
 

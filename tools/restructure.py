@@ -121,7 +121,7 @@ CONFIG_HOMES = {
     **{n: "daemon.core.durations" for n in ("Duration", "format_duration")},
     **{n: "daemon.uplinks.config" for n in ("UPLINK_KIND_DEFAULTS", "UplinkConfig", "FailoverConfig")},
     **{n: "daemon.standby.config" for n in ("JournalConfig", "LeaseConfig", "StandbyConfig")},
-    **{n: "daemon.venues.config" for n in ("VENUE_PROBE_CALLS", "VenueConfig")},
+    **{n: "daemon.venues.config" for n in ("VENUE_PROBE_CALLS", "VenueConfig", "ccxt_exchange_ids")},
     **{n: "hardware.config" for n in (
         "UpsConfig", "GnssConfig", "EnclosureConfig", "HardwareWatchdogConfig", "HardwareConfig")},
     "RecoveryConfig": "recovery.config",

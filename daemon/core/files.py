@@ -131,3 +131,25 @@ def link_new_file(path: str | os.PathLike[str], data: bytes, mode: int, *, exist
     finally:
         tmp.unlink(missing_ok=True)
     fsync_directory(path.parent)
+
+
+def resolve_owner(owner: str) -> tuple[int, int, str]:
+    """``owner`` ("USER" or "USER:GROUP"; USER's own group by default) as (uid, gid,
+    "user:group"), for giving a key made as root to the service user; ``ValueError``
+    naming the fix if either does not exist."""
+    import grp
+    import pwd
+
+    user, _, group = owner.partition(":")
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"--owner: no user {user!r} on this host (the package's sysusers.d makes "
+                         f"'lifeline'; or run systemd-sysusers)") from None
+    gid = entry.pw_gid
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ValueError(f"--owner: no group {group!r} on this host") from None
+    return entry.pw_uid, gid, f"{user}:{grp.getgrgid(gid).gr_name}"

@@ -139,7 +139,8 @@ def test_events_follow_streams_live_events(daemon: DaemonProcess, tmp_path: Path
 def test_bad_config_refuses_to_start_and_names_the_key(tmp_path: Path) -> None:
     path = example_config_in(tmp_path, system={"interval": "-5s"})
     result = cli("run", "--config", str(path))
-    assert result.returncode == 1
+    assert result.returncode == 78  # EX_CONFIG: the unit's RestartPreventExitStatus=78
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
     assert f"{path}: system.interval: expected a value above 0s, found -5s" in result.stderr
     assert not (tmp_path / "run" / "control.sock").exists()
 
@@ -173,7 +174,7 @@ def test_unknown_interface_refuses_to_start_naming_the_key(tmp_path: Path) -> No
     # (Interface names that cannot exist here, whatever this machine's NICs are called.)
     path.write_text(EXAMPLE.read_text().replace('"eth1"', '"llabsent1"').replace('"eth2"', '"llabsent2"'))
     result = cli("run", "--config", str(path))
-    assert result.returncode == 1
+    assert result.returncode == 78
     assert f"{path}: uplinks.fibre.interface: no interface 'llabsent1' on this host" in result.stderr
     assert f"{path}: uplinks.starlink.interface: no interface 'llabsent2' on this host" in result.stderr
 

@@ -317,3 +317,34 @@ def test_resource_limits(service: dict[str, list[str]]) -> None:
     memory = service["MemoryMax"][-1]
     assert memory.endswith("M") and 256 <= int(memory[:-1]) <= 2048
     assert 64 <= int(service["TasksMax"][-1]) <= 1024
+
+
+# ------------------------------------------------------------------- exit 78, the witness unit
+
+WITNESS_UNIT = SYSTEMD_DIR / "lifeline-witness.service"
+
+
+def test_a_config_error_is_not_restarted(service: dict[str, list[str]]) -> None:
+    # `lifeline run` exits 78 (EX_CONFIG) on a config or host it cannot serve
+    from daemon.cli import EX_CONFIG
+
+    assert single(service, "Restart") == "on-failure"
+    assert str(EX_CONFIG) in single(service, "RestartPreventExitStatus").split()
+
+
+def test_the_witness_unit_is_hardened_and_runs_the_witness() -> None:
+    unit = parse_unit(WITNESS_UNIT.read_text())["Service"]
+    assert exposure(WITNESS_UNIT) <= 2.0
+    assert single(unit, "ExecStart").startswith("/opt/lifeline/bin/lifeline witness --listen ")
+    assert "--key-file /etc/lifeline/witness.key" in single(unit, "ExecStart")
+    assert single(unit, "CapabilityBoundingSet") == "" and single(unit, "User") == "lifeline"
+    assert single(unit, "StateDirectory") == "lifeline-witness"
+    assert "/var/lib/lifeline-witness/witness.state" in single(unit, "ExecStart")
+    assert single(unit, "Type") == "notify"  # the witness sends READY=1 once it listens
+    tool = shutil.which("systemd-analyze")
+    if tool is not None:
+        proc = subprocess.run([tool, "verify", "--man=no", str(WITNESS_UNIT)], capture_output=True, text=True,
+                              env=_TOOL_ENV, timeout=120)
+        bad = [line for line in (proc.stdout + proc.stderr).splitlines()
+               if re.search(r"Unknown (key|section|lvalue)|Failed to parse|Invalid|Missing '='", line)]
+        assert not bad, "\n".join(bad)
