@@ -148,16 +148,17 @@ async def live_switchover(daemon: "Daemon", *, force: bool) -> dict[str, Any]:
                              f"epoch {switched.get('previous_epoch')} -> {switched.get('epoch')}, appends refused "
                              f"for {switched.get('seen_ms')} ms"))
         if switched.get("ok"):
-            follow = await _wait_follow(standby)
-            out["follow_ms"] = round((trio.current_time() - started) * 1000 - (switched.get("wind_down_ms") or 0)
-                                     - (switched.get("seen_ms") or 0), 1)
+            switched_at = trio.current_time()
+            follow = await _wait_follow(standby, (result["seq"], result["epoch"], marker),
+                                        timeout=max(1.0, max_s - (switched_at - started)))
+            out["follow_ms"] = round((trio.current_time() - switched_at) * 1000, 1)
             out.update(follow)
             checks.append(_check(f"this node follows {peer} as standby", follow["following"],
                                  f"role {follow['role']}, connected {follow['connected']}"))
             checks.append(_check("records identical on both nodes", follow["identical"],
-                                 f"here (epoch {follow['last_epoch']}, seq {follow['last_seq']}), "
-                                 f"{peer} announces seq {follow['primary_last_seq']}; tail digest "
-                                 f"{follow['tail_sha256'][:16]}"))
+                                 f"caught up to seq {follow['caught_up_to']} that {peer} announced (here epoch "
+                                 f"{follow['last_epoch']}, seq {follow['last_seq']}); sha256 of the "
+                                 f"{follow['tail_records']} records from the marker {follow['tail_sha256'][:16]}"))
             checks.append(_check("the marker is in the journal unchanged", follow["marker_ok"],
                                  f"seq {result['seq']}"))
             out["next"] = (f"run `lifeline drill switchover --live` on {peer} to move the primary back "
@@ -174,31 +175,36 @@ async def live_switchover(daemon: "Daemon", *, force: bool) -> dict[str, Any]:
     return out
 
 
-async def _wait_follow(standby: Any, timeout: float = 30.0) -> dict[str, Any]:
-    """Wait until this node is a connected standby as far along as the primary
-    announces; then compare positions and digest the tail."""
-    facts: dict[str, Any] = {}
+async def _wait_follow(standby: Any, marker: tuple[int, int, bytes], timeout: float = 30.0) -> dict[str, Any]:
+    """Wait until this node is a connected standby, then until its journal reaches the
+    last seq the new primary announced at that moment; compare the positions, the
+    marker (same seq, epoch and bytes) and digest the records up to there."""
+    facts: dict[str, Any] = _follow_facts(standby)
+    target: int | None = None
     with trio.move_on_after(timeout):
         while True:
             facts = _follow_facts(standby)
-            if facts["following"] and facts["primary_last_seq"] is not None and \
-                    facts["last_seq"] >= facts["primary_last_seq"]:
+            if target is None and facts["following"] and facts["primary_last_seq"] is not None:
+                target = int(facts["primary_last_seq"])
+            if target is not None and facts["last_seq"] >= target:
                 break
             await trio.sleep(POLL)
-    facts = _follow_facts(standby)
     journal = standby.journal
-    first = max(1, facts["last_seq"] - 99)
-    records = await trio.to_thread.run_sync(journal.read, first, 100)
+    seq, epoch, payload = marker
+    upto = min(facts["last_seq"], target) if target is not None else facts["last_seq"]
+    first = max(seq, upto - 999)
+    records = await trio.to_thread.run_sync(journal.read, first, max(1, upto - first + 1))
     digest = hashlib.sha256()
-    marker_ok = False
     for record in records:
         digest.update(f"{record.seq}:{record.epoch}:".encode())
         digest.update(bytes(record.payload))
-        if bytes(record.payload).startswith(b'{"drill":"switchover"'):
-            marker_ok = True
+    found = await trio.to_thread.run_sync(journal.read, seq, 1)
+    facts["caught_up_to"] = target
     facts["tail_sha256"] = digest.hexdigest()
-    facts["marker_ok"] = marker_ok
-    facts["identical"] = bool(facts["following"] and facts["primary_last_seq"] == facts["last_seq"])
+    facts["tail_records"] = len(records)
+    facts["marker_ok"] = bool(found) and found[0].seq == seq and found[0].epoch == epoch and \
+        bytes(found[0].payload) == payload
+    facts["identical"] = bool(facts["following"] and target is not None and facts["last_seq"] >= target)
     return facts
 
 
@@ -207,7 +213,7 @@ def _follow_facts(standby: Any) -> dict[str, Any]:
     last = standby.journal.last
     role = standby.current_role()
     return {"role": role, "connected": bool(rep.get("connected")),
-            "following": role == "standby" and rep.get("role") == "standby" and bool(rep.get("connected")),
+            "following": role.startswith("standby") and rep.get("role") == "standby" and bool(rep.get("connected")),
             "last_seq": last.seq, "last_epoch": last.epoch, "primary_last_seq": rep.get("primary_last_seq")}
 
 
