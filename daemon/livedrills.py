@@ -143,25 +143,29 @@ def probe_hosts(targets: list[str]) -> list[str]:
     return out
 
 
-def nft_ruleset(interface: str, hosts: list[str], source: str | None = None) -> str:
-    """The `nft -f` script that cuts an uplink: drop output to its probe targets and
-    every packet leaving (or entering) through its device; ``delete`` it to restore."""
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", interface):
+def nft_ruleset(interface: str | None, hosts: list[str], source: str) -> str:
+    """The `nft -f` script that cuts one uplink: drop what leaves from its source address
+    (its probes: policy routing sends them out through it), its probe targets through it,
+    and, when the uplink has its device to itself (``interface``; None when another
+    uplink shares it), every packet out of or into that device. The backup's probes and
+    the venues through the backup go to the same targets from another source and device,
+    so they pass. ``delete table`` restores."""
+    if interface is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", interface):
         raise ValueError(f"bad interface name {interface!r}")
-    v4 = [h for h in hosts if ipaddress.ip_address(h).version == 4]
-    v6 = [h for h in hosts if ipaddress.ip_address(h).version == 6]
+    family = "ip" if ipaddress.ip_address(source).version == 4 else "ip6"
+    same = [h for h in hosts if ("ip" if ipaddress.ip_address(h).version == 4 else "ip6") == family]
     lines = [f"table {NFT_FAMILY} {NFT_TABLE} {{",
-             "  chain output {", "    type filter hook output priority -10; policy accept;",
-             f'    oifname "{interface}" counter drop']
-    if v4:
-        lines.append(f"    ip daddr {{ {', '.join(v4)} }} counter drop")
-    if v6:
-        lines.append(f"    ip6 daddr {{ {', '.join(v6)} }} counter drop")
-    if source:
-        family = "ip" if ipaddress.ip_address(source).version == 4 else "ip6"
-        lines.append(f"    {family} saddr {source} counter drop")
-    lines += ["  }", "  chain input {", "    type filter hook input priority -10; policy accept;",
-              f'    iifname "{interface}" counter drop', "  }", "}"]
+             "  chain output {", "    type filter hook output priority -10; policy accept;"]
+    if interface is not None:
+        lines.append(f'    oifname "{interface}" counter drop')
+    if same:
+        lines.append(f"    {family} saddr {source} {family} daddr {{ {', '.join(same)} }} counter drop")
+    lines.append(f"    {family} saddr {source} counter drop")
+    lines += ["  }", "  chain input {", "    type filter hook input priority -10; policy accept;"]
+    if interface is not None:
+        lines.append(f'    iifname "{interface}" counter drop')
+    lines.append(f"    {family} daddr {source} counter drop")
+    lines += ["  }", "}"]
     return "\n".join(lines) + "\n"
 
 

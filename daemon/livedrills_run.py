@@ -269,7 +269,9 @@ async def live_uplink(daemon: "Daemon", *, force: bool, seconds: Any) -> dict[st
         raise ControlError("refused", f"live uplink drill refused: the uplinks are not healthy: {plan}")
     fibre, backup = plan
     config = daemon.config.uplinks[fibre]
-    script = core.nft_ruleset(config.interface, core.probe_hosts(list(config.targets)), config.source)
+    shared = any(u.interface == config.interface for n, u in daemon.config.uplinks.items() if n != fibre)
+    script = core.nft_ruleset(None if shared else config.interface, core.probe_hosts(list(config.targets)),
+                              config.source)
     run_id = secrets.token_hex(4)
     log.warning("drill.started", drill="uplink", run=run_id, by=_by(), cut=fibre, backup=backup, seconds=cut_s,
                 forced=force)

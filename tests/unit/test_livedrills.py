@@ -113,14 +113,21 @@ def test_probe_hosts_and_the_ruleset() -> None:
     assert hosts == ["10.0.0.1", "10.0.0.2", "2001:db8::1"]
     script = core.nft_ruleset("eth1", hosts, "192.0.2.2")
     assert "table inet lifeline_drill" in script and 'oifname "eth1" counter drop' in script
-    assert "ip daddr { 10.0.0.1, 10.0.0.2 }" in script and "ip6 daddr { 2001:db8::1 }" in script
+    assert 'iifname "eth1" counter drop' in script
+    # Only what the fibre sends: the backup probes the same targets from its own source.
+    assert "ip saddr 192.0.2.2 ip daddr { 10.0.0.1, 10.0.0.2 } counter drop" in script
+    assert "daddr { 10.0.0.1" not in script.replace("ip saddr 192.0.2.2 ip daddr { 10.0.0.1", "")
+    assert "2001:db8::1" not in script  # an IPv4 uplink's IPv6 targets are not its own
+    shared = core.nft_ruleset(None, hosts, "192.0.2.2")  # the device is shared with the backup: spare it
+    assert "oifname" not in shared and "iifname" not in shared and "ip saddr 192.0.2.2 counter drop" in shared
     with pytest.raises(ValueError):
-        core.nft_ruleset('eth1"; flush ruleset', hosts)
+        core.nft_ruleset('eth1"; flush ruleset', hosts, "192.0.2.2")
 
 
 @pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft")
 def test_the_ruleset_parses_in_nft() -> None:
-    script = core.nft_ruleset("eth1", ["10.0.0.1", "2001:db8::1"], "192.0.2.2")
+    script = core.nft_ruleset("eth1", ["10.0.0.1", "2001:db8::1"], "192.0.2.2") + \
+        core.nft_ruleset(None, ["2001:db8::1"], "2001:db8::2").replace("table inet lifeline_drill", "table inet x")
     done = subprocess.run(["nft", "-c", "-f", "-"], input=script.encode(), capture_output=True, check=False)
     if done.returncode != 0 and b"Operation not permitted" in done.stderr:
         pytest.skip("nft -c needs CAP_NET_ADMIN")
