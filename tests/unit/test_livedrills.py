@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -141,3 +142,139 @@ def test_the_drill_record_is_not_an_order_record() -> None:
     assert json.loads(payload)["record"] == "drill"
     assert parse_journal_record(payload) is None
     assert payload.startswith(b'{"drill":"switchover"')
+
+
+# --------------------------------------------------------------------------- the daemon side, nft faked
+
+
+class FakeUplinks:
+    """uplink.status details: the fibre goes DOWN 0.6 s into the cut and the route moves
+    0.1 s later (unless ``stuck``); back UP and active 3 s after the table goes."""
+
+    def __init__(self, state: dict[str, Any], stuck: bool = False) -> None:
+        self.state = state
+        self.stuck = stuck
+
+    def details(self) -> dict[str, Any]:
+        import trio
+
+        now = trio.current_time()
+        cut, gone = self.state.get("cut_at"), self.state.get("gone_at")
+        fibre, active = "up", "fibre"
+        if cut is not None and not self.stuck and (gone is None or now < gone + 3):
+            fibre = "down" if now >= cut + 0.6 else "up"
+            active = "starlink" if now >= cut + 0.7 else "fibre"
+        return {"active": active, "pinned": None,
+                "uplinks": {"fibre": {"state": fibre, "priority": 10}, "starlink": {"state": "up", "priority": 20}}}
+
+
+def fake_daemon(tmp_path: Any, state: dict[str, Any], stuck: bool = False) -> Any:
+    from daemon.config import parse_config
+
+    config = parse_config(f'''
+[node]
+name = "edge"
+state_dir = "{tmp_path}"
+[uplinks.fibre]
+interface = "fib0"
+source = "10.98.1.2"
+gateway = "10.98.1.1"
+targets = ["udp://10.98.9.1:7007"]
+[uplinks.starlink]
+interface = "sl0"
+source = "10.98.2.2"
+gateway = "10.98.2.1"
+kind = "starlink"
+priority = 20
+targets = ["udp://10.98.9.1:7007"]
+[drills]
+live = true
+timezone = "UTC"
+trading_hours = "00:00-00:01"
+max_duration = "8s"
+''')
+    return SimpleNamespace(config=config, uplinks=FakeUplinks(state, stuck), venues=None, standby=None)
+
+
+def fake_nft(monkeypatch: Any, state: dict[str, Any]) -> list[str]:
+    import trio
+
+    from daemon import livedrills_run
+
+    calls: list[str] = []
+
+    async def nft(script: str | None, *args: str) -> Any:
+        await trio.sleep(0)
+        calls.append(script.splitlines()[0] if script else " ".join(args))
+        if script is not None:
+            state["cut_at"] = trio.current_time()
+            state["table"] = True
+        elif args[0] == "delete":
+            state["table"] = False
+            state["gone_at"] = trio.current_time()
+        return SimpleNamespace(returncode=0 if (args[:1] != ("list",) or state.get("table")) else 1,
+                               stderr=b"", stdout=b"")
+
+    monkeypatch.setattr(livedrills_run, "nft", nft)
+    monkeypatch.setattr(livedrills_run, "_audit", lambda *a, **k: trio.sleep(0))
+    return calls
+
+
+def test_the_uplink_drill_cuts_for_its_seconds_and_measures_under_a_mock_clock(tmp_path: Any,
+                                                                               monkeypatch: Any) -> None:
+    import trio
+    import trio.testing
+
+    from daemon import livedrills_run
+
+    state: dict[str, Any] = {}
+    calls = fake_nft(monkeypatch, state)
+    out: dict[str, Any] = {}
+
+    async def main() -> None:
+        out.update(await livedrills_run.live_uplink(fake_daemon(tmp_path, state), force=False, seconds=60))
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert out["seconds"] == 8.0  # 60 asked, max_duration caps it
+    assert out["ok"], out["checks"]
+    assert out["fibre_down_s"] == pytest.approx(0.6, abs=0.03) and out["route_on_backup_s"] == pytest.approx(0.7, abs=0.03)
+    assert out["failback_s"] == pytest.approx(3.0, abs=0.03) and out["table_left"] is False
+    assert state["gone_at"] - state["cut_at"] == pytest.approx(8.0, abs=0.03)
+    assert calls[1] == "table inet lifeline_drill {" and "delete table inet lifeline_drill" in calls
+
+
+def test_the_table_goes_even_when_the_drill_is_cancelled_mid_cut(tmp_path: Any, monkeypatch: Any) -> None:
+    import trio
+    import trio.testing
+
+    from daemon import livedrills_run
+
+    state: dict[str, Any] = {}
+    fake_nft(monkeypatch, state)
+
+    async def main() -> None:
+        with trio.move_on_after(2):  # the daemon stops (SIGTERM) two seconds into the cut
+            await livedrills_run.live_uplink(fake_daemon(tmp_path, state, stuck=True), force=False, seconds=5)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert state["table"] is False and state["gone_at"] - state["cut_at"] == pytest.approx(2.0, abs=0.03)
+
+
+def test_a_failover_that_never_happens_fails_the_drill_at_its_deadline(tmp_path: Any, monkeypatch: Any) -> None:
+    import trio
+    import trio.testing
+
+    from daemon import livedrills_run
+
+    state: dict[str, Any] = {}
+    fake_nft(monkeypatch, state)
+    out: dict[str, Any] = {}
+
+    async def main() -> None:
+        out.update(await livedrills_run.live_uplink(fake_daemon(tmp_path, state, stuck=True), force=False, seconds=3))
+        out["ended"] = trio.current_time()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert not out["ok"] and state["table"] is False
+    failed = {c["name"] for c in out["checks"] if not c["ok"]}
+    assert failed == {"fibre went DOWN", "the route moved to starlink"}, out["checks"]
