@@ -221,9 +221,10 @@ def _follow_facts(standby: Any) -> dict[str, Any]:
 
 
 async def nft(script: str | None, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return await trio.run_process(["nft", *(["-f", "-"] if script is not None else args)],
-                                  stdin=script.encode() if script is not None else b"", capture_stdout=True,
-                                  capture_stderr=True, check=False)
+    with trio.fail_after(10):  # nft answers in milliseconds; a hung one must not hold the drill
+        return await trio.run_process(["nft", *(["-f", "-"] if script is not None else args)],
+                                      stdin=script.encode() if script is not None else b"",
+                                      capture_stdout=True, capture_stderr=True, check=False)
 
 
 async def table_present() -> bool:
@@ -249,7 +250,7 @@ async def startup_cleanup(daemon: "Daemon") -> None:
         return
     try:
         await remove_table("left over from an interrupted live drill (removed at daemon start)")
-    except OSError as exc:  # no nft on this host: there can be no table either
+    except (OSError, trio.TooSlowError) as exc:  # no nft here (so no table), or it hung
         log.debug("drill.nft_unavailable", error=str(exc))
 
 
