@@ -77,6 +77,13 @@ def test_live_switchover_is_refused_when_off_and_inside_trading_hours(pair: Leas
     if now.weekday() < 5:
         code, text = live(pair, first)
         assert code == 1 and "inside trading hours" in str(text) and "--force" in str(text), text
+        assert pair.role(first)["role"] == "primary"
+        code, result = live(pair, first, "--force")  # forced: it runs, and the audit line says so
+        assert code == 0 and isinstance(result, dict) and result["ok"] and result["forced"], result
+        pair.wait_role(second, "primary")
+        forced = [a["fields"] for a in audit_lines(pair, first) if a.get("kind") == "drill.switchover"]
+        assert forced[-1]["forced"] is True and forced[-1]["by"]["uid"] == 0, forced
+        first, second = second, first
     # From the standby: the pair check names why.
     drills(pair, live=True)
     assert cli("reload", "--socket", str(pair.nodes[second].socket)).returncode == 0

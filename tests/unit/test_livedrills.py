@@ -278,3 +278,36 @@ def test_a_failover_that_never_happens_fails_the_drill_at_its_deadline(tmp_path:
     assert not out["ok"] and state["table"] is False
     failed = {c["name"] for c in out["checks"] if not c["ok"]}
     assert failed == {"fibre went DOWN", "the route moved to starlink"}, out["checks"]
+
+
+class FakeVenues:
+    def __init__(self, reachable: dict[str, bool]) -> None:
+        self.reachable = reachable
+
+    def details(self) -> dict[str, Any]:
+        return {"venues": {name: {"paths": [{"uplink": "fibre", "state": "down"},
+                                            {"uplink": "starlink", "state": "up" if ok else "down",
+                                             "latency_ms": 40.0}]}
+                           for name, ok in self.reachable.items()}}
+
+
+def test_every_venue_must_be_reachable_through_the_backup(tmp_path: Any, monkeypatch: Any) -> None:
+    import trio
+    import trio.testing
+
+    from daemon import livedrills_run
+
+    state: dict[str, Any] = {}
+    fake_nft(monkeypatch, state)
+    out: dict[str, Any] = {}
+
+    async def main() -> None:
+        daemon = fake_daemon(tmp_path, state)
+        daemon.venues = FakeVenues({"kraken": True, "coinbase": False})
+        out.update(await livedrills_run.live_uplink(daemon, force=False, seconds=2))
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert not out["ok"]
+    (venues,) = [c for c in out["checks"] if c["name"] == "every venue reachable through starlink"]
+    assert not venues["ok"] and venues["figure"] == "1/2 (not: coinbase)"
+    assert out["venues_via_backup"] == {"kraken": {"at_s": pytest.approx(0.7, abs=0.03), "latency_ms": 40.0}}
