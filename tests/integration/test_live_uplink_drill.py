@@ -3,9 +3,10 @@ of its own, as on a real host: the drill's nftables table cuts the fibre in the
 daemon's own netns, the route moves to Starlink, the table goes at the deadline and the
 route comes back; a table left over by a crash is removed at daemon start.
 
-The namespaces here are ``lld-edge`` and ``lld-wan`` (not the shared ``ll-*`` lab, whose
-lock long drills may hold): two veth pairs (the fibre and the dish) and an echo
-responder behind both. Needs root, ``ip`` and ``nft``."""
+The first tests build namespaces of their own, ``lld-edge`` and ``lld-wan`` (the shared
+``ll-*`` lab's lock may be held by long drills): two veth pairs (the fibre and the dish)
+and an echo responder behind both. The last runs on the shared lab's edge daemon, the
+CLI inside ll-edge. Needs root, ``ip`` and ``nft``."""
 
 from __future__ import annotations
 
@@ -172,3 +173,41 @@ def test_live_uplink_drill_is_refused_when_live_drills_are_off(
     finally:
         daemon.stop()
         daemon.close()
+
+
+def test_live_uplink_drill_on_the_labs_edge_daemon(tmp_path: Path) -> None:
+    """The shared namespace lab (``ll-*``, behind its lock) as if it were the real host:
+    the CLI inside ll-edge asks the edge daemon; the fibre's table cuts fibre0 there."""
+    from daemon.lab.world import EDGE as LAB_EDGE
+    from daemon.lab.world import LabWorld, edge_config, start_edge_daemon
+
+    world = LabWorld(tmp_path / "lab")
+    daemon = None
+    try:
+        world.up()
+        workdir = tmp_path / "edge"
+        data = edge_config(workdir, hold_down="2s", min_dwell="1s")
+        data["drills"] = {"live": True, "timezone": "UTC", "trading_hours": outside_now(), "max_duration": "20s"}
+        daemon = start_edge_daemon(workdir, data)
+        assert daemon.wait_ready(30), daemon.log_text()
+        lab_route = lambda: sh("ip", "-n", LAB_EDGE, "route", "show", "default").stdout  # noqa: E731
+        assert until(lambda: "dev fibre0" in lab_route(), 15), lab_route()
+        sock = workdir / "run" / "control.sock"
+
+        def states() -> dict[str, Any]:
+            with ControlClient(sock).connect() as client:
+                return {n: u["state"] for n, u in client.call("uplink.status")["uplinks"].items()}
+
+        assert until(lambda: set(states().values()) == {"up"}, 20), states()
+        done = sh("ip", "netns", "exec", LAB_EDGE, sys.executable, "-m", "daemon.cli", "drill", "uplink", "--live",
+                  "--seconds", "5", "--socket", str(sock), check=False)
+        print(done.stdout)
+        assert done.returncode == 0 and "drill PASSED" in done.stdout, done.stdout + done.stderr
+        assert "PASS  the route moved to starlink" in done.stdout
+        assert "lifeline_drill" not in sh("ip", "netns", "exec", LAB_EDGE, "nft", "list", "tables").stdout
+        assert until(lambda: "dev fibre0" in lab_route(), 5), lab_route()
+    finally:
+        if daemon is not None:
+            daemon.stop(20)
+            daemon.close()
+        world.down()
