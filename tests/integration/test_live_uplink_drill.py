@@ -158,8 +158,11 @@ def test_live_uplink_drill_fails_over_and_back_and_leaves_no_table(world: Any, t
         assert code == 1 and "no backup uplink is up" in str(text), text
         assert "lifeline_drill" not in tables() and "dev fib0" in route()
     finally:
-        daemon.stop()
+        code = daemon.stop()
+        log = daemon.log_text()
         daemon.close()
+    assert code == 0 and "Traceback" not in log, log[-3000:]
+    assert "event=drill.started" in log or "drill.started" in log
 
 
 def test_live_uplink_drill_is_refused_when_live_drills_are_off(
