@@ -243,11 +243,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                               help='hold-down before failback in the drill (default "3s"; the daemon\'s is 30s)')
     uplink_drill.add_argument("--workdir", type=Path, default=None, help="keep the drill's files here")
     uplink_drill.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    _add_live_options(uplink_drill)
+    uplink_drill.add_argument("--seconds", type=float, default=10.0,
+                              help="--live: how long the fibre stays cut (default 10; [drills] max_duration caps it)")
+    live_switchover = drill_sub.add_parser("switchover", help="--live only: switchover to the in-sync standby on the "
+                                                              "real pair, timed, records checked identical")
+    _add_live_options(live_switchover)
+    live_switchover.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
     if needs("drill"):  # the drill modules load trio and the whole lab (~150 ms)
         from daemon.lab.drills import add_report_argument
 
         add_report_argument(uplink_drill)
+        add_report_argument(live_switchover)
 
         from daemon.lab.ha_drills import add_ha_drill_parsers
 
@@ -777,6 +785,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
     from daemon.config import Duration
     from daemon.lab.drills import DrillSettings, format_report, report_json, run_uplink_drill, write_drill_report
 
+    if getattr(args, "live", False) or args.drill_command == "switchover":
+        return cmd_live_drill(args)
     if args.drill_command == "venue":
         from daemon.lab.venue_drills import run_venue_drill
 
@@ -1049,6 +1059,62 @@ def cmd_standby(args: argparse.Namespace) -> int:
     print(f"{'accepted' if result.get('accepted') else 'REFUSED'}: {result.get('reason')} "
           f"(role now {result.get('role')})")
     return 0 if result.get("accepted") else 1
+
+
+def _add_live_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--live", action="store_true",
+                        help="on the real pair, through the daemon (admin role, [drills] live = true, outside "
+                             "trading hours)")
+    parser.add_argument("--force", action="store_true", help="--live: run inside trading hours (logged and audited)")
+    _add_client_options(parser)
+
+
+def cmd_live_drill(args: argparse.Namespace) -> int:
+    """`lifeline drill switchover|uplink --live`: the daemon runs it (drill.*), this prints it."""
+    from daemon.control_client import ControlError
+
+    if not args.live:
+        print(f"lifeline drill {args.drill_command}: only live (add --live: it runs on this host's pair through the "
+              "daemon); the lab's HA drills are `lifeline drill standby|partition|region`", file=sys.stderr)
+        return 2
+    params: dict[str, Any] = {"force": bool(args.force)}
+    if args.drill_command == "uplink":
+        params["seconds"] = args.seconds
+    elif args.drill_command != "switchover":
+        print(f"lifeline drill {args.drill_command}: no live version (live: switchover, uplink)", file=sys.stderr)
+        return 2
+    with _connect(args) as client:
+        client.set_timeout(700.0)  # the daemon's own deadline ([drills] max_duration) ends it first
+        try:
+            result = client.call(f"drill.{args.drill_command}", params)
+        except ControlError as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 1 if "refused" in str(exc) else 2
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        head = {"switchover": f"live switchover drill {result.get('from')} -> {result.get('to')}: pause "
+                              f"{result.get('pause_ms')} ms, {result.get('duration_ms')} ms in all",
+                "uplink": f"live uplink drill: {result.get('fibre')} cut for {result.get('seconds')}s; failover "
+                          f"{result.get('route_on_backup_s')}s, failback {result.get('failback_s')}s"}
+        print(head[args.drill_command])
+        for check in result.get("checks", []):
+            print(f"  {'PASS' if check['ok'] else 'FAIL'}  {check['name']}: {check['figure']}")
+        if result.get("next"):
+            print(f"next: {result['next']}")
+        print("drill " + ("PASSED" if result.get("ok") else "FAILED"))
+    report = getattr(args, "report", None)
+    if report is not None:
+        from lab.report import write_report
+
+        figures = {k: v for k, v in result.items() if k not in ("checks", "switchover") and
+                   isinstance(v, (int, float, str, bool, type(None), list, dict))}
+        write_report(report, {"title": f"lifeline live {args.drill_command} drill", "subtitle": "on the real pair",
+                              "drills": [{"name": args.drill_command, "title": f"live {args.drill_command} drill",
+                                          "ok": bool(result.get("ok")), "checks": result.get("checks", []),
+                                          "figures": figures}]})
+        print(f"report: {report}", file=sys.stderr)
+    return 0 if result.get("ok") else 1
 
 
 def cmd_switchover(args: argparse.Namespace) -> int:
