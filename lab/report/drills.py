@@ -304,6 +304,8 @@ def lifecycle_section(report: Any) -> dict[str, Any]:
 
 #: Seconds of the run per close-up swimlane below the whole run's.
 NEMESIS_WINDOW_S = 120.0
+#: Informational findings listed one by one in the report.
+NEMESIS_INFO = 5
 
 
 def nemesis_feed(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -337,8 +339,8 @@ def nemesis_promotions(feed: list[dict[str, Any]], faults: list[dict[str, Any]],
                        trading: dict[str, list[list[int]]]) -> list[dict[str, Any]]:
     """Each new primary (a node's first ``primary`` message of an epoch) after a fault:
     ``fault_ms`` from the fault (its kill when it killed, else its start) and ``gap_ms``,
-    the time in which no node may trade, from the other node's last allowance before it
-    to the new primary's first."""
+    the time in which no node may trade, from the last allowance of either node before
+    it to the new primary's first."""
     out = []
     seen: set[tuple[str, int]] = set()
     starts = sorted(faults, key=lambda f: f["start_ns"])
@@ -352,7 +354,7 @@ def nemesis_promotions(feed: list[dict[str, Any]], faults: list[dict[str, Any]],
             continue  # the first election
         fault = before[-1]
         origin = fault.get("killed_ns") or fault["start_ns"]
-        ends = [e for n, spans in trading.items() if n != m["node"] for _, e in spans if e <= m["monotonic_ns"]]
+        ends = [e for spans in trading.values() for _, e in spans if e <= m["monotonic_ns"]]
         out.append({"node": m["node"], "epoch": m["epoch"], "at_ns": m["monotonic_ns"], "fault": fault.get("class"),
                     "fault_ms": max(0.0, (m["monotonic_ns"] - origin) / 1e6),
                     "gap_ms": (m["monotonic_ns"] - max(ends)) / 1e6 if ends else None})
@@ -395,8 +397,7 @@ def nemesis_section(report: Any) -> dict[str, Any]:
         "name": "nemesis", "title": f"nemesis: seed {report.seed}, {report.duration:g} s of random faults",
         "ok": report.ok, "checks": checks, "errors": list(report.errors),
         "figures": {k: v for k, v in figures.items() if k not in HIDDEN | {"violations", "drill"}},
-        "findings": [{"rule": f.rule, "severity": f.severity, "message": f.message}
-                     for f in (result.findings if result is not None else [])]}
+        "findings": _nemesis_findings(result)}
     feed = nemesis_feed(timeline)
     nodes = sorted({m["node"] for m in feed})
     if not feed or len(nodes) != 2:
@@ -433,10 +434,27 @@ def nemesis_section(report: Any) -> dict[str, Any]:
                                                f"{(hi - lane['start_ns']) / 1e9:.0f} s of the run"))
     out["swimlanes"] = lanes
     out["histograms"] = [
-        {"name": "fault (its kill, else its start) to the new primary's role.watch primary",
+        {"name": "fault to a new primary (role.watch)",
          "values": [p["fault_ms"] for p in promotions], "target": None},
-        {"name": "no node may trade (old primary's last allowance to the new one's first)",
+        {"name": "no node may trade (before a new primary)",
          "values": [p["gap_ms"] for p in promotions if p["gap_ms"] is not None], "target": None}]
+    return out
+
+
+def _nemesis_findings(result: Any) -> list[dict[str, Any]]:
+    """Every violation; of the informational findings (in-doubt records read back) the
+    first few and a count (``--history`` lists them all)."""
+    if result is None:
+        return []
+    out = [{"rule": f.rule, "severity": f.severity, "message": f.message} for f in result.violations]
+    info = [f for f in result.findings if f.severity != "violation"]
+    out += [{"rule": f.rule, "severity": f.severity, "message": f.message} for f in info[:NEMESIS_INFO]]
+    fig = result.figures
+    if len(info) > NEMESIS_INFO and "records_in_doubt" in fig:
+        out.append({"rule": "in_doubt", "severity": "info",
+                    "message": f"... {fig['records_in_doubt']} records in doubt in all, read back: "
+                               f"{fig['in_doubt_present']} present, {fig['in_doubt_absent']} absent "
+                               "(--history lists them)"})
     return out
 
 

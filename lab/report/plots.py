@@ -89,6 +89,9 @@ def swimlane(lane: dict[str, Any]) -> str:
     handles = [Patch(color=ROLE_COLOURS["primary"], label="primary (epoch)"),
                Patch(color=ROLE_COLOURS["standby"], label="standby"),
                Patch(color=ROLE_COLOURS["fenced"], label="fenced"),
+               *([Patch(color=ROLE_COLOURS["lapsed"], label="primary, valid_until passed")]
+                 if any(span[2] == "lapsed" for spans in (lane.get("roles") or {}).values() for span in spans)
+                 else []),
                Patch(color="#22a05a", label="may trade (valid_until)"),
                Line2D([], [], color=MARKS["fault"][0], lw=1.5, label="fault")]
     kinds = {m.get("kind") for m in lane.get("markers") or []}
