@@ -250,7 +250,8 @@ def run_drills(args: argparse.Namespace) -> int:
           and (venue_report is None or venue_report.ok) and (nemesis_report is None or nemesis_report.ok))
     from daemon.lab.drills import write_drill_report
 
-    ok = write_drill_report(args.report, [report, uplink_report, *promotion_reports, venue_report]) and ok
+    ok = write_drill_report(args.report, [report, uplink_report, *promotion_reports, venue_report,
+                                           nemesis_report]) and ok
     if args.json:
         out: dict[str, Any] = {"ok": ok, "lifecycle": {"ok": report.ok, "checks": [c.__dict__ for c in report.checks],
                                                       **report.figures}}
@@ -320,9 +321,9 @@ def _nemesis(args: argparse.Namespace, workdir: Path, skipped: str | None, say: 
         return None
     say(f"lab: nemesis, {args.nemesis_duration} of random faults against the pair while an engine writes")
     report = run_nemesis(workdir / "nemesis", NemesisSettings(duration=duration, seed=args.nemesis_seed),
-                         progress=say, report_path=workdir / "nemesis" / "report.jsonl")
+                         progress=say, history_path=workdir / "nemesis" / "history.jsonl")
     if args.workdir is None:
-        report.workdir = report.report_path = ""  # removed with the workdir
+        report.workdir = report.history_path = ""  # removed with the workdir
     return report
 
 
