@@ -133,6 +133,9 @@ class Daemon:
         from daemon import operate
 
         operate.register(self)  # preflight.run (the operator's day)
+        from daemon import livedrills_run
+
+        livedrills_run.register(self)  # drill.switchover, drill.uplink (live drills, admin)
 
     def _collect_metrics(self) -> Any:
         return self.supervisor.metrics()
@@ -193,6 +196,9 @@ class Daemon:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.prepare_directories()
+        from daemon import livedrills_run
+
+        await livedrills_run.startup_cleanup(self)  # a live drill's nftables table left by a crash
         await self.supervisor.run(task_status=task_status)
 
 

@@ -267,7 +267,7 @@ class _LabParser(argparse.ArgumentParser):
             # lazily: the lab is its own room, loaded by `lifeline lab` and `lifeline drill` only
             from lab.cli import add_arguments
 
-            add_arguments(command, self)
+            add_arguments(command, self, live_options=_add_live_options)
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         self._complete()
@@ -744,6 +744,8 @@ def journal_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
+    if getattr(args, "live", False) or args.drill_command == "switchover":
+        return cmd_live_drill(args)  # on the real pair, through the daemon: not the lab
     from lab.cli import run_drill_command  # lazily: a lab command
 
     return run_drill_command(args)
@@ -983,6 +985,64 @@ def cmd_standby(args: argparse.Namespace) -> int:
     print(f"{'accepted' if result.get('accepted') else 'REFUSED'}: {result.get('reason')} "
           f"(role now {result.get('role')})")
     return 0 if result.get("accepted") else 1
+
+
+
+
+def _add_live_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--live", action="store_true",
+                        help="on the real pair, through the daemon (admin role, [drills] live = true, outside "
+                             "trading hours)")
+    parser.add_argument("--force", action="store_true", help="--live: run inside trading hours (logged and audited)")
+    _add_client_options(parser)
+
+
+def cmd_live_drill(args: argparse.Namespace) -> int:
+    """`lifeline drill switchover|uplink --live`: the daemon runs it (drill.*), this prints it."""
+    from daemon.core.control_client import ControlError
+
+    if not args.live:
+        print(f"lifeline drill {args.drill_command}: only live (add --live: it runs on this host's pair through the "
+              "daemon); the lab's HA drills are `lifeline drill standby|partition|region`", file=sys.stderr)
+        return 2
+    params: dict[str, Any] = {"force": bool(args.force)}
+    if args.drill_command == "uplink":
+        params["seconds"] = args.seconds
+    elif args.drill_command != "switchover":
+        print(f"lifeline drill {args.drill_command}: no live version (live: switchover, uplink)", file=sys.stderr)
+        return 2
+    with _connect(args) as client:
+        client.set_timeout(700.0)  # the daemon's own deadline ([drills] max_duration) ends it first
+        try:
+            result = client.call(f"drill.{args.drill_command}", params)
+        except ControlError as exc:
+            print(f"lifeline: {exc}", file=sys.stderr)
+            return 1 if "refused" in str(exc) else 2
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        head = {"switchover": f"live switchover drill {result.get('from')} -> {result.get('to')}: pause "
+                              f"{result.get('pause_ms')} ms, {result.get('duration_ms')} ms in all",
+                "uplink": f"live uplink drill: {result.get('fibre')} cut for {result.get('seconds')}s; failover "
+                          f"{result.get('route_on_backup_s')}s, failback {result.get('failback_s')}s"}
+        print(head[args.drill_command])
+        for check in result.get("checks", []):
+            print(f"  {'PASS' if check['ok'] else 'FAIL'}  {check['name']}: {check['figure']}")
+        if result.get("next"):
+            print(f"next: {result['next']}")
+        print("drill " + ("PASSED" if result.get("ok") else "FAILED"))
+    report = getattr(args, "report", None)
+    if report is not None:
+        from lab.report import write_report
+
+        figures = {k: v for k, v in result.items() if k not in ("checks", "switchover") and
+                   isinstance(v, (int, float, str, bool, type(None), list, dict))}
+        write_report(report, {"title": f"lifeline live {args.drill_command} drill", "subtitle": "on the real pair",
+                              "drills": [{"name": args.drill_command, "title": f"live {args.drill_command} drill",
+                                          "ok": bool(result.get("ok")), "checks": result.get("checks", []),
+                                          "figures": figures}]})
+        print(f"report: {report}", file=sys.stderr)
+    return 0 if result.get("ok") else 1
 
 
 def cmd_switchover(args: argparse.Namespace) -> int:

@@ -184,6 +184,33 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class DrillsConfig:
+    live: bool = option(False, doc="Allow live drills on this host (`lifeline drill switchover|uplink --live`): off "
+                              "by default; they move the primary and cut the fibre for real.")
+    trading_hours: str = option("09:30-16:00", doc='Hours (Monday to Friday, in `timezone`) when live drills are '
+                                "refused unless --force: \"HH:MM-HH:MM\".")
+    timezone: str = option("America/New_York", doc="The exchange's time zone (an IANA name) for trading_hours.")
+    max_duration: Duration = option(Duration(60.0), doc="A live drill stops by itself after this, whatever happens.",
+                                    above=0)
+
+    def validate(self) -> list[tuple[str, str]]:
+        from daemon.livedrills import parse_hours, zone
+
+        problems: list[tuple[str, str]] = []
+        try:
+            parse_hours(self.trading_hours)
+        except ValueError as exc:
+            problems.append(("trading_hours", str(exc)))
+        try:
+            zone(self.timezone)
+        except ValueError as exc:
+            problems.append(("timezone", str(exc)))
+        if self.max_duration > 600:
+            problems.append(("max_duration", f"expected at most 600s, found {self.max_duration:g}s"))
+        return problems
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeConfig = option(doc="This host.")
     log: LogConfig = option(factory=LogConfig, doc="Logging.")
@@ -202,6 +229,7 @@ class Config:
     hardware: HardwareConfig | None = option(None, doc="The host's serial devices and watchdog (absent: none).")
     venues: dict[str, VenueConfig] = option(
         factory=dict, doc="One [venues.NAME] table per trading venue, probed through every uplink.")
+    drills: DrillsConfig = option(factory=DrillsConfig, doc="Live drills on this host (off by default).")
 
     def validate(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []

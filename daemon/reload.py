@@ -78,7 +78,7 @@ def why_refused(key: str) -> str:
 
 
 def live(key: str) -> bool:
-    if key == "log.level":
+    if key == "log.level" or key.startswith("drills."):  # read by each live drill when it starts
         return True
     parts = key.split(".")
     return len(parts) == 3 and parts[0] == "uplinks" and parts[2] in UPLINK_LIVE_KEYS

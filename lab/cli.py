@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 #: The lab's commands and their help (daemon/cli.py lists them without importing the lab).
 COMMAND_HELP = {
@@ -23,9 +23,14 @@ COMMAND_HELP = {
 }
 
 
-def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
-    """Complete the parser of ``lifeline COMMAND`` (daemon/cli.py calls it when the command runs)."""
-    {"lab": add_lab_arguments, "drill": add_drill_arguments}[command](parser)
+def add_arguments(command: str, parser: argparse.ArgumentParser,
+                  live_options: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """Complete the parser of ``lifeline COMMAND`` (daemon/cli.py calls it when the command runs,
+    with its ``--live`` options: a live drill runs in the daemon, not in the lab)."""
+    if command == "drill":
+        add_drill_arguments(parser, live_options)
+    else:
+        add_lab_arguments(parser)
 
 
 # --quick: every drill still runs and is judged, just fewer times and a shorter soak.
@@ -264,7 +269,8 @@ def run_drills(args: argparse.Namespace) -> int:
           and (venue_report is None or venue_report.ok) and (nemesis_report is None or nemesis_report.ok))
     from lab.drills import write_drill_report
 
-    ok = write_drill_report(args.report, [report, uplink_report, *promotion_reports, venue_report]) and ok
+    ok = write_drill_report(args.report, [report, uplink_report, *promotion_reports, venue_report,
+                                           nemesis_report]) and ok
     if args.json:
         out: dict[str, Any] = {"ok": ok, "lifecycle": {"ok": report.ok, "checks": [c.__dict__ for c in report.checks],
                                                       **report.figures}}
@@ -334,9 +340,9 @@ def _nemesis(args: argparse.Namespace, workdir: Path, skipped: str | None, say: 
         return None
     say(f"lab: nemesis, {args.nemesis_duration} of random faults against the pair while an engine writes")
     report = run_nemesis(workdir / "nemesis", NemesisSettings(duration=duration, seed=args.nemesis_seed),
-                         progress=say, report_path=workdir / "nemesis" / "report.jsonl")
+                         progress=say, history_path=workdir / "nemesis" / "history.jsonl")
     if args.workdir is None:
-        report.workdir = report.report_path = ""  # removed with the workdir
+        report.workdir = report.history_path = ""  # removed with the workdir
     return report
 
 
@@ -356,7 +362,8 @@ def _promotion_drills(workdir: Path, repeat: int, say: Any) -> tuple[list[Any], 
     return reports, skipped
 
 
-def add_drill_arguments(drill: argparse.ArgumentParser) -> None:
+def add_drill_arguments(drill: argparse.ArgumentParser,
+                        live_options: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
     drill_sub = drill.add_subparsers(dest="drill_command", metavar="DRILL", required=True)
     uplink_drill = drill_sub.add_parser("uplink", help="cut the fibre, time detection, failover and failback; "
                                                        "then a loss soak that must not flap")
@@ -372,6 +379,16 @@ def add_drill_arguments(drill: argparse.ArgumentParser) -> None:
     from lab.drills import add_report_argument
 
     add_report_argument(uplink_drill)
+    if live_options is not None:
+        live_options(uplink_drill)
+        uplink_drill.add_argument("--seconds", type=float, default=10.0,
+                                  help="--live: how long the fibre stays cut (default 10; [drills] max_duration caps "
+                                       "it)")
+        live_switchover = drill_sub.add_parser("switchover", help="--live only: switchover to the in-sync standby on "
+                                                                  "the real pair, timed, records checked identical")
+        live_options(live_switchover)
+        live_switchover.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+        add_report_argument(live_switchover)
 
     from lab.ha_drills import add_ha_drill_parsers
 

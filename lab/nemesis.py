@@ -1,7 +1,8 @@
 """The nemesis: a seeded random schedule of faults against a live pair, a writer that
 logs every request and answer, and a checker over the whole history afterwards.
 
-    lifeline drill nemesis [--duration 10m] [--seed S] [--classes C,...] [--json] [--report [PATH]]
+    lifeline drill nemesis [--duration 10m] [--seed S] [--classes C,...] [--json] [--history [PATH]]
+                           [--report FILE.html]
 
 The pair lab (:mod:`lab.pair`) runs two real ``lifeline run`` processes in
 ``llp-edge-a`` / ``llp-edge-b`` (sync mode, ``degrade-to-async``, the drills' replication
@@ -53,6 +54,9 @@ At the end everything is healed and restarted, the pair settles (one primary, th
 caught up), both journals are read back and :func:`lab.nemesis_check.check` judges
 the history: acknowledged records lost, seqs acknowledged twice with different payloads,
 ``ok`` answers outside the node's trading intervals, in-doubt records read back.
+``--history`` writes the whole history and the verdict as JSON lines; ``--report`` the
+HTML drill report (:func:`lab.report.drills.nemesis_section`: both nodes' roles and
+trading intervals from the feeds, the faults, promotion times, the checks).
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ from typing import Any
 
 from daemon.core.control_client import ControlClient, ControlError
 from lab import pair as lab_pair
+from lab.drills import add_report_argument, write_drill_report
 from lab.ha_drills import CLUSTER, Node
 from lab.nemesis_check import CheckResult, check, payload_text
 from lab.pair import EDGES, REPLICATION_TIMERS, ArmedCut, LabProcess, PairLab
@@ -394,8 +399,11 @@ class NemesisReport:
     result: CheckResult | None = None
     errors: list[str] = field(default_factory=list)
     workdir: str = ""
-    report_path: str = ""
+    history_path: str = ""
     elapsed: float = 0.0
+    #: The history without the requests (start, role, feed_end and fault records): what
+    #: the HTML report draws.
+    timeline: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -408,8 +416,8 @@ class NemesisReport:
             out.update(self.result.figures)
             out["violations"] = [f"{f.rule}: {f.message}" for f in self.result.violations][:20]
         out["errors"] = self.errors
-        if self.report_path:
-            out["report"] = self.report_path
+        if self.history_path:
+            out["history"] = self.history_path
         if self.workdir:
             out["workdir"] = self.workdir
         return out
@@ -787,7 +795,7 @@ class Nemesis:
 
 
 def run_nemesis(workdir: Path, settings: NemesisSettings, *, progress: Progress = lambda s: None,
-                report_path: Path | None = None, lab: PairLab | None = None) -> NemesisReport:
+                history_path: Path | None = None, lab: PairLab | None = None) -> NemesisReport:
     seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(1 << 32)
     schedule = make_schedule(seed, settings.duration, settings.classes)
     report = NemesisReport(seed, settings.duration, schedule, workdir=str(workdir))
@@ -813,13 +821,18 @@ def run_nemesis(workdir: Path, settings: NemesisSettings, *, progress: Progress 
     finally:
         lab.down()
     report.elapsed = time.monotonic() - began
-    if report_path is not None:
-        write_report(report_path, report, records)
-        report.report_path = str(report_path)
+    report.timeline = [r for r in records if r.get("kind") in TIMELINE_KINDS]
+    if history_path is not None:
+        write_history(history_path, report, records)
+        report.history_path = str(history_path)
     return report
 
 
-def write_report(path: Path, report: NemesisReport, records: list[dict[str, Any]]) -> None:
+#: The history records the HTML report needs (all but the requests).
+TIMELINE_KINDS = ("start", "role", "feed_end", "fault")
+
+
+def write_history(path: Path, report: NemesisReport, records: list[dict[str, Any]]) -> None:
     """The history, then the findings and the figures, one JSON object per line."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as out:
@@ -849,8 +862,8 @@ def format_report(report: NemesisReport) -> str:
             lines.append(f"  VIOLATION {finding.rule}: {finding.message}")
     for error in report.errors:
         lines.append(f"  ERROR: {error.splitlines()[0] if error else error}")
-    if report.report_path:
-        lines.append(f"  history and findings: {report.report_path}")
+    if report.history_path:
+        lines.append(f"  history and findings: {report.history_path}")
     lines.append(f"result: {'PASS' if report.ok else 'FAIL'} (seed {report.seed})")
     return "\n".join(lines)
 
@@ -869,9 +882,10 @@ def add_nemesis_parser(drill_sub: argparse._SubParsersAction[argparse.ArgumentPa
                         help=f"most records per append request (default {NemesisSettings.batch_max})")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the run's files (logs, journals) here")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    parser.add_argument("--report", nargs="?", const="", default=None, metavar="PATH",
+    parser.add_argument("--history", nargs="?", const="", default=None, metavar="PATH",
                         help="write the history and the findings as JSON lines (default PATH: "
                              "nemesis-SEED.jsonl in the current directory)")
+    add_report_argument(parser)
 
 
 def run_nemesis_drill(args: argparse.Namespace) -> int:
@@ -897,16 +911,17 @@ def run_nemesis_drill(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     settings = NemesisSettings(duration=duration, seed=seed, classes=classes, batch_max=max(1, args.batch_max))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lifeline-drill-nemesis-"))
-    report_path = None
-    if args.report is not None:
-        report_path = Path(args.report) if args.report else Path(f"nemesis-{seed}.jsonl")
+    history_path = None
+    if args.history is not None:
+        history_path = Path(args.history) if args.history else Path(f"nemesis-{seed}.jsonl")
     progress = (lambda line: print(line, file=sys.stderr, flush=True))
-    report = run_nemesis(Path(workdir), settings, progress=progress, report_path=report_path)
+    report = run_nemesis(Path(workdir), settings, progress=progress, history_path=history_path)
     if args.workdir is None:
         if report.ok:
             shutil.rmtree(workdir, ignore_errors=True)
             report.workdir = ""
         else:
             progress(f"lifeline drill nemesis: failed; its files are kept in {workdir}")
+    written = write_drill_report(args.report, [report])
     print(json.dumps(report.figures()) if args.json else format_report(report))
-    return 0 if report.ok else 1
+    return 0 if report.ok and written else 1

@@ -12,7 +12,8 @@ Roles
               dry runs, reconciliation dry runs, ``playbook.reload``.
 ``admin``     what can lose money or records: ``standby.promote`` (``accept_loss``),
               ``playbook.run`` for real, ``venues.reconcile`` that acts,
-              ``standby.switchover``, ``standby.pause`` / ``resume``.
+              ``standby.switchover``, ``standby.pause`` / ``resume``, the live drills
+              ``drill.switchover`` / ``drill.uplink``.
 
 Roles are cumulative in one direction only: admin includes operator; engine is apart
 (an operator cannot append order records, which reconciliation trusts, and the engine
@@ -79,13 +80,15 @@ METHODS: dict[str, frozenset[str]] = {
     "standby.switchover": ONLY_ADMIN,
     "standby.pause": ONLY_ADMIN,
     "standby.resume": ONLY_ADMIN,
+    "drill.switchover": ONLY_ADMIN,    # live drills on the real pair ([drills] live = true)
+    "drill.uplink": ONLY_ADMIN,
 }
 #: Methods whose dry run an operator may ask for.
 DRY_RUN_OPERATOR = frozenset({"playbook.run", "venues.reconcile"})
 #: Methods that change state: each call is logged with the caller.
 STATE_CHANGING = frozenset({"journal.append", "uplink.use", "uplink.auto", "playbook.reload", "playbook.run",
                             "venues.reconcile", "standby.promote", "config.reload", "standby.switchover",
-                            "standby.pause", "standby.resume"})
+                            "standby.pause", "standby.resume", "drill.switchover", "drill.uplink"})
 
 DEFAULT_ROLES: dict[str, list[str]] = {
     ENGINE: [],

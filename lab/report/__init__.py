@@ -16,12 +16,13 @@ measured with ``time.monotonic()`` (the same clock). ::
               "checks":  [{"name": str, "ok": bool, "figure": str}],   # PASS/FAIL lines
               "figures": {key: scalar | list | dict},                   # the figures table
               "errors":  [str],
+              "findings": [{"rule": str, "severity": str, "message": str}],  # a checker's
               "swimlanes":  [swimlane],     # promotion drills: both nodes' roles on one axis
               "uplinks":    uplinks,        # RTT and loss per uplink against the thresholds
               "venues":     venues,         # venue x uplink health over time
               "histograms": [{"name": str, "values": [ms], "target": ms | None}]}
     swimlane = {"title": str, "nodes": [a, b], "origin_ns": int (the fault: t = 0),
-                "start_ns": int, "end_ns": int,
+                "start_ns": int, "end_ns": int, "zero_ns": int (no fault: the axis' 0),
                 "roles":   {node: [[start_ns, end_ns, role, epoch], ...]},
                 "trading": {node: [[start_ns, end_ns], ...]},   # role.watch: primary, before valid_until
                 "markers": [{"at_ns": int, "node": str | None, "kind": str, "label": str}],
@@ -182,6 +183,14 @@ def _drill_html(d: dict[str, Any], plots: Any) -> str:
                 out.append(f'<tr><td>{_e(key)}</td><td class="num">{_e(_value(value))}</td></tr>')
             out.append("</table>")
         out.append("</div>")
+    findings = d.get("findings") or []
+    if findings:
+        out.append("<h3>Findings</h3><table><tr><th>rule</th><th>severity</th><th>finding</th></tr>")
+        for f in findings:
+            bad = f.get("severity") == "violation"
+            out.append(f'<tr><td>{_e(f.get("rule"))}</td><td class="{"bad" if bad else ""}">'
+                       f'{_e(f.get("severity"))}</td><td>{_e(str(f.get("message"))[:400])}</td></tr>')
+        out.append("</table>")
     errors = d.get("errors") or []
     if errors:
         out.append('<h3>Errors</h3><div class="errors">' + "\n".join(_e(str(e)[:600]) for e in errors) + "</div>")

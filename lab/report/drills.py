@@ -33,7 +33,8 @@ def report_data(title: str, reports: list[Any], *, subtitle: str = "") -> dict[s
 
 def section(report: Any) -> dict[str, Any]:
     adapters = {"HaReport": promotion_section, "DrillReport": uplink_section, "VenueDrillReport": venue_section,
-                "HardwareReport": hardware_section, "LifecycleReport": lifecycle_section}
+                "HardwareReport": hardware_section, "LifecycleReport": lifecycle_section,
+                "NemesisReport": nemesis_section}
     kind = type(report).__name__
     if kind not in adapters:
         raise TypeError(f"lab.report: no adapter for a {kind}; hand render_html a drill dict instead")
@@ -297,3 +298,174 @@ def lifecycle_section(report: Any) -> dict[str, Any]:
     """The lifecycle drill (lab.lifecycle.LifecycleReport)."""
     return {"name": "lifecycle", "title": "lifecycle drill: a real `lifeline run` under watch", "ok": report.ok,
             "checks": [_check(c.name, c.ok, c.figure) for c in report.checks], "figures": dict(report.figures)}
+
+
+# --------------------------------------------------------------------------- the nemesis
+
+#: Seconds of the run per close-up swimlane below the whole run's.
+NEMESIS_WINDOW_S = 120.0
+#: Informational findings listed one by one in the report.
+NEMESIS_INFO = 5
+
+
+def nemesis_feed(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The nemesis's role.watch records as the feed messages a swimlane reads ({node,
+    role, epoch, monotonic_ns, valid_until}), as the engine contract reads them: a
+    ``primary`` whose ``valid_until`` passes before the node's next message lapses there
+    (role ``lapsed``: a frozen or cut-off node's feed cannot say so itself), and a feed
+    connection that ends ends the role (``unknown``)."""
+    out: list[dict[str, Any]] = []
+    for r in timeline:
+        if r.get("kind") == "role":
+            msg = r.get("msg") or {}
+            stamp = msg.get("monotonic_ns")
+            at = stamp if isinstance(stamp, int) and not isinstance(stamp, bool) else int(r["recv_ns"])
+            out.append({"node": r["node"], "role": str(msg.get("role")), "epoch": int(msg.get("epoch") or 0),
+                        "monotonic_ns": at, "valid_until": msg.get("valid_until")})
+        elif r.get("kind") == "feed_end":
+            out.append({"node": r["node"], "role": "unknown", "epoch": 0, "monotonic_ns": int(r["recv_ns"])})
+    out.sort(key=lambda m: m["monotonic_ns"])
+    lapses = []
+    for node in {m["node"] for m in out}:
+        mine = [m for m in out if m["node"] == node]
+        for m, nxt in zip(mine, [*mine[1:], None]):
+            until = m.get("valid_until")
+            if m["role"] == "primary" and isinstance(until, int) and (nxt is None or until < nxt["monotonic_ns"]):
+                lapses.append({"node": node, "role": "lapsed", "epoch": m["epoch"], "monotonic_ns": until})
+    return sorted(out + lapses, key=lambda m: m["monotonic_ns"])
+
+
+def nemesis_promotions(feed: list[dict[str, Any]], faults: list[dict[str, Any]],
+                       trading: dict[str, list[list[int]]]) -> list[dict[str, Any]]:
+    """Each new primary (a node's first ``primary`` message of an epoch) after a fault:
+    ``fault_ms`` from the fault (its kill when it killed, else its start) and ``gap_ms``,
+    the time in which no node may trade, from the last allowance of either node before
+    it to the new primary's first."""
+    out = []
+    seen: set[tuple[str, int]] = set()
+    starts = sorted(faults, key=lambda f: f["start_ns"])
+    for m in feed:
+        key = (m["node"], m["epoch"])
+        if m["role"] != "primary" or key in seen:
+            continue
+        seen.add(key)
+        before = [f for f in starts if f["start_ns"] <= m["monotonic_ns"]]
+        if not before or len(seen) == 1:
+            continue  # the first election
+        fault = before[-1]
+        origin = fault.get("killed_ns") or fault["start_ns"]
+        ends = [e for spans in trading.values() for _, e in spans if e <= m["monotonic_ns"]]
+        out.append({"node": m["node"], "epoch": m["epoch"], "at_ns": m["monotonic_ns"], "fault": fault.get("class"),
+                    "fault_ms": max(0.0, (m["monotonic_ns"] - origin) / 1e6),
+                    "gap_ms": (m["monotonic_ns"] - max(ends)) / 1e6 if ends else None})
+    return out
+
+
+def nemesis_section(report: Any) -> dict[str, Any]:
+    """The nemesis (lab.nemesis.NemesisReport): the checker's verdict as checks,
+    its figures, the swimlane of both nodes over the whole run (and close-ups) from the
+    role.watch history with the faults marked, and promotion times."""
+    figures = report.figures()
+    result = report.result
+    fig = result.figures if result is not None else {}
+    timeline = list(report.timeline or [])
+    faults = [r for r in timeline if r.get("kind") == "fault" and isinstance(r.get("start_ns"), int)]
+
+    def check(name: str, key: str, figure: str) -> dict[str, Any]:
+        value = fig.get(key)
+        return _check(name, value == 0, figure if value is not None else "not checked (the run did not finish)")
+
+    checks = [
+        check("no acknowledged record lost", "lost",
+              f"{fig.get('lost')} lost of {fig.get('records_acked')} acknowledged"),
+        check("no seq acknowledged twice with different payloads", "double_acked", f"{fig.get('double_acked')}"),
+        check("no ok outside the node's trading interval (valid_until)", "outside_interval",
+              f"{fig.get('outside_interval')} of {fig.get('requests')} requests"),
+        check("the feeds never allowed trading on both nodes at once", "overlaps",
+              f"{fig.get('feed_overlap_ms')} ms"),
+        check("final journal: no duplicate payload", "duplicates", f"{fig.get('duplicates')}"),
+        check("final journal: nothing the writer did not send", "unknown_payloads", f"{fig.get('unknown_payloads')}"),
+        check("every journal agrees with the final primary's", "diverged", f"{fig.get('diverged')}"),
+        _check("every in-doubt record read back", result is not None
+               and fig["in_doubt_present"] + fig["in_doubt_absent"] == fig["records_in_doubt"],
+               f"{fig.get('in_doubt_present')} present, {fig.get('in_doubt_absent')} absent of "
+               f"{fig.get('records_in_doubt')}"),
+        _check("the run completed: faults applied, the pair settled", not report.errors and result is not None,
+               f"{len(report.applied)} faults, {len(report.errors)} error(s)"),
+    ]
+    out: dict[str, Any] = {
+        "name": "nemesis", "title": f"nemesis: seed {report.seed}, {report.duration:g} s of random faults",
+        "ok": report.ok, "checks": checks, "errors": list(report.errors),
+        "figures": {k: v for k, v in figures.items() if k not in HIDDEN | {"violations", "drill"}},
+        "findings": _nemesis_findings(result)}
+    feed = nemesis_feed(timeline)
+    nodes = sorted({m["node"] for m in feed})
+    if not feed or len(nodes) != 2:
+        return out
+    end_ns = max([m["monotonic_ns"] for m in feed] + [f.get("end_ns") or f["start_ns"] for f in faults])
+    markers: list[dict[str, Any]] = []
+    for f in faults:
+        hosts = list(f.get("hosts") or [])
+        markers.append({"at_ns": f["start_ns"], "node": None, "kind": "fault",
+                        "label": f"#{f.get('index')} {f.get('class')} {' '.join(hosts)}"})
+        killed = f.get("killed_ns") or (f["start_ns"] if f.get("class") == "kill9" else None)
+        if killed is not None and hosts:
+            markers.append({"at_ns": killed, "node": hosts[0] if hosts[0] in nodes else None, "kind": "killed",
+                            "label": f"SIGKILL {hosts[0]}"})
+    last: dict[str, str] = {}
+    for m in feed:
+        if m["role"] == "fenced" and last.get(m["node"]) != "fenced":
+            markers.append({"at_ns": m["monotonic_ns"], "node": m["node"], "kind": "fenced", "label": "fenced"})
+        last[m["node"]] = m["role"]
+    lane = swimlane_from_feed(f"the whole run: {len(faults)} faults (red lines), roles and trading intervals "
+                              "from role.watch", nodes, feed, end_ns=end_ns, markers=markers)
+    promotions = nemesis_promotions(feed, faults, lane["trading"])
+    for p in promotions:
+        lane["markers"].append({"at_ns": p["at_ns"], "node": p["node"], "kind": "promoted", "label": f"epoch {p['epoch']}"})
+    lane["zero_ns"] = lane["start_ns"]
+    if "feed_overlap_ms" in fig:
+        lane["trading_overlap_ms"] = fig["feed_overlap_ms"]  # the checker's (engine view: closed feeds too)
+    lanes = [lane]
+    step = int(NEMESIS_WINDOW_S * 1e9)
+    if end_ns - lane["start_ns"] > step * 1.5:
+        for lo in range(lane["start_ns"], end_ns, step):
+            hi = min(lo + step, end_ns)
+            lanes.append(_window(lane, lo, hi, f"{(lo - lane['start_ns']) / 1e9:.0f}-"
+                                               f"{(hi - lane['start_ns']) / 1e9:.0f} s of the run"))
+    out["swimlanes"] = lanes
+    out["histograms"] = [
+        {"name": "fault to a new primary (role.watch)",
+         "values": [p["fault_ms"] for p in promotions], "target": None},
+        {"name": "no node may trade (before a new primary)",
+         "values": [p["gap_ms"] for p in promotions if p["gap_ms"] is not None], "target": None}]
+    return out
+
+
+def _nemesis_findings(result: Any) -> list[dict[str, Any]]:
+    """Every violation; of the informational findings (in-doubt records read back) the
+    first few and a count (``--history`` lists them all)."""
+    if result is None:
+        return []
+    out = [{"rule": f.rule, "severity": f.severity, "message": f.message} for f in result.violations]
+    info = [f for f in result.findings if f.severity != "violation"]
+    out += [{"rule": f.rule, "severity": f.severity, "message": f.message} for f in info[:NEMESIS_INFO]]
+    fig = result.figures
+    if len(info) > NEMESIS_INFO and "records_in_doubt" in fig:
+        out.append({"rule": "in_doubt", "severity": "info",
+                    "message": f"... {fig['records_in_doubt']} records in doubt in all, read back: "
+                               f"{fig['in_doubt_present']} present, {fig['in_doubt_absent']} absent "
+                               "(--history lists them)"})
+    return out
+
+
+def _window(lane: dict[str, Any], lo: int, hi: int, title: str) -> dict[str, Any]:
+    """``lane`` drawn over [lo, hi] only (the axis stays the run's), its overlaps within."""
+    def clip(spans: list[list[int]]) -> list[list[int]]:
+        return [[max(s, lo), min(e, hi)] for s, e in spans if e > lo and s < hi]
+
+    nodes = lane["nodes"]
+    primaries = [clip([[s, e] for s, e, role, _ in lane["roles"][n] if role == "primary"]) for n in nodes]
+    trading = [clip(lane["trading"][n]) for n in nodes]
+    return {**lane, "title": title, "start_ns": lo, "end_ns": hi,
+            "overlap_ms": overlap_ns(*primaries) / 1e6, "trading_overlap_ms": overlap_ns(*trading) / 1e6,
+            "trading_gap_ms": None}

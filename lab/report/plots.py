@@ -28,7 +28,8 @@ matplotlib.rcParams.update({
 })
 
 ROLE_COLOURS = {"primary": "#1f5fbf", "standby": "#c9d1dc", "fenced": "#f0a030", "demoted": "#f0a030",
-                "waiting": "#eceff3", "candidate": "#b9c7e6"}
+                "waiting": "#eceff3", "candidate": "#b9c7e6",
+                "lapsed": "#f3d9a8"}
 STATE_COLOURS = {"up": "#2e9d4a", "degraded": "#f2b22e", "down": "#d13b3b", "unknown": "#b9bec7"}
 UPLINK_COLOURS = ["#1f5fbf", "#8a3fbf", "#1b9e9e", "#bf6a1f"]
 MARKS = {  # kind -> (colour, line style, legend label)
@@ -68,7 +69,7 @@ def _epoch_colour(epoch: int) -> str:
 def swimlane(lane: dict[str, Any]) -> str:
     """Both nodes' roles on one time axis: the whole repetition (s) and, when the fault
     is known, the moments around it (ms), side by side."""
-    origin = lane.get("origin_ns") or lane.get("start_ns") or 0
+    origin = lane.get("origin_ns") or lane.get("zero_ns") or lane.get("start_ns") or 0
     start, end = lane.get("start_ns") or origin, lane.get("end_ns") or origin
     zoom = _swimlane_zoom(lane, origin)
     if zoom is not None:
@@ -77,7 +78,8 @@ def swimlane(lane: dict[str, Any]) -> str:
         fig, whole = plt.subplots(1, 1, figsize=(13.5, 2.5))
         near = None
     _draw_lanes(whole, lane, origin, 1e9, (start - origin) / 1e9, (end - origin) / 1e9)
-    whole.set_xlabel("s from the fault" if lane.get("origin_ns") else "s")
+    whole.set_xlabel("s from the fault" if lane.get("origin_ns") else
+                     "s from the start of the run" if lane.get("zero_ns") else "s")
     if near is not None and zoom is not None:
         _draw_lanes(near, lane, origin, 1e6, zoom[0], zoom[1])
         near.set_xlabel("ms from the fault")
@@ -87,6 +89,9 @@ def swimlane(lane: dict[str, Any]) -> str:
     handles = [Patch(color=ROLE_COLOURS["primary"], label="primary (epoch)"),
                Patch(color=ROLE_COLOURS["standby"], label="standby"),
                Patch(color=ROLE_COLOURS["fenced"], label="fenced"),
+               *([Patch(color=ROLE_COLOURS["lapsed"], label="primary, valid_until passed")]
+                 if any(span[2] == "lapsed" for spans in (lane.get("roles") or {}).values() for span in spans)
+                 else []),
                Patch(color="#22a05a", label="may trade (valid_until)"),
                Line2D([], [], color=MARKS["fault"][0], lw=1.5, label="fault")]
     kinds = {m.get("kind") for m in lane.get("markers") or []}

@@ -181,3 +181,60 @@ def venue_report(repeat: int = 2, seed: int = 5) -> VenueDrillReport:
         report.repetitions.append(rep)
     report.trace = {"events": sorted(events, key=lambda e: e["monotonic_ns"]), "end_ns": t}
     return report
+
+
+def nemesis_report(seconds: int = 300, seed: int = 5) -> Any:
+    """A nemesis run's report (lab.nemesis.NemesisReport) over ``seconds``: the
+    primary moves between the nodes after a fault every ~10 s (a kill, a pause, a cut),
+    its feed renewed every 500 ms with 1.5 s deadlines, judged by the real checker."""
+    from lab.nemesis import TIMELINE_KINDS, NemesisReport
+    from lab.nemesis_check import check
+
+    rng = random.Random(seed)
+    history: list[dict[str, Any]] = [{"kind": "start", "seed": seed, "duration_s": seconds, "now_ns": BASE}]
+    nodes = ["edge-a", "edge-b"]
+    feeds = {"edge-a": 1, "edge-b": 2}
+    t, epoch, index, seq = 0.0, 1, 0, 0
+    journal: dict[int, bytes] = {}
+
+    def role(node: str, at: float, name: str, valid: float | None = None) -> dict[str, Any]:
+        message = {"role": name, "epoch": epoch, "monotonic_ns": BASE + int(at * MS),
+                   "valid_until": None if valid is None else BASE + int(valid * MS)}
+        return {"kind": "role", "node": node, "feed": feeds[node], "first": False,
+                "recv_ns": BASE + int(at * MS), "msg": message}
+
+    while t < seconds * 1000:
+        primary, standby = nodes[epoch % 2], nodes[(epoch + 1) % 2]
+        history.append(role(standby, t, "standby"))
+        stop = t + rng.uniform(6000, 14000)
+        renew = t
+        while renew < stop:
+            history.append(role(primary, renew, "primary", renew + 1500))
+            seq += 1
+            journal[seq] = f"p{seq}".encode()
+            history.append({"kind": "append", "node": primary, "sent_ns": BASE + int((renew + 5) * MS),
+                            "recv_ns": BASE + int((renew + 9) * MS), "payloads": [f"p{seq}"],
+                            "outcome": "answered", "results": [{"seq": seq, "epoch": epoch, "status": "ok"}]})
+            renew += 500
+        index += 1
+        cls = rng.choice(["kill9", "pause", "partition", "crash"])
+        fault = {"kind": "fault", "class": cls, "index": index, "targets": ["primary"], "hosts": [primary],
+                 "start_ns": BASE + int(stop * MS), "end_ns": BASE + int((stop + 2500) * MS)}
+        if cls in ("kill9", "crash"):
+            fault["killed_ns"] = fault["start_ns"]
+            feeds[primary] += 2
+            history.append({"kind": "feed_end", "node": primary, "feed": feeds[primary] - 2,
+                            "recv_ns": fault["start_ns"] + 2 * MS})
+        history.append(fault)
+        last_valid = renew - 500 + 1500
+        t = last_valid + rng.uniform(40, 400)  # the other node promotes after the deadline
+        if cls in ("pause", "partition"):
+            history.append(role(primary, stop + 2500, "fenced"))
+        epoch += 1
+    history.sort(key=lambda r: r.get("recv_ns", r.get("start_ns", 0)))
+    final = nodes[(epoch - 1) % 2]
+    report = NemesisReport(seed, float(seconds), [], applied=[r for r in history if r["kind"] == "fault"],
+                           elapsed=seconds + 60.0, timeline=[r for r in history if r["kind"] in TIMELINE_KINDS])
+    report.result = check(history, {"edge-a": journal, "edge-b": journal}, final,
+                          end_ns=BASE + int(t * MS))
+    return report

@@ -191,6 +191,29 @@ async def test_state_changing_calls_name_the_caller(nursery: trio.Nursery, sock:
     assert fields["roles"] == "operator"
 
 
+async def test_live_drills_need_the_admin_role(nursery: trio.Nursery, sock: Path) -> None:
+    """`lifeline drill switchover|uplink --live` move the primary and cut the fibre for
+    real: an operator (or the engine) is refused before the daemon acts; admin gets in."""
+    with trio.fail_after(CAP):
+        server = ControlServer(sock, group=None, mode=0o666, roles=ROLES)
+        reached: list[tuple[str, Any]] = []
+        for name in ("drill.switchover", "drill.uplink"):
+            async def handler(params: dict[str, Any], name: str = name) -> Any:
+                reached.append((name, acl.current_caller()))
+                return {"done": name}
+            server.register(name, handler, help=name)
+        await nursery.start(server.run)
+        for uid in (OPERATOR_UID, ENGINE_UID):
+            switch, cut = await call_as(uid, sock, req("drill.switchover", force=False), req("drill.uplink", seconds=5))
+            assert code(switch) == "forbidden" and "drill.switchover needs the admin role" in switch["error"]["message"]
+            assert code(cut) == "forbidden" and "drill.uplink needs the admin role" in cut["error"]["message"]
+        assert reached == []
+        switch, cut = await call_as(ADMIN_UID, sock, req("drill.switchover"), req("drill.uplink", seconds=5))
+        assert switch["ok"] and cut["ok"]
+        assert [(n, c.uid) for n, c in reached] == [("drill.switchover", ADMIN_UID), ("drill.uplink", ADMIN_UID)]
+        assert {"drill.switchover", "drill.uplink"} <= acl.STATE_CHANGING  # each call logged with the caller
+
+
 async def test_every_registered_method_is_in_the_acl_table() -> None:
     """A method missing from acl.METHODS needs admin (fail closed), but every method
     the daemon registers is meant to be placed on purpose."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from report_samples import promotion_report, uplink_report, venue_report
+from report_samples import nemesis_report, promotion_report, uplink_report, venue_report
 
 from lab.report import render_html
 from lab.report.drills import report_data, write
@@ -86,6 +86,21 @@ def test_the_lab_report_renders_in_chromium_with_its_swimlanes_and_no_console_er
         assert "edge-a" in svg and "edge-b" in svg and "overlap 0 ms" in svg
     assert 'id="uplinks-uplink"' in rendered.dom and 'id="venues-venue"' in rendered.dom
     assert 'id="histograms-standby"' in rendered.dom
+
+
+@needs_chromium
+def test_the_nemesis_report_renders_the_whole_run_and_its_close_ups(tmp_path: Path) -> None:
+    report = nemesis_report(seconds=300)
+    page = write(tmp_path / "nemesis.html", "lifeline drill nemesis (made-up history)", [report])
+    rendered = open_in_chromium(page, tmp_path)
+    assert rendered.console == [], rendered.console
+    assert rendered.blank() is None, rendered.blank()
+    svgs = rendered.swimlane_svgs()
+    assert len(svgs) == 4, f"{len(svgs)} swimlane SVGs: the whole run and three close-ups of 120 s expected"
+    for svg in svgs:
+        assert "edge-a" in svg and "edge-b" in svg
+    assert "overlap 0 ms" in rendered.dom and 'id="histograms-nemesis"' in rendered.dom
+    assert 'class="badge pass"' in rendered.dom and "no acknowledged record lost" in rendered.dom
 
 
 @needs_chromium

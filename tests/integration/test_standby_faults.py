@@ -244,7 +244,13 @@ def test_kill_9_the_standby_then_it_catches_up(make_pair: Callable[..., Pair], p
     else:
         assert all(r["status"] == "in_doubt" for r in dark), [r for r in dark if r["status"] != "in_doubt"][:3]
         assert all("on_standby_loss = block" in r["reason"] for r in dark), dark[:3]
-        assert all(r["status"] == "ok" for r in answers[:killed_at] if r["seq"] <= standby_last)
+        # Before the kill, appends were acknowledged by the standby: ok. Only the batch in
+        # flight at the kill may be in doubt although on the standby's disk (written and
+        # fsynced, killed before its acknowledgement left).
+        held = [r for r in answers[:killed_at] if r["seq"] <= standby_last]
+        doubtful = [r for r in held if r["status"] != "ok"]
+        assert all(r["status"] == "in_doubt" for r in doubtful), doubtful[:3]
+        assert len(doubtful) <= 50 and [r["seq"] for r in doubtful] == [r["seq"] for r in held[len(held) - len(doubtful):]]
 
     pair.wait_in_sync()
     assert_identical(pair)

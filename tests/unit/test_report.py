@@ -142,3 +142,79 @@ def test_saved_report_data_renders_from_the_command_line(tmp_path: Any, capsys: 
     assert main([str(data), str(tmp_path / "out.html")]) == 0
     assert 'id="swimlane-partition-1"' in (tmp_path / "out.html").read_text()
     assert "out.html" in capsys.readouterr().out
+
+
+def _nemesis_history(stray_ok: bool = False) -> tuple[list[dict[str, Any]], dict[str, dict[int, bytes]]]:
+    """edge-a primary (epoch 1, renewed every 500 ms, valid 1.5 s), frozen at 3 s by a
+    pause; edge-b promotes at 4.7 s (epoch 2); edge-a wakes at 7.5 s, fenced, standby."""
+    def role(node: str, at_ms: float, role_: str, epoch: int, valid_ms: float | None = None,
+             feed: int = 1) -> dict[str, Any]:
+        message = {"role": role_, "epoch": epoch, "monotonic_ns": int(at_ms * MS),
+                   "valid_until": None if valid_ms is None else int(valid_ms * MS)}
+        return {"kind": "role", "node": node, "feed": feed, "first": False, "recv_ns": int(at_ms * MS),
+                "msg": message}
+
+    def append(node: str, at_ms: float, seq: int, epoch: int) -> dict[str, Any]:
+        return {"kind": "append", "node": node, "sent_ns": int(at_ms * MS), "recv_ns": int((at_ms + 2) * MS),
+                "payloads": [f"p{seq}"], "outcome": "answered",
+                "results": [{"seq": seq, "epoch": epoch, "status": "ok"}]}
+
+    history: list[dict[str, Any]] = [{"kind": "start", "seed": 7, "now_ns": 0}]
+    history += [role("edge-a", t, "primary", 1, t + 1500) for t in range(0, 3000, 500)]
+    history += [role("edge-b", 1, "standby", 1, feed=2)]
+    history += [append("edge-a", 100 + 250 * i, i + 1, 1) for i in range(10)]
+    history.append({"kind": "fault", "class": "pause", "index": 1, "targets": ["primary"], "hosts": ["edge-a"],
+                    "start_ns": 3000 * MS, "end_ns": 7500 * MS})
+    history += [role("edge-b", t, "primary", 2, t + 1500, feed=2) for t in range(4700, 10000, 500)]
+    history += [append("edge-b", 5000 + 250 * i, i + 11, 2) for i in range(10)]
+    if stray_ok:  # the frozen node answers ok after its deadline: a violation
+        history.append(append("edge-a", 7400, 21, 1))
+    history += [role("edge-a", 7501, "fenced", 1), role("edge-a", 8000, "standby", 2)]
+    journal = {seq: f"p{seq}".encode() for seq in range(1, 22 if stray_ok else 21)}
+    return history, {"edge-b": journal, "edge-a": dict(journal)}
+
+
+def _nemesis_report(stray_ok: bool = False) -> Any:
+    from lab.nemesis import TIMELINE_KINDS, NemesisReport
+    from lab.nemesis_check import check
+
+    history, journals = _nemesis_history(stray_ok)
+    faults = [r for r in history if r["kind"] == "fault"]
+    report = NemesisReport(7, 10.0, [], applied=faults, elapsed=12.0,
+                           timeline=[r for r in history if r["kind"] in TIMELINE_KINDS])
+    report.result = check(history, journals, "edge-b", end_ns=10_000 * MS)
+    return report
+
+
+def test_the_nemesis_section_draws_the_feeds_with_lapsed_deadlines_faults_and_promotion_times() -> None:
+    from lab.report.drills import report_data
+
+    data = report_data("nemesis", [_nemesis_report()])
+    (d,) = data["drills"]
+    assert d["name"] == "nemesis" and d["ok"] is True and all(c["ok"] for c in d["checks"])
+    assert d["figures"]["records_acked"] == 20 and d["figures"]["faults"] == {"pause": 1}
+    (lane,) = d["swimlanes"]  # 10 s: no close-ups
+    # The frozen primary's feed said primary until it could speak at 7.5 s; as the engine
+    # contract reads it, that ended at its last valid_until (2.5 s + 1.5 s): no overlap.
+    assert lane["roles"]["edge-a"][:2] == [[0, 4000 * MS, "primary", 1], [4000 * MS, 7501 * MS, "lapsed", 1]]
+    assert lane["trading"]["edge-a"] == [[0, 4000 * MS]] and lane["overlap_ms"] == 0
+    assert lane["trading_overlap_ms"] == 0 and lane["trading_gap_ms"] == 700
+    kinds = sorted(m["kind"] for m in lane["markers"])
+    assert kinds == ["fault", "fenced", "promoted"], kinds
+    promotion, gap = d["histograms"]
+    assert promotion["values"] == [1700.0] and gap["values"] == [700.0]
+    text = render_html(data)
+    assert 'id="swimlane-nemesis-1"' in text and 'id="histograms-nemesis"' in text and "PASS" in text
+
+
+def test_the_nemesis_section_fails_and_lists_the_checkers_finding() -> None:
+    from lab.report.drills import report_data
+
+    data = report_data("nemesis", [_nemesis_report(stray_ok=True)])
+    (d,) = data["drills"]
+    assert d["ok"] is False and data["ok"] is False
+    failed = [c["name"] for c in d["checks"] if not c["ok"]]
+    assert failed == ["no ok outside the node's trading interval (valid_until)"], failed
+    assert [f["rule"] for f in d["findings"] if f["severity"] == "violation"] == ["outside_interval"]
+    text = render_html(data)
+    assert "<h3>Findings</h3>" in text and "seq 21 answered ok by edge-a outside" in text
