@@ -4,8 +4,8 @@ journal through the control socket.
 The feeds are the Binance spot, USDⓈ-M and COIN-M recordings (BTC and ETH, 2024-08-08)
 shipped in ``lab/data/hftbacktest_feeds/`` (from nkaz001/hftbacktest, MIT licence, trimmed
 to their first 20 s; see ``lab/data/README.md``): gzip text, one message per line,
-``<local_ts_ns> <json>``. A benchmark may replay the full recordings from another folder
-(``../shared/data/hftbacktest_feeds`` with ``FULL_FEEDS``).
+``<local_ts_ns> <json>``. A benchmark may replay the full upstream recordings from a
+folder given on its command line (``FULL_FEEDS``; ``bench/replication.py --data DIR``).
 The files are merged in order of their local receive timestamps, and each *line itself*
 (without its newline) becomes one journal record, so a test can compare what the standby
 holds with the source files byte for byte.

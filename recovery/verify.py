@@ -96,6 +96,26 @@ class Verified:
 
 # --------------------------------------------------------------------------- anti-rollback
 
+_ABSENT = object()
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """The JSON in ``path``; ``_ABSENT`` when there is no such file; None (which no schema
+    check accepts) when it is not JSON; ``VerificationError("rollback")`` when it cannot
+    be read."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return _ABSENT
+    except OSError as exc:
+        raise VerificationError("rollback", f"{path}: cannot read {what} ({exc.strerror}); "
+                                "fix its permissions") from None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
 
 class RollbackState:
     """The highest version of each playbook run on this host: a JSON object
@@ -119,18 +139,9 @@ class RollbackState:
 
     def load(self) -> dict[str, int]:
         """The record; ``VerificationError("rollback")`` when it exists but cannot be used."""
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
+        record = _read_json(self.path, "the anti-rollback record")
+        if record is _ABSENT:
             return {}
-        except OSError as exc:
-            raise VerificationError("rollback", f"{self.path}: cannot read the anti-rollback record "
-                                    f"({exc.strerror}); fix its permissions") from None
-        try:
-            record = json.loads(data)
-        except ValueError:
-            record = None
         if not isinstance(record, dict) or not all(
                 isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in record.items()):
             raise VerificationError("rollback", f"{self.path}: the anti-rollback record is damaged (expected a JSON "
@@ -150,18 +161,9 @@ class RollbackState:
         return self.path.with_name("seen.json")
 
     def load_seen(self) -> dict[str, dict[str, Any]]:
-        try:
-            with open(self.seen_path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
+        record = _read_json(self.seen_path, "the record of verified versions")
+        if record is _ABSENT:
             return {}
-        except OSError as exc:
-            raise VerificationError("rollback", f"{self.seen_path}: cannot read the record of verified versions "
-                                    f"({exc.strerror}); fix its permissions") from None
-        try:
-            record = json.loads(data)
-        except ValueError:
-            record = None
         if not isinstance(record, dict) or not all(
                 isinstance(v, dict) and isinstance(v.get("seen"), int) and isinstance(v.get("pins"), dict)
                 for v in record.values()):

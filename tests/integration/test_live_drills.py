@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -17,6 +17,7 @@ from lab.ha_drills import Writer
 from standby_pair import feed_lines, wait_for
 from support import cli
 from test_lease_pair import LeasePair
+from test_switchover import pair, settled  # noqa: F401  (pair is the fixture: a witness pair on loopback)
 
 
 def outside_now() -> str:
@@ -30,25 +31,6 @@ def drills(pair: LeasePair, **settings: Any) -> None:
         node.extra = {"drills": {"timezone": "UTC", "trading_hours": outside_now(), "max_duration": "40s",
                                  **settings}}
         node.write_config()
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[LeasePair]:
-    p = LeasePair(tmp_path, "witness")
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-def settled(pair: LeasePair) -> tuple[str, str]:
-    pair.start()
-    first = pair.wait_primary()
-    second = pair.other(first)
-    pair.wait_role(second, "standby")
-    wait_for(lambda: pair.role(first).get("sync_mark") == second, "the standby marked synchronous", 15,
-             detail=pair.diagnosis)
-    return first, second
 
 
 def live(pair: LeasePair, on: str, *extra: str) -> tuple[int, dict[str, Any] | str]:

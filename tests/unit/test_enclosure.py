@@ -39,7 +39,7 @@ from lab.sim.enclosure import EnclosureSimulator
 from tests.hardware_support import Pairs, pairs
 from hardware.errors import DeviceGarbage, DeviceTimeout
 
-# ../shared/notes/hardware.md (XY-MD02 / SHT20 class): 30.5 °C, 54.6 %RH.
+# A Modbus RTU exchange of an XY-MD02 / SHT20-class sensor (input registers 1-2): 30.5 °C, 54.6 %RH.
 GOLDEN_REQUEST = bytes.fromhex("01 04 00 01 00 02 20 0B")
 GOLDEN_REPLY = bytes.fromhex("01 04 04 01 31 02 22 2A CE")
 

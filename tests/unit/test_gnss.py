@@ -77,7 +77,7 @@ UBLOX = [
     "$GNGGA,171927.00,4404.14058,N,12118.85475,W,1,12,0.91,1147.0,M,-21.3,M,,*42",
 ]
 
-# pynmea2's vectors (Knio/pynmea2), as quoted in ../shared/notes/hardware.md.
+# pynmea2's test vectors (github.com/Knio/pynmea2, its NMEA test sentences), copied here.
 PYNMEA2_RMC_FIX = "$GNRMC,001031.00,A,4404.13993,N,12118.86023,W,0.146,,100117,,,A*7B"
 PYNMEA2_RMC_NOFIX = "$GNRMC,001032.00,V,,,,,,,100117,,,N*65"
 PYNMEA2_GGA_FIX = "$GPGGA,184353.07,1929.045,S,02410.506,E,1,04,2.6,100.00,M,-33.9,M,,0000*6D"
