@@ -488,6 +488,32 @@ def add_report_argument(parser: Any) -> None:
                              "RTT and loss, venue health, histograms, checks)")
 
 
+def run_drill_command(kind: str, args: Any, run: Callable[[Path, Callable[[str], None]], Any],
+                      report_json: Callable[[Any], str], format_report: Callable[[Any], str]) -> int:
+    """The end of every `lifeline drill KIND`: run it in ``--workdir`` (or a temporary
+    folder, removed when it passed), print the report (``--json``), write the HTML
+    report (``--report``); exit 0 only when it passed and the report was written."""
+    import shutil
+    import sys
+    import tempfile
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix=f"lifeline-drill-{kind}-"))
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    report = run(workdir, progress)
+    if args.workdir is None:
+        if report.ok:
+            shutil.rmtree(workdir, ignore_errors=True)
+            report.workdir = ""
+        else:
+            progress(f"lifeline drill {kind}: failed; its files are kept in {workdir}")
+    print(report_json(report) if args.json else format_report(report))
+    written = write_drill_report(args.report, [report])
+    return 0 if report.ok and written else 1
+
+
 def write_drill_report(path: Path | None, reports: list[Any]) -> bool:
     """Write the HTML report of ``reports`` (the drills' report objects) when ``--report``
     was given; say where, or why not. False only when it could not be written."""

@@ -57,7 +57,6 @@ import contextlib
 import hashlib
 import json
 import random
-import shutil
 import sys
 import tempfile
 import threading
@@ -69,7 +68,7 @@ from typing import Any
 
 from daemon.core.control_client import ControlClient, ControlError
 from lab import pair as lab_pair
-from lab.drills import add_report_argument, percentile, write_drill_report
+from lab.drills import add_report_argument, percentile, run_drill_command
 from lab.pair import EDGES, HOSTS, REPLICATION_TIMERS, LabProcess, PairLab
 from lab.procs import DaemonProcess, until
 from lab.replay_engine import feed_lines
@@ -1062,15 +1061,5 @@ def run_ha_drill(args: argparse.Namespace) -> int:
         print(f"lifeline drill {kind}: --repeat must be at least 1", file=sys.stderr)
         return 2
     settings = HaSettings(repeat=args.repeat, seed=args.seed)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"lifeline-drill-{kind}-"))
-    progress = (lambda line: print(line, file=sys.stderr, flush=True))
-    report = run_drill(kind, Path(workdir), settings, progress=progress)
-    if args.workdir is None:
-        if report.ok:
-            shutil.rmtree(workdir, ignore_errors=True)
-            report.workdir = ""
-        else:
-            progress(f"lifeline drill {kind}: failed; its files are kept in {workdir}")
-    print(report_json(report) if args.json else format_report(report))
-    written = write_drill_report(args.report, [report])
-    return 0 if report.ok and written else 1
+    return run_drill_command(kind, args, lambda workdir, progress: run_drill(kind, workdir, settings, progress=progress),
+                             report_json, format_report)

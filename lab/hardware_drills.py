@@ -65,7 +65,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -75,7 +74,7 @@ from typing import Any
 
 from daemon.config import dump_toml
 from daemon.core.control_client import ControlClient
-from lab.drills import add_report_argument, percentile, write_drill_report
+from lab.drills import add_report_argument, percentile, run_drill_command
 from lab.ha_drills import Node, RoleLog, Writer, overlap_ns, primary_intervals
 from lab.pair import REPLICATION_TIMERS
 from lab.procs import DaemonProcess, until
@@ -773,15 +772,6 @@ def run_hardware_drill(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         print(f"lifeline drill {kind}: --repeat must be at least 1", file=sys.stderr)
         return 2
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"lifeline-drill-{kind}-"))
-    progress = (lambda line: print(line, file=sys.stderr, flush=True))
-    report = run_drill(kind, Path(workdir), args.repeat, progress=progress)
-    if args.workdir is None:
-        if report.ok:
-            shutil.rmtree(workdir, ignore_errors=True)
-            report.workdir = ""
-        else:
-            progress(f"lifeline drill {kind}: failed; its files are kept in {workdir}")
-    print(report_json(report) if args.json else format_report(report))
-    written = write_drill_report(args.report, [report])
-    return 0 if report.ok and written else 1
+    return run_drill_command(kind, args,
+                             lambda workdir, progress: run_drill(kind, workdir, args.repeat, progress=progress),
+                             report_json, format_report)
