@@ -250,13 +250,18 @@ class Config:
                     problems.append((f"venues.{name}.uplinks[{i}]", f"no [uplinks.{uplink_name}] (uplinks: {known})"))
         lease = self.standby.lease if self.standby is not None else None
         # Venue-side fencing: each venue's survival bound against the lease (README "Venue-side fencing").
-        problems += fencing_problems(self.venues, None if lease is None else LeaseBound(
-            float(lease.ttl), float(lease.safety_margin), float(lease.max_clock_rate_error)))
+        problems += fencing_problems(self.venues, self.lease_bound())
         if self.hardware is not None and self.hardware.watchdog is not None and lease is not None \
                 and lease.watchdog != "off":
             problems.append(("hardware.watchdog", "the lease already drives the watchdog (standby.lease.watchdog): "
                                                   "use one of them, not both"))
         return problems
+
+    def lease_bound(self) -> LeaseBound | None:
+        """The lease's timings venue-side fencing needs (None without [standby.lease])."""
+        lease = self.standby.lease if self.standby is not None else None
+        return None if lease is None else LeaseBound(float(lease.ttl), float(lease.safety_margin),
+                                                     float(lease.max_clock_rate_error))
 
     #: The file this config came from (not a config key).
     source: Path = field(default=Path("<memory>"), metadata={"internal": True}, compare=False)

@@ -119,6 +119,42 @@ def fencing_problems(venues: Mapping[str, VenueConfig], lease: LeaseBound | None
     return problems
 
 
+def fencing_lines(venues: Mapping[str, VenueConfig], lease: LeaseBound | None,
+                  max_clock_rate_error: float = 0.01) -> list[str]:
+    """What `lifeline config check` prints per venue: the longest a deposed primary's orders
+    can live there, against ``max_orphan_survival``, with the formula."""
+    lines = []
+    for name, vc in venues.items():
+        survival = orphan_survival(deadman=vc.deadman, deadman_timeout=float(vc.deadman_timeout),
+                                   arm_bound=float(vc.deadman_arm_timeout), lease=lease,
+                                   max_clock_rate_error=max_clock_rate_error)
+        if survival.seconds is None:
+            lines.append(f"{name}: no bound: {survival.formula}")
+        elif has_deadman_switch(vc.exchange) is False:
+            lines.append(f"{name}: no bound: {vc.exchange} has no dead-man switch (ccxt: no cancelAllOrdersAfter); "
+                         "nothing ends them but reconciliation on the new primary")
+        else:
+            lines.append(f"{name}: at most {survival.seconds:.1f} s (max_orphan_survival "
+                         f"{format_duration(vc.max_orphan_survival)}): {survival.formula}")
+    return lines
+
+
+def has_deadman_switch(exchange: str) -> bool | None:
+    """Whether ccxt implements ``cancelAllOrdersAfter`` for ``exchange`` (None: cannot tell,
+    ccxt missing or the id unknown). Imports ccxt: for operator commands, not the daemon's load."""
+    try:
+        import ccxt
+    except ImportError:
+        return None
+    cls = getattr(ccxt, exchange, None)
+    if cls is None:
+        return None
+    try:
+        return bool(cls().has.get("cancelAllOrdersAfter"))
+    except Exception:  # noqa: BLE001 - a ccxt that cannot build the client: cannot tell
+        return None
+
+
 def ccxt_exchange_ids() -> list[str] | None:
     """ccxt's exchange ids, or None if ccxt (the ``venues`` extra) is not installed.
 

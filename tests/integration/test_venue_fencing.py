@@ -19,6 +19,8 @@ import pytest
 import trio
 import trio.testing
 
+from support import cli
+
 from daemon.config import Config, dump_toml, parse_config
 from daemon.core.bus import EventBus
 from daemon.venues import service as venue_service
@@ -188,3 +190,33 @@ async def test_emulator_sees_no_arm_after_the_cutoff_and_fires_within_the_timeou
     assert fired_at <= valid_until + 2.0 + 0.2
     assert deadman.arms == len(arrivals)
     nursery.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------------- the config check
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "lifeline.toml"
+
+
+def test_config_check_prints_each_venues_survival_bound() -> None:
+    result = cli("config", "check", str(EXAMPLE), "--no-host")
+    assert result.returncode == 0, result.stderr
+    assert ("  kraken: at most 61.8 s (max_orphan_survival 90s): (ttl 1.5 s - safety_margin 0.3 s + "
+            "deadman_timeout 60 s) x (1 + 0.01) = 61.812 s after its last successful renewal") in result.stdout
+
+
+def test_a_deadman_timeout_too_long_for_the_bound_is_refused_by_check_and_run(tmp_path: Path) -> None:
+    path = tmp_path / "lifeline.toml"
+    text = EXAMPLE.read_text()
+    assert 'deadman_timeout = "60s"' in text
+    path.write_text(text.replace('deadman_timeout = "60s"', 'deadman_timeout = "2m"'))
+    expected = (f"{path}: venues.kraken.deadman_timeout: a deposed primary's orders could live 122.4 s at the "
+                "venue ((ttl 1.5 s - safety_margin 0.3 s + deadman_timeout 120 s) x (1 + 0.01) = 122.412 s after "
+                "its last successful renewal), longer than max_orphan_survival (90s): lower deadman_timeout to at "
+                "most 87s, or raise max_orphan_survival")
+    check = cli("config", "check", str(path), "--no-host")
+    assert check.returncode == 1 and expected in check.stderr, check.stderr
+    run = cli("run", "--config", str(path))
+    assert run.returncode == 78, run.stderr  # EX_CONFIG: systemd does not restart it
+    assert "Traceback" not in run.stderr and len(run.stderr.splitlines()) == 1, run.stderr
+    assert expected in run.stderr
