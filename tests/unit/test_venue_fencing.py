@@ -3,6 +3,7 @@ survival bound and the config checks built on it."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from daemon.config import ConfigError, dump_toml, load_config, parse_config
 from daemon.venues.config import VenueConfig, fencing_problems
 from daemon.venues.fencing import NS, LeaseBound, arm_decision, orphan_survival
+from daemon.venues.orders import check_payload
 
 REPO = Path(__file__).resolve().parents[2]
 times = st.integers(min_value=0, max_value=10**15)
@@ -127,3 +129,35 @@ def test_the_config_load_refuses_it_with_file_field_and_fix(tmp_path: Path) -> N
 def test_the_example_config_still_loads() -> None:
     config = load_config(REPO / "examples" / "lifeline.toml")
     assert config.venues["kraken"].max_orphan_survival == 90.0
+
+
+# --------------------------------------------------------------------------- the epoch on order records
+
+def _order(**fields: object) -> bytes:
+    record = {"record": "order", "v": 1, "client_order_id": "e1-1", "venue": "kraken", "symbol": "BTC/USDT",
+              "side": "buy", "amount": "0.5", "price": "43000.1", "state": "new", **fields}
+    return json.dumps(record).encode()
+
+
+def test_a_new_order_of_another_epoch_is_refused_naming_field_figure_and_fix() -> None:
+    problem = check_payload(_order(epoch=6), venues=["kraken"], epoch=7)
+    assert problem == ("epoch: a new order placed under lease epoch 6, but this primary holds epoch 7: the engine "
+                       "follows a stale role; do not send it, read role.watch again and write the epoch it names")
+    assert check_payload(_order(epoch=8), venues=["kraken"], epoch=7) is not None  # not a later one either
+    assert check_payload(_order(epoch=7), venues=["kraken"], epoch=7) is None
+
+
+@given(record_epoch=st.one_of(st.none(), st.integers(0, 50)), current=st.integers(0, 50),
+       state=st.sampled_from(["new", "open", "partially_filled", "filled", "cancelled", "rejected", "expired"]))
+def test_only_new_orders_with_a_known_other_epoch_are_refused(record_epoch: int | None, current: int,
+                                                              state: str) -> None:
+    fields: dict[str, object] = {"state": state}
+    if state != "new":
+        fields["venue_order_id"] = "O-1"
+    if record_epoch is not None:
+        fields["epoch"] = record_epoch
+    problem = check_payload(_order(**fields), venues=["kraken"], epoch=current)
+    refused = state == "new" and record_epoch is not None and record_epoch != current
+    assert (problem is not None) == refused, problem
+    # without a current epoch (a caller that does not know it) nothing is refused for it
+    assert check_payload(_order(**fields), venues=["kraken"]) is None
