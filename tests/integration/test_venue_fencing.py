@@ -122,7 +122,7 @@ async def test_mockclock_no_arm_once_the_lease_is_valid_for_less_than_the_arms_b
     monkeypatch.setattr(trio.to_thread, "run_sync", inline)
 
     def clock_ns() -> int:  # callable from the worker thread too (MockClock's own state)
-        return int(clock.current_time() * 1e9)
+        return round(clock.current_time() * 1e9)
 
     lease = Lease(clock_ns)
     arms: list[float] = []
