@@ -625,9 +625,11 @@ class VenueService:
         lease = valid_until is not None
 
         def send_if() -> str | None:
-            # In the worker thread, right before the request leaves: the same rule, now. The
-            # deadline was read before the call: a renewal since only moves it later.
-            decision = arm_decision(self.clock_ns(), valid_until, bound_ns, lease=lease)
+            # In the worker thread, right before the request leaves (ccxt's rate limiter may have
+            # slept seconds since the loop asked): the same rule, with the deadline as it is now
+            # (plain attribute reads of leadership's state; renewals since moved it later).
+            has_lease, until = self._lease_deadline() if lease else (False, None)
+            decision = arm_decision(self.clock_ns(), until, bound_ns, lease=has_lease)
             return None if decision.send else decision.reason
 
         try:

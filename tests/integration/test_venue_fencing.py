@@ -220,3 +220,82 @@ def test_a_deadman_timeout_too_long_for_the_bound_is_refused_by_check_and_run(tm
     assert run.returncode == 78, run.stderr  # EX_CONFIG: systemd does not restart it
     assert "Traceback" not in run.stderr and len(run.stderr.splitlines()) == 1, run.stderr
     assert expected in run.stderr
+
+
+# --------------------------------------------------------------------------- a real pair and a real lease
+
+async def test_a_real_primary_cut_off_from_its_witness_stops_arming_before_valid_until(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
+    """Two `lifeline run` processes and a `lifeline witness`, [venues.kraken] on the venue
+    emulator (production ccxt: Kraken's private calls ~3 s apart). The primary arms the switch
+    through its real lease; the witness is killed: the primary cannot renew, its last arm
+    reached the venue before valid_until - deadman_arm_timeout (the last valid_until on its
+    role.watch feed), nothing is armed after it, and the venue cancels every order within
+    deadman_timeout (10 s: Kraken's pacing needs it) of valid_until."""
+    from test_lease_pair import LeasePair
+
+    from daemon.core.control_client import ControlClient
+
+    emulator = VenueEmulator(api_keys={"kraken": KRAKEN_KEY})
+    url = await nursery.start(emulator.run)
+    offset = trio.current_time() - time.monotonic()
+    deadman = emulator.venue("kraken").deadman
+    arm_bound = 0.4
+    pair = LeasePair(tmp_path, "witness")   # ttl 1 s, safety_margin 200 ms
+    try:
+        for node in pair.nodes.values():
+            node.extra = {"venues": {"kraken": {
+                "exchange": "kraken", "api_url": url, "credentials": str(credentials(node.root)), "interval": "1s",
+                "deadman_timeout": "10s", "deadman_interval": "1s", "deadman_arm_timeout": "400ms",
+                "reconcile_on_promotion": False, "positions": False}}}
+            node.root.mkdir(parents=True, exist_ok=True)
+            node.write_config()
+        await trio.to_thread.run_sync(pair.start)
+        primary = await trio.to_thread.run_sync(pair.wait_primary)
+        arrivals: list[float] = []
+
+        async def watch_arms() -> None:
+            seen = 0
+            while True:
+                if deadman.arms != seen and deadman.deadline is not None:
+                    seen = deadman.arms
+                    arrivals.append(deadman.deadline - deadman.timeout)
+                await trio.sleep(0.002)
+
+        nursery.start_soon(watch_arms)
+        with trio.fail_after(40):
+            with trio.move_on_after(20):
+                while len(arrivals) < 2:   # armed through the real lease
+                    await trio.sleep(0.05)
+            assert len(arrivals) >= 2, pair.nodes[primary].log_text()[-6000:]
+            feed = ControlClient(pair.nodes[primary].socket, timeout=5).connect()
+            feed.call("role.watch")
+            assert pair.witness is not None
+            pair.witness.stop()        # SIGKILL: no renewal succeeds from now on
+            valid_until: int | None = None
+
+            def follow() -> int:
+                last = None
+                while True:
+                    message = feed.read_line(timeout=10)
+                    if message.get("valid_until") is not None:
+                        last = int(message["valid_until"])
+                    if message.get("role") != "primary":
+                        assert last is not None
+                        return last
+
+            valid_until = await trio.to_thread.run_sync(follow)
+            feed.close()
+            until = valid_until / 1e9 + offset        # in trio time
+            while deadman.fired == 0:
+                await trio.sleep(0.01)
+            fired_at = trio.current_time()
+        arms_then = deadman.arms
+        await trio.sleep(1.0)
+        assert deadman.arms == arms_then          # nothing after the fence
+        assert max(arrivals) < until - arm_bound + 0.05, (max(arrivals) - until)
+        assert fired_at <= until + 10.0 + 0.2, fired_at - until
+        assert emulator.open_orders("kraken") == []
+    finally:
+        await trio.to_thread.run_sync(pair.close)
+    nursery.cancel_scope.cancel()
