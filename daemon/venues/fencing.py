@@ -8,6 +8,8 @@ CLOCK_MONOTONIC: :mod:`daemon.standby.leadership`). A dead-man arm takes up to i
 request leaves, until the venue has it or the connection is closed). An arm is sent only
 while ``valid_until - now > B``, so the last arm a primary ever sends reaches the venue
 before ``valid_until``; a primary that cannot renew stops re-arming *before* it fences.
+The service asks twice: in its loop, and in the worker thread right before the request
+leaves (with the deadline as it is then: ccxt's rate limiter may have slept seconds).
 Its orders then die at the venue by themselves at most ``deadman_timeout`` after
 ``valid_until``. Without a lease (a fixed role, or no journal) there is no deadline: the
 rule says send, and the switch is what ends the orders of a host that stops.
