@@ -130,6 +130,9 @@ def fencing_lines(venues: Mapping[str, VenueConfig], lease: LeaseBound | None,
                                    max_clock_rate_error=max_clock_rate_error)
         if survival.seconds is None:
             lines.append(f"{name}: no bound: {survival.formula}")
+        elif vc.credentials is None:
+            lines.append(f"{name}: no bound: no credentials, so the dead-man switch cannot be armed; nothing ends "
+                         "them but the engine and reconciliation")
         elif has_deadman_switch(vc.exchange) is False:
             lines.append(f"{name}: no bound: {vc.exchange} has no dead-man switch (ccxt: no cancelAllOrdersAfter); "
                          "nothing ends them but reconciliation on the new primary")

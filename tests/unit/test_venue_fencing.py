@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.config import ConfigError, dump_toml, load_config, parse_config
-from daemon.venues.config import VenueConfig, fencing_problems
+from daemon.venues.config import VenueConfig, fencing_lines, fencing_problems
 from daemon.venues.fencing import NS, LeaseBound, arm_decision, orphan_survival
 from daemon.venues.orders import check_payload
 
@@ -161,3 +161,19 @@ def test_only_new_orders_with_a_known_other_epoch_are_refused(record_epoch: int 
     assert (problem is not None) == refused, problem
     # without a current epoch (a caller that does not know it) nothing is refused for it
     assert check_payload(_order(**fields), venues=["kraken"]) is None
+
+
+def test_config_check_lines_say_where_there_is_no_bound() -> None:
+    lease = LeaseBound(ttl=1.5, safety_margin=0.3, max_clock_rate_error=0.01)
+    creds = Path("/etc/lifeline/venues/x.toml")
+    lines = fencing_lines({
+        "kraken": VenueConfig(exchange="kraken", credentials=creds),  # type: ignore[arg-type]
+        "coinbase": VenueConfig(exchange="coinbase", credentials=creds),
+        "probe_only": VenueConfig(exchange="kraken"),
+        "off": VenueConfig(exchange="kraken", credentials=creds, deadman=False),
+    }, lease)
+    assert lines[0].startswith("kraken: at most 61.8 s (max_orphan_survival 90s): (ttl 1.5 s")
+    assert lines[1] == ("coinbase: no bound: coinbase has no dead-man switch (ccxt: no cancelAllOrdersAfter); nothing "
+                        "ends them but reconciliation on the new primary")
+    assert lines[2].startswith("probe_only: no bound: no credentials")
+    assert lines[3] == "off: no bound: deadman = false: nothing ends them but reconciliation on the new primary"
