@@ -153,6 +153,7 @@ class Venue:
     deadman_failures: int = 0
     deadman_failing: int = 0                  # consecutive failed re-arms (backoff)
     deadman_holding: str | None = None        # why the fencing rule holds the next arm back
+    deadman_held: int = 0                     # times it did while primary (the lease too short for B)
     #: Held inside the worker thread around every signed request: one API key's nonces
     #: must increase, whichever ccxt instance (probe or private, any uplink) sends them.
     key_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -586,6 +587,8 @@ class VenueService:
                 decision = arm_decision(self.clock_ns(), valid_until, _ns(vc.deadman_arm_timeout), lease=lease,
                                         retry_ns=_ns(DEADMAN_WINDOW_POLL))
                 venue.deadman_holding = None if decision.send else decision.reason
+                if not decision.send and decision.retry_in != math.inf:
+                    venue.deadman_held += 1
                 if not decision.send:
                     wait = decision.retry_in if decision.retry_in != math.inf else float(vc.deadman_interval)
                 else:
@@ -644,6 +647,7 @@ class VenueService:
                 return float(vc.deadman_interval)
             if exc.error_class == "lease":
                 venue.deadman_holding = str(exc)
+                venue.deadman_held += 1
                 return 0.0  # the loop asks the rule again (and waits as it says)
             venue.deadman_failures += 1
             venue.deadman_failing += 1
@@ -1047,7 +1051,8 @@ class VenueService:
                 "deadman": {"enabled": v.config.deadman, "supported": v.deadman_supported,
                             "armed_at": v.deadman_armed_at, "timeout_s": float(v.config.deadman_timeout),
                             "error": v.deadman_error, "arms": v.deadman_arms, "failures": v.deadman_failures,
-                            "arm_timeout_s": float(v.config.deadman_arm_timeout), "holding": v.deadman_holding},
+                            "arm_timeout_s": float(v.config.deadman_arm_timeout), "holding": v.deadman_holding,
+                            "held": v.deadman_held},
                 "reconcile": {"policy": v.config.reconcile, "runs": v.reconciliations, "last_report": v.last_report},
                 "credentials": "configured" if v.config.credentials is not None else "none",
             }
@@ -1104,6 +1109,10 @@ class VenueService:
                            [Sample({"venue": v.name}, v.deadman_arms) for v in self.venues.values()])
         yield MetricFamily("lifeline_venue_deadman_failures_total", "counter", "Failed dead-man re-arms.",
                            [Sample({"venue": v.name}, v.deadman_failures) for v in self.venues.values()])
+        yield MetricFamily("lifeline_venue_deadman_held_total", "counter",
+                           "Re-arms the fencing rule held back while primary: the lease was valid for less than "
+                           "deadman_arm_timeout (each waits for the next renewal).",
+                           [Sample({"venue": v.name}, v.deadman_held) for v in self.venues.values()])
         yield MetricFamily("lifeline_venue_deadman_failing", "gauge",
                            "Dead-man re-arms failed in a row (0 once one succeeds).",
                            [Sample({"venue": v.name}, v.deadman_failing) for v in self.venues.values()])

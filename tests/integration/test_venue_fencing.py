@@ -142,6 +142,8 @@ async def test_mockclock_no_arm_once_the_lease_is_valid_for_less_than_the_arms_b
     assert max(arms) < cutoff, f"an arm was sent at {max(arms):.3f}, after the rule's cut-off {cutoff:.3f}"
     # the last arm it sent is followed by no other until the deadline: the switch runs out by itself
     assert not [t for t in arms if t >= cutoff]
+    held = {f.name: f for f in service.metrics()}["lifeline_venue_deadman_held_total"]
+    assert held.samples[0].value == service.venues["kraken"].deadman_held >= 1  # the window before valid_until
     holding = service.venues["kraken"].deadman_holding
     assert holding is not None and ("not primary" in holding or "valid_until passed" in holding
                                     or "not more than the arm's bound" in holding)
