@@ -301,3 +301,36 @@ async def test_a_real_primary_cut_off_from_its_witness_stops_arming_before_valid
     finally:
         await trio.to_thread.run_sync(pair.close)
     nursery.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------------- the client's side
+
+async def test_the_client_asks_right_before_the_request_and_bounds_it(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """VenueClient.cancel_all_orders_after with send_if and bound, against the emulator with
+    production ccxt: a refusal sends nothing (ArmRefused, class lease); asked after the market
+    list is loaded; the request runs with bound/2 as ccxt's timeout, restored afterwards."""
+    from daemon.venues.client import VenueClient, load_credentials
+
+    emulator = VenueEmulator(api_keys={"kraken": KRAKEN_KEY})
+    url = await nursery.start(emulator.run)
+    creds = load_credentials(credentials(tmp_path))
+    client = await trio.to_thread.run_sync(lambda: VenueClient(
+        "kraken", "kraken", uplink=None, source_address=None, api_url=url, timeout=10.0, credentials=creds))
+    client.exchange.rateLimit = 20
+    deadman = emulator.venue("kraken").deadman
+    seen: list[tuple[bool, int]] = []
+
+    def refuse() -> str:
+        seen.append((client.exchange.markets is not None, client.exchange.timeout))
+        return "the lease is valid 0.4 s more, not more than the arm's bound"
+
+    with pytest.raises(ArmRefused) as refused:
+        await trio.to_thread.run_sync(lambda: client.cancel_all_orders_after(60, send_if=refuse, bound=0.6))
+    assert refused.value.error_class == "lease" and "arm's bound" in refused.value.detail
+    assert seen == [(True, 300)]            # markets loaded first; the arm's own timeout while it runs
+    assert deadman.arms == 0 and client.exchange.timeout == 10_000
+
+    await trio.to_thread.run_sync(lambda: client.cancel_all_orders_after(60, send_if=lambda: None, bound=0.6))
+    assert deadman.arms == 1 and deadman.timeout == 60.0 and client.exchange.timeout == 10_000
+    client.close()
+    nursery.cancel_scope.cancel()
