@@ -555,6 +555,12 @@ def cmd_config(args: argparse.Namespace) -> int:
                 return 1
             checked = f"; this host fits it for user {user.name}"
         print(f"{args.file}: OK (node {config.node.name}, control socket {config.control.socket}{checked})")
+        if config.venues:
+            from daemon.venues.config import fencing_lines
+
+            print("venue fencing: the longest a deposed primary's orders can live at each venue:")
+            for line in fencing_lines(config.venues, config.lease_bound()):
+                print(f"  {line}")
         return 0
     print(f"# effective config of {args.file}, defaults filled in")
     print(dump_toml(to_dict(config)), end="")

@@ -48,7 +48,8 @@ from daemon.core.durations import Duration, format_duration  # noqa: F401
 from daemon.standby.config import JournalConfig, LeaseConfig, StandbyConfig  # noqa: F401
 from daemon.system_config import SystemConfig  # noqa: F401
 from daemon.uplinks.config import UPLINK_KIND_DEFAULTS, FailoverConfig, UplinkConfig  # noqa: F401
-from daemon.venues.config import VENUE_PROBE_CALLS, VenueConfig, ccxt_exchange_ids  # noqa: F401
+from daemon.venues.config import VENUE_PROBE_CALLS, VenueConfig, ccxt_exchange_ids, fencing_problems  # noqa: F401
+from daemon.venues.fencing import LeaseBound
 from hardware.config import (  # noqa: F401
     EnclosureConfig,
     GnssConfig,
@@ -248,11 +249,19 @@ class Config:
                     known = ", ".join(self.uplinks) or "none configured"
                     problems.append((f"venues.{name}.uplinks[{i}]", f"no [uplinks.{uplink_name}] (uplinks: {known})"))
         lease = self.standby.lease if self.standby is not None else None
+        # Venue-side fencing: each venue's survival bound against the lease (README "Venue-side fencing").
+        problems += fencing_problems(self.venues, self.lease_bound())
         if self.hardware is not None and self.hardware.watchdog is not None and lease is not None \
                 and lease.watchdog != "off":
             problems.append(("hardware.watchdog", "the lease already drives the watchdog (standby.lease.watchdog): "
                                                   "use one of them, not both"))
         return problems
+
+    def lease_bound(self) -> LeaseBound | None:
+        """The lease's timings venue-side fencing needs (None without [standby.lease])."""
+        lease = self.standby.lease if self.standby is not None else None
+        return None if lease is None else LeaseBound(float(lease.ttl), float(lease.safety_margin),
+                                                     float(lease.max_clock_rate_error))
 
     #: The file this config came from (not a config key).
     source: Path = field(default=Path("<memory>"), metadata={"internal": True}, compare=False)

@@ -100,9 +100,10 @@ def payloads_from_params(params: dict[str, Any]) -> list[bytes]:
 
 class PayloadCheck(Protocol):
     """The order-record check on the append path (the venues', :func:`daemon.venues.orders.check_payload`):
-    None for a payload that may be written, else the problem, one line."""
+    None for a payload that may be written, else the problem, one line. ``epoch``: the lease
+    epoch this primary appends at (a ``new`` order of another epoch is refused)."""
 
-    def __call__(self, payload: bytes, /) -> str | None: ...
+    def __call__(self, payload: bytes, /, *, epoch: int | None = None) -> str | None: ...
 
 
 class WatchdogOpener(Protocol):
@@ -427,7 +428,7 @@ class StandbyService:
         if self._check_payload is None:
             return
         for i, payload in enumerate(payloads):
-            problem = self._check_payload(payload)
+            problem = self._check_payload(payload, epoch=self.epoch)
             if problem is not None:
                 raise ControlError("bad_record", f"payload {i}: order record: {problem} (nothing was written)")
 

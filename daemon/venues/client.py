@@ -524,6 +524,11 @@ class VenueCallError(Exception):
         self.detail = detail
 
 
+class ArmRefused(VenueCallError):
+    """A dead-man arm the fencing rule refused right before its request left (class
+    ``lease``): nothing was sent."""
+
+
 # --------------------------------------------------------------------------- the exchange
 
 class SourceAddressAdapter(requests.adapters.HTTPAdapter):
@@ -730,6 +735,8 @@ class VenueClient:
         self.last_http_status = None
         try:
             return method(*args)
+        except ArmRefused:
+            raise  # the fencing rule said no before the request left: not a venue error
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified, redacted error
             error_class, detail = classify_error(exc, self.last_http_status, redact=self._redact)
         if error_class == "connect" and self.source_address and detail.startswith("source address not"):
@@ -784,13 +791,39 @@ class VenueClient:
     def cancel_order(self, order_id: str, symbol: str | None) -> dict:
         return self._call(self.exchange.cancel_order, order_id, symbol)
 
-    def cancel_all_orders_after(self, timeout: float) -> dict:
+    def cancel_all_orders_after(self, timeout: float, *, send_if: Callable[[], str | None] | None = None,
+                                bound: float | None = None) -> dict:
         """Arm the venue's dead-man switch: it cancels every open order ``timeout`` seconds
         from now unless re-armed. ``0`` disarms. Venues count whole seconds, so anything
-        between 0 and 1 s is refused rather than rounded to 0 (which would disarm)."""
+        between 0 and 1 s is refused rather than rounded to 0 (which would disarm).
+
+        Venue-side fencing (:mod:`daemon.venues.fencing`): ``send_if`` is asked right before
+        the request leaves (after the nonce lock, ccxt's rate-limit sleep and the market
+        list): a reason refuses it (:class:`ArmRefused`, nothing sent). ``bound``: the arm's
+        HTTP request gets ``bound / 2`` to connect and ``bound / 2`` to be answered, then its
+        connection is closed."""
         if timeout != 0 and not timeout >= 1:
             raise ValueError(f"cancel_all_orders_after: timeout must be 0 (disarm) or >= 1 s (got {timeout!r})")
-        return self._call(self.exchange.cancel_all_orders_after, round(timeout * 1000))
+        if send_if is None and bound is None:
+            return self._call(self.exchange.cancel_all_orders_after, round(timeout * 1000))
+        exchange = self.exchange
+        if getattr(exchange, "markets", None) is None:
+            self._call(exchange.load_markets)  # public, at the ordinary timeout: not part of the arm's bound
+        original_fetch, original_timeout = exchange.fetch, exchange.timeout
+
+        def fetch(*args: Any, **kwargs: Any) -> Any:
+            reason = send_if() if send_if is not None else None
+            if reason is not None:
+                raise ArmRefused("lease", reason)
+            return original_fetch(*args, **kwargs)
+
+        exchange.fetch = fetch
+        if bound is not None:
+            exchange.timeout = max(1, round(bound * 1000 / 2))
+        try:
+            return self._call(exchange.cancel_all_orders_after, round(timeout * 1000))
+        finally:
+            exchange.fetch, exchange.timeout = original_fetch, original_timeout
 
     def close(self) -> None:
         """Close the HTTP session (idempotent). Later calls fail with class ``other``."""

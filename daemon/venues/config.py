@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Literal, Protocol
 
 from daemon.core.config import NodeConfig, closest, option
 from daemon.core.durations import Duration, format_duration
+from daemon.venues.fencing import LeaseBound, orphan_survival
 
 VENUE_PROBE_CALLS = ("fetch_time", "fetch_status", "fetch_ticker", "fetch_balance")
 
@@ -43,6 +45,13 @@ class VenueConfig:
     deadman_timeout: Duration = option(Duration(60.0), doc="The venue cancels every order this long after the "
                                        "last re-arm.", min=1, max=86400)
     deadman_interval: Duration = option(Duration(15.0), doc="Time between re-arms while primary.", above=0)
+    deadman_arm_timeout: Duration = option(
+        Duration(0.6), doc="The arm's bound: its HTTP request gets half of it to connect and half to be answered, "
+        "then its connection is closed. With a lease an arm is sent only while the lease stays valid longer than "
+        "this (so it is below ttl - safety_margin); a slower answer is a failed arm, retried.", above=0, max=30)
+    max_orphan_survival: Duration = option(
+        Duration(90.0), doc="Refuse a deadman_timeout with which a deposed primary's orders could live at the venue "
+        "longer than this (the bound `lifeline config check` prints; README \"Venue-side fencing\").", above=0)
     reconcile: Literal["cancel-orphans", "adopt", "report-only"] = option(
         "cancel-orphans", doc='After a promotion, open orders at the venue that the journal does not know: '
         '"cancel-orphans" cancels them, "adopt" writes them into the journal as open, "report-only" reports them.')
@@ -79,6 +88,74 @@ class VenueConfig:
         if self.uplinks is not None and len(set(self.uplinks)) != len(self.uplinks):
             problems.append(("uplinks", "an uplink is listed twice"))
         return problems
+
+
+def fencing_problems(venues: Mapping[str, VenueConfig], lease: LeaseBound | None,
+                     max_clock_rate_error: float = 0.01) -> list[tuple[str, str]]:
+    """The venue-fencing checks of the whole config (the root's validate calls it with the
+    lease's timings, None without ``[standby.lease]``): each venue's survival bound within its
+    ``max_orphan_survival``, and an arm bound that leaves room to arm at all."""
+    problems: list[tuple[str, str]] = []
+    for name, vc in venues.items():
+        if not vc.deadman:
+            continue
+        if lease is not None and vc.deadman_arm_timeout >= lease.ttl - lease.safety_margin:
+            problems.append((f"venues.{name}.deadman_arm_timeout",
+                             f"must be below the lease's ttl - safety_margin ({format_duration(lease.ttl)} - "
+                             f"{format_duration(lease.safety_margin)}), or no arm can ever be sent; found "
+                             f"{format_duration(vc.deadman_arm_timeout)}: lower it (default 600ms) or raise the ttl"))
+        survival = orphan_survival(deadman=True, deadman_timeout=float(vc.deadman_timeout),
+                                   arm_bound=float(vc.deadman_arm_timeout), lease=lease,
+                                   max_clock_rate_error=max_clock_rate_error)
+        if survival.seconds is not None and survival.seconds > vc.max_orphan_survival:
+            room = vc.max_orphan_survival / (1 + (lease.max_clock_rate_error if lease else max_clock_rate_error)) \
+                - ((lease.ttl - lease.safety_margin) if lease else float(vc.deadman_arm_timeout))
+            fix = (f"lower deadman_timeout to at most {math.floor(room)}s" if room >= 1 else
+                   "the lease's ttl alone is too long for it")
+            problems.append((f"venues.{name}.deadman_timeout",
+                             f"a deposed primary's orders could live {survival.seconds:.1f} s at the venue "
+                             f"({survival.formula}), longer than max_orphan_survival "
+                             f"({format_duration(vc.max_orphan_survival)}): {fix}, or raise max_orphan_survival"))
+    return problems
+
+
+def fencing_lines(venues: Mapping[str, VenueConfig], lease: LeaseBound | None,
+                  max_clock_rate_error: float = 0.01) -> list[str]:
+    """What `lifeline config check` prints per venue: the longest a deposed primary's orders
+    can live there, against ``max_orphan_survival``, with the formula."""
+    lines = []
+    for name, vc in venues.items():
+        survival = orphan_survival(deadman=vc.deadman, deadman_timeout=float(vc.deadman_timeout),
+                                   arm_bound=float(vc.deadman_arm_timeout), lease=lease,
+                                   max_clock_rate_error=max_clock_rate_error)
+        if survival.seconds is None:
+            lines.append(f"{name}: no bound: {survival.formula}")
+        elif vc.credentials is None:
+            lines.append(f"{name}: no bound: no credentials, so the dead-man switch cannot be armed; nothing ends "
+                         "them but the engine and reconciliation")
+        elif has_deadman_switch(vc.exchange) is False:
+            lines.append(f"{name}: no bound: {vc.exchange} has no dead-man switch (ccxt: no cancelAllOrdersAfter); "
+                         "nothing ends them but reconciliation on the new primary")
+        else:
+            lines.append(f"{name}: at most {survival.seconds:.1f} s (max_orphan_survival "
+                         f"{format_duration(vc.max_orphan_survival)}): {survival.formula}")
+    return lines
+
+
+def has_deadman_switch(exchange: str) -> bool | None:
+    """Whether ccxt implements ``cancelAllOrdersAfter`` for ``exchange`` (None: cannot tell,
+    ccxt missing or the id unknown). Imports ccxt: for operator commands, not the daemon's load."""
+    try:
+        import ccxt
+    except ImportError:
+        return None
+    cls = getattr(ccxt, exchange, None)
+    if cls is None:
+        return None
+    try:
+        return bool(cls().has.get("cancelAllOrdersAfter"))
+    except Exception:  # noqa: BLE001 - a ccxt that cannot build the client: cannot tell
+        return None
 
 
 def ccxt_exchange_ids() -> list[str] | None:

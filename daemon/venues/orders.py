@@ -609,10 +609,16 @@ class OpenOrders:
         self._open.clear()
 
 
-def check_payload(payload: bytes, /, venues: Collection[str]) -> str | None:
+def check_payload(payload: bytes, /, venues: Collection[str], *, epoch: int | None = None) -> str | None:
     """The order-record check on the journal's append path (the standby calls it, injected by
     daemon/app.py): None if ``payload`` may be written (not an order record, or a valid one
-    naming one of ``venues``, any venue when none are configured), else the problem, one line."""
+    naming one of ``venues``, any venue when none are configured), else the problem, one line.
+
+    ``epoch``: the lease epoch this primary holds. A ``new`` order record whose ``epoch`` is
+    another one comes from an engine still following a deposed primary (or not yet the new
+    one): refused, so that order is never sent. A record without ``epoch`` passes (older
+    engines; reconciliation reports its orders as "epoch unknown"); later states of an order
+    keep the epoch it was placed under and pass too."""
     if not looks_like_record(payload):
         return None
     try:
@@ -622,4 +628,9 @@ def check_payload(payload: bytes, /, venues: Collection[str]) -> str | None:
     if record is not None and venues and record.venue not in venues:
         return (f"venue: {record.venue!r} is not a configured venue ({', '.join(venues)}); write the "
                 "[venues.NAME] name")
+    if (isinstance(record, OrderRecord) and epoch is not None and record.state == "new"
+            and record.epoch is not None and record.epoch != epoch):
+        return (f"epoch: a new order placed under lease epoch {record.epoch}, but this primary holds epoch "
+                f"{epoch}: the engine follows a stale role; do not send it, read role.watch again and "
+                "write the epoch it names")
     return None

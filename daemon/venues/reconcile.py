@@ -39,6 +39,12 @@ Hence, whatever the input: under ``cancel-orphans`` no decision cancels a venue 
 venue id or client id belongs to a journal-open order, and under ``report-only`` no
 decision cancels or adopts anything (both are property-tested).
 
+Epochs: a decision about a journal order carries the record's ``epoch`` (the lease epoch it
+was placed under); the report labels and groups the orders by it
+(:meth:`ReconciliationReport.by_epoch`): ``epoch 7 (an earlier primary)``, ``epoch 8 (this
+primary)``, ``epoch unknown`` (a record written without ``epoch``), ``not in the journal``
+(orphans: nobody recorded them).
+
 Decisions come sorted: by kind (``orphan``, ``mismatch``, ``missing``, ``matched``: what is
 acted on first, what needs a human next, what is fine last), then symbol, venue order id,
 client order id. The same inputs, in any order, give the same list.
@@ -191,6 +197,9 @@ class Decision:
     amount: Decimal | None
     price: Decimal | None
     reason: str
+    #: The lease epoch the journal says the order was placed under (None: an orphan, which
+    #: the journal does not know, or a record written without ``epoch``).
+    epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: decimals as plain-notation strings."""
@@ -311,9 +320,10 @@ def reconcile(venue: str, policy: Policy, journal_open: Sequence[OrderRecord],
 
     decisions: list[Decision] = []
 
-    def decide(kind: Kind, action: Action, order: VenueOrder, client_order_id: str | None, reason: str) -> None:
+    def decide(kind: Kind, action: Action, order: VenueOrder, client_order_id: str | None, reason: str,
+               epoch: int | None = None) -> None:
         decisions.append(Decision(kind, action, venue, client_order_id, order.id, order.symbol, order.side,
-                                  order.amount, order.price, reason))
+                                  order.amount, order.price, reason, epoch))
 
     # Venue-id matches claim their record before client-id matches do.
     for i in sorted(matches, key=lambda i: (matches[i][1] != "venue order id", i)):
@@ -323,17 +333,17 @@ def reconcile(venue: str, policy: Policy, journal_open: Sequence[OrderRecord],
             decide("mismatch", "report", order, record.client_order_id,
                    f"matched journal order {record.client_order_id} by {how}, but venue order "
                    f"{claimed[id(record)]} already matched it: two venue orders for one journal order; "
-                   "the journal knows it, so it is never cancelled: check it by hand")
+                   "the journal knows it, so it is never cancelled: check it by hand", record.epoch)
             continue
         claimed[id(record)] = order.id
         diffs = _differences(record, order, how)
         if diffs:
             decide("mismatch", "report", order, record.client_order_id,
                    f"matched by {how}, but {'; '.join(diffs)}: the journal knows this order, so it is never "
-                   "cancelled: check it by hand")
+                   "cancelled: check it by hand", record.epoch)
         else:
             decide("matched", "keep", order, record.client_order_id,
-                   f"matched by {how}; the journal has it {record.state}")
+                   f"matched by {how}; the journal has it {record.state}", record.epoch)
 
     for i, order in enumerate(orders):
         if i in matches:
@@ -362,7 +372,8 @@ def reconcile(venue: str, policy: Policy, journal_open: Sequence[OrderRecord],
         decisions.append(Decision(
             "missing", "report", venue, record.client_order_id, record.venue_order_id, record.symbol, record.side,
             record.amount, record.price,
-            f"the journal has it {record.state}{filled} but the venue does not list it: {MISSING_HINT}"))
+            f"the journal has it {record.state}{filled} but the venue does not list it: {MISSING_HINT}",
+            record.epoch))
 
     decisions.sort(key=Decision.sort_key)
     return decisions
@@ -462,9 +473,50 @@ class ReconciliationReport:
             text += f"; {_plural(len(self.errors), 'error')}"
         return text
 
+    def epoch_label(self, decision: Decision) -> str:
+        """Who placed the order: ``epoch 7 (an earlier primary)``, ``epoch 8 (this primary)``,
+        ``epoch unknown`` (a journal record without ``epoch``), ``not in the journal`` (an orphan)."""
+        if decision.kind == "orphan":
+            return "not in the journal"
+        if decision.epoch is None:
+            return "epoch unknown"
+        if self.epoch is not None and decision.epoch == self.epoch:
+            return f"epoch {decision.epoch} (this primary)"
+        if self.epoch is not None and decision.epoch < self.epoch:
+            return f"epoch {decision.epoch} (an earlier primary)"
+        return f"epoch {decision.epoch}"
+
+    def by_epoch(self) -> dict[str, dict[str, int]]:
+        """The venue's and the journal's orders grouped by the epoch that placed them: label ->
+        kind -> count; known epochs first (ascending), then unknown, then not in the journal."""
+        def rank(d: Decision) -> tuple[int, int]:
+            if d.kind == "orphan":
+                return (2, 0)
+            return (0, d.epoch) if d.epoch is not None else (1, 0)
+
+        groups: dict[str, dict[str, int]] = {}
+        for decision in sorted(self.decisions, key=rank):
+            kinds = groups.setdefault(self.epoch_label(decision), {})
+            kinds[decision.kind] = kinds.get(decision.kind, 0) + 1
+        return groups
+
+    def epoch_line(self) -> str | None:
+        """``"  by epoch: epoch 7 (an earlier primary): 2 matched, 1 missing; not in the journal: 1 orphan"``."""
+        groups = self.by_epoch()
+        if not groups:
+            return None
+        words = {"matched": ("matched", "matched"), "mismatch": ("mismatched", "mismatched"),
+                 "missing": ("missing", "missing"), "orphan": ("orphan", "orphans")}
+        parts = []
+        for label, kinds in groups.items():
+            counts = ", ".join(f"{n} {words[k][0] if n == 1 else words[k][1]}"
+                               for k, n in sorted(kinds.items(), key=lambda kv: KIND_ORDER.index(kv[0])))
+            parts.append(f"{label}: {counts}")
+        return "  by epoch: " + "; ".join(parts)
+
     def lines(self) -> list[str]:
-        """The human report: the summary, one line per decision, then positions, errors and
-        where and when it ran."""
+        """The human report: the summary, one line per decision, then positions, errors, the
+        orders by the epoch that placed them, and where and when it ran."""
         out = [self.summary()]
         for i, decision in enumerate(self.decisions):
             out.append("  " + decision.line(self.outcomes.get(i)))
@@ -472,6 +524,9 @@ class ReconciliationReport:
             out.append("  position: " + _describe_position(position))
         for error in self.errors:
             out.append("  error: " + " ".join(str(error).split()))
+        epochs = self.epoch_line()
+        if epochs is not None:
+            out.append(epochs)
         started = _dt.datetime.fromtimestamp(self.started_at, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         took = (f", took {self.finished_at - self.started_at:.1f} s" if self.finished_at is not None else
                 ", not finished")
@@ -484,8 +539,9 @@ class ReconciliationReport:
         return {
             "venue": self.venue, "policy": self.policy, "dry_run": self.dry_run, "node": self.node,
             "epoch": self.epoch, "started_at": self.started_at, "finished_at": self.finished_at,
-            "counts": self.counts(),
-            "decisions": [{**d.to_dict(), "outcome": self.outcomes.get(i)} for i, d in enumerate(self.decisions)],
+            "counts": self.counts(), "by_epoch": self.by_epoch(),
+            "decisions": [{**d.to_dict(), "outcome": self.outcomes.get(i), "placed_by": self.epoch_label(d)}
+                          for i, d in enumerate(self.decisions)],
             "positions": _jsonable(self.positions),
             "errors": list(self.errors),
             "outcomes": {str(i): o for i, o in sorted(self.outcomes.items())},

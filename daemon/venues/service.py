@@ -21,7 +21,10 @@ always on a host without a journal), every venue with ``deadman = true`` whose e
 implements ``cancelAllOrdersAfter`` is re-armed every ``deadman_interval`` with
 ``deadman_timeout``. Nothing is sent when the node stops being primary: the last arm runs
 out and the venue cancels every order by itself — also when this daemon is fenced, hangs,
-crashes or loses every uplink. Private calls go through the best uplink for that venue
+crashes or loses every uplink. With a lease, an arm is sent only while the lease stays
+valid longer than the arm's bound (``deadman_arm_timeout``), checked again in the worker
+thread right before the request leaves (:mod:`daemon.venues.fencing`): a primary that
+cannot renew stops re-arming before it fences. Private calls go through the best uplink for that venue
 (UP first, in the configured order), one at a time per venue (nonces must increase).
 
 **Reconciliation.** When this node becomes primary (``RoleChanged``), each venue with
@@ -42,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -63,6 +67,7 @@ from daemon.core.events import (
 from daemon.core.log import get_logger
 from daemon.core.service import Health, MetricFamily, Sample, ServiceStatus, histogram
 from daemon.venues.config import VenueConfig, VenuesSettings
+from daemon.venues.fencing import arm_decision
 from daemon.venues.health import (
     HealthChange,
     HealthSettings,
@@ -81,6 +86,9 @@ PRIVATE_TIMEOUT = 10.0
 PRIVATE_DEADLINE = 30.0
 #: After a failed re-arm, try again this soon (the last good arm is still running down).
 DEADMAN_RETRY = 1.0
+#: While the lease is valid for less than an arm's bound, ask the fencing rule again this often
+#: (a renewal moves valid_until: every renew_interval, 500 ms at the defaults).
+DEADMAN_WINDOW_POLL = 0.05
 #: Reconciliation waits at most this long for the order index to reach the journal's end.
 INDEX_CATCH_UP = 30.0
 WATCH_BUFFER = 256
@@ -144,6 +152,8 @@ class Venue:
     deadman_arms: int = 0
     deadman_failures: int = 0
     deadman_failing: int = 0                  # consecutive failed re-arms (backoff)
+    deadman_holding: str | None = None        # why the fencing rule holds the next arm back
+    deadman_held: int = 0                     # times it did while primary (the lease too short for B)
     #: Held inside the worker thread around every signed request: one API key's nonces
     #: must increase, whichever ccxt instance (probe or private, any uplink) sends them.
     key_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -490,7 +500,8 @@ class VenueService:
         return self.may_trade() and (term is None or term == self._primary_term)
 
     async def _private(self, venue: Venue, method: str, *args: Any, primary_term: int | None = None,
-                       primary_only: bool = False, deadline: float = PRIVATE_DEADLINE) -> Any:
+                       primary_only: bool = False, deadline: float = PRIVATE_DEADLINE,
+                       kwargs: dict[str, Any] | None = None) -> Any:
         """One private call at ``venue`` through its best path; VenueUnavailable if none works.
 
         ``primary_only`` (cancels, the dead-man switch): checked again after the lock was
@@ -501,11 +512,11 @@ class VenueService:
             raise VenueUnavailable(f"venue {venue.name}: no credentials configured "
                                    f"(set venues.{venue.name}.credentials to a 0600 TOML file)")
         with trio.move_on_after(deadline):
-            return await self._private_unbounded(venue, method, args, primary_term, primary_only)
+            return await self._private_unbounded(venue, method, args, primary_term, primary_only, kwargs or {})
         raise VenueUnavailable(f"venue {venue.name}: {method} failed: no answer within {deadline:g}s", "timeout")
 
     async def _private_unbounded(self, venue: Venue, method: str, args: tuple[Any, ...], primary_term: int | None,
-                                 primary_only: bool) -> Any:
+                                 primary_only: bool, kwargs: dict[str, Any]) -> Any:
         from daemon.venues.client import VenueCallError
 
         errors: list[str] = []
@@ -528,14 +539,14 @@ class VenueService:
                     fn = getattr(client, method)
 
                     def call() -> Any:
-                        return venue.signed(client, lambda: fn(*args))
+                        return venue.signed(client, lambda: fn(*args, **kwargs))
 
                     with trio.fail_after(PRIVATE_DEADLINE):
                         return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
                 except VenueCallError as exc:
                     error_class = exc.error_class
                     errors.append(f"{path.uplink}: {exc.error_class}: {exc.detail}")
-                    if exc.error_class in ("auth", "exchange"):
+                    if exc.error_class in ("auth", "exchange", "lease"):  # lease: the fencing rule said no
                         break  # the venue answered: another uplink gets the same answer
                 except trio.TooSlowError:
                     error_class = "timeout"
@@ -571,13 +582,24 @@ class VenueService:
                         venue.deadman_error = f"{vc.exchange} has no dead-man switch (cancelAllOrdersAfter)"
                         log.warning("venue.deadman_unsupported", venue=venue.name, exchange=vc.exchange)
                         return
-                current = self._primary_term
-                try:
-                    wait = await self._arm(venue, first=term != current, term=current)
-                except Exception as exc:  # noqa: BLE001 - never take the daemon down; retry
-                    log.error("venue.deadman_error", venue=venue.name, error=f"{type(exc).__name__}: {exc}")
-                    wait = DEADMAN_RETRY
-                term = current if venue.deadman_failing == 0 else term
+                # Venue-side fencing: an arm goes out only while the lease outlives its flight.
+                lease, valid_until = self._lease_deadline()
+                decision = arm_decision(self.clock_ns(), valid_until, _ns(vc.deadman_arm_timeout), lease=lease,
+                                        retry_ns=_ns(DEADMAN_WINDOW_POLL))
+                venue.deadman_holding = None if decision.send else decision.reason
+                if not decision.send and decision.retry_in != math.inf:
+                    venue.deadman_held += 1
+                if not decision.send:
+                    wait = decision.retry_in if decision.retry_in != math.inf else float(vc.deadman_interval)
+                else:
+                    current = self._primary_term
+                    try:
+                        wait = await self._arm(venue, first=term != current, term=current,
+                                               valid_until=valid_until if lease else None)
+                    except Exception as exc:  # noqa: BLE001 - never take the daemon down; retry
+                        log.error("venue.deadman_error", venue=venue.name, error=f"{type(exc).__name__}: {exc}")
+                        wait = DEADMAN_RETRY
+                    term = current if venue.deadman_failing == 0 else term
             else:
                 wait = float(vc.deadman_interval)
             with trio.move_on_after(wait):
@@ -591,17 +613,42 @@ class VenueService:
             return False
         return bool(client.supports(feature))
 
-    async def _arm(self, venue: Venue, *, first: bool, term: int | None = None) -> float:
+    def _lease_deadline(self) -> tuple[bool, int | None]:
+        """(roles move with a lease, its trading deadline on CLOCK_MONOTONIC ns or None)."""
+        leadership = getattr(self.standby, "leadership", None) if self.standby is not None else None
+        deadline = getattr(leadership, "valid_until_ns", None)
+        if deadline is None:
+            return False, None  # no journal, or a fixed role: no deadline
+        return True, deadline(self.clock_ns())
+
+    async def _arm(self, venue: Venue, *, first: bool, term: int | None = None,
+                   valid_until: int | None = None) -> float:
         vc = venue.config
+        bound_ns = _ns(vc.deadman_arm_timeout)
+        lease = valid_until is not None
+
+        def send_if() -> str | None:
+            # In the worker thread, right before the request leaves (ccxt's rate limiter may have
+            # slept seconds since the loop asked): the same rule, with the deadline as it is now
+            # (plain attribute reads of leadership's state; renewals since moved it later).
+            has_lease, until = self._lease_deadline() if lease else (False, None)
+            decision = arm_decision(self.clock_ns(), until, bound_ns, lease=has_lease)
+            return None if decision.send else decision.reason
+
         try:
             # Bounded: a hung call must not use up the running arm (half its timeout at most),
             # nor be cut shorter than the re-arm interval (ccxt paces Kraken's call ~3 s).
             bound = min(PRIVATE_DEADLINE, max(float(vc.deadman_interval), float(vc.deadman_timeout) / 2))
             await self._private(venue, "cancel_all_orders_after", float(vc.deadman_timeout), primary_only=True,
-                                primary_term=term, deadline=bound)
+                                primary_term=term, deadline=bound,
+                                kwargs={"send_if": send_if, "bound": float(vc.deadman_arm_timeout)})
         except VenueUnavailable as exc:
             if exc.error_class == "fenced":
                 return float(vc.deadman_interval)
+            if exc.error_class == "lease":
+                venue.deadman_holding = str(exc)
+                venue.deadman_held += 1
+                return 0.0  # the loop asks the rule again (and waits as it says)
             venue.deadman_failures += 1
             venue.deadman_failing += 1
             venue.deadman_error = str(exc)
@@ -1003,7 +1050,9 @@ class VenueService:
                 "paths": [p.snapshot() for p in v.paths.values()],
                 "deadman": {"enabled": v.config.deadman, "supported": v.deadman_supported,
                             "armed_at": v.deadman_armed_at, "timeout_s": float(v.config.deadman_timeout),
-                            "error": v.deadman_error, "arms": v.deadman_arms, "failures": v.deadman_failures},
+                            "error": v.deadman_error, "arms": v.deadman_arms, "failures": v.deadman_failures,
+                            "arm_timeout_s": float(v.config.deadman_arm_timeout), "holding": v.deadman_holding,
+                            "held": v.deadman_held},
                 "reconcile": {"policy": v.config.reconcile, "runs": v.reconciliations, "last_report": v.last_report},
                 "credentials": "configured" if v.config.credentials is not None else "none",
             }
@@ -1060,12 +1109,21 @@ class VenueService:
                            [Sample({"venue": v.name}, v.deadman_arms) for v in self.venues.values()])
         yield MetricFamily("lifeline_venue_deadman_failures_total", "counter", "Failed dead-man re-arms.",
                            [Sample({"venue": v.name}, v.deadman_failures) for v in self.venues.values()])
+        yield MetricFamily("lifeline_venue_deadman_held_total", "counter",
+                           "Re-arms the fencing rule held back while primary: the lease was valid for less than "
+                           "deadman_arm_timeout (each waits for the next renewal).",
+                           [Sample({"venue": v.name}, v.deadman_held) for v in self.venues.values()])
         yield MetricFamily("lifeline_venue_deadman_failing", "gauge",
                            "Dead-man re-arms failed in a row (0 once one succeeds).",
                            [Sample({"venue": v.name}, v.deadman_failing) for v in self.venues.values()])
         yield MetricFamily("lifeline_venue_reconciliations_total", "counter", "Reconciliations run.",
                            [Sample({"venue": v.name}, v.reconciliations) for v in self.venues.values()])
         yield from self.probe_latency.collect()
+
+
+def _ns(seconds: float) -> int:
+    """Seconds as integer ns, rounded up (a bound is never shortened)."""
+    return math.ceil(float(seconds) * 1e9)
 
 
 def _audit_by() -> dict[str, Any]:

@@ -334,6 +334,55 @@ def test_a_standby_daemon_refuses_to_reconcile_but_reports_a_dry_run(tmp_path: P
     assert_no_secrets(daemon.log_text(), "the daemon's log")
 
 
+# --------------------------------------------------------------------------- orders by epoch
+
+def test_reconcile_reports_orders_by_the_epoch_that_placed_them(tmp_path: Path, emulator: Emulator) -> None:
+    """A fixed primary (epoch 1): the engine's records say which epoch placed each order;
+    `lifeline reconcile --dry-run` groups the venue's and the journal's orders by it (an
+    earlier primary's, this primary's, records without epoch, orphans nobody recorded), and
+    the daemon refuses a `new` order of another epoch on journal.append."""
+    config, socket = write_config(tmp_path, {"kraken": {
+        "exchange": "kraken", "api_url": emulator.url, "interval": "1s", "timeout": "1s",
+        "credentials": str(secret_file(tmp_path, "kraken", KRAKEN_KEY, KRAKEN_SECRET)),
+        "deadman": False, "positions": False, "reconcile_on_promotion": False}},
+        standby={"role": "primary", "listen": f"127.0.0.1:{free_port()}"})
+    daemon = DaemonProcess(config=config, workdir=tmp_path / "proc", watchdog_usec=None)
+    daemon.start()
+
+    def order(coid: str, **fields: Any) -> str:
+        return json.dumps({"record": "order", "v": 1, "client_order_id": coid, "venue": "kraken",
+                           "symbol": "LTC/USDT", "side": "sell", "amount": "0.1", "price": None, "state": "open",
+                           **fields})
+
+    try:
+        assert daemon.wait_ready(30), daemon.log_text()
+        with ControlClient(socket) as client:
+            assert client.call("role.status")["epoch"] == 1
+            with pytest.raises(Exception) as refused:
+                client.call("journal.append", {"payloads": [order("eng-0", state="new", epoch=0)]})
+            assert ("epoch: a new order placed under lease epoch 0, but this primary holds epoch 1" in
+                    str(refused.value))
+            results = client.call("journal.append", {"payloads": [
+                order("eng-1", venue_order_id="OIIQBL-6PV3A-7M2AJJ", price="54.0", epoch=0),
+                order("eng-2", venue_order_id="OGONE1-AAAAA-BBBBBB", epoch=1),
+                order("eng-3", venue_order_id="OGONE2-AAAAA-BBBBBB"),
+            ]})["results"]
+            assert [r["status"] for r in results] == ["ok"] * 3
+        dry = lifeline(socket, "reconcile", "--dry-run")
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert ("  by epoch: epoch 0 (an earlier primary): 1 matched; epoch 1 (this primary): 1 missing; "
+                "epoch unknown: 1 missing; not in the journal: 2 orphans") in dry.stdout, dry.stdout
+        as_json = json.loads(lifeline(socket, "reconcile", "--dry-run", "--json").stdout)
+        [report] = as_json["reports"]
+        assert report["by_epoch"]["not in the journal"] == {"orphan": 2}
+        placed = {d["client_order_id"]: d["placed_by"] for d in report["decisions"]}
+        assert placed["eng-1"] == "epoch 0 (an earlier primary)" and placed["eng-3"] == "epoch unknown"
+        assert emulator.open_ids() == SEEDED_KRAKEN
+        assert daemon.stop(20) == 0
+    finally:
+        daemon.close()
+
+
 # --------------------------------------------------------------------------- refusing to start
 
 @pytest.mark.parametrize("case", ["credentials-mode", "unsupported-probe"])

@@ -443,12 +443,12 @@ class Gate:
         self.release = threading.Event()
 
     def wrap(self, fn: Any) -> Any:
-        def gated(*args: Any) -> Any:
+        def gated(*args: Any, **kwargs: Any) -> Any:
             if self.armed.is_set():
                 self.armed.clear()  # one call only
                 self.entered.set()
                 self.release.wait(20)
-            return fn(*args)
+            return fn(*args, **kwargs)
         return gated
 
 

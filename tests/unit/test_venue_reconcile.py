@@ -362,7 +362,7 @@ def test_decision_to_dict_is_json(kraken: dict[str, VenueOrder]) -> None:
     data = d.to_dict()
     assert data == {"kind": "orphan", "action": "cancel", "venue": "kraken", "client_order_id": None,
                     "venue_order_id": SL, "symbol": "LTC/USDT", "side": "sell", "amount": "0.1", "price": "54",
-                    "reason": d.reason}
+                    "reason": d.reason, "epoch": None}
     assert json.loads(json.dumps(data)) == data
 
 
@@ -390,8 +390,9 @@ def test_report_cancel_orphans(kraken: dict[str, VenueOrder]) -> None:
                                "XRP/USD buy 10@-; ")
     assert lines[3] == ("  matched keep: venue order OIIQBL-6PV3A-7M2AJJ, client order mm-sl-1, LTC/USDT sell 0.1@54; "
                         "matched by venue order id; the journal has it open")
-    assert lines[4] == "  node node-b, epoch 8, started 2024-01-14 19:25:00 UTC, took 1.2 s"
-    assert len(lines) == 5
+    assert lines[4] == "  by epoch: epoch unknown: 1 matched; not in the journal: 2 orphans"
+    assert lines[5] == "  node node-b, epoch 8, started 2024-01-14 19:25:00 UTC, took 1.2 s"
+    assert len(lines) == 6
     assert report.counts() == {"matched": 1, "orphans": 2, "missing": 0, "mismatched": 0, "cancelled": 2,
                                "adopted": 0, "failed": 0, "skipped": 0, "would_cancel": 0, "would_adopt": 0,
                                "venue_orders": 3}
@@ -450,7 +451,8 @@ def test_report_with_mismatches_missing_positions_and_errors(kraken: dict[str, V
                                "the journal has it open but the venue does not list it")
     assert lines[5] == "  position: BTC/USD:USD long contracts 2.0 entryPrice 43000.5"
     assert lines[6] == "  error: positions: timeout (no answer within 10s)"
-    assert lines[7].endswith(", not finished")
+    assert lines[7] == "  by epoch: epoch unknown: 1 mismatched, 1 missing, 1 matched; not in the journal: 1 orphan"
+    assert lines[8].endswith(", not finished")
     c = report.counts()
     assert (c["matched"], c["mismatched"], c["orphans"], c["missing"], c["venue_orders"]) == (1, 1, 1, 1, 3)
 
@@ -540,3 +542,25 @@ def test_reconcile_properties(case: tuple[list[OrderRecord], list[VenueOrder]], 
     rng.shuffle(records)
     rng.shuffle(orders)
     assert reconcile("kraken", policy, records, orders) == decisions  # type: ignore[arg-type]
+
+
+def test_the_report_groups_orders_by_the_epoch_that_placed_them(kraken: dict[str, VenueOrder]) -> None:
+    """After a promotion to epoch 8: orders the earlier primary placed (epoch 7), this
+    primary's (8), records written without an epoch, and orphans nobody recorded."""
+    records = [journal("mm-sl-1", price="54", venue_order_id=SL, epoch=7),
+               journal("mm-ts", symbol="XRP/USD", side="buy", amount="10", venue_order_id=TS, epoch=8),
+               journal("mm-gone", symbol="BTC/USDT", venue_order_id="OGONE-1", epoch=7),
+               journal("mm-old", symbol="BTC/USDT", venue_order_id="OGONE-2")]
+    report = report_for(kraken, "cancel-orphans", records=records)
+    by = {d.client_order_id: report.epoch_label(d) for d in report.decisions}
+    assert by == {"mm-sl-1": "epoch 7 (an earlier primary)", "mm-ts": "epoch 8 (this primary)",
+                  "mm-gone": "epoch 7 (an earlier primary)", "mm-old": "epoch unknown", None: "not in the journal"}
+    assert report.by_epoch() == {"epoch 7 (an earlier primary)": {"missing": 1, "matched": 1},
+                                 "epoch 8 (this primary)": {"matched": 1}, "epoch unknown": {"missing": 1},
+                                 "not in the journal": {"orphan": 1}}
+    assert ("  by epoch: epoch 7 (an earlier primary): 1 missing, 1 matched; epoch 8 (this primary): 1 matched; "
+            "epoch unknown: 1 missing; not in the journal: 1 orphan") in report.lines()
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["by_epoch"]["epoch 7 (an earlier primary)"] == {"missing": 1, "matched": 1}
+    assert {d["client_order_id"]: (d["epoch"], d["placed_by"]) for d in data["decisions"]}["mm-sl-1"] == \
+        (7, "epoch 7 (an earlier primary)")
