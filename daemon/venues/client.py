@@ -823,6 +823,10 @@ class VenueClient:
     def cancel_order_or_gone(self, order_id: str, symbol: str | None) -> bool:
         """Cancel one order by venue id: True cancelled, False the venue does not know it
         (already gone: counts as cancelled)."""
+        if self.exchange_id == "coinbase":  # ccxt's cancelOrder raises BadRequest for an unknown id
+            count, _ = self.cancel_orders([order_id], symbol)
+            return count == 1
+
         def call() -> bool:
             try:
                 self.exchange.cancel_order(order_id, symbol)
