@@ -173,6 +173,15 @@ class Venue:
     #: ahead), each used by one kill call at a time (its lock).
     kill_clients: dict[str, Any] = field(default_factory=dict)
     kill_locks: dict[str, trio.Lock] = field(default_factory=dict)
+    #: The kill clients' nonces (ms, as ccxt's): one increasing counter for every path, so
+    #: only the network's reordering can put one below the venue's last (README "Kill switch").
+    kill_nonce: int = 0
+    kill_nonce_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next_kill_nonce(self) -> int:
+        with self.kill_nonce_lock:
+            self.kill_nonce = max(int(time.time() * 1000), self.kill_nonce + 1)
+            return self.kill_nonce
 
     def state(self) -> VenueState:
         return best_state(p.health.state for p in self.paths.values())
@@ -1003,6 +1012,7 @@ class VenueService:
                 exchange = getattr(made, "exchange", None)
                 if exchange is not None:
                     exchange.enableRateLimit = False
+                    exchange.nonce = venue.next_kill_nonce
                     exchange.load_markets()
                 return made
 
