@@ -1044,6 +1044,8 @@ class VenueService:
                 raise VenueUnavailable(f"{exc.error_class}: {exc.detail}", exc.error_class) from None
             except trio.Cancelled:
                 venue.kill_clients.pop(uplink, None)  # its thread may still be running: never reuse it
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._warm_kill_clients, venue)  # ready for the next kill
                 raise
             except Exception as exc:  # noqa: BLE001 - the client builder or ccxt misbehaved
                 venue.kill_clients.pop(uplink, None)
