@@ -74,14 +74,20 @@ class VenueOrders(Protocol):
     def kill_paths(self, venue: str, /) -> list[str]:
         """The paths (uplinks) to send through: every one not DOWN (all when all are)."""
 
-    def kill_features(self, venue: str, /) -> VenueFeatures: ...
+    def kill_features(self, venue: str, /) -> tuple[bool, bool]:
+        """(the venue has a cancel-all, a batch cancel by ids): ccxt's ``has``."""
 
-    def journal_open(self, venue: str, /) -> list[KnownOrder]:
-        """The journal's open orders at ``venue`` that have a venue order id."""
+    def journal_open(self, venue: str, /) -> list[tuple[str, str, str | None]]:
+        """(venue order id, symbol, client order id) of the journal's open orders at ``venue``."""
 
     async def kill_fetch(self, venue: str, path: str, /) -> list[dict[str, Any]]: ...
 
-    async def kill_cancel(self, venue: str, path: str, cancel: Cancel, /) -> CancelResult: ...
+    async def kill_cancel_all(self, venue: str, path: str, /) -> int | None:
+        """How many orders the venue's cancel-all cancelled (None: it did not say)."""
+
+    async def kill_cancel_ids(self, venue: str, path: str, ids: list[str], symbol: str | None, batch: bool,
+                              /) -> tuple[int | None, list[str]]:
+        """(how many cancelled, the ids the venue does not know)."""
 
 
 class MemoryBlocks:
@@ -245,8 +251,9 @@ class KillSwitch:
         assert self.venues is not None
         venues = self.venues
         try:
-            features = venues.kill_features(name)
-            journal = venues.journal_open(name)
+            cancel_all, cancel_batch = venues.kill_features(name)
+            features = VenueFeatures(cancel_all=cancel_all, cancel_batch=cancel_batch)
+            journal = [KnownOrder(i, s, c) for i, s, c in venues.journal_open(name)]
             paths = venues.kill_paths(name)
         except Exception as exc:  # noqa: BLE001 - one venue's trouble must not stop the others
             kill = VenueKill(name, scope, [], VenueFeatures(), started, started + self.deadline)
@@ -303,7 +310,12 @@ class KillSwitch:
     async def _cancel(self, kill: VenueKill, path: str, cancel: Cancel) -> None:
         assert self.venues is not None
         try:
-            result = await self.venues.kill_cancel(kill.venue, path, cancel)
+            if cancel.kind == "all":
+                result = CancelResult(cancelled=await self.venues.kill_cancel_all(kill.venue, path))
+            else:
+                count, gone = await self.venues.kill_cancel_ids(kill.venue, path, list(cancel.ids), cancel.symbol,
+                                                                cancel.batch)
+                result = CancelResult(cancelled=count, not_found=tuple(gone))
         except Unavailable as exc:
             result = CancelResult(error=str(exc))
         kill.on_cancel(path, cancel, result, trio.current_time())

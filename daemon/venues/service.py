@@ -982,22 +982,20 @@ class VenueService:
         paths = [p for p in venue.best_paths() if p.health.state is not VenueState.DOWN] or venue.best_paths()
         return [p.uplink for p in paths]
 
-    def kill_features(self, venue_name: str) -> Any:
-        from daemon.guard.kill import VenueFeatures
-
+    def kill_features(self, venue_name: str) -> tuple[bool, bool]:
+        """(has a cancel-all, has a batch cancel by ids), from ccxt's ``has``."""
         venue = self.venues[venue_name]
         client = next((c for c in [*venue.kill_clients.values(), *(p.client for p in venue.paths.values())]
                        if c is not None and hasattr(c, "supports")), None)
         if client is None:
-            return VenueFeatures()
-        return VenueFeatures(cancel_all=client.supports("cancelAllOrders"), cancel_batch=client.supports("cancelOrders"))
+            return False, False
+        return bool(client.supports("cancelAllOrders")), bool(client.supports("cancelOrders"))
 
-    def journal_open(self, venue_name: str) -> list[Any]:
-        from daemon.guard.kill import KnownOrder
-
+    def journal_open(self, venue_name: str) -> list[tuple[str, str, str | None]]:
+        """(venue order id, symbol, client order id) of the journal's open orders at the venue."""
         if self.orders is None:
             return []
-        return [KnownOrder(r.venue_order_id, r.symbol, r.client_order_id)
+        return [(r.venue_order_id, r.symbol, r.client_order_id)
                 for r in self.orders.open_at(venue_name) if r.venue_order_id]
 
     async def _kill_client(self, venue: Venue, uplink: str) -> Any:
@@ -1054,20 +1052,23 @@ class VenueService:
     async def kill_fetch(self, venue_name: str, uplink: str) -> list[dict[str, Any]]:
         return list(await self._kill_call(venue_name, uplink, "fetch_open_orders", lambda c: c.fetch_open_orders()))
 
-    async def kill_cancel(self, venue_name: str, uplink: str, cancel: Any) -> Any:
-        from daemon.guard.kill import CancelResult
+    async def kill_cancel_all(self, venue_name: str, uplink: str) -> int | None:
+        """The venue's cancel-all through ``uplink``: how many it cancelled, if it says."""
+        count = await self._kill_call(venue_name, uplink, "cancel_all_orders", lambda c: c.cancel_all_orders())
+        return None if count is None else int(count)
 
-        if cancel.kind == "all":
-            count = await self._kill_call(venue_name, uplink, "cancel_all_orders", lambda c: c.cancel_all_orders())
-            return CancelResult(cancelled=count)
-        if cancel.batch:
+    async def kill_cancel_ids(self, venue_name: str, uplink: str, ids: list[str], symbol: str | None,
+                              batch: bool) -> tuple[int | None, list[str]]:
+        """Cancel by venue order id (one batch, or the one id): (how many the venue cancelled,
+        the ids it does not know)."""
+        if batch:
             count, gone = await self._kill_call(venue_name, uplink, "cancel_orders",
-                                                lambda c: c.cancel_orders(list(cancel.ids), cancel.symbol))
-            return CancelResult(cancelled=count, not_found=tuple(gone))
-        order_id = cancel.ids[0]
+                                                lambda c: c.cancel_orders(list(ids), symbol))
+            return count, list(gone)
+        order_id = ids[0]
         done = await self._kill_call(venue_name, uplink, "cancel_order",
-                                     lambda c: c.cancel_order_or_gone(order_id, cancel.symbol))
-        return CancelResult(cancelled=1 if done else 0, not_found=() if done else (order_id,))
+                                     lambda c: c.cancel_order_or_gone(order_id, symbol))
+        return (1, []) if done else (0, [order_id])
 
     # ------------------------------------------------------------------ control
 

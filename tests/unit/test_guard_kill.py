@@ -200,11 +200,11 @@ class FakeVenues:
     def kill_paths(self, venue: str) -> list[str]:
         return ["fibre", "starlink"]
 
-    def kill_features(self, venue: str) -> VenueFeatures:
-        return KRAKEN if venue == "kraken" else COINBASE
+    def kill_features(self, venue: str) -> tuple[bool, bool]:
+        return (True, True) if venue == "kraken" else (False, True)
 
-    def journal_open(self, venue: str) -> list[KnownOrder]:
-        return [KnownOrder(i, s) for i, s in list(self.books[venue].items())[:10]]
+    def journal_open(self, venue: str) -> list[tuple[str, str, str | None]]:
+        return [(i, s, None) for i, s in list(self.books[venue].items())[:10]]
 
     async def _wait(self, venue: str, path: str, what: str) -> None:
         self.calls.append((venue, path, what))
@@ -216,15 +216,18 @@ class FakeVenues:
         await self._wait(venue, path, "fetch")
         return [order(i, s) for i, s in self.books[venue].items()]
 
-    async def kill_cancel(self, venue: str, path: str, cancel: Cancel) -> CancelResult:
-        await self._wait(venue, path, cancel.describe())
+    async def kill_cancel_all(self, venue: str, path: str) -> int | None:
+        await self._wait(venue, path, "cancel-all")
         book = self.books[venue]
-        if cancel.kind == "all":
-            n = len(book)
-            book.clear()
-            return CancelResult(cancelled=n)
-        done = [i for i in cancel.ids if book.pop(i, None) is not None]
-        return CancelResult(cancelled=len(done), not_found=tuple(set(cancel.ids) - set(done)))
+        n = len(book)
+        book.clear()
+        return n
+
+    async def kill_cancel_ids(self, venue: str, path: str, ids: list[str], symbol: str | None,
+                              batch: bool) -> tuple[int | None, list[str]]:
+        await self._wait(venue, path, f"cancel {len(ids)}")
+        done = [i for i in ids if self.books[venue].pop(i, None) is not None]
+        return len(done), sorted(set(ids) - set(done))
 
 
 def run(fn: Any) -> Any:
