@@ -326,3 +326,29 @@ def test_a_bad_scope_or_reason_is_refused_before_anything_happens() -> None:
     with pytest.raises(ValueError, match="reason"):
         run(lambda: KillSwitch(blocks, venues).kill(Scope(), " ", "y"))
     assert venues.calls == [] and not blocks.blocks().blocks
+
+
+def test_the_playbook_action_kills_as_the_playbook_and_fails_the_step_when_a_venue_is_left_open() -> None:
+    from daemon.core.bus import EventBus
+    from recovery.executor import ActionFailed
+    from recovery.service import DaemonActionRunner
+
+    venues = FakeVenues(hang={("coinbase", "fibre"), ("coinbase", "starlink")})
+    blocks = MemoryBlocks()
+    runner = DaemonActionRunner(EventBus(10))
+    runner.guard = KillSwitch(blocks, venues, deadline=1.0)
+    runner.playbook = "venue-flapping"
+
+    async def steps() -> Any:
+        dry = await runner.run("guard.kill", {"reason": "flap", "venue": "kraken"}, dry_run=True)
+        assert dry.startswith("would kill every symbol on kraken") and not blocks.blocks().blocks
+        done = await runner.run("guard.kill", {"reason": "flap", "venue": "kraken"}, dry_run=False)
+        assert "kraken: cancelled 25, left 0" in done
+        assert blocks.blocks().killed()[0].by == "playbook:venue-flapping"
+        with pytest.raises(ActionFailed, match="not every venue is clear.*coinbase.*LEFT OPEN 10"):
+            await runner.run("guard.kill", {"reason": "flap"}, dry_run=False)
+        with pytest.raises(ActionFailed, match="guard.kill: venue"):
+            await runner.run("guard.kill", {"reason": "flap", "venue": "Not A Venue"}, dry_run=False)
+        return True
+
+    assert run(steps)
