@@ -260,3 +260,59 @@ def test_a_kill_on_a_symbol_leaves_the_others_and_a_standby_refuses_naming_the_p
         assert daemon.stop(20) == 0
     finally:
         daemon.close()
+
+
+def test_the_kill_clients_calls_count_what_each_venue_cancelled(emulator: Emulator) -> None:
+    """The ccxt shell's kill calls against the emulator: Kraken's batch and cancel-all say how
+    many; Coinbase answers per id; an unknown id is "gone", never an error."""
+    from daemon.venues.client import VenueClient, VenueCredentials
+
+    ids = seed(emulator)
+    keys = {"kraken": (KRAKEN_KEY, KRAKEN_SECRET), "coinbase": (COINBASE_KEY, COINBASE_SECRET)}
+    clients = {v: VenueClient(v, v, uplink=None, source_address=None, api_url=emulator.url, timeout=5.0,
+                              credentials=VenueCredentials(*keys[v])) for v in SYMBOLS}
+    for client in clients.values():
+        client.exchange.enableRateLimit = False
+    kraken, coinbase = clients["kraken"], clients["coinbase"]
+    assert kraken.supports("cancelAllOrders") and not coinbase.supports("cancelAllOrders")
+    assert kraken.cancel_orders(ids["kraken"][:3] + ["NOT-THERE"], None) == (3, [])
+    assert kraken.cancel_order_or_gone(ids["kraken"][0], SYMBOLS["kraken"]) is False
+    assert kraken.cancel_order_or_gone(ids["kraken"][3], SYMBOLS["kraken"]) is True
+    assert kraken.cancel_all_orders() == 21
+    assert coinbase.cancel_orders(ids["coinbase"][:3] + ["not-there"], None) == (3, ["not-there"])
+    assert coinbase.cancel_order_or_gone(ids["coinbase"][0], SYMBOLS["coinbase"]) is False
+    assert coinbase.cancel_order_or_gone(ids["coinbase"][3], SYMBOLS["coinbase"]) is True
+    assert emulator.open_ids("kraken") == set() and len(emulator.open_ids("coinbase")) == 21
+
+
+def test_the_kraken_emulator_enforces_nonces_when_asked() -> None:
+    """--kraken-nonce-window 0: a nonce not above the key's last is EAPI:Invalid nonce (Kraken's
+    default); a window lets one within it through."""
+    from daemon.venues.client import VenueCallError, VenueClient, VenueCredentials
+
+    for window, refused in ((0, True), (10_000, False)):
+        proc = subprocess.Popen([sys.executable, "-m", "lab.venues", "--listen", "127.0.0.1:0",
+                                 "--api-key", f"kraken={KRAKEN_KEY}", "--kraken-nonce-window", str(window)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().split()[-1]
+            # Two instances with one key (ccxt keeps each instance's nonces increasing, not the key's):
+            # the later one's request arrives with the lower nonce.
+            first, second = (VenueClient("kraken", "kraken", uplink=None, source_address=None, api_url=url,
+                                         timeout=5.0, credentials=VenueCredentials(KRAKEN_KEY, KRAKEN_SECRET))
+                             for _ in range(2))
+            first.exchange.nonce = lambda: 5_000_001
+            second.exchange.nonce = lambda: 5_000_000
+            first.fetch_open_orders()
+            if refused:
+                with pytest.raises(VenueCallError, match="Invalid nonce"):
+                    second.fetch_open_orders()
+            else:
+                second.fetch_open_orders()
+            with urllib.request.urlopen(f"{url}/_emulator/state", timeout=5) as response:
+                state = json.loads(response.read())["venues"]["kraken"]["nonces"]
+            assert state == {"window": window, "last": 5_000_001, "invalid": 1 if refused else 0}
+        finally:
+            proc.terminate()
+            proc.wait(10)
