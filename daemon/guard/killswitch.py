@@ -284,8 +284,9 @@ class KillSwitch:
             while not kill.finished:
                 try:
                     orders = await venues.kill_fetch(name, path)
-                except Unavailable as exc:
-                    kill.on_fetch_error(path, str(exc), trio.current_time())
+                except Exception as exc:  # noqa: BLE001 - Unavailable, or a bug: this path's error, not the kill's end
+                    text = str(exc) if isinstance(exc, Unavailable) else f"{type(exc).__name__}: {exc}"
+                    kill.on_fetch_error(path, text, trio.current_time())
                     await trio.sleep(0.05)  # a path that fails fast must not spin
                     continue
                 cancels = kill.on_fetch(orders, trio.current_time())
@@ -316,8 +317,8 @@ class KillSwitch:
                 count, gone = await self.venues.kill_cancel_ids(kill.venue, path, list(cancel.ids), cancel.symbol,
                                                                 cancel.batch)
                 result = CancelResult(cancelled=count, not_found=tuple(gone))
-        except Unavailable as exc:
-            result = CancelResult(error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - Unavailable, or a bug: this request's error, not the kill's end
+            result = CancelResult(error=str(exc) if isinstance(exc, Unavailable) else f"{type(exc).__name__}: {exc}")
         kill.on_cancel(path, cancel, result, trio.current_time())
 
     # ---------------------------------------------------------------- control

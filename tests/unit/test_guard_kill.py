@@ -352,3 +352,19 @@ def test_the_playbook_action_kills_as_the_playbook_and_fails_the_step_when_a_ven
         return True
 
     assert run(steps)
+
+
+def test_a_path_whose_calls_blow_up_is_an_error_in_the_report_not_a_failed_kill() -> None:
+    venues = FakeVenues()
+    real = venues.kill_cancel_all
+
+    async def broken(venue: str, path: str) -> int | None:
+        if path == "fibre":
+            raise KeyError("bug")
+        return await real(venue, path)
+
+    venues.kill_cancel_all = broken  # type: ignore[method-assign]
+    result = run(lambda: KillSwitch(MemoryBlocks(), venues).kill(Scope(venue="kraken"), "x", "y"))
+    kraken = result["venues"][0]
+    assert kraken["clear"] and kraken["cancelled"] == 25
+    assert "fibre: cancel-all: KeyError: 'bug'" in kraken["errors"]
