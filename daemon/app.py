@@ -51,9 +51,89 @@ def standby_seams(config: Config) -> dict[str, Any]:
             "audit_factory": audit_for(config)}
 
 
+def guard_check(check: Any, blocks: Any) -> Any:
+    """The venues' order-record check, then the kill switch's blocks: a ``new`` order record
+    on a killed scope is refused (the gate's service takes this seam over when merged)."""
+    import time
+
+    from daemon.venues.orders import parse_order_record
+
+    def checked(payload: bytes) -> str | None:
+        problem = check(payload)
+        if problem is not None:
+            return str(problem)
+        if not blocks.blocks().blocks:
+            return None
+        try:
+            record = parse_order_record(payload)
+        except ValueError:
+            return None
+        if record is None or record.state != "new":
+            return None
+        refusal = blocks.blocks().refusal(record.venue, record.symbol, time.time())
+        return None if refusal is None else refusal.message()
+
+    return checked
+
+
+def primary_hint(standby: Any) -> str:
+    """Who is primary, as a standby knows it: the lease holder, or the peer of a fixed role."""
+    leadership = getattr(standby, "leadership", None)
+    if leadership is not None:
+        try:
+            holder = (leadership.details().get("lease") or {}).get("holder")
+        except Exception:  # noqa: BLE001 - a hint only
+            holder = None
+        if holder:
+            return f"the primary is {holder} (the lease holder): run it there"
+        return "no node holds the lease now: run it on the primary once one does (lifeline role)"
+    peer = getattr(getattr(standby.config, "standby", None), "peer", None)
+    return f"the primary is the peer at {peer}: run it there" if peer else "run it on the primary"
+
+
+def guard_seams(config: Config, standby: Any) -> dict[str, Any]:
+    """The kill switch's blocks writer: through the journal on the primary (a standby refuses,
+    naming the primary), in memory on a host without a journal."""
+    from daemon.core.control_client import ControlError as _ControlError
+    from daemon.core.errors import Unavailable
+    from daemon.guard.killswitch import MemoryBlocks
+
+    if standby is None:
+        return {"blocks": MemoryBlocks()}
+
+    def may_write() -> bool:
+        leadership = standby.leadership
+        if leadership is not None:
+            return bool(leadership.may_trade()) and bool(standby.accepting)
+        return standby.role == "primary" and bool(standby.accepting)
+
+    async def persist(payload: bytes) -> None:
+        try:
+            result = await standby._append({"payloads": [payload.decode("utf-8")]})
+        except _ControlError as exc:
+            raise Unavailable(f"the journal refused the guard record: {exc}") from None
+        status = (result.get("results") or [{}])[0] if isinstance(result, dict) else {}
+        if status.get("status", "ok") != "ok":
+            raise Unavailable(f"the guard record was not acknowledged ({status.get('reason') or status.get('status')})")
+
+    return {"blocks": MemoryBlocks(may_write=may_write, persist=persist,
+                                   why_not=lambda: f"this node ({config.node.name}) is not primary; "
+                                   + primary_hint(standby))}
+
+
 def venue_seams(config: Config) -> dict[str, Any]:
     """The venues': the audit sink of reconciliation (recovery's)."""
     return {"audit_factory": audit_for(config)}
+
+
+class _Later:
+    """The standby, for seams built before it exists (the check on its own append path)."""
+
+    def __init__(self, daemon: "Daemon") -> None:
+        self._daemon = daemon
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._daemon.standby, name)
 
 
 class Daemon:
@@ -84,8 +164,12 @@ class Daemon:
             self.uplinks.register_control(self.control)
             services.append(self.uplinks)
         self.standby: StandbyService | None = None
+        self.guard_blocks: Any = None
         if config.standby is not None:
-            self.standby = StandbyService(config, self.bus, **standby_seams(config))
+            seams = standby_seams(config)
+            self.guard_blocks = guard_seams(config, _Later(self))["blocks"]
+            seams["check_payload"] = guard_check(seams["check_payload"], self.guard_blocks)
+            self.standby = StandbyService(config, self.bus, **seams)
             self.standby.register_control(self.control)
             services.append(self.standby)
         self.recovery: Any = None
@@ -112,6 +196,14 @@ class Daemon:
             services.append(self.venues)
             if self.recovery is not None:
                 self.recovery.runner.venues = self.venues
+        from daemon.guard.killswitch import KillSwitch
+
+        if self.guard_blocks is None:
+            self.guard_blocks = guard_seams(config, None)["blocks"]
+        self.killswitch = KillSwitch(self.guard_blocks, self.venues, audit_factory=audit_for(config))
+        self.killswitch.register_control(self.control)
+        if self.recovery is not None:
+            self.recovery.runner.guard = self.killswitch
         self.metrics: MetricsServer | None = None
         if config.metrics.enabled:
             host, port = config.metrics.host_port

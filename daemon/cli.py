@@ -224,6 +224,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from daemon.venues.cli import add_venue_parsers
 
     add_venue_parsers(sub, _add_client_options)
+    from daemon.guard.cli import add_kill_parsers
+
+    add_kill_parsers(sub, _add_client_options)
 
     if needs("audit"):
         from recovery.audit import add_audit_parser  # here: it loads cryptography (~40 ms)
@@ -326,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "hardware": cmd_hardware,
         "venues": _venues,
         "reconcile": _reconcile,
+        "kill": _kill,
+        "unkill": _kill,
     }[args.command]
     try:
         return handler(args)
@@ -362,6 +367,12 @@ def _reconcile(args: argparse.Namespace) -> int:
     from daemon.venues.cli import cmd_reconcile
 
     return cmd_reconcile(args, _connect)
+
+
+def _kill(args: argparse.Namespace) -> int:
+    from daemon.guard.cli import cmd_kill
+
+    return cmd_kill(args, _connect)
 
 
 def cmd_sim(args: argparse.Namespace) -> int:

@@ -134,8 +134,10 @@ class EmulatorProcess:
     :meth:`state` and :meth:`fault` talk to its control endpoints from inside ``ns``."""
 
     def __init__(self, workdir: Path, *, ns: str = lab_world.VENUE, host: str = EMULATOR_HOST,
-                 port: int = EMULATOR_PORT, api_keys: dict[str, str] | None = None) -> None:
+                 port: int = EMULATOR_PORT, api_keys: dict[str, str] | None = None,
+                 extra_args: list[str] | None = None) -> None:
         self.workdir = Path(workdir)
+        self.extra_args = list(extra_args or [])
         self.ns = ns
         self.host = host
         self.port = port
@@ -151,7 +153,7 @@ class EmulatorProcess:
     def argv(self) -> list[str]:
         return netns.exec_argv(self.ns, [
             sys.executable, "-m", "lab.venues", "--listen", f"{self.host}:{self.port}",
-            *[a for venue, key in self.api_keys.items() for a in ("--api-key", f"{venue}={key}")]])
+            *[a for venue, key in self.api_keys.items() for a in ("--api-key", f"{venue}={key}")], *self.extra_args])
 
     def start(self, timeout: float = EMULATOR_READY_TIMEOUT) -> None:
         """Start it; return once it printed ``venue-emulator ready``."""

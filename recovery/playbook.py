@@ -198,6 +198,14 @@ ACTIONS: dict[str, ActionSpec] = {
         {"venue": ArgSpec("string", True, "The venue whose open orders are cancelled.")},
         "Cancel every open order at one venue.",
     ),
+    "guard.kill": ActionSpec(
+        {
+            "reason": ArgSpec("string", True, "Why, for the audit log and the engine's refusals."),
+            "venue": ArgSpec("string", False, "Only this venue (default: every venue).", None),
+            "symbol": ArgSpec("string", False, "Only this symbol (default: every symbol).", None),
+        },
+        "The kill switch: refuse new orders on the scope and cancel every open order there.",
+    ),
     "notify": ActionSpec(
         {
             "message": ArgSpec("string", True, "The text for the operators."),

@@ -17,6 +17,7 @@ The built-in actions act on the daemon's own services (:class:`DaemonActionRunne
 ``engine.halt`` / ``engine.resume``  the journal refuses appends while halted
     (``EngineHaltRequested`` / ``EngineResumeRequested`` tell the engine).
 ``venue.cancel_all``  fetch the venue's open orders and cancel each (audited one by one).
+``guard.kill``  the kill switch on a scope (``by`` is ``playbook:NAME``); its report is the step's result.
 ``notify``   a ``PlaybookNotice`` event and a log line.
 ``wait_for`` an event (with ``where`` equality on its fields) within a timeout.
 ``exec``     an argv (no shell), its program on the keyring's allow-list (checked at
@@ -72,6 +73,13 @@ class VenueActions(Protocol):
     async def cancel_all(self, venue: str, /, *, dry_run: bool, reason: str) -> str: ...
 
 
+class GuardActions(Protocol):
+    """The kill switch (:class:`daemon.guard.killswitch.KillSwitch` is one, set by daemon/app.py)."""
+
+    async def kill_named(self, venue: str | None, symbol: str | None, reason: str, by: str) -> dict[str, Any]:
+        """Raises ValueError for a bad scope, Unavailable when this node may not kill."""
+
+
 class DaemonActionRunner:
     """The built-in actions, carried out on this daemon's services."""
 
@@ -81,6 +89,8 @@ class DaemonActionRunner:
         self.standby = standby
         #: The venues service (issue 9), set by the daemon when [venues] are configured.
         self.venues: VenueActions | None = None
+        #: The kill switch (issue 19), set by the daemon.
+        self.guard: GuardActions | None = None
         self.playbook = ""  # the running playbook's name (for notices)
 
     async def run(self, action: str, args: dict[str, Any], *, dry_run: bool) -> str:
@@ -188,6 +198,24 @@ class DaemonActionRunner:
             return await self.venues.cancel_all(venue, dry_run=dry_run, reason=f"playbook {self.playbook}")
         except Unavailable as exc:  # the venues' VenueUnavailable
             raise ActionFailed(f"venue.cancel_all: {exc}") from None
+
+    async def _guard_kill(self, args: dict[str, Any], dry_run: bool) -> str:
+        from recovery.executor import ActionFailed
+
+        venue, symbol = args.get("venue"), args.get("symbol")
+        where = f"{symbol or 'every symbol'} on {venue or 'every venue'}"
+        if dry_run:
+            return f"would kill {where}: refuse new orders and cancel every open order there"
+        if self.guard is None:
+            raise ActionFailed("guard.kill: this daemon has no kill switch")
+        try:
+            result = await self.guard.kill_named(venue, symbol, str(args["reason"]), f"playbook:{self.playbook}")
+        except (Unavailable, ValueError) as exc:
+            raise ActionFailed(f"guard.kill: {exc}") from None
+        text = "; ".join(line.strip() for line in result.get("lines", []))
+        if not result.get("clear", False):
+            raise ActionFailed(f"guard.kill: not every venue is clear: {text}")
+        return text
 
     async def _notify(self, args: dict[str, Any], dry_run: bool) -> str:
         message = str(args["message"])

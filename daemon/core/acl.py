@@ -82,13 +82,17 @@ METHODS: dict[str, frozenset[str]] = {
     "standby.resume": ONLY_ADMIN,
     "drill.switchover": ONLY_ADMIN,    # live drills on the real pair ([drills] live = true)
     "drill.uplink": ONLY_ADMIN,
+    "guard.kill": ONLY_ADMIN,          # the kill switch (daemon/guard/killswitch.py)
+    "guard.unkill": ONLY_ADMIN,
+    "guard.status": READ,
 }
 #: Methods whose dry run an operator may ask for.
 DRY_RUN_OPERATOR = frozenset({"playbook.run", "venues.reconcile"})
 #: Methods that change state: each call is logged with the caller.
 STATE_CHANGING = frozenset({"journal.append", "uplink.use", "uplink.auto", "playbook.reload", "playbook.run",
                             "venues.reconcile", "standby.promote", "config.reload", "standby.switchover",
-                            "standby.pause", "standby.resume", "drill.switchover", "drill.uplink"})
+                            "standby.pause", "standby.resume", "drill.switchover", "drill.uplink",
+                            "guard.kill", "guard.unkill"})
 
 DEFAULT_ROLES: dict[str, list[str]] = {
     ENGINE: [],

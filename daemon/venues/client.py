@@ -791,6 +791,58 @@ class VenueClient:
     def cancel_order(self, order_id: str, symbol: str | None) -> dict:
         return self._call(self.exchange.cancel_order, order_id, symbol)
 
+    # ---- the kill switch's calls (daemon/guard/killswitch.py): each says how many it cancelled
+
+    def cancel_all_orders(self) -> int | None:
+        """The venue's cancel-all (every open order of the key); the count it answered, if any."""
+        response = self._call(self.exchange.cancel_all_orders)
+        return _cancel_count(response)
+
+    def cancel_orders(self, order_ids: Sequence[str], symbol: str | None) -> tuple[int | None, list[str]]:
+        """Cancel a batch by venue order id: (how many the venue cancelled, the ids it did not
+        know). Coinbase answers per id (``batch_cancel``: ``success``, ``failure_reason``), so
+        its implicit endpoint is called directly (ccxt's cancelOrders raises on the first
+        unknown id); others through ccxt's ``cancelOrders``."""
+        ids = [str(i) for i in order_ids]
+        if self.exchange_id == "coinbase":
+            response = self._call(self.exchange.v3PrivatePostBrokerageOrdersBatchCancel, {"order_ids": ids})
+            results = response.get("results") if isinstance(response, dict) else None
+            if not isinstance(results, list):
+                return None, []
+            done = [r for r in results if isinstance(r, dict) and r.get("success") is True]
+            gone = [str(r.get("order_id")) for r in results
+                    if isinstance(r, dict) and r.get("success") is not True]
+            return len(done), gone
+        found: list[bool] = []
+
+        def call() -> Any:
+            try:
+                return self.exchange.cancel_orders(ids, symbol)
+            except ccxt.OrderNotFound:
+                found.append(False)
+                return None
+
+        response = self._call(call)
+        if found:
+            return 0, ids
+        return _cancel_count(response), []
+
+    def cancel_order_or_gone(self, order_id: str, symbol: str | None) -> bool:
+        """Cancel one order by venue id: True cancelled, False the venue does not know it
+        (already gone: counts as cancelled)."""
+        if self.exchange_id == "coinbase":  # ccxt's cancelOrder raises BadRequest for an unknown id
+            count, _ = self.cancel_orders([order_id], symbol)
+            return count == 1
+
+        def call() -> bool:
+            try:
+                self.exchange.cancel_order(order_id, symbol)
+            except ccxt.OrderNotFound:
+                return False
+            return True
+
+        return bool(self._call(call))
+
     def cancel_all_orders_after(self, timeout: float, *, send_if: Callable[[], str | None] | None = None,
                                 bound: float | None = None) -> dict:
         """Arm the venue's dead-man switch: it cancels every open order ``timeout`` seconds
@@ -830,3 +882,21 @@ class VenueClient:
         self._closed = True
         with contextlib.suppress(Exception):  # closing must not fail
             self.exchange.close()
+
+
+def _cancel_count(response: Any) -> int | None:
+    """How many orders a ccxt cancel answer says were cancelled: Kraken's ``{"result":
+    {"count": N}}`` (ccxt wraps it as ``[{"info": ...}]``), else the number of orders listed."""
+    items = response if isinstance(response, list) else [response]
+    for item in items:
+        info = item.get("info") if isinstance(item, dict) else None
+        result = info.get("result") if isinstance(info, dict) else None
+        count = result.get("count") if isinstance(result, dict) else None
+        if count is not None:
+            try:
+                return int(count)
+            except (TypeError, ValueError):
+                return None
+    if isinstance(response, list) and all(isinstance(i, dict) and i.get("id") for i in response):
+        return len(response)
+    return None

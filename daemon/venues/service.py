@@ -92,6 +92,8 @@ DEADMAN_WINDOW_POLL = 0.05
 #: Reconciliation waits at most this long for the order index to reach the journal's end.
 INDEX_CATCH_UP = 30.0
 WATCH_BUFFER = 256
+#: The kill switch's calls get this long per HTTP phase (a hung path is abandoned anyway).
+KILL_TIMEOUT = 2.0
 #: The name of the path over the default route when no uplink is configured.
 DEFAULT_PATH = "default"
 
@@ -177,6 +179,19 @@ class Venue:
                     self.last_signed_ms = max(self.last_signed_ms, float(exchange.lastRestRequestTimestamp or 0))
     reconciliations: int = 0
     last_report: str | None = None
+    #: The kill switch's own clients, one per path (ccxt's rate limiter off, markets loaded
+    #: ahead), each used by one kill call at a time (its lock).
+    kill_clients: dict[str, Any] = field(default_factory=dict)
+    kill_locks: dict[str, trio.Lock] = field(default_factory=dict)
+    #: The kill clients' nonces (ms, as ccxt's): one increasing counter for every path, so
+    #: only the network's reordering can put one below the venue's last (README "Kill switch").
+    kill_nonce: int = 0
+    kill_nonce_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next_kill_nonce(self) -> int:
+        with self.kill_nonce_lock:
+            self.kill_nonce = max(int(time.time() * 1000), self.kill_nonce + 1)
+            return self.kill_nonce
 
     def state(self) -> VenueState:
         return best_state(p.health.state for p in self.paths.values())
@@ -269,6 +284,8 @@ class VenueService:
                     for path in venue.paths.values():
                         nursery.start_soon(self._probe_loop, venue, path)
                     nursery.start_soon(self._deadman_loop, venue)
+                    if venue.credentials is not None:
+                        nursery.start_soon(self._warm_kill_clients, venue)
                 if self.standby is not None:
                     nursery.start_soon(self._index_loop)
                 # Primary already (fixed, or a lease taken while the clients were built): this
@@ -993,6 +1010,112 @@ class VenueService:
         if failed:
             raise VenueUnavailable(f"{venue_name}: cancelled {cancelled}, {len(failed)} failed: {failed[0]}")
         return f"cancelled {cancelled} open order(s) at {venue_name}"
+
+    # ------------------------------------------------------------------ the kill switch's side
+
+    # daemon.guard.killswitch.VenueOrders: the kill sends through every usable path at once,
+    # each path with its own client and no ccxt rate limiter (an emergency sends a handful
+    # of requests; Kraken's ccxt cost of CancelAll is 3 s of pacing). These calls do not
+    # take the private lock nor the key lock: a Kraken nonce a duplicate loses is covered
+    # by the same request through the other path (README "Kill switch").
+
+    def kill_venues(self) -> dict[str, str | None]:
+        return {name: None if v.credentials is not None else
+                "no credentials (a probe-only venue): nothing can be cancelled there"
+                for name, v in self.venues.items()}
+
+    def kill_paths(self, venue_name: str) -> list[str]:
+        venue = self.venues[venue_name]
+        paths = [p for p in venue.best_paths() if p.health.state is not VenueState.DOWN] or venue.best_paths()
+        return [p.uplink for p in paths]
+
+    def kill_features(self, venue_name: str) -> tuple[bool, bool]:
+        """(has a cancel-all, has a batch cancel by ids), from ccxt's ``has``."""
+        venue = self.venues[venue_name]
+        client = next((c for c in [*venue.kill_clients.values(), *(p.client for p in venue.paths.values())]
+                       if c is not None and hasattr(c, "supports")), None)
+        if client is None:
+            return False, False
+        return bool(client.supports("cancelAllOrders")), bool(client.supports("cancelOrders"))
+
+    def journal_open(self, venue_name: str) -> list[tuple[str, str, str | None]]:
+        """(venue order id, symbol, client order id) of the journal's open orders at the venue."""
+        if self.orders is None:
+            return []
+        return [(r.venue_order_id, r.symbol, r.client_order_id)
+                for r in self.orders.open_at(venue_name) if r.venue_order_id]
+
+    async def _kill_client(self, venue: Venue, uplink: str) -> Any:
+        client = venue.kill_clients.get(uplink)
+        if client is None:
+            path = venue.paths[uplink]
+
+            def build() -> Any:
+                made = self.client_factory(venue.name, venue.config,
+                                           uplink=None if uplink == DEFAULT_PATH else uplink, source=path.source,
+                                           timeout=KILL_TIMEOUT, credentials=venue.credentials)
+                exchange = getattr(made, "exchange", None)
+                if exchange is not None:
+                    exchange.enableRateLimit = False
+                    exchange.nonce = venue.next_kill_nonce
+                    exchange.load_markets()
+                return made
+
+            client = await trio.to_thread.run_sync(build, abandon_on_cancel=True)
+            venue.kill_clients.setdefault(uplink, client)
+            client = venue.kill_clients[uplink]
+        return client
+
+    async def _warm_kill_clients(self, venue: Venue) -> None:
+        """Build each path's kill client (and load its markets) ahead: the kill's first
+        request must not wait for the market list. A failure is retried at the kill."""
+        for uplink in venue.paths:
+            try:
+                with trio.fail_after(PRIVATE_DEADLINE):
+                    await self._kill_client(venue, uplink)
+            except Exception as exc:  # noqa: BLE001 - warming is best effort
+                log.info("venue.kill_client_not_ready", venue=venue.name, uplink=uplink, error=type(exc).__name__)
+
+    async def _kill_call(self, venue_name: str, uplink: str, what: str, fn: Callable[[Any], Any]) -> Any:
+        from daemon.venues.client import VenueCallError
+
+        venue = self.venues[venue_name]
+        lock = venue.kill_locks.setdefault(uplink, trio.Lock())
+        async with lock:
+            try:
+                client = await self._kill_client(venue, uplink)
+                return await trio.to_thread.run_sync(lambda: fn(client), abandon_on_cancel=True)
+            except VenueCallError as exc:
+                raise VenueUnavailable(f"{exc.error_class}: {exc.detail}", exc.error_class) from None
+            except trio.Cancelled:
+                venue.kill_clients.pop(uplink, None)  # its thread may still be running: never reuse it
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._warm_kill_clients, venue)  # ready for the next kill
+                raise
+            except Exception as exc:  # noqa: BLE001 - the client builder or ccxt misbehaved
+                venue.kill_clients.pop(uplink, None)
+                raise VenueUnavailable(f"{what}: {type(exc).__name__}: {exc}") from None
+
+    async def kill_fetch(self, venue_name: str, uplink: str) -> list[dict[str, Any]]:
+        return list(await self._kill_call(venue_name, uplink, "fetch_open_orders", lambda c: c.fetch_open_orders()))
+
+    async def kill_cancel_all(self, venue_name: str, uplink: str) -> int | None:
+        """The venue's cancel-all through ``uplink``: how many it cancelled, if it says."""
+        count = await self._kill_call(venue_name, uplink, "cancel_all_orders", lambda c: c.cancel_all_orders())
+        return None if count is None else int(count)
+
+    async def kill_cancel_ids(self, venue_name: str, uplink: str, ids: list[str], symbol: str | None,
+                              batch: bool) -> tuple[int | None, list[str]]:
+        """Cancel by venue order id (one batch, or the one id): (how many the venue cancelled,
+        the ids it does not know)."""
+        if batch:
+            count, gone = await self._kill_call(venue_name, uplink, "cancel_orders",
+                                                lambda c: c.cancel_orders(list(ids), symbol))
+            return count, list(gone)
+        order_id = ids[0]
+        done = await self._kill_call(venue_name, uplink, "cancel_order",
+                                     lambda c: c.cancel_order_or_gone(order_id, symbol))
+        return (1, []) if done else (0, [order_id])
 
     # ------------------------------------------------------------------ control
 

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse private calls that do not present KEY (repeatable, one per venue)")
     parser.add_argument("--data", type=Path, default=None, metavar="DIR",
                         help=f"folder with kraken/coinbase.response.json (default {DEFAULT_DATA_DIR})")
+    parser.add_argument("--kraken-nonce-window", type=int, default=None, metavar="N",
+                        help="enforce Kraken's nonces per API key: each above the last, or within N of it "
+                             "(0: strictly increasing, Kraken's default); default: not checked")
     parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
                         help="stderr log level (default warning: quiet unless something is missing)")
     return parser
@@ -62,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logsetup.setup(level=args.log_level)
     keys = dict(args.api_key)
     try:
-        emulator = VenueEmulator(args.listen[0], args.listen[1], data_dir=args.data, api_keys=keys)
+        emulator = VenueEmulator(args.listen[0], args.listen[1], data_dir=args.data, api_keys=keys,
+                                 kraken_nonce_window=args.kraken_nonce_window)
     except (OSError, ValueError) as exc:
         print(f"venue-emulator: {exc}", file=sys.stderr, flush=True)
         return 2

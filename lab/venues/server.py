@@ -81,7 +81,7 @@ class VenueEmulator:
     name = "venue-emulator"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, data_dir: Path | None = None,
-                 api_keys: Mapping[str, str] | None = None) -> None:
+                 api_keys: Mapping[str, str] | None = None, kraken_nonce_window: int | None = None) -> None:
         api_keys = dict(api_keys or {})
         unknown = set(api_keys) - set(VENUES)
         if unknown:
@@ -90,6 +90,7 @@ class VenueEmulator:
         self.port = port
         self.data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
         kraken = KrakenVenue(load_recorded("kraken", self.data_dir), api_keys.get("kraken"))
+        kraken.nonce_window = kraken_nonce_window
         coinbase = CoinbaseVenue(load_recorded("coinbase", self.data_dir), api_keys.get("coinbase"))
         self.venues: dict[str, Venue] = {"kraken": kraken, "coinbase": coinbase}
         self.bound: tuple[str, int] | None = None

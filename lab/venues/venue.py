@@ -191,7 +191,7 @@ class Venue:
         raw = self.orders.pop(order_id, None)
         if raw is None:
             return False
-        self.cancelled.append({"id": order_id, "by": by, "at": iso(now),
+        self.cancelled.append({"id": order_id, "by": by, "at": iso(now), "at_ts": now,
                                "raw": self.mark_cancelled(raw, now)})
         log.debug("venue_emulator.order_cancelled", venue=self.name, id=order_id, by=by)
         return True
@@ -238,7 +238,8 @@ class Venue:
             "fault": self.fault.to_dict(),
             "system_status": self.system_status,
             "orders": [dict(self.summary(i, raw), raw=raw) for i, raw in self.orders.items()],
-            "cancelled": [dict(self.summary(c["id"], c["raw"]), by=c["by"], at=c["at"]) for c in self.cancelled],
+            "cancelled": [dict(self.summary(c["id"], c["raw"]), by=c["by"], at=c["at"], at_ts=c.get("at_ts"))
+                          for c in self.cancelled],
             "deadman": self.deadman.to_dict(now) if self.has_deadman else None,
             "requests": {"total": self.requests_total, "faulted": self.faulted, "by_path": dict(self.by_path)},
             "last_source": self.last_source,

@@ -116,7 +116,7 @@ def test_defaults() -> None:
 
 def test_the_registry_is_exactly_the_built_ins() -> None:
     assert set(ACTIONS) == {"uplink.use", "uplink.auto", "standby.promote", "standby.demote", "engine.halt",
-                            "engine.resume", "venue.cancel_all", "notify", "wait_for", "exec"}
+                            "engine.resume", "venue.cancel_all", "guard.kill", "notify", "wait_for", "exec"}
     schema = {name: {arg: (spec.type, spec.required) for arg, spec in a.args.items()} for name, a in ACTIONS.items()}
     assert schema == {
         "uplink.use": {"name": ("uplink", True)},
@@ -126,6 +126,7 @@ def test_the_registry_is_exactly_the_built_ins() -> None:
         "engine.halt": {"reason": ("string", True)},
         "engine.resume": {},
         "venue.cancel_all": {"venue": ("string", True)},
+        "guard.kill": {"reason": ("string", True), "venue": ("string", False), "symbol": ("string", False)},
         "notify": {"message": ("string", True), "level": ("level", False)},
         "wait_for": {"event": ("event", True), "where": ("where", False), "timeout": ("duration", True)},
         "exec": {"argv": ("argv", True)},
@@ -135,6 +136,7 @@ def test_the_registry_is_exactly_the_built_ins() -> None:
 
 
 MINIMAL_ARGS = {
+    "guard.kill": '{ reason = "breaker tripped" }',
     "uplink.use": '{ name = "starlink" }',
     "uplink.auto": "{}",
     "standby.promote": "{ accept_loss = false }",
@@ -319,9 +321,9 @@ REFUSALS = [
     pytest.param(with_header('[[precondition]]\ncheck = "event_seen"\nevent = "UpsOnBattery"\nwithin = "1m"\nwhere = { dev = "ups0" }\n' + STEP),
                  'precondition[0].where.dev: UpsOnBattery has no field "dev"; its fields are: source, device, runtime_s', id='pre event_seen where'),
     pytest.param(with_header('[[step]]\nargs = {}\n'),
-                 'step[0].action: missing required key; add action = one of "uplink.use", "uplink.auto", "standby.promote", "standby.demote", "engine.halt", "engine.resume", "venue.cancel_all", "notify", "wait_for", "exec"', id='step no action'),
+                 'step[0].action: missing required key; add action = one of "uplink.use", "uplink.auto", "standby.promote", "standby.demote", "engine.halt", "engine.resume", "venue.cancel_all", "guard.kill", "notify", "wait_for", "exec"', id='step no action'),
     pytest.param(with_header('[[step]]\naction = "uplink.switch"\n'),
-                 'step[0].action: unknown action "uplink.switch"; use one of "uplink.use", "uplink.auto", "standby.promote", "standby.demote", "engine.halt", "engine.resume", "venue.cancel_all", "notify", "wait_for", "exec"', id='step unknown action'),
+                 'step[0].action: unknown action "uplink.switch"; use one of "uplink.use", "uplink.auto", "standby.promote", "standby.demote", "engine.halt", "engine.resume", "venue.cancel_all", "guard.kill", "notify", "wait_for", "exec"', id='step unknown action'),
     pytest.param(with_header('[[step]]\naction = "uplink.use"\nargs = "starlink"\n'),
                  'step[0].args: expected a table (args = { ... }), found "starlink" (string)', id='step args not table'),
     pytest.param(with_header('[[step]]\naction = "uplink.use"\nargs = { name = "starlink", nmae = "x" }\n'),
