@@ -58,8 +58,8 @@ def guard_check(check: Any, blocks: Any) -> Any:
 
     from daemon.venues.orders import parse_order_record
 
-    def checked(payload: bytes) -> str | None:
-        problem = check(payload)
+    def checked(payload: bytes, /, *, epoch: int | None = None) -> str | None:
+        problem = check(payload, epoch=epoch)
         if problem is not None:
             return str(problem)
         if not blocks.blocks().blocks:
