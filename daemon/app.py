@@ -56,6 +56,34 @@ def venue_seams(config: Config) -> dict[str, Any]:
     return {"audit_factory": audit_for(config)}
 
 
+def breaker_service(config: Config, bus: EventBus, *, system: SystemHealthService, standby: Any,
+                    venues: Any) -> Any:
+    """The circuit breakers (daemon/guard): fed by the journal, the venues' matrix and the
+    host's load; they act through guard records appended on the primary (until the gate's
+    GuardService is merged: a plain BlocksWriter on journal.append) and, for a kill
+    response, through the kill switch when one is given."""
+    from daemon.core.errors import Unavailable
+    from daemon.guard.breaker_service import BlocksActions, BreakerService, JournalBlocksWriter
+
+    async def append(payload: bytes) -> None:
+        if standby is None:
+            return  # no journal: the blocks live in memory only
+        try:
+            await standby._append({"payloads": [payload.decode()]})
+        except ControlError as exc:
+            raise Unavailable(str(exc)) from None
+
+    def load() -> float | None:
+        sample = system.machine.last_sample
+        return None if sample is None else max(sample.cpu_fraction, sample.memory_used_fraction)
+
+    def paths() -> list[tuple[str, str, str]]:
+        return [(p["venue"], p["uplink"], p["state"]) for p in venues.matrix()]
+
+    return BreakerService(config.guard.breakers, bus, actions=BlocksActions(JournalBlocksWriter(append)),
+                          journal_holder=standby, paths=paths if venues is not None else None, load=load)
+
+
 class Daemon:
     """Every service of one lifeline process, wired together."""
 
@@ -112,6 +140,9 @@ class Daemon:
             services.append(self.venues)
             if self.recovery is not None:
                 self.recovery.runner.venues = self.venues
+        self.breakers = breaker_service(config, self.bus, system=self.system, standby=self.standby,
+                                        venues=self.venues)
+        services.append(self.breakers)
         self.metrics: MetricsServer | None = None
         if config.metrics.enabled:
             host, port = config.metrics.host_port
