@@ -74,8 +74,13 @@ def breaker_service(config: Config, bus: EventBus, *, system: SystemHealthServic
             raise Unavailable(str(exc)) from None
 
     def load() -> float | None:
-        sample = system.machine.last_sample
-        return None if sample is None else max(sample.cpu_fraction, sample.memory_used_fraction)
+        # The larger of CPU busy and memory used, of those [system] judges: a threshold of 1.0
+        # there (which nothing exceeds; the test pairs use it) leaves the resource out here too.
+        sample, judged = system.machine.last_sample, config.system
+        if sample is None:
+            return None
+        return max([sample.cpu_fraction] * (judged.cpu_threshold < 1.0)
+                   + [sample.memory_used_fraction] * (judged.memory_threshold < 1.0), default=0.0)
 
     def paths() -> list[tuple[str, str, str]]:
         return [(p["venue"], p["uplink"], p["state"]) for p in venues.matrix()]
