@@ -51,9 +51,9 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from enum import Enum
 from typing import Any, Iterable, Literal, Mapping
 
+from daemon.core.breaker import EPSILON as _EPSILON, BreakerMachine, BreakerState
 from daemon.guard.blocks import Scope
 
 __all__ = ["BREAKERS", "Action", "BreakerMachine", "BreakerSpec", "BreakerState", "Breakers", "FailureRate",
@@ -66,16 +66,6 @@ Response = Literal["pause", "throttle", "kill", "none"]
 #: Order states that end an order, and those of them that count as failures.
 ENDED_STATES = frozenset({"filled", "cancelled", "rejected", "expired"})
 FAILED_STATES = frozenset({"rejected", "expired"})
-
-# Float times stepped by adds (0.1 + 0.1 + ...) must still reach a duration on time.
-_EPSILON = 1e-9
-
-
-class BreakerState(Enum):
-    CLOSED = "closed"
-    TRIPPED = "tripped"
-    RECOVERING = "recovering"
-
 
 @dataclass(frozen=True)
 class BreakerSpec:
@@ -101,52 +91,6 @@ class BreakerSpec:
     @property
     def recover_level(self) -> float:
         return self.threshold * (1.0 - self.hysteresis)
-
-
-class BreakerMachine:
-    """closed → tripped → recovering → closed, judged on one figure (the module's rule)."""
-
-    def __init__(self, threshold: float, recovery: float, hysteresis: float = 0.2) -> None:
-        self.threshold = threshold
-        self.recovery = recovery
-        self.recover_level = threshold * (1.0 - hysteresis)
-        self.state = BreakerState.CLOSED
-        self.tripped_at: float | None = None
-        self.clear_since: float | None = None
-        self.figure = 0.0
-        self.last_now: float | None = None
-        self.trips = 0
-
-    @property
-    def tripped(self) -> bool:
-        return self.state is not BreakerState.CLOSED
-
-    def step(self, figure: float, now: float) -> Literal["tripped", "recovered"] | None:
-        if self.last_now is not None and now < self.last_now:
-            raise ValueError(f"time went backwards: {now} after {self.last_now}")
-        self.last_now = now
-        self.figure = figure
-        if self.state is BreakerState.CLOSED:
-            if figure > self.threshold:
-                self.state, self.tripped_at, self.clear_since = BreakerState.TRIPPED, now, None
-                self.trips += 1
-                return "tripped"
-            return None
-        if figure <= self.recover_level:  # NaN fails both comparisons: it neither trips nor clears
-            if self.clear_since is None:
-                self.clear_since = now
-            self.state = BreakerState.RECOVERING
-            if now - self.clear_since >= self.recovery - _EPSILON:
-                self.state, self.clear_since = BreakerState.CLOSED, None
-                return "recovered"
-            return None
-        self.state, self.clear_since = BreakerState.TRIPPED, None
-        return None
-
-    def hold_until(self, now: float) -> float:
-        """The earliest time a tripped breaker can recover, seen from ``now``."""
-        start = self.clear_since if self.clear_since is not None else now
-        return start + self.recovery
 
 
 # ----------------------------------------------------------------------------- figures
