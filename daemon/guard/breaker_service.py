@@ -152,6 +152,7 @@ class BreakerService:
         while getattr(self.journal_holder, "journal", None) is None:
             await trio.sleep(0.05)
         journal = self.journal_holder.journal
+        self.position = self._first_in_window(journal) - 1
         while True:
             last = journal.last.seq
             if last < self.position:  # the tail was cut (a divergent tail after a promotion)
@@ -175,6 +176,27 @@ class BreakerService:
                     await journal.wait_beyond(last)
                 except Exception:  # noqa: BLE001 - the journal closed: the daemon is stopping
                     return
+
+    def _first_in_window(self, journal: Any) -> int:
+        """The first seq appended within the longest window (a binary search on the records'
+        ``timestamp_ns``, which the primary's wall clock makes non-decreasing but for a
+        clock step): at start, older records cannot count, and a long journal is not
+        folded from its beginning for nothing."""
+        longest = max(spec.window for spec in self.breakers.specs.values())
+        cutoff_ns = int((self.clock() - longest) * 1e9)
+        lo, hi = journal.first_seq, journal.last.seq + 1
+        try:
+            while lo < hi:
+                mid = (lo + hi) // 2
+                (record,) = journal.read(mid, 1)
+                if record.timestamp_ns < cutoff_ns:
+                    lo = mid + 1
+                else:
+                    hi = mid
+        except Exception as exc:  # noqa: BLE001 - retention under us: fold from the start instead
+            log.info("breakers.window_search_failed", error=f"{type(exc).__name__}: {exc}")
+            return int(journal.first_seq)
+        return lo
 
     def _poll(self, now: float) -> None:
         if self.paths is not None:

@@ -160,12 +160,12 @@ async def test_system_load_and_venue_unavailability_from_their_feeds(autojump_cl
         nursery.cancel_scope.cancel()
 
 
-async def test_a_standby_trips_but_cannot_respond_and_says_so_once(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_standby_trips_but_cannot_respond_and_offers_it_again_every_tick(autojump_clock: trio.testing.MockClock) -> None:
     bus, actions = EventBus(), Recorder(fail=True)
     service = BreakerService(BreakersConfig(), bus, actions=actions, clock=clock, load=lambda: 1.0)
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
-        await trio.sleep(10)
+        await trio.sleep(10.5)  # ticks at t = 0, 1, ... 10: the throttle is offered (and refused) on each
         assert [e.breaker for e in bus.recent if isinstance(e, BreakerTripped)] == ["system_load"]
         assert service.response_failures == 11 and "not primary" in (service.last_response_error or "")
         nursery.cancel_scope.cancel()
@@ -190,3 +190,20 @@ async def test_blocks_actions_write_guard_records_by_the_breaker() -> None:
     assert blocks.refusal("kraken", "ETH/USD", T0 + 1) is not None  # killed
     assert blocks.refusal("coinbase", "BTC/USD", T0 + 1) is not None  # paused symbol
     assert isinstance(GuardRecord, type)
+
+
+async def test_at_start_only_records_within_the_longest_window_are_folded(
+        autojump_clock: trio.testing.MockClock) -> None:
+    bus, holder = EventBus(), Holder()
+    for i in range(40):  # at t=0: 40 rejected orders...
+        holder.journal.append(order("rejected", i))
+    await trio.sleep(700)  # ...older than every window (600 s the longest) by the time the service starts
+    for i in range(5):
+        holder.journal.append(order("filled", 100 + i))
+    service = BreakerService(BreakersConfig(), bus, journal_holder=holder, clock=clock)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        await trio.sleep(1)
+        assert service.position == 45 and service.breakers.ended == 5
+        assert not [e for e in bus.recent if isinstance(e, BreakerTripped)]
+        nursery.cancel_scope.cancel()
