@@ -6,8 +6,7 @@ Inputs (all injected by daemon/app.py; any may be absent and its breaker then st
 * the journal (``standby.journal``, either role): its ``mark`` records (market_volatility)
   and the order records that end an order (execution_failure_rate), tailed like the
   venues' order index; a record is timed by its ``timestamp_ns`` (the primary's wall
-  clock at append), a mark by its own ``time``. After a restart the whole journal is read
-  again: records older than a window simply do not count.
+  clock at append). At start only the records within the longest window are read.
 * ``paths()``: the venues' venue x uplink matrix (venue_unavailability), read every tick.
 * ``load()``: the host load of daemon/system.py's last sample (system_load), every tick.
 

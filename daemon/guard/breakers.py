@@ -333,11 +333,14 @@ class Breakers:
             self.ended += 1
 
     def observe_payload(self, payload: bytes, t: float) -> None:
-        """One journal payload appended at ``t`` (its ``timestamp_ns`` / 1e9): a mark record
-        (timed by its own ``time``), an order record that ends an order, or anything else."""
+        """One journal payload appended at ``t`` (its ``timestamp_ns`` / 1e9): a mark record,
+        an order record that ends an order, or anything else. Both are timed by ``t``, the
+        primary's clock, not by the engine's ``time``: a mark stamped far in the future
+        would otherwise stay in the window (and hold the breaker) until then."""
         mark = parse_mark(payload)
         if mark is not None:
-            self.observe_mark(*mark)
+            venue, symbol, price, _engine_time = mark
+            self.observe_mark(venue, symbol, price, t)
             return
         state = _order_end(payload)
         if state is not None:

@@ -283,3 +283,61 @@ def test_the_cores_import_no_trio() -> None:
     for path in ("daemon/guard/breakers.py", "daemon/core/breaker.py"):
         source = (Path(__file__).parents[2] / path).read_text()
         assert "import trio" not in source and "from trio" not in source, path
+
+
+# ----------------------------------------------------------------------------- the figures against brute force
+
+times = st.lists(st.tuples(st.floats(0, 40), st.floats(1, 200)), min_size=1, max_size=80)
+
+
+@settings(max_examples=200, deadline=None)
+@given(times, st.floats(0, 40))
+def test_property_price_range_equals_the_brute_force_range(points: list[tuple[float, float]], later: float) -> None:
+    r, seen, t = PriceRange(60.0), [], T0
+    for i, (dt, price) in enumerate(points):
+        t += dt
+        r.add(price, t)
+        seen.append((t, price))
+        # judged at non-decreasing times, as the ticks do; the last one some time later
+        for now in (t, t + later) if i == len(points) - 1 else (t,):
+            inside = [p for at, p in seen if at >= now - 60.0]
+            expected = (max(inside) - min(inside)) / min(inside) if inside else 0.0
+            assert r.figure(now) == pytest.approx(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 30), st.booleans()), min_size=1, max_size=120), st.integers(1, 30))
+def test_property_failure_rate_equals_the_brute_force_share(ends: list[tuple[float, bool]], min_orders: int) -> None:
+    f, seen, t = FailureRate(60.0, min_orders), [], T0
+    for dt, failed in ends:
+        t += dt
+        f.add(failed, t)
+        seen.append((t, failed))
+        inside = [x for at, x in seen if at >= t - 60.0]
+        expected = sum(inside) / len(inside) if len(inside) >= min_orders else 0.0
+        assert f.figure(t) == pytest.approx(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.001, 50), st.sampled_from([0.0, 0.25, 0.5, 1.0])), min_size=1, max_size=40))
+def test_property_time_mean_equals_the_brute_force_integral(steps: list[tuple[float, float]]) -> None:
+    m, seen, t = TimeMean(100.0), [], T0
+    for dt, value in steps:
+        m.set(value, t)
+        seen.append((t, value))
+        t += dt
+        lo = max(t - 100.0, seen[0][0])
+        total = sum(max(0.0, min(end, t) - max(at, lo)) * v
+                    for (at, v), end in zip(seen, [s[0] for s in seen[1:]] + [t]))
+        assert m.figure(t) == pytest.approx(total / (t - lo), abs=1e-9)
+
+
+def test_a_mark_is_timed_by_the_journal_not_by_the_engine_clock() -> None:
+    b = breakers()
+    b.observe_payload(mark("kraken", "BTC/USD", "100", T0 + 10**6), T0)  # an engine clock far ahead
+    b.observe_payload(mark("kraken", "BTC/USD", "110", T0 + 10**6), T0 + 1)
+    (trip,) = b.tick(T0 + 1)
+    assert trip.subject == "BTC/USD"
+    assert b.tick(T0 + 302) == []  # both left the window at T0 + 301: clear from here
+    (rec,) = b.tick(T0 + 602)
+    assert rec.change == "recovered"
