@@ -42,6 +42,9 @@ throttle is written with ``until`` = the earliest time the breaker can recover (
 run's start, or now, plus ``recovery``) and renewed while it stays tripped, when less than
 ``renew_margin`` is left; so it ends by itself when the breaker recovers, and a breaker
 never lifts a block an operator set (no ``resume`` / ``unthrottle`` records are written).
+The blocks hold one throttle at a time (:class:`daemon.guard.blocks.TradingBlocks`): when
+two breakers throttle, the later record replaces the earlier, and each renews its own
+while it stays tripped.
 """
 
 from __future__ import annotations
