@@ -43,8 +43,9 @@ run's start, or now, plus ``recovery``) and renewed while it stays tripped, when
 ``renew_margin`` is left; so it ends by itself when the breaker recovers, and a breaker
 never lifts a block an operator set (no ``resume`` / ``unthrottle`` records are written).
 The blocks hold one throttle at a time (:class:`daemon.guard.blocks.TradingBlocks`): when
-two breakers throttle, the later record replaces the earlier, and each renews its own
-while it stays tripped.
+two breakers throttle, each record carries the lowest rate and burst and the latest
+``until`` of all the tripped throttling breakers, so the later record never shortens the
+earlier one.
 """
 
 from __future__ import annotations
@@ -455,6 +456,11 @@ class Breakers:
         ``renew_margin`` left (or that ends before the breaker can recover). Call
         :meth:`done` for each one carried out; one not done is offered again next time."""
         out: list[Action] = []
+        throttling = [(self.specs[n], m) for n, _s, m in self.tripped() if self.specs[n].response == "throttle"]
+        # One throttle slot: whoever writes it writes the strictest rate and the latest end of all.
+        throttle_until = max((m.hold_until(now) for _, m in throttling), default=0.0)
+        rate = min((spec.throttle_rate for spec, _ in throttling), default=0.0)
+        burst = min((spec.throttle_burst for spec, _ in throttling), default=0.0)
         for name, subject, machine in self.tripped():
             spec = self.specs[name]
             if spec.response == "none":
@@ -476,8 +482,7 @@ class Breakers:
                 if spec.response == "pause":
                     out.append(Action("pause", name, scope, reason, until=until))
                 else:
-                    out.append(Action("throttle", name, scope, reason, until=until,
-                                      rate=spec.throttle_rate, burst=spec.throttle_burst))
+                    out.append(Action("throttle", name, scope, reason, until=throttle_until, rate=rate, burst=burst))
         return out
 
     def done(self, action: Action, subject: str | None = None) -> None:

@@ -341,3 +341,22 @@ def test_a_mark_is_timed_by_the_journal_not_by_the_engine_clock() -> None:
     assert b.tick(T0 + 302) == []  # both left the window at T0 + 301: clear from here
     (rec,) = b.tick(T0 + 602)
     assert rec.change == "recovered"
+
+
+def test_two_throttling_breakers_share_the_one_throttle_without_shortening_it() -> None:
+    b = breakers(system_load={"throttle_rate": 1.0})
+    for _ in range(25):
+        b.observe_order_end("rejected", T0)
+    b.tick(T0)
+    (first,) = b.actions(T0)
+    assert (first.breaker, first.until, first.rate) == ("execution_failure_rate", T0 + 180, 2.0)
+    b.done(first)
+    b.observe_load(1.0, T0 + 50)
+    b.tick(T0 + 50.5)
+    (second,) = b.actions(T0 + 50.5)
+    # the latest end of both (execution_failure_rate, still above, could recover at T0 + 230.5 at the earliest)
+    assert (second.breaker, second.until, second.rate) == ("system_load", T0 + 230.5, 1.0)
+    b.done(second)
+    # execution_failure_rate renews 30 s before its end: with the later end of both, never a shorter one
+    (renew,) = b.actions(T0 + 150)
+    assert renew.breaker == "execution_failure_rate" and renew.until >= T0 + 270 and renew.rate == 1.0
