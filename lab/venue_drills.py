@@ -494,7 +494,8 @@ class _Drill:
             self._notify_thread.join(2)
         if self.events is not None:
             self.events.close()
-            kinds = ("VenueHealthChanged", "UplinkHealthChanged", "ActiveUplinkChanged")
+            kinds = ("VenueHealthChanged", "UplinkHealthChanged", "ActiveUplinkChanged", "BreakerTripped",
+                     "BreakerRecovered")
             self.report.trace = {"events": [e for _, e in self.events.events if e.get("kind") in kinds],
                                  "end_ns": time.monotonic_ns()}
         if self.daemon is not None:

@@ -168,7 +168,9 @@ class FailureRate:
 
 class TimeMean:
     """The time-weighted mean of a piecewise-constant value over the last ``window``
-    seconds (or since the first value, when that is more recent)."""
+    seconds. Time before the first value counts as 0 (not loaded, nothing down): a daemon
+    that just started judges a whole window's worth, so one busy sample at start (its own
+    start-up) cannot trip a breaker."""
 
     def __init__(self, window: float) -> None:
         self.window = window
@@ -190,16 +192,13 @@ class TimeMean:
         start = now - self.window
         while len(steps) > 1 and steps[1][0] <= start:
             steps.popleft()
-        lo = max(start, steps[0][0])
-        if now <= lo:
-            return steps[-1][1]
         total = 0.0
         for i, (since, value) in enumerate(steps):
             end = steps[i + 1][0] if i + 1 < len(steps) else now
-            a, b = max(since, lo), min(end, now)
+            a, b = max(since, start), min(end, now)
             if b > a:
                 total += (b - a) * value
-        return total / (now - lo)
+        return total / self.window
 
 
 # ----------------------------------------------------------------------------- records

@@ -147,8 +147,9 @@ async def test_system_load_and_venue_unavailability_from_their_feeds(autojump_cl
             by_breaker.setdefault(call[2][-2] if call[1] == "throttle" else call[2][1], call)
         pause = by_breaker["breaker:venue_unavailability"]
         assert pause[2][0] == Scope(venue="kraken")
-        # venue_unavailability: share 1.0 from t=60; mean over [0, t] = (t-60)/t > 0.1 first at t=67 (a tick)
-        assert pause[0] == 67.0
+        # venue_unavailability: share 1.0 from t=60; the mean over 600 s, (t - 60) / 600, is 0.1 at t = 120
+        # (not above): the first tick above it is t = 121
+        assert pause[0] == 121.0
         # system_load: the mean over the 120 s window at t > 120 is (0.5 (180 - t) + (t - 60)) / 120, exactly
         # 0.9 at t = 156 (not above): the first tick above it is t = 157
         assert by_breaker["breaker:system_load"][0] == 157.0
@@ -165,9 +166,9 @@ async def test_a_standby_trips_but_cannot_respond_and_offers_it_again_every_tick
     service = BreakerService(BreakersConfig(), bus, actions=actions, clock=clock, load=lambda: 1.0)
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
-        await trio.sleep(10.5)  # ticks at t = 0, 1, ... 10: the throttle is offered (and refused) on each
+        await trio.sleep(118.5)  # the mean t / 120 is above 0.9 from the tick at t = 109: ticks 109 ... 118
         assert [e.breaker for e in bus.recent if isinstance(e, BreakerTripped)] == ["system_load"]
-        assert service.response_failures == 11 and "not primary" in (service.last_response_error or "")
+        assert service.response_failures == 10 and "not primary" in (service.last_response_error or "")
         nursery.cancel_scope.cancel()
 
 

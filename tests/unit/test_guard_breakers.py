@@ -139,12 +139,12 @@ def test_failure_rate_is_judged_only_from_min_orders() -> None:
     assert f.figure(T0 + 180.5) == 0.0  # the first three left the window: 17 < 20
 
 
-def test_time_mean_weights_by_time_since_the_first_value() -> None:
+def test_time_mean_weights_by_time_and_counts_time_before_the_first_value_as_0() -> None:
     m = TimeMean(600.0)
-    m.set(0.0, T0)
+    m.set(1.0, T0)
+    assert m.figure(T0 + 60) == pytest.approx(0.1)  # one busy minute of a 10-minute window
     m.set(0.5, T0 + 100)
-    assert m.figure(T0 + 100) == 0.0
-    assert m.figure(T0 + 200) == pytest.approx(0.25)
+    assert m.figure(T0 + 200) == pytest.approx((100 + 50) / 600)
     assert m.figure(T0 + 800) == pytest.approx(0.5)  # only the 0.5 is left in the window
 
 
@@ -220,34 +220,37 @@ def test_venue_unavailability_trips_when_the_down_share_crosses_10_percent_and_p
     b.observe_paths(up, T0)
     b.tick(T0)
     down = [("kraken", "fibre", "down"), ("kraken", "starlink", "down")] + up[2:]
-    b.observe_paths(down, T0 + 100)  # share 0.5 from T0+100; mean over [T0, now]: 0.5 x / (100 + x)
-    assert b.tick(T0 + 125) == []  # 0.1 exactly
-    (trip,) = b.tick(T0 + 125.01)
+    b.observe_paths(down, T0 + 100)  # share 0.5 from T0+100; the mean over 600 s: 0.5 (t - 100) / 600
+    assert b.tick(T0 + 220) == []  # 0.1 exactly
+    (trip,) = b.tick(T0 + 220.01)
     assert trip.breaker == "venue_unavailability"
     assert "kraken/fibre, kraken/starlink of 4 paths" in trip.reason
-    (action,) = b.actions(T0 + 125.01)
+    (action,) = b.actions(T0 + 220.01)
     assert action.kind == "pause" and action.scope == Scope(venue="kraken")
     b.done(action)
-    b.observe_paths(up, T0 + 200)
-    assert b.actions(T0 + 201) == []
+    b.observe_paths(up, T0 + 300)
+    assert b.actions(T0 + 301) == []  # no venue down any more: nothing new to pause
 
 
 def test_system_load_trips_on_the_mean_above_0_90_and_throttles() -> None:
     b = breakers()
-    b.observe_load(0.90, T0)
-    assert b.tick(T0 + 60) == []
-    b.observe_load(1.0, T0 + 60)
-    assert b.tick(T0 + 60) == []
-    (trip,) = b.tick(T0 + 60.01)  # mean over [T0, T0+60.01] just above 0.90
+    b.observe_load(1.0, T0)
+    assert b.tick(T0 + 108) == []  # 108 busy seconds of a 120 s window: 0.90, not above
+    (trip,) = b.tick(T0 + 108.01)
     assert trip.breaker == "system_load"
-    b.observe_load(0.1, T0 + 61)
-    # the mean falls to the recover level 0.72 once enough low load is in the window
-    assert b.snapshot()["system_load"]["state"] == "tripped"
+    (action,) = b.actions(T0 + 108.01)
+    assert action.kind == "throttle"
+    b.observe_load(0.1, T0 + 120)
+    # at or below the recover level 0.72 once the mean has fallen: (1.0 x + 0.1 (120 - x)) / 120 <= 0.72
+    assert b.tick(T0 + 120 + 37.3) == [] and b.snapshot()["system_load"]["state"] == "tripped"
+    assert b.tick(T0 + 120 + 37.4) == [] and b.snapshot()["system_load"]["state"] == "recovering"
+    (rec,) = b.tick(T0 + 120 + 37.4 + 120)
+    assert rec.change == "recovered"
 
 
 def test_a_pause_is_renewed_while_tripped_and_ends_when_the_breaker_can_recover() -> None:
     b = breakers(system_load={"response": "pause", "recovery": 100.0})
-    b.observe_load(1.0, T0)
+    b.observe_load(1.0, T0 - 200)
     b.tick(T0)
     (first,) = b.actions(T0)
     assert first.until == T0 + 100
@@ -261,7 +264,7 @@ def test_a_pause_is_renewed_while_tripped_and_ends_when_the_breaker_can_recover(
 
 def test_a_kill_response_is_given_once_and_none_gives_nothing() -> None:
     b = breakers(system_load={"response": "kill"}, execution_failure_rate={"response": "none"})
-    b.observe_load(1.0, T0)
+    b.observe_load(1.0, T0 - 200)
     for i in range(30):
         b.observe_order_end("rejected", T0)
     assert len(b.tick(T0)) == 2
@@ -326,10 +329,10 @@ def test_property_time_mean_equals_the_brute_force_integral(steps: list[tuple[fl
         m.set(value, t)
         seen.append((t, value))
         t += dt
-        lo = max(t - 100.0, seen[0][0])
+        lo = t - 100.0
         total = sum(max(0.0, min(end, t) - max(at, lo)) * v
                     for (at, v), end in zip(seen, [s[0] for s in seen[1:]] + [t]))
-        assert m.figure(t) == pytest.approx(total / (t - lo), abs=1e-9)
+        assert m.figure(t) == pytest.approx(total / 100.0, abs=1e-9)
 
 
 def test_a_mark_is_timed_by_the_journal_not_by_the_engine_clock() -> None:
@@ -351,7 +354,7 @@ def test_two_throttling_breakers_share_the_one_throttle_without_shortening_it() 
     (first,) = b.actions(T0)
     assert (first.breaker, first.until, first.rate) == ("execution_failure_rate", T0 + 180, 2.0)
     b.done(first)
-    b.observe_load(1.0, T0 + 50)
+    b.observe_load(1.0, T0 - 70)  # busy for the whole window by T0 + 50
     b.tick(T0 + 50.5)
     (second,) = b.actions(T0 + 50.5)
     # the latest end of both (execution_failure_rate, still above, could recover at T0 + 230.5 at the earliest)

@@ -247,8 +247,8 @@ def test_trading_breakers_tripped_fail_recovering_warn_closed_pass() -> None:
     from daemon.guard.breakers_config import BreakersConfig
 
     b = Breakers(BreakersConfig().specs())
-    b.observe_load(1.0, NOW)
-    b.observe_paths([("kraken", "fibre", "down")], NOW)
+    b.observe_load(1.0, NOW - 200)  # busy and down for a whole window
+    b.observe_paths([("kraken", "fibre", "down")], NOW - 700)
     b.tick(NOW)
     b.observe_paths([("kraken", "fibre", "up")], NOW + 1)
     b.observe_load(0.0, NOW + 1)
