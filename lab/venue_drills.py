@@ -503,6 +503,12 @@ class _Drill:
                 with ControlClient(self.socket, timeout=3) as client:
                     status = client.call("venues.status")
                 self.report.daemon_deadman_arms = int(status["venues"]["kraken"]["deadman"]["arms"])
+            with contextlib.suppress(Exception):  # the breakers' state at the end, for the report
+                with ControlClient(self.socket, timeout=3) as client:
+                    services = client.call("status")["services"]
+                breakers = {s["name"]: s for s in services}["breakers"]["details"]["breakers"]
+                if isinstance(self.report.trace, dict):
+                    self.report.trace["breakers"] = breakers
             code = self.daemon.stop(20)
             log = self.daemon.log_text()
             self.daemon.close()

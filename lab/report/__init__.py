@@ -198,7 +198,7 @@ def _drill_html(d: dict[str, Any], plots: Any) -> str:
         for b in breakers:
             tripped = b.get("change") == "tripped"
             what = b.get("breaker") if not b.get("subject") else f'{b.get("breaker")} {b.get("subject")}'
-            held = b.get("response") if tripped else f'held {_value(b.get("tripped_for_s"))} s'
+            held = b.get("response") if b.get("tripped_for_s") is None else f'held {_value(b.get("tripped_for_s"))} s'
             out.append(f'<tr><td>{_e(what)}</td><td class="{"bad" if tripped else ""}">{_e(b.get("change"))}</td>'
                        f'<td class="num">{_e(_value(b.get("figure")))}</td>'
                        f'<td class="num">{_e(_value(b.get("threshold")))}</td><td>{_e(held)}</td>'

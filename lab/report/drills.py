@@ -41,6 +41,12 @@ def section(report: Any) -> dict[str, Any]:
     out = adapters[kind](report)
     trace = getattr(report, "trace", None)
     rows = breaker_rows(trace.get("events") or [] if isinstance(trace, dict) else [])
+    final = trace.get("breakers") if isinstance(trace, dict) else None
+    if isinstance(final, dict):  # the state at the drill's end, when the drill asked for it
+        rows += [{"breaker": name, "subject": None, "change": f"{b.get('state')} at the end",
+                  "figure": b.get("figure"), "threshold": b.get("threshold"), "response": b.get("response"),
+                  "reason": f"{b.get('trips', 0)} trip(s); window {b.get('window_s')} s, recovery "
+                            f"{b.get('recovery_s')} s"} for name, b in final.items()]
     if rows:
         out["breakers"] = rows
     return out

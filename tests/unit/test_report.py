@@ -239,5 +239,11 @@ def test_a_drill_whose_daemon_tripped_a_breaker_gets_a_breaker_section() -> None
                                                                      ("market_volatility", "recovered")]
     html = render_html({"title": "t", "drills": [d], "ok": True})
     assert "Circuit breakers" in html and "market_volatility BTC/USD" in html and "held 612.5 s" in html
+    LifecycleReport.trace["breakers"] = {"system_load": {"state": "closed", "figure": 0.31, "threshold": 0.9,
+                                                          "response": "throttle", "trips": 0, "window_s": 120.0,
+                                                          "recovery_s": 120.0}}
+    d = section(LifecycleReport())
+    assert d["breakers"][-1]["change"] == "closed at the end" and "0 trip(s)" in d["breakers"][-1]["reason"]
+    assert "closed at the end" in render_html({"title": "t", "drills": [d], "ok": True})
     del LifecycleReport.trace
     assert "breakers" not in section(LifecycleReport())
