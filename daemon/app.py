@@ -86,7 +86,8 @@ def breaker_service(config: Config, bus: EventBus, *, system: SystemHealthServic
         return [(p["venue"], p["uplink"], p["state"]) for p in venues.matrix()]
 
     return BreakerService(config.guard.breakers, bus, actions=BlocksActions(JournalBlocksWriter(append)),
-                          journal_holder=standby, paths=paths if venues is not None else None, load=load)
+                          journal_holder=standby, paths=paths if venues is not None else None, load=load,
+                          audit_factory=audit_for(config), node=config.node.name)
 
 
 class Daemon:

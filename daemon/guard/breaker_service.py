@@ -25,6 +25,7 @@ from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 import trio
 
+from daemon.core.audit import AuditFactory
 from daemon.core.bus import EventBus
 from daemon.core.errors import Unavailable
 from daemon.core.events import BreakerRecovered, BreakerTripped
@@ -118,7 +119,8 @@ class BreakerService:
 
     def __init__(self, config: BreakersConfig, bus: EventBus, *, actions: GuardActions | None = None,
                  journal_holder: Any = None, paths: Paths | None = None,
-                 load: Callable[[], float | None] | None = None, clock: Callable[[], float] = time.time) -> None:
+                 load: Callable[[], float | None] | None = None, clock: Callable[[], float] = time.time,
+                 audit_factory: AuditFactory | None = None, node: str = "") -> None:
         self.config = config
         self.bus = bus
         self.actions = actions
@@ -126,6 +128,8 @@ class BreakerService:
         self.paths = paths
         self.load = load
         self.clock = clock
+        self.audit_factory = audit_factory
+        self.node = node
         self.breakers = Breakers(config.specs(), renew_margin=float(config.renew_margin))
         self.position = 0
         self.responses_done = 0
@@ -262,6 +266,7 @@ class BreakerService:
         self._failing.discard(key)
         log.warning(f"breaker.{action.kind}", breaker=action.breaker, scope=action.scope.describe(),
                     until=action.until, by=action.by)
+        await self._audit(action)
 
     async def _kill(self, action: Action) -> None:
         assert self.actions is not None
@@ -272,6 +277,30 @@ class BreakerService:
             return
         self.responses_done += 1
         log.warning("breaker.kill", breaker=action.breaker, scope=action.scope.describe(), by=action.by)
+        await self._audit(action)
+
+    async def _audit(self, action: Action) -> None:
+        """The response in the host's audit log, by ``breaker:NAME`` (the guard record names
+        it too); a failing audit log is reported, the response stands."""
+        factory = self.audit_factory
+        if factory is None:
+            return
+        fields = {"node": self.node, "by": action.by, "breaker": action.breaker, **action.scope.to_dict(),
+                  "scope": action.scope.describe(), "reason": action.reason, "until": action.until}
+        if action.kind == "throttle":
+            fields.update(rate=action.rate, burst=action.burst)
+
+        def append() -> None:
+            audit = factory()
+            try:
+                audit.append(f"guard.breaker.{action.kind}", **fields)
+            finally:
+                audit.close()
+
+        try:
+            await trio.to_thread.run_sync(append)
+        except Exception as exc:  # noqa: BLE001 - the response stands; the failure is reported
+            log.error("breaker.audit_failed", breaker=action.breaker, error=f"{type(exc).__name__}: {exc}")
 
     def _failed(self, key: tuple[str, str], action: Action, exc: Exception) -> None:
         self.response_failures += 1

@@ -63,5 +63,10 @@ def test_a_burst_of_rejected_orders_trips_the_breaker_and_throttles_new_orders(t
         assert "breaker execution_failure_rate" in preflight.stdout and "TRIPPED" in preflight.stdout, \
             preflight.stdout + preflight.stderr
         assert "breaker.throttle" in pair.primary.log_text()
+        audit = (pair.primary.state_dir / "recovery" / "audit.jsonl").read_text()
+        (entry,) = [json.loads(line) for line in audit.splitlines() if "guard.breaker.throttle" in line]
+        assert entry["fields"]["by"] == "breaker:execution_failure_rate" and entry["fields"]["node"] == "edge-a"
+        verified = cli("audit", "verify", "--state-dir", str(pair.primary.state_dir))
+        assert verified.returncode == 0, verified.stdout + verified.stderr
     finally:
         pair.close()
