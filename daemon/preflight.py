@@ -357,7 +357,31 @@ def breaker_checks(services: Iterable[Mapping[str, Any]] | None) -> list[Check]:
                                  "the host is overloaded: find the process (top) before the open"))
             else:
                 out.append(Check("host circuit breaker", PASS, f"closed ({s.get('summary')})"))
+        elif name == "breakers":
+            out += trading_breaker_checks((s.get("details") or {}).get("breakers") or {})
         elif health not in ("ok", None) and name not in ("venues", "uplinks", "standby", "hardware"):
             out.append(Check(f"service {name}", FAIL if health == "failing" else WARN,
                              f"{health}: {s.get('summary')}", "`lifeline status` shows why"))
+    return out
+
+
+def trading_breaker_checks(breakers: Mapping[str, Any]) -> list[Check]:
+    """The trading guard's circuit breakers: tripped FAILs (its pause / throttle / kill is in
+    force), recovering WARNs (it closes once the figure stays clear for its recovery time)."""
+    out = []
+    for name, b in breakers.items():
+        label, state = f"breaker {name}", b.get("state")
+        figure = f"{b.get('figure', 0.0):.3g} (threshold {b.get('threshold')}, window {b.get('window_s'):g}s)"
+        subjects = ", ".join(b.get("symbols") or {})
+        if subjects:
+            figure += f" on {subjects}"
+        if state == "tripped":
+            out.append(Check(label, FAIL, f"TRIPPED: {figure}; response {b.get('response')}",
+                             "find the cause (`lifeline status --json`, the BreakerTripped event); it closes "
+                             "by itself once the figure stays clear for its recovery time"))
+        elif state == "recovering":
+            out.append(Check(label, WARN, f"recovering: {figure}",
+                             f"closes after {b.get('recovery_s'):g}s clear; `lifeline risk status` shows the blocks"))
+        else:
+            out.append(Check(label, PASS, f"closed: {figure}"))
     return out

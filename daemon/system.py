@@ -16,7 +16,9 @@ its threshold; the host is OVERLOADED once one resource has been continuously ov
 ``sustain`` seconds; it is NORMAL again once *every* resource has been continuously at
 or below its recover level (threshold - margin) for ``sustain`` seconds. Between the two
 levels a value neither arms nor recovers, so a host hovering at the threshold cannot
-flap.
+flap. Each resource is judged by :class:`daemon.core.breaker.BreakerMachine` (``sustain`` as
+both its arming and its recovery time), the machine the trading guard's four breakers use
+(:mod:`daemon.guard.breakers`; its ``system_load`` breaker takes this service's samples).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +37,7 @@ from daemon.core.bus import EventBus
 from daemon.core.events import SystemOverloaded, SystemRecovered
 from daemon.core.log import get_logger
 from daemon.core.service import Health, MetricFamily, ServiceStatus
+from daemon.core.breaker import BreakerMachine
 from daemon.system_config import SystemConfig
 
 log = get_logger("system")
@@ -113,12 +116,21 @@ class _Reading:
 
 @dataclass
 class _Track:
-    """Per resource: when its current run above the threshold, or at/below the recover
-    level, began (None when it is not in such a run)."""
+    """Per resource: its breaker (:class:`daemon.core.breaker.BreakerMachine`, the same
+    machine as the trading guard's four; threshold, recover level and ``sustain`` from
+    [system]), which tracks when its current run above the threshold, or at/below the
+    recover level, began (None when it is not in such a run)."""
 
-    over_since: float | None = None
-    clear_since: float | None = None
+    machine: BreakerMachine = field(default_factory=lambda: BreakerMachine(math.inf, 0.0))
     last: _Reading | None = None
+
+    @property
+    def over_since(self) -> float | None:
+        return self.machine.over_since
+
+    @property
+    def clear_since(self) -> float | None:
+        return self.machine.clear_since
 
 
 def format_seconds(seconds: float) -> str:
@@ -212,27 +224,22 @@ class HostHealthMachine:
                 # known to be clear only from now on.
                 restart_clear_runs |= track.last is not None and track.clear_since is None
                 self._tracks[name] = _Track()
+        sustain = float(self.config.sustain)
         for reading in readings:
             track = self._tracks[reading.resource]
             track.last = reading
+            machine = track.machine
+            machine.threshold, machine.recover_level = reading.threshold, reading.recover_level
+            machine.sustain = machine.recovery = sustain
             # NaN fails both comparisons and lands in the band: it neither arms nor recovers.
-            if reading.value > reading.threshold:
-                if track.over_since is None:
-                    track.over_since = now
-                track.clear_since = None
-            elif reading.value <= reading.recover_level:
-                if track.clear_since is None:
-                    track.clear_since = now
-                track.over_since = None
-            else:
-                track.over_since = None
-                track.clear_since = None
+            # The host's state is decided below from every resource's runs (its own
+            # trips and recoveries are per resource).
+            machine.step(reading.value, now)
         if restart_clear_runs:
             for track in self._tracks.values():
-                if track.clear_since is not None:
-                    track.clear_since = now
+                track.machine.restart_clear(now)
 
-        sustain = self.config.sustain - _TIME_EPSILON
+        sustain -= _TIME_EPSILON
         if self.state is HostState.NORMAL:
             tripped = [
                 r for r in readings

@@ -496,7 +496,8 @@ class _Drill:
             self._notify_thread.join(2)
         if self.events is not None:
             self.events.close()
-            kinds = ("VenueHealthChanged", "UplinkHealthChanged", "ActiveUplinkChanged")
+            kinds = ("VenueHealthChanged", "UplinkHealthChanged", "ActiveUplinkChanged", "BreakerTripped",
+                     "BreakerRecovered")
             self.report.trace = {"events": [e for _, e in self.events.events if e.get("kind") in kinds],
                                  "end_ns": time.monotonic_ns()}
         if self.daemon is not None:
@@ -504,6 +505,12 @@ class _Drill:
                 with ControlClient(self.socket, timeout=3) as client:
                     status = client.call("venues.status")
                 self.report.daemon_deadman_arms = int(status["venues"]["kraken"]["deadman"]["arms"])
+            with contextlib.suppress(Exception):  # the breakers' state at the end, for the report
+                with ControlClient(self.socket, timeout=3) as client:
+                    services = client.call("status")["services"]
+                breakers = {s["name"]: s for s in services}["breakers"]["details"]["breakers"]
+                if isinstance(self.report.trace, dict):
+                    self.report.trace["breakers"] = breakers
             code = self.daemon.stop(20)
             log = self.daemon.log_text()
             self.daemon.close()

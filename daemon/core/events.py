@@ -640,3 +640,36 @@ class ConfigReloaded(Event):
     @property
     def severity(self) -> str:  # type: ignore[override]
         return "warning" if self.refused else "info"
+
+
+# --- the trading guard's circuit breakers (daemon/guard/breaker_service.py) ---------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class BreakerTripped(Event):
+    """A circuit breaker's figure went above its threshold. ``breaker`` is
+    market_volatility, execution_failure_rate, venue_unavailability or system_load;
+    ``subject`` the symbol for market_volatility (else null); ``response`` what the daemon
+    does about it (pause, throttle, kill or none); playbooks may add their own."""
+
+    breaker: str
+    subject: str | None
+    figure: float
+    threshold: float
+    window_s: float
+    recovery_s: float
+    response: str
+    reason: str
+    severity: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BreakerRecovered(Event):
+    """A tripped breaker's figure stayed at or below its recover level for its recovery
+    time: the breaker is closed again (its pause or throttle ends by itself; a kill stays)."""
+
+    breaker: str
+    subject: str | None
+    figure: float
+    tripped_for_s: float
+    reason: str

@@ -191,6 +191,19 @@ def _drill_html(d: dict[str, Any], plots: Any) -> str:
             out.append(f'<tr><td>{_e(f.get("rule"))}</td><td class="{"bad" if bad else ""}">'
                        f'{_e(f.get("severity"))}</td><td>{_e(str(f.get("message"))[:400])}</td></tr>')
         out.append("</table>")
+    breakers = d.get("breakers") or []
+    if breakers:
+        out.append("<h3>Circuit breakers</h3><table><tr><th>breaker</th><th>change</th><th>figure</th>"
+                   "<th>threshold</th><th>response / held</th><th>reason</th></tr>")
+        for b in breakers:
+            tripped = b.get("change") == "tripped"
+            what = b.get("breaker") if not b.get("subject") else f'{b.get("breaker")} {b.get("subject")}'
+            held = b.get("response") if b.get("tripped_for_s") is None else f'held {_value(b.get("tripped_for_s"))} s'
+            out.append(f'<tr><td>{_e(what)}</td><td class="{"bad" if tripped else ""}">{_e(b.get("change"))}</td>'
+                       f'<td class="num">{_e(_value(b.get("figure")))}</td>'
+                       f'<td class="num">{_e(_value(b.get("threshold")))}</td><td>{_e(held)}</td>'
+                       f'<td>{_e(str(b.get("reason"))[:300])}</td></tr>')
+        out.append("</table>")
     errors = d.get("errors") or []
     if errors:
         out.append('<h3>Errors</h3><div class="errors">' + "\n".join(_e(str(e)[:600]) for e in errors) + "</div>")

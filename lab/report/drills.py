@@ -38,7 +38,34 @@ def section(report: Any) -> dict[str, Any]:
     kind = type(report).__name__
     if kind not in adapters:
         raise TypeError(f"lab.report: no adapter for a {kind}; hand render_html a drill dict instead")
-    return adapters[kind](report)
+    out = adapters[kind](report)
+    trace = getattr(report, "trace", None)
+    rows = breaker_rows(trace.get("events") or [] if isinstance(trace, dict) else [])
+    final = trace.get("breakers") if isinstance(trace, dict) else None
+    if isinstance(final, dict):  # the state at the drill's end, when the drill asked for it
+        rows += [{"breaker": name, "subject": None, "change": f"{b.get('state')} at the end",
+                  "figure": b.get("figure"), "threshold": b.get("threshold"), "response": b.get("response"),
+                  "reason": f"{b.get('trips', 0)} trip(s); window {b.get('window_s')} s, recovery "
+                            f"{b.get('recovery_s')} s"} for name, b in final.items()]
+    if rows:
+        out["breakers"] = rows
+    return out
+
+
+def breaker_rows(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The drill daemon's circuit-breaker trips and recoveries (BreakerTripped /
+    BreakerRecovered events, in order): the report's breaker section."""
+    rows = []
+    for e in events:
+        kind = e.get("kind")
+        if kind not in ("BreakerTripped", "BreakerRecovered"):
+            continue
+        rows.append({"breaker": e.get("breaker"), "subject": e.get("subject"),
+                     "change": "tripped" if kind == "BreakerTripped" else "recovered",
+                     "figure": e.get("figure"), "threshold": e.get("threshold"), "response": e.get("response"),
+                     "tripped_for_s": e.get("tripped_for_s"), "reason": e.get("reason"),
+                     "wall_time": e.get("wall_time")})
+    return rows
 
 
 def _figures(figures: dict[str, Any]) -> dict[str, Any]:

@@ -240,3 +240,26 @@ def test_exit_code_is_1_exactly_when_something_failed(results: list[str]) -> Non
                                         "playbooks", "services", "config"]), st.none()))
 def test_missing_sections_never_crash(facts: dict[str, Any]) -> None:
     evaluate(facts, NOW)
+
+
+def test_trading_breakers_tripped_fail_recovering_warn_closed_pass() -> None:
+    from daemon.guard.breakers import Breakers
+    from daemon.guard.breakers_config import BreakersConfig
+
+    b = Breakers(BreakersConfig().specs())
+    b.observe_load(1.0, NOW - 200)  # busy and down for a whole window
+    b.observe_paths([("kraken", "fibre", "down")], NOW - 700)
+    b.tick(NOW)
+    b.observe_paths([("kraken", "fibre", "up")], NOW + 1)
+    b.observe_load(0.0, NOW + 1)
+    b.tick(NOW + 10_000)  # both means are 0 now: recovering
+    b.observe_load(1.0, NOW + 10_001)
+    b.tick(NOW + 10_100)  # the load's mean (0.825) is above the recover level again: tripped
+    facts = healthy()
+    facts["services"].append({"name": "breakers", "health": "degraded", "summary": "...",
+                              "details": {"breakers": b.snapshot()}})
+    checks = by_name(evaluate(facts, NOW))
+    assert checks["breaker system_load"].result == FAIL and "TRIPPED" in checks["breaker system_load"].figure
+    assert checks["breaker venue_unavailability"].result == WARN
+    assert checks["breaker market_volatility"].result == PASS
+    assert "service breakers" not in checks

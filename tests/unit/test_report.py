@@ -218,3 +218,32 @@ def test_the_nemesis_section_fails_and_lists_the_checkers_finding() -> None:
     assert [f["rule"] for f in d["findings"] if f["severity"] == "violation"] == ["outside_interval"]
     text = render_html(data)
     assert "<h3>Findings</h3>" in text and "seq 21 answered ok by edge-a outside" in text
+
+
+def test_a_drill_whose_daemon_tripped_a_breaker_gets_a_breaker_section() -> None:
+    from lab.report.drills import section
+
+    class LifecycleReport:  # the adapter is picked by the class name
+        ok = True
+        checks: list[Any] = []
+        figures: dict[str, Any] = {}
+        trace = {"events": [
+            {"kind": "VenueHealthChanged", "venue": "kraken"},
+            {"kind": "BreakerTripped", "breaker": "market_volatility", "subject": "BTC/USD", "figure": 0.07,
+             "threshold": 0.05, "response": "pause", "reason": "market_volatility BTC/USD 0.07 > 0.05 over 300s"},
+            {"kind": "BreakerRecovered", "breaker": "market_volatility", "subject": "BTC/USD", "figure": 0.0,
+             "tripped_for_s": 612.5, "reason": "at or below 0.04 for 300s"}]}
+
+    d = section(LifecycleReport())
+    assert [(b["breaker"], b["change"]) for b in d["breakers"]] == [("market_volatility", "tripped"),
+                                                                     ("market_volatility", "recovered")]
+    html = render_html({"title": "t", "drills": [d], "ok": True})
+    assert "Circuit breakers" in html and "market_volatility BTC/USD" in html and "held 612.5 s" in html
+    LifecycleReport.trace["breakers"] = {"system_load": {"state": "closed", "figure": 0.31, "threshold": 0.9,
+                                                          "response": "throttle", "trips": 0, "window_s": 120.0,
+                                                          "recovery_s": 120.0}}
+    d = section(LifecycleReport())
+    assert d["breakers"][-1]["change"] == "closed at the end" and "0 trip(s)" in d["breakers"][-1]["reason"]
+    assert "closed at the end" in render_html({"title": "t", "drills": [d], "ok": True})
+    del LifecycleReport.trace
+    assert "breakers" not in section(LifecycleReport())
