@@ -5,7 +5,7 @@
 
 No root needed. Builds, under a temp dir, a witness (``lifeline witness``) and two
 ``lifeline run`` processes with a witness lease on loopback (as
-tests/integration/test_lease_pair.py does: no fixed roles, ``mode = "sync"``, fsync on
+tests/integration/standby/test_lease_pair.py does: no fixed roles, ``mode = "sync"``, fsync on
 both, metrics on), each child given the systemd unit's ``LimitNOFILE=`` (read from
 systemd/lifeline.service; set with ``prlimit`` right after the fork, before the daemon
 opens its listeners — the effect of the unit's setting). Once one node is primary and
