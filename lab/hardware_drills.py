@@ -77,7 +77,7 @@ from daemon.core.control_client import ControlClient
 from lab.drills import add_report_argument, percentile, run_drill_command
 from lab.ha_drills import Node, RoleLog, Writer, overlap_ns, primary_intervals
 from lab.pair import REPLICATION_TIMERS
-from lab.procs import DaemonProcess, until
+from lab.procs import DaemonProcess, free_port, until
 from lab.replay_engine import feed_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,12 +108,6 @@ def _cli(*args: str, timeout: float = 30) -> str:
         raise DrillError(f"lifeline {' '.join(args[:2])} exited {result.returncode}: "
                          f"{(result.stderr or result.stdout).strip()[:800]}")
     return result.stdout
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def signed_playbooks(root: Path, names: list[str], extra: dict[str, str] | None = None) -> tuple[Path, Path]:

@@ -36,6 +36,14 @@ def until(predicate: Callable[[], Any], timeout: float, every: float = 0.05) -> 
         time.sleep(every)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for a listener the lab
+    or a test starts on loopback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @dataclass
 class Notification:
     at: float  # time.monotonic() on arrival

@@ -1,12 +1,8 @@
-"""Free TCP ports on loopback for the tests' listeners."""
+"""Free TCP ports on loopback for the tests' listeners: the lab's helper (one for the lab,
+the benchmarks and the tests)."""
 
 from __future__ import annotations
 
-import socket
+from lab.procs import free_port
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["free_port"]

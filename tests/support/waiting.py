@@ -1,12 +1,17 @@
-"""Waiting for what a real process exposes (a route, a status, a file).
+"""Waiting with a deadline.
 
-``until`` polls because a test cannot be told by the kernel or another process when that
-changes; everything in-process waits on events or runs under a MockClock instead.
+``until`` and ``wait_for`` poll what a real process exposes (a route, a status, a file),
+because a test cannot be told by the kernel or another process when that changes.
+``wait_until`` is the same inside a trio run, for a state that real I/O (a serial port,
+loopback TCP) moves; everything else in-process waits on events or runs under a
+MockClock instead.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
+
+import trio
 
 from lab.procs import until  # noqa: F401  (one polling helper for the lab and the tests)
 
@@ -25,3 +30,12 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 10.0, int
         except Exception as exc:  # the diagnosis must not hide the timeout
             extra = f"\n(detail failed: {exc!r})"
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{extra}")
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float, every: float = 0.01) -> Any:
+    """In a trio run: check ``predicate`` every ``every`` seconds until it answers something
+    truthy (returned); trio.TooSlowError after ``timeout`` seconds."""
+    with trio.fail_after(timeout):
+        while not (value := predicate()):
+            await trio.sleep(every)
+    return value

@@ -12,6 +12,7 @@ timeouts; every test is capped with ``trio.fail_after``."""
 
 from __future__ import annotations
 
+from functools import partial
 import asyncio
 import functools
 import json
@@ -36,6 +37,7 @@ from hardware.enclosure.registers import ClimateReading, DoorReading, Register, 
 from lab.sim.enclosure import EnclosureSimulator, start_simulator
 from hardware.errors import DeviceGarbage, DeviceTimeout, HardwareError, PortMissing
 from tests.support.hardware import pairs, run_device
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -47,10 +49,7 @@ def sim() -> Iterator[EnclosureSimulator]:
         simulator.close()
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
+wait_for = partial(wait_until, timeout=3.0)
 
 
 # --- the sensor against our simulator --------------------------------------------------

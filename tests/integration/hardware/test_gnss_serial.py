@@ -7,6 +7,7 @@ going silent and a port disappearing each take a fraction of a second.
 
 from __future__ import annotations
 
+from functools import partial
 import functools
 import itertools
 import logging
@@ -27,6 +28,7 @@ from hardware.gnss.nmea import GnssReading
 from lab.sim import gnss as gnss_sim
 from lab.sim.gnss import FakeGpsd, GnssSimulator
 from tests.support.hardware import pairs, run_device
+from tests.support.waiting import wait_until
 
 FAST = 0.1
 
@@ -38,10 +40,7 @@ def sim():
     s.close()
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
+wait_for = partial(wait_until, timeout=5.0, every=0.02)
 
 
 class Harness:

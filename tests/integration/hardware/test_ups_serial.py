@@ -22,6 +22,7 @@ from hardware.ups.reading import UpsReading
 from lab.sim.ups import FakeUpsd, Simulator, start_simulator
 from tests.support.hardware import pairs, run_device
 from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 INTERVAL = 0.1
 
@@ -75,10 +76,7 @@ class Harness:
                 await self._changed.wait()
 
 
-async def wait_for(predicate: Any, timeout: float = 3.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
+wait_for = functools.partial(wait_until, timeout=3.0)
 
 
 @pytest.fixture

@@ -16,12 +16,12 @@ https://github.com/ccxt/ccxt), served by the emulator.
 
 from __future__ import annotations
 
+from functools import partial
 import base64
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -45,6 +45,7 @@ from daemon.venues import service as venue_service
 from daemon.venues.cli import format_matrix
 from daemon.venues.service import VenueService, VenueUnavailable
 from lab.venues.server import VenueEmulator
+from tests.support.waiting import wait_until
 
 CAP = 30  # seconds: no test may hang longer than this
 KEY = bytes(range(32))  # the replication key of the in-process standby services
@@ -155,11 +156,7 @@ async def start_standby(nursery: trio.Nursery, config: Config, bus: EventBus) ->
     return standby
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float = 8.0, every: float = 0.02) -> Any:
-    with trio.fail_after(timeout):
-        while not (value := predicate()):
-            await trio.sleep(every)
-    return value
+wait_for = partial(wait_until, timeout=8.0, every=0.02)
 
 
 def order_record(client_order_id: str, *, venue: str = "kraken", **fields: Any) -> str:

@@ -21,19 +21,11 @@ from daemon.core.events import (
     SystemOverloaded,
     SystemRecovered,
 )
+from tests.support.events import drain
 
 
 def started(service: str = "control", took_ms: float = 1.5) -> ServiceStarted:
     return ServiceStarted(source="supervisor", service=service, took_ms=took_ms)
-
-
-def drain(sub) -> list[Event]:  # type: ignore[no-untyped-def]
-    out = []
-    while True:
-        try:
-            out.append(sub.receive_nowait())
-        except trio.WouldBlock:
-            return out
 
 
 # --- events themselves ------------------------------------------------------------------

@@ -17,6 +17,7 @@ from daemon.core.bus import EventBus
 from daemon.core.events import DeviceRecovered, DeviceStale, Event, UpsOnBattery
 from hardware.errors import DeviceTimeout, PortMissing
 from hardware.service import Device, HardwareService, device_loop
+from tests.support.events import drain
 
 CONFIG = '''
 [node]
@@ -93,15 +94,6 @@ class Watchdog:
 
     def close_without_disarm(self) -> None:
         self.calls.append("left armed")
-
-
-def drain(sub: Any) -> list[Any]:
-    out = []
-    while True:
-        try:
-            out.append(sub.receive_nowait())
-        except trio.WouldBlock:
-            return out
 
 
 @pytest.mark.parametrize("clean", [True, False])

@@ -31,6 +31,7 @@ from daemon.standby.lease import (
     Member,
 )
 from daemon.standby.roles import Role, RoleTimings
+from tests.support.events import drain
 
 TIMINGS = RoleTimings()  # the defaults: ttl 1.5 s, renew 0.5 s, retry 0.5 s, margins 0.3 / 0.1 s
 
@@ -211,15 +212,6 @@ async def wait_role(node: Node, role: Role, limit: float = 30.0) -> float:
         while node.leadership.machine is None or node.role is not role:
             await trio.sleep(0.01)
     return trio.current_time() - start
-
-
-def drain(sub: Any) -> list[Any]:
-    out = []
-    while True:
-        try:
-            out.append(sub.receive_nowait())
-        except trio.WouldBlock:
-            return out
 
 
 def overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:

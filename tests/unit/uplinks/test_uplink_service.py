@@ -14,6 +14,7 @@ from daemon.config import parse_config
 from daemon.core.bus import EventBus
 from daemon.uplinks import ProbeResult, UplinkRoute
 from daemon.uplinks.service import UplinkService
+from tests.support.events import drain
 
 CONFIG = """
 [node]
@@ -121,12 +122,7 @@ class World:
                                      prober_factory=prober, flush_flows=flush)
 
     def drain(self) -> list[Any]:
-        out = []
-        while True:
-            try:
-                out.append(self.events.receive_nowait())
-            except trio.WouldBlock:
-                return out
+        return drain(self.events)
 
 
 def route_at(world: World, t: float) -> str | None:
