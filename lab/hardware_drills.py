@@ -61,7 +61,6 @@ import contextlib
 import json
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -76,8 +75,8 @@ from daemon.config import dump_toml
 from daemon.core.control_client import ControlClient
 from lab.drills import add_report_argument, percentile, run_drill_command
 from lab.ha_drills import Node, RoleLog, Writer, overlap_ns, primary_intervals
-from lab.pair import REPLICATION_TIMERS
-from lab.procs import DaemonProcess, free_port, until
+from lab.pair import LEASE_TIMINGS, REPLICATION_TIMERS
+from lab.procs import DaemonProcess, WitnessProcess, free_port, until
 from lab.replay_engine import feed_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,8 +87,6 @@ TARGETS_MS = {"power": {"detection_ms": 1000.0, "handover_ms": 5000.0},
 SERIES = {"power": ("detection_ms", "playbook_ms", "fenced_ms", "handover_ms"),
           "enclosure": ("detection_ms", "playbook_ms", "notice_ms")}
 UPS_INTERVAL = "200ms"
-#: Short lease timings (the witness allows them), as the lease-pair tests use.
-LEASE_TIMINGS = {"ttl": "1s", "retry_timeout": "250ms", "safety_margin": "200ms", "fencing_margin": "100ms"}
 
 Progress = Callable[[str], None]
 
@@ -208,27 +205,15 @@ class HwNode(Node):
         self.proc.start()
 
 
-class Witness:
-    """``lifeline witness`` on 127.0.0.1."""
+class Witness(WitnessProcess):
+    """``lifeline witness`` on 127.0.0.1, listening once constructed (else a DrillError)."""
 
     def __init__(self, root: Path, key: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.log = root / "witness.log"
-        self.address = f"127.0.0.1:{free_port()}"
-        self._log = open(self.log, "a")  # noqa: SIM115  (the witness writes it until stop())
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "witness", "--listen", self.address, "--state",
-             str(root / "witness.json"), "--key-file", str(key)], stdout=self._log, stderr=self._log,
-            cwd=ROOT)
-        if not until(lambda: "witness.listening" in self.log.read_text(), 20):
-            self.stop()
-            raise DrillError(f"the witness did not listen within 20 s:\n{self.log.read_text()[-1500:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self._log.close()
+        super().__init__(root, key)
+        try:
+            self.start(20)
+        except TimeoutError as exc:
+            raise DrillError(str(exc)) from None
 
 
 class Rfc2217Loop:

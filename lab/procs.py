@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def until(predicate: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
     """Poll ``predicate`` until it returns something truthy (returned) or ``timeout``
@@ -235,3 +237,47 @@ class DaemonProcess:
             self.proc.kill()
             self.proc.wait()
         self.notify.close()
+
+
+class WitnessProcess:
+    """One `lifeline witness` child process on 127.0.0.1, for the loopback drills and the
+    tests. The first start takes a free port; a restart keeps the address and the state
+    file, as systemd restarts it. Every incarnation appends to ``witness.log``."""
+
+    def __init__(self, root: Path, key_file: Path, *, state: Path | None = None) -> None:
+        self.root = root
+        self.key_file = key_file
+        self.state = state or root / "witness.json"
+        self.log = root / "witness.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.address = ""
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def start(self, timeout: float = 20.0) -> str:
+        """Start it and wait for its ``witness.listening`` line; returns "HOST:PORT".
+        TimeoutError (with the log's tail) when it does not listen in time."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.address = self.address or f"127.0.0.1:{free_port()}"
+        ready_before = self.log_text().count("witness.listening")
+        with open(self.log, "ab") as out:
+            proc = self.proc = subprocess.Popen(
+                [sys.executable, "-m", "daemon.cli", "witness", "--listen", self.address, "--state",
+                 str(self.state), "--key-file", str(self.key_file)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=ROOT)
+        if not until(lambda: self.log_text().count("witness.listening") > ready_before or proc.poll() is not None,
+                     timeout) or proc.poll() is not None:
+            self.stop()
+            raise TimeoutError(f"the witness did not listen on {self.address} within {timeout:g} s:\n"
+                               f"{self.log_text()[-1500:]}")
+        return self.address
+
+    def stop(self) -> None:
+        """SIGKILL (a crash, or the end of the test: the state file is what matters)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)

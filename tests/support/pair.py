@@ -1,5 +1,8 @@
-"""Two real `lifeline run` processes on loopback, a primary and its standby, for the
-standby fault tests (tests/integration/standby/test_standby_faults.py).
+"""Two real `lifeline run` processes on loopback: :class:`Pair`, a fixed primary and its
+standby (the standby fault tests, the health endpoints, preflight), and
+:class:`LeasePair`, two nodes with no fixed roles and one lease store, a real `lifeline
+witness` (:class:`lab.procs.WitnessProcess`, as the hardware drills run it) or a real
+etcd member (the lease pair, switchover, in-sync race and live drill tests).
 
 Each node has its own directory under the test's tmp_path (config, state, runtime,
 one log per incarnation) and is started the way systemd starts it
@@ -22,10 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import pytest
+
 from daemon.config import dump_toml
 from daemon.core.control_client import ControlClient
-from lab.procs import DaemonProcess
-from lab.pair import REPLICATION_TIMERS as TIMERS  # noqa: F401  (the tests import it from here)
+from lab.etcd import EtcdAuth, EtcdCluster
+from lab.pki import make_etcd_pki
+from lab.procs import DaemonProcess, WitnessProcess
+from lab.pair import LEASE_TIMINGS, REPLICATION_TIMERS as TIMERS
 from lab import replay_engine
 from daemon.standby.keys import generate_replication_key
 from tests.support.cli import cli
@@ -313,3 +320,132 @@ class Writer(threading.Thread):
             self.error = exc
         finally:
             client.close()
+
+
+class LeasePair:
+    """edge-a and edge-b, no fixed roles, one lease store."""
+
+    def __init__(self, tmp_path: Path, backend: str) -> None:
+        self.tmp_path = tmp_path
+        self.backend = backend
+        key = tmp_path / "replication.key"
+        generate_replication_key(key)
+        self.etcd: EtcdCluster | None = None
+        self.witness: WitnessProcess | None = None
+        if backend == "etcd":
+            if not EtcdCluster.available():
+                pytest.skip("etcd is not installed (apt-get install etcd-server; .ci/run does)")
+            # As production runs it: TLS with client certificates, etcd's auth on.
+            self.etcd = EtcdCluster.local(1, tmp_path / "etcd", tls=make_etcd_pki(tmp_path / "pki"),
+                                          auth=EtcdAuth.generate())
+            self.etcd.start()
+            lease: dict[str, Any] = self.etcd.lease_settings(tmp_path)
+        else:
+            self.witness = WitnessProcess(tmp_path / "witness", key)
+            self.witness.start(15)
+            lease = {"backend": "witness", "witness": self.witness.address}
+        lease = {**lease, "cluster": "test", **LEASE_TIMINGS}
+        ports = {"edge-a": free_port(), "edge-b": free_port()}
+        self.nodes: dict[str, Node] = {}
+        for name, other in (("edge-a", "edge-b"), ("edge-b", "edge-a")):
+            settings = {"key_file": str(key), "listen": f"127.0.0.1:{ports[name]}",
+                        "peer": f"127.0.0.1:{ports[other]}", "mode": "sync", "on_standby_loss": "degrade-to-async",
+                        **TIMERS, "journal": {"fsync": "always", "segment_bytes": 1024 * 1024}, "lease": lease}
+            node = Node(name, tmp_path / name, settings, tmp_path / name / "state")
+            node.write_config()
+            self.nodes[name] = node
+
+    def start(self, *names: str) -> None:
+        for name in names or tuple(self.nodes):
+            self.nodes[name].start(wait=False)
+        for name in names or tuple(self.nodes):
+            proc = self.nodes[name].proc
+            assert proc is not None and proc.wait_ready(30), f"{name}: no READY=1:\n{proc.log_text()}"
+
+    def role(self, name: str) -> dict[str, Any]:
+        return dict(self.nodes[name].call("role.status"))
+
+    def wait_primary(self, timeout: float = 15.0, among: tuple[str, ...] | None = None) -> str:
+        def check() -> str | None:
+            for name in among or tuple(self.nodes):
+                node = self.nodes[name]
+                if node.alive():
+                    info = self.role(name)
+                    if info["role"] == "primary" and info.get("accepting_appends"):
+                        return name
+            return None
+
+        return str(wait_for(check, "a primary accepting appends", timeout, detail=self.diagnosis))
+
+    def wait_role(self, name: str, role: str, timeout: float = 15.0) -> dict[str, Any]:
+        return dict(wait_for(lambda: (info := self.role(name))["role"] == role and info, f"{name} to be {role}",
+                             timeout, detail=self.diagnosis))
+
+    def other(self, name: str) -> str:
+        return "edge-b" if name == "edge-a" else "edge-a"
+
+    def diagnosis(self) -> str:
+        parts = []
+        for name, node in self.nodes.items():
+            try:
+                state = json.dumps(self.role(name), default=str) if node.alive() else "(not running)"
+            except Exception as exc:
+                state = f"(no answer: {exc!r})"
+            parts.append(f"--- {name}: {state}\n--- log tail:\n{node.log_text()[-2500:]}")
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            node.close()
+        if self.etcd is not None:
+            self.etcd.stop()
+        if self.witness is not None:
+            self.witness.stop()
+
+
+class Feed(threading.Thread):
+    """An engine's role.watch subscription: every message, as received."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(daemon=True, name=f"feed-{node.name}")
+        self.client = ControlClient(node.socket, timeout=5).connect()
+        self.client.call("role.watch")
+        self.messages: list[dict[str, Any]] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self.messages.append(self.client.read_line(timeout=0.2))
+                except TimeoutError:
+                    continue
+        except (ConnectionError, OSError, ValueError):
+            pass
+        finally:
+            self.client.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(5)
+
+
+@pytest.fixture
+def witness_pair(tmp_path: Path) -> Iterator[LeasePair]:
+    """A :class:`LeasePair` on a witness, closed after the test (import it as ``pair``)."""
+    p = LeasePair(tmp_path, "witness")
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def settled(pair: LeasePair) -> tuple[str, str]:
+    """The primary and its standby, once the store marks the standby synchronous."""
+    pair.start()
+    first = pair.wait_primary()
+    second = pair.other(first)
+    pair.wait_role(second, "standby")
+    wait_for(lambda: pair.role(first).get("sync_mark") == second, "the standby marked synchronous", 15,
+             detail=pair.diagnosis)
+    return first, second

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from tests.integration.standby import test_lease_pair as lp
+from tests.support.pair import LeasePair, Node
 from daemon.config import dump_toml
 from tests.support.waiting import wait_for
 from tests.support.cli import cli
@@ -22,18 +22,18 @@ UPLINKS = {
 }
 
 
-def edit(node: lp.Node, change: Any) -> None:
+def edit(node: Node, change: Any) -> None:
     data = tomllib.loads(node.config.read_text())
     change(data)
     node.config.write_text(dump_toml(data))
 
 
-def thresholds(node: lp.Node) -> dict[str, Any]:
+def thresholds(node: Node) -> dict[str, Any]:
     return dict(node.call("uplink.status")["uplinks"]["fibre"]["thresholds"])
 
 
 def test_reload_changes_a_threshold_on_the_primary_without_a_lease_change(tmp_path: Path) -> None:
-    pair = lp.LeasePair(tmp_path, "witness")
+    pair = LeasePair(tmp_path, "witness")
     try:
         for node in pair.nodes.values():
             node.extra = {"uplinks": UPLINKS, "failover": {"route_backend": "none"}}

@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 
 from lab.ha_drills import Writer
-from tests.support.pair import feed_lines
-from tests.support.waiting import wait_for
 from tests.support.cli import cli
-from tests.integration.standby.test_lease_pair import LeasePair
-from tests.integration.standby.test_switchover import pair, settled  # noqa: F401  (pair is the fixture: a witness pair on loopback)
+from tests.support.pair import LeasePair, feed_lines, settled
+from tests.support.pair import witness_pair as pair  # noqa: F401  (the fixture: a witness pair on loopback)
+from tests.support.waiting import wait_for
 
 
 def outside_now() -> str:

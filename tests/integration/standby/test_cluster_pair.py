@@ -7,19 +7,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.integration.standby import test_lease_pair as lp
-from tests.support.waiting import wait_for
 from tests.support.cli import cli
+from tests.support.pair import LeasePair, Node
+from tests.support.waiting import wait_for
 
 
-def cluster(node: lp.Node) -> tuple[int, dict, str]:
+def cluster(node: Node) -> tuple[int, dict, str]:
     out = cli("cluster", "--socket", str(node.socket), "--json")
     text = cli("cluster", "--socket", str(node.socket)).stdout
     return out.returncode, json.loads(out.stdout) if out.stdout else {}, text
 
 
 def test_cluster_from_either_node(tmp_path: Path) -> None:
-    pair = lp.LeasePair(tmp_path, "witness")
+    pair = LeasePair(tmp_path, "witness")
     try:
         pair.start()
         primary = pair.wait_primary()

@@ -13,136 +13,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
-from daemon.core.control_client import ControlClient, ControlError
-from lab.etcd import EtcdAuth, EtcdCluster
-from lab.pki import make_etcd_pki
+from daemon.core.control_client import ControlError
 from lab.ha_drills import overlap_ns, primary_intervals
-from daemon.standby.keys import generate_replication_key
-from tests.support.pair import TIMERS, Node, Writer, feed_lines
-from tests.support.waiting import wait_for
+from lab.pair import LEASE_TIMINGS
 from tests.support.cli import cli
-from tests.support.ports import free_port
-
-# Short lease timings for tests (etcd's fast timers in EtcdCluster allow a 1 s ttl).
-LEASE_TIMINGS = {"ttl": "1s", "retry_timeout": "250ms", "safety_margin": "200ms", "fencing_margin": "100ms"}
-
-
-class Witness:
-    def __init__(self, root: Path, key: Path) -> None:
-        self.root = root
-        self.key = key
-        self.state = root / "witness.json"
-        self.proc: subprocess.Popen[str] | None = None
-        self.address = ""
-
-    def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        port = int(self.address.rsplit(":", 1)[1]) if self.address else free_port()  # a restart keeps it
-        log_path = self.root / "witness.log"
-        ready_before = log_path.read_text().count("witness.listening") if log_path.exists() else 0
-        log = open(log_path, "a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "witness", "--listen", f"127.0.0.1:{port}", "--state",
-             str(self.state), "--key-file", str(self.key)], stdout=log, stderr=log, text=True)
-        self.address = f"127.0.0.1:{port}"
-        wait_for(lambda: log_path.read_text().count("witness.listening") > ready_before, "the witness to listen",
-                 15, detail=lambda: log_path.read_text())
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-
-class LeasePair:
-    """edge-a and edge-b, no fixed roles, one lease store."""
-
-    def __init__(self, tmp_path: Path, backend: str) -> None:
-        self.tmp_path = tmp_path
-        self.backend = backend
-        key = tmp_path / "replication.key"
-        generate_replication_key(key)
-        self.etcd: EtcdCluster | None = None
-        self.witness: Witness | None = None
-        if backend == "etcd":
-            if not EtcdCluster.available():
-                pytest.skip("etcd is not installed (apt-get install etcd-server; .ci/run does)")
-            # As production runs it: TLS with client certificates, etcd's auth on.
-            self.etcd = EtcdCluster.local(1, tmp_path / "etcd", tls=make_etcd_pki(tmp_path / "pki"),
-                                          auth=EtcdAuth.generate())
-            self.etcd.start()
-            lease: dict[str, Any] = self.etcd.lease_settings(tmp_path)
-        else:
-            self.witness = Witness(tmp_path / "witness", key)
-            self.witness.start()
-            lease = {"backend": "witness", "witness": self.witness.address}
-        lease = {**lease, "cluster": "test", **LEASE_TIMINGS}
-        ports = {"edge-a": free_port(), "edge-b": free_port()}
-        self.nodes: dict[str, Node] = {}
-        for name, other in (("edge-a", "edge-b"), ("edge-b", "edge-a")):
-            settings = {"key_file": str(key), "listen": f"127.0.0.1:{ports[name]}",
-                        "peer": f"127.0.0.1:{ports[other]}", "mode": "sync", "on_standby_loss": "degrade-to-async",
-                        **TIMERS, "journal": {"fsync": "always", "segment_bytes": 1024 * 1024}, "lease": lease}
-            node = Node(name, tmp_path / name, settings, tmp_path / name / "state")
-            node.write_config()
-            self.nodes[name] = node
-
-    def start(self, *names: str) -> None:
-        for name in names or tuple(self.nodes):
-            self.nodes[name].start(wait=False)
-        for name in names or tuple(self.nodes):
-            proc = self.nodes[name].proc
-            assert proc is not None and proc.wait_ready(30), f"{name}: no READY=1:\n{proc.log_text()}"
-
-    def role(self, name: str) -> dict[str, Any]:
-        return dict(self.nodes[name].call("role.status"))
-
-    def wait_primary(self, timeout: float = 15.0, among: tuple[str, ...] | None = None) -> str:
-        def check() -> str | None:
-            for name in among or tuple(self.nodes):
-                node = self.nodes[name]
-                if node.alive():
-                    info = self.role(name)
-                    if info["role"] == "primary" and info.get("accepting_appends"):
-                        return name
-            return None
-
-        return str(wait_for(check, "a primary accepting appends", timeout, detail=self.diagnosis))
-
-    def wait_role(self, name: str, role: str, timeout: float = 15.0) -> dict[str, Any]:
-        return dict(wait_for(lambda: (info := self.role(name))["role"] == role and info, f"{name} to be {role}",
-                             timeout, detail=self.diagnosis))
-
-    def other(self, name: str) -> str:
-        return "edge-b" if name == "edge-a" else "edge-a"
-
-    def diagnosis(self) -> str:
-        parts = []
-        for name, node in self.nodes.items():
-            try:
-                state = json.dumps(self.role(name), default=str) if node.alive() else "(not running)"
-            except Exception as exc:
-                state = f"(no answer: {exc!r})"
-            parts.append(f"--- {name}: {state}\n--- log tail:\n{node.log_text()[-2500:]}")
-        return "\n".join(parts)
-
-    def close(self) -> None:
-        for node in self.nodes.values():
-            node.close()
-        if self.etcd is not None:
-            self.etcd.stop()
-        if self.witness is not None:
-            self.witness.stop()
-
+from tests.support.pair import Feed, LeasePair, Writer, feed_lines
+from tests.support.waiting import wait_for
 
 BACKENDS = ["witness", "etcd"]
 
@@ -325,33 +208,6 @@ def test_witness_restart_mid_lease_never_makes_two_primaries_nor_reuses_an_epoch
         assert overlap_ns(a, b) == 0, f"overlapping primaries: {a} {b}"
     finally:
         pair.close()
-
-
-class Feed(threading.Thread):
-    """An engine's role.watch subscription: every message, as received."""
-
-    def __init__(self, node: Node) -> None:
-        super().__init__(daemon=True, name=f"feed-{node.name}")
-        self.client = ControlClient(node.socket, timeout=5).connect()
-        self.client.call("role.watch")
-        self.messages: list[dict[str, Any]] = []
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self.stopping.is_set():
-                try:
-                    self.messages.append(self.client.read_line(timeout=0.2))
-                except TimeoutError:
-                    continue
-        except (ConnectionError, OSError, ValueError):
-            pass
-        finally:
-            self.client.close()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(5)
 
 
 @pytest.mark.parametrize("timings,stop_s", [(LEASE_TIMINGS, 3.0), ({}, 4.5)], ids=["ttl-1s", "defaults"])

@@ -14,36 +14,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from lab.ha_drills import Writer
-from tests.support.pair import feed_lines
-from tests.support.waiting import wait_for
 from tests.support.cli import cli
-from tests.integration.standby.test_insync_race import LinkProxy
-from tests.integration.standby.test_lease_pair import Feed, LeasePair
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[LeasePair]:
-    p = LeasePair(tmp_path, "witness")
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-def settled(pair: LeasePair) -> tuple[str, str]:
-    """The primary and its standby, once the store marks the standby synchronous."""
-    pair.start()
-    first = pair.wait_primary()
-    second = pair.other(first)
-    pair.wait_role(second, "standby")
-    wait_for(lambda: pair.role(first).get("sync_mark") == second, "the standby marked synchronous", 15,
-             detail=pair.diagnosis)
-    return first, second
+from tests.support.pair import Feed, LeasePair, feed_lines, settled
+from tests.support.pair import witness_pair as pair  # noqa: F401  (the fixture: a witness pair on loopback)
+from tests.support.proxy import LinkProxy
+from tests.support.waiting import wait_for
 
 
 def switchover(pair: LeasePair, on: str, *extra: str) -> tuple[int, dict[str, Any]]:

@@ -4,8 +4,6 @@ timeouts; every test is capped with ``trio.fail_after``."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import signal
 import socket as stdlib_socket
 import ssl
@@ -23,6 +21,7 @@ from lab.echo import EchoResponder, parse_delay, serve
 from daemon.uplinks.echo import decode_reply, encode_dns_name, encode_icmp_echo, encode_probe, internet_checksum
 from daemon.uplinks.probe import DnsProber, UplinkProber
 from daemon.uplinks.targets import parse_target
+from tests.support.tls import self_signed_context
 
 SOURCE = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[3]
@@ -279,34 +278,10 @@ async def test_http_ok_503_garbage_and_slow() -> None:
     assert b"Connection: close\r\n" in first and b"User-Agent: lifeline-probe\r\n" in first
 
 
-def _self_signed(tmp_path: Path) -> ssl.SSLContext:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lifeline probe test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.2"))]), False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_path, key_path)
-    return context
-
-
 async def test_https_with_a_self_signed_certificate(tmp_path: Path) -> None:
+    tls = self_signed_context(tmp_path, "127.0.0.2", "lifeline probe test")
     with trio.fail_after(10):
-        async with http_server("127.0.0.2", _self_signed(tmp_path)) as (port, requests):
+        async with http_server("127.0.0.2", tls) as (port, requests):
             p = prober(f"https://127.0.0.2:{port}/ok", f"https://127.0.0.2:{port}/fail", timeout=1.0)
             async with running(p):
                 ok, fail = await p.probe_round(0)

@@ -12,10 +12,8 @@ lab's venue emulator (``python -m lab.venues``) as a real process.
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 import hmac
-import ipaddress
 import itertools
 import json
 import logging
@@ -42,6 +40,7 @@ from daemon.venues.client import (
     VenueClient,
     VenueCredentials,
 )
+from tests.support.tls import self_signed_context
 
 TIMEOUT = 0.3
 API_KEY = "KrakenTestApiKey-" + "k" * 39
@@ -286,7 +285,7 @@ def test_tls_spoken_to_a_plain_http_server(venue: FakeVenue) -> None:
 
 
 def test_tls_with_an_untrusted_certificate(tmp_path: Path) -> None:
-    with fake_venue("127.0.0.1", tls=_self_signed(tmp_path)) as tls_venue:
+    with fake_venue("127.0.0.1", tls=self_signed_context(tmp_path, "127.0.0.1", "lifeline venue test")) as tls_venue:
         result = kraken(tls_venue.url(scheme="https")).probe(["fetch_time"])
     assert (result.ok, result.error_class) == (False, "tls"), result
     assert "CERTIFICATE_VERIFY_FAILED" in result.detail or "certificate verify failed" in result.detail
@@ -578,30 +577,3 @@ def test_emulator_coinbase_probe(emulator_url: str) -> None:
     assert result.ok, result
     assert result.value["fetch_ticker"]["symbol"] == "BTC/USDC"
     assert client.check_calls(["fetch_status"]) == ["coinbase does not support fetch_status (ccxt has no fetchStatus)"]
-
-
-# ------------------------------------------------------------------ helpers
-
-def _self_signed(tmp_path: Path) -> ssl.SSLContext:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lifeline venue test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_path, key_path)
-    return context
