@@ -70,7 +70,7 @@ from daemon.core.control_client import ControlClient, ControlError
 from lab import pair as lab_pair
 from lab.drills import add_report_argument, percentile, run_drill_command
 from lab.pair import EDGES, HOSTS, REPLICATION_TIMERS, LabProcess, PairLab
-from lab.procs import DaemonProcess, until
+from lab.procs import DaemonProcess, quiet_system, until
 from lab.replay_engine import feed_lines
 
 DRILLS = ("standby", "partition", "region")
@@ -255,10 +255,7 @@ class Node:
             "log": {"level": "info"},
             "control": {"socket": str(self.socket), "group": ""},
             "metrics": {"enabled": False},
-            # Two daemons, etcd, a writer and the drill share this machine's CPUs: the
-            # host-health breaker must not interfere (it has tests of its own).
-            "system": {"interval": "1s", "sustain": "1h", "cpu_threshold": 1.0, "memory_threshold": 1.0,
-                       "disk_threshold": 1.0, "temperature_threshold_c": 150.0},
+            "system": quiet_system(),
             "standby": self.settings,
         }
 

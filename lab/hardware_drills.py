@@ -76,7 +76,7 @@ from daemon.core.control_client import ControlClient
 from lab.drills import add_report_argument, percentile, run_drill_command
 from lab.ha_drills import Node, RoleLog, Writer, overlap_ns, primary_intervals
 from lab.pair import LEASE_TIMINGS, REPLICATION_TIMERS
-from lab.procs import DaemonProcess, WitnessProcess, free_port, until
+from lab.procs import DaemonProcess, WitnessProcess, free_port, quiet_system, until
 from lab.replay_engine import feed_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -386,11 +386,6 @@ def _fmt(ms: float | None) -> str:
 # --------------------------------------------------------------------------- power
 
 
-def _system() -> dict[str, Any]:
-    return {"interval": "1s", "sustain": "1h", "cpu_threshold": 1.0, "memory_threshold": 1.0,
-            "disk_threshold": 1.0, "temperature_threshold_c": 150.0}
-
-
 def power_repetition(index: int, root: Path, books: Path, keyring: Path, lines: Any, progress: Progress
                      ) -> Repetition:
     from daemon.standby.keys import generate_replication_key, generate_witness_key
@@ -419,7 +414,7 @@ def power_repetition(index: int, root: Path, books: Path, keyring: Path, lines: 
                        "peer": f"127.0.0.1:{ports[other]}", "mode": "sync", "on_standby_loss": "degrade-to-async",
                        **REPLICATION_TIMERS, "journal": {"fsync": "always", "segment_bytes": 1024 * 1024},
                        "lease": lease}
-            extra: dict[str, Any] = {"system": _system(),
+            extra: dict[str, Any] = {"system": quiet_system(),
                                      "recovery": {"playbooks": str(books), "keyring": str(keyring)},
                                      "hardware": {"ups": {"port": sims[name].path, "interval": UPS_INTERVAL}}}
             nodes[name] = HwNode(name, root / name, standby, extra)
@@ -582,7 +577,7 @@ def enclosure_repetition(index: int, root: Path, books: Path, keyring: Path, pro
         enclosure.update(door_port=door.url, door_line="cts", door_open_when="deasserted")
     try:
         node = HwNode("edge-a", root / "edge-a", None, {
-            "system": _system(),
+            "system": quiet_system(),
             "recovery": {"playbooks": str(books), "keyring": str(keyring)},
             "hardware": {"enclosure": enclosure}})
         node.launch()

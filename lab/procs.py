@@ -38,6 +38,14 @@ def until(predicate: Callable[[], Any], timeout: float, every: float = 0.05) -> 
         time.sleep(every)
 
 
+def quiet_system() -> dict[str, Any]:
+    """The ``[system]`` section of a daemon the lab or a test starts on a shared machine:
+    daemons, writers and drills share its CPUs, so the host-health breaker (which has
+    tests of its own) must not trip on their load."""
+    return {"interval": "1s", "sustain": "1h", "cpu_threshold": 1.0, "memory_threshold": 1.0,
+            "disk_threshold": 1.0, "temperature_threshold_c": 150.0}
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now (for a listener the lab
     or a test starts on loopback)."""

@@ -31,7 +31,7 @@ from daemon.config import dump_toml
 from daemon.core.control_client import ControlClient
 from lab.etcd import EtcdAuth, EtcdCluster
 from lab.pki import make_etcd_pki
-from lab.procs import DaemonProcess, WitnessProcess
+from lab.procs import DaemonProcess, WitnessProcess, quiet_system
 from lab.pair import LEASE_TIMINGS, REPLICATION_TIMERS as TIMERS
 from lab import replay_engine
 from daemon.standby.keys import generate_replication_key
@@ -84,10 +84,7 @@ class Node:
             "log": {"level": "info"},
             "control": {"socket": str(self.socket), "group": ""},
             "metrics": {"enabled": False},
-            # Two daemons, a writer and the tests share two CPUs: the host-health breaker
-            # must not turn `lifeline status` red here (it has tests of its own).
-            "system": {"interval": "1s", "sustain": "1h", "cpu_threshold": 1.0, "memory_threshold": 1.0,
-                       "disk_threshold": 1.0, "temperature_threshold_c": 150.0},
+            "system": quiet_system(),
             "standby": self.settings,
             **self.extra,
         }

@@ -32,10 +32,12 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 10.0, int
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{extra}")
 
 
-async def wait_until(predicate: Callable[[], Any], timeout: float, every: float = 0.01) -> Any:
-    """In a trio run: check ``predicate`` every ``every`` seconds until it answers something
-    truthy (returned); trio.TooSlowError after ``timeout`` seconds."""
-    with trio.fail_after(timeout):
+async def wait_until(predicate: Callable[[], Any], what: str = "the condition", timeout: float = 10.0,
+                     every: float = 0.01) -> Any:
+    """:func:`wait_for` inside a trio run: check ``predicate`` every ``every`` seconds until
+    it answers something truthy (returned), else AssertionError naming ``what``."""
+    with trio.move_on_after(timeout):
         while not (value := predicate()):
             await trio.sleep(every)
-    return value
+        return value
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")

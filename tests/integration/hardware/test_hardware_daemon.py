@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import dump_toml
-from lab.procs import DaemonProcess
+from lab.procs import DaemonProcess, quiet_system
 from lab.sim import enclosure, ups
 from tests.support.cli import ROOT, cli
 from tests.support.waiting import until
@@ -37,8 +37,7 @@ def test_a_daemon_reads_the_simulated_ups_and_enclosure_and_reports_events(tmp_p
         "node": {"name": "edge-a", "state_dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
         "control": {"socket": str(socket), "group": ""},
         "metrics": {"enabled": False},
-        "system": {"interval": "1s", "sustain": "1h", "cpu_threshold": 1.0, "memory_threshold": 1.0,
-                   "disk_threshold": 1.0, "temperature_threshold_c": 150.0},
+        "system": quiet_system(),
         "hardware": {
             "ups": {"port": ups_sim.path, "interval": "200ms", "stale_after": "1500ms", "runtime_threshold": "5m"},
             "enclosure": {"port": enc_sim.path, "interval": "200ms", "stale_after": "3s", "temperature_high": 40.0},

@@ -14,13 +14,11 @@ Needs root, ``ip`` and ``nft`` (and etcd for the regional drill); skipped otherw
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.cli import ROOT
+from tests.support.cli import cli
 
 from lab.etcd import EtcdCluster
 from lab.ha_drills import TARGET_MS, overlap_ns, primary_intervals
@@ -57,9 +55,7 @@ def test_primary_intervals_end_at_the_next_change_or_the_death_and_overlaps_add_
 
 
 def run_drill(kind: str, workdir: Path) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "drill", kind, "--repeat", "1", "--json", "--workdir", str(workdir)],
-        check=False, capture_output=True, text=True, timeout=DRILL_TIMEOUT, cwd=ROOT)
+    result = cli("drill", kind, "--repeat", "1", "--json", "--workdir", str(workdir), timeout=DRILL_TIMEOUT)
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     context = f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-4000:]}"
     if not lines:
@@ -117,11 +113,8 @@ def test_region_drill_losing_the_primarys_site_fails_over_through_etcd(tmp_path:
 @needs_lab
 def test_the_main_job_runs_every_promotion_drill(tmp_path: Path) -> None:
     """`lifeline lab` (the README's main job) includes the promotion drills."""
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "lab", "--repeat", "0", "--seconds", "1", "--promotion-repeat", "1", "--venue-repeat", "0",
-         "--nemesis-duration", "0",
-         "--json", "--workdir", str(tmp_path / "lab")],
-        check=False, capture_output=True, text=True, timeout=3 * DRILL_TIMEOUT, cwd=ROOT)
+    result = cli("lab", "--repeat", "0", "--seconds", "1", "--promotion-repeat", "1", "--venue-repeat", "0",
+                 "--nemesis-duration", "0", "--json", "--workdir", str(tmp_path / "lab"), timeout=3 * DRILL_TIMEOUT)
     context = f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-4000:]}"
     figures = json.loads(result.stdout.splitlines()[-1])
     for kind in ("standby", "partition") + (("region",) if EtcdCluster.available() else ()):

@@ -6,15 +6,12 @@ devices on ptys, signed playbooks."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from tests.support.cli import ROOT
+from tests.support.cli import cli
 
 
 def drill(name: str) -> tuple[int, dict, str]:
-    result = subprocess.run([sys.executable, "-m", "daemon.cli", "drill", name, "--repeat", "1", "--json"],
-                            check=False, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    result = cli("drill", name, "--repeat", "1", "--json", timeout=60)
     lines = result.stdout.strip().splitlines()
     assert lines, f"no output (exit {result.returncode}):\n{result.stderr}"
     return result.returncode, json.loads(lines[-1]), result.stderr

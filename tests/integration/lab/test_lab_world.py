@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Callable, Iterator
@@ -35,7 +34,7 @@ from lab.world import (
     edge_config,
     netns_unavailable,
 )
-from tests.support.cli import ROOT
+from tests.support.cli import cli
 from tests.support.waiting import until
 
 UNAVAILABLE = netns_unavailable()
@@ -222,8 +221,7 @@ def test_down_stops_a_responder_whose_namespace_was_deleted_by_hand(world: LabWo
 @needs_netns
 def test_lab_cli_up_status_down(tmp_path: Path) -> None:
     def lab(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "daemon.cli", "lab", *args], capture_output=True, text=True,
-                              timeout=60, cwd=ROOT)
+        return cli("lab", *args, timeout=60)
 
     try:
         up = lab("up", "--workdir", str(tmp_path))

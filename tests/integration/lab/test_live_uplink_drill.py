@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import pytest
 
 from lab import netns
-from lab.procs import DaemonProcess
+from lab.procs import DaemonProcess, quiet_system
 from lab.world import netns_unavailable
 from daemon.config import dump_toml
 from daemon.core.control_client import ControlClient
@@ -86,8 +86,7 @@ def config(workdir: Path, **drills: Any) -> dict[str, Any]:
         "node": {"name": "lld-edge", "state_dir": str(workdir / "state"), "runtime_dir": str(workdir / "run")},
         "control": {"socket": str(workdir / "run" / "control.sock"), "group": ""},
         "metrics": {"enabled": False},
-        "system": {"interval": "1s", "sustain": "1h", "cpu_threshold": 1.0, "memory_threshold": 1.0,
-                   "disk_threshold": 1.0, "temperature_threshold_c": 150.0},
+        "system": quiet_system(),
         "uplinks": {"fibre": {**uplink, "interface": "fib0", "source": "10.98.1.2", "gateway": "10.98.1.1",
                               "kind": "terrestrial", "priority": 10},
                     "starlink": {**uplink, "interface": "sl0", "source": "10.98.2.2", "gateway": "10.98.2.1",

@@ -18,13 +18,11 @@ Needs root, ``ip`` and ``nft``; skipped otherwise.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.cli import ROOT
+from tests.support.cli import cli
 
 from lab.pair import pair_unavailable
 
@@ -40,10 +38,8 @@ HOLE_SEED = 2
 
 def run_nemesis(workdir: Path, *args: str, timeout: float = 290) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
     history = workdir / "history.jsonl"
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "drill", "nemesis", "--json", "--workdir", str(workdir / "run"),
-         "--history", str(history), "--report", str(workdir / "report.html"), *args],
-        check=False, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    result = cli("drill", "nemesis", "--json", "--workdir", str(workdir / "run"), "--history", str(history),
+                 "--report", str(workdir / "report.html"), *args, timeout=timeout)
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     context = f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-4000:]}"
     if not lines:

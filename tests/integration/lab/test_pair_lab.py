@@ -19,6 +19,7 @@ from lab import netns
 from lab.netns import LabError
 from lab.pair import HOSTS, NAMESPACES, PREFIX, SITES, PairLab, pair_unavailable
 from lab.world import LabLock
+from tests.support.cli import cli
 
 UNAVAILABLE = pair_unavailable()
 pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"the pair lab needs {UNAVAILABLE}")
@@ -210,18 +211,12 @@ def test_losing_a_site_cuts_every_host_of_it_and_nothing_else(lab: PairLab, list
 def test_lab_down_removes_the_pair_lab_too() -> None:
     """`lifeline lab down` is the one command an operator has to clean up after a crashed
     drill: it removes the promotion drills' llp-* namespaces as well as the uplink lab's."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[3]
     world = PairLab()
     try:
         world.up()
         world.lock.release()  # as a crashed drill would leave it: namespaces, no lock holder
         assert netns.lab_namespaces(PREFIX) == sorted(NAMESPACES)
-        down = subprocess.run([sys.executable, "-m", "daemon.cli", "lab", "down"], capture_output=True, text=True,
-                              timeout=60, cwd=root)
+        down = cli("lab", "down", timeout=60)
         assert down.returncode == 0, down.stdout + down.stderr
         assert f"namespace {PREFIX}edge-a" in down.stdout, down.stdout
         assert netns.lab_namespaces(PREFIX) == []

@@ -7,7 +7,6 @@ cuts the fibre path) and preflight FAILs naming exactly that check."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from lab import venue_drills
 from lab import world as lab_world
 from lab.venue_drills import EMULATOR_PORT, EmulatorProcess, VenueDrillReport, VenueDrillSettings, _Drill
 from lab.world import LabWorld, netns_unavailable
-from tests.support.cli import ROOT
+from tests.support.cli import cli
 
 UNAVAILABLE = netns_unavailable()
 pytestmark = [
@@ -30,8 +29,7 @@ COINBASE_HOST = "10.75.0.2"
 
 
 def preflight(socket: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon.cli", "preflight", "--socket", str(socket)],
-                          capture_output=True, text=True, timeout=90, cwd=ROOT)
+    return cli("preflight", "--socket", str(socket), timeout=90)
 
 
 def lines_of(out: str, result: str) -> list[str]:

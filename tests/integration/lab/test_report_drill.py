@@ -5,12 +5,10 @@ and the drill's overlap, 0 ms."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from tests.support.cli import ROOT
+from tests.support.cli import cli
 
 from lab.pair import pair_unavailable
 
@@ -20,10 +18,8 @@ UNAVAILABLE = pair_unavailable()
 @pytest.mark.skipif(UNAVAILABLE is not None, reason=f"the pair lab needs {UNAVAILABLE}")
 def test_the_standby_drill_writes_a_report_with_both_nodes_swimlane_and_overlap_0_ms(tmp_path: Path) -> None:
     page = tmp_path / "standby.html"
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "drill", "standby", "--repeat", "1", "--report", str(page),
-         "--workdir", str(tmp_path / "drill")],
-        check=False, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = cli("drill", "standby", "--repeat", "1", "--report", str(page), "--workdir", str(tmp_path / "drill"),
+                 timeout=300)
     context = f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
     assert result.returncode == 0, context
     assert f"drill report: {page}" in result.stderr, context

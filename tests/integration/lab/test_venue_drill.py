@@ -8,8 +8,6 @@ Needs root, ``ip`` and ``nft``; skipped otherwise."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from lab import netns
 from lab.venue_drills import AFFECTED, TARGET_MS, EmulatorProcess
 from lab.world import EDGE, LINKS, PREFIX, LabWorld, netns_unavailable
 from daemon.venues.client import VenueClient
-from tests.support.cli import ROOT
+from tests.support.cli import cli
 
 UNAVAILABLE = netns_unavailable()
 pytestmark = [
@@ -29,9 +27,7 @@ pytestmark = [
 
 
 def test_drill_command_times_detection_at_default_settings(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "daemon.cli", "drill", "venue", "--repeat", "1", "--json",
-                             "--workdir", str(tmp_path)], check=False, capture_output=True, text=True, timeout=150,
-                            cwd=ROOT)
+    result = cli("drill", "venue", "--repeat", "1", "--json", "--workdir", str(tmp_path), timeout=150)
     lines = result.stdout.strip().splitlines()
     assert lines, f"no output (exit {result.returncode}):\n{result.stderr[-3000:]}"
     figures = json.loads(lines[-1])

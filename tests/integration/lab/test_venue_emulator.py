@@ -32,9 +32,9 @@ import trio.testing
 from lab.venues import recorded as recorded_data
 from lab.venues.recorded import load_recorded
 from lab.venues.server import VenueEmulator
+from tests.support.cli import ROOT as REPO
 
 CAP = 20  # seconds: no test may hang longer than this
-REPO = Path(__file__).resolve().parents[3]
 
 KRAKEN_KEY = "emulator-kraken-key"
 KRAKEN_SECRET = base64.b64encode(os.urandom(64)).decode()  # Kraken's secret is base64

@@ -14,8 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.support.cli import ROOT as REPO
 
-REPO = Path(__file__).resolve().parents[3]
 SYSTEMD_DIR = REPO / "systemd"
 UNIT = SYSTEMD_DIR / "lifeline.service"
 SYSUSERS = SYSTEMD_DIR / "lifeline.sysusers.conf"

@@ -19,8 +19,7 @@ from recovery.audit import (
     load_or_create_host_key,
     run_audit_command,
 )
-
-ROOT = Path(__file__).resolve().parents[3]
+from tests.support.cli import ROOT, cli
 
 
 def parser() -> argparse.ArgumentParser:
@@ -215,13 +214,11 @@ def test_as_a_real_process(tmp_path: Path) -> None:
 
 def test_through_the_lifeline_command_once_wired(tmp_path: Path) -> None:
     """`lifeline audit ...` once daemon/cli.py registers add_audit_parser."""
-    help_run = subprocess.run([sys.executable, "-m", "daemon.cli", "audit", "--help"], check=False,
-                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+    help_run = cli("audit", "--help", timeout=60)
     if help_run.returncode != 0:
         pytest.skip("daemon/cli.py does not register `lifeline audit` yet")
     path = make_state(tmp_path)
     path.write_bytes(b"".join(_delete(lines_of(path))))
-    result = subprocess.run([sys.executable, "-m", "daemon.cli", "audit", "verify", "--state-dir", str(tmp_path)],
-                            check=False, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    result = cli("audit", "verify", "--state-dir", str(tmp_path), timeout=60)
     assert result.returncode == 1
     assert broken_line(result.stdout.splitlines()).startswith("BROKEN at line 2 (deleted)")

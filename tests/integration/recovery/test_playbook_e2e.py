@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import dump_toml
-from lab.procs import DaemonProcess
+from lab.procs import DaemonProcess, quiet_system
 from tests.support.cli import cli
 from tests.support.waiting import until
 
@@ -73,8 +73,7 @@ def test_two_operators_sign_the_daemon_runs_on_a_trigger_and_by_hand_and_the_aud
         "node": {"name": "edge-a", "state_dir": str(state), "runtime_dir": str(tmp_path / "run")},
         "control": {"socket": str(socket), "group": ""},
         "metrics": {"enabled": False},
-        "system": {"interval": "1s", "sustain": "1h", "cpu_threshold": 1.0, "memory_threshold": 1.0,
-                   "disk_threshold": 1.0, "temperature_threshold_c": 150.0},
+        "system": quiet_system(),
         "recovery": {"playbooks": str(books), "keyring": str(keyring)},
     }))
     daemon = DaemonProcess(config=config, workdir=tmp_path / "proc", watchdog_usec=None)

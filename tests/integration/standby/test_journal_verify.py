@@ -10,8 +10,7 @@ import trio
 
 from daemon.config import JournalConfig
 from daemon.standby.journal import Journal, verify_directory
-
-ROOT = Path(__file__).resolve().parents[3]
+from tests.support.cli import ROOT
 
 
 async def _fill(directory: Path, count: int) -> None:

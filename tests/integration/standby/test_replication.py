@@ -7,6 +7,7 @@ import errno
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +24,7 @@ from daemon.standby.replication import (
     ReplicationStandby,
     describe_write_error,
 )
+from tests.support import waiting
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(100, 132))
@@ -39,12 +41,7 @@ def standby_config(tmp_path: Path, **overrides: Any) -> StandbyConfig:
     return StandbyConfig(**values)
 
 
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    with trio.move_on_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
+wait_until = partial(waiting.wait_until, timeout=5.0)
 
 
 def all_records(journal: Any) -> list[Record]:

@@ -22,9 +22,9 @@ from daemon.uplinks.echo import decode_reply, encode_dns_name, encode_icmp_echo,
 from daemon.uplinks.probe import DnsProber, UplinkProber
 from daemon.uplinks.targets import parse_target
 from tests.support.tls import self_signed_context
+from tests.support.cli import ROOT as REPO
 
 SOURCE = "127.0.0.1"
-REPO = Path(__file__).resolve().parents[3]
 
 
 @asynccontextmanager

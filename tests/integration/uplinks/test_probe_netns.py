@@ -22,10 +22,10 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from tests.support.cli import ROOT as REPO
 
 pytestmark = [
     pytest.mark.root,
@@ -34,7 +34,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("nft") is None, reason="needs `nft`"),
 ]
 
-REPO = Path(__file__).resolve().parents[3]
 TARGET = "10.201.9.1"
 UPLINKS = {"a": ("10.201.1.1", "10.201.1.2", 101), "b": ("10.201.2.1", "10.201.2.2", 102)}
 

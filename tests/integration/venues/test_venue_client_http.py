@@ -40,6 +40,7 @@ from daemon.venues.client import (
     VenueClient,
     VenueCredentials,
 )
+from tests.support.ports import free_port
 from tests.support.tls import self_signed_context
 
 TIMEOUT = 0.3
@@ -163,9 +164,7 @@ def silent_port() -> Iterator[int]:
 
 
 def refused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # closed when we return: connecting is refused
+    return free_port()  # nothing listens on it: connecting is refused
 
 
 def kraken(api_url: str, *, credentials: VenueCredentials | None = None, source_address: str | None = None,

@@ -7,11 +7,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from tests.support.cli import ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
 
 SANS_IO = [
     "hardware.errors",

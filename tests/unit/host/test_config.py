@@ -8,7 +8,6 @@ import dataclasses
 import math
 import re
 import subprocess
-import sys
 import tomllib
 import types
 import typing
@@ -35,8 +34,8 @@ from daemon.config import (
     parse_host_port,
     to_dict,
 )
+from tests.support.cli import ROOT as REPO, cli
 
-REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples"
 PRIMARY = EXAMPLES / "lifeline.toml"
 STANDBY = EXAMPLES / "standby.toml"
@@ -746,10 +745,7 @@ def test_primary_example_header() -> None:
 
 
 def lifeline(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *map(str, args)],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
-    )
+    return cli(*map(str, args), timeout=60)
 
 
 @pytest.mark.parametrize("example", [PRIMARY, STANDBY], ids=lambda p: p.name)

@@ -8,8 +8,8 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from tests.support.cli import ROOT as REPO
 
-REPO = Path(__file__).resolve().parents[3]
 PRODUCTION = ("daemon", "hardware", "recovery")
 #: The one place allowed to import the lab: the CLI registry, lazily (inside a function).
 CLI_LOADER = Path("daemon/cli.py")

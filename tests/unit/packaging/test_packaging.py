@@ -16,8 +16,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from daemon.cli import LAZY_COMMAND_HELP, build_parser
+from tests.support.cli import ROOT as REPO
 
-REPO = Path(__file__).resolve().parents[3]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 LOCK = REPO / "requirements" / "lifeline.lock"
 LOCKED_EXTRAS = ("venues", "starlink")  # the Debian package's venv: lifeline[venues,starlink]
