@@ -9,5 +9,6 @@
   :class:`lab.procs.WitnessProcess` or etcd, ``Writer``, ``Feed``, the witness-pair fixture);
 - ``proxy``: ``LinkProxy``, a relay on a replication link that the test controls;
 - ``tls``: a self-signed server context;
+- ``files``: ``spy_fsync``, which descriptors a durable write syncs;
 - ``hardware``: device monitors' events as pairs, the hardware service's device loop.
 """

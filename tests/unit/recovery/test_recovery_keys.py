@@ -32,6 +32,7 @@ from recovery.keys import (
     revoke_key,
     write_keyring,
 )
+from tests.support.files import spy_fsync
 
 
 def mode(path: Path) -> int:
@@ -212,14 +213,7 @@ def test_keyring_init_refuses_to_overwrite(tmp_path: Path) -> None:
 
 
 def test_write_keyring_fsyncs_file_and_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    synced: list[int] = []
-    real = os.fsync
-
-    def spy(fd: int) -> None:
-        synced.append(stat.S_IFMT(os.fstat(fd).st_mode))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
+    synced = spy_fsync(monkeypatch)
     write_keyring(ring(new_keys(1), 1), tmp_path / "k.toml")
     assert stat.S_IFREG in synced and stat.S_IFDIR in synced
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import stat
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +33,7 @@ from recovery.signing import (
     verify_signatures,
 )
 from recovery.verify import REASONS, RollbackState, VerificationError, Verified, verify_playbook
+from tests.support.files import spy_fsync
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 
@@ -547,14 +547,7 @@ def test_rollback_state_records_durably(tmp_path: Path, monkeypatch: pytest.Monk
     state = RollbackState.for_state_dir(tmp_path)
     assert state.path == tmp_path / "recovery" / "versions.json"
     assert state.check("fibre-lost", 1) is None and state.load() == {}
-    synced: list[int] = []
-    real = os.fsync
-
-    def spy(fd: int) -> None:
-        synced.append(stat.S_IFMT(os.fstat(fd).st_mode))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
+    synced = spy_fsync(monkeypatch)
     state.record_run("fibre-lost", 3)
     assert synced == [stat.S_IFREG, stat.S_IFDIR]  # the file, then its directory
     assert json.loads(state.path.read_text()) == {"fibre-lost": 3}
