@@ -8,6 +8,7 @@ it with SIGTERM, recording how long each took and the exit code.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +37,19 @@ def until(predicate: Callable[[], Any], timeout: float, every: float = 0.05) -> 
         if time.monotonic() >= deadline:
             return None
         time.sleep(every)
+
+
+def journal_records(client: Any, start: int = 1, page: int = 10_000) -> Iterator[tuple[dict[str, Any], bytes]]:
+    """A daemon's journal from ``start`` on, read page by page with ``journal.read`` on a
+    connected :class:`daemon.core.control_client.ControlClient`: each record as answered,
+    with its payload as bytes."""
+    while True:
+        records = client.call("journal.read", {"from": start, "limit": page})["records"]
+        if not records:
+            return
+        for r in records:
+            yield r, (r["payload"].encode() if "payload" in r else base64.b64decode(r["payload_b64"]))
+        start = int(records[-1]["seq"]) + 1
 
 
 def quiet_system() -> dict[str, Any]:

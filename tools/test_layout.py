@@ -161,7 +161,9 @@ def rewrite_imports(text: str, modules: dict[str, str]) -> str:
             return match.group(0)  # already where it belongs
         for name in names:
             base = name.split(" as ")[0]
-            if base == "pair":
+            if base == "Witness" and stem == "test_lease_pair":
+                groups.setdefault("lab.procs", []).append("WitnessProcess as Witness")
+            elif base == "pair":
                 groups.setdefault("tests.support.pair", []).append("witness_pair as pair")
                 tail = tail or "  # noqa: F401  (the fixture: a witness pair on loopback)"
             elif base in FROM_TESTS:

@@ -16,7 +16,6 @@ Every wait has a deadline; :meth:`Pair.close` SIGKILLs whatever is still running
 
 from __future__ import annotations
 
-import base64
 import json
 import signal
 import subprocess
@@ -31,7 +30,7 @@ from daemon.config import dump_toml
 from daemon.core.control_client import ControlClient
 from lab.etcd import EtcdAuth, EtcdCluster
 from lab.pki import make_etcd_pki
-from lab.procs import DaemonProcess, WitnessProcess, quiet_system
+from lab.procs import DaemonProcess, WitnessProcess, journal_records, quiet_system
 from lab.pair import LEASE_TIMINGS, REPLICATION_TIMERS as TIMERS
 from lab import replay_engine
 from daemon.standby.keys import generate_replication_key
@@ -158,16 +157,10 @@ class Node:
         """(seq, epoch, timestamp_ns, payload) from ``start`` to the end (or ``until``)."""
         out: list[tuple[int, int, int, bytes]] = []
         with self.client() as client:
-            while True:
-                page = client.call("journal.read", {"from": start, "limit": 10_000})
-                for r in page["records"]:
-                    payload = r["payload"].encode() if "payload" in r else base64.b64decode(r["payload_b64"])
-                    out.append((r["seq"], r["epoch"], r["timestamp_ns"], payload))
-                if not page["records"] or (until is not None and out[-1][0] >= until):
+            for r, payload in journal_records(client, start):
+                if until is not None and r["seq"] > until:
                     break
-                start = out[-1][0] + 1
-        if until is not None:
-            out = [r for r in out if r[0] <= until]
+                out.append((r["seq"], r["epoch"], r["timestamp_ns"], payload))
         return out
 
     def events(self, limit: int = 500) -> list[dict[str, Any]]:

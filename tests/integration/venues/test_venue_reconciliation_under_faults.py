@@ -1,10 +1,11 @@
-"""Regression tests for the review of the venues service (daemon/venues/service.py): each
-test drives a scenario the reviewer found broken — an order placed while a reconciliation
-is under way, an order index left stale by a cut and refilled journal tail, a journal whose
-view of open orders is incomplete, an engine order the venue does not echo the client id
-of, a malformed venue answer, cancels sent by a node that is no longer primary (or no
-longer in the same term), a promotion while the service is starting, an audit log that
-refuses entries.
+"""The venues service's reconciliation (daemon/venues/service.py) when something around it
+goes wrong: an order placed while a reconciliation is under way, an order index left stale
+by a cut and refilled journal tail, a journal whose view of open orders is incomplete, an
+engine order the venue does not echo the client id of, a malformed venue answer, cancels
+sent by a node that is no longer primary (or no longer in the same term), a promotion
+while the service is starting, an audit log that refuses entries; and signed requests
+through two uplinks paced as one key. (Each was once broken: these are its regression
+tests.)
 
 The service runs in one trio run with the in-process venue emulator (real ccxt over
 loopback TCP) and a real journal: either a fixed-primary StandbyService, or
