@@ -29,13 +29,17 @@ ROOMS: dict[str, dict[str, tuple[str, ...]]] = {
                 "integration": ("conntrack_netns", "probe", "probe_netns", "routes_netns")},
     "standby": {"unit": ("config_etcd_security", "hooks", "insync", "journal", "leadership", "leadership_switchover",
                          "lease_pause", "replication_protocol", "roles", "roles_switchover", "witness",
-                         "witness_keys"),
+                         "witness_keys", "channel", "journal_format"),
                 "integration": ("cluster_pair", "etcd_lease", "insync_race", "journal_files", "journal_verify",
                                 "lease_pair", "replication", "standby_faults", "standby_service", "switchover",
                                 "witness_process")},
-    "venues": {"unit": ("venue_client", "venue_health", "venue_orders", "venue_reconcile"),
+    "venues": {"unit": ("venue_client", "venue_health", "venue_orders", "venue_reconcile", "venue_fencing"),
                "integration": ("venue_client_http", "venue_daemon", "venue_service",
-                               "venue_reconciliation_under_faults")},
+                               "venue_reconciliation_under_faults", "venue_epoch_pair", "venue_fencing_service")},
+    "guard": {"unit": ("guard_blocks", "guard_breaker_service", "guard_breakers", "guard_kill", "guard_gate",
+                       "guard_limits", "guard_service"),
+              "integration": ("guard_breakers_daemon", "kill_promotion", "kill_switch", "risk_gate_daemon",
+                              "risk_gate_pair")},
     "hardware": {"unit": ("enclosure", "gnss", "ups", "watchdog", "hardware_service", "hardware_layers"),
                  "integration": ("enclosure_serial", "gnss_serial", "ups_serial", "hardware_daemon")},
     "recovery": {"unit": ("audit", "executor", "playbook", "recovery_keys", "recovery_signing", "refusal_coalescer",
@@ -54,10 +58,16 @@ ROOMS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 #: modules renamed for what they test (old basename -> new basename).
 RENAMED = {"venue_review_fixes": "venue_reconciliation_under_faults"}
-#: the room of a new module, by the first lifeline package it imports (most specific first).
-GUESS = [("daemon.core", "core"), ("daemon.uplinks", "uplinks"), ("daemon.standby", "standby"),
-         ("daemon.venues", "venues"), ("daemon.guard", "guard"), ("hardware", "hardware"), ("recovery", "recovery"),
-         ("lab", "lab"), ("daemon", "host")]
+#: the room of a new module: by its name (test_<room>_...), else the capability whose
+#: modules it imports most (the ground floor, the lab and the host only when nothing else).
+NAME_HINTS = {"uplink": "uplinks", "standby": "standby", "journal": "standby", "replication": "standby",
+              "witness": "standby", "lease": "standby", "venue": "venues", "guard": "guard", "kill": "guard",
+              "risk": "guard", "hardware": "hardware", "ups": "hardware", "gnss": "hardware",
+              "enclosure": "hardware", "recovery": "recovery", "playbook": "recovery", "audit": "recovery",
+              "lab": "lab", "drill": "lab", "nemesis": "lab", "report": "lab", "systemd": "packaging"}
+GUESS = [("daemon.uplinks", "uplinks"), ("daemon.standby", "standby"), ("daemon.venues", "venues"),
+         ("daemon.guard", "guard"), ("hardware", "hardware"), ("recovery", "recovery")]
+FALLBACK = [("daemon.core", "core"), ("lab", "lab"), ("daemon", "host")]
 
 #: where the names of the old helper modules live now.
 HOMES = {
@@ -84,9 +94,19 @@ def room_of(kind: str, stem: str, text: str) -> tuple[str, bool]:
     for room, kinds in ROOMS.items():
         if stem in kinds.get(kind, ()):
             return room, True
+    hint = NAME_HINTS.get(stem.split("_")[0])
+    if hint:
+        return hint, False
     imported = re.findall(r"^\s*(?:from|import)\s+([\w.]+)", text, re.M)
-    for prefix, room in GUESS:
-        if any(m == prefix or m.startswith(prefix + ".") for m in imported):
+
+    def count(prefix: str) -> int:
+        return sum(1 for m in imported if m == prefix or m.startswith(prefix + "."))
+
+    best = max(GUESS, key=lambda guess: count(guess[0]))
+    if count(best[0]):
+        return best[1], False
+    for prefix, room in FALLBACK:
+        if count(prefix):
             return room, False
     return "host", False
 
