@@ -4,7 +4,7 @@
     .venv/bin/python bench/cli_startup.py [--runs 15] [--lifeline PATH]
 
 No root needed. Starts one `lifeline run` (the example config with its paths moved to a
-temp dir, as tests/integration/test_daemon_process.py does), then runs each command N
+temp dir, as tests/integration/host/test_daemon_process.py does), then runs each command N
 times as a user would, alternating between them so that all see the same machine state:
 
 * ``status``: ``lifeline status --config CFG`` (reads the config for the socket path,

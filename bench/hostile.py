@@ -5,7 +5,7 @@
 
 No root needed. Builds, under a temp dir, a witness (``lifeline witness``) and two
 ``lifeline run`` processes with a witness lease on loopback (as
-tests/integration/test_lease_pair.py does: no fixed roles, ``mode = "sync"``, fsync on
+tests/integration/standby/test_lease_pair.py does: no fixed roles, ``mode = "sync"``, fsync on
 both, metrics on), each child given the systemd unit's ``LimitNOFILE=`` (read from
 systemd/lifeline.service; set with ``prlimit`` right after the fork, before the daemon
 opens its listeners — the effect of the unit's setting). Once one node is primary and
@@ -74,7 +74,7 @@ import psutil  # noqa: E402
 
 from daemon.config import dump_toml  # noqa: E402
 from daemon.core.control_client import ControlClient  # noqa: E402
-from lab.procs import DaemonProcess, until  # noqa: E402
+from lab.procs import DaemonProcess, free_port, until  # noqa: E402
 from daemon.standby.keys import generate_replication_key, load_replication_key  # noqa: E402
 
 FLOODS = ("replication-bare", "replication-preauth", "witness-bare", "witness-preauth", "metrics-slowloris",
@@ -92,12 +92,6 @@ RECONNECT_PAUSE = {"bare": 1.0, "hostile": 0.2}
 def unit_nofile() -> int:
     match = re.search(r"^LimitNOFILE=(\d+)", (ROOT / "systemd" / "lifeline.service").read_text(), re.M)
     return int(match.group(1)) if match else 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def p99(values: list[float]) -> float | None:

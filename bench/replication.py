@@ -79,7 +79,7 @@ import psutil  # noqa: E402
 
 from daemon.config import dump_toml  # noqa: E402
 from lab.lifecycle import default_lab_config  # noqa: E402
-from lab.procs import DaemonProcess  # noqa: E402
+from lab.procs import DaemonProcess, free_port  # noqa: E402
 from lab.replay_engine import FULL_FEEDS, feed_paths, merged_lines  # noqa: E402
 from daemon.standby.journal import SEGMENT_HEADER_SIZE, decode_records, verify_directory  # noqa: E402
 from daemon.standby.keys import generate_replication_key  # noqa: E402
@@ -92,12 +92,6 @@ MAX_REQUEST_BYTES = 2 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------- the pair
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def node_config(workdir: Path, name: str, standby: dict[str, Any]) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from daemon.core.control_client import ControlClient  # noqa: E402
 from lab.drills import percentile  # noqa: E402
 from lab.ha_drills import Drill, HaSettings, Node, Repetition, RoleLog, Writer, run_drill  # noqa: E402
 from lab.pair import EDGES, REPLICATION_TIMERS, PairLab  # noqa: E402
-from lab.procs import until  # noqa: E402
+from lab.procs import free_port, until  # noqa: E402
 from lab.replay_engine import feed_lines  # noqa: E402
 
 
@@ -73,7 +73,7 @@ class LoopbackLab:
     def __init__(self) -> None:
         from lab import pair as lab_pair
 
-        self._ports = {name: _free_port() for name in (*EDGES, "witness")}
+        self._ports = {name: free_port() for name in (*EDGES, "witness")}
         self._saved = (lab_pair.replication_address, lab_pair.witness_address)
         lab_pair.replication_address = lambda name: f"127.0.0.1:{self._ports[name]}"
         lab_pair.witness_address = lambda: f"127.0.0.1:{self._ports['witness']}"
@@ -115,14 +115,6 @@ class LoopbackLab:
         proc = LabProcess.start("witness", argv, workdir / "witness.log")
         proc.wait_for_line("witness.listening", 15)
         return proc
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def switchovers(repeat: int, workdir: Path, log: Any, lab: Any) -> dict[str, Any]:

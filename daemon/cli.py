@@ -47,7 +47,7 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
 # Commands whose parsers live in modules that are slow to import (trio, cryptography, the
 # drills): `lifeline --help` and every other command show them with this help line only;
 # the full parser is built when the command itself runs. Kept equal to the modules' own help
-# by tests/unit/test_packaging.py.
+# by tests/unit/packaging/test_packaging.py.
 LAZY_COMMAND_HELP = {
     "audit": "the hash-chained audit log of playbook runs: verify it, show it",
     "witness": "run the lease witness (the pair's quorum device)",
@@ -250,7 +250,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 #: The commands the lab provides, with their help (kept equal to lab/cli.py's by
-#: tests/unit/test_daemon_never_imports_lab.py).
+#: tests/unit/host/test_daemon_never_imports_lab.py).
 LAB_COMMAND_HELP = {
     "drill": "scripted failures in the lab, timed (needs root)",
     "lab": "run the lab drills on the embedded default and report",

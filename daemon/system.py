@@ -44,7 +44,7 @@ log = get_logger("system")
 
 # ======================================================================= sans-IO core
 # Nothing in this section may use trio or psutil: it is a pure function of samples and
-# times (tests/unit/test_system.py checks the source).
+# times (tests/unit/host/test_system.py checks the source).
 
 
 @dataclass(frozen=True)

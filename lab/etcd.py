@@ -37,7 +37,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -47,18 +46,13 @@ from pathlib import Path
 from typing import Any, Self
 
 from lab.pki import EtcdPki
+from lab.procs import free_port
 
 ETCD_BINARY = "/usr/bin/etcd"
 
 
 class EtcdError(Exception):
     """An etcd member could not be started, did not become healthy, or would not stop."""
-
-
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _url_host(host: str) -> str:
@@ -84,8 +78,8 @@ class EtcdMember:
             self.client_port = self.client_port or 2379
             self.peer_port = self.peer_port or 2380
         else:
-            self.client_port = self.client_port or _free_loopback_port()
-            self.peer_port = self.peer_port or _free_loopback_port()
+            self.client_port = self.client_port or free_port()
+            self.peer_port = self.peer_port or free_port()
 
     @property
     def scheme(self) -> str:

@@ -52,7 +52,6 @@ lost; 0 overlap. The exit code is 0 only if every repetition met them.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import hashlib
 import json
@@ -70,7 +69,7 @@ from daemon.core.control_client import ControlClient, ControlError
 from lab import pair as lab_pair
 from lab.drills import add_report_argument, percentile, run_drill_command
 from lab.pair import EDGES, HOSTS, REPLICATION_TIMERS, LabProcess, PairLab
-from lab.procs import DaemonProcess, until
+from lab.procs import DaemonProcess, journal_records, quiet_system, until
 from lab.replay_engine import feed_lines
 
 DRILLS = ("standby", "partition", "region")
@@ -255,10 +254,7 @@ class Node:
             "log": {"level": "info"},
             "control": {"socket": str(self.socket), "group": ""},
             "metrics": {"enabled": False},
-            # Two daemons, etcd, a writer and the drill share this machine's CPUs: the
-            # host-health breaker must not interfere (it has tests of its own).
-            "system": {"interval": "1s", "sustain": "1h", "cpu_threshold": 1.0, "memory_threshold": 1.0,
-                       "disk_threshold": 1.0, "temperature_threshold_c": 150.0},
+            "system": quiet_system(),
             "standby": self.settings,
         }
 
@@ -313,18 +309,8 @@ class Node:
 
     def records(self) -> list[tuple[int, int, bytes]]:
         """(seq, epoch, payload) of the whole journal."""
-        out: list[tuple[int, int, bytes]] = []
-        start = 1
         with ControlClient(self.socket, timeout=30) as client:
-            while True:
-                page = client.call("journal.read", {"from": start, "limit": 10_000})
-                for r in page["records"]:
-                    payload = r["payload"].encode() if "payload" in r else base64.b64decode(r["payload_b64"])
-                    out.append((int(r["seq"]), int(r["epoch"]), payload))
-                if not page["records"]:
-                    break
-                start = out[-1][0] + 1
-        return out
+            return [(int(r["seq"]), int(r["epoch"]), payload) for r, payload in journal_records(client)]
 
     def last_seq(self) -> int:
         return int(self.call("journal.stats")["journal"]["last_seq"])

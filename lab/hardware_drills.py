@@ -61,7 +61,6 @@ import contextlib
 import json
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -76,8 +75,8 @@ from daemon.config import dump_toml
 from daemon.core.control_client import ControlClient
 from lab.drills import add_report_argument, percentile, run_drill_command
 from lab.ha_drills import Node, RoleLog, Writer, overlap_ns, primary_intervals
-from lab.pair import REPLICATION_TIMERS
-from lab.procs import DaemonProcess, until
+from lab.pair import LEASE_TIMINGS, REPLICATION_TIMERS
+from lab.procs import DaemonProcess, WitnessProcess, free_port, quiet_system, until
 from lab.replay_engine import feed_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,8 +87,6 @@ TARGETS_MS = {"power": {"detection_ms": 1000.0, "handover_ms": 5000.0},
 SERIES = {"power": ("detection_ms", "playbook_ms", "fenced_ms", "handover_ms"),
           "enclosure": ("detection_ms", "playbook_ms", "notice_ms")}
 UPS_INTERVAL = "200ms"
-#: Short lease timings (the witness allows them), as the lease-pair tests use.
-LEASE_TIMINGS = {"ttl": "1s", "retry_timeout": "250ms", "safety_margin": "200ms", "fencing_margin": "100ms"}
 
 Progress = Callable[[str], None]
 
@@ -108,12 +105,6 @@ def _cli(*args: str, timeout: float = 30) -> str:
         raise DrillError(f"lifeline {' '.join(args[:2])} exited {result.returncode}: "
                          f"{(result.stderr or result.stdout).strip()[:800]}")
     return result.stdout
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def signed_playbooks(root: Path, names: list[str], extra: dict[str, str] | None = None) -> tuple[Path, Path]:
@@ -214,27 +205,15 @@ class HwNode(Node):
         self.proc.start()
 
 
-class Witness:
-    """``lifeline witness`` on 127.0.0.1."""
+class Witness(WitnessProcess):
+    """``lifeline witness`` on 127.0.0.1, listening once constructed (else a DrillError)."""
 
     def __init__(self, root: Path, key: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.log = root / "witness.log"
-        self.address = f"127.0.0.1:{free_port()}"
-        self._log = open(self.log, "a")  # noqa: SIM115  (the witness writes it until stop())
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "witness", "--listen", self.address, "--state",
-             str(root / "witness.json"), "--key-file", str(key)], stdout=self._log, stderr=self._log,
-            cwd=ROOT)
-        if not until(lambda: "witness.listening" in self.log.read_text(), 20):
-            self.stop()
-            raise DrillError(f"the witness did not listen within 20 s:\n{self.log.read_text()[-1500:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self._log.close()
+        super().__init__(root, key)
+        try:
+            self.start(20)
+        except TimeoutError as exc:
+            raise DrillError(str(exc)) from None
 
 
 class Rfc2217Loop:
@@ -407,11 +386,6 @@ def _fmt(ms: float | None) -> str:
 # --------------------------------------------------------------------------- power
 
 
-def _system() -> dict[str, Any]:
-    return {"interval": "1s", "sustain": "1h", "cpu_threshold": 1.0, "memory_threshold": 1.0,
-            "disk_threshold": 1.0, "temperature_threshold_c": 150.0}
-
-
 def power_repetition(index: int, root: Path, books: Path, keyring: Path, lines: Any, progress: Progress
                      ) -> Repetition:
     from daemon.standby.keys import generate_replication_key, generate_witness_key
@@ -440,7 +414,7 @@ def power_repetition(index: int, root: Path, books: Path, keyring: Path, lines: 
                        "peer": f"127.0.0.1:{ports[other]}", "mode": "sync", "on_standby_loss": "degrade-to-async",
                        **REPLICATION_TIMERS, "journal": {"fsync": "always", "segment_bytes": 1024 * 1024},
                        "lease": lease}
-            extra: dict[str, Any] = {"system": _system(),
+            extra: dict[str, Any] = {"system": quiet_system(),
                                      "recovery": {"playbooks": str(books), "keyring": str(keyring)},
                                      "hardware": {"ups": {"port": sims[name].path, "interval": UPS_INTERVAL}}}
             nodes[name] = HwNode(name, root / name, standby, extra)
@@ -603,7 +577,7 @@ def enclosure_repetition(index: int, root: Path, books: Path, keyring: Path, pro
         enclosure.update(door_port=door.url, door_line="cts", door_open_when="deasserted")
     try:
         node = HwNode("edge-a", root / "edge-a", None, {
-            "system": _system(),
+            "system": quiet_system(),
             "recovery": {"playbooks": str(books), "keyring": str(keyring)},
             "hardware": {"enclosure": enclosure}})
         node.launch()

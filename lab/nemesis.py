@@ -62,7 +62,6 @@ trading intervals from the feeds, the faults, promotion times, the checks).
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import random
@@ -83,7 +82,7 @@ from lab.drills import add_report_argument, write_drill_report
 from lab.ha_drills import CLUSTER, Node
 from lab.nemesis_check import CheckResult, check, payload_text
 from lab.pair import EDGES, REPLICATION_TIMERS, ArmedCut, LabProcess, PairLab
-from lab.procs import until
+from lab.procs import journal_records, until
 
 CLASSES = ("kill9", "pause", "restart", "crash", "partition", "one_way", "flap", "blip_kill")
 #: The classes a run draws from unless told otherwise (all of them).
@@ -644,16 +643,10 @@ class Nemesis:
                     start = int(client.call("journal.stats")["journal"].get("first_seq") or 1)
                     if name == primary:
                         self.retained_from = start
-                    while True:
-                        page = client.call("journal.read", {"from": start, "limit": 10_000})["records"]
-                        if not page:
-                            break
-                        for r in page:
-                            seq = int(r["seq"])
-                            payload = r["payload"].encode() if "payload" in r else base64.b64decode(r["payload_b64"])
-                            if name == primary or final.get(seq) != payload:
-                                mine[seq] = payload
-                        start = int(page[-1]["seq"]) + 1
+                    for r, payload in journal_records(client, start):
+                        seq = int(r["seq"])
+                        if name == primary or final.get(seq) != payload:
+                            mine[seq] = payload
             except (ConnectionError, OSError, ControlError) as exc:
                 report.errors.append(f"cannot read {name}'s journal: {exc}")
                 if name == primary:

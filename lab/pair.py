@@ -69,6 +69,9 @@ ETCD_PEER_PORT = 2380
 #: The replication timers of the drills and the standby fault tests: a dead link is
 #: noticed within a second.
 REPLICATION_TIMERS = {"heartbeat": "100ms", "peer_timeout": "1s", "reconnect_max": "200ms", "sync_timeout": "2s"}
+#: Short lease timings (the witness allows them, and etcd's fast timers in
+#: :class:`lab.etcd.EtcdCluster`) of the loopback drills and the lease-pair tests.
+LEASE_TIMINGS = {"ttl": "1s", "retry_timeout": "250ms", "safety_margin": "200ms", "fencing_margin": "100ms"}
 ROOT = Path(__file__).resolve().parents[1]
 WITNESS_READY_TIMEOUT = 20.0
 PROBE_TIMEOUT = 0.3

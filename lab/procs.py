@@ -8,6 +8,7 @@ it with SIGTERM, recording how long each took and the exit code.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -19,7 +20,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def until(predicate: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
@@ -34,6 +37,35 @@ def until(predicate: Callable[[], Any], timeout: float, every: float = 0.05) -> 
         if time.monotonic() >= deadline:
             return None
         time.sleep(every)
+
+
+def journal_records(client: Any, start: int = 1, page: int = 10_000) -> Iterator[tuple[dict[str, Any], bytes]]:
+    """A daemon's journal from ``start`` on, read page by page with ``journal.read`` on a
+    connected :class:`daemon.core.control_client.ControlClient`: each record as answered,
+    with its payload as bytes."""
+    while True:
+        records = client.call("journal.read", {"from": start, "limit": page})["records"]
+        if not records:
+            return
+        for r in records:
+            yield r, (r["payload"].encode() if "payload" in r else base64.b64decode(r["payload_b64"]))
+        start = int(records[-1]["seq"]) + 1
+
+
+def quiet_system() -> dict[str, Any]:
+    """The ``[system]`` section of a daemon the lab or a test starts on a shared machine:
+    daemons, writers and drills share its CPUs, so the host-health breaker (which has
+    tests of its own) must not trip on their load."""
+    return {"interval": "1s", "sustain": "1h", "cpu_threshold": 1.0, "memory_threshold": 1.0,
+            "disk_threshold": 1.0, "temperature_threshold_c": 150.0}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for a listener the lab
+    or a test starts on loopback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -227,3 +259,47 @@ class DaemonProcess:
             self.proc.kill()
             self.proc.wait()
         self.notify.close()
+
+
+class WitnessProcess:
+    """One `lifeline witness` child process on 127.0.0.1, for the loopback drills and the
+    tests. The first start takes a free port; a restart keeps the address and the state
+    file, as systemd restarts it. Every incarnation appends to ``witness.log``."""
+
+    def __init__(self, root: Path, key_file: Path, *, state: Path | None = None) -> None:
+        self.root = root
+        self.key_file = key_file
+        self.state = state or root / "witness.json"
+        self.log = root / "witness.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.address = ""
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def start(self, timeout: float = 20.0) -> str:
+        """Start it and wait for its ``witness.listening`` line; returns "HOST:PORT".
+        TimeoutError (with the log's tail) when it does not listen in time."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.address = self.address or f"127.0.0.1:{free_port()}"
+        ready_before = self.log_text().count("witness.listening")
+        with open(self.log, "ab") as out:
+            proc = self.proc = subprocess.Popen(
+                [sys.executable, "-m", "daemon.cli", "witness", "--listen", self.address, "--state",
+                 str(self.state), "--key-file", str(self.key_file)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=ROOT)
+        if not until(lambda: self.log_text().count("witness.listening") > ready_before or proc.poll() is not None,
+                     timeout) or proc.poll() is not None:
+            self.stop()
+            raise TimeoutError(f"the witness did not listen on {self.address} within {timeout:g} s:\n"
+                               f"{self.log_text()[-1500:]}")
+        return self.address
+
+    def stop(self) -> None:
+        """SIGKILL (a crash, or the end of the test: the state file is what matters)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)

@@ -23,7 +23,7 @@ every field (a key's ``id`` must be the id derived from its ``public``), refuses
 unknown fields (a typo must not silently weaken the policy) and refuses a keyring that
 group or others may write (whoever can write the keyring can add a key and sign alone).
 
-**Rotation** (tested in tests/unit/test_recovery_keys.py): ``lifeline keyring add
+**Rotation** (tested in tests/unit/recovery/test_recovery_keys.py): ``lifeline keyring add
 --key new.pub`` first, have the new key sign what the old one signed, then ``lifeline
 keyring revoke OLD``. From then on the old key's signatures no longer count (they are
 reported, not counted); a revoked key cannot be added back. Revoking is never refused,

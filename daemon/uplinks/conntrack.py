@@ -14,7 +14,7 @@ so an entry is deleted only when it belongs to the uplink's address ``source``:
 
 Mechanism: pyroute2's ctnetlink support (``pyroute2.Conntrack``), which in 0.9.7 does both
 the dump and the per-entry delete (checked against real flows in
-tests/integration/test_conntrack_netns.py), in a worker thread. On Linux 5.15 and later
+tests/integration/uplinks/test_conntrack_netns.py), in a worker thread. On Linux 5.15 and later
 the kernel filters the dump (two dumps: original source, reply destination), so the cost
 grows with the uplink's flows, not with the table: about 0.25 ms to decode and 0.3 ms to
 delete each matching entry in pyroute2, 15 ms to pass over 20 000 others. Older kernels

@@ -1,0 +1,1 @@
+"""Integration tests (real processes, sockets, namespaces), one package per room (README "Develop")."""

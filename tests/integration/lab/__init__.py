@@ -1,0 +1,1 @@
+"""Integration tests of lab/ (drills, world, venue emulator, report)."""

@@ -1,0 +1,1 @@
+"""Unit tests (sans-IO, in-process), one package per room (README "Develop")."""

@@ -1,0 +1,1 @@
+"""Unit tests of daemon/core/ (the ground floor)."""

@@ -1,0 +1,1 @@
+"""Unit tests of lab/ (drills, world, venue emulator, report)."""
