@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from standby_pair import Pair, wait_for
-from support import cli
+from tests.support.pair import Pair
+from tests.support.waiting import wait_for
+from tests.support.cli import cli
 
 
 def order(n: int, state: str) -> str:

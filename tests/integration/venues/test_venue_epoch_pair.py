@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_lease_pair import LeasePair
+from tests.support.pair import LeasePair
 
 from daemon.core.control_client import ControlError
 

@@ -284,7 +284,7 @@ def test_config_defaults_are_the_brief_figures() -> None:
 
 def test_the_cores_import_no_trio() -> None:
     for path in ("daemon/guard/breakers.py", "daemon/core/breaker.py"):
-        source = (Path(__file__).parents[2] / path).read_text()
+        source = (Path(__file__).parents[3] / path).read_text()
         assert "import trio" not in source and "from trio" not in source, path
 
 

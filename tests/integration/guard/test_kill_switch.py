@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, cli, free_port
+from tests.support.cli import ROOT, cli
+from tests.support.ports import free_port
 
 from daemon.config import dump_toml
 from daemon.core.control_client import ControlClient, ControlError

@@ -16,7 +16,7 @@ from daemon.venues.config import VenueConfig, fencing_lines, fencing_problems
 from daemon.venues.fencing import NS, LeaseBound, arm_decision, orphan_survival
 from daemon.venues.orders import check_payload
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 times = st.integers(min_value=0, max_value=10**15)
 bounds = st.integers(min_value=0, max_value=60 * NS)
 

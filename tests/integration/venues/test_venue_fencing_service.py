@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from support import cli
+from tests.support.cli import cli
 
 from daemon.config import Config, dump_toml, parse_config
 from daemon.core.bus import EventBus
@@ -196,7 +196,7 @@ async def test_emulator_sees_no_arm_after_the_cutoff_and_fires_within_the_timeou
 
 # --------------------------------------------------------------------------- the config check
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "examples" / "lifeline.toml"
 
 
@@ -234,7 +234,7 @@ async def test_a_real_primary_cut_off_from_its_witness_stops_arming_before_valid
     reached the venue before valid_until - deadman_arm_timeout (the last valid_until on its
     role.watch feed), nothing is armed after it, and the venue cancels every order within
     deadman_timeout (10 s: Kraken's pacing needs it) of valid_until."""
-    from test_lease_pair import LeasePair
+    from tests.support.pair import LeasePair
 
     from daemon.core.control_client import ControlClient
 

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_kill_switch import COINBASE_KEY, COINBASE_SECRET, KRAKEN_KEY, KRAKEN_SECRET, Emulator, secret_file, seed
-from test_lease_pair import LeasePair
-from test_switchover import settled
-from support import cli
+from tests.integration.guard.test_kill_switch import COINBASE_KEY, COINBASE_SECRET, KRAKEN_KEY, KRAKEN_SECRET, Emulator, secret_file, seed
+from tests.support.pair import LeasePair
+from tests.support.pair import settled
+from tests.support.cli import cli
 
 
 @pytest.fixture
