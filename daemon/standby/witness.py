@@ -41,7 +41,7 @@ from daemon.standby.lease import (
     LeaseStore,
     LeaseUnavailable,
 )
-from daemon.standby.protocol import _NeedData
+from daemon.standby.channel import NeedData
 from daemon.standby.witness_protocol import (
     MAX_TTL,
     MIN_TTL,
@@ -113,7 +113,7 @@ class _Link:
     async def receive(self) -> Event:
         while True:
             event = self.conn.next_event()
-            if not isinstance(event, _NeedData):
+            if not isinstance(event, NeedData):
                 return event
             self.conn.receive_data(await self.stream.receive_some(RECEIVE_CHUNK))
 
