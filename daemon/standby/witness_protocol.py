@@ -1,4 +1,4 @@
-"""The lease witness, sans-IO: the lease rules, the wire protocol and the state file.
+"""The lease witness, sans-IO: the lease rules and the wire protocol.
 
 A two-host site cannot tell "my peer died" from "the link to my peer died", so a third
 party decides who may be primary (Pacemaker's qnetd plays this part for corosync). The
@@ -15,15 +15,15 @@ This module holds, in order:
   seconds on the witness's clock) and enforces the duties of
   :class:`~daemon.standby.lease.LeaseStore` (read them there). :func:`answer` applies
   one request body to it and builds the reply.
-* :class:`WitnessConnection`: the wire protocol, sans-IO (h11's model).
-* the state file: :func:`read_state_file`, :func:`write_state_file`.
+* :class:`WitnessConnection`: the wire protocol, sans-IO (h11's model), a payload
+  codec on the authenticated channel (:mod:`daemon.standby.channel`).
 
-The first two are pure (no trio, no I/O, explicit time) and are tested as such; the
-state file helpers do plain blocking file I/O. Nothing here imports trio: the trio
-shell (:class:`~daemon.standby.witness.WitnessServer`,
-:func:`~daemon.standby.witness.serve_witness`, the ``lifeline witness`` command) and
-the daemon's client backend (:class:`~daemon.standby.witness.WitnessLeaseStore`) live
-in :mod:`daemon.standby.witness`.
+Both are pure (no trio, no I/O, explicit time) and are tested as such. The witness
+server — its own small host process: the trio shell
+(:class:`~daemon.witness_server.WitnessServer`, :func:`~daemon.witness_server.serve_witness`),
+the state file (below) and the ``lifeline witness`` command — is
+:mod:`daemon.witness_server`; the daemon's client backend
+(:class:`~daemon.standby.witness.WitnessLeaseStore`) is :mod:`daemon.standby.witness`.
 
 Wire protocol
 -------------
@@ -68,7 +68,7 @@ directory) before every answer that changed it::
         "last_holder": "edge-a", "ttl": 1.5, "sync_node": "edge-b"}}}
 
 Only ``epoch`` is required. A missing file starts every cluster at epoch 0; an
-unreadable one stops the witness (see :class:`WitnessStateError`).
+unreadable one stops the witness (see :class:`daemon.witness_server.WitnessStateError`).
 """
 
 from __future__ import annotations
@@ -80,10 +80,8 @@ import json
 import math
 import struct
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Final, Literal, Mapping, TypeGuard, Union
 
-from daemon.core.files import replace_file
 from daemon.standby import Position, StandbyError
 from daemon.standby.lease import (
     Grant,
@@ -138,12 +136,6 @@ class BadRequest(StandbyError, ValueError):
 class WitnessBadRequest(LeaseError):
     """The witness answered ``bad_request`` to this client: a bug or a version mismatch
     between the daemon and the witness, not a transient fault."""
-
-
-class WitnessStateError(StandbyError):
-    """The state file cannot be used; the message names the file and the fix. The
-    witness refuses to start rather than begin again at epoch 0, which could grant an
-    epoch a second time."""
 
 
 # =========================================================================== the leases (sans-IO)
@@ -789,33 +781,3 @@ def _hex32(obj: Mapping[str, Any], name: str) -> bytes:
         return bytes.fromhex(value)
     except ValueError:
         raise WitnessProtocolError(f"{name} must be {NONCE_SIZE} bytes in hex") from None
-
-
-# =========================================================================== the state file
-
-_EXAMPLE = '{"version": 1, "clusters": {"lifeline": {"epoch": 42}}}'
-
-
-def read_state_file(path: Path, now: float) -> WitnessState | None:
-    """The state saved in ``path`` (None if there is no such file).
-    :class:`WitnessStateError` if it cannot be read or makes no sense."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise WitnessStateError(f"{path}: cannot read the witness state: {exc.strerror or exc}") from None
-    try:
-        return WitnessState.from_durable(json.loads(raw.decode("utf-8")), now)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise WitnessStateError(
-            f"{path}: the witness state is corrupt ({str(exc)[:300]}). Refusing to start: beginning again at "
-            f"epoch 0 could grant an epoch twice. Restore the file from a backup, or rewrite it with every "
-            f"cluster's epoch above the highest either node has seen (`lifeline journal stats` on both), "
-            f"e.g. {_EXAMPLE}") from None
-
-
-def write_state_file(path: Path, data: Mapping[str, Any]) -> None:
-    """Replace ``path`` with ``data`` durably: a crash leaves the old file or the new
-    one, never a mix, and once this returns the new one survives a power cut."""
-    replace_file(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"), 0o600)
