@@ -3,7 +3,10 @@
     journal.py      append-only segment files; framed, checksummed records; group commit
     channel.py      sans-IO authenticated channel: handshake, MACs, state-dependent frame caps
     protocol.py     sans-IO codec of the replication stream (on the channel)
-    replication.py  the primary's server and the standby's client (TCP, HMAC-authenticated)
+    replication.py  the names of replication's trio shell, in three modules:
+      link.py       what both ends share (the link, digests, the announcer)
+      primary.py    the primary's server
+      follower.py   the standby's client
     service.py      the trio service: writer API on the control socket, status, metrics
 
 Shared vocabulary lives here so the pieces agree on it.
