@@ -10,6 +10,10 @@ raises :class:`~daemon.standby.ReplicationProtocolError` naming what was wrong, 
 connection object stays broken (every later call raises again): the shell closes the
 socket. Nothing from the wire ever reaches the journal unless it passed all of that.
 
+The handshake, the MACs, the frame caps and the connection skeleton are the
+authenticated channel's (:mod:`daemon.standby.channel`, shared with the witness);
+this module is replication's frame header, message bodies and state table on top.
+
 Frames
 ------
 Every frame is a 12-byte header and a body, in network byte order::

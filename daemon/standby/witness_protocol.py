@@ -30,8 +30,8 @@ Wire protocol
 TCP; every frame is a 4-byte big-endian length and a body of at most :data:`MAX_FRAME`
 bytes (64 KiB), and at most :data:`MAX_HANDSHAKE_FRAME` (8 KiB, a HELLO with two names of
 255 characters) before authentication. A length above that is refused as soon as its 4
-bytes arrive, before any of the body is buffered: a stranger gets a hello-sized buffer. Bodies are JSON objects. The handshake mirrors
-replication's (see :mod:`daemon.standby.protocol`), with its own label
+bytes arrive, before any of the body is buffered: a stranger gets a hello-sized buffer. Bodies are JSON objects. The handshake is
+the authenticated channel's (:mod:`daemon.standby.channel`, as replication's), with its own label
 (:data:`WITNESS_LABEL`) mixed into every hash, so nothing signed for replication ever
 verifies here::
 
