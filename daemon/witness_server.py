@@ -31,11 +31,13 @@ from daemon.core.accept import BoundedListener, Connection
 from daemon.core.config import parse_host_port
 from daemon.core.files import replace_file
 from daemon.core.listeners import FloodLog, Limits
+from daemon.core import log as logging_setup
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, Sample
 from daemon.metrics import MetricsServer
 from daemon.notify import Notifier
 from daemon.standby import StandbyError
+from daemon.standby.keys import KeyFileError, load_replication_key
 from daemon.standby.witness import DISCONNECTS, WitnessLink
 from daemon.standby.witness_protocol import (
     Auth,
@@ -397,9 +399,6 @@ def add_witness_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def run_witness_command(args: argparse.Namespace) -> int:
-    from daemon.core import log as logging_setup
-    from daemon.standby.keys import KeyFileError, load_replication_key
-
     logging_setup.setup(args.log_level)
     try:
         listen = parse_host_port(args.listen)

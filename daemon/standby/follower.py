@@ -21,7 +21,7 @@ from daemon.core.config import parse_host_port
 from daemon.core.files import DATA_DIR_MODE, DATA_FILE_MODE, fsync_directory, make_directory
 from daemon.core.log import get_logger
 from daemon.core.service import Health, MetricFamily, Sample, ServiceStatus
-from daemon.standby import Position, Record, ReplicationProtocolError, StandbyError
+from daemon.standby import Position, Record, ReplicationProtocolError, StandbyError, record_to_json
 from daemon.standby.config import StandbyConfig
 from daemon.standby.protocol import (
     Ack,
@@ -269,8 +269,6 @@ class ReplicationStandby:
         orders this node acknowledged while it was primary: reconciliation needs them."""
         if self.divergent_dir is None:
             return None
-        from daemon.standby import record_to_json
-
         journal = self.journal
         last = journal.last
         path = self.divergent_dir / f"divergent-e{last.epoch}-s{after_seq + 1}-{last.seq}-{time.time_ns()}.jsonl"
