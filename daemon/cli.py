@@ -240,7 +240,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         _lab_parser(sub.add_parser(name, help=help_text), name)
 
     if needs("witness"):
-        from daemon.standby.witness import add_witness_parser  # here: it loads trio (~100 ms)
+        from daemon.witness_server import add_witness_parser  # here: it loads trio (~100 ms)
 
         add_witness_parser(sub)
     else:
@@ -492,7 +492,7 @@ def _recovery(args: argparse.Namespace) -> int:
 
 
 def _witness(args: argparse.Namespace) -> int:
-    from daemon.standby.witness import run_witness_command
+    from daemon.witness_server import run_witness_command
 
     return run_witness_command(args)
 

@@ -1,8 +1,12 @@
 """The hot standby: the execution journal, its replication, and (next) leases and roles.
 
     journal.py      append-only segment files; framed, checksummed records; group commit
-    protocol.py     sans-IO codec of the replication stream
-    replication.py  the primary's server and the standby's client (TCP, HMAC-authenticated)
+    channel.py      sans-IO authenticated channel: handshake, MACs, state-dependent frame caps
+    protocol.py     sans-IO codec of the replication stream (on the channel)
+    replication.py  the names of replication's trio shell, in three modules:
+      link.py       what both ends share (the link, digests, the announcer)
+      primary.py    the primary's server
+      follower.py   the standby's client
     service.py      the trio service: writer API on the control socket, status, metrics
 
 Shared vocabulary lives here so the pieces agree on it.
@@ -52,8 +56,18 @@ class JournalCorrupt(StandbyError):
     stops rather than guess. Names the file, the offset and what failed."""
 
 
-class ReplicationProtocolError(StandbyError):
-    """The peer sent something the protocol does not allow; the connection is closed."""
+class ChannelError(StandbyError):
+    """An authenticated connection (:mod:`daemon.standby.channel`) cannot go on; it is
+    closed, and only it. ``peer_fault`` says whose fault: True, the peer sent what the
+    protocol does not allow (garbage, a bad MAC, a frame out of turn); False, this side
+    tried to send what it may not (:class:`daemon.standby.channel.LocalProtocolError`,
+    a bug here)."""
+
+    peer_fault: bool = True
+
+
+class ReplicationProtocolError(ChannelError):
+    """The peer sent something the replication protocol does not allow; the connection is closed."""
 
 
 def record_to_json(record: Record) -> dict[str, Any]:

@@ -10,6 +10,10 @@ raises :class:`~daemon.standby.ReplicationProtocolError` naming what was wrong, 
 connection object stays broken (every later call raises again): the shell closes the
 socket. Nothing from the wire ever reaches the journal unless it passed all of that.
 
+The handshake, the MACs, the frame caps and the connection skeleton are the
+authenticated channel's (:mod:`daemon.standby.channel`, shared with the witness);
+this module is replication's frame header, message bodies and state table on top.
+
 Frames
 ------
 Every frame is a 12-byte header and a body, in network byte order::
@@ -71,14 +75,20 @@ The transitions live in one table, :data:`TRANSITIONS` (h11's ``_state.py`` rule
 from __future__ import annotations
 
 import enum
-import hashlib
-import hmac
-import secrets
 import struct
 from dataclasses import dataclass
 from typing import Callable, Final, Literal, Sequence, Union
 
-from daemon.standby import MAX_PAYLOAD, Position, Record, ReplicationProtocolError, StandbyError
+from daemon.standby import MAX_PAYLOAD, Position, Record, ReplicationProtocolError, StandbyError, channel
+from daemon.standby.channel import NEED_DATA as NEED_DATA
+from daemon.standby.channel import NONCE_SIZE as NONCE_SIZE
+from daemon.standby.channel import PROOF_SIZE as PROOF_SIZE
+from daemon.standby.channel import TAG_SIZE as TAG_SIZE
+from daemon.standby.channel import TRAILER as TRAILER
+from daemon.standby.channel import TRAILER_SIZE as TRAILER_SIZE
+from daemon.standby.channel import Channel, StateTable, Suite
+from daemon.standby.channel import ConnectionClosed as ConnectionClosed
+from daemon.standby.channel import LocalProtocolError as LocalProtocolError
 
 PROTOCOL_VERSION: Final = 1
 MAGIC: Final = b"LLRP"
@@ -86,11 +96,6 @@ HEADER = struct.Struct("!4sBBHI")
 HEADER_SIZE: Final = HEADER.size  # 12
 #: The largest frame, header and MAC included. One record is at most MAX_PAYLOAD (1 MiB).
 MAX_FRAME: Final = 8 * 1024 * 1024
-NONCE_SIZE: Final = 32
-PROOF_SIZE: Final = 32
-TAG_SIZE: Final = 16
-TRAILER = struct.Struct("!Q16s")
-TRAILER_SIZE: Final = TRAILER.size  # 24
 FLAG_MAC: Final = 0x0001
 MAX_TEXT: Final = 4096  # reasons, error messages
 MAX_NAME: Final = 255  # node ids, versions, digests
@@ -98,7 +103,6 @@ MAX_NAME: Final = 255  # node ids, versions, digests
 Role = Literal["primary", "standby"]
 _ROLE_CODES: dict[str, int] = {"primary": 1, "standby": 2}
 _ROLE_NAMES: dict[int, Role] = {1: "primary", 2: "standby"}
-_DIRECTION: dict[str, bytes] = {"primary": b"P", "standby": b"S"}
 
 _RECORD = struct.Struct("!QQQI")  # seq, epoch, timestamp_ns, payload length
 RECORD_OVERHEAD: Final = _RECORD.size  # 28
@@ -107,11 +111,6 @@ _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
 _LABEL = b"lifeline-replication-v1 "
-
-
-class LocalProtocolError(StandbyError):
-    """This side tried to send something the protocol does not allow: a bug here, not
-    the peer's fault. The connection is unusable afterwards, as after a remote error."""
 
 
 class FrameType(enum.IntEnum):
@@ -249,19 +248,6 @@ class Error:
     message: str
 
 
-@dataclass(frozen=True)
-class ConnectionClosed:
-    """The peer closed the stream at a frame boundary."""
-
-
-class _NeedData:
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-#: :meth:`ReplicationConnection.next_event` needs more bytes.
-NEED_DATA: Final = _NeedData()
-
 Event = Union[Hello, Challenge, Auth, Welcome, Reject, Truncate, PositionReport, Records, Ack, Heartbeat,
               Error, ConnectionClosed]
 
@@ -275,7 +261,7 @@ _TYPE_OF: dict[type, FrameType] = {
 # --------------------------------------------------------------------------- the table
 
 #: (state, sender, frame type) -> next state. Anything not here is a protocol violation.
-TRANSITIONS: Final[dict[tuple[State, Role, FrameType], State]] = {
+TRANSITIONS: Final[dict[tuple[State, str, FrameType], State]] = {
     (State.AWAIT_HELLO, "standby", FrameType.HELLO): State.AWAIT_CHALLENGE,
     (State.AWAIT_CHALLENGE, "primary", FrameType.CHALLENGE): State.AWAIT_AUTH,
     (State.AWAIT_AUTH, "standby", FrameType.AUTH): State.AWAIT_VERDICT,
@@ -322,29 +308,29 @@ def _needs_mac(state: State, frame_type: FrameType) -> bool:
 
 # --------------------------------------------------------------------------- crypto
 
-
-# ``label`` separates protocols sharing one key: the witness (daemon.standby.witness_protocol)
-# signs with its own, so a proof or session made for replication never verifies there.
+# The channel's (daemon.standby.channel), with replication's label by default. ``label``
+# separates protocols sharing one key: the witness signs with its own, so a proof or
+# session made for replication never verifies there.
 
 
 def derive_session_key(psk: bytes, nonce_standby: bytes, nonce_primary: bytes, *, label: bytes = _LABEL) -> bytes:
     """The per-connection MAC key: fresh for every connection since both nonces are."""
-    return hmac.digest(psk, label + b"session" + nonce_standby + nonce_primary, "sha256")
+    return channel.derive_session_key(psk, nonce_standby, nonce_primary, label=label)
 
 
 def transcript_digest(hello_body: bytes, nonce_primary: bytes, *, label: bytes = _LABEL) -> bytes:
     """What both proofs sign: the standby's HELLO exactly as sent (its nonce included)
     and the primary's challenge."""
-    return hashlib.sha256(label + b"transcript" + hello_body + nonce_primary).digest()
+    return channel.transcript_digest(hello_body, nonce_primary, label=label)
 
 
 def proof(psk: bytes, role: Role, transcript: bytes, *, label: bytes = _LABEL) -> bytes:
     """``role``'s proof of holding ``psk``; the role label stops reflection."""
-    return hmac.digest(psk, label + role.encode() + b"-proof" + transcript, "sha256")
+    return channel.proof(psk, role, transcript, label=label)
 
 
 def verify_proof(psk: bytes, role: Role, transcript: bytes, candidate: bytes, *, label: bytes = _LABEL) -> bool:
-    return hmac.compare_digest(proof(psk, role, transcript, label=label), candidate)
+    return channel.verify_proof(psk, role, transcript, candidate, label=label)
 
 
 # --------------------------------------------------------------------------- body codec
@@ -578,276 +564,134 @@ def decode_body(frame_type: FrameType, body: memoryview) -> Event:
 
 # --------------------------------------------------------------------------- connection
 
+#: Replication on the channel: its label, its two sides and the MAC's direction bytes.
+REPLICATION: Final = Suite(label=_LABEL, initiator="standby", responder="primary", initiator_direction=b"S",
+                           responder_direction=b"P", peer_error=ReplicationProtocolError)
+_TABLE: Final = StateTable(TRANSITIONS, start=State.AWAIT_HELLO, closed=State.CLOSED, broken=State.BROKEN,
+                           handshake=_HANDSHAKE_STATES)
 
-class ReplicationConnection:
+
+class ReplicationConnection(Channel[State, FrameType, Event]):
     """One end of one replication connection: ``our_role`` is ``"primary"`` (the
-    server) or ``"standby"`` (the client). ``key`` is the pre-shared key.
+    server) or ``"standby"`` (the client). ``key`` is the pre-shared key. The
+    handshake, the MACs, the frame caps and the buffer are the channel's
+    (:class:`~daemon.standby.channel.Channel`); this class is the frame header, the
+    message bodies and the table.
 
     ``max_frame`` may be lowered (tests); it is never raised above :data:`MAX_FRAME`.
     """
+
+    HEADER_SIZE = HEADER_SIZE
+    SIZE_COUNTS_HEADER = True
+    ALLOWED_FLAGS = FLAG_MAC
 
     def __init__(self, our_role: Role, key: bytes, *, max_frame: int = MAX_FRAME) -> None:
         if our_role not in _ROLE_CODES:
             raise ValueError(f"our_role must be 'primary' or 'standby', found {our_role!r}")
         if len(key) < 16:
             raise ValueError("the replication key must be at least 16 bytes")
+        super().__init__(REPLICATION, _TABLE, our_role, key, max_frame=min(max_frame, MAX_FRAME))
         self.our_role: Role = our_role
         self.their_role: Role = "standby" if our_role == "primary" else "primary"
-        self.max_frame = min(max_frame, MAX_FRAME)
-        self._key = key
-        self.state = State.AWAIT_HELLO
-        #: Why the connection broke (the first error), once it has, and in which state.
-        self.error: StandbyError | None = None
-        self.failed_in: State | None = None
-        self._buffer = bytearray()
-        self._eof = False
-        self._pending_header: tuple[FrameType, int, int] | None = None  # type, flags, length
-        self._hello_body: bytes | None = None
-        self._nonce_standby: bytes | None = None
-        self._nonce_primary: bytes | None = None
-        self._transcript: bytes | None = None
-        self._session_key: bytes | None = None
-        self._mac_base: hmac.HMAC | None = None
-        self._send_counter = 0
-        self._receive_counter = 0
-        #: The primary: True once the standby's AUTH checked out.
-        self.peer_verified = False
-        self.frames_sent = 0
-        self.frames_received = 0
-        self.bytes_sent = 0
-        self.bytes_received = 0
-
-    # ---------------------------------------------------------------- state
 
     @property
     def authenticated(self) -> bool:
         """Both sides have proven the key (WELCOME went out, or came in and checked)."""
         return self.state in _AUTHENTICATED_STATES
 
-    def _fail(self, error: StandbyError) -> StandbyError:
-        if self.error is None:
-            self.error = error
-            self.failed_in = self.state
-        self.state = State.BROKEN
-        return error
+    # ---------------------------------------------------------------- the frame header
 
-    def _check_usable(self) -> None:
-        if self.state is State.BROKEN:
-            raise ReplicationProtocolError(f"the connection is broken: {self.error}")
+    def _read_header(self, buffer: bytearray) -> tuple[FrameType, int, int] | None:
+        # Check the magic and version as soon as their bytes arrive (garbage is refused
+        # after its first wrong byte, not after 12).
+        have = min(len(buffer), 4)
+        if bytes(buffer[:have]) != MAGIC[:have]:
+            raise ReplicationProtocolError(
+                f"not a lifeline replication frame: expected magic {MAGIC!r}, found {bytes(buffer[:4])!r}")
+        if len(buffer) >= 5 and buffer[4] != PROTOCOL_VERSION:
+            raise ReplicationProtocolError(
+                f"the peer speaks replication protocol version {buffer[4]}, this node speaks version "
+                f"{PROTOCOL_VERSION}: upgrade both hosts of the pair to the same lifeline release")
+        if len(buffer) < HEADER_SIZE:
+            return None
+        _magic, _version, type_code, flags, length = HEADER.unpack_from(buffer)
+        try:
+            frame_type = FrameType(type_code)
+        except ValueError:
+            raise ReplicationProtocolError(f"unknown frame type {type_code}") from None
+        return frame_type, flags, length
 
-    def _transition(self, sender: Role, frame_type: FrameType) -> State:
-        key = (self.state, sender, frame_type)
-        if key not in TRANSITIONS:
-            message = (f"can't handle {frame_type.name} from the {sender} in state {self.state.value} "
-                       f"(we are the {self.our_role})")
-            if sender == self.our_role:
-                raise self._fail(LocalProtocolError(message))
-            raise self._fail(ReplicationProtocolError(message))
-        return TRANSITIONS[key]
+    def _kind_name(self, kind: FrameType) -> str:
+        return kind.name
 
-    # ---------------------------------------------------------------- MAC
+    def _frame_name(self, kind: FrameType | None) -> str:
+        return f"{kind.name} frame" if kind is not None else "frame"
 
-    def _mac(self, direction: Role, counter: int, header: bytes, body: bytes | memoryview) -> bytes:
-        assert self._mac_base is not None
-        mac = self._mac_base.copy()
-        mac.update(_DIRECTION[direction])
-        mac.update(_U64.pack(counter))
-        mac.update(header)
-        mac.update(body)
-        return mac.digest()[:TAG_SIZE]
-
-    def _set_session(self) -> None:
-        assert self._nonce_standby is not None and self._nonce_primary is not None
-        self._session_key = derive_session_key(self._key, self._nonce_standby, self._nonce_primary)
-        self._mac_base = hmac.new(self._session_key, digestmod="sha256")
+    def _handshake_limit(self, kind: FrameType | None) -> int | None:
+        limit = MAX_HANDSHAKE_BODY.get(kind) if kind is not None else None
+        return None if limit is None else HEADER_SIZE + limit
 
     # ---------------------------------------------------------------- sending
 
-    def send(self, event: Event) -> bytes:
-        """The bytes of ``event`` as one frame. Fills in nonces and proofs, moves the
-        state. ``LocalProtocolError`` if ``event`` is not allowed now."""
-        self._check_usable()
+    def _send_frame(self, event: Event) -> bytes:
         if isinstance(event, ConnectionClosed):
-            raise self._fail(LocalProtocolError("ConnectionClosed is not sent: close the stream"))
+            raise LocalProtocolError("ConnectionClosed is not sent: close the stream")
         frame_type = _TYPE_OF.get(type(event))
         if frame_type is None:
-            raise self._fail(LocalProtocolError(f"cannot send {event!r}"))
+            raise LocalProtocolError(f"cannot send {event!r}")
         old_state = self.state
         next_state = self._transition(self.our_role, frame_type)
-        try:
-            event = self._prepare_outgoing(event)
-            body = encode_body(event)
-        except StandbyError as exc:
-            raise self._fail(exc) from None
+        event = self._prepare_outgoing(event)
+        body = encode_body(event)
         needs_mac = _needs_mac(old_state, frame_type)
         length = len(body) + (TRAILER_SIZE if needs_mac else 0)
         if HEADER_SIZE + length > self.max_frame:
-            raise self._fail(LocalProtocolError(
+            raise LocalProtocolError(
                 f"{frame_type.name} frame would be {HEADER_SIZE + length} bytes, at most {self.max_frame}: "
-                "split the batch (see split_batch)"))
+                "split the batch (see split_batch)")
         header = HEADER.pack(MAGIC, PROTOCOL_VERSION, frame_type, FLAG_MAC if needs_mac else 0, length)
         if isinstance(event, Hello):
-            self._hello_body = body
-        if needs_mac:
-            counter = self._send_counter
-            self._send_counter += 1
-            data = b"".join((header, body, TRAILER.pack(counter, self._mac(self.our_role, counter, header, body))))
-        else:
-            data = header + body
+            self._on_hello(body, event.nonce)
+        data = b"".join((header, body, self._seal(header, body))) if needs_mac else header + body
         self.state = next_state
-        self.frames_sent += 1
-        self.bytes_sent += len(data)
         return data
 
     def _prepare_outgoing(self, event: Event) -> Event:
+        """``event`` with its nonce or proof filled in (the channel's handshake)."""
         if isinstance(event, Hello):
             if event.role != self.our_role:
                 raise LocalProtocolError(f"HELLO says role {event.role} but we are the {self.our_role}")
-            nonce = event.nonce or secrets.token_bytes(NONCE_SIZE)
-            self._nonce_standby = nonce
             return Hello(event.node_id, event.role, event.epoch, event.last, event.software_version,
-                         event.config_digest, nonce)
+                         event.config_digest, self._nonce(event.nonce))
         if isinstance(event, Challenge):
-            nonce = event.nonce or secrets.token_bytes(NONCE_SIZE)
-            self._nonce_primary = nonce
-            assert self._hello_body is not None
-            self._transcript = transcript_digest(self._hello_body, nonce)
+            nonce = self._nonce(event.nonce)
+            self._on_challenge(nonce)
             return Challenge(nonce)
         if isinstance(event, Auth):
-            assert self._transcript is not None
-            self._set_session()
-            return Auth(proof(self._key, "standby", self._transcript))
+            return Auth(self._our_proof())
         if isinstance(event, Welcome):
-            if not self.peer_verified:
-                raise LocalProtocolError("WELCOME to a standby whose AUTH did not verify: send Reject")
-            assert self._transcript is not None
             return Welcome(event.node_id, event.epoch, event.last, event.software_version, event.config_digest,
-                           proof(self._key, "primary", self._transcript))
+                           self._our_proof())
         return event
 
     # ---------------------------------------------------------------- receiving
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Bytes from the peer; ``b""`` means it closed its end. The header of the frame
-        at the head of the buffer is checked at once, so a bad magic or an oversized
-        length is refused before its body is buffered."""
-        self._check_usable()
-        if self._eof:
-            if data:
-                raise self._fail(ReplicationProtocolError("data received after end of stream"))
-            return
-        if not data:
-            self._eof = True
-            return
-        self._buffer += data
-        self.bytes_received += len(data)
-        if self._pending_header is None:
-            self._parse_header()
-
-    def _parse_header(self) -> None:
-        buf = self._buffer
-        # Check the magic and version as soon as their bytes arrive (garbage is refused
-        # after its first wrong byte, not after 12).
-        have = min(len(buf), 4)
-        if bytes(buf[:have]) != MAGIC[:have]:
-            raise self._fail(ReplicationProtocolError(
-                f"not a lifeline replication frame: expected magic {MAGIC!r}, found {bytes(buf[:4])!r}"))
-        if len(buf) >= 5 and buf[4] != PROTOCOL_VERSION:
-            raise self._fail(ReplicationProtocolError(
-                f"the peer speaks replication protocol version {buf[4]}, this node speaks version "
-                f"{PROTOCOL_VERSION}: upgrade both hosts of the pair to the same lifeline release"))
-        if len(buf) < HEADER_SIZE:
-            return
-        _magic, _version, type_code, flags, length = HEADER.unpack_from(buf)
-        try:
-            frame_type = FrameType(type_code)
-        except ValueError:
-            raise self._fail(ReplicationProtocolError(f"unknown frame type {type_code}")) from None
-        if HEADER_SIZE + length > self.max_frame:
-            raise self._fail(ReplicationProtocolError(
-                f"{frame_type.name} frame of {HEADER_SIZE + length} bytes announced, at most {self.max_frame}"))
-        if self.state in _HANDSHAKE_STATES:
-            # A peer that has not proved the key gets a hello-sized buffer, no more.
-            limit = MAX_HANDSHAKE_BODY.get(frame_type)
-            if limit is None:  # not a handshake frame: refused now, before its body
-                self._transition(self.their_role, frame_type)
-                raise self._fail(ReplicationProtocolError(  # pragma: no cover - the table has none
-                    f"{frame_type.name} frame before authentication (state {self.state.value})"))
-            if length > limit:
-                raise self._fail(ReplicationProtocolError(
-                    f"{frame_type.name} frame of {HEADER_SIZE + length} bytes announced before authentication, "
-                    f"at most {HEADER_SIZE + limit}"))
-        if flags & ~FLAG_MAC:
-            raise self._fail(ReplicationProtocolError(f"{frame_type.name} frame with unknown flags 0x{flags:04x}"))
-        self._pending_header = (frame_type, flags, length)
-
-    def next_event(self) -> Event | _NeedData:
-        """The next event from the peer, or :data:`NEED_DATA`."""
-        self._check_usable()
-        if self.state is State.CLOSED:
-            # After REJECT or ERROR the peer has nothing more to say; ignore the rest.
-            return ConnectionClosed() if self._eof else NEED_DATA
-        if self._pending_header is None:
-            self._parse_header()
-        if self._pending_header is None:
-            if self._eof:
-                if self._buffer:
-                    raise self._fail(ReplicationProtocolError(
-                        f"connection closed in the middle of a frame header ({len(self._buffer)} of "
-                        f"{HEADER_SIZE} bytes)"))
-                self.state = State.CLOSED
-                return ConnectionClosed()
-            return NEED_DATA
-        frame_type, flags, length = self._pending_header
-        total = HEADER_SIZE + length
-        if len(self._buffer) < total:
-            if self._eof:
-                raise self._fail(ReplicationProtocolError(
-                    f"connection closed in the middle of a {frame_type.name} frame ({len(self._buffer)} of "
-                    f"{total} bytes)"))
-            return NEED_DATA
-        # One copy out of the buffer, so no view pins it while it is trimmed.
-        frame = memoryview(self._buffer[:total])
-        del self._buffer[:total]
-        event = self._process_frame(frame_type, flags, frame[:HEADER_SIZE], frame[HEADER_SIZE:])
-        self._pending_header = None
-        self.frames_received += 1
-        if self._buffer:
-            self._parse_header()
-        return event
-
-    def _process_frame(self, frame_type: FrameType, flags: int, header: memoryview, rest: memoryview) -> Event:
-        sender = self.their_role
+    def _receive_frame(self, kind: FrameType | None, flags: int, header: memoryview, rest: memoryview) -> Event:
+        assert kind is not None  # the replication header always names its type
         old_state = self.state
-        next_state = self._transition(sender, frame_type)
-        needs_mac = _needs_mac(old_state, frame_type)
+        next_state = self._transition(self.their_role, kind)
+        needs_mac = _needs_mac(old_state, kind)
         has_mac = bool(flags & FLAG_MAC)
-        try:
-            if needs_mac != has_mac:
-                raise ReplicationProtocolError(
-                    f"{frame_type.name} frame {'without' if needs_mac else 'with'} a MAC in state {old_state.value}"
-                    + (" (a frame after authentication must be authenticated)" if needs_mac else ""))
-            if has_mac:
-                if len(rest) < TRAILER_SIZE:
-                    raise ReplicationProtocolError(f"{frame_type.name} frame too short for its MAC trailer")
-                body = rest[: len(rest) - TRAILER_SIZE]
-                counter, tag = TRAILER.unpack(rest[len(rest) - TRAILER_SIZE:])
-                if frame_type is FrameType.WELCOME and self._mac_base is None:  # pragma: no cover - set at AUTH
-                    raise ReplicationProtocolError("WELCOME before the session key exists")
-                if not hmac.compare_digest(self._mac(sender, counter, bytes(header), body), tag):
-                    raise ReplicationProtocolError(
-                        f"{frame_type.name} frame fails its MAC: altered in transit, injected, or sent with another "
-                        f"key" + (" (the primary does not hold our key?)" if frame_type is FrameType.WELCOME else ""))
-                if counter != self._receive_counter:
-                    what = "replayed" if counter < self._receive_counter else "out-of-order"
-                    raise ReplicationProtocolError(
-                        f"{what} {frame_type.name} frame: counter {counter}, expected {self._receive_counter}")
-                self._receive_counter += 1
-            else:
-                body = rest
-            event = self._check_incoming(decode_body(frame_type, body), body)
-        except StandbyError as exc:
-            raise self._fail(exc) from None
+        if needs_mac != has_mac:
+            raise ReplicationProtocolError(
+                f"{kind.name} frame {'without' if needs_mac else 'with'} a MAC in state {old_state.value}"
+                + (" (a frame after authentication must be authenticated)" if needs_mac else ""))
+        if has_mac:
+            body = self._open(f"{kind.name} frame", header, rest,
+                              " (the primary does not hold our key?)" if kind is FrameType.WELCOME else "")
+        else:
+            body = rest
+        event = self._check_incoming(decode_body(kind, body), body)
         self.state = next_state
         return event
 
@@ -856,24 +700,15 @@ class ReplicationConnection:
             if event.role != "standby":
                 raise ReplicationProtocolError(
                     f"HELLO from {event.node_id!r} says role {event.role}; only a standby connects to a primary")
-            self._hello_body = bytes(body)
-            self._nonce_standby = event.nonce
+            self._on_hello(body, event.nonce)
         elif isinstance(event, Challenge):
-            assert self._hello_body is not None
-            self._nonce_primary = event.nonce
-            self._transcript = transcript_digest(self._hello_body, event.nonce)
+            self._on_challenge(event.nonce)
         elif isinstance(event, Auth):
-            assert self._transcript is not None
-            self.peer_verified = verify_proof(self._key, "standby", self._transcript, event.proof)
-            if self.peer_verified:
-                self._set_session()
-            return Auth(event.proof, self.peer_verified)
+            return Auth(event.proof, self._check_auth(event.proof))
         elif isinstance(event, Welcome):
-            assert self._transcript is not None
-            if not verify_proof(self._key, "primary", self._transcript, event.proof):  # pragma: no cover
-                # The frame's MAC (same key) already checked out, so this only fails for a
-                # primary that MACs with our key and proves with another: a broken peer.
-                raise ReplicationProtocolError("the primary's proof does not verify: it does not hold our key")
+            # The frame's MAC (same key) already checked out, so this only fails for a
+            # primary that MACs with our key and proves with another: a broken peer.
+            self._check_welcome(event.proof)
         return event
 
 

@@ -1,4 +1,4 @@
-"""The lease witness, sans-IO: the lease rules, the wire protocol and the state file.
+"""The lease witness, sans-IO: the lease rules and the wire protocol.
 
 A two-host site cannot tell "my peer died" from "the link to my peer died", so a third
 party decides who may be primary (Pacemaker's qnetd plays this part for corosync). The
@@ -15,23 +15,23 @@ This module holds, in order:
   seconds on the witness's clock) and enforces the duties of
   :class:`~daemon.standby.lease.LeaseStore` (read them there). :func:`answer` applies
   one request body to it and builds the reply.
-* :class:`WitnessConnection`: the wire protocol, sans-IO (h11's model).
-* the state file: :func:`read_state_file`, :func:`write_state_file`.
+* :class:`WitnessConnection`: the wire protocol, sans-IO (h11's model), a payload
+  codec on the authenticated channel (:mod:`daemon.standby.channel`).
 
-The first two are pure (no trio, no I/O, explicit time) and are tested as such; the
-state file helpers do plain blocking file I/O. Nothing here imports trio: the trio
-shell (:class:`~daemon.standby.witness.WitnessServer`,
-:func:`~daemon.standby.witness.serve_witness`, the ``lifeline witness`` command) and
-the daemon's client backend (:class:`~daemon.standby.witness.WitnessLeaseStore`) live
-in :mod:`daemon.standby.witness`.
+Both are pure (no trio, no I/O, explicit time) and are tested as such. The witness
+server — its own small host process: the trio shell
+(:class:`~daemon.witness_server.WitnessServer`, :func:`~daemon.witness_server.serve_witness`),
+the state file (below) and the ``lifeline witness`` command — is
+:mod:`daemon.witness_server`; the daemon's client backend
+(:class:`~daemon.standby.witness.WitnessLeaseStore`) is :mod:`daemon.standby.witness`.
 
 Wire protocol
 -------------
 TCP; every frame is a 4-byte big-endian length and a body of at most :data:`MAX_FRAME`
 bytes (64 KiB), and at most :data:`MAX_HANDSHAKE_FRAME` (8 KiB, a HELLO with two names of
 255 characters) before authentication. A length above that is refused as soon as its 4
-bytes arrive, before any of the body is buffered: a stranger gets a hello-sized buffer. Bodies are JSON objects. The handshake mirrors
-replication's (see :mod:`daemon.standby.protocol`), with its own label
+bytes arrive, before any of the body is buffered: a stranger gets a hello-sized buffer. Bodies are JSON objects. The handshake is
+the authenticated channel's (:mod:`daemon.standby.channel`, as replication's), with its own label
 (:data:`WITNESS_LABEL`) mixed into every hash, so nothing signed for replication ever
 verifies here::
 
@@ -68,7 +68,7 @@ directory) before every answer that changed it::
         "last_holder": "edge-a", "ttl": 1.5, "sync_node": "edge-b"}}}
 
 Only ``epoch`` is required. A missing file starts every cluster at epoch 0; an
-unreadable one stops the witness (see :class:`WitnessStateError`).
+unreadable one stops the witness (see :class:`daemon.witness_server.WitnessStateError`).
 """
 
 from __future__ import annotations
@@ -78,13 +78,10 @@ import hashlib
 import hmac
 import json
 import math
-import secrets
 import struct
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Final, Literal, Mapping, TypeGuard, Union
 
-from daemon.core.files import replace_file
 from daemon.standby import Position, StandbyError
 from daemon.standby.lease import (
     Grant,
@@ -95,15 +92,14 @@ from daemon.standby.lease import (
     Member,
 )
 from daemon.standby.lease import MAX_PAUSE, check_pause_seconds
-from daemon.standby.protocol import (
-    NEED_DATA,
-    LocalProtocolError,
-    _NeedData,
-    derive_session_key,
-    proof,
-    transcript_digest,
-    verify_proof,
-)
+from daemon.standby.channel import NEED_DATA as NEED_DATA
+from daemon.standby.channel import NONCE_SIZE as NONCE_SIZE
+from daemon.standby.channel import TAG_SIZE as TAG_SIZE
+from daemon.standby.channel import TRAILER as TRAILER
+from daemon.standby.channel import TRAILER_SIZE as TRAILER_SIZE
+from daemon.standby.channel import Channel, ChannelError, StateTable, Suite
+from daemon.standby.channel import ConnectionClosed as ConnectionClosed
+from daemon.standby.channel import LocalProtocolError as LocalProtocolError
 
 #: Mixed into every hash of the handshake and the session: a replication proof (same
 #: key, label "lifeline-replication-v1 ") never verifies at the witness, nor the reverse.
@@ -116,10 +112,6 @@ MAX_FRAME: Final = 64 * 1024
 #: characters, JSON-escaped (12 bytes for a character outside the BMP), fit.
 MAX_HANDSHAKE_FRAME: Final = 8 * 1024
 LENGTH = struct.Struct("!I")
-TRAILER = struct.Struct("!Q16s")
-TRAILER_SIZE: Final = TRAILER.size  # 24
-TAG_SIZE: Final = 16
-NONCE_SIZE: Final = 32
 #: The ttl a client may ask for. Below 0.1 s no network answers in time; above 10 min a
 #: dead primary would block failover for longer than anyone would configure.
 MIN_TTL: Final = 0.1
@@ -129,10 +121,9 @@ MAX_EPOCH: Final = 2**63 - 1
 STATE_VERSION: Final = 1
 
 Side = Literal["client", "witness"]
-_DIRECTION: dict[str, bytes] = {"client": b"C", "witness": b"W"}
 
 
-class WitnessProtocolError(StandbyError):
+class WitnessProtocolError(ChannelError):
     """The peer sent something the witness protocol does not allow; the connection is
     closed (only that one)."""
 
@@ -145,12 +136,6 @@ class BadRequest(StandbyError, ValueError):
 class WitnessBadRequest(LeaseError):
     """The witness answered ``bad_request`` to this client: a bug or a version mismatch
     between the daemon and the witness, not a transient fault."""
-
-
-class WitnessStateError(StandbyError):
-    """The state file cannot be used; the message names the file and the fix. The
-    witness refuses to start rather than begin again at epoch 0, which could grant an
-    epoch a second time."""
 
 
 # =========================================================================== the leases (sans-IO)
@@ -593,17 +578,12 @@ class Message:
     body: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class ConnectionClosed:
-    """The peer closed the stream at a frame boundary."""
-
-
 Event = Union[Hello, Challenge, Auth, Welcome, Reject, Message, ConnectionClosed]
 _KIND_OF: dict[type, str] = {Hello: "hello", Challenge: "challenge", Auth: "auth", Welcome: "welcome",
                              Reject: "reject", Message: "message"}
 
 #: (state, sender, kind) -> next state. Anything else is a protocol violation.
-TRANSITIONS: Final[dict[tuple[State, Side, str], State]] = {
+TRANSITIONS: Final[dict[tuple[State, str, str], State]] = {
     (State.AWAIT_HELLO, "client", "hello"): State.AWAIT_CHALLENGE,
     (State.AWAIT_CHALLENGE, "witness", "challenge"): State.AWAIT_AUTH,
     (State.AWAIT_AUTH, "client", "auth"): State.AWAIT_VERDICT,
@@ -625,133 +605,102 @@ def cluster_key(key: bytes, cluster: str) -> bytes:
 _HANDSHAKE_STATES: Final = frozenset({State.AWAIT_HELLO, State.AWAIT_CHALLENGE, State.AWAIT_AUTH, State.AWAIT_VERDICT})
 
 
-def _proof(key: bytes, side: Side, transcript: bytes) -> bytes:
-    # protocol.proof types its role for replication's two roles; any label string works.
-    return proof(key, side, transcript, label=WITNESS_LABEL)  # type: ignore[arg-type]
-
-
-def _verify(key: bytes, side: Side, transcript: bytes, candidate: bytes) -> bool:
-    return verify_proof(key, side, transcript, candidate, label=WITNESS_LABEL)  # type: ignore[arg-type]
-
-
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-class WitnessConnection:
+#: The witness on the channel: its label, its two sides and the MAC's direction bytes.
+WITNESS: Final = Suite(label=WITNESS_LABEL, initiator="client", responder="witness", initiator_direction=b"C",
+                       responder_direction=b"W", peer_error=WitnessProtocolError)
+_TABLE: Final = StateTable(TRANSITIONS, start=State.AWAIT_HELLO, closed=State.CLOSED, broken=State.BROKEN,
+                           handshake=_HANDSHAKE_STATES)
+
+
+class WitnessConnection(Channel[State, str, Event]):
     """One end of one witness connection, sans-IO: ``our_side`` is ``"client"`` or
     ``"witness"``. Feed bytes to :meth:`receive_data` (``b""`` at end of stream), take
     events from :meth:`next_event` until :data:`NEED_DATA`, write what :meth:`send`
     returns. Anything the peer does wrong raises :class:`WitnessProtocolError` and the
-    object stays broken (every later call raises again)."""
+    object stays broken (every later call raises again). The handshake, the MACs, the
+    frame caps and the buffer are the channel's
+    (:class:`~daemon.standby.channel.Channel`); this class is the length prefix, the
+    JSON bodies, the cluster's key and the table."""
+
+    HEADER_SIZE = LENGTH.size
+    MIN_LENGTH = 1
 
     def __init__(self, our_side: Side, key: bytes | None, *, max_frame: int = MAX_FRAME,
                  cluster_keys: Mapping[str, bytes] | None = None) -> None:
         """``key``: the witness key (the witness: for clusters not in ``cluster_keys``;
         None: only those). Proofs use it bound to the HELLO's cluster."""
-        if our_side not in _DIRECTION:
+        if our_side not in ("client", "witness"):
             raise ValueError(f"our_side must be 'client' or 'witness', found {our_side!r}")
         for k in ([key] if key is not None else []) + list((cluster_keys or {}).values()):
             if len(k) < 16:
                 raise ValueError("the key must be at least 16 bytes")
         if key is None and not cluster_keys:
             raise ValueError("no key")
-        self.our_side: Side = our_side
-        self.their_side: Side = "witness" if our_side == "client" else "client"
-        self.max_frame = min(max_frame, MAX_FRAME)
+        # The key proofs use is bound to the cluster at HELLO (cluster_key).
+        super().__init__(WITNESS, _TABLE, our_side, b"", max_frame=min(max_frame, MAX_FRAME))
         self._base_key = key
         self._cluster_keys = dict(cluster_keys or {})
-        self._key = b""  # bound to the cluster at HELLO
-        self.state = State.AWAIT_HELLO
-        self.error: StandbyError | None = None
-        self.failed_in: State | None = None
-        #: The witness: True once the client's AUTH checked out.
-        self.peer_verified = False
         #: The HELLO (received or sent): who the connection speaks for.
         self.hello: Hello | None = None
-        self._buffer = bytearray()
-        self._eof = False
-        self._hello_body: bytes | None = None
-        self._nonce_client: bytes | None = None
-        self._nonce_witness: bytes | None = None
-        self._transcript: bytes | None = None
-        self._mac_base: hmac.HMAC | None = None
-        self._send_counter = 0
-        self._receive_counter = 0
 
     @property
     def authenticated(self) -> bool:
         return self.state is State.OPEN
 
-    def _fail(self, error: StandbyError) -> StandbyError:
-        if self.error is None:
-            self.error = error
-            self.failed_in = self.state
-        self.state = State.BROKEN
-        return error
+    def _bind_key(self, cluster: str, error: type[StandbyError]) -> None:
+        base = self._cluster_keys.get(cluster, self._base_key)
+        if base is None:
+            raise error(f"no key for cluster {cluster!r}" if error is LocalProtocolError
+                        # Said after the proof would be, in words a key holder can act on.
+                        else f"this witness has no key for cluster {cluster!r}")
+        self._key = cluster_key(base, cluster)
 
-    def _check_usable(self) -> None:
-        if self.state is State.BROKEN:
-            raise WitnessProtocolError(f"the connection is broken: {self.error}")
+    # ---------------------------------------------------------------- the frame header
 
-    def _transition(self, sender: Side, kind: str) -> State:
-        key = (self.state, sender, kind)
-        if key not in TRANSITIONS:
-            message = f"can't handle {kind.upper()} from the {sender} in state {self.state.value}"
-            raise self._fail(LocalProtocolError(message) if sender == self.our_side
-                             else WitnessProtocolError(message))
-        return TRANSITIONS[key]
+    def _read_header(self, buffer: bytearray) -> tuple[str | None, int, int] | None:
+        if len(buffer) < LENGTH.size:
+            return None
+        (length,) = LENGTH.unpack_from(buffer)
+        return None, 0, int(length)  # the kind is in the JSON body
 
-    def _mac(self, direction: Side, counter: int, body: bytes) -> bytes:
-        assert self._mac_base is not None
-        mac = self._mac_base.copy()
-        mac.update(_DIRECTION[direction] + counter.to_bytes(8, "big") + body)
-        return mac.digest()[:TAG_SIZE]
+    def _kind_name(self, kind: str) -> str:
+        return kind.upper()
 
-    def _start_session(self, nonce_witness: bytes) -> None:
-        assert self._nonce_client is not None
-        session_key = derive_session_key(self._key, self._nonce_client, nonce_witness, label=WITNESS_LABEL)
-        self._mac_base = hmac.new(session_key, digestmod=hashlib.sha256)
+    def _frame_name(self, kind: str | None) -> str:
+        return "frame"
+
+    def _handshake_limit(self, kind: str | None) -> int | None:
+        return MAX_HANDSHAKE_FRAME
 
     # ---------------------------------------------------------------- sending
 
-    def send(self, event: Event) -> bytes:
-        """``event`` as one frame. Fills in nonces and proofs; ``LocalProtocolError`` if
-        it is not ours to send now."""
-        self._check_usable()
+    def _send_frame(self, event: Event) -> bytes:
         kind = _KIND_OF.get(type(event))
         if kind is None:
-            raise self._fail(LocalProtocolError(f"cannot send {event!r}"))
+            raise LocalProtocolError(f"cannot send {event!r}")
         next_state = self._transition(self.our_side, kind)
         obj: dict[str, Any]
+        nonce = b""
         if isinstance(event, Hello):
-            try:
-                _check_name(event.node, "node", LocalProtocolError)
-                _check_name(event.cluster, "cluster", LocalProtocolError)
-            except LocalProtocolError as exc:
-                raise self._fail(exc) from None
-            base = self._cluster_keys.get(event.cluster, self._base_key)
-            if base is None:
-                raise self._fail(LocalProtocolError(f"no key for cluster {event.cluster!r}"))
-            self._key = cluster_key(base, event.cluster)
-            self._nonce_client = event.nonce or secrets.token_bytes(NONCE_SIZE)
-            self.hello = Hello(event.node, event.cluster, self._nonce_client)
+            _check_name(event.node, "node", LocalProtocolError)
+            _check_name(event.cluster, "cluster", LocalProtocolError)
+            self._bind_key(event.cluster, LocalProtocolError)
+            nonce = self._nonce(event.nonce)
+            self.hello = Hello(event.node, event.cluster, nonce)
             obj = {"type": "hello", "version": PROTOCOL_VERSION, "node": event.node, "cluster": event.cluster,
-                   "nonce": self._nonce_client.hex()}
+                   "nonce": nonce.hex()}
         elif isinstance(event, Challenge):
-            nonce = event.nonce or secrets.token_bytes(NONCE_SIZE)
-            assert self._hello_body is not None
-            self._transcript = transcript_digest(self._hello_body, nonce, label=WITNESS_LABEL)
-            self._nonce_witness = nonce
+            nonce = self._nonce(event.nonce)
+            self._on_challenge(nonce)
             obj = {"type": "challenge", "nonce": nonce.hex()}
         elif isinstance(event, Auth):
-            assert self._transcript is not None
-            obj = {"type": "auth", "proof": _proof(self._key, "client", self._transcript).hex()}
+            obj = {"type": "auth", "proof": self._our_proof().hex()}
         elif isinstance(event, Welcome):
-            if not self.peer_verified:
-                raise self._fail(LocalProtocolError("WELCOME to a client whose AUTH did not verify: send Reject"))
-            assert self._transcript is not None
-            obj = {"type": "welcome", "proof": _proof(self._key, "witness", self._transcript).hex()}
+            obj = {"type": "welcome", "proof": self._our_proof().hex()}
         elif isinstance(event, Reject):
             obj = {"type": "reject", "reason": event.reason[:1000]}
         else:
@@ -760,134 +709,63 @@ class WitnessConnection:
         try:
             body = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
         except (TypeError, ValueError) as exc:
-            raise self._fail(LocalProtocolError(f"cannot encode {kind.upper()}: {exc}")) from None
+            raise LocalProtocolError(f"cannot encode {kind.upper()}: {exc}") from None
         if isinstance(event, Hello):
-            self._hello_body = body
+            self._on_hello(body, nonce)
         if isinstance(event, Message):
-            counter = self._send_counter
-            self._send_counter += 1
-            body = body + TRAILER.pack(counter, self._mac(self.our_side, counter, body))
+            body = body + self._seal(b"", body)  # the MAC covers the body, not the length
         if len(body) > self.max_frame:
-            raise self._fail(LocalProtocolError(f"{kind.upper()} frame of {len(body)} bytes, at most {self.max_frame}"))
+            raise LocalProtocolError(f"{kind.upper()} frame of {len(body)} bytes, at most {self.max_frame}")
         self.state = next_state
         return LENGTH.pack(len(body)) + body
 
     # ---------------------------------------------------------------- receiving
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Bytes from the peer; ``b""`` means it closed its end. An oversized length is
-        refused as soon as its 4 bytes are here, before its body is buffered."""
-        self._check_usable()
-        if self._eof:
-            if data:
-                raise self._fail(WitnessProtocolError("data received after end of stream"))
-            return
-        if not data:
-            self._eof = True
-            return
-        self._buffer += data
-        self._check_length()
-
-    def _check_length(self) -> int | None:
-        if len(self._buffer) < LENGTH.size:
-            return None
-        (length,) = LENGTH.unpack_from(self._buffer)
-        if length > self.max_frame or length == 0:
-            raise self._fail(WitnessProtocolError(
-                f"frame of {length} bytes announced, expected 1 to {self.max_frame} (not a lifeline witness client?)"))
-        if length > MAX_HANDSHAKE_FRAME and self.state in _HANDSHAKE_STATES:
-            raise self._fail(WitnessProtocolError(
-                f"frame of {length} bytes announced before authentication, at most {MAX_HANDSHAKE_FRAME}"))
-        return int(length)
-
-    def next_event(self) -> Event | _NeedData:
-        """The next event from the peer, or :data:`NEED_DATA`."""
-        self._check_usable()
-        if self.state is State.CLOSED:
-            return ConnectionClosed() if self._eof else NEED_DATA
-        length = self._check_length()
-        if length is None or len(self._buffer) < LENGTH.size + length:
-            if not self._eof:
-                return NEED_DATA
-            if self._buffer:
-                raise self._fail(WitnessProtocolError(
-                    f"connection closed in the middle of a frame ({len(self._buffer)} bytes of it)"))
-            self.state = State.CLOSED
-            return ConnectionClosed()
-        frame = bytes(self._buffer[LENGTH.size:LENGTH.size + length])
-        del self._buffer[:LENGTH.size + length]
-        try:
-            return self._process(frame)
-        except StandbyError as exc:
-            raise self._fail(exc) from None
-
-    def _process(self, frame: bytes) -> Event:
+    def _receive_frame(self, kind: str | None, flags: int, header: memoryview, rest: memoryview) -> Event:
         sender = self.their_side
         if self.state is State.OPEN:
-            if len(frame) <= TRAILER_SIZE:
-                raise WitnessProtocolError("frame too short for its MAC trailer")
-            body = frame[:-TRAILER_SIZE]
-            counter, tag = TRAILER.unpack(frame[-TRAILER_SIZE:])
-            if not hmac.compare_digest(self._mac(sender, counter, body), tag):
-                raise WitnessProtocolError("frame fails its MAC: altered, injected, reflected, or another key")
-            if counter != self._receive_counter:
-                what = "replayed" if counter < self._receive_counter else "out-of-order"
-                raise WitnessProtocolError(f"{what} frame: counter {counter}, expected {self._receive_counter}")
-            self._receive_counter += 1
+            body = self._open("frame", b"", rest)
             self._transition(sender, "message")
             return Message(_decode_json(body))
-        obj = _decode_json(frame)
+        obj = _decode_json(rest)
         kind = obj.get("type")
         if kind not in ("hello", "challenge", "auth", "welcome", "reject"):
             raise WitnessProtocolError(f"expected a handshake frame in state {self.state.value}, found type {kind!r}")
         next_state = self._transition(sender, kind)
-        event = self._decode_handshake(kind, obj, frame)
+        event = self._decode_handshake(kind, obj, rest)
         self.state = next_state
         return event
 
-    def _decode_handshake(self, kind: str, obj: dict[str, Any], frame: bytes) -> Event:
+    def _decode_handshake(self, kind: str, obj: dict[str, Any], frame: memoryview) -> Event:
         if kind == "hello":
             if obj.get("version") != PROTOCOL_VERSION:
                 raise WitnessProtocolError(f"the client speaks witness protocol version {obj.get('version')!r}, "
                                            f"this witness speaks {PROTOCOL_VERSION}: upgrade to the same release")
             _check_name(obj.get("node"), "HELLO node", WitnessProtocolError)
             _check_name(obj.get("cluster"), "HELLO cluster", WitnessProtocolError)
-            base = self._cluster_keys.get(obj["cluster"], self._base_key)
-            if base is None:
-                # Said after the proof would be, in words a key holder can act on.
-                raise WitnessProtocolError(f"this witness has no key for cluster {obj['cluster']!r}")
-            self._key = cluster_key(base, obj["cluster"])
-            self._nonce_client = _hex32(obj, "nonce")
-            self._hello_body = frame
-            self.hello = Hello(obj["node"], obj["cluster"], self._nonce_client)
+            self._bind_key(obj["cluster"], WitnessProtocolError)
+            nonce = _hex32(obj, "nonce")
+            self._on_hello(frame, nonce)
+            self.hello = Hello(obj["node"], obj["cluster"], nonce)
             return self.hello
         if kind == "challenge":
             nonce = _hex32(obj, "nonce")
-            assert self._hello_body is not None
-            self._transcript = transcript_digest(self._hello_body, nonce, label=WITNESS_LABEL)
-            self._start_session(nonce)  # the client proves, then MACs with it
+            self._on_challenge(nonce)  # the client proves, then MACs with the session
             return Challenge(nonce)
         if kind == "auth":
             candidate = _hex32(obj, "proof")
-            assert self._transcript is not None
-            self.peer_verified = _verify(self._key, "client", self._transcript, candidate)
-            if self.peer_verified:
-                assert self._nonce_witness is not None
-                self._start_session(self._nonce_witness)
-            return Auth(candidate, self.peer_verified)
+            return Auth(candidate, self._check_auth(candidate))
         if kind == "welcome":
             candidate = _hex32(obj, "proof")
-            assert self._transcript is not None
-            if not _verify(self._key, "witness", self._transcript, candidate):
-                raise WitnessProtocolError("the witness's proof does not verify: it does not hold our key")
+            self._check_welcome(candidate)
             return Welcome(candidate)
         reason = obj.get("reason")
         return Reject(reason if isinstance(reason, str) else repr(reason))
 
 
-def _decode_json(body: bytes) -> dict[str, Any]:
+def _decode_json(body: bytes | memoryview) -> dict[str, Any]:
     try:
-        obj = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
+        obj = json.loads(bytes(body).decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WitnessProtocolError(f"frame body is not JSON: {str(exc)[:200]}") from None
     if not isinstance(obj, dict):
@@ -903,33 +781,3 @@ def _hex32(obj: Mapping[str, Any], name: str) -> bytes:
         return bytes.fromhex(value)
     except ValueError:
         raise WitnessProtocolError(f"{name} must be {NONCE_SIZE} bytes in hex") from None
-
-
-# =========================================================================== the state file
-
-_EXAMPLE = '{"version": 1, "clusters": {"lifeline": {"epoch": 42}}}'
-
-
-def read_state_file(path: Path, now: float) -> WitnessState | None:
-    """The state saved in ``path`` (None if there is no such file).
-    :class:`WitnessStateError` if it cannot be read or makes no sense."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise WitnessStateError(f"{path}: cannot read the witness state: {exc.strerror or exc}") from None
-    try:
-        return WitnessState.from_durable(json.loads(raw.decode("utf-8")), now)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise WitnessStateError(
-            f"{path}: the witness state is corrupt ({str(exc)[:300]}). Refusing to start: beginning again at "
-            f"epoch 0 could grant an epoch twice. Restore the file from a backup, or rewrite it with every "
-            f"cluster's epoch above the highest either node has seen (`lifeline journal stats` on both), "
-            f"e.g. {_EXAMPLE}") from None
-
-
-def write_state_file(path: Path, data: Mapping[str, Any]) -> None:
-    """Replace ``path`` with ``data`` durably: a crash leaves the old file or the new
-    one, never a mix, and once this returns the new one survives a power cut."""
-    replace_file(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"), 0o600)

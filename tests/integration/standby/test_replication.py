@@ -727,7 +727,7 @@ async def test_records_answered_alone_during_catch_up_keep_the_standby_unmarked_
     """Issue 14 in one process, deterministically: the standby acknowledges exactly its
     catch-up target while records answered ok alone during the catch-up are beyond it.
     Before the fix the primary called it in sync there (and the lease's mark followed)."""
-    import daemon.standby.replication as replication
+    import daemon.standby.follower as replication
 
     monkeypatch.setattr(replication, "APPLY_RECORDS", 1)  # one received frame, one write, one ACK
     async with pair(tmp_path, standby=False) as p:

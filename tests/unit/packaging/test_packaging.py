@@ -129,7 +129,7 @@ def test_lab_quick_shortens_every_drill_but_keeps_what_is_given() -> None:
     assert (full.repeat, full.promotion_repeat, full.venue_repeat) == (5, 3, 3)
 
 
-@pytest.mark.parametrize("module", ["daemon.standby.witness", "daemon.app"])
+@pytest.mark.parametrize("module", ["daemon.witness_server", "daemon.app"])
 def test_the_witness_and_the_daemon_need_no_optional_library(module: str) -> None:
     """The witness host installs the core only; the daemon loads ccxt only for [venues]."""
     code = (f"import sys, {module}\n"

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from daemon.standby import Position
 from daemon.standby.lease import Grant, LeaseConflict, LeaseLost, LeaseUnavailable, Member
 from daemon.standby.protocol import NEED_DATA, LocalProtocolError, derive_session_key, proof, transcript_digest
-from daemon.standby.witness import WitnessLeaseStore, WitnessServer
+from daemon.standby.witness import WitnessLeaseStore
 from daemon.standby.witness_protocol import (
     LENGTH,
     MAX_FRAME,
@@ -42,13 +42,11 @@ from daemon.standby.witness_protocol import (
     WitnessConnection,
     WitnessProtocolError,
     WitnessState,
-    WitnessStateError,
     answer,
     lease_state_from_json,
     lease_state_to_json,
-    read_state_file,
-    write_state_file,
 )
+from daemon.witness_server import WitnessServer, WitnessStateError, read_state_file, write_state_file
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
