@@ -47,6 +47,10 @@ FLOOD_INTERVAL = 10.0
 ACCEPT_BURST = 8
 #: With no spare descriptor to sacrifice, how long the loop waits before accepting again.
 CAPACITY_BACKOFF = 0.1
+#: After refusing a paced source, with nothing more pending, the loop looks again this
+#: much later instead of waking for every connect: a flood's connects are refused in
+#: batches (one wake of the loop for several), a peer arriving meanwhile waits that long.
+PACED_COALESCE = 0.002
 
 
 class DescriptorReserve:
@@ -189,11 +193,16 @@ class BoundedListener:
 
     async def _accept_forever(self, sock: socket.socket, nursery: trio.Nursery) -> None:
         accepted = 0
+        paced = False
         while True:
             try:
                 conn, address = sock.accept()
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
+                if paced:
+                    paced = False
+                    await trio.sleep(PACED_COALESCE)
+                else:
+                    await trio.lowlevel.wait_readable(sock)
                 continue
             except OSError as exc:
                 if exc.errno in CAPACITY_ERRNOS:
@@ -211,6 +220,7 @@ class BoundedListener:
                 # Over its budget: a close and a counter, nothing else (no task, no
                 # challenge; the log line is one per interval, with the count).
                 _close_now(conn)
+                paced = True
                 self._note("listener.refused", RATE_LIMITED, reason=RATE_LIMITED, source=source)
             elif isinstance(admitted := self.budget.admit(source), str):
                 _close_now(conn)
