@@ -38,6 +38,13 @@ control-slowloris      200 connections to the primary's control socket, a byte a
                        another branch, ``acl``: its figures are reported as they are)
 =====================  ==========================================================
 
+With ``--sink``, each TCP flood is run a second time right after it (``sink-KIND``), against
+a *sink* instead of the daemon: a separate process with the same accept loop and bounds
+(``daemon.core.accept.BoundedListener``, default ``Limits``) whose handler reads one
+pre-auth frame's worth and closes. The pair is not attacked then, so that window's ratio
+(against the same quiet window) is what the flood generator and the kernel's loopback work
+cost the legitimate appends on this host's two cores, not the daemon's share.
+
 Per phase: each process's peak RSS growth over its RSS when the phase began, its peak
 descriptors, the log bytes it wrote, its CPU seconds, whether it died (and the flood
 process's CPU seconds, and how busy the whole host was); the append p99 and the renewal p99
@@ -467,6 +474,32 @@ def flood_main(kind: str, target: str, seconds: float, connections: int) -> None
     print(json.dumps(stats), flush=True)
 
 
+def sink_main() -> None:
+    """A stand-in for the attacked daemon (``--sink``): the same accept loop and bounds,
+    a handler that reads one pre-auth frame's worth and closes; prints its port."""
+    import trio
+
+    from daemon.core.accept import BoundedListener
+    from daemon.core.listeners import Limits
+    from daemon.core.log import get_logger
+
+    async def handler(stream: trio.SocketStream, connection: Any) -> None:
+        with trio.move_on_after(Limits().handshake_timeout):
+            try:
+                await stream.receive_some(8192)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def main() -> None:
+        listener = BoundedListener("sink", Limits(), handler, get_logger("sink"))
+        _, port = await listener.open("127.0.0.1", 0)
+        print(port, flush=True)
+        await listener.serve()
+
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    trio.run(main)
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -492,6 +525,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cluster = Cluster(workdir, nofile)
     phase = Phase()
     results: list[PhaseResult] = []
+    sink: subprocess.Popen[str] | None = None
+    sink_port = 0
     try:
         cluster.start()
         primary = cluster.primary()
@@ -516,9 +551,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         floods = [k for k in FLOODS if not args.only or k in args.only]
         # Each flood is compared with the quiet window just before it: other tenants of a
         # shared host move the figures over minutes, far more than within one pair of windows.
-        phases = ["baseline"] + [p for k in floods for p in (f"quiet-{k}", k)]
+        phases = ["baseline"] + [p for k in floods for p in (f"quiet-{k}", k)
+                                 + ((f"sink-{k}",) if args.sink and k != "control-slowloris" else ())]
+        if args.sink:
+            with open(workdir / "sink.log", "wb") as sink_log:
+                sink = subprocess.Popen([sys.executable, __file__, "--sink-worker"], stdout=subprocess.PIPE,
+                                        stderr=sink_log, text=True, cwd=ROOT)
+            assert sink.stdout is not None
+            sink_port = int(sink.stdout.readline())
+            sink_proc = Proc("sink", sink.pid, workdir / "sink.log")
         for name in phases:
             quiet = name == "baseline" or name.startswith("quiet-")
+            kind = name.removeprefix("sink-")
+            sink_cpu = sink_proc.cpu_s() if name.startswith("sink-") else 0.0
             before = {n: (p.rss_mb(), p.log_bytes(), p.cpu_s()) for n, p in cluster.procs.items()}
             changes = cluster.role_changes()
             children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -529,8 +574,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(args.seconds if name == "baseline" else args.quiet)
             else:
                 connections = args.connections if name.endswith("-bare") else args.hostile
+                target = f"127.0.0.1:{sink_port}" if name.startswith("sink-") else targets[kind]
                 child = subprocess.run(
-                    [sys.executable, __file__, "--flood-worker", name, "--target", targets[name], "--seconds",
+                    [sys.executable, __file__, "--flood-worker", kind, "--target", target, "--seconds",
                      str(args.seconds), "--connections", str(connections)],
                     capture_output=True, text=True, timeout=args.seconds + 120)
                 flood_out = child.stdout.strip().splitlines()[-1] if child.stdout.strip() else child.stderr[-500:]
@@ -545,6 +591,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result.flood = {"error": flood_out}
             if not quiet:
                 result.flood["cpu_s"] = round(after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime, 1)
+            if name.startswith("sink-"):
+                result.flood["sink_cpu_s"] = round(sink_proc.cpu_s() - sink_cpu, 1)
             for n, p in cluster.procs.items():
                 result.processes[n] = {
                     "rss_growth_mb": round(max(0.0, sampler.rss.get((name, n), before[n][0]) - before[n][0]), 1),
@@ -561,7 +609,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result.renew_failures = probe.failures.get(name, 0)
             result.in_doubt = engine.statuses.get(name, {}).get("in_doubt", 0)
             if not quiet:
-                base = next(r for r in results if r.name == f"quiet-{name}")
+                base = next(r for r in results if r.name == f"quiet-{kind}")
                 result.append_ratio = _ratio(result.append_p99_ms, base.append_p99_ms)
                 result.renew_ratio = _ratio(result.renew_p99_ms, base.renew_p99_ms)
             results.append(result)
@@ -577,6 +625,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if engine.errors:
             print(f"engine errors: {engine.errors[:3]}")
     finally:
+        if sink is not None and sink.poll() is None:
+            sink.terminate()
+            sink.wait(10)
         cluster.close()
     return summarize(results, args, nofile)
 
@@ -603,7 +654,7 @@ def _print_phase(r: PhaseResult) -> None:
 
 
 def summarize(results: list[PhaseResult], args: argparse.Namespace, nofile: int) -> dict[str, Any]:
-    floods = [r for r in results if r.name != "baseline" and not r.name.startswith("quiet-")]
+    floods = [r for r in results if r.name != "baseline" and not r.name.startswith(("quiet-", "sink-"))]
     rss = max((p["rss_growth_mb"] for r in floods for p in r.processes.values()), default=0.0)
     ratios = [r.append_ratio for r in floods if r.append_ratio is not None]
     crashes = sum(p["crashed"] for r in floods for p in r.processes.values())
@@ -621,6 +672,8 @@ def summarize(results: list[PhaseResult], args: argparse.Namespace, nofile: int)
                    for r in results},
         "max_rss_growth_mb": rss, "max_append_ratio": max(ratios) if ratios else None, "crashes": crashes,
         "lease_losses": losses, "targets_met": meets,
+        "sink_append_ratios": {r.name.removeprefix("sink-"): r.append_ratio for r in results
+                               if r.name.startswith("sink-")},
     }
 
 
@@ -634,11 +687,18 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=10, help="records per append request (default 10)")
     parser.add_argument("--connections", type=int, default=2000, help="bare connections per flood (2000)")
     parser.add_argument("--hostile", type=int, default=200, help="pre-auth / slow-loris connections (200)")
+    parser.add_argument("--sink", action="store_true",
+                        help="also run each TCP flood against a sink process (same accept loop and bounds, not the "
+                             "pair): the flood generator's and the kernel's share of the ratio on this host")
     parser.add_argument("--flood-worker", choices=FLOODS, help=argparse.SUPPRESS)
+    parser.add_argument("--sink-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quiet is None:
         args.quiet = args.seconds / 2
+    if args.sink_worker:
+        sink_main()
+        return 0
     if args.flood_worker:
         flood_main(args.flood_worker, args.target, args.seconds, args.connections)
         return 0

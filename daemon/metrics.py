@@ -132,8 +132,9 @@ class MetricsServer:
         #: /health); None: those paths answer 404.
         self.health = health
         self.registry = make_registry(collect, process=process)
-        #: Every connection counts as unauthenticated: the caps on those apply, and the
-        #: request head must arrive within handshake_timeout (slow-loris clients).
+        #: A connection counts as unauthenticated until its request head arrived: the
+        #: caps on those apply, the head must arrive within handshake_timeout (slow-loris
+        #: clients), and a source whose connections keep ending without one is paced.
         self.limits = limits or Limits()
         self.listener = BoundedListener("metrics", self.limits, self._serve, log)
         self.bound_port: int | None = None
@@ -160,6 +161,8 @@ class MetricsServer:
                                     f"{self.limits.handshake_timeout:g}s", count=count,
                                     interval_s=self.listener.flood.interval)
                     return
+                if head is not None and connection is not None:
+                    connection.authenticated()  # a whole request head: no longer a stranger's slot
                 await self._handle(stream, head)
                 # Lingering close (RFC 9112 section 9.6): closing a TCP socket with
                 # unread input (a POST body, the rest of an oversized head) sends a

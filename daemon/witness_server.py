@@ -396,6 +396,12 @@ def add_witness_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]
                         help="the same, from one address (default %(default)s)")
     bounds.add_argument("--handshake-timeout", type=float, default=defaults.handshake_timeout, metavar="SECONDS",
                         help="time a client has to prove the key (default %(default)s)")
+    bounds.add_argument("--accept-rate-per-source", type=float, default=defaults.accept_rate_per_source,
+                        metavar="PER_SECOND", help="connections per second one address may open that fail to "
+                        "prove the key, past its burst; the rest are closed at accept (default %(default)s)")
+    bounds.add_argument("--accept-burst-per-source", type=int, default=defaults.accept_burst_per_source,
+                        metavar="N", help="such connections one address may open before it is paced "
+                        "(default %(default)s)")
 
 
 def run_witness_command(args: argparse.Namespace) -> int:
@@ -436,7 +442,8 @@ def run_witness_command(args: argparse.Namespace) -> int:
         print("lifeline witness: --min-epoch must be 0 or more", file=sys.stderr)
         return 2
     limits = Limits(args.max_connections, args.max_per_source, args.max_unauthenticated,
-                    args.max_unauthenticated_per_source, args.handshake_timeout)
+                    args.max_unauthenticated_per_source, args.handshake_timeout, args.accept_rate_per_source,
+                    args.accept_burst_per_source)
     for name, problem in limits.problems():
         print(f"lifeline witness: --{name.replace('_', '-')} {problem}", file=sys.stderr)
         return 2

@@ -4,7 +4,11 @@ trio's ``serve_listeners`` serves whoever connects, and when ``accept`` fails wi
 EMFILE (no descriptor left) it logs a full traceback and retries every 0.1 s, while the
 connection that caused it waits in the backlog for ever. Here instead:
 
-* every connection is admitted by a :class:`~daemon.core.listeners.ConnectionBudget` before
+* every connection is first paced by source (:class:`~daemon.core.listeners.AcceptPacer`):
+  a source whose connections keep failing their handshake is refused at once, before
+  any task, challenge or MAC is spent on it, so a flood costs the flooder an accept and
+  a reset, and the daemon a close() and a counter;
+* then admitted by a :class:`~daemon.core.listeners.ConnectionBudget` before
   its handler starts; a refused one is closed at once (the newest loses, the peers
   already served keep their place), and refusals are logged once per interval with a
   count (:class:`~daemon.core.listeners.FloodLog`);
@@ -15,7 +19,7 @@ connection that caused it waits in the backlog for ever. Here instead:
 
 The handler gets a :class:`Connection` (its ticket and address); it calls
 :meth:`Connection.authenticated` once the peer proved the key, which frees its place
-among the unauthenticated.
+among the unauthenticated and gives its source back the pacing token it took.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from daemon.core.listeners import REFUSALS, ConnectionBudget, FloodLog, Limits, Ticket
+from daemon.core.listeners import RATE_LIMITED, REFUSALS, AcceptPacer, ConnectionBudget, FloodLog, Limits, Ticket
 from daemon.core.log import Logger
 
 #: accept() failures that mean "no resources for one more socket now".
@@ -43,6 +47,10 @@ FLOOD_INTERVAL = 10.0
 ACCEPT_BURST = 8
 #: With no spare descriptor to sacrifice, how long the loop waits before accepting again.
 CAPACITY_BACKOFF = 0.1
+#: After refusing a paced source, with nothing more pending, the loop looks again this
+#: much later instead of waking for every connect: a flood's connects are refused in
+#: batches (one wake of the loop for several), a peer arriving meanwhile waits that long.
+PACED_COALESCE = 0.002
 
 
 class DescriptorReserve:
@@ -101,10 +109,16 @@ class Connection:
     address: str
     ticket: Ticket
     _budget: ConnectionBudget = field(repr=False)
+    _pacer: AcceptPacer | None = field(default=None, repr=False)
 
     def authenticated(self) -> None:
-        """The peer proved the key: it leaves the unauthenticated caps."""
+        """The peer proved the key: it leaves the unauthenticated caps, and its source
+        gets back the pacing token this connection took."""
+        if self.ticket.authenticated or self.ticket.released:
+            return
         self._budget.authenticate(self.ticket)
+        if self._pacer is not None:
+            self._pacer.refund(self.source, trio.current_time())
 
 
 Handler = Callable[[trio.SocketStream, Connection], Awaitable[None]]
@@ -122,6 +136,7 @@ class BoundedListener:
         self.handler = handler
         self.log = log
         self.budget = ConnectionBudget(limits)
+        self.pacer = AcceptPacer(limits.accept_rate_per_source, limits.accept_burst_per_source)
         self.flood = FloodLog(flood_interval)
         self.dropped_at_fd_limit = 0
         self.sockets: list[socket.socket] = []
@@ -148,7 +163,8 @@ class BoundedListener:
             sock.close()
 
     def snapshot(self) -> dict[str, int]:
-        return {**self.budget.snapshot(), "dropped_at_fd_limit": self.dropped_at_fd_limit}
+        return {**self.budget.snapshot(), "refused_rate_per_source": self.pacer.refused,
+                "paced_sources": self.pacer.sources(), "dropped_at_fd_limit": self.dropped_at_fd_limit}
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept until cancelled; the sockets are closed on the way out."""
@@ -177,11 +193,16 @@ class BoundedListener:
 
     async def _accept_forever(self, sock: socket.socket, nursery: trio.Nursery) -> None:
         accepted = 0
+        paced = False
         while True:
             try:
                 conn, address = sock.accept()
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
+                if paced:
+                    paced = False
+                    await trio.sleep(PACED_COALESCE)
+                else:
+                    await trio.lowlevel.wait_readable(sock)
                 continue
             except OSError as exc:
                 if exc.errno in CAPACITY_ERRNOS:
@@ -194,9 +215,14 @@ class BoundedListener:
                     await trio.lowlevel.checkpoint()
                     continue
                 raise
-            source, shown = peer_address(address)
-            admitted = self.budget.admit(source)
-            if isinstance(admitted, str):
+            source = str(address[0]) if isinstance(address, tuple) and address else "?"
+            if not self.pacer.admit(source, trio.current_time()):
+                # Over its budget: a close and a counter, nothing else (no task, no
+                # challenge; the log line is one per interval, with the count).
+                _close_now(conn)
+                paced = True
+                self._note("listener.refused", RATE_LIMITED, reason=RATE_LIMITED, source=source)
+            elif isinstance(admitted := self.budget.admit(source), str):
                 _close_now(conn)
                 self._note("listener.refused", admitted, reason=admitted, source=source)
             else:
@@ -206,7 +232,9 @@ class BoundedListener:
                     self.budget.release(admitted)
                     conn.close()
                 else:
-                    nursery.start_soon(self._run, stream, Connection(source, shown, admitted, self.budget))
+                    _, shown = peer_address(address)
+                    nursery.start_soon(self._run, stream,
+                                       Connection(source, shown, admitted, self.budget, self.pacer))
             accepted += 1
             if accepted % ACCEPT_BURST == 0:
                 await trio.lowlevel.checkpoint()  # a flood of connects must not starve the loop
@@ -240,8 +268,8 @@ class BoundedListener:
             await trio.sleep(self.flood.interval)
             for key, count in self.flood.flush(trio.current_time()):
                 # The handlers share this log for strangers' drops (see its users).
-                event = ("listener.at_fd_limit" if key == "fd-limit" else "listener.refused" if key in REFUSALS
-                         else "connection.dropped")
+                event = ("listener.at_fd_limit" if key == "fd-limit"
+                         else "listener.refused" if key in REFUSALS or key == RATE_LIMITED else "connection.dropped")
                 self.log.warning(event, listener=self.name, count=count, interval_s=self.flood.interval,
                                  reason=key, **self.budget.snapshot())
 

@@ -206,8 +206,14 @@ class ListenersConfig:
     handshake_timeout: Duration = option(
         Duration(2.0), doc="Time a peer has to prove the key (replication) or send its request head (metrics).",
         above=0)
+    accept_rate_per_source: float = option(
+        1.0, doc="Connections per second one address may open that end without proving the key (or sending "
+                 "a request), past its burst; the rest are closed at accept.", above=0, max=1e6)
+    accept_burst_per_source: int = option(
+        8, doc="How many such connections one address may open before it is paced.", min=1, max=65536)
 
     def limits(self) -> Limits:
         """As the listeners take them."""
         return Limits(self.max_connections, self.max_per_source, self.max_unauthenticated,
-                      self.max_unauthenticated_per_source, float(self.handshake_timeout))
+                      self.max_unauthenticated_per_source, float(self.handshake_timeout),
+                      float(self.accept_rate_per_source), self.accept_burst_per_source)

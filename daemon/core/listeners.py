@@ -13,6 +13,11 @@ with no sockets, no trio and explicit time (the shell is :mod:`daemon.core.accep
 * :class:`FloodLog`: the first event of a kind in an interval is logged at once; the
   rest of that interval become one line with a count (a flood of 10 000 refused
   connections is two log lines a minute, not 10 000 tracebacks).
+* :class:`AcceptPacer`: a token bucket per source address, checked at accept before
+  any protocol work. A connection takes a token and gives it back once it proves the
+  key, so a peer that authenticates pays nothing and a flood of failing handshakes
+  from one address is paced to ``accept_rate_per_source`` a second, the rest refused
+  with a close() and a counter.
 * :class:`BoundedTable`: a dict that forgets its oldest entries past a size, for rate
   limits keyed by source address (which a flood from many addresses would otherwise grow
   without bound).
@@ -21,6 +26,7 @@ with no sockets, no trio and explicit time (the shell is :mod:`daemon.core.accep
 from __future__ import annotations
 
 import collections
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Generic, Hashable, Iterator, TypeVar
 
@@ -43,6 +49,11 @@ class Limits:
     max_unauthenticated_per_source: int = 4
     #: Seconds a peer has to prove the key (or send its request) before it is dropped.
     handshake_timeout: float = 2.0
+    #: Connections from one source address that end without proving the key, per second,
+    #: past the burst (see :class:`AcceptPacer`); the rest are refused at accept.
+    accept_rate_per_source: float = 1.0
+    #: The burst of such connections one source may open before it is paced.
+    accept_burst_per_source: int = 8
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -52,6 +63,12 @@ class Limits:
                 out.append((name, f"must be a whole number of 1 or more, found {value!r}"))
         if not self.handshake_timeout > 0:
             out.append(("handshake_timeout", f"must be above 0, found {self.handshake_timeout!r}"))
+        rate = self.accept_rate_per_source
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < float("inf"):
+            out.append(("accept_rate_per_source", f"must be a number above 0, found {rate!r}"))
+        burst = self.accept_burst_per_source
+        if not isinstance(burst, int) or isinstance(burst, bool) or burst < 1:
+            out.append(("accept_burst_per_source", f"must be a whole number of 1 or more, found {burst!r}"))
         return out
 
 
@@ -61,6 +78,8 @@ SOURCE_FULL = "max-per-source"
 UNAUTHENTICATED_FULL = "max-unauthenticated"
 SOURCE_UNAUTHENTICATED_FULL = "max-unauthenticated-per-source"
 REFUSALS = (FULL, SOURCE_FULL, UNAUTHENTICATED_FULL, SOURCE_UNAUTHENTICATED_FULL)
+#: Refused by the :class:`AcceptPacer` (counted apart from the budget's refusals).
+RATE_LIMITED = "rate-per-source"
 
 
 @dataclass(eq=False)
@@ -146,6 +165,83 @@ def _add(table: dict[str, int], key: str, delta: int) -> None:
         table.pop(key, None)
 
 
+def pacing_key(source: str) -> str:
+    """The address a source is paced by: an IPv4 address as it is (IPv4-mapped IPv6
+    too), an IPv6 address by its /64, the least a single host is usually given: one host
+    must not get a fresh bucket per address of its prefix."""
+    if ":" not in source:
+        return source
+    try:
+        address = ipaddress.IPv6Address(source.split("%", 1)[0])
+    except ValueError:
+        return source
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+
+
+class AcceptPacer:
+    """A token bucket per source address (its :func:`pacing_key`), for the accept loop.
+
+    :meth:`admit` is asked once per accepted connection, before anything else is done
+    for it: True takes a token, False means the source is over its budget and the
+    connection is to be closed at once (no task, no challenge, no MAC, no log line
+    beyond a counter). :meth:`refund` gives the token back once the connection proved
+    the key: a peer that authenticates is never paced, however often it reconnects; a
+    source whose connections keep failing (garbage, oversized frames, a wrong key,
+    silence) gets ``burst`` of them and then ``rate`` a second.
+
+    Only sources below a full bucket are stored (a missing source has a full bucket),
+    at most ``max_sources`` of them, the least recently seen forgotten first: an
+    attacker with more addresses than that gets fresh buckets, and is still held by the
+    listener's connection caps."""
+
+    def __init__(self, rate: float, burst: int, max_sources: int = 1024) -> None:
+        if not rate > 0 or burst < 1:
+            raise ValueError("rate must be above 0 and burst 1 or more")
+        self.rate = float(rate)
+        self.burst = float(burst)
+        #: key -> [tokens, when they were counted]
+        self._buckets: BoundedTable[str, list[float]] = BoundedTable(max_sources)
+        #: Connections refused so far.
+        self.refused = 0
+
+    def admit(self, source: str, now: float) -> bool:
+        key = pacing_key(source)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            tokens = self.burst
+        else:
+            tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        if tokens < 1.0:
+            self.refused += 1
+            # Refreshed (not forgotten first): a source that keeps knocking stays paced.
+            self._buckets[key] = [tokens, now]
+            return False
+        self._buckets[key] = [tokens - 1.0, now]
+        return True
+
+    def refund(self, source: str, now: float) -> None:
+        key = pacing_key(source)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return  # full already (or forgotten, which is the same)
+        tokens = bucket[0] + (now - bucket[1]) * self.rate + 1.0
+        if tokens >= self.burst:
+            self._buckets.pop(key)
+        else:
+            self._buckets[key] = [tokens, now]
+
+    def tokens(self, source: str, now: float) -> float:
+        """The source's tokens at ``now`` (for tests and status)."""
+        bucket = self._buckets.get(pacing_key(source))
+        return self.burst if bucket is None else min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+
+    def sources(self) -> int:
+        """Sources stored (those below a full bucket, unless forgotten)."""
+        return len(self._buckets)
+
+
 class BoundedTable(Generic[K, V]):
     """A mapping that keeps at most ``max_entries`` keys, forgetting the least recently
     written first. For rate-limit state keyed by peers: forgetting a peer only means it
@@ -165,6 +261,9 @@ class BoundedTable(Generic[K, V]):
         self._data.move_to_end(key)
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)
+
+    def pop(self, key: K, default: V | None = None) -> V | None:
+        return self._data.pop(key, default)
 
     def __contains__(self, key: object) -> bool:
         return key in self._data

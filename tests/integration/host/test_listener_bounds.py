@@ -132,7 +132,8 @@ async def primary(tmp_path: Path, limits: Limits) -> AsyncIterator[ReplicationPr
 
 async def test_replication_oversized_hello_is_refused_from_its_header(tmp_path: Path) -> None:
     with trio.fail_after(CAP):
-        async with primary(tmp_path, Limits(handshake_timeout=10.0)) as server:
+        # 21 connections from one address in a row: a burst above that (the pacing has its own test).
+        async with primary(tmp_path, Limits(handshake_timeout=10.0, accept_burst_per_source=64)) as server:
             assert server.bound_port
             streams = []
             for _ in range(20):  # 20 strangers each announcing an 8 MiB "hello"
@@ -186,6 +187,50 @@ async def test_replication_a_silent_stranger_is_dropped_at_the_handshake_timeout
             assert server.counters["handshake_timeouts"] == 1
 
 
+async def test_replication_paces_a_source_whose_handshakes_fail(tmp_path: Path) -> None:
+    """A source that keeps failing its handshake gets its burst, then is refused at
+    accept: no handler, no challenge (the protocol-error count stops), while a standby
+    that proves the key reconnects as often as it likes, from the same address too."""
+    limits = Limits(handshake_timeout=10.0, accept_rate_per_source=1.0, accept_burst_per_source=4)
+    with trio.fail_after(CAP):
+        async with primary(tmp_path, limits) as server:
+            port = server.bound_port
+            assert port
+
+            async def oversized(source: str) -> None:
+                try:
+                    stream = await connect(port, source)
+                except ConnectionResetError:
+                    return
+                async with stream:
+                    try:
+                        await stream.send_all(HEADER.pack(MAGIC, PROTOCOL_VERSION, FrameType.HELLO, 0, 8 << 20))
+                    except trio.BrokenResourceError:
+                        pass
+                    assert await closed_within(stream, 2.0)
+
+            start = trio.current_time()
+            for _ in range(12):
+                await oversized("127.0.0.2")
+            elapsed = trio.current_time() - start
+            # The burst (4) and what the rate refilled meanwhile were served; the rest
+            # never reached the protocol.
+            assert server.counters["protocol_errors"] <= 4 + int(elapsed * 1.0) + 1 < 12
+            snapshot = server.listener.snapshot()  # type: ignore[union-attr]
+            assert snapshot["refused_rate_per_source"] == 12 - server.counters["protocol_errors"]
+            assert snapshot["paced_sources"] == 1
+            # Other addresses are not paced by it; a real standby from 127.0.0.1 proves the
+            # key ten times in a row and is never paced (each proof gives its token back).
+            for _ in range(10):
+                assert await standby_proves_the_key(port, "127.0.0.1")
+            assert await standby_proves_the_key(port, "127.0.0.3")
+            # And the paced source gets a token back a second later.
+            errors = server.counters["protocol_errors"]
+            await trio.sleep(1.1)
+            await oversized("127.0.0.2")
+            assert server.counters["protocol_errors"] == errors + 1
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -224,6 +269,29 @@ async def test_metrics_slowloris_is_dropped_at_the_bound_and_the_cap_holds() -> 
             await ok.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             assert (await ok.receive_some(1024)).startswith(b"HTTP/1.1 200")
             await ok.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_metrics_a_client_that_sends_its_request_is_never_paced() -> None:
+    limits = Limits(accept_rate_per_source=0.1, accept_burst_per_source=2, handshake_timeout=0.3)
+    with trio.fail_after(CAP):
+        async with trio.open_nursery() as nursery:
+            server = MetricsServer("127.0.0.1", 0, lambda: [], limits=limits)
+            await nursery.start(server.run)
+            port = server.bound_port
+            assert port
+            for _ in range(10):  # a scraper polling in a loop: each request gives its token back
+                ok = await connect(port)
+                await ok.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert (await ok.receive_some(1024)).startswith(b"HTTP/1.1 200")
+                await ok.aclose()
+            # Two silent connections use the burst; the third is refused at accept.
+            silent = [await connect(port), await connect(port)]
+            for stream in silent:
+                assert await closed_within(stream, 2.0)
+                await stream.aclose()
+            assert await refused_at_once(port)
+            assert server.listener.pacer.refused == 1
             nursery.cancel_scope.cancel()
 
 
@@ -291,6 +359,36 @@ async def test_witness_oversized_hello_and_caps(tmp_path: Path, witness_procs: l
     assert "event=listener.refused" in log and "reason=max-unauthenticated-per-source" in log
 
 
+async def test_witness_paces_a_source_whose_handshakes_fail(tmp_path: Path, witness_procs: list) -> None:
+    proc, address, key_file = start_witness(tmp_path, "--accept-burst-per-source", "2",
+                                            "--accept-rate-per-source", "0.1")
+    witness_procs.append(proc)
+    port = int(address.rsplit(":", 1)[1])
+    with trio.fail_after(CAP):
+        store = WitnessLeaseStore(address, _key(key_file), "lifeline", "edge-a", 5.0, 2.0)
+        assert await store.acquire("edge-a", 0) == Grant(1)
+        for _ in range(8):  # garbage from 127.0.0.2: two reach the protocol, six are refused at accept
+            try:
+                stream = await connect(port, "127.0.0.2")
+            except ConnectionResetError:
+                continue
+            async with stream:
+                try:
+                    await stream.send_all(struct.pack("!I", 64 * 1024) + b"{")
+                except trio.BrokenResourceError:
+                    pass
+                assert await closed_within(stream, 2.0)
+        # Clients that prove the key reconnect freely, from the same address as ever.
+        for _ in range(6):
+            await store.aclose()
+            assert await store.renew("edge-a", 1) == Grant(1)
+        await store.aclose()
+    assert proc.poll() is None
+    log = (tmp_path / "witness.log").read_text()
+    assert log.count("announced before authentication") == 1  # logged once: it coalesces
+    assert "event=listener.refused" in log and "reason=rate-per-source" in log and "source=127.0.0.2" in log
+
+
 def _key(path: Path) -> bytes:
     from daemon.standby.keys import load_replication_key
 
@@ -302,7 +400,8 @@ async def test_witness_at_its_descriptor_limit_survives_with_one_log_line(tmp_pa
     # Caps above the descriptor limit, so that accept() itself hits EMFILE.
     proc, address, key_file = start_witness(
         tmp_path, "--max-connections", "1000", "--max-per-source", "1000", "--max-unauthenticated", "1000",
-        "--max-unauthenticated-per-source", "1000", "--handshake-timeout", "30", nofile=64)
+        "--max-unauthenticated-per-source", "1000", "--accept-burst-per-source", "1000", "--handshake-timeout", "30",
+        nofile=64)
     witness_procs.append(proc)
     port = int(address.rsplit(":", 1)[1])
     flood: list[socket.socket] = []

@@ -431,7 +431,7 @@ async def test_bad_sample_value_is_500(nursery: trio.Nursery) -> None:
 async def test_many_scrapes_at_once(nursery: trio.Nursery) -> None:
     with trio.fail_after(CAP):
         # Within the caps ([listeners]); past them, see tests/integration/host/test_listener_bounds.py.
-        server = await start(nursery, limits=Limits(64, 64, 64, 64))
+        server = await start(nursery, limits=Limits(64, 64, 64, 64, accept_burst_per_source=64))
         codes: list[int] = []
 
         async def scrape() -> None:

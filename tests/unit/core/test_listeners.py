@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from daemon.core.listeners import (
     FULL,
+    AcceptPacer,
     SOURCE_FULL,
     SOURCE_UNAUTHENTICATED_FULL,
     UNAUTHENTICATED_FULL,
@@ -16,6 +17,7 @@ from daemon.core.listeners import (
     FloodLog,
     Limits,
     Ticket,
+    pacing_key,
 )
 
 
@@ -90,6 +92,85 @@ def test_limits_problems_name_the_field() -> None:
     assert Limits().problems() == []
     assert [name for name, _ in Limits(max_connections=0, handshake_timeout=0).problems()] == [
         "max_connections", "handshake_timeout"]
+    assert [name for name, _ in Limits(accept_rate_per_source=0, accept_burst_per_source=0).problems()] == [
+        "accept_rate_per_source", "accept_burst_per_source"]
+    assert [name for name, _ in Limits(accept_rate_per_source=float("nan")).problems()] == ["accept_rate_per_source"]
+
+
+# --------------------------------------------------------------------------- accept pacing
+
+
+def test_pacer_gives_a_burst_then_the_rate_and_refuses_the_rest() -> None:
+    pacer = AcceptPacer(rate=2.0, burst=4)
+    assert [pacer.admit("192.0.2.9", 0.0) for _ in range(6)] == [True] * 4 + [False] * 2
+    assert pacer.refused == 2
+    assert not pacer.admit("192.0.2.9", 0.4)  # 0.8 of a token: not yet
+    assert pacer.admit("192.0.2.9", 0.5)  # one token after 0.5 s at 2/s
+    assert not pacer.admit("192.0.2.9", 0.5)
+    # Another address has its own bucket.
+    assert pacer.admit("192.0.2.10", 0.5)
+    # A long pause refills the bucket to the burst, no more.
+    assert [pacer.admit("192.0.2.9", 100.0) for _ in range(5)] == [True] * 4 + [False]
+
+
+def test_pacer_refund_a_peer_that_proves_the_key_is_never_paced() -> None:
+    pacer = AcceptPacer(rate=1.0, burst=2)
+    for i in range(1000):  # reconnects 1000 times in one second, proving the key each time
+        now = i / 1000
+        assert pacer.admit("192.0.2.1", now)
+        pacer.refund("192.0.2.1", now)
+    assert pacer.refused == 0
+    assert pacer.sources() == 0  # a full bucket is not stored
+    # Its failures still count: two failed handshakes, then paced.
+    assert pacer.admit("192.0.2.1", 1.0) and pacer.admit("192.0.2.1", 1.0)
+    assert not pacer.admit("192.0.2.1", 1.0)
+    # A refund never lifts a bucket above the burst.
+    pacer.refund("192.0.2.1", 50.0)
+    assert pacer.tokens("192.0.2.1", 50.0) == 2.0
+
+
+def test_pacer_table_is_bounded_and_keeps_the_knocking_source() -> None:
+    pacer = AcceptPacer(rate=1.0, burst=1, max_sources=16)
+    assert pacer.admit("198.51.100.1", 0.0)
+    for i in range(2, 200):
+        assert pacer.admit(f"198.51.100.{i % 250}", 0.0)
+        # The flooder keeps knocking: refused every time, its entry stays the freshest.
+        assert not pacer.admit("198.51.100.1", 0.0)
+        assert pacer.sources() <= 16
+    assert pacer.refused == 198
+
+
+def test_pacing_key_groups_an_ipv6_host_by_its_64() -> None:
+    assert pacing_key("192.0.2.1") == "192.0.2.1"
+    assert pacing_key("::ffff:192.0.2.1") == "192.0.2.1"
+    assert pacing_key("2001:db8:1:2:aaaa::1") == pacing_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert pacing_key("2001:db8:1:3::1") != pacing_key("2001:db8:1:2::1")
+    assert pacing_key("fe80::1%eth0") == "fe80::/64"
+    assert pacing_key("?") == "?"
+    pacer = AcceptPacer(rate=1.0, burst=1)
+    assert pacer.admit("2001:db8::1", 0.0)
+    assert not pacer.admit("2001:db8::2", 0.0)  # the same /64: the same bucket
+
+
+@settings(max_examples=300, deadline=None)
+@given(rate=st.floats(0.1, 50.0), burst=st.integers(1, 20),
+       events=st.lists(st.tuples(st.floats(0.0, 5.0), st.booleans()), max_size=300))
+def test_pacer_never_admits_more_failures_than_burst_plus_rate(rate: float, burst: int,
+                                                               events: list[tuple[float, bool]]) -> None:
+    """Over any window from the start, admitted-and-not-refunded connections never
+    exceed burst + rate * elapsed; refunded ones are free."""
+    pacer = AcceptPacer(rate, burst)
+    now = 0.0
+    failed = 0
+    for gap, proves in events:
+        now += gap
+        if pacer.admit("203.0.113.5", now):
+            if proves:
+                pacer.refund("203.0.113.5", now)
+            else:
+                failed += 1
+        assert failed <= burst + rate * now + 1e-9
+        assert 0.0 <= pacer.tokens("203.0.113.5", now) <= burst
 
 
 def test_flood_log_logs_the_first_then_one_line_per_interval_with_the_count() -> None:
