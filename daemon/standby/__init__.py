@@ -1,6 +1,7 @@
 """The hot standby: the execution journal, its replication, and (next) leases and roles.
 
-    journal.py      append-only segment files; framed, checksummed records; group commit
+    journal.py      append-only segment files, recovery on open, group commit
+    journal_format.py  sans-IO: record frames, segment headers, the scan and the torn-tail rule
     protocol.py     sans-IO codec of the replication stream
     replication.py  the primary's server and the standby's client (TCP, HMAC-authenticated)
     service.py      the trio service: writer API on the control socket, status, metrics
