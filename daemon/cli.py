@@ -33,6 +33,10 @@ from typing import Any, Sequence
 
 from daemon.status import format_duration_short, format_status
 
+# lazy-imports: each command imports what it runs inside its handler, so that client commands
+# such as `lifeline status` start without trio, psutil, ccxt or cryptography (bench/cli_startup.py);
+# tests/unit/test_daemon_never_imports_lab.py accepts this file's function-local imports.
+
 EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus=78: a bad config is not restarted
 DEFAULT_SOCKET = Path("/run/lifeline/control.sock")
 DEFAULT_CONFIG = Path("/etc/lifeline/lifeline.toml")

@@ -34,6 +34,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+# lazy-imports: the handlers import cryptography and the recovery modules when they run, so that
+# building this parser stays cheap for every other `lifeline` command (CLI start-up).
+
 DEFAULT_KEYRING = Path("/etc/lifeline/keyring.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/lifeline")
 PASSPHRASE_ENV = "LIFELINE_KEY_PASSPHRASE"

@@ -9,6 +9,7 @@ from typing import Any, Literal, Protocol
 
 from daemon.core.config import ListenersConfig, NodeConfig, option, parse_host_port
 from daemon.core.durations import Duration, format_duration
+from daemon.standby.roles import RoleTimings
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,6 @@ class LeaseConfig:
     hook_timeout: Duration = option(Duration(10.0), doc="A hook still running after this is killed.", above=0)
 
     def timings(self) -> "RoleTimingsLike":
-        from daemon.standby.roles import RoleTimings
-
         return RoleTimings(
             ttl=float(self.ttl), renew_interval=None if self.renew_interval is None else float(self.renew_interval),
             retry_timeout=float(self.retry_timeout), safety_margin=float(self.safety_margin),
@@ -102,6 +101,7 @@ class LeaseConfig:
             for url in self.etcd_endpoints:
                 if not re.fullmatch(r"https?://[^/\s]+/?", url):
                     problems.append(("etcd_endpoints", f'{url!r} is not "http://HOST:PORT"'))
+            # lazy: the etcd client loads httpx and trio (~150 ms); only a config with etcd pays it (CLI start-up)
             from daemon.standby.etcd import setup_problems
 
             problems += setup_problems(self.etcd_endpoints, self.etcd_ca, self.etcd_cert, self.etcd_key,

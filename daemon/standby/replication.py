@@ -68,7 +68,7 @@ from daemon.core.files import DATA_DIR_MODE, DATA_FILE_MODE, fsync_directory, ma
 from daemon.core.listeners import Limits
 from daemon.core.log import get_logger
 from daemon.core.service import Health, MetricFamily, Sample, ServiceStatus, histogram
-from daemon.standby import MAX_PAYLOAD, Position, Record, ReplicationProtocolError, StandbyError
+from daemon.standby import MAX_PAYLOAD, Position, Record, ReplicationProtocolError, StandbyError, record_to_json
 from daemon.standby.config import StandbyConfig
 from daemon.standby.insync import InSyncRule
 from daemon.standby.protocol import (
@@ -1351,7 +1351,6 @@ class ReplicationStandby:
         orders this node acknowledged while it was primary: reconciliation needs them."""
         if self.divergent_dir is None:
             return None
-        from daemon.standby import record_to_json
 
         journal = self.journal
         last = journal.last

@@ -27,12 +27,16 @@ from typing import Any, Awaitable, Callable, Final, Mapping, TypeVar
 
 import trio
 
+from daemon.core import log as logging_setup
 from daemon.core.accept import BoundedListener, Connection
 from daemon.core.config import parse_host_port
 from daemon.core.listeners import FloodLog, Limits
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, Sample
+from daemon.metrics import MetricsServer
+from daemon.notify import Notifier
 from daemon.standby import Position
+from daemon.standby.keys import KeyFileError, load_replication_key
 from daemon.standby.lease import (
     Grant,
     LeaseConflict,
@@ -342,8 +346,6 @@ async def serve_witness(listen: tuple[str, int], state_path: str | os.PathLike[s
 
         async with trio.open_nursery() as nursery:
             if metrics is not None:
-                from daemon.metrics import MetricsServer
-
                 await nursery.start(MetricsServer(metrics[0], metrics[1], server.metrics).run)
             await nursery.start(listener.serve)
             log.info("witness.listening", address=shown, epochs=_epochs(state))
@@ -399,9 +401,6 @@ def add_witness_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def run_witness_command(args: argparse.Namespace) -> int:
-    from daemon.core import log as logging_setup
-    from daemon.standby.keys import KeyFileError, load_replication_key
-
     logging_setup.setup(args.log_level)
     try:
         listen = parse_host_port(args.listen)
@@ -456,8 +455,6 @@ def run_witness_command(args: argparse.Namespace) -> int:
 async def _main(listen: tuple[str, int], state_path: Path, key: bytes | None, min_epoch: int = 0,
                 cluster_keys: Mapping[str, bytes] | None = None, metrics: tuple[str, int] | None = None,
                 limits: Limits | None = None) -> int:
-    from daemon.notify import Notifier
-
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             try:

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any, Callable
 
+from daemon.core.control_client import ControlError
+
 
 def add_venue_parsers(sub: Any, add_client_options: Callable[[argparse.ArgumentParser], None]) -> None:
     venues = sub.add_parser("venues", help="every venue through every uplink: state, latency, last error; "
@@ -72,8 +74,6 @@ def format_matrix(details: dict[str, Any]) -> str:
 
 
 def cmd_venues(args: argparse.Namespace, connect: Callable[[argparse.Namespace], Any]) -> int:
-    from daemon.core.control_client import ControlError
-
     with connect(args) as client:
         try:
             if not args.follow:
@@ -109,8 +109,6 @@ def cmd_venues(args: argparse.Namespace, connect: Callable[[argparse.Namespace],
 
 
 def cmd_reconcile(args: argparse.Namespace, connect: Callable[[argparse.Namespace], Any]) -> int:
-    from daemon.core.control_client import ControlError
-
     params: dict[str, Any] = {"dry_run": bool(args.dry_run)}
     if args.venue:
         params["venue"] = args.venue
