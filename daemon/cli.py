@@ -35,9 +35,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from daemon.standby.cli import role_matches  # noqa: F401 - re-exported (tests/unit/test_health.py)
-from daemon.status import format_status
-
 # lazy-imports: each command imports what it runs inside its handler, so that client commands
 # such as `lifeline status` start without trio, psutil, ccxt or cryptography (bench/cli_startup.py);
 # tests/unit/test_daemon_never_imports_lab.py accepts this file's function-local imports.
@@ -60,6 +57,16 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
 LAZY_COMMAND_HELP = {
     "audit": "the hash-chained audit log of playbook runs: verify it, show it",
     "witness": "run the lease witness (the pair's quorum device)",
+    # The uplinks' and the standby's (daemon/uplinks/cli.py, daemon/standby/cli.py): their
+    # packages are not loaded by the other commands.
+    "uplink": "show the uplinks, pin one, or return to automatic choice",
+    "role": "this node's role, epoch and lease (or follow its changes)",
+    "standby": "operator actions on the pair",
+    "switchover": "planned handover: the primary hands the lease to its in-sync standby (no acknowledged record "
+                  "lost); run on the primary",
+    "pause": "maintenance mode: no automatic promotion in the pair until it expires or `lifeline resume`",
+    "resume": "end the maintenance pause: automatic promotion again",
+    "journal": "the execution journal: tail, verify, stats",
 }
 
 
@@ -75,10 +82,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     def needs(name: str) -> bool:
         return command is None or command == name
 
+    def lazily(names: tuple[str, ...], add: Callable[[], None]) -> None:
+        """``add`` the full parsers of ``names`` when one of them runs (or for the whole
+        parser), else each with its help line only."""
+        if command is None or command in names:
+            add()
+        else:
+            for name in names:
+                sub.add_parser(name, help=LAZY_COMMAND_HELP[name])
+
     # Each capability's cli.py owns its subcommands' parsers and handlers; they are added here
     # in the order of `lifeline --help`.
-    from daemon.standby.cli import add_key_parsers, add_operator_parsers, add_role_parser
-    from daemon.uplinks.cli import add_parsers as add_uplink_parsers
     from daemon.venues.cli import add_venue_parsers
     from hardware.cli import HARDWARE_KINDS
     from hardware.cli import add_parsers as add_hardware_parsers
@@ -116,8 +130,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     show = config_sub.add_parser("show", help="print FILE's effective config with every default filled in")
     show.add_argument("file", type=Path)
 
-    add_uplink_parsers(sub, _add_client_options)
-    add_role_parser(sub, _add_client_options)
+    lazily(("uplink",), lambda: _uplink_cli().add_parsers(sub, _add_client_options))
+    lazily(("role",), lambda: _standby_cli().add_role_parser(sub, _add_client_options))
     cluster = sub.add_parser("cluster", help="both nodes of the pair: role, epoch, position, lag, sync, the lease "
                                              "and the store (from either node)")
     _add_client_options(cluster)
@@ -138,11 +152,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _add_client_options(preflight)
     preflight.add_argument("--json", action="store_true", help="the checks as one JSON object")
     preflight.add_argument("--no-verify", action="store_true", help="skip journal verify and audit verify (fast)")
-    add_operator_parsers(sub, _add_client_options, DEFAULT_CONFIG)  # standby, switchover, pause, resume, journal
+    lazily(("standby", "switchover", "pause", "resume", "journal"),
+           lambda: _standby_cli().add_operator_parsers(sub, _add_client_options, DEFAULT_CONFIG))
 
     keys = sub.add_parser("keys", help="make keys")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="KIND", required=True)
-    add_key_parsers(keys_sub)  # keys replication, keys witness
+    if needs("keys"):
+        _standby_cli().add_key_parsers(keys_sub)  # keys replication, keys witness
 
     recovery_parsers = add_recovery_parsers(sub, keys_sub)  # keys new, keyring ..., playbook sign|verify
     add_playbook_client_parsers(recovery_parsers.playbook_sub, _add_client_options, _connect)  # playbook run|list
@@ -284,6 +300,18 @@ def _capability(module: str, name: str, **host: Any) -> Callable[[argparse.Names
         return result
 
     return handler
+
+
+def _uplink_cli() -> Any:
+    import daemon.uplinks.cli
+
+    return daemon.uplinks.cli
+
+
+def _standby_cli() -> Any:
+    import daemon.standby.cli
+
+    return daemon.standby.cli
 
 
 def _load_config(path: Path | None) -> Any:
@@ -448,6 +476,7 @@ def _connect(args: argparse.Namespace) -> Any:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from daemon.core.control_client import ControlError
+    from daemon.status import format_status
 
     with _connect(args) as client:
         try:

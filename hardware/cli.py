@@ -12,8 +12,8 @@ import json
 import sys
 from typing import Any
 
-from daemon.core.log import format_table
-from hardware.errors import HardwareError
+# lazy-imports: the handler imports what it runs (CLI start-up: every `lifeline` command builds
+# this parser).
 
 HARDWARE_KINDS = ("ups", "gnss", "enclosure")
 
@@ -34,7 +34,10 @@ def hardware_module(kind: str) -> Any:
 
 
 def cmd_hardware(args: argparse.Namespace) -> int:
-    import trio  # lazy: CLI start-up (only `hardware read` runs trio)
+    import trio
+
+    from daemon.core.log import format_table
+    from hardware.errors import HardwareError
 
     module = hardware_module(args.device)
     try:

@@ -16,12 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from daemon.core.config import ConfigError
-from daemon.core.control_client import ControlError
-from daemon.core.durations import Duration, format_duration_short
-from daemon.core.files import resolve_owner
-from daemon.core.log import format_table
-from daemon.standby.keys import generate_replication_key, generate_witness_key
+# lazy-imports: each handler imports what it runs, so that `lifeline role --check` (keepalived's
+# track_script) and `lifeline --help` start fast (CLI start-up, bench/cli_startup.py).
 
 Connect = Callable[[argparse.Namespace], Any]
 #: The host's config loader, for ``journal verify`` without DIR: the root config of a file
@@ -100,6 +96,9 @@ def add_key_parsers(keys_sub: Any) -> None:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """`lifeline keys replication|witness`."""
+    from daemon.core.files import resolve_owner
+    from daemon.standby.keys import generate_replication_key, generate_witness_key
+
     generate = generate_witness_key if args.keys_command == "witness" else generate_replication_key
     try:
         uid, gid, owner = resolve_owner(args.owner) if args.owner else (-1, -1, "")
@@ -121,6 +120,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_journal(args: argparse.Namespace, connect: Connect, load_config: LoadConfig) -> int:
+    from daemon.core.control_client import ControlError
+    from daemon.core.log import format_table
+
     if args.journal_command == "verify":
         return journal_verify(args, load_config)
     with connect(args) as client:
@@ -161,11 +163,12 @@ def _format_record(record: dict[str, Any]) -> str:
 def journal_verify(args: argparse.Namespace, load_config: LoadConfig) -> int:
     """`lifeline journal verify [DIR]`: read-only; DIR defaults to STATE_DIR/journal of the
     config (``load_config``: the host's loader, ``args.config`` or its default)."""
-    from daemon.standby.journal import verify_directory  # lazy: trio (CLI start-up)
+    from daemon.core.config import ConfigError
+    from daemon.standby.journal import verify_directory  # trio, crc32c
 
     directory = args.directory
     if directory is None:
-        from daemon.standby.service import journal_directory  # lazy: trio (CLI start-up)
+        from daemon.standby.service import journal_directory
 
         try:
             directory = journal_directory(load_config(args.config))
@@ -198,6 +201,8 @@ def format_role(info: dict[str, Any]) -> str:
         lines.append(f"  BLOCKED from becoming primary: {info['blocked']}")
     paused = info.get("paused")
     if paused:
+        from daemon.core.durations import format_duration_short
+
         lines.append(f"  PAUSED (maintenance, by {paused.get('by')}): no automatic promotion for "
                      f"{format_duration_short(paused.get('for_s', 0))} more; `lifeline resume` ends it")
     if info.get("handover_to"):
@@ -220,6 +225,8 @@ def role_matches(info: dict[str, Any], wanted: str) -> tuple[bool, str]:
 
 def parse_duration(text: str) -> float:
     """``90s``, ``30m``, ``2h`` or plain seconds; ValueError naming the form."""
+    from daemon.core.durations import Duration
+
     text = text.strip().lower()
     try:
         value = float(Duration.parse(text)) if not text.replace(".", "", 1).isdigit() else float(text)
@@ -239,6 +246,8 @@ def format_trading_deadline(info: dict[str, Any]) -> str:
 
 
 def cmd_role(args: argparse.Namespace, connect: Connect) -> int:
+    from daemon.core.control_client import ControlError
+
     with connect(args) as client:
         try:
             if not args.follow:
@@ -270,6 +279,8 @@ def cmd_role(args: argparse.Namespace, connect: Connect) -> int:
 
 
 def cmd_standby(args: argparse.Namespace, connect: Connect) -> int:
+    from daemon.core.control_client import ControlError
+
     if not args.accept_loss:
         print("lifeline standby promote: refused without --accept-loss. This node takes the lease only once it "
               "is free; records the old primary acknowledged but never sent here would be missing. Check "
@@ -287,6 +298,8 @@ def cmd_standby(args: argparse.Namespace, connect: Connect) -> int:
 
 
 def cmd_switchover(args: argparse.Namespace, connect: Connect) -> int:
+    from daemon.core.control_client import ControlError
+
     with connect(args) as client:
         client.set_timeout(30.0)  # drain + handover: a few ttl at most
         try:
@@ -309,6 +322,8 @@ def cmd_switchover(args: argparse.Namespace, connect: Connect) -> int:
 
 
 def cmd_pause(args: argparse.Namespace, connect: Connect) -> int:
+    from daemon.core.control_client import ControlError
+
     if args.command == "pause":
         try:
             seconds = parse_duration(args.duration)

@@ -10,8 +10,8 @@ import json
 import sys
 from typing import Any, Callable
 
-from daemon.core.control_client import ControlError
-from daemon.core.durations import format_duration_short
+# lazy-imports: the handler imports what it runs (CLI start-up: every `lifeline` command builds
+# this parser).
 
 Connect = Callable[[argparse.Namespace], Any]
 
@@ -31,6 +31,8 @@ def add_parsers(sub: Any, add_client_options: Callable[[argparse.ArgumentParser]
 
 
 def cmd_uplink(args: argparse.Namespace, connect: Connect) -> int:
+    from daemon.core.control_client import ControlError
+
     with connect(args) as client:
         try:
             if args.uplink_command == "use":
@@ -54,6 +56,8 @@ def cmd_uplink(args: argparse.Namespace, connect: Connect) -> int:
 
 
 def format_uplinks(details: dict[str, Any]) -> str:
+    from daemon.core.durations import format_duration_short
+
     pin = f", pinned {details['pinned']}" if details.get("pinned") else ""
     lines = [f"active uplink: {details.get('active') or 'none'}{pin} (route backend {details.get('backend')}, "
              f"{details.get('switches', 0)} switches, {details.get('route_errors', 0)} route errors)"]

@@ -8,7 +8,8 @@ import sys
 import time
 from typing import Any, Callable
 
-from daemon.core.control_client import ControlError
+# lazy-imports: the handlers import what they run (CLI start-up: every `lifeline` command builds
+# this parser).
 
 
 def add_venue_parsers(sub: Any, add_client_options: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -74,6 +75,8 @@ def format_matrix(details: dict[str, Any]) -> str:
 
 
 def cmd_venues(args: argparse.Namespace, connect: Callable[[argparse.Namespace], Any]) -> int:
+    from daemon.core.control_client import ControlError
+
     with connect(args) as client:
         try:
             if not args.follow:
@@ -109,6 +112,8 @@ def cmd_venues(args: argparse.Namespace, connect: Callable[[argparse.Namespace],
 
 
 def cmd_reconcile(args: argparse.Namespace, connect: Callable[[argparse.Namespace], Any]) -> int:
+    from daemon.core.control_client import ControlError
+
     params: dict[str, Any] = {"dry_run": bool(args.dry_run)}
     if args.venue:
         params["venue"] = args.venue
