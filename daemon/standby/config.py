@@ -9,7 +9,6 @@ from typing import Any, Literal, Protocol
 
 from daemon.core.config import ListenersConfig, NodeConfig, option, parse_host_port
 from daemon.core.durations import Duration, format_duration
-from daemon.standby.roles import RoleTimings
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,9 @@ class LeaseConfig:
     hook_timeout: Duration = option(Duration(10.0), doc="A hook still running after this is killed.", above=0)
 
     def timings(self) -> "RoleTimingsLike":
+        # lazy: the role machine (~10 ms) only with a lease; every client command reads this config (CLI start-up)
+        from daemon.standby.roles import RoleTimings
+
         return RoleTimings(
             ttl=float(self.ttl), renew_interval=None if self.renew_interval is None else float(self.renew_interval),
             retry_timeout=float(self.retry_timeout), safety_margin=float(self.safety_margin),
