@@ -31,8 +31,6 @@ from daemon.supervisor import ServiceCrashed, Supervisor
 from daemon.system import SystemHealthService
 from daemon.uplinks.service import UplinkService
 from daemon.venues.orders import check_payload
-from daemon.venues.service import VenueService
-from hardware.service import HardwareService
 from hardware.watchdog import open_watchdog
 from recovery.audit import host_audit_factory
 from recovery.service import RecoveryService
@@ -102,11 +100,17 @@ class Daemon:
         self.hardware: Any = None
         if config.hardware is not None:
             # After recovery: its playbooks subscribe before the first hardware event.
+            # lazy: the device drivers and pyserial (~40 ms) only with [hardware]
+            from hardware.service import HardwareService
+
             self.hardware = HardwareService(config, self.bus,
                                             clean_stop=lambda: self.supervisor.stop_reason is not None)
             services.append(self.hardware)
         self.venues: Any = None
         if config.venues:
+            # lazy: the venues extra (ccxt is loaded by its client) only with [venues] (~30 ms, 1.5 MB)
+            from daemon.venues.service import VenueService
+
             self.venues = VenueService(config, self.bus, standby=self.standby, **venue_seams(config))
             self.venues.register_control(self.control)
             services.append(self.venues)
