@@ -81,7 +81,8 @@ from daemon.config import dump_toml  # noqa: E402
 from lab.lifecycle import default_lab_config  # noqa: E402
 from lab.procs import DaemonProcess, free_port  # noqa: E402
 from lab.replay_engine import FULL_FEEDS, feed_paths, merged_lines  # noqa: E402
-from daemon.standby.journal import SEGMENT_HEADER_SIZE, decode_records, verify_directory  # noqa: E402
+from daemon.standby.journal import verify_directory  # noqa: E402
+from daemon.standby.journal_format import SEGMENT_HEADER_SIZE, decode_records  # noqa: E402
 from daemon.standby.keys import generate_replication_key  # noqa: E402
 
 TARGET_RECORDS_PER_S = 50_000

@@ -15,12 +15,15 @@ from typing import Any
 
 import trio
 
+from daemon import livedrills_run, operate
 from daemon.config import Config
 from daemon.control import ControlError, ControlServer, StreamReply
 from daemon.core.audit import AuditFactory
 from daemon.core.bus import EventBus
+from daemon.core.events import unknown_kinds
 from daemon.core.log import get_logger
 from daemon.core.service import Service
+from daemon.health import HealthFacts
 from daemon.metrics import MetricsServer
 from daemon.notify import Notifier
 from daemon.standby.service import StandbyService
@@ -30,6 +33,7 @@ from daemon.uplinks.service import UplinkService
 from daemon.venues.orders import check_payload
 from hardware.watchdog import open_watchdog
 from recovery.audit import host_audit_factory
+from recovery.service import RecoveryService
 
 log = get_logger("app")
 
@@ -209,14 +213,13 @@ class Daemon:
             services.append(self.standby)
         self.recovery: Any = None
         if config.recovery is not None:
-            from recovery.service import RecoveryService
-
             self.recovery = RecoveryService(config, self.bus, uplinks=self.uplinks, standby=self.standby)
             self.recovery.register_control(self.control)
             services.append(self.recovery)
         self.hardware: Any = None
         if config.hardware is not None:
             # After recovery: its playbooks subscribe before the first hardware event.
+            # lazy: the device drivers and pyserial (~40 ms) only with [hardware]
             from hardware.service import HardwareService
 
             self.hardware = HardwareService(config, self.bus,
@@ -224,6 +227,7 @@ class Daemon:
             services.append(self.hardware)
         self.venues: Any = None
         if config.venues:
+            # lazy: the venues extra (ccxt is loaded by its client) only with [venues] (~30 ms, 1.5 MB)
             from daemon.venues.service import VenueService
 
             self.venues = VenueService(config, self.bus, standby=self.standby, **venue_seams(config))
@@ -260,10 +264,8 @@ class Daemon:
                               help="The last events published (params: limit, kinds).")
         self.control.register_stream("events.subscribe", self._subscribe,
                                      help="Stream events as they happen (params: kinds); `lifeline events --follow`.")
-        from daemon import operate
 
         operate.register(self)  # preflight.run (the operator's day)
-        from daemon import livedrills_run
 
         livedrills_run.register(self)  # drill.switchover, drill.uplink (live drills, admin)
 
@@ -273,8 +275,6 @@ class Daemon:
     def health_facts(self, path: str = "/health") -> Any:
         """What /primary, /standby and /health answer from (:mod:`daemon.health`). Only
         /health asks every service for its status (a load balancer polls the others)."""
-        from daemon.health import HealthFacts
-
         unhealthy: dict[str, str] = {}
         if path == "/health":
             for entry in self.supervisor.status()["services"]:
@@ -326,7 +326,6 @@ class Daemon:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.prepare_directories()
-        from daemon import livedrills_run
 
         await livedrills_run.startup_cleanup(self)  # a live drill's nftables table left by a crash
         await self.supervisor.run(task_status=task_status)
@@ -356,8 +355,6 @@ def run_daemon(config: Config) -> int:
 def _kinds(params: dict[str, Any]) -> set[str] | None:
     """The "kinds" parameter: None (every kind) or a set of known event kinds; a
     misspelt kind is refused with the closest known one."""
-    from daemon.core.events import unknown_kinds
-
     kinds = params.get("kinds")
     if kinds is None or kinds == []:
         return None

@@ -14,8 +14,11 @@
 Client commands find the control socket from ``--socket``, else from the config file
 (``--config``, default /etc/lifeline/lifeline.toml), else the default path.
 
-Imports are lazy so that client commands such as `lifeline status` start fast: they do
-not load trio, psutil or ccxt.
+This module is the registry: the host's own commands, and each capability's from its cli.py
+(``daemon/uplinks/cli.py``, ``daemon/standby/cli.py``, ``daemon/venues/cli.py``,
+``hardware/cli.py``, ``recovery/cli.py``: their parsers, and handlers given the host's
+``connect`` and config loader). Imports are lazy so that client commands such as
+`lifeline status` start fast: they do not load trio, psutil or ccxt.
 
 Exit codes: 0 success / all healthy; 1 a check failed or something is unhealthy;
 2 usage error or the daemon could not be reached; `lifeline run`: 78 (EX_CONFIG) for a
@@ -25,13 +28,16 @@ config or host that cannot work (one line per problem; systemd does not restart 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from daemon.status import format_duration_short, format_status
+# lazy-imports: each command imports what it runs inside its handler, so that client commands
+# such as `lifeline status` start without trio, psutil, ccxt or cryptography (bench/cli_startup.py);
+# tests/unit/test_daemon_never_imports_lab.py accepts this file's function-local imports.
 
 EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus=78: a bad config is not restarted
 DEFAULT_SOCKET = Path("/run/lifeline/control.sock")
@@ -51,6 +57,16 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
 LAZY_COMMAND_HELP = {
     "audit": "the hash-chained audit log of playbook runs: verify it, show it",
     "witness": "run the lease witness (the pair's quorum device)",
+    # The uplinks' and the standby's (daemon/uplinks/cli.py, daemon/standby/cli.py): their
+    # packages are not loaded by the other commands.
+    "uplink": "show the uplinks, pin one, or return to automatic choice",
+    "role": "this node's role, epoch and lease (or follow its changes)",
+    "standby": "operator actions on the pair",
+    "switchover": "planned handover: the primary hands the lease to its in-sync standby (no acknowledged record "
+                  "lost); run on the primary",
+    "pause": "maintenance mode: no automatic promotion in the pair until it expires or `lifeline resume`",
+    "resume": "end the maintenance pause: automatic promotion again",
+    "journal": "the execution journal: tail, verify, stats",
 }
 
 
@@ -65,6 +81,23 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     def needs(name: str) -> bool:
         return command is None or command == name
+
+    def lazily(names: tuple[str, ...], add: Callable[[], None]) -> None:
+        """``add`` the full parsers of ``names`` when one of them runs (or for the whole
+        parser), else each with its help line only."""
+        if command is None or command in names:
+            add()
+        else:
+            for name in names:
+                sub.add_parser(name, help=LAZY_COMMAND_HELP[name])
+
+    # Each capability's cli.py owns its subcommands' parsers and handlers; they are added here
+    # in the order of `lifeline --help`.
+    from daemon.venues.cli import add_venue_parsers
+    from hardware.cli import HARDWARE_KINDS
+    from hardware.cli import add_parsers as add_hardware_parsers
+    from recovery.cli import add_parsers as add_recovery_parsers
+    from recovery.cli import add_playbook_client_parsers
 
     parser = argparse.ArgumentParser(prog="lifeline", description="Resilience daemon for hardened trading hosts.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -97,25 +130,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     show = config_sub.add_parser("show", help="print FILE's effective config with every default filled in")
     show.add_argument("file", type=Path)
 
-    uplink = sub.add_parser("uplink", help="show the uplinks, pin one, or return to automatic choice")
-    uplink_sub = uplink.add_subparsers(dest="uplink_command", metavar="ACTION", required=True)
-    for action, text in (("status", "every uplink's health and the active one"),
-                         ("use", "pin NAME: traffic goes through it while it is usable"),
-                         ("auto", "remove the pin: automatic choice again")):
-        p = uplink_sub.add_parser(action, help=text)
-        _add_client_options(p)
-        if action == "use":
-            p.add_argument("name")
-        if action == "status":
-            p.add_argument("--json", action="store_true")
-
-    role = sub.add_parser("role", help="this node's role, epoch and lease (or follow its changes)")
-    _add_client_options(role)
-    role.add_argument("--follow", action="store_true", help="print every role change as it happens")
-    role.add_argument("--json", action="store_true")
-    role.add_argument("--check", choices=("primary", "standby"), default=None,
-                      help="exit 0 if this node is that (primary: accepting and before valid_until), "
-                           "1 if not, 2 if the daemon is unreachable (keepalived's track_script)")
+    lazily(("uplink",), lambda: _uplink_cli().add_parsers(sub, _add_client_options))
+    lazily(("role",), lambda: _standby_cli().add_role_parser(sub, _add_client_options))
     cluster = sub.add_parser("cluster", help="both nodes of the pair: role, epoch, position, lag, sync, the lease "
                                              "and the store (from either node)")
     _add_client_options(cluster)
@@ -136,74 +152,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _add_client_options(preflight)
     preflight.add_argument("--json", action="store_true", help="the checks as one JSON object")
     preflight.add_argument("--no-verify", action="store_true", help="skip journal verify and audit verify (fast)")
-    standby = sub.add_parser("standby", help="operator actions on the pair")
-    standby_sub = standby.add_subparsers(dest="standby_command", metavar="ACTION", required=True)
-    promote = standby_sub.add_parser("promote", help="let this node take a FREE lease although it may lack "
-                                                     "acknowledged records (never steals a live lease)")
-    _add_client_options(promote)
-    promote.add_argument("--accept-loss", action="store_true",
-                         help="required: you accept that records the old primary acknowledged may be missing here")
-
-    switchover = sub.add_parser("switchover", help="planned handover: the primary hands the lease to its in-sync "
-                                                   "standby (no acknowledged record lost); run on the primary")
-    _add_client_options(switchover)
-    switchover.add_argument("--to", metavar="NODE", help="the standby to hand over to (default: the in-sync one)")
-    switchover.add_argument("--json", action="store_true")
-    pause = sub.add_parser("pause", help="maintenance mode: no automatic promotion in the pair until it expires "
-                                         "or `lifeline resume`")
-    _add_client_options(pause)
-    pause.add_argument("--for", dest="duration", default="1h", metavar="DURATION",
-                       help="how long: 90s, 30m, 2h (default 1h, at most 24h)")
-    pause.add_argument("--json", action="store_true")
-    resume = sub.add_parser("resume", help="end the maintenance pause: automatic promotion again")
-    _add_client_options(resume)
-    resume.add_argument("--json", action="store_true")
-
-    journal = sub.add_parser("journal", help="the execution journal: tail, verify, stats")
-    journal_sub = journal.add_subparsers(dest="journal_command", metavar="ACTION", required=True)
-    tail = journal_sub.add_parser("tail", help="the last records (through the daemon)")
-    _add_client_options(tail)
-    tail.add_argument("-n", "--lines", type=int, default=10, help="how many records (default 10)")
-    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
-    tail.add_argument("--json", action="store_true", help="one JSON object per record")
-    stats = journal_sub.add_parser("stats", help="journal and replication figures (through the daemon)")
-    _add_client_options(stats)
-    stats.add_argument("--json", action="store_true", help="print them as JSON")
-    verify = journal_sub.add_parser("verify", help="check every record of a journal directory on disk "
-                                                   "(read-only; the daemon may be stopped)")
-    verify.add_argument("directory", type=Path, nargs="?", default=None,
-                        help="journal directory (default: STATE_DIR/journal from --config)")
-    verify.add_argument("--config", type=Path, default=None, help=f"config file (default {DEFAULT_CONFIG})")
+    lazily(("standby", "switchover", "pause", "resume", "journal"),
+           lambda: _standby_cli().add_operator_parsers(sub, _add_client_options, DEFAULT_CONFIG))
 
     keys = sub.add_parser("keys", help="make keys")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="KIND", required=True)
-    replication_key = keys_sub.add_parser("replication", help="a pre-shared key for journal replication "
-                                                              "(copy the same file to both hosts)")
-    replication_key.add_argument("--out", type=Path, required=True, help="where to write it (mode 0600)")
-    replication_key.add_argument("--owner", metavar="USER[:GROUP]", default=None,
-                                 help="give the file to this user (the service user, lifeline; run as root), "
-                                      "so that the daemon can read it")
-    witness_key = keys_sub.add_parser("witness", help="a key for the lease witness, one per cluster, apart from "
-                                                      "the replication key (both nodes and the witness get it)")
-    witness_key.add_argument("--out", type=Path, required=True, help="where to write it (mode 0600)")
-    witness_key.add_argument("--owner", metavar="USER[:GROUP]", default=None,
-                             help="give the file to this user (the service user, lifeline; run as root)")
-
-    from recovery.cli import add_parsers as add_recovery_parsers
+    if needs("keys"):
+        _standby_cli().add_key_parsers(keys_sub)  # keys replication, keys witness
 
     recovery_parsers = add_recovery_parsers(sub, keys_sub)  # keys new, keyring ..., playbook sign|verify
-    run_playbook = recovery_parsers.playbook_sub.add_parser(
-        "run", help="verify and run a playbook in the daemon (through the control socket)")
-    run_playbook.add_argument("name", help="the playbook's name (PLAYBOOKS_DIR/NAME.toml)")
-    run_playbook.add_argument("--dry-run", action="store_true", help="verify, check preconditions, print the plan; "
-                                                                     "change nothing")
-    _add_client_options(run_playbook)
-    run_playbook.set_defaults(recovery_handler=cmd_playbook_run)
-    list_playbooks = recovery_parsers.playbook_sub.add_parser("list", help="the daemon's verified and refused "
-                                                                           "playbooks")
-    list_playbooks.add_argument("--json", action="store_true")
-    _add_client_options(list_playbooks)
-    list_playbooks.set_defaults(recovery_handler=cmd_playbook_list)
+    add_playbook_client_parsers(recovery_parsers.playbook_sub, _add_client_options, _connect)  # playbook run|list
 
     sim = sub.add_parser("sim", help="run a device simulator on a new pty (commissioning, tests); prints its path; "
                                      "`sim venue --listen HOST:PORT` runs the venue emulator (Kraken, Coinbase)")
@@ -213,16 +171,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                      help="venue emulator only: the folder with kraken/coinbase.response.json "
                           "(default: lab/data/ccxt_static)")
     sim.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
-    hardware = sub.add_parser("hardware", help="read the host's devices")
-    hardware_sub = hardware.add_subparsers(dest="hardware_command", metavar="ACTION", required=True)
-    read = hardware_sub.add_parser("read", help="one reading from a real or simulated device, or a clear error")
-    read.add_argument("device", choices=HARDWARE_KINDS)
-    read.add_argument("--port", required=True, help="serial port, pyserial URL, nut://HOST:PORT/UPS or gpsd://HOST:PORT")
-    read.add_argument("--timeout", type=float, default=3.0)
-    read.add_argument("--json", action="store_true")
-
-    from daemon.venues.cli import add_venue_parsers
-
+    add_hardware_parsers(sub)
     add_venue_parsers(sub, _add_client_options)
     from daemon.guard.cli import add_kill_parsers
 
@@ -307,30 +256,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": cmd_status,
         "events": cmd_events,
         "config": cmd_config,
-        "uplink": cmd_uplink,
+        "uplink": _capability("daemon.uplinks.cli", "cmd_uplink", connect=_connect),
         "drill": cmd_drill,
-        "journal": cmd_journal,
+        "journal": _capability("daemon.standby.cli", "cmd_journal", connect=_connect, load_config=_load_config),
         "keys": cmd_keys,
         "lab": _lab,
         "witness": _witness,
-        "role": cmd_role,
+        "role": _capability("daemon.standby.cli", "cmd_role", connect=_connect),
         "preflight": cmd_preflight,
         "cluster": cmd_cluster,
         "reload": cmd_reload,
         "report": cmd_report,
-        "standby": cmd_standby,
-        "switchover": cmd_switchover,
-        "pause": cmd_pause,
-        "resume": cmd_pause,
+        "standby": _capability("daemon.standby.cli", "cmd_standby", connect=_connect),
+        "switchover": _capability("daemon.standby.cli", "cmd_switchover", connect=_connect),
+        "pause": _capability("daemon.standby.cli", "cmd_pause", connect=_connect),
+        "resume": _capability("daemon.standby.cli", "cmd_pause", connect=_connect),
         "keyring": _recovery,
         "playbook": _recovery,
         "audit": _audit,
         "sim": cmd_sim,
-        "hardware": cmd_hardware,
-        "venues": _venues,
-        "reconcile": _reconcile,
-        "kill": _kill,
-        "unkill": _kill,
+        "hardware": _capability("hardware.cli", "cmd_hardware"),
+        "venues": _capability("daemon.venues.cli", "cmd_venues", connect=_connect),
+        "reconcile": _capability("daemon.venues.cli", "cmd_reconcile", connect=_connect),
+        "kill": _capability("daemon.guard.cli", "cmd_kill", connect=_connect),
+        "unkill": _capability("daemon.guard.cli", "cmd_kill", connect=_connect),
     }[args.command]
     try:
         return handler(args)
@@ -340,39 +289,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-HARDWARE_KINDS = ("ups", "gnss", "enclosure")
-
-
-def _hardware_module(kind: str) -> Any:
-    import importlib
-
-    return importlib.import_module(f"hardware.{kind}.driver")
-
-
 def _simulator_module(kind: str) -> Any:
     # The one place the daemon's CLI reaches into the lab: `lifeline sim` runs the lab's
     # device simulators (loaded on use; production code never imports lab).
-    import importlib
-
     return importlib.import_module(f"lab.sim.{kind}")
 
 
-def _venues(args: argparse.Namespace) -> int:
-    from daemon.venues.cli import cmd_venues
+def _capability(module: str, name: str, **host: Any) -> Callable[[argparse.Namespace], int]:
+    """The handler ``module.name`` of a capability's cli.py, loaded when its command runs,
+    called with the args and the pieces of the host it takes (``connect``: the control
+    socket; ``load_config``: the root config loader)."""
 
-    return cmd_venues(args, _connect)
+    def handler(args: argparse.Namespace) -> int:
+        result: int = getattr(importlib.import_module(module), name)(args, **host)
+        return result
+
+    return handler
 
 
-def _reconcile(args: argparse.Namespace) -> int:
-    from daemon.venues.cli import cmd_reconcile
+def _uplink_cli() -> Any:
+    import daemon.uplinks.cli
 
-    return cmd_reconcile(args, _connect)
+    return daemon.uplinks.cli
 
 
-def _kill(args: argparse.Namespace) -> int:
-    from daemon.guard.cli import cmd_kill
+def _standby_cli() -> Any:
+    import daemon.standby.cli
 
-    return cmd_kill(args, _connect)
+    return daemon.standby.cli
+
+
+def _load_config(path: Path | None) -> Any:
+    """The root config of ``path`` (default /etc/lifeline/lifeline.toml); raises ConfigError."""
+    from daemon.config import load_config
+
+    return load_config(path or DEFAULT_CONFIG)
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -401,88 +352,10 @@ def signal_pause() -> None:
         signal.pause()
 
 
-def cmd_hardware(args: argparse.Namespace) -> int:
-    import trio
-
-    from hardware.errors import HardwareError
-
-    module = _hardware_module(args.device)
-    try:
-        reading = trio.run(lambda: module.read_once(args.port, timeout=args.timeout))
-    except HardwareError as exc:
-        print(f"lifeline hardware read {args.device}: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(reading, default=str, sort_keys=True))
-    else:
-        print(format_table(reading), end="")
-    return 0
-
-
-def format_table(data: dict[str, Any], prefix: str = "") -> str:
-    """``data`` as aligned ``name  value`` lines, nested tables flattened to ``a.b``."""
-    from daemon.core.log import human
-
-    rows: list[tuple[str, str]] = []
-
-    def walk(item: dict[str, Any], path: str) -> None:
-        for key, value in item.items():
-            name = f"{path}{key}"
-            if isinstance(value, dict) and value:
-                walk(value, name + ".")
-            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                for i, entry in enumerate(value):
-                    walk(entry, f"{name}[{i}].")
-            else:
-                rows.append((name, human(value)))
-
-    walk(data, prefix)
-    width = max((len(name) for name, _ in rows), default=0)
-    return "".join(f"{name:<{width}}  {value}\n" for name, value in rows)
-
-
 def _audit(args: argparse.Namespace) -> int:
     from recovery.audit import run_audit_command
 
     return run_audit_command(args)
-
-
-def cmd_playbook_run(args: argparse.Namespace) -> int:
-    from daemon.core.control_client import ControlError
-
-    with _connect(args) as client:
-        try:
-            # A playbook may wait on events for minutes: no client-side timeout.
-            client.set_timeout(None)
-            result = client.call("playbook.run", {"name": args.name, "dry_run": args.dry_run})
-        except ControlError as exc:
-            print(f"lifeline playbook run: {exc}", file=sys.stderr)
-            return 1
-    for line in result.get("lines", []):
-        print(line)
-    outcome = result.get("outcome")
-    print(f"{result.get('playbook')} version {result.get('version')}: {outcome} in {result.get('duration_ms')} ms")
-    return 0 if outcome in ("succeeded", "dry_run") else 1
-
-
-def cmd_playbook_list(args: argparse.Namespace) -> int:
-    from daemon.core.control_client import ControlError
-
-    with _connect(args) as client:
-        try:
-            result = client.call("playbook.list")
-        except ControlError as exc:
-            print(f"lifeline playbook list: {exc}", file=sys.stderr)
-            return 2
-    if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-        return 0
-    for p in result.get("playbooks", []):
-        triggers = ", ".join(p["triggers"]) or "by hand only"
-        print(f"{p['name']:<28} v{p['version']:<4} expires {p['expires']}  triggers: {triggers}")
-    for name, why in sorted(result.get("refused", {}).items()):
-        print(f"{name:<28} REFUSED: {why}")
-    return 0 if not result.get("refused") else 1
 
 
 def _recovery(args: argparse.Namespace) -> int:
@@ -614,6 +487,7 @@ def _connect(args: argparse.Namespace) -> Any:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from daemon.core.control_client import ControlError
+    from daemon.status import format_status
 
     with _connect(args) as client:
         try:
@@ -629,135 +503,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
-def cmd_uplink(args: argparse.Namespace) -> int:
-    from daemon.core.control_client import ControlError
-
-    with _connect(args) as client:
-        try:
-            if args.uplink_command == "use":
-                result = client.call("uplink.use", {"name": args.name})
-                print(f"pinned {args.name}; active uplink: {result['active']}"
-                      + (f" ({result['note']})" if result.get("note") else ""))
-                return 0
-            if args.uplink_command == "auto":
-                result = client.call("uplink.auto")
-                print(f"automatic choice; active uplink: {result['active']}")
-                return 0
-            details = client.call("uplink.status")
-        except ControlError as exc:
-            print(f"lifeline: {exc.message}", file=sys.stderr)
-            return 1 if exc.code != "unknown_method" else 2
-    if args.json:
-        print(json.dumps(details, indent=2, sort_keys=True))
-        return 0
-    print(format_uplinks(details))
-    return 0 if not details.get("all_down") else 1
-
-
-def format_uplinks(details: dict[str, Any]) -> str:
-    pin = f", pinned {details['pinned']}" if details.get("pinned") else ""
-    lines = [f"active uplink: {details.get('active') or 'none'}{pin} (route backend {details.get('backend')}, "
-             f"{details.get('switches', 0)} switches, {details.get('route_errors', 0)} route errors)"]
-    if details.get("last_decision"):
-        lines.append(f"last decision: {details['last_decision']}")
-    rows = [("UPLINK", "STATE", "FOR", "RTT", "JITTER", "LOSS", "PRIO", "REASON")]
-    for name, u in details.get("uplinks", {}).items():
-        rows.append((name, u["state"].upper(), format_duration_short(u.get("for_s") or 0),
-                     f"{u['rtt_ms']:.1f}ms" if u.get("rtt_ms") is not None else "-",
-                     f"{u['jitter_ms']:.1f}ms" if u.get("jitter_ms") is not None else "-",
-                     f"{u['loss']:.1%}", str(u.get("priority")), u.get("reason", "")))
-    widths = [max(len(r[i]) for r in rows) for i in range(7)]
-    lines.append("")
-    for row in rows:
-        lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(row[:7])) + "  " + row[7])
-    return "\n".join(lines)
-
-
 def cmd_keys(args: argparse.Namespace) -> int:
-    if args.keys_command not in ("replication", "witness"):
-        return _recovery(args)
-    import os
+    if args.keys_command in ("replication", "witness"):
+        from daemon.standby.cli import cmd_keys as make_standby_key
 
-    from daemon.core.files import resolve_owner
-    from daemon.standby.keys import generate_replication_key, generate_witness_key
-
-    generate = generate_witness_key if args.keys_command == "witness" else generate_replication_key
-    try:
-        uid, gid, owner = resolve_owner(args.owner) if args.owner else (-1, -1, "")
-        generate(args.out)
-        if args.owner:
-            os.chown(args.out, uid, gid)
-    except (OSError, ValueError) as exc:
-        print(f"lifeline keys: {exc}", file=sys.stderr)
-        return 1
-    owner = f", owner {owner}" if owner else ""
-    if args.keys_command == "witness":
-        print(f"wrote {args.out} (mode 0600{owner}). Copy it to both nodes and the witness host over a trusted "
-              f"channel; set [standby.lease] witness_key_file on both nodes and start the witness with --key-file "
-              f"(or --cluster-key CLUSTER={args.out}).")
-    else:
-        print(f"wrote {args.out} (mode 0600{owner}). Copy it to the other host over a trusted channel and set "
-              f"standby.key_file on both.")
-    return 0
-
-
-def cmd_journal(args: argparse.Namespace) -> int:
-    from daemon.core.control_client import ControlError
-
-    if args.journal_command == "verify":
-        return journal_verify(args)
-    with _connect(args) as client:
-        try:
-            if args.journal_command == "stats":
-                stats = client.call("journal.stats")
-                if args.json:
-                    print(json.dumps(stats, indent=2, sort_keys=True))
-                else:
-                    print(format_table(stats), end="")
-                return 0
-            first = client.call("journal.read", {"from": 1, "limit": 1})
-            start = max(first["first_seq"], first["last_seq"] - args.lines + 1, 1)
-            while True:
-                page = client.call("journal.read", {"from": start, "limit": 1000})
-                for record in page["records"]:
-                    print(json.dumps(record) if args.json else _format_record(record), flush=True)
-                    start = record["seq"] + 1
-                if not args.follow:
-                    return 0
-                if not page["records"]:
-                    time.sleep(0.2)
-        except ControlError as exc:
-            print(f"lifeline journal: {exc.message}", file=sys.stderr)
-            return 2
-
-
-def _format_record(record: dict[str, Any]) -> str:
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record["timestamp_ns"] / 1e9))
-    payload = record.get("payload")
-    if payload is None:
-        payload = f"<{len(record.get('payload_b64', '')) * 3 // 4} bytes, binary>"
-    elif len(payload) > 160:
-        payload = payload[:157] + "..."
-    return f"{record['seq']:>10} e{record['epoch']} {stamp}Z {payload}"
-
-
-def journal_verify(args: argparse.Namespace) -> int:
-    from daemon.standby.journal import verify_directory
-
-    directory = args.directory
-    if directory is None:
-        from daemon.config import ConfigError, load_config
-        from daemon.standby.service import journal_directory
-
-        try:
-            directory = journal_directory(load_config(args.config or DEFAULT_CONFIG))
-        except ConfigError as exc:
-            print("lifeline journal verify: " + "\n  ".join(exc.problems), file=sys.stderr)
-            return 2
-    report = verify_directory(directory)
-    for line in report.lines():
-        print(line)
-    return 0 if report.ok else 1
+        return make_standby_key(args)
+    return _recovery(args)
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
@@ -795,101 +546,6 @@ def cmd_events(args: argparse.Namespace) -> int:
                     continue
                 event = line.get("event", {})
                 print(json.dumps(event) if args.json else format_event(event), flush=True)
-        except ControlError as exc:
-            print(f"lifeline: {exc}", file=sys.stderr)
-            return 2
-        except ConnectionError as exc:
-            print(f"lifeline: {exc}", file=sys.stderr)
-            return 2
-
-
-def format_role(info: dict[str, Any]) -> str:
-    waiting = info.get("role") == "primary" and info.get("accepting_appends") is False
-    lines = [f"{info.get('node', '?')}: {info.get('role', '?')} at epoch {info.get('epoch', 0)}"
-             f"{' (not yet accepting appends)' if waiting else ''}",
-             f"  why: {info.get('reason', '')}"]
-    if info.get("role") == "primary" and not info.get("fixed"):
-        lines.append("  " + format_trading_deadline(info))
-    lease = info.get("lease")
-    if lease:
-        holder = lease.get("holder") or "nobody (free)"
-        lines.append(f"  lease: held by {holder}, epoch {lease.get('epoch')}, {lease.get('ttl_remaining')}s left; "
-                     f"synchronous standby: {lease.get('sync_node') or 'none'}; last holder: "
-                     f"{lease.get('last_holder') or 'none'}")
-    if info.get("store"):
-        reach = {True: "reachable", False: "UNREACHABLE", None: "not asked yet"}[info.get("store_reachable")]
-        lines.append(f"  store: {info['store']} ({reach}{': ' + info['store_error'] if info.get('store_error') else ''})")
-    if info.get("blocked"):
-        lines.append(f"  BLOCKED from becoming primary: {info['blocked']}")
-    paused = info.get("paused")
-    if paused:
-        lines.append(f"  PAUSED (maintenance, by {paused.get('by')}): no automatic promotion for "
-                     f"{format_duration_short(paused.get('for_s', 0))} more; `lifeline resume` ends it")
-    if info.get("handover_to"):
-        lines.append(f"  switching over to {info['handover_to']}")
-    return "\n".join(lines)
-
-
-def role_matches(info: dict[str, Any], wanted: str) -> tuple[bool, str]:
-    """``lifeline role --check``: is this node ``wanted`` (as /primary and /standby judge)?"""
-    role = info.get("role")
-    if role != wanted:
-        return False, f"role is {role}"
-    if wanted == "primary":
-        if info.get("accepting_appends") is False:
-            return False, "primary but not accepting appends yet"
-        if not info.get("fixed") and info.get("valid_until") is None:
-            return False, "primary but past its fence deadline (no valid_until)"
-    return True, f"{role} at epoch {info.get('epoch', 0)}"
-
-
-def parse_duration(text: str) -> float:
-    """``90s``, ``30m``, ``2h`` or plain seconds; ValueError naming the form."""
-    from daemon.config import Duration
-
-    text = text.strip().lower()
-    try:
-        value = float(Duration.parse(text)) if not text.replace(".", "", 1).isdigit() else float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a duration: write 90s, 30m or 2h") from None
-    if not 0 < value <= 24 * 3600:
-        raise ValueError(f"{text!r}: a pause lasts more than 0 and at most 24h")
-    return value
-
-
-def format_trading_deadline(info: dict[str, Any]) -> str:
-    """A primary's fence deadline, as role.status / role.watch give it."""
-    until, left = info.get("valid_until"), info.get("valid_for")
-    if until is None or left is None:
-        return "may NOT trade: no valid_until (its fence deadline has passed, or it is not trading)"
-    return f"may trade for {round(left * 1000)} ms (until monotonic {until})"
-
-
-def cmd_role(args: argparse.Namespace) -> int:
-    from daemon.core.control_client import ControlError
-
-    with _connect(args) as client:
-        try:
-            if not args.follow:
-                info = client.call("role.status")
-                print(json.dumps(info, indent=2, sort_keys=True) if args.json else format_role(info))
-                if args.check is not None:
-                    ok, why = role_matches(info, args.check)
-                    print(f"check {args.check}: {'yes' if ok else 'NO'} ({why})")
-                    return 0 if ok else 1
-                return 0
-            client.call("role.watch")
-            print("following role changes; Ctrl-C to stop", file=sys.stderr)
-            while True:
-                change = client.read_line(timeout=None)
-                if args.json:
-                    print(json.dumps(change), flush=True)
-                elif not change.get("renewal"):  # a renewal only moves valid_until (--json shows each)
-                    deadline = f"; {format_trading_deadline(change)}" if change.get("role") == "primary" else ""
-                    print(f"{change.get('role')} epoch={change.get('epoch')} (was {change.get('previous') or '-'}): "
-                          f"{change.get('reason', '')}{deadline}", flush=True)
-                if change.get("role") == "unknown":
-                    return 1
         except ControlError as exc:
             print(f"lifeline: {exc}", file=sys.stderr)
             return 2
@@ -985,27 +641,6 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     return int(result.get("exit_code", 1))
 
 
-def cmd_standby(args: argparse.Namespace) -> int:
-    from daemon.core.control_client import ControlError
-
-    if not args.accept_loss:
-        print("lifeline standby promote: refused without --accept-loss. This node takes the lease only once it "
-              "is free; records the old primary acknowledged but never sent here would be missing. Check "
-              "`lifeline role` on both hosts first; then re-run with --accept-loss.", file=sys.stderr)
-        return 2
-    with _connect(args) as client:
-        try:
-            result = client.call("standby.promote", {"accept_loss": True})
-        except ControlError as exc:
-            print(f"lifeline: {exc}", file=sys.stderr)
-            return 2
-    print(f"{'accepted' if result.get('accepted') else 'REFUSED'}: {result.get('reason')} "
-          f"(role now {result.get('role')})")
-    return 0 if result.get("accepted") else 1
-
-
-
-
 def _add_live_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--live", action="store_true",
                         help="on the real pair, through the daemon (admin role, [drills] live = true, outside "
@@ -1059,56 +694,6 @@ def cmd_live_drill(args: argparse.Namespace) -> int:
                                           "ok": bool(result.get("ok")), "checks": result.get("checks", []),
                                           "figures": figures}]})
         print(f"report: {report}", file=sys.stderr)
-    return 0 if result.get("ok") else 1
-
-
-def cmd_switchover(args: argparse.Namespace) -> int:
-    from daemon.core.control_client import ControlError
-
-    with _connect(args) as client:
-        client.set_timeout(30.0)  # drain + handover: a few ttl at most
-        try:
-            result = client.call("standby.switchover", {"to": args.to})
-        except ControlError as exc:
-            print(f"lifeline: {exc}", file=sys.stderr)
-            return 2
-        except TimeoutError:
-            print("lifeline: no answer within 30 s: check `lifeline role` on both nodes", file=sys.stderr)
-            return 2
-    if args.json:
-        print(json.dumps(result, sort_keys=True))
-    elif result.get("ok"):
-        print(f"switched over: {result.get('from')} -> {result.get('to')} at epoch {result.get('epoch')}; appends "
-              f"refused here {result.get('seen_ms')} ms until {result.get('from')} saw {result.get('to')} primary "
-              f"(after {result.get('wind_down_ms')} ms of trading without renewals). {result.get('reason')}")
-    else:
-        print(f"switchover REFUSED: {result.get('reason')}")
-    return 0 if result.get("ok") else 1
-
-
-def cmd_pause(args: argparse.Namespace) -> int:
-    from daemon.core.control_client import ControlError
-
-    if args.command == "pause":
-        try:
-            seconds = parse_duration(args.duration)
-        except ValueError as exc:
-            print(f"lifeline pause: --for {exc}", file=sys.stderr)
-            return 2
-        method, params = "standby.pause", {"seconds": seconds}
-    else:
-        method, params = "standby.resume", {}
-    with _connect(args) as client:
-        try:
-            result = client.call(method, params)
-        except ControlError as exc:
-            print(f"lifeline: {exc}", file=sys.stderr)
-            return 2
-    if args.json:
-        print(json.dumps(result, sort_keys=True))
-    else:
-        print(f"{'paused' if args.command == 'pause' else 'resumed'}: {result.get('reason')}" if result.get("ok")
-              else f"{args.command} FAILED: {result.get('reason')}")
     return 0 if result.get("ok") else 1
 
 

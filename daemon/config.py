@@ -32,6 +32,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 and older
     import tomli as tomllib
 
+from daemon.core.acl import RoleSpecError, parse_entry
 from daemon.core.config import (  # noqa: F401 - re-exported: the loader and the CLI use them
     UNIX_PATH_MAX,
     ConfigError,
@@ -46,6 +47,7 @@ from daemon.core.config import (  # noqa: F401 - re-exported: the loader and the
 )
 from daemon.core.durations import Duration, format_duration  # noqa: F401
 from daemon.guard.breakers_config import GuardConfig  # noqa: F401
+from daemon.livedrills import parse_hours, zone
 from daemon.standby.config import JournalConfig, LeaseConfig, StandbyConfig  # noqa: F401
 from daemon.system_config import SystemConfig  # noqa: F401
 from daemon.uplinks.config import UPLINK_KIND_DEFAULTS, FailoverConfig, UplinkConfig  # noqa: F401
@@ -86,8 +88,6 @@ class ControlRolesConfig:
         "playbook.run and venues.reconcile that act. root and the daemon's own user hold every role.")
 
     def validate(self) -> list[tuple[str, str]]:
-        from daemon.core.acl import RoleSpecError, parse_entry
-
         problems: list[tuple[str, str]] = []
         for role in ("engine", "operator", "admin"):
             for entry in getattr(self, role):
@@ -196,8 +196,6 @@ class DrillsConfig:
                                     above=0)
 
     def validate(self) -> list[tuple[str, str]]:
-        from daemon.livedrills import parse_hours, zone
-
         problems: list[tuple[str, str]] = []
         try:
             parse_hours(self.trading_hours)

@@ -14,6 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from daemon.core.control_client import ControlError
+from daemon.standby.journal import verify_directory
+
 #: Event kinds an operator reads first in the day's list (the rest are counted).
 NOTABLE = ("RoleChanged", "OperatorPromotion", "ActiveUplinkChanged", "AllUplinksDown", "VenueHealthChanged",
            "VenueDeadmanFailed", "PlaybookFinished", "EngineHaltRequested", "ReplicationDegraded", "StandbyLost",
@@ -74,8 +77,6 @@ def lines(report: dict[str, Any]) -> list[str]:
 
 
 def gather(client: Any, journal_dir: Path | None, *, now: Callable[[], float] = time.time) -> dict[str, Any]:
-    from daemon.core.control_client import ControlError
-
     errors: list[str] = []
     status = client.call("status")
     try:
@@ -92,8 +93,6 @@ def gather(client: Any, journal_dir: Path | None, *, now: Callable[[], float] = 
             errors.append(f"reconcile dry run refused: {exc}")
     verify = None
     if journal_dir is not None and journal_dir.is_dir():
-        from daemon.standby.journal import verify_directory
-
         report = verify_directory(journal_dir)
         verify = {"ok": report.ok, "lines": report.lines()}
     return build(node=status.get("node", "?"), now=now(), status=status, role=role, events=events,

@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.standby.keys import load_replication_key
+from daemon.uplinks.config import check_uplinks_on_host
+
 EX_CONFIG = 78  # sysexits.h: the unit's RestartPreventExitStatus=78 stops restarts on it
 
 # Created by the unit (StateDirectory=, RuntimeDirectory=) and by lifeline.tmpfiles.conf.
@@ -150,8 +153,6 @@ def check_host(config: Any, user: ServiceUser | None = None) -> HostReport:
     source = config.source
 
     if config.uplinks:
-        from daemon.uplinks.service import check_uplinks_on_host  # psutil: only with uplinks
-
         report.problems.extend(check_uplinks_on_host(config))
 
     directories: dict[Path, str] = {}
@@ -175,8 +176,6 @@ def check_host(config: Any, user: ServiceUser | None = None) -> HostReport:
                                        f"socket keeps its own group; fix: usermod -aG {group} {user.name}")
 
     if config.standby is not None:
-        from daemon.standby.keys import load_replication_key
-
         make = "make it with `lifeline keys replication --out PATH --owner lifeline` (the same file on both hosts)"
         _secret_file(report, f"{source}: standby.key_file", Path(config.standby.key_file), user,
                      load_replication_key, make)
@@ -195,7 +194,7 @@ def check_host(config: Any, user: ServiceUser | None = None) -> HostReport:
         if venue.credentials is None:
             continue
         try:
-            from daemon.venues.client import load_credentials  # ccxt: only with credentials
+            from daemon.venues.client import load_credentials  # lazy: ccxt (the venues extra), only with credentials
         except ImportError:
             break  # the config check already says to install lifeline[venues]
         _secret_file(report, f"{source}: venues.{name}.credentials", Path(venue.credentials), user,
@@ -208,7 +207,7 @@ def check_host(config: Any, user: ServiceUser | None = None) -> HostReport:
             report.warnings.append(f"{source}: recovery.playbooks: {playbooks} is not a directory; no playbook "
                                    f"will run (fix: mkdir -p {playbooks})")
         elif any(playbooks.glob("*.toml")):
-            from recovery.keys import load_keyring
+            from recovery.keys import load_keyring  # lazy: cryptography (~40 ms), only with playbooks (CLI start-up)
 
             before = len(report.problems)
             _secret_file(report, f"{source}: recovery.keyring", Path(recovery.keyring), user, load_keyring,

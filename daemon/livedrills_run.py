@@ -33,7 +33,9 @@ import trio
 
 from daemon import livedrills as core
 from daemon.control import ControlError
+from daemon.core.acl import audit_by
 from daemon.core.log import get_logger
+from recovery.audit import AuditLog, load_or_create_host_key
 
 if TYPE_CHECKING:
     from daemon.app import Daemon
@@ -66,8 +68,6 @@ def _force(params: dict[str, Any]) -> bool:
 
 
 def _by() -> str:
-    from daemon.core.acl import audit_by
-
     by = audit_by()
     if isinstance(by, dict):
         return str(by.get("user") or by.get("uid"))
@@ -85,13 +85,9 @@ def _gate(daemon: "Daemon", drill: str, force: bool) -> None:
 
 
 async def _audit(daemon: "Daemon", action: str, **fields: Any) -> None:
-    from daemon.core.acl import audit_by
-
     by = audit_by()
 
     def append() -> None:
-        from recovery.audit import AuditLog, load_or_create_host_key
-
         recovery = daemon.config.recovery
         state_dir = daemon.config.node.state_dir
         path = (recovery.audit_log if recovery is not None and recovery.audit_log is not None

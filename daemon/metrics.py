@@ -26,7 +26,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from daemon.core.accept import BoundedListener, Connection
-from daemon.health import PATHS
+from daemon.health import PATHS, answer
 from daemon.core.listeners import Limits
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, ServiceStatus
@@ -221,8 +221,6 @@ class MetricsServer:
                 return
             await self._reply(stream, 200, body, content_type=CONTENT_TYPE, head_only=head_only)
         elif self.health is not None and target.decode("latin-1") in PATHS:
-            from daemon.health import answer
-
             try:
                 path = target.decode("latin-1")
                 code, body = answer(path, self.health(path))

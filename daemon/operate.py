@@ -17,8 +17,28 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from daemon.config import ConfigError, load_config, to_dict
 from daemon.control import ControlError
-from daemon.core.log import get_logger
+from daemon.core.acl import audit_by
+from daemon.core.events import ConfigReloaded, PreflightFinished
+from daemon.core.log import LEVELS, get_logger
+from daemon.preflight import counts, evaluate, exit_code, summary
+from daemon.reload import ReloadPlan, plan
+from daemon.standby.journal import verify_directory
+from daemon.standby.lease import LeaseError
+from daemon.standby.service import journal_directory
+from daemon.standby.stores import open_lease_store
+from daemon.uplinks.health import HealthSettings
+from daemon.uplinks.config import check_uplinks_on_host
+from recovery.audit import (
+    AUDIT_FILE,
+    AuditError,
+    AuditLog,
+    HOST_PUB_FILE,
+    load_or_create_host_key,
+    read_public_key,
+    verify_audit,
+)
 
 if TYPE_CHECKING:
     from daemon.app import Daemon
@@ -40,8 +60,6 @@ def register(daemon: "Daemon") -> None:
                             help="Both nodes of the pair: role, epoch, journal position, lag, sync state, the lease "
                                  "and the store's health; `lifeline cluster`.")
     async def reload(params: dict[str, Any]) -> Any:
-        from daemon.core.acl import audit_by
-
         return await reload_config(daemon, by=audit_by() or "control")
 
     daemon.control.register("config.reload", reload,
@@ -66,8 +84,6 @@ def register(daemon: "Daemon") -> None:
 def _config_problems(daemon: "Daemon") -> dict[str, Any] | None:
     """The config file as `lifeline config check` and `lifeline run` judge it now (the
     file may have changed since the daemon read it)."""
-    from daemon.config import ConfigError, load_config
-
     source = Path(daemon.config.source)
     if str(source) == "<memory>":
         return None
@@ -77,23 +93,17 @@ def _config_problems(daemon: "Daemon") -> dict[str, Any] | None:
         return {"source": str(source), "problems": list(exc.problems)}
     problems: list[str] = []
     if config.uplinks:
-        from daemon.uplinks.service import check_uplinks_on_host
-
         problems = list(check_uplinks_on_host(config))
     return {"source": str(source), "problems": problems}
 
 
 def _journal_verify(directory: Path) -> dict[str, Any]:
-    from daemon.standby.journal import verify_directory
-
     report = verify_directory(directory)
     lines = report.lines()
     return {"ok": report.ok, "figure": "; ".join(lines[:1] + [x for x in lines[1:] if not x.startswith("OK")])}
 
 
 def _audit_verify(daemon: "Daemon") -> dict[str, Any] | None:
-    from recovery.audit import AUDIT_FILE, HOST_PUB_FILE, AuditError, read_public_key, verify_audit
-
     state_dir = Path(daemon.config.node.state_dir)
     recovery = daemon.config.recovery
     path = (recovery.audit_log if recovery is not None and recovery.audit_log is not None
@@ -125,8 +135,6 @@ def _role(daemon: "Daemon") -> tuple[dict[str, Any] | None, dict[str, Any] | Non
 
 
 async def gather(daemon: "Daemon", *, verify: bool = True) -> dict[str, Any]:
-    from daemon.standby.service import journal_directory
-
     config = daemon.config
     facts: dict[str, Any] = {"node": config.node.name}
     facts["config"] = await trio.to_thread.run_sync(_config_problems, daemon)
@@ -159,10 +167,6 @@ async def gather(daemon: "Daemon", *, verify: bool = True) -> dict[str, Any]:
 
 
 async def run_preflight(daemon: "Daemon", *, verify: bool = True) -> dict[str, Any]:
-    from daemon.core.acl import audit_by
-    from daemon.core.events import PreflightFinished
-    from daemon.preflight import counts, evaluate, exit_code, summary
-
     started = time.monotonic()
     facts = await gather(daemon, verify=verify)
     now = time.time()
@@ -186,8 +190,6 @@ async def _audit(daemon: "Daemon", **fields: Any) -> None:
     """One line in the audit chain per run (who asked, what failed)."""
 
     def append() -> None:
-        from recovery.audit import AuditLog, load_or_create_host_key
-
         recovery = daemon.config.recovery
         state_dir = daemon.config.node.state_dir
         path = (recovery.audit_log if recovery is not None and recovery.audit_log is not None
@@ -208,9 +210,6 @@ async def _audit(daemon: "Daemon", **fields: Any) -> None:
 async def read_store(daemon: "Daemon") -> dict[str, Any]:
     """One read of the lease store on a connection of its own (never the one the lease
     is renewed on: a slow or failed read here cannot delay or drop a renewal)."""
-    from daemon.standby.lease import LeaseError
-    from daemon.standby.stores import open_lease_store
-
     standby = daemon.standby
     assert standby is not None and standby.settings.lease is not None
     lease = standby.settings.lease
@@ -332,10 +331,6 @@ async def reload_config(daemon: "Daemon", *, by: Any) -> dict[str, Any]:
     (:mod:`daemon.reload` decides); refuse the rest, naming each key, and keep running on
     the old config. The playbooks are verified again either way. One log line, one
     ``ConfigReloaded`` event."""
-    from daemon.config import ConfigError, load_config, to_dict
-    from daemon.core.events import ConfigReloaded
-    from daemon.reload import ReloadPlan, plan
-
     source = Path(daemon.config.source)
     if str(source) == "<memory>":
         raise ControlError("no_file", "this daemon was not started from a config file: nothing to re-read")
@@ -368,8 +363,6 @@ async def reload_config(daemon: "Daemon", *, by: Any) -> dict[str, Any]:
 def _apply(daemon: "Daemon", new: Any, result: Any) -> None:
     import logging
 
-    from daemon.core.log import LEVELS
-
     uplinks_changed = set()
     for key in result.apply:
         if key == "log.level":
@@ -377,8 +370,6 @@ def _apply(daemon: "Daemon", new: Any, result: Any) -> None:
         elif key.startswith("uplinks."):
             uplinks_changed.add(key.split(".")[1])
     if uplinks_changed and daemon.uplinks is not None:
-        from daemon.uplinks.health import HealthSettings
-
         for name in uplinks_changed:
             uplink = daemon.uplinks.uplinks.get(name)
             if uplink is not None:

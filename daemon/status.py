@@ -5,16 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def format_duration_short(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+from daemon.core.durations import format_duration_short  # noqa: F401 - re-exported (the CLI)
 
 
 def format_status(status: dict[str, Any]) -> str:

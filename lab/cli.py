@@ -16,6 +16,48 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from daemon.config import Duration
+from daemon.core.control_client import ControlClient, ControlError
+from daemon.status import format_status
+from lab import netns
+from lab.drills import (
+    DrillSettings,
+    add_report_argument,
+    format_report,
+    report_json,
+    run_uplink_drill,
+    write_drill_report,
+)
+from lab.etcd import EtcdCluster
+from lab.ha_drills import (
+    DRILLS,
+    HaSettings,
+    add_ha_drill_parsers,
+    format_report as format_promotion,
+    run_drill,
+    run_ha_drill,
+)
+from lab.hardware_drills import add_hardware_drill_parsers, run_hardware_drill
+from lab.lifecycle import run_lifecycle_drill
+from lab.nemesis import (
+    NemesisSettings,
+    add_nemesis_parser,
+    format_report as format_nemesis,
+    run_nemesis,
+    run_nemesis_drill,
+)
+from lab.netns import LabError
+from lab.pair import PREFIX as PAIR_PREFIX, PairLab
+from lab.replay_engine import control_socket_writer, feed_paths, merged_lines, replay
+from lab.venue_drills import (
+    VenueDrillSettings,
+    add_venue_drill_parser,
+    format_report as format_venue,
+    run_drill as run_venue_repetitions,
+    run_venue_drill,
+)
+from lab.world import DEFAULT_WORKDIR, LabWorld, LoopbackWorld, NAMESPACES, PREFIX, make_world, netns_unavailable
+
 #: The lab's commands and their help (daemon/cli.py lists them without importing the lab).
 COMMAND_HELP = {
     "drill": "scripted failures in the lab, timed (needs root)",
@@ -62,7 +104,6 @@ def add_lab_arguments(lab: argparse.ArgumentParser) -> None:
     lab.add_argument("--nemesis-duration", default="2m",
                      help='faults of the nemesis after the venue drill (default "2m"; "0" skips it)')
     lab.add_argument("--nemesis-seed", type=int, default=None, help="seed of the nemesis's schedule (printed)")
-    from lab.drills import add_report_argument
 
     add_report_argument(lab)
     lab.add_argument("--quick", action="store_true",
@@ -106,9 +147,6 @@ def run_lab_command(args: argparse.Namespace) -> int:
 
 
 def lab_replay(args: argparse.Namespace) -> int:
-    from daemon.core.control_client import ControlClient, ControlError
-    from lab.replay_engine import control_socket_writer, feed_paths, merged_lines, replay
-
     def progress(stats: Any) -> None:
         if stats.batches % 200 == 0:
             print(f"  {stats.sent} lines, {stats.ok} ok, {stats.in_doubt} in doubt", file=sys.stderr, flush=True)
@@ -128,9 +166,6 @@ def lab_replay(args: argparse.Namespace) -> int:
 
 
 def lab_up(args: argparse.Namespace) -> int:
-    from lab.netns import LabError
-    from lab.world import DEFAULT_WORKDIR, make_world, netns_unavailable
-
     workdir = args.workdir or DEFAULT_WORKDIR
     reason = netns_unavailable()
     if reason and not args.loopback:
@@ -150,11 +185,6 @@ def lab_up(args: argparse.Namespace) -> int:
 
 
 def lab_down(args: argparse.Namespace) -> int:
-    from lab.netns import LabError
-    from lab.pair import PREFIX as PAIR_PREFIX
-    from lab.pair import PairLab
-    from lab.world import DEFAULT_WORKDIR, PREFIX, LabWorld, LoopbackWorld, netns_unavailable
-
     workdir = args.workdir or DEFAULT_WORKDIR
     removed: list[str] = []
     failed = False
@@ -181,10 +211,6 @@ def lab_down(args: argparse.Namespace) -> int:
 
 
 def _lab_namespaces() -> list[str]:
-    from lab import netns
-    from lab.pair import PREFIX as PAIR_PREFIX
-    from lab.world import PREFIX
-
     if shutil.which("ip") is None:
         return []
     try:
@@ -195,9 +221,6 @@ def _lab_namespaces() -> list[str]:
 
 def lab_status(args: argparse.Namespace) -> int:
     """Exit 0 when a whole lab is up, 1 otherwise."""
-    from lab.netns import LabError
-    from lab.world import DEFAULT_WORKDIR, NAMESPACES, LabWorld, LoopbackWorld
-
     workdir = args.workdir or DEFAULT_WORKDIR
     loopback = LoopbackWorld(workdir).status()
     try:
@@ -220,12 +243,6 @@ def lab_status(args: argparse.Namespace) -> int:
 def run_drills(args: argparse.Namespace) -> int:
     """The main job: the lifecycle drill, then the uplink drill, the promotion drills and
     the venue drill (in namespaces, when root)."""
-    from daemon.config import Duration
-    from daemon.status import format_status
-    from lab.drills import DrillSettings, format_report, run_uplink_drill
-    from lab.lifecycle import run_lifecycle_drill
-    from lab.world import netns_unavailable
-
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
@@ -252,13 +269,10 @@ def run_drills(args: argparse.Namespace) -> int:
         if skipped is None and args.promotion_repeat > 0:
             promotion_reports, promotion_skipped = _promotion_drills(workdir, args.promotion_repeat, say)
         if skipped is None and args.venue_repeat > 0:
-            from lab.venue_drills import VenueDrillSettings
-            from lab.venue_drills import run_drill as run_venue_drill
-
             say(f"lab: venue drill, {args.venue_repeat} repetition(s): the venue silent through the fibre only, "
                 "then dead")
-            venue_report = run_venue_drill(workdir / "venue", VenueDrillSettings(repeat=args.venue_repeat),
-                                           progress=say)
+            venue_report = run_venue_repetitions(workdir / "venue", VenueDrillSettings(repeat=args.venue_repeat),
+                                                 progress=say)
             if args.workdir is None:
                 venue_report.workdir = ""  # removed below
         nemesis_report = _nemesis(args, workdir, skipped, say)
@@ -267,7 +281,6 @@ def run_drills(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     ok = (report.ok and (uplink_report is None or uplink_report.ok) and all(r.ok for r in promotion_reports)
           and (venue_report is None or venue_report.ok) and (nemesis_report is None or nemesis_report.ok))
-    from lab.drills import write_drill_report
 
     ok = write_drill_report(args.report, [report, uplink_report, *promotion_reports, venue_report,
                                            nemesis_report]) and ok
@@ -305,7 +318,6 @@ def run_drills(args: argparse.Namespace) -> int:
         print(format_report(uplink_report))
     else:
         print(f"uplink drill: SKIPPED ({skipped or 'repeat 0'})")
-    from lab.ha_drills import format_report as format_promotion
 
     for promotion in promotion_reports:
         print()
@@ -314,15 +326,11 @@ def run_drills(args: argparse.Namespace) -> int:
         print(f"\n{name} drill: SKIPPED ({why})")
     print()
     if venue_report is not None:
-        from lab.venue_drills import format_report as format_venue
-
         print(format_venue(venue_report))
     else:
         print(f"venue drill: SKIPPED ({skipped or 'venue-repeat 0'})")
     print()
     if nemesis_report is not None:
-        from lab.nemesis import format_report as format_nemesis
-
         print(format_nemesis(nemesis_report))
     else:
         print(f"nemesis: SKIPPED ({skipped or 'nemesis-duration 0'})")
@@ -332,9 +340,6 @@ def run_drills(args: argparse.Namespace) -> int:
 
 def _nemesis(args: argparse.Namespace, workdir: Path, skipped: str | None, say: Any) -> Any:
     """The nemesis (random faults against the pair, the history checked), or None."""
-    from daemon.config import Duration
-    from lab.nemesis import NemesisSettings, run_nemesis
-
     duration = 0.0 if args.nemesis_duration in ("0", "0s") else float(Duration.parse(args.nemesis_duration))
     if skipped is not None or duration <= 0:
         return None
@@ -348,9 +353,6 @@ def _nemesis(args: argparse.Namespace, workdir: Path, skipped: str | None, say: 
 
 def _promotion_drills(workdir: Path, repeat: int, say: Any) -> tuple[list[Any], dict[str, str]]:
     """The standby, partition and region drills (region needs etcd), ``repeat`` each."""
-    from lab.etcd import EtcdCluster
-    from lab.ha_drills import DRILLS, HaSettings, run_drill
-
     reports: list[Any] = []
     skipped: dict[str, str] = {}
     for kind in DRILLS:
@@ -376,7 +378,6 @@ def add_drill_arguments(drill: argparse.ArgumentParser,
                               help='hold-down before failback in the drill (default "3s"; the daemon\'s is 30s)')
     uplink_drill.add_argument("--workdir", type=Path, default=None, help="keep the drill's files here")
     uplink_drill.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    from lab.drills import add_report_argument
 
     add_report_argument(uplink_drill)
     if live_options is not None:
@@ -390,19 +391,11 @@ def add_drill_arguments(drill: argparse.ArgumentParser,
         live_switchover.add_argument("--json", action="store_true", help="print the figures as one JSON object")
         add_report_argument(live_switchover)
 
-    from lab.ha_drills import add_ha_drill_parsers
-
     add_ha_drill_parsers(drill_sub)
-
-    from lab.hardware_drills import add_hardware_drill_parsers
 
     add_hardware_drill_parsers(drill_sub)
 
-    from lab.venue_drills import add_venue_drill_parser
-
     add_venue_drill_parser(drill_sub)
-
-    from lab.nemesis import add_nemesis_parser
 
     add_nemesis_parser(drill_sub)
 
@@ -413,24 +406,13 @@ def run_drill_command(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from daemon.config import Duration
-    from lab.drills import DrillSettings, format_report, report_json, run_uplink_drill, write_drill_report
-
     if args.drill_command == "venue":
-        from lab.venue_drills import run_venue_drill
-
         return run_venue_drill(args)
     if args.drill_command == "nemesis":
-        from lab.nemesis import run_nemesis_drill
-
         return run_nemesis_drill(args)
     if args.drill_command in ("power", "enclosure"):
-        from lab.hardware_drills import run_hardware_drill
-
         return run_hardware_drill(args)
     if args.drill_command != "uplink":
-        from lab.ha_drills import run_ha_drill
-
         return run_ha_drill(args)
     if os.geteuid() != 0:
         print("lifeline drill: needs root (it builds network namespaces); run it with sudo", file=sys.stderr)

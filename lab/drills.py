@@ -19,7 +19,6 @@ The soak runs a fresh daemon with 5 % random loss each way on the fibre and coun
 from __future__ import annotations
 
 import json
-import math
 import random
 import socket
 import struct
@@ -30,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from daemon.config import UPLINK_KIND_DEFAULTS, Duration, format_duration
+from daemon.config import Duration, UPLINK_KIND_DEFAULTS, UplinkConfig, format_duration
 from daemon.core.control_client import ControlClient
 from lab import world as lab_world
+from lab.figures import percentile  # noqa: F401 - also lab.drills.percentile for the benches
 from lab.netns import socket_in_netns
 
 VENUE_TARGET = ("10.75.0.1", 7)
@@ -104,13 +104,6 @@ class DrillReport:
         failover = self.series("failover_ms")
         return (not self.errors and bool(failover) and len(failover) == len(self.repetitions)
                 and percentile(failover, 95) < 1000 and (self.flaps in (0, None)) and self.route_errors == 0)
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile (no interpolation: every figure quoted was observed)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 # ---------------------------------------------------------------------- observers
@@ -247,8 +240,6 @@ def failover_trace(timeline: Timeline, samples: list[tuple[float, dict[str, Any]
     """The failover phase as plain data (monotonic seconds): the daemon's uplink events,
     the kernel's default-route changes, every venue echo (sent, answered), the status
     samples, the cuts and restores, and each uplink's DEGRADED thresholds."""
-    from daemon.config import UplinkConfig
-
     gateways = {FIBRE_GATEWAY: "fibre", STARLINK_GATEWAY: "starlink"}
     with timeline._lock:
         items = list(timeline.items)
@@ -522,7 +513,7 @@ def write_drill_report(path: Path | None, reports: list[Any]) -> bool:
     import sys
 
     try:
-        from lab.report.drills import write  # matplotlib: only when a report is asked for
+        from lab.report.drills import write  # lazy: matplotlib (the test extra), only when a report is asked for
     except ImportError as exc:
         print(f"drill report: cannot draw it: {exc} (pip install 'lifeline[test]', or matplotlib>=3.6)",
               file=sys.stderr)

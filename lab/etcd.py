@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from daemon.standby.etcd import ssl_context
+from lab.netns import in_netns
 from lab.pki import EtcdPki
 from lab.procs import free_port
 
@@ -327,7 +329,6 @@ class EtcdCluster:
         (None without TLS)."""
         if self.tls is None:
             return None
-        from daemon.standby.etcd import ssl_context
 
         return ssl_context(self.tls.ca, self.tls.client_cert, self.tls.client_key)
 
@@ -488,7 +489,6 @@ class EtcdCluster:
         if m.netns is None:
             yield
             return
-        from lab.netns import in_netns
 
         with in_netns(m.netns):
             yield

@@ -65,10 +65,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.config import Duration
 from daemon.core.control_client import ControlClient, ControlError
+from daemon.standby.keys import generate_replication_key, generate_witness_key
 from lab import pair as lab_pair
 from lab.drills import add_report_argument, percentile, run_drill_command
-from lab.pair import EDGES, HOSTS, REPLICATION_TIMERS, LabProcess, PairLab
+from lab.etcd import EtcdAuth, EtcdCluster, EtcdMember
+from lab.pair import EDGES, HOSTS, REPLICATION_TIMERS, LabProcess, PairLab, pair_unavailable
+from lab.pki import make_etcd_pki
 from lab.procs import DaemonProcess, journal_records, quiet_system, until
 from lab.replay_engine import feed_lines
 
@@ -104,8 +108,6 @@ class HaSettings:
     etcd_election_ms: int = 250
 
     def _seconds(self, key: str) -> float | None:
-        from daemon.config import Duration
-
         value = self.lease.get(key)
         return float(Duration.parse(str(value))) if value is not None else None
 
@@ -649,9 +651,6 @@ class Drill:
         """The region drill's three etcd members as production runs them: TLS on the
         client and peer ports with client certificates required (a CA and certificates
         made for this repetition), etcd's authentication on."""
-        from lab.etcd import EtcdAuth, EtcdCluster, EtcdMember
-        from lab.pki import make_etcd_pki
-
         pki = make_etcd_pki(root / "pki", [HOSTS[name].address for name in lab_pair.ETCD_HOSTS])
         members = [EtcdMember(name, host=HOSTS[name].address, netns=HOSTS[name].ns)
                    for name in lab_pair.ETCD_HOSTS]
@@ -686,8 +685,6 @@ class Drill:
     # ------------------------------------------------------------------ the run
 
     def run(self, index: int) -> Repetition:
-        from daemon.standby.keys import generate_replication_key, generate_witness_key
-
         rep = Repetition(index)
         root = self.workdir / f"{self.kind}-{index}"
         root.mkdir(parents=True, exist_ok=True)
@@ -1036,8 +1033,6 @@ def add_ha_drill_parsers(drill_sub: argparse._SubParsersAction[argparse.Argument
 
 
 def run_ha_drill(args: argparse.Namespace) -> int:
-    from lab.pair import pair_unavailable
-
     kind = args.drill_command
     reason = pair_unavailable()
     if reason is not None:

@@ -73,19 +73,20 @@ from typing import Any
 
 from daemon.config import dump_toml
 from daemon.core.control_client import ControlClient
+from daemon.standby.keys import generate_replication_key, generate_witness_key
+from hardware.enclosure.driver import read_door_once
 from lab.drills import add_report_argument, percentile, run_drill_command
+from lab.figures import SERIES, TARGETS_MS
 from lab.ha_drills import Node, RoleLog, Writer, overlap_ns, primary_intervals
 from lab.pair import LEASE_TIMINGS, REPLICATION_TIMERS
 from lab.procs import DaemonProcess, WitnessProcess, free_port, quiet_system, until
 from lab.replay_engine import feed_lines
+from lab.sim.enclosure import EnclosureSimulator
+from lab.sim.ups import Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAYBOOKS = ROOT / "recovery" / "playbooks"
 DRILLS = ("power", "enclosure")
-TARGETS_MS = {"power": {"detection_ms": 1000.0, "handover_ms": 5000.0},
-              "enclosure": {"detection_ms": 1500.0, "notice_ms": 3000.0}}
-SERIES = {"power": ("detection_ms", "playbook_ms", "fenced_ms", "handover_ms"),
-          "enclosure": ("detection_ms", "playbook_ms", "notice_ms")}
 UPS_INTERVAL = "200ms"
 
 Progress = Callable[[str], None]
@@ -388,9 +389,6 @@ def _fmt(ms: float | None) -> str:
 
 def power_repetition(index: int, root: Path, books: Path, keyring: Path, lines: Any, progress: Progress
                      ) -> Repetition:
-    from daemon.standby.keys import generate_replication_key, generate_witness_key
-    from lab.sim.ups import Simulator
-
     rep = Repetition(index)
     root.mkdir(parents=True, exist_ok=True)
     key = root / "replication.key"
@@ -549,8 +547,6 @@ def probe_door(url: str) -> str | None:
     """Can the daemon's door driver read CTS over ``url``? None if yes, else why not."""
     import trio
 
-    from hardware.enclosure.driver import read_door_once
-
     try:
         trio.run(read_door_once, url)
     except Exception as exc:
@@ -562,8 +558,6 @@ def enclosure_repetition(index: int, root: Path, books: Path, keyring: Path, pro
                          path: str) -> Repetition:
     """``path``: "door" (EnclosureOpened over RFC 2217) or "temperature"
     (EnclosureTemperatureHigh from the Modbus sensor)."""
-    from lab.sim.enclosure import EnclosureSimulator
-
     rep = Repetition(index)
     rep.path = path
     root.mkdir(parents=True, exist_ok=True)

@@ -76,12 +76,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.config import Duration
 from daemon.core.control_client import ControlClient, ControlError
+from daemon.standby.keys import generate_replication_key
 from lab import pair as lab_pair
 from lab.drills import add_report_argument, write_drill_report
 from lab.ha_drills import CLUSTER, Node
 from lab.nemesis_check import CheckResult, check, payload_text
-from lab.pair import EDGES, REPLICATION_TIMERS, ArmedCut, LabProcess, PairLab
+from lab.pair import EDGES, REPLICATION_TIMERS, ArmedCut, LabProcess, PairLab, pair_unavailable
 from lab.procs import journal_records, until
 
 CLASSES = ("kill9", "pause", "restart", "crash", "partition", "one_way", "flap", "blip_kill")
@@ -688,8 +690,6 @@ class Nemesis:
     # ------------------------------------------------------------------ the whole run
 
     def run(self, report: NemesisReport) -> list[dict[str, Any]]:
-        from daemon.standby.keys import generate_replication_key
-
         generate_replication_key(self.key)
         for name in EDGES:
             other = next(n for n in EDGES if n != name)
@@ -882,9 +882,6 @@ def add_nemesis_parser(drill_sub: argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def run_nemesis_drill(args: argparse.Namespace) -> int:
-    from daemon.config import Duration
-    from lab.pair import pair_unavailable
-
     reason = pair_unavailable()
     if reason is not None:
         print(f"lifeline drill nemesis: cannot build the lab: {reason}; run it as root", file=sys.stderr)

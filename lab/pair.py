@@ -54,7 +54,7 @@ from daemon.config import dump_toml
 from lab import netns
 from lab.netns import LabError
 from lab.procs import DaemonProcess
-from lab.world import LOCK_TIMEOUT, LabLock
+from lab.world import LOCK_TIMEOUT, LabLock, netns_unavailable
 
 PREFIX = "llp-"
 SWITCH = f"{PREFIX}sw"
@@ -130,8 +130,6 @@ def etcd_endpoints(names: Sequence[str] = ETCD_HOSTS) -> list[str]:
 
 def pair_unavailable() -> str | None:
     """Why this host cannot build the pair lab, or None if it can."""
-    from lab.world import netns_unavailable
-
     return netns_unavailable()
 
 

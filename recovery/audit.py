@@ -91,6 +91,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from daemon.core.config import ConfigError
 from daemon.core.files import fsync_directory, link_new_file, replace_file
 from daemon.core.log import format_value, get_logger
 
@@ -862,8 +863,9 @@ def _state_defaults(args: argparse.Namespace) -> tuple[Path, Path | None]:
     """(STATE_DIR, recovery.audit_log from the config or None)."""
     if getattr(args, "state_dir", None) is not None:
         return Path(args.state_dir), None
+    # lazy: `lifeline audit` only, and the one upward import of a capability (the host's config loader,
+    # listed in the contracts' ignore_imports): loading the audit chain must not load the host
     from daemon.config import DEFAULT_CONFIG_PATH, load_config
-    from daemon.core.config import ConfigError
 
     explicit = getattr(args, "config", None)
     config_path = Path(explicit) if explicit is not None else DEFAULT_CONFIG_PATH

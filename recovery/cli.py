@@ -15,9 +15,11 @@ that cannot be read) exits 2.
 Wiring (daemon/cli.py): ``build_parser`` calls :func:`add_parsers` with its subparsers
 and the ``keys`` subparsers; ``main`` sends ``keyring`` and ``playbook`` (and ``keys``
 other than ``replication``) to :func:`run`, which calls the ``recovery_handler`` that
-each sub-command sets. **Hook for more playbook commands** (``run``, ``list``): add
-parsers to :data:`playbook_sub` (also in the returned :class:`RecoveryParsers`) and
-``set_defaults(recovery_handler=fn)`` on them; :func:`run` dispatches them the same way.
+each sub-command sets. ``playbook run`` and ``playbook list`` ask the daemon:
+:func:`add_playbook_client_parsers` adds them with the host's client options and
+``connect``. **Hook for more playbook commands**: add parsers to :data:`playbook_sub` (also
+in the returned :class:`RecoveryParsers`) and ``set_defaults(recovery_handler=fn)`` on
+them; :func:`run` dispatches them the same way.
 ``audit`` is a separate top-level command, not created here.
 
 Imports of cryptography and the recovery modules are lazy so that building the parser
@@ -28,17 +30,24 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from functools import partial
 from typing import Any, Callable, NamedTuple
+
+# lazy-imports: the handlers import cryptography and the recovery modules when they run, so that
+# building this parser stays cheap for every other `lifeline` command (CLI start-up).
 
 DEFAULT_KEYRING = Path("/etc/lifeline/keyring.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/lifeline")
 PASSPHRASE_ENV = "LIFELINE_KEY_PASSPHRASE"
 
 Handler = Callable[[argparse.Namespace], int]
+#: The host's connection to the daemon's control socket (daemon/cli.py's).
+Connect = Callable[[argparse.Namespace], Any]
 
 #: The ``playbook`` sub-command's subparsers, once :func:`add_parsers` ran (hook for `run`/`list`).
 playbook_sub: Any = None
@@ -126,6 +135,64 @@ def run(args: argparse.Namespace) -> int:
         print(f"lifeline: no handler for {args.command}", file=sys.stderr)
         return 2
     return handler(args)
+
+
+# --------------------------------------------------------------------------- playbook run|list (the daemon)
+
+
+def add_playbook_client_parsers(psub: Any, add_client_options: Callable[[argparse.ArgumentParser], None],
+                                connect: Connect) -> None:
+    """``playbook run`` and ``playbook list``, which ask the daemon (the host's
+    ``--socket``/``--config`` options and ``connect``); after :func:`add_parsers`."""
+    run_playbook = psub.add_parser("run", help="verify and run a playbook in the daemon (through the control socket)")
+    run_playbook.add_argument("name", help="the playbook's name (PLAYBOOKS_DIR/NAME.toml)")
+    run_playbook.add_argument("--dry-run", action="store_true", help="verify, check preconditions, print the plan; "
+                                                                     "change nothing")
+    add_client_options(run_playbook)
+    run_playbook.set_defaults(recovery_handler=partial(cmd_playbook_run, connect=connect))
+    list_playbooks = psub.add_parser("list", help="the daemon's verified and refused playbooks")
+    list_playbooks.add_argument("--json", action="store_true")
+    add_client_options(list_playbooks)
+    list_playbooks.set_defaults(recovery_handler=partial(cmd_playbook_list, connect=connect))
+
+
+def cmd_playbook_run(args: argparse.Namespace, connect: Connect) -> int:
+    from daemon.core.control_client import ControlError
+
+    with connect(args) as client:
+        try:
+            # A playbook may wait on events for minutes: no client-side timeout.
+            client.set_timeout(None)
+            result = client.call("playbook.run", {"name": args.name, "dry_run": args.dry_run})
+        except ControlError as exc:
+            print(f"lifeline playbook run: {exc}", file=sys.stderr)
+            return 1
+    for line in result.get("lines", []):
+        print(line)
+    outcome = result.get("outcome")
+    print(f"{result.get('playbook')} version {result.get('version')}: {outcome} in {result.get('duration_ms')} ms")
+    return 0 if outcome in ("succeeded", "dry_run") else 1
+
+
+def cmd_playbook_list(args: argparse.Namespace, connect: Connect) -> int:
+    from daemon.core.control_client import ControlError
+
+    with connect(args) as client:
+        try:
+            result = client.call("playbook.list")
+        except ControlError as exc:
+            print(f"lifeline playbook list: {exc}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    for p in result.get("playbooks", []):
+        triggers = ", ".join(p["triggers"]) or "by hand only"
+        print(f"{p['name']:<28} v{p['version']:<4} expires {p['expires']}  triggers: {triggers}")
+    for name, why in sorted(result.get("refused", {}).items()):
+        print(f"{name:<28} REFUSED: {why}")
+    return 0 if not result.get("refused") else 1
+
 
 
 def _fail(prefix: str, message: str, code: int = 1) -> int:

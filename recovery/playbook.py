@@ -74,6 +74,7 @@ from typing import Any, Literal, NamedTuple, Union
 from daemon.core.config import describe_value
 
 from daemon.core.durations import Duration, format_duration
+from daemon.core.events import event_classes as known
 
 OnFailure = Literal["abort", "continue", "rollback"]
 ON_FAILURE: tuple[str, ...] = ("abort", "continue", "rollback")
@@ -249,8 +250,6 @@ PRECONDITIONS: dict[str, PreconditionSpec] = {
 
 def event_classes() -> dict[str, type]:
     """Every :class:`daemon.core.events.Event` subclass known now, by name."""
-    from daemon.core.events import event_classes as known
-
     return dict(known())
 
 

@@ -35,6 +35,7 @@ from typing import Any, Iterable, Protocol
 
 import trio
 
+from daemon.core.acl import audit_by
 from daemon.core.bus import EventBus
 from daemon.core.control_client import ControlError
 from daemon.core.errors import Unavailable
@@ -49,15 +50,18 @@ from daemon.core.events import (
 )
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, Sample, ServiceStatus
+from recovery.audit import AuditLog, load_or_create_host_key
 from recovery.config import RecoverySettings
+from recovery.executor import ActionFailed, BusyError, Executor, TriggerMatcher
+from recovery.keys import load_keyring
+from recovery.playbook import valid_name
+from recovery.verify import RefusalCoalescer, RollbackState, VerificationError, verify_playbook
 
 log = get_logger("recovery")
 
 
 def _audit_by() -> dict[str, Any]:
     """``{"by": {uid, pid, user}}`` when a control caller asked for this act."""
-    from daemon.core.acl import audit_by
-
     by = audit_by()
     return {} if by is None else {"by": by}
 
@@ -94,8 +98,6 @@ class DaemonActionRunner:
         self.playbook = ""  # the running playbook's name (for notices)
 
     async def run(self, action: str, args: dict[str, Any], *, dry_run: bool) -> str:
-        from recovery.executor import ActionFailed
-
         handler = getattr(self, "_" + action.replace(".", "_"), None)
         if handler is None:
             raise ActionFailed(f"no such action {action!r}")
@@ -109,15 +111,11 @@ class DaemonActionRunner:
     # ------------------------------------------------------------------ actions
 
     def _need_uplinks(self) -> Any:
-        from recovery.executor import ActionFailed
-
         if self.uplinks is None:
             raise ActionFailed("this daemon has no [uplinks] configured")
         return self.uplinks
 
     def _need_leadership(self) -> Any:
-        from recovery.executor import ActionFailed
-
         leadership = getattr(self.standby, "leadership", None)
         if leadership is None:
             raise ActionFailed("this daemon has no [standby.lease]: roles do not move")
@@ -127,8 +125,6 @@ class DaemonActionRunner:
         uplinks = self._need_uplinks()
         name = args["name"]
         if name not in uplinks.uplinks:
-            from recovery.executor import ActionFailed
-
             raise ActionFailed(f"no uplink {name!r}; configured: {', '.join(uplinks.uplinks)}")
         if dry_run:
             return f"would pin the uplink {name}"
@@ -154,8 +150,6 @@ class DaemonActionRunner:
             return "block lifted; this node takes the lease by the usual rules"
         result = leadership.operator_promote(True)
         if not result.get("accepted"):
-            from recovery.executor import ActionFailed
-
             raise ActionFailed(f"promotion refused: {result.get('reason')}")
         return f"override accepted: {result.get('reason')}"
 
@@ -165,8 +159,6 @@ class DaemonActionRunner:
             return "would fence this node, give the lease back and stay standby until standby.promote"
         machine = leadership.machine
         if machine is None:
-            from recovery.executor import ActionFailed
-
             raise ActionFailed("the role machine has not started")
         leadership._apply(machine.refuse_primary(f"demoted by playbook {self.playbook}", trio.current_time()))
         return f"demoted: {machine.role.value}"
@@ -189,8 +181,6 @@ class DaemonActionRunner:
         return "engine resumed"
 
     async def _venue_cancel_all(self, args: dict[str, Any], dry_run: bool) -> str:
-        from recovery.executor import ActionFailed
-
         venue = str(args["venue"])
         if self.venues is None:
             raise ActionFailed(f"venue.cancel_all {venue}: no [venues] are configured in this daemon")
@@ -200,8 +190,6 @@ class DaemonActionRunner:
             raise ActionFailed(f"venue.cancel_all: {exc}") from None
 
     async def _guard_kill(self, args: dict[str, Any], dry_run: bool) -> str:
-        from recovery.executor import ActionFailed
-
         venue, symbol = args.get("venue"), args.get("symbol")
         where = f"{symbol or 'every symbol'} on {venue or 'every venue'}"
         if dry_run:
@@ -226,8 +214,6 @@ class DaemonActionRunner:
         return f"notified: {message}"
 
     async def _wait_for(self, args: dict[str, Any], dry_run: bool) -> str:
-        from recovery.executor import ActionFailed
-
         kind = str(args["event"])
         where = dict(args.get("where") or {})
         timeout = float(args.get("timeout", 30.0))
@@ -242,8 +228,6 @@ class DaemonActionRunner:
         raise ActionFailed(f"no {kind} {where or ''} within {timeout:g}s")
 
     async def _exec(self, args: dict[str, Any], dry_run: bool) -> str:
-        from recovery.executor import ActionFailed
-
         argv = [str(a) for a in args["argv"]]
         if dry_run:
             return f"would run {argv}"
@@ -301,7 +285,6 @@ class RecoveryService:
         self.outcomes: dict[str, int] = {}   # outcome (ok, failed, rolled_back, ...) -> runs
         self.last: dict[str, Any] | None = None
         self._nursery: trio.Nursery | None = None
-        from recovery.verify import RefusalCoalescer
 
         #: Identical refusals by playbook.run: one audit line per window, with a count.
         self.refusals = RefusalCoalescer()
@@ -310,9 +293,6 @@ class RecoveryService:
     # ------------------------------------------------------------------ service
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from recovery.audit import AuditLog, load_or_create_host_key
-        from recovery.executor import Executor
-
         host_key, _ = await trio.to_thread.run_sync(load_or_create_host_key, self.state_dir.parent)
         audit_path = self.settings.audit_log or self.state_dir / "audit.jsonl"
         self.audit = await trio.to_thread.run_sync(AuditLog, audit_path, host_key)
@@ -333,8 +313,6 @@ class RecoveryService:
         """Verify every playbook in the directory (refusals are logged and audited).
         Blocking (keyring, signatures, fsynced audit lines): call it from a thread once
         the service runs; the refusals' events are published by the caller."""
-        from recovery.executor import TriggerMatcher
-
         playbooks: dict[str, Any] = {}
         refused: dict[str, str] = {}
         directory = Path(self.settings.playbooks)
@@ -360,9 +338,6 @@ class RecoveryService:
     def _check(self, path: Path) -> tuple[Any, str, str]:
         """Full verification of ``path`` now: (verified, "", "") or (None, reason, message).
         Blocking: keyring read, Ed25519, TOML."""
-        from recovery.keys import load_keyring
-        from recovery.verify import RollbackState, VerificationError, verify_playbook
-
         try:
             keyring = load_keyring(self.settings.keyring)
             state = RollbackState(self.state_dir / "versions.json")
@@ -417,10 +392,6 @@ class RecoveryService:
         must be spelled as a playbook name and be one found in the playbook directory at
         the last (re)load: no path reaches a file elsewhere, and the answer says nothing
         about files that are not playbooks."""
-        from recovery.executor import BusyError
-        from recovery.playbook import valid_name
-        from recovery.verify import RollbackState
-
         if not valid_name(name) or (name not in self.playbooks and name not in self.refused):
             known = ", ".join(sorted(self.playbooks)) or "none"
             shown = name if valid_name(name) else "that name"

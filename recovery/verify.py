@@ -44,6 +44,7 @@ from typing import Any
 
 from daemon.core.files import replace_file
 from recovery.keys import Keyring, fingerprint
+from recovery.playbook import PlaybookError, parse_playbook
 from recovery.signing import SignatureReport, signature_path, verify_signatures
 
 REASONS = frozenset({"modified", "unknown_key", "revoked_key", "duplicate_key", "threshold", "expired", "rollback",
@@ -335,8 +336,6 @@ def verify_playbook(path: str | os.PathLike[str], keyring: Keyring, *, now: date
     ``now``: an aware datetime (default: the current UTC time). ``rollback_state``: the
     host's record of versions run; ``None`` skips that check (only for tools that never
     run the playbook, e.g. signing on an operator's workstation)."""
-    from recovery.playbook import PlaybookError, parse_playbook
-
     path = Path(path)
     if now is None:
         now = datetime.now(timezone.utc)

@@ -58,6 +58,18 @@ def format_duration(seconds: float) -> str:
     return _decimal(seconds) + "s"  # pragma: no cover - the seconds spelling is always exact
 
 
+def format_duration_short(seconds: float) -> str:
+    """A short age for tables: ``45s``, ``3m05s``, ``2h07m``, ``1d03h``."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
 def _decimal(value: float) -> str:
     """``repr``'s shortest round-tripping digits, without an exponent (``1e-05`` → ``0.00001``)."""
     text = format(decimal.Decimal(repr(value)), "f")

@@ -92,6 +92,27 @@ def human(value: Any) -> str:
     return str(value)
 
 
+def format_table(data: dict[str, Any], prefix: str = "") -> str:
+    """``data`` as aligned ``name  value`` lines, nested tables flattened to ``a.b`` (the
+    CLI's tables: `lifeline journal stats`, `lifeline hardware read`)."""
+    rows: list[tuple[str, str]] = []
+
+    def walk(item: dict[str, Any], path: str) -> None:
+        for key, value in item.items():
+            name = f"{path}{key}"
+            if isinstance(value, dict) and value:
+                walk(value, name + ".")
+            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                for i, entry in enumerate(value):
+                    walk(entry, f"{name}[{i}].")
+            else:
+                rows.append((name, human(value)))
+
+    walk(data, prefix)
+    width = max((len(name) for name, _ in rows), default=0)
+    return "".join(f"{name:<{width}}  {value}\n" for name, value in rows)
+
+
 def format_fields(fields: dict[str, Any]) -> str:
     return " ".join(f"{key}={format_value(value)}" for key, value in fields.items())
 

@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any, Callable
 
+from daemon.core.control_client import ControlError
+
 
 def add_kill_parsers(sub: Any, add_client_options: Callable[[argparse.ArgumentParser], None]) -> None:
     kill = sub.add_parser("kill", help="kill switch: refuse new orders on a scope and cancel every open order "
@@ -23,8 +25,6 @@ def add_kill_parsers(sub: Any, add_client_options: Callable[[argparse.ArgumentPa
 def cmd_kill(args: argparse.Namespace, connect: Callable[[argparse.Namespace], Any]) -> int:
     """Exit 0: blocked and every venue clear; 1: blocked but something is left open (or an
     error); 2: refused (not primary, not admin, bad arguments) — nothing done."""
-    from daemon.core.control_client import ControlError
-
     method = "guard.kill" if args.command == "kill" else "guard.unkill"
     params: dict[str, Any] = {"reason": args.reason}
     if args.venue:

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import trio
 
+from daemon.core.acl import current_caller
 from daemon.core.audit import AuditFactory, AuditSink
 from daemon.core.control import ControlError
 from daemon.core.errors import Unavailable
@@ -324,8 +325,6 @@ class KillSwitch:
     # ---------------------------------------------------------------- control
 
     def register_control(self, control: Any) -> None:
-        from daemon.core.acl import current_caller
-
         def who() -> str:
             caller = current_caller()
             if caller is None:

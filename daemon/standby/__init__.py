@@ -1,6 +1,7 @@
 """The hot standby: the execution journal, its replication, and (next) leases and roles.
 
-    journal.py      append-only segment files; framed, checksummed records; group commit
+    journal.py      append-only segment files, recovery on open, group commit
+    journal_format.py  sans-IO: record frames, segment headers, the scan and the torn-tail rule
     channel.py      sans-IO authenticated channel: handshake, MACs, state-dependent frame caps
     protocol.py     sans-IO codec of the replication stream (on the channel)
     replication.py  the names of replication's trio shell, in three modules:

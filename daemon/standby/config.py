@@ -77,6 +77,7 @@ class LeaseConfig:
     hook_timeout: Duration = option(Duration(10.0), doc="A hook still running after this is killed.", above=0)
 
     def timings(self) -> "RoleTimingsLike":
+        # lazy: the role machine (~10 ms) only with a lease; every client command reads this config (CLI start-up)
         from daemon.standby.roles import RoleTimings
 
         return RoleTimings(
@@ -102,6 +103,7 @@ class LeaseConfig:
             for url in self.etcd_endpoints:
                 if not re.fullmatch(r"https?://[^/\s]+/?", url):
                     problems.append(("etcd_endpoints", f'{url!r} is not "http://HOST:PORT"'))
+            # lazy: the etcd client loads httpx and trio (~150 ms); only a config with etcd pays it (CLI start-up)
             from daemon.standby.etcd import setup_problems
 
             problems += setup_problems(self.etcd_endpoints, self.etcd_ca, self.etcd_cert, self.etcd_key,

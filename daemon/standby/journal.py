@@ -2,7 +2,8 @@
 
 What this module owns
 ---------------------
-* The record codec (sans-IO): :func:`encode_record`, :func:`decode_records`.
+* The record codec (sans-IO, in :mod:`daemon.standby.journal_format`, re-exported here):
+  :func:`encode_record`, :func:`decode_records`.
 * The files: one directory, one file per segment, named by the seq of its first record
   (``00000000000000000001.seg``). Only the newest segment (the *active* one) is written.
 * Recovery on open: every record is verified; a damaged tail of the active segment is cut
@@ -10,25 +11,11 @@ What this module owns
 * Group commit: :meth:`Journal.run` takes every queued append, writes them with one
   ``os.write`` and (``fsync = "always"``) one ``fsync``, then wakes all their callers.
 
-On-disk format (all integers little-endian)
--------------------------------------------
-Segment header, 28 bytes, at offset 0 of every segment::
-
-    magic "LLJSEG" | version u16 = 1 | first_seq u64 | prev_epoch u64 | crc32c u32
-
-``prev_epoch`` is the epoch of record ``first_seq - 1`` (0 if none): the journal still
-knows where it ends, ``Position(prev_epoch, first_seq - 1)``, when retention or
-truncation left a segment without records. The CRC covers the 24 bytes before it.
-
-Record frame, 36-byte header then the payload::
-
-    magic "LJ" | crc32c u32 | version u8 = 1 | flags u8 = 0 | length u32
-               | seq u64 | epoch u64 | timestamp_ns i64 | payload (length bytes)
-
-The CRC covers everything after itself (version ... payload, one contiguous range), so a
-flipped bit in the seq, epoch, timestamp, length or payload is caught. ``length`` is at
-most :data:`MAX_PAYLOAD`; a version or flag this code does not know, *with a valid CRC*,
-is a record from a newer lifeline and is never truncated away.
+On-disk format
+--------------
+Segment headers and record frames (their layout, checksums, and the scan that says where a
+segment's valid prefix ends) are :mod:`daemon.standby.journal_format`, sans-IO; this module
+keeps the files, the fsyncs and the :class:`Journal` class.
 
 Torn tail versus corruption
 ---------------------------
@@ -69,7 +56,6 @@ import fcntl
 import math
 import mmap
 import os
-import re
 import struct
 import time
 from collections.abc import Sequence
@@ -85,106 +71,41 @@ from daemon.core.files import DATA_DIR_MODE, DATA_FILE_MODE, make_directory
 from daemon.core.log import get_logger
 from daemon.core.service import histogram
 from daemon.standby import MAX_PAYLOAD, JournalCorrupt, Position, Record, StandbyError
+# The format's public names stay importable from here (tests, bench/replication.py).
+from daemon.standby.journal_format import (
+    CRC,
+    FRAME_BODY,
+    HEADER_SIZE,
+    I64,
+    MAGIC,
+    REASONS,
+    SEGMENT_HEADER_SIZE,
+    SEGMENT_MAGIC,
+    SEGMENT_VERSION,
+    U64,
+    VERSION,
+    decode_records,
+    decode_segment_header,
+    encode_record,
+    encode_segment_header,
+    frame_length,
+    frame_size,
+    judge_damage,
+    parse_segment_name,
+    scan_frames,
+    segment_name,
+)
+
+__all__ = [
+    "HEADER_SIZE", "MAGIC", "REASONS", "SEGMENT_HEADER_SIZE", "SEGMENT_MAGIC", "SEGMENT_VERSION", "VERSION",
+    "Journal", "JournalError", "RecoveryReport", "TruncateReport", "VerifyReport", "decode_records",
+    "decode_segment_header", "encode_record", "encode_segment_header", "frame_size", "segment_name",
+    "verify_directory",
+]
 
 log = get_logger("journal")
 
-# --------------------------------------------------------------------------- codec
-
-MAGIC = b"LJ"
-VERSION = 1
-#: magic, crc, version, flags, length, seq, epoch, timestamp_ns
-_HEADER = struct.Struct("<2sIBBIQQq")
-_BODY = struct.Struct("<BBIQQq")  # the header after magic and crc: what the CRC starts with
-_CRC = struct.Struct("<I")
-HEADER_SIZE = _HEADER.size  # 36
-_CRC_FROM = 6  # the CRC covers bytes [6, end of payload) of a frame
-
-_U64 = 2**64
-_I64 = 2**63
-
-#: Why decoding stopped before the end of the buffer. "torn" means "the rest is an
-#: incomplete frame" (a streaming caller waits for more bytes; a file has a torn tail).
-REASONS = ("torn", "bad magic", "bad length", "bad crc", "bad version", "bad flags")
-
-
-def encode_record(record: Record) -> bytes:
-    """The frame of one record. Raises ValueError for a record that cannot be framed
-    (negative or oversized fields, a payload over MAX_PAYLOAD): that is the caller's bug."""
-    payload = record.payload
-    if not isinstance(payload, (bytes, bytearray, memoryview)):
-        raise ValueError(f"payload must be bytes, not {type(payload).__name__}")
-    length = len(payload)
-    if length > MAX_PAYLOAD:
-        raise ValueError(f"payload of {length} bytes exceeds MAX_PAYLOAD ({MAX_PAYLOAD})")
-    if not 0 <= record.seq < _U64 or not 0 <= record.epoch < _U64:
-        raise ValueError(f"seq and epoch must fit u64: seq={record.seq} epoch={record.epoch}")
-    if not -_I64 <= record.timestamp_ns < _I64:
-        raise ValueError(f"timestamp_ns must fit i64: {record.timestamp_ns}")
-    body = _BODY.pack(VERSION, 0, length, record.seq, record.epoch, record.timestamp_ns)
-    crc = crc32c(payload, crc32c(body))
-    return b"".join((MAGIC, _CRC.pack(crc), body, payload))
-
-
-def frame_size(record: Record) -> int:
-    """Bytes the record takes on disk and on the wire."""
-    return HEADER_SIZE + len(record.payload)
-
-
-def _check_frame(mv: memoryview, pos: int, end: int) -> tuple[str | None, int]:
-    """Whether a whole, valid frame starts at ``pos``: (None, its size) or (reason, 0)."""
-    rem = end - pos
-    if rem < HEADER_SIZE:
-        n = min(rem, len(MAGIC))
-        return ("torn" if mv[pos:pos + n] == MAGIC[:n] else "bad magic"), 0
-    magic, crc, version, flags, length, _seq, _epoch, _ts = _HEADER.unpack_from(mv, pos)
-    if magic != MAGIC:
-        return "bad magic", 0
-    if length > MAX_PAYLOAD:
-        return "bad length", 0
-    size = HEADER_SIZE + length
-    if rem < size:
-        return "torn", 0
-    if crc32c(mv[pos + _CRC_FROM:pos + size]) != crc:
-        return "bad crc", 0
-    if version != VERSION:
-        return "bad version", 0
-    if flags:
-        return "bad flags", 0
-    return None, size
-
-
-def decode_records(buffer: bytes | bytearray | memoryview, offset: int = 0) -> tuple[list[Record], int, str | None]:
-    """Decode whole frames from ``buffer[offset:]``.
-
-    Returns (records, bytes consumed from ``offset``, reason): the reason is None when
-    every byte was consumed, else why decoding stopped (one of :data:`REASONS`). Never
-    raises on the buffer's content; it does not check seq continuity (the journal does).
-    """
-    with memoryview(buffer) as raw:
-        mv = raw if raw.format == "B" and raw.ndim == 1 else raw.cast("B")
-        end = len(mv)
-        if not 0 <= offset <= end:
-            raise ValueError(f"offset {offset} outside a buffer of {end} bytes")
-        records: list[Record] = []
-        pos = offset
-        reason: str | None = None
-        while pos < end:
-            reason, size = _check_frame(mv, pos, end)
-            if reason is not None:
-                break
-            _m, _c, _v, _f, length, seq, epoch, ts = _HEADER.unpack_from(mv, pos)
-            records.append(Record(seq, epoch, ts, bytes(mv[pos + HEADER_SIZE:pos + size])))
-            pos += size
-        return records, pos - offset, reason
-
-
 # --------------------------------------------------------------------------- segment files
-
-SEGMENT_MAGIC = b"LLJSEG"
-SEGMENT_VERSION = 1
-_SEG_HEADER = struct.Struct("<6sHQQ")
-SEGMENT_HEADER_SIZE = _SEG_HEADER.size + _CRC.size  # 28
-_SEGMENT_NAME = re.compile(r"(\d{20})\.seg")
 
 #: A sparse index entry every this many records or bytes, whichever comes first: finding
 #: a seq walks at most this far from the nearest entry.
@@ -200,27 +121,6 @@ _TAIL_BATCHES = 64
 #: Sentinel "last index entry" of a segment without one: the first record gets an entry.
 _NO_INDEX = -(1 << 70)
 _MMAP_FLAGS = getattr(mmap, "MAP_SHARED", 0)
-
-
-def segment_name(first_seq: int) -> str:
-    return f"{first_seq:020d}.seg"
-
-
-def encode_segment_header(first_seq: int, prev_epoch: int) -> bytes:
-    head = _SEG_HEADER.pack(SEGMENT_MAGIC, SEGMENT_VERSION, first_seq, prev_epoch)
-    return head + _CRC.pack(crc32c(head))
-
-
-def decode_segment_header(data: bytes | memoryview) -> tuple[int, int] | None:
-    """(first_seq, prev_epoch), or None when the header is short or damaged."""
-    if len(data) < SEGMENT_HEADER_SIZE:
-        return None
-    head = bytes(data[:_SEG_HEADER.size])
-    magic, version, first_seq, prev_epoch = _SEG_HEADER.unpack(head)
-    (crc,) = _CRC.unpack_from(data, _SEG_HEADER.size)
-    if magic != SEGMENT_MAGIC or version != SEGMENT_VERSION or crc32c(head) != crc:
-        return None
-    return first_seq, prev_epoch
 
 
 # --------------------------------------------------------------------------- reports and errors
@@ -272,12 +172,6 @@ class _Segment:
     index_seqs: list[int] = field(default_factory=list)
     index_offsets: list[int] = field(default_factory=list)
     read_fd: int | None = None
-
-    def note(self, seq: int, offset: int) -> None:
-        if (not self.index_seqs or seq - self.index_seqs[-1] >= _INDEX_EVERY_RECORDS
-                or offset - self.index_offsets[-1] >= _INDEX_EVERY_BYTES):
-            self.index_seqs.append(seq)
-            self.index_offsets.append(offset)
 
     def forget_after(self, seq: int) -> None:
         keep = bisect.bisect_right(self.index_seqs, seq)
@@ -514,7 +408,7 @@ class Journal:
     def _admit(self, epoch: int, *, claim: bool = True) -> None:
         """The checks every numbered append passes before it is queued (fencing); with
         ``claim`` the epoch becomes the lowest this journal accepts from now on."""
-        if not 0 <= epoch < _U64:
+        if not 0 <= epoch < U64:
             raise JournalError(f"epoch {epoch} out of range")
         self._check_open()
         if epoch < self._max_epoch:
@@ -693,7 +587,7 @@ class Journal:
         limit = self.config.segment_bytes
         idx_seq, idx_off = (active.index_seqs[-1], active.index_offsets[-1]) if active.index_seqs else (_NO_INDEX, 0)
         in_chunk = 0
-        pack_body, pack_crc = _BODY.pack, _CRC.pack
+        pack_body, pack_crc = FRAME_BODY.pack, CRC.pack
         for pending in batch:
             if pending.done.is_set():
                 continue
@@ -942,10 +836,9 @@ class Journal:
         return segment.read_fd
 
     def _frame_size_at(self, fd: int, pos: int, segment: _Segment) -> int:
-        head = os.pread(fd, HEADER_SIZE, pos)
-        if len(head) < HEADER_SIZE or head[:2] != MAGIC:
+        length = frame_length(os.pread(fd, HEADER_SIZE, pos))
+        if length is None:
             raise JournalError(f"{segment.path}: no record header at offset {pos}")
-        length = _HEADER.unpack(head)[4]
         return HEADER_SIZE + min(length, MAX_PAYLOAD)
 
     def _offset_of(self, segment: _Segment, seq: int) -> int:
@@ -1127,10 +1020,10 @@ def _replicated_problem(records: tuple[Record, ...], expected_seq: int, min_epoc
         payloads = [r.payload for r in records]
         if (seqs == list(range(expected_seq, expected_seq + count))
                 and set(map(type, seqs)) == set(map(type, epochs)) == set(map(type, stamps)) == {int}
-                and min_epoch <= epochs[0] and epochs[-1] < _U64
+                and min_epoch <= epochs[0] and epochs[-1] < U64
                 and (epochs.count(epochs[0]) == count or epochs == sorted(epochs))
                 and set(map(type, payloads)) == {bytes} and max(map(len, payloads)) <= MAX_PAYLOAD
-                and -_I64 <= min(stamps) and max(stamps) < _I64 and 0 < expected_seq and seqs[-1] < _U64):
+                and -I64 <= min(stamps) and max(stamps) < I64 and 0 < expected_seq and seqs[-1] < U64):
             return None
     problem = _continuity_problem(records, expected_seq, min_epoch)
     if problem:
@@ -1180,9 +1073,9 @@ def _read_tail(tail: tuple[tuple[int, Sequence[Record], int], ...], from_seq: in
 def _list_segments(directory: Path) -> list[tuple[int, Path]]:
     found = []
     for entry in os.scandir(directory):
-        match = _SEGMENT_NAME.fullmatch(entry.name)
-        if match and entry.is_file(follow_symlinks=False):
-            found.append((int(match.group(1)), directory / entry.name))
+        first_seq = parse_segment_name(entry.name)
+        if first_seq is not None and entry.is_file(follow_symlinks=False):
+            found.append((first_seq, directory / entry.name))
     return sorted(found)
 
 
@@ -1271,42 +1164,24 @@ def _scan_segment(path: Path, name_seq: int, previous: _Segment | None, starts: 
         segment = _Segment(first_seq, prev_epoch, path, SEGMENT_HEADER_SIZE, first_seq - 1)
         if size == SEGMENT_HEADER_SIZE:
             return segment, None
-        with mmap.mmap(f.fileno(), 0, _MMAP_FLAGS, mmap.PROT_READ) as mm, memoryview(mm) as mv:
-            pos = SEGMENT_HEADER_SIZE
-            seq, epoch = first_seq - 1, values[-1]
-            kept = 0
-            reason: str | None = None
-            while pos < size:
-                reason, fsize = _check_frame(mv, pos, size)
-                if reason is not None:
-                    break
-                rseq, repoch = struct.unpack_from("<QQ", mv, pos + 12)
-                if rseq != seq + 1:
-                    raise _corrupt(path, pos, seq + 1, "seq out of order", f"a valid record there has seq {rseq}")
-                if repoch < epoch:
-                    raise _corrupt(path, pos, seq + 1, "epoch went backwards",
-                                   f"a valid record there has epoch {repoch} after epoch {epoch}")
-                if repoch != epoch:
-                    starts.append(rseq)
-                    values.append(repoch)
-                segment.note(rseq, pos)
-                seq, epoch = rseq, repoch
-                kept += 1
-                pos += fsize
+        with mmap.mmap(f.fileno(), 0, _MMAP_FLAGS, mmap.PROT_READ) as mm:
+            scan = scan_frames(mm, SEGMENT_HEADER_SIZE, size, first_seq - 1, values[-1],
+                               index_every_records=_INDEX_EVERY_RECORDS, index_every_bytes=_INDEX_EVERY_BYTES)
+            for rseq, repoch in scan.epochs:
+                starts.append(rseq)
+                values.append(repoch)
+            for rseq, offset in scan.index:
+                segment.index_seqs.append(rseq)
+                segment.index_offsets.append(offset)
+            pos, seq, kept, reason = scan.end, scan.last_seq, scan.records, scan.reason
             segment.last_seq = seq
             segment.size = pos
             if reason is None:
                 return segment, None
-            if reason in ("bad version", "bad flags"):
-                raise _corrupt(path, pos, seq + 1, reason, "a record with a valid checksum in a format this "
-                               "lifeline does not know (written by a newer version?)")
-            if not is_last:
-                raise _corrupt(path, pos, seq + 1, reason, "the damage is in a closed segment, not the tail")
-            following = _valid_frame_after(mm, mv, pos + 1, size)
-            if following is not None:
-                raise _corrupt(path, pos, seq + 1, reason, f"a valid record follows at offset {following}, so this "
-                               "is not a torn tail")
-            dropped = _count_damaged(mv, pos, size)
+            damage = judge_damage(mm, scan, size, is_last=is_last)
+            if damage.corruption is not None:
+                raise _corrupt(path, pos, seq + 1, reason, damage.corruption)
+            dropped = damage.dropped
     if not repair:  # `lifeline journal verify`: say what open() would cut, change nothing
         return segment, RecoveryReport(path, kept, dropped, size - pos, reason, pos)
     # Cut the torn tail.
@@ -1321,37 +1196,6 @@ def _scan_segment(path: Path, name_seq: int, previous: _Segment | None, starts: 
     log.warning("journal.tail_truncated", file=path, records_kept=kept, records_dropped=dropped,
                 bytes_dropped=size - pos, reason=reason, offset=pos, last_seq=seq)
     return segment, report
-
-
-def _valid_frame_after(mm: mmap.mmap, mv: memoryview, start: int, end: int) -> int | None:
-    """Offset of the first whole, valid frame at or after ``start``, if any."""
-    pos = start
-    while pos < end:
-        found = mm.find(MAGIC, pos, end)
-        if found < 0:
-            return None
-        if _check_frame(mv, found, end)[0] is None:
-            return found
-        pos = found + 1
-    return None
-
-
-def _count_damaged(mv: memoryview, pos: int, end: int) -> int:
-    """Records recognisable in a damaged tail: frames whose header starts with the magic
-    and whose length is plausible, one after the other (garbage and zeros count 0)."""
-    count = 0
-    while pos < end:
-        n = min(end - pos, len(MAGIC))
-        if mv[pos:pos + n] != MAGIC[:n]:
-            break
-        count += 1
-        if end - pos < HEADER_SIZE:
-            break
-        length = _HEADER.unpack_from(mv, pos)[4]
-        if length > MAX_PAYLOAD:
-            break
-        pos += HEADER_SIZE + length
-    return count
 
 
 # --------------------------------------------------------------------------- verification

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Literal, Protocol
 
 import trio
 
+from daemon.core.acl import audit_by
 from daemon.core.audit import AuditFactory
 from daemon.core.bus import EventBus
 from daemon.core.control_client import ControlError
@@ -41,7 +42,14 @@ from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, Sample, ServiceStatus
 from daemon.standby import MAX_PAYLOAD, Position, StandbyError, record_to_json
 from daemon.standby.config import StandbySettings
-from daemon.standby.leadership import Watchdog
+from daemon.standby.hooks import HookRunner
+from daemon.standby.journal import Journal
+from daemon.standby.keys import load_replication_key
+from daemon.standby.leadership import Leadership, Watchdog
+from daemon.standby.lease import check_pause_seconds
+from daemon.standby.replication import ReplicationPrimary, ReplicationStandby
+from daemon.standby.roles import Role
+from daemon.standby.stores import open_lease_store
 
 log = get_logger("standby")
 
@@ -157,9 +165,6 @@ class StandbyService:
         self._appends_in_flight = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from daemon.standby.journal import Journal
-        from daemon.standby.keys import load_replication_key
-
         key = self._key if self._key is not None else load_replication_key(self.settings.key_file)
         self._key = key
         directory = journal_directory(self.config)
@@ -199,9 +204,6 @@ class StandbyService:
     # ------------------------------------------------------------------ roles
 
     def _make_leadership(self) -> Any:
-        from daemon.standby.leadership import Leadership
-        from daemon.standby.stores import open_lease_store
-
         lease = self.settings.lease
         assert lease is not None
         node = self.config.node.name
@@ -222,8 +224,6 @@ class StandbyService:
                             "by valid_until (README: what a hung daemon costs)")
         hooks = None
         if lease.on_primary or lease.on_fenced or lease.on_standby:
-            from daemon.standby.hooks import HookRunner
-
             hooks = HookRunner.from_lease_config(lease, node=node)
         store_name = lease.witness if lease.backend == "witness" else ",".join(lease.etcd_endpoints)
         return Leadership(node, lease.timings(), self._lease_store, self, bus=self.bus, watchdog=watchdog,
@@ -284,8 +284,6 @@ class StandbyService:
     async def _replication_runner(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Runs the replication side the role wants, one at a time: the old side has
         fully stopped (its journal writes finished) before the new one starts."""
-        from daemon.standby.replication import ReplicationPrimary, ReplicationStandby
-
         node = self.config.node.name
         started = False
         async with trio.open_nursery() as nursery:
@@ -485,8 +483,6 @@ class StandbyService:
         return result
 
     async def _switchover(self, params: dict[str, Any]) -> Any:
-        from daemon.core.acl import audit_by
-
         leadership = self._require_leadership()
         to = params.get("to")
         if to is not None and (not isinstance(to, str) or not 0 < len(to) <= 64):
@@ -497,9 +493,6 @@ class StandbyService:
         return result
 
     async def _pause(self, params: dict[str, Any]) -> Any:
-        from daemon.core.acl import audit_by
-        from daemon.standby.lease import check_pause_seconds
-
         leadership = self._require_leadership()
         seconds = params.get("seconds", 3600)
         try:
@@ -513,8 +506,6 @@ class StandbyService:
         return result
 
     async def _resume(self, params: dict[str, Any]) -> Any:
-        from daemon.core.acl import audit_by
-
         leadership = self._require_leadership()
         result = await leadership.set_pause(0.0, _who(audit_by()))
         await self._audit("standby.resume", ok=result.get("ok"), reason=result.get("reason"))
@@ -522,8 +513,6 @@ class StandbyService:
 
     async def _audit(self, action: str, **fields: Any) -> None:
         """One line in the audit chain with who asked (the control caller)."""
-        from daemon.core.acl import audit_by
-
         def append() -> None:
             if self._audit_factory is None:
                 raise StandbyError("no audit log was given to the standby service (daemon/app.py injects it)")
@@ -541,8 +530,6 @@ class StandbyService:
 
     async def _audit_promote(self, result: Any) -> None:
         """The override goes to the audit chain with who asked (the control caller)."""
-        from daemon.core.acl import audit_by
-
         def append() -> None:
             if self._audit_factory is None:
                 raise StandbyError("no audit log was given to the standby service (daemon/app.py injects it)")
@@ -615,8 +602,6 @@ class StandbyService:
                 yield from fsyncs.collect()
         machine = getattr(self.leadership, "machine", None)
         if machine is not None:
-            from daemon.standby.roles import Role
-
             yield MetricFamily("lifeline_role", "gauge", "1 for this node's current role, else 0.",
                                [Sample({"role": r.value}, 1.0 if machine.role is r else 0.0) for r in Role])
             yield MetricFamily.single("lifeline_lease_epoch", "gauge",

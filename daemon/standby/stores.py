@@ -7,7 +7,6 @@ from typing import Any
 
 from daemon.core.log import get_logger
 from daemon.standby.config import LeaseConfig
-from daemon.standby.etcd import EtcdLeaseStore, load_password, ssl_context
 from daemon.standby.keys import load_replication_key
 from daemon.standby.lease import LeaseStore
 from daemon.standby.witness import WitnessLeaseStore
@@ -33,6 +32,9 @@ def open_lease_store(lease: LeaseConfig, node: str, replication_key: bytes, stan
         assert lease.witness is not None  # the config requires it with backend = "witness"
         return WitnessLeaseStore(lease.witness, key, lease.cluster, node, float(lease.ttl), timeout)
     if lease.backend == "etcd":
+        # lazy: the etcd client loads httpx (~100 ms, ~8 MB with rich), only for an etcd lease
+        from daemon.standby.etcd import EtcdLeaseStore, load_password, ssl_context
+
         tls = None
         if lease.etcd_ca is not None or lease.etcd_cert is not None:
             tls = ssl_context(lease.etcd_ca, lease.etcd_cert, lease.etcd_key)

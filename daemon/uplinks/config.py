@@ -11,6 +11,7 @@ from typing import Any, Literal, Protocol
 
 from daemon.core.config import option, parse_host_port
 from daemon.core.durations import Duration
+from daemon.uplinks.targets import parse_target
 
 #: Health defaults by kind of uplink: a fibre goes DOWN fast; a Starlink link rides out
 #: its normal 1-2 s drops at satellite hand-offs (15 lost rounds of 200 ms = 3 s).
@@ -69,8 +70,6 @@ class UplinkConfig:
                 object.__setattr__(self, key, Duration(value) if isinstance(value, float) else value)
 
     def validate(self) -> list[tuple[str, str]]:
-        from daemon.uplinks.targets import parse_target
-
         problems: list[tuple[str, str]] = []
         family = None
         for key in ("source", "gateway"):
@@ -148,3 +147,27 @@ class UplinksSettings(Protocol):
 
     @property
     def source(self) -> Path: ...
+
+
+def check_uplinks_on_host(config: UplinksSettings) -> list[str]:
+    """Problems with the uplinks' interfaces and addresses on this host, each naming the
+    config file and key path (the daemon refuses to start on any)."""
+    import psutil
+
+    problems = []
+    interfaces = psutil.net_if_addrs()
+    for name, uplink in config.uplinks.items():
+        where = f"{config.source}: uplinks.{name}"
+        if uplink.interface not in interfaces:
+            known = ", ".join(sorted(interfaces)) or "none"
+            problems.append(f"{where}.interface: no interface {uplink.interface!r} on this host (found: {known})")
+            continue
+        addresses = {a.address.split("%")[0] for a in interfaces[uplink.interface]}
+        # Every address of 127.0.0.0/8 is usable on lo without being assigned (the
+        # loopback lab gives each uplink its own).
+        on_loopback = uplink.source.startswith("127.") and "127.0.0.1" in addresses
+        if uplink.source not in addresses and not on_loopback:
+            found = ", ".join(sorted(a for a in addresses if ":" in a or "." in a)) or "none"
+            problems.append(f"{where}.source: {uplink.source} is not an address of {uplink.interface} "
+                            f"(it has: {found})")
+    return problems

@@ -34,9 +34,13 @@ from daemon.core.events import (
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, Sample, ServiceStatus, histogram
 from daemon.uplinks import UplinkRoute
-from daemon.uplinks.config import UplinkConfig, UplinksSettings
+from daemon.uplinks.config import UplinkConfig, UplinksSettings, check_uplinks_on_host  # noqa: F401 - re-exported
+from daemon.uplinks.conntrack import flush_uplink_flows
 from daemon.uplinks.health import HealthChange, HealthSettings, LinkHealth, LinkState
 from daemon.uplinks.policy import PolicyDecision, UplinkPolicy, UplinkView
+from daemon.uplinks.probe import DnsProber, UplinkProber
+from daemon.uplinks.routes import make_route_backend, route_matches
+from daemon.uplinks.starlink import StarlinkDishMonitor
 from daemon.uplinks.targets import parse_target
 
 log = get_logger("uplinks")
@@ -72,30 +76,6 @@ def uplink_routes(config: UplinksSettings) -> list[UplinkRoute]:
     return routes
 
 
-def check_uplinks_on_host(config: UplinksSettings) -> list[str]:
-    """Problems with the uplinks' interfaces and addresses on this host, each naming the
-    config file and key path (the daemon refuses to start on any)."""
-    import psutil
-
-    problems = []
-    interfaces = psutil.net_if_addrs()
-    for name, uplink in config.uplinks.items():
-        where = f"{config.source}: uplinks.{name}"
-        if uplink.interface not in interfaces:
-            known = ", ".join(sorted(interfaces)) or "none"
-            problems.append(f"{where}.interface: no interface {uplink.interface!r} on this host (found: {known})")
-            continue
-        addresses = {a.address.split("%")[0] for a in interfaces[uplink.interface]}
-        # Every address of 127.0.0.0/8 is usable on lo without being assigned (the
-        # loopback lab gives each uplink its own).
-        on_loopback = uplink.source.startswith("127.") and "127.0.0.1" in addresses
-        if uplink.source not in addresses and not on_loopback:
-            found = ", ".join(sorted(a for a in addresses if ":" in a or "." in a)) or "none"
-            problems.append(f"{where}.source: {uplink.source} is not an address of {uplink.interface} "
-                            f"(it has: {found})")
-    return problems
-
-
 class UplinkService:
     """Watches every uplink and keeps the default route on the best one."""
 
@@ -115,15 +95,11 @@ class UplinkService:
         self.bus = bus
         self.failover = config.failover
         if route_backend is None:
-            from daemon.uplinks.routes import make_route_backend
-
             route_backend = make_route_backend(config.failover)
         self.backend = route_backend
         self._prober_factory = prober_factory or _default_prober
         self._dns_factory = dns_factory or _default_dns
         if flush_flows is None:
-            from daemon.uplinks.conntrack import flush_uplink_flows
-
             flush_flows = flush_uplink_flows
         self._flush_flows = flush_flows
         self.uplinks: dict[str, Uplink] = {}
@@ -172,8 +148,6 @@ class UplinkService:
                 nursery.start_soon(self._route_check_loop)
                 for uplink in self.uplinks.values():
                     if uplink.config.starlink_dish:
-                        from daemon.uplinks.starlink import StarlinkDishMonitor
-
                         monitor = StarlinkDishMonitor(uplink.name, uplink.config.starlink_dish, self.set_hint)
                         nursery.start_soon(monitor.run, name=f"starlink-{uplink.name}")
                 log.info("uplinks.started", uplinks=list(self.uplinks), backend=self.backend.name)
@@ -313,8 +287,6 @@ class UplinkService:
                                             took_ms=round(took_ms, 2)))
 
     async def _route_check_loop(self) -> None:
-        from daemon.uplinks.routes import route_matches
-
         interval = float(self.failover.route_check_interval)
         routes = [u.route for u in self.uplinks.values()]
         while True:
@@ -487,16 +459,12 @@ def _describe_route(current: Any) -> str:
 
 
 def _default_prober(name: str, config: UplinkConfig) -> Any:
-    from daemon.uplinks.probe import UplinkProber
-
     assert config.timeout is not None  # filled from the kind's defaults
     return UplinkProber(name, config.source, [parse_target(t) for t in config.targets],
                         float(config.timeout), interface=config.interface)
 
 
 def _default_dns(name: str, config: UplinkConfig) -> Any:
-    from daemon.uplinks.probe import DnsProber
-
     assert config.timeout is not None and config.dns_server is not None  # only with a dns_server
     # A resolver may recurse before answering: allow it more than a probe's timeout.
     return DnsProber(name, config.source, config.dns_server, config.dns_name, max(1.0, 4 * float(config.timeout)))

@@ -8,6 +8,9 @@ import sys
 import time
 from typing import Any, Callable
 
+# lazy-imports: the handlers import what they run (CLI start-up: every `lifeline` command builds
+# this parser).
+
 
 def add_venue_parsers(sub: Any, add_client_options: Callable[[argparse.ArgumentParser], None]) -> None:
     venues = sub.add_parser("venues", help="every venue through every uplink: state, latency, last error; "

@@ -53,6 +53,7 @@ from typing import Any, Callable, Iterable
 
 import trio
 
+from daemon.core.acl import audit_by
 from daemon.core.audit import AuditFactory
 from daemon.core.bus import EventBus
 from daemon.core.control import ControlError, ReplyStream
@@ -64,6 +65,7 @@ from daemon.core.events import (
     VenueDeadmanFailed,
     VenueHealthChanged,
 )
+from daemon.core.files import create_new_file
 from daemon.core.log import get_logger
 from daemon.core.service import Health, MetricFamily, Sample, ServiceStatus, histogram
 from daemon.venues.config import VenueConfig, VenuesSettings
@@ -77,6 +79,8 @@ from daemon.venues.health import (
     best_state,
     effective_interval,
 )
+from daemon.venues.orders import OpenOrders, looks_like_record
+from daemon.venues.reconcile import ReconciliationReport, VenueOrder, adoption_record, reconcile as decide
 
 log = get_logger("venues")
 
@@ -206,7 +210,7 @@ class Venue:
 
 def _default_client_factory(venue: str, config: VenueConfig, *, uplink: str | None, source: str | None,
                             timeout: float, credentials: Any) -> Any:
-    from daemon.venues.client import VenueClient
+    from daemon.venues.client import VenueClient  # lazy: ccxt (the venues extra, ~0.35 s), only for a venue
 
     client = VenueClient(venue, config.exchange, uplink=uplink, source_address=source, api_url=config.api_url,
                          timeout=timeout, credentials=credentials, ticker_symbol=config.ticker_symbol,
@@ -267,7 +271,7 @@ class VenueService:
     async def _run(self, role_events: Any, task_status: trio.TaskStatus[None]) -> None:
         for venue in self.venues.values():
             if venue.config.credentials is not None:
-                from daemon.venues.client import load_credentials
+                from daemon.venues.client import load_credentials  # lazy: ccxt (the venues extra)
 
                 # A bad credentials file refuses to start, naming the file and the field.
                 venue.credentials = load_credentials(venue.config.credentials)
@@ -534,7 +538,7 @@ class VenueService:
 
     async def _private_unbounded(self, venue: Venue, method: str, args: tuple[Any, ...], primary_term: int | None,
                                  primary_only: bool, kwargs: dict[str, Any]) -> Any:
-        from daemon.venues.client import VenueCallError
+        from daemon.venues.client import VenueCallError  # lazy: ccxt (the venues extra)
 
         errors: list[str] = []
         error_class = "other"
@@ -696,8 +700,6 @@ class VenueService:
         time. The index remembers the epoch of the last record it applied: when the record
         at that seq has another epoch now (a divergent tail was cut and refilled), or the
         journal ends before it, the index is rebuilt from the start."""
-        from daemon.venues.orders import OpenOrders, looks_like_record
-
         while getattr(self.standby, "journal", None) is None:
             await trio.sleep(0.05)
         journal = self.standby.journal
@@ -820,8 +822,6 @@ class VenueService:
         and the journal still does not know the order. When the journal's view may be
         incomplete (records removed by retention, invalid order records) nothing is
         cancelled or adopted: the report says why."""
-        from daemon.venues.reconcile import ReconciliationReport, VenueOrder
-
         venue = self.venues.get(venue_name)
         if venue is None:
             raise ControlError("no_such_venue", f"no venue {venue_name!r}; venues: {', '.join(self.venues) or 'none'}")
@@ -869,8 +869,6 @@ class VenueService:
 
     async def _decide_and_act(self, venue: Venue, report: Any, journal_open: list[Any], venue_open: list[Any],
                               dry_run: bool, trigger: str, term: int) -> None:
-        from daemon.venues.reconcile import reconcile as decide
-
         decisions = decide(venue.name, report.policy, journal_open, venue_open)
         incomplete = self.index_incomplete(venue.name) if self.standby is not None else None
         unmatched_new = [r for r in journal_open if r.state == "new" and not r.venue_order_id]
@@ -917,8 +915,6 @@ class VenueService:
         return False
 
     async def _act(self, venue: Venue, decision: Any, by_id: dict[str, Any], dry_run: bool, term: int) -> str:
-        from daemon.venues.reconcile import adoption_record
-
         if decision.action not in ("cancel", "adopt"):
             return decision.action if decision.action != "keep" else "kept"
         if dry_run:
@@ -957,8 +953,6 @@ class VenueService:
         data["trigger"] = trigger
 
         def write() -> None:
-            from daemon.core.files import create_new_file
-
             directory.mkdir(parents=True, exist_ok=True, mode=0o750)
             create_new_file(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), 0o640,
                             exists_message=f"{path} exists")
@@ -1077,7 +1071,7 @@ class VenueService:
                 log.info("venue.kill_client_not_ready", venue=venue.name, uplink=uplink, error=type(exc).__name__)
 
     async def _kill_call(self, venue_name: str, uplink: str, what: str, fn: Callable[[Any], Any]) -> Any:
-        from daemon.venues.client import VenueCallError
+        from daemon.venues.client import VenueCallError  # lazy: ccxt (the venues extra)
 
         venue = self.venues[venue_name]
         lock = venue.kill_locks.setdefault(uplink, trio.Lock())
@@ -1251,7 +1245,5 @@ def _ns(seconds: float) -> int:
 
 def _audit_by() -> dict[str, Any]:
     """``{"by": {uid, pid, user}}`` when a control caller asked for this act."""
-    from daemon.core.acl import audit_by
-
     by = audit_by()
     return {} if by is None else {"by": by}

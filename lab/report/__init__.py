@@ -119,7 +119,7 @@ nav a { margin-right: 14px; }
 
 def render_html(report: dict[str, Any]) -> str:
     """The whole report as one HTML document (a string; nothing is written)."""
-    from lab.report import plots
+    from lab.report import plots  # lazy: matplotlib (the test extra), only when a report is drawn
 
     drills = list(report.get("drills") or [])
     ok = report.get("ok", all(d.get("ok", False) for d in drills) and bool(drills))

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lab.figures import SERIES, TARGETS_MS
 from lab.report import merge_intervals, overlap_ns, trading_intervals, write_report
 
 #: Keys of a drill's figures() left out of the figures table (shown elsewhere, or bulky).
@@ -304,8 +305,6 @@ def venue_section(report: Any) -> dict[str, Any]:
 
 def hardware_section(report: Any) -> dict[str, Any]:
     """The power and enclosure drills (lab.hardware_drills.HardwareReport)."""
-    from lab.hardware_drills import SERIES, TARGETS_MS
-
     figures = report.figures()
     targets = TARGETS_MS[report.drill]
     checks = [_check(f"repetition {rep.index}", report.rep_ok(rep),

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from lab.drills import percentile  # noqa: E402
+from lab.figures import percentile  # noqa: E402
 
 matplotlib.rcParams.update({
     "svg.fonttype": "none",  # text as <text>: searchable, small, no embedded glyphs

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.cli import role_matches
+from daemon.standby.cli import role_matches
 from daemon.health import PATHS, HealthFacts, answer
 
 
