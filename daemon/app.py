@@ -51,6 +51,18 @@ def standby_seams(config: Config) -> dict[str, Any]:
             "audit_factory": audit_for(config)}
 
 
+def guard_seams(config: Config, standby: StandbyService | None) -> dict[str, Any]:
+    """The guard's: the journal (the standby), the venues' order-record parser (for the fold,
+    and with the configured-venue check for the append path), the limits' signature check
+    (recovery's keyring), the audit sink."""
+    from daemon.risk import verifier_for
+    from daemon.venues.orders import parse_for_append, parse_journal_record
+
+    return {"standby": standby, "parse_order": parse_journal_record,
+            "check_order": partial(parse_for_append, venues=list(config.venues)),
+            "verifier": verifier_for(config), "audit_factory": audit_for(config)}
+
+
 def venue_seams(config: Config) -> dict[str, Any]:
     """The venues': the audit sink of reconciliation (recovery's)."""
     return {"audit_factory": audit_for(config)}
@@ -88,6 +100,14 @@ class Daemon:
             self.standby = StandbyService(config, self.bus, **standby_seams(config))
             self.standby.register_control(self.control)
             services.append(self.standby)
+        # The guard (issue 19): the risk gate on the standby's append path, the blocks.
+        from daemon.guard.service import GuardService
+
+        self.guard = GuardService(config, self.bus, **guard_seams(config, self.standby))
+        self.guard.register_control(self.control)
+        services.append(self.guard)
+        if self.standby is not None:
+            self.standby.append_gate = self.guard
         self.recovery: Any = None
         if config.recovery is not None:
             from recovery.service import RecoveryService

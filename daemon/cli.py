@@ -225,6 +225,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     add_venue_parsers(sub, _add_client_options)
 
+    from daemon.risk import add_parser as add_risk_parser  # argparse only: no trio, no cryptography
+
+    add_risk_parser(sub, _add_client_options)
+
     if needs("audit"):
         from recovery.audit import add_audit_parser  # here: it loads cryptography (~40 ms)
 
@@ -326,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "hardware": cmd_hardware,
         "venues": _venues,
         "reconcile": _reconcile,
+        "risk": cmd_risk,
     }[args.command]
     try:
         return handler(args)
@@ -517,6 +522,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     for problem in host.problems:
         logger.error("config.host_mismatch", problem=problem, exit_code=EX_CONFIG)
     if host.problems:
+        return EX_CONFIG
+    from daemon.risk import check_limits_at_start
+
+    problem = check_limits_at_start(config)  # a refused limits file, no last good one: do not start
+    if problem is not None:
+        logger.error("config.invalid", problem=problem, exit_code=EX_CONFIG)
         return EX_CONFIG
     log.setup(config.log.level)
     from daemon.app import run_daemon
@@ -942,7 +953,28 @@ def cmd_reload(args: argparse.Namespace) -> int:
     print(f"reload: {result.get('summary')}")
     if result.get("playbooks"):
         print(f"playbooks: {result['playbooks']['verified']} verified, {result['playbooks']['refused']} refused")
+    limits = result.get("limits")
+    if limits:
+        print(f"limits: version {limits['limits']['version']} in force" if limits.get("ok") and limits.get("limits")
+              else f"limits: REFUSED ({limits.get('error')}); the last good limits stay in force")
+        if not limits.get("ok"):
+            return 1
     return 0 if result.get("ok") else 1
+
+
+def cmd_risk(args: argparse.Namespace) -> int:
+    """`lifeline risk ...` (daemon/risk.py): sign / verify are local; the rest ask the daemon."""
+    from daemon import risk
+    from daemon.core.control_client import ControlError
+
+    if args.risk_command in ("sign", "verify"):
+        return risk.run(args, None)
+    with _connect(args) as client:
+        try:
+            return risk.run(args, client.call)
+        except ControlError as exc:
+            print(f"lifeline risk: {exc.message}", file=sys.stderr)
+            return 1 if exc.code != "unknown_method" else 2
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:

@@ -120,7 +120,7 @@ def check_limits_at_start(config: Any) -> str | None:
 # --------------------------------------------------------------------------- the CLI
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Any, client_options: Any) -> None:
     risk = sub.add_parser("risk", help="the pre-trade risk gate: limits, positions, P&L, blocks (issue 19)")
     rsub = risk.add_subparsers(dest="risk_command", metavar="ACTION")
     status = rsub.add_parser("status", help="limits and their use (nearest first), positions, P&L, blocks")
@@ -139,6 +139,8 @@ def add_parser(sub: Any) -> None:
     unthrottle = rsub.add_parser("unthrottle", help="lift the throttle (admin)")
     for p in (pause, resume, throttle, unthrottle):
         p.add_argument("--reason", required=True, help="why (goes to the journal and the audit log)")
+    for p in (risk, status, pause, resume, throttle, unthrottle):
+        client_options(p)
     sign = rsub.add_parser("sign", help="add your signature to LIMITS.toml.sig (each operator in turn)")
     sign.add_argument("file", type=Path)
     sign.add_argument("--key", required=True, type=Path, metavar="NAME.key")

@@ -82,13 +82,19 @@ METHODS: dict[str, frozenset[str]] = {
     "standby.resume": ONLY_ADMIN,
     "drill.switchover": ONLY_ADMIN,    # live drills on the real pair ([drills] live = true)
     "drill.uplink": ONLY_ADMIN,
+    "risk.status": READ,
+    "risk.pause": ONLY_ADMIN,
+    "risk.resume": ONLY_ADMIN,
+    "risk.throttle": ONLY_ADMIN,
+    "risk.unthrottle": ONLY_ADMIN,
 }
 #: Methods whose dry run an operator may ask for.
 DRY_RUN_OPERATOR = frozenset({"playbook.run", "venues.reconcile"})
 #: Methods that change state: each call is logged with the caller.
 STATE_CHANGING = frozenset({"journal.append", "uplink.use", "uplink.auto", "playbook.reload", "playbook.run",
                             "venues.reconcile", "standby.promote", "config.reload", "standby.switchover",
-                            "standby.pause", "standby.resume", "drill.switchover", "drill.uplink"})
+                            "standby.pause", "standby.resume", "drill.switchover", "drill.uplink",
+                            "risk.pause", "risk.resume", "risk.throttle", "risk.unthrottle"})
 
 DEFAULT_ROLES: dict[str, list[str]] = {
     ENGINE: [],

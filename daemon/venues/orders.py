@@ -619,17 +619,25 @@ class OpenOrders:
         self._open.clear()
 
 
-def check_payload(payload: bytes, /, venues: Collection[str]) -> str | None:
-    """The order-record check on the journal's append path (the standby calls it, injected by
-    daemon/app.py): None if ``payload`` may be written (not an order record, or a valid one
-    naming one of ``venues``, any venue when none are configured), else the problem, one line."""
+def parse_for_append(payload: bytes, /, venues: Collection[str]) -> OrderRecord | OpenOrdersSnapshot | None:
+    """The order-record check on the journal's append path, parsing once (the risk gate reads
+    what it returns): the order record or snapshot in ``payload``, None for any other
+    payload; :class:`OrderRecordError` for an invalid one or one naming a venue not in
+    ``venues`` (any venue when none are configured)."""
     if not looks_like_record(payload):
         return None
+    record = parse_journal_record(payload)
+    if record is not None and venues and record.venue not in venues:
+        raise OrderRecordError("venue", f"{record.venue!r} is not a configured venue ({', '.join(venues)})",
+                               "write the [venues.NAME] name")
+    return record
+
+
+def check_payload(payload: bytes, /, venues: Collection[str]) -> str | None:
+    """The order-record check on the journal's append path (:func:`parse_for_append`): None
+    if ``payload`` may be written, else the problem, one line."""
     try:
-        record = parse_journal_record(payload)
+        parse_for_append(payload, venues)
     except OrderRecordError as exc:
         return str(exc)
-    if record is not None and venues and record.venue not in venues:
-        return (f"venue: {record.venue!r} is not a configured venue ({', '.join(venues)}); write the "
-                "[venues.NAME] name")
     return None
