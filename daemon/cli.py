@@ -525,9 +525,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EX_CONFIG
     from daemon.risk import check_limits_at_start
 
-    problem = check_limits_at_start(config)  # a refused limits file, no last good one: do not start
-    if problem is not None:
-        logger.error("config.invalid", problem=problem, exit_code=EX_CONFIG)
+    refused = check_limits_at_start(config)  # a refused limits file, no last good one: do not start
+    if refused is not None:
+        logger.error("config.invalid", problem=refused, exit_code=EX_CONFIG)
         return EX_CONFIG
     log.setup(config.log.level)
     from daemon.app import run_daemon

@@ -201,7 +201,7 @@ def _sign(args: argparse.Namespace) -> int:
         return 1
     from recovery.keys import fingerprint
 
-    print(f"{args.file}: signed by key {fingerprint(line.key_id)} (line {line.number}); "
+    print(f"{args.file}: signed by key {fingerprint(line.key_id)} (line {line.line}); "
           f"check with `lifeline risk verify {args.file}`")
     return 0
 

@@ -229,7 +229,7 @@ class GuardService:
 
     # ------------------------------------------------------------------ the append path
 
-    def check(self, payloads: list[bytes], internal: bool = False) -> Reservation | list[Any] | None:
+    def check(self, payloads: list[bytes], internal: bool = False) -> Any:
         """Parse and decide one ``journal.append`` batch; ControlError refuses it whole."""
         parse = self.check_order
         parsed: list[Any] = []

@@ -160,3 +160,26 @@ def test_a_real_daemon_refuses_an_order_over_a_limit_and_writes_nothing(tmp_path
         setup.call("journal.append", {"payloads": [order("f", "3")]})
     finally:
         daemon.stop()
+
+
+def test_risk_sign_and_verify_commands(tmp_path: Path) -> None:
+    """What an operator types: two holders sign in turn; verify says who; one is not enough."""
+    from recovery.keys import generate_key, load_public_key
+
+    a = generate_key("alice", tmp_path)
+    b = generate_key("bob", tmp_path)
+    keyring = init_keyring(2, [(load_public_key(a.pub_path), "alice"), (load_public_key(b.pub_path), "bob")])
+    write_keyring(keyring, tmp_path / "keyring.toml", create=True)
+    limits = tmp_path / "limits.toml"
+    limits.write_text(LIMITS.format(version=1, amount="2"))
+    first = cli("risk", "sign", str(limits), "--key", str(a.key_path), "--keyring", str(tmp_path / "keyring.toml"))
+    assert first.returncode == 0 and "signed by key" in first.stdout, first.stderr
+    refused = cli("risk", "verify", str(limits), "--keyring", str(tmp_path / "keyring.toml"))
+    assert refused.returncode == 1 and "REFUSED (threshold)" in refused.stderr, refused.stderr
+    assert "lifeline risk sign" in refused.stderr
+    cli("risk", "sign", str(limits), "--key", str(b.key_path))
+    ok = cli("risk", "verify", str(limits), "--keyring", str(tmp_path / "keyring.toml"))
+    assert ok.returncode == 0 and "signed by alice, bob" in ok.stdout, ok.stdout + ok.stderr
+    # a playbook signature is not a limits signature
+    playbook = cli("playbook", "verify", str(limits), "--keyring", str(tmp_path / "keyring.toml"))
+    assert playbook.returncode != 0
