@@ -123,6 +123,11 @@ def parse_mark(payload: bytes) -> Mark | None:
         return None
     if not isinstance(data, dict) or data.get("record") != "mark":
         return None
+    return mark_from_dict(data)
+
+
+def mark_from_dict(data: dict[str, Any]) -> Mark:
+    """Validate a decoded ``"record": "mark"`` object."""
     unknown = sorted(set(data) - _MARK_KEYS)
     if unknown:
         raise MarkError(unknown[0], "unknown key", f"the keys are {', '.join(sorted(_MARK_KEYS))}")
@@ -149,6 +154,77 @@ def parse_mark(payload: bytes) -> Mark | None:
                              or time < 0):
         raise MarkError("time", f"expected Unix seconds, found {time!r}", "write a number or leave it out")
     return Mark(venue, symbol, number, float(time) if time is not None else None)
+
+
+class _Fact:
+    """An order record as the fold reads it (:func:`fold_parse`)."""
+
+    __slots__ = ("client_order_id", "venue", "symbol", "side", "amount", "price", "state", "filled", "time",
+                 "average")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.client_order_id = data["client_order_id"]
+        self.venue = data["venue"]
+        self.symbol = data["symbol"]
+        self.side = data["side"]
+        self.state = data["state"]
+        self.amount = _dec(data["amount"])
+        price = data["price"]
+        self.price = None if price is None else _dec(price)
+        filled = data.get("filled")
+        self.filled = None if filled is None else _dec(filled)
+        average = data.get("average")
+        self.average = None if average is None else _dec(average)
+        time = data.get("time")
+        self.time = None if time is None else float(time)
+
+
+def _dec(value: Any) -> Decimal:
+    if isinstance(value, str):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    raise ValueError(value)
+
+
+_FACT_KEYS = frozenset({"record", "v", "client_order_id", "venue", "symbol", "side", "amount", "price", "state",
+                        "venue_order_id", "type", "filled", "epoch", "time", "adopted", "average"})
+_STATES = frozenset({"new", "open", "partially_filled", "filled", "cancelled", "rejected", "expired"})
+
+
+def fold_parse(payload: bytes, parse_order: RecordParser | None) -> Any:
+    """:func:`classify` for the fold of records already in the journal (the start-up fold, the
+    standby's): they passed the append path's full check, so an order record's structure is
+    re-checked (keys, types, state, side, decimals) without every rule of the format, which
+    is ~3x faster; anything unusual goes through the full parser (and its errors)."""
+    raw = bytes(payload)
+    if b'"record"' not in raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    kind = data.get("record")
+    if kind == "order":
+        try:
+            if (data.keys() <= _FACT_KEYS and data.get("v") == 1 and data.get("state") in _STATES
+                    and data.get("side") in ("buy", "sell") and isinstance(data.get("venue"), str)
+                    and isinstance(data.get("client_order_id"), str) and isinstance(data.get("symbol"), str)):
+                fact = _Fact(data)
+                if fact.amount > 0 and fact.amount.is_finite() and (fact.filled is None or 0 <= fact.filled <= fact.amount):
+                    return fact
+        except (ValueError, ArithmeticError, KeyError, TypeError):
+            pass
+        return parse_order(raw) if parse_order is not None else None
+    if kind == "mark":
+        return mark_from_dict(data)
+    if kind == "guard" or kind == "open_orders":
+        return classify(raw, parse_order)
+    return None
 
 
 def classify(payload: bytes, parse_order: RecordParser | None) -> Any:
@@ -261,6 +337,8 @@ class Book:
     inconsistent: int = 0
     last_error: str | None = None
     guard_listener: Callable[[GuardRecord], None] | None = None
+    changes: int = 0
+    _pnl_cache: tuple[int, int, Decimal] | None = None
 
     def instrument(self, venue: str, symbol: str) -> Instrument:
         key = (venue, symbol)
@@ -274,7 +352,7 @@ class Book:
         if seq <= self.position:
             return None
         try:
-            parsed = classify(payload, self.parse_order)
+            parsed = fold_parse(payload, self.parse_order)
         except (ValueError, GuardRecordError) as exc:
             self.position = seq
             self.invalid += 1
@@ -290,6 +368,7 @@ class Book:
         if parsed is None:
             return
         self.records += 1
+        self.changes += 1
         if isinstance(parsed, Mark):
             inst = self.instrument(parsed.venue, parsed.symbol)
             inst.mark, inst.mark_time = parsed.price, parsed.time if parsed.time is not None else now
@@ -379,7 +458,12 @@ class Book:
 
     def day_pnl(self, now: float) -> Decimal:
         day = _day(now)
-        return sum((inst.day_pnl(day) for inst in self.instruments.values()), ZERO)
+        cached = self._pnl_cache
+        if cached is not None and cached[0] == self.changes and cached[1] == day:
+            return cached[2]
+        pnl = sum((inst.day_pnl(day) for inst in self.instruments.values()), ZERO)
+        self._pnl_cache = (self.changes, day, pnl)
+        return pnl
 
     def is_duplicate(self, venue: str, coid: str, now: float) -> bool:
         return _day(now) == self.seen_day and (venue, coid) in self.seen_ids

@@ -274,16 +274,26 @@ class GuardService:
         (what follows it in seq order waits for the records before it)."""
         if not isinstance(ticket, _Ticket):
             return
+        book = self.book
         if last_seq - first_seq + 1 == len(ticket.parsed):
             now = self.clock()
-            for seq, parsed in zip(range(first_seq, last_seq + 1), ticket.parsed):
-                if seq > self.book.position:
-                    self._pending[seq] = parsed
-            book = self.book
+            if first_seq == book.position + 1:  # the common case: nothing else in between
+                for seq, parsed in enumerate(ticket.parsed, first_seq):
+                    book.apply_parsed(seq, parsed, now)
+            else:
+                pending = self._pending
+                for seq, parsed in enumerate(ticket.parsed, first_seq):
+                    if seq > book.position:
+                        pending[seq] = parsed
             pending = self._pending
-            while book.position + 1 in pending:
+            while pending and book.position + 1 in pending:
                 seq = book.position + 1
                 book.apply_parsed(seq, pending.pop(seq), now)
+            journal = getattr(self.standby, "journal", None)
+            if journal is not None and book.position >= last_seq:
+                end = journal.last  # the divergence check's tip: the epoch of what was folded
+                if end.seq == book.position:
+                    self._tip = (end.seq, end.epoch)
         self.gate.written(ticket.reservation, last_seq)
 
     def abandoned(self, ticket: Any, unknown_end: int | None = None) -> None:
