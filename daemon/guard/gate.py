@@ -252,12 +252,12 @@ class Gate:
         if ticket.done:
             return
         ticket.done = True
-        for item in ticket.items:
-            self._reserve(item, -1)
         try:
             self.tickets.remove(ticket)
         except ValueError:
-            pass
+            return  # a ticket of a gate since replaced (the book was folded again)
+        for item in ticket.items:
+            self._reserve(item, -1)
 
     def written(self, ticket: Reservation | None, last_seq: int) -> None:
         """The batch is in the journal through ``last_seq`` (ok or in doubt): its reservation

@@ -94,6 +94,7 @@ class GuardService:
         self.ready = standby is None
         self._pending: dict[int, Any] = {}
         self._tip: tuple[int, int] | None = None  # (seq, epoch) of the last record folded from the journal
+        self._target = 0  # the journal's end when the current fold started
         self.fold_seconds: float | None = None
         self.folded_at_start = 0
         self.refused_batches = 0
@@ -148,13 +149,15 @@ class GuardService:
                 raise LimitsError(result["reason"], result["error"])
         async with trio.open_nursery() as nursery:
             if self.standby is not None:
-                nursery.start_soon(self._fold_loop)
+                # The journal as it is at start is folded before this service says it started
+                # (READY=1 then means the gate decides on every record already written).
+                await nursery.start(self._fold_loop)
             else:
                 log.info("guard.memory_only", detail="no [standby] journal: kill / pause / throttle blocks are kept in "
                                                      "memory only (lost on restart)")
             task_status.started()
 
-    async def _fold_loop(self) -> None:
+    async def _fold_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Fold the journal in order, on either role (as the venues' order index does)."""
         standby = self.standby
         assert standby is not None
@@ -162,8 +165,12 @@ class GuardService:
             await trio.sleep(0.05)
         journal = standby.journal
         started = time.perf_counter()
-        target = journal.last.seq
+        self._target = journal.last.seq
+        announced = False
         while True:
+            if self.ready and not announced:
+                announced = True
+                task_status.started()
             if not self._consistent(journal):
                 log.warning("guard.book_rebuilt", reason="the journal's tail was cut and rewritten",
                             position=self.book.position, last=journal.last.seq)
@@ -178,12 +185,13 @@ class GuardService:
                     self._reset()
                     await trio.sleep(0.2)
                     continue
-                if not self.ready and self.book.position >= target:
+                if not self.ready and self.book.position >= self._target:
                     self._mark_ready(started)
                 await trio.lowlevel.checkpoint()
                 continue
             if not self.ready:
                 self._mark_ready(started)
+                continue
             with trio.move_on_after(0.5):
                 try:
                     await journal.wait_beyond(last)
@@ -221,6 +229,11 @@ class GuardService:
         return now is None or now == epoch
 
     def _reset(self) -> None:
+        """Fold again from the journal's start; the gate refuses new orders (not_ready) until then."""
+        journal = getattr(self.standby, "journal", None)
+        if journal is not None:
+            self.ready = False
+            self._target = journal.last.seq
         limits = self.gate.limits
         self.book = Book(parse_order=self.parse_order)
         self.gate = Gate(self.book, limits)

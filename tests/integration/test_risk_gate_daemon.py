@@ -158,8 +158,25 @@ def test_a_real_daemon_refuses_an_order_over_a_limit_and_writes_nothing(tmp_path
         assert "limit max_open_orders" in info.value.message and "4 open orders" in info.value.message
         setup.call("journal.append", {"payloads": [order("e", "1", state="cancelled")]})
         setup.call("journal.append", {"payloads": [order("f", "3")]})
+        book = setup.call("risk.status")["book"]
     finally:
         daemon.stop()
+
+    # A restart folds the journal before READY=1: the same book, the same refusals.
+    again = DaemonProcess(config=setup.config, workdir=tmp_path / "proc2", watchdog_usec=None)
+    again.start()
+    try:
+        assert again.wait_ready(30), again.log_text()
+        status = setup.call("risk.status")
+        assert status["ready"] and status["limits"]["version"] == 2
+        assert status["book"]["instruments"] == book["instruments"]
+        assert status["book"]["open_orders"] == book["open_orders"] == 3
+        with pytest.raises(ControlError) as info:
+            setup.call("journal.append", {"payloads": [order("f", "1")]})
+        assert "duplicate_client_order_id" in info.value.message
+        assert "event=guard.folded" in again.log_text()
+    finally:
+        again.stop()
 
 
 def test_risk_sign_and_verify_commands(tmp_path: Path) -> None:
