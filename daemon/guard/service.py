@@ -252,11 +252,12 @@ class GuardService:
                 parsed.append(None)
                 continue
             try:
-                record = parse(payload) if parse is not None else None
+                # A mark record first (one JSON parse, not two); None for anything else.
+                record = parse_mark(payload) if b'"mark"' in payload else None
+                if record is None and parse is not None:
+                    record = parse(payload)
                 if record is None:
-                    if b'"mark"' in payload:
-                        record = parse_mark(payload)
-                    if record is None and b'"guard"' in payload:
+                    if b'"guard"' in payload:
                         from daemon.guard.blocks import parse_guard_record
 
                         record = parse_guard_record(payload)
@@ -413,6 +414,8 @@ class GuardService:
             parts.append(f"limits v{self.signed.limits.version} (signed by {', '.join(self.signed.signers)})")
         else:
             parts.append("no limits")
+        if self.standby is None:
+            parts.append("no journal: blocks kept in memory only")
         if not self.ready:
             parts.append(f"folding the journal (seq {self.book.position})")
         parts.append(f"{len(self.book.orders)} open orders, day P&L {self.book.day_pnl(now)}")

@@ -141,3 +141,10 @@ def test_most_specific_entry_wins() -> None:
     assert r.source["max_order_amount"] == "kraken/*"
     other = limits.for_("binance", "ETH/USDT")
     assert other.max_order_amount == Decimal("2") and other.max_position is None
+
+
+def test_the_example_limits_file_parses() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "limits.toml"
+    limits = parse_limits(example.read_bytes(), str(example))
+    assert limits.for_("kraken", "BTC/USDT").max_position == Decimal("2")
+    assert limits.for_("binance", "ETH/USDT").max_position == Decimal("5")
