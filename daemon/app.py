@@ -130,6 +130,7 @@ class Daemon:
             self.venues = VenueService(config, self.bus, standby=self.standby, **venue_seams(config))
             self.venues.register_control(self.control)
             services.append(self.venues)
+            self.guard.gate.tickers = self.venues.ticker_price  # the collar's reference, besides marks
             if self.recovery is not None:
                 self.recovery.runner.venues = self.venues
         self.metrics: MetricsServer | None = None

@@ -36,7 +36,8 @@ limit                       field       refused when
 ==========================  ==========  ====================================================
 
 The reference price is the last mark of (venue, symbol) — in the same batch first, then
-the book. With none, ``no_reference`` of the limits file decides: ``"refuse"`` (the
+the book's, or the venue probes' last ticker (``fetch_ticker`` with ``ticker_symbol``) when
+it is newer than that mark. With none, ``no_reference`` of the limits file decides: ``"refuse"`` (the
 default) refuses the collar and a market order's notional; ``"pass"`` lets them through.
 """
 
@@ -45,7 +46,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable
 
 from daemon.guard.blocks import GuardRecord
 from daemon.guard.book import Book, Mark
@@ -92,6 +93,8 @@ class Reservation:
 class Gate:
     book: Book
     limits: Limits | None = None
+    #: The venue probes' last trade: (venue, symbol) -> (price, wall time) or None (injected).
+    tickers: Callable[[str, str], tuple[float, float] | None] | None = None
     #: (venue, symbol) -> [open orders, buy amount, sell amount] held by reservations
     reserved: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     reserved_ids: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -177,6 +180,11 @@ class Gate:
         reference = marks.get(key) if marks is not None else None
         if reference is None and inst is not None:
             reference = inst.mark
+        if reference is None or (marks is None or key not in marks):
+            ticker = self.tickers(venue, symbol) if self.tickers is not None else None
+            if ticker is not None and (reference is None or inst is None or inst.mark_time is None
+                                       or ticker[1] > inst.mark_time):
+                reference = Decimal(repr(ticker[0]))  # the probes saw a trade after the last mark
         price: Decimal | None = record.price
         if r.max_order_notional is not None:
             basis = price if price is not None else reference

@@ -156,6 +156,7 @@ class GuardService:
                 log.info("guard.memory_only", detail="no [standby] journal: kill / pause / throttle blocks are kept in "
                                                      "memory only (lost on restart)")
             task_status.started()
+            await trio.sleep_forever()  # a service runs until the daemon stops
 
     async def _fold_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Fold the journal in order, on either role (as the venues' order index does)."""
@@ -234,9 +235,9 @@ class GuardService:
         if journal is not None:
             self.ready = False
             self._target = journal.last.seq
-        limits = self.gate.limits
+        limits, tickers = self.gate.limits, self.gate.tickers
         self.book = Book(parse_order=self.parse_order)
-        self.gate = Gate(self.book, limits)
+        self.gate = Gate(self.book, limits, tickers)
         self._pending.clear()
         self._tip = None
 
@@ -253,7 +254,7 @@ class GuardService:
                 continue
             try:
                 # A mark record first (one JSON parse, not two); None for anything else.
-                record = parse_mark(payload) if b'"mark"' in payload else None
+                record: Any = parse_mark(payload) if b'"mark"' in payload else None
                 if record is None and parse is not None:
                     record = parse(payload)
                 if record is None:

@@ -251,3 +251,17 @@ def test_position_is_sum_of_fills_and_open_orders_match_the_venues_fold(stream: 
     for (venue, symbol), inst in book.instruments.items():
         assert inst.open_orders == sum(1 for v in index.venues() for r in index.open_at(v)
                                        if v == venue and r.symbol == symbol)
+
+
+def test_the_venue_probes_ticker_is_a_reference_when_newer_than_the_mark() -> None:
+    rig = Rig(limits(price_collar="0.05"))
+    seen: dict[tuple[str, str], tuple[float, float]] = {}
+    rig.gate.tickers = lambda venue, symbol: seen.get((venue, symbol))
+    assert rig.refused(order("a", price="200")).limit == "price_collar"
+    seen[("kraken", "BTC/USDT")] = (200.0, NOW)
+    rig.append(order("a", price="205"))  # no mark: the ticker
+    rig.book.apply(rig.seq + 1, mark("100"), NOW + 1)  # a newer mark wins
+    rig.seq += 1
+    assert rig.refused(order("b", price="205")).limit == "price_collar"
+    seen[("kraken", "BTC/USDT")] = (200.0, NOW + 2)  # a newer ticker wins
+    rig.append(order("b", price="205"))
