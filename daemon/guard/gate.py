@@ -270,10 +270,10 @@ class Gate:
     def written(self, ticket: Reservation | None, last_seq: int) -> None:
         """The batch is in the journal through ``last_seq`` (ok or in doubt): its reservation
         ends once the book has folded that far."""
-        if ticket is None:
-            return
-        ticket.last_seq = last_seq
-        self.release_folded()
+        if ticket is not None:
+            ticket.last_seq = last_seq
+        if self.tickets:
+            self.release_folded()
 
     def abandon(self, ticket: Reservation | None) -> None:
         """The batch was not written: give back what it reserved."""

@@ -446,8 +446,10 @@ class StandbyService:
             self._appends_in_flight -= 1
             if gate is not None and not written:
                 # Refused by the journal or cancelled: some records may be in it all the same
-                # (logged in doubt), so the gate holds the batch until it has folded that far.
-                gate.abandoned(ticket, self.journal.last.seq if self.journal is not None else 0)
+                # (logged in doubt), or still be written by the journal's queue: the gate holds
+                # the batch until it has folded that far past the journal's end now.
+                end = self.journal.last.seq if self.journal is not None else 0
+                gate.abandoned(ticket, end + len(payloads))
         if gate is not None and runs:
             gate.written(ticket, runs[0][0], runs[-1][1])
         out: list[dict[str, Any]] = []
