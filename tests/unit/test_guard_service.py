@@ -76,7 +76,7 @@ async def test_concurrent_appends_do_not_both_pass_and_the_acknowledged_one_is_f
     async with trio.open_nursery() as nursery:
         nursery.start_soon(first)
         await trio.testing.wait_all_tasks_blocked()
-        with pytest.raises(ControlError) as info:  # the first is in flight: its open order is reserved
+        with pytest.raises(ControlError) as info, trio.fail_after(5):  # the first is in flight: reserved
             await standby._append_payloads([order("b")], False)
         assert info.value.code == "risk_refused" and "max_open_orders" in info.value.message
         replication.release.set()
