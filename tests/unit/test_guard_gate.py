@@ -265,3 +265,31 @@ def test_the_venue_probes_ticker_is_a_reference_when_newer_than_the_mark() -> No
     assert rig.refused(order("b", price="205")).limit == "price_collar"
     seen[("kraken", "BTC/USDT")] = (200.0, NOW + 2)  # a newer ticker wins
     rig.append(order("b", price="205"))
+
+
+decimals = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("1000"), places=2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(decimals, decimals, decimals, decimals, st.integers(0, 6), st.integers(1, 6))
+def test_each_limit_refuses_exactly_above_its_figure(amount: Decimal, limit: Decimal, price: Decimal,
+                                                     mark_price: Decimal, open_now: int, max_open: int) -> None:
+    """Random figures: the amount, notional and collar limits refuse iff the figure is above
+    the limit; max_open_orders iff one more would be above it."""
+    def decide(**kw: Any) -> str | None:
+        rig = Rig(limits(**kw))
+        rig.append(mark(str(mark_price)))
+        for i in range(open_now):
+            rig.append(order(f"open-{i}", "open", amount="0.01", price=str(mark_price)))
+        try:
+            rig.append(order("x", amount=str(amount), price=str(price)))
+        except RiskRefused as exc:
+            return exc.limit
+        return None
+
+    assert (decide(max_order_amount=str(limit)) == "max_order_amount") == (amount > limit)
+    assert (decide(max_order_notional=str(limit)) == "max_order_notional") == (amount * price > limit)
+    collar = limit / 1000
+    assert (decide(price_collar=str(collar)) == "price_collar") == (abs(price / mark_price - 1) > collar)
+    assert (decide(max_open_orders=max_open) == "max_open_orders") == (open_now + 1 > max_open)
+    assert (decide(max_position=str(limit)) == "max_position") == (Decimal("0.01") * open_now + amount > limit)
