@@ -369,15 +369,16 @@ class Book:
             return
         self.records += 1
         self.changes += 1
-        if isinstance(parsed, Mark):
+        kind = type(parsed)
+        if kind is Mark:
             inst = self.instrument(parsed.venue, parsed.symbol)
             inst.mark, inst.mark_time = parsed.price, parsed.time if parsed.time is not None else now
-        elif isinstance(parsed, GuardRecord):
+        elif kind is GuardRecord:
             self.blocks.apply(parsed)
             if self.guard_listener is not None:
                 self.guard_listener(parsed)
-        elif hasattr(parsed, "orders"):
-            self._snapshot(parsed, now)
+        elif getattr(parsed, "state", None) is None:
+            self._snapshot(parsed, now)  # an open_orders snapshot (it has no state of its own)
         else:
             self._order(parsed, now)
 
@@ -392,7 +393,7 @@ class Book:
                 self.seen_ids.clear()
             self.seen_ids.add(key)
         old = self.orders.get(key)
-        inst = self.instrument(venue, record.symbol)
+        inst = self.instruments.get((venue, record.symbol)) or self.instrument(venue, record.symbol)
         if old is not None:
             self._leave(old, venue)
             before, average = old.filled, old.average

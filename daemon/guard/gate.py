@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Callable
 
-from daemon.guard.blocks import GuardRecord
 from daemon.guard.book import Book, Mark
 from daemon.guard.limits import Limits
 
@@ -115,14 +114,14 @@ class Gate:
         marks: dict[tuple[str, str], Decimal] | None = None
         new_count = 0
         for index, record in enumerate(parsed):
-            if record is None or isinstance(record, GuardRecord) or hasattr(record, "orders"):
+            if record is None:
                 continue
-            if isinstance(record, Mark):
-                if marks is None:
-                    marks = {}
-                marks[(record.venue, record.symbol)] = record.price
-                continue
-            if record.state != "new":
+            state = getattr(record, "state", None)  # order records only (not snapshots, guard records)
+            if state != "new":
+                if state is None and type(record) is Mark:
+                    if marks is None:
+                        marks = {}
+                    marks[(record.venue, record.symbol)] = record.price
                 continue
             self.checked += 1
             try:
