@@ -33,8 +33,9 @@ known and not counted. The *day's* P&L (the daily loss limit) is what was realis
 00:00 UTC (by the fill record's ``time``, else the time it was folded) plus the open
 positions' unrealised P&L against their average cost at the last mark.
 
-Duplicate client order ids: the ids of the ``new`` records of the current UTC day (from
-the start of the fold) are remembered; a day's ids are forgotten at the next UTC midnight.
+Duplicate client order ids: the ids of the ``new`` records of the current UTC day (by the
+record's ``time``, else the time it was folded) are remembered; a day's ids are forgotten
+at the next UTC midnight.
 """
 
 from __future__ import annotations
@@ -387,11 +388,12 @@ class Book:
         key = (venue, coid)
         when = record.time if record.time is not None else now
         if record.state == "new":
-            day = _day(now)
-            if day != self.seen_day:
+            day = _day(when)  # the record's own time when it has one: a restart folds the same days
+            if day > self.seen_day:
                 self.seen_day = day
                 self.seen_ids.clear()
-            self.seen_ids.add(key)
+            if day == self.seen_day:
+                self.seen_ids.add(key)
         old = self.orders.get(key)
         inst = self.instruments.get((venue, record.symbol)) or self.instrument(venue, record.symbol)
         if old is not None:

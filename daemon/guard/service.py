@@ -41,8 +41,9 @@ from daemon.guard.limits import LimitsError, LimitsVerifier, SignedLimits, load_
 
 log = get_logger("guard")
 
-#: Records folded per batch before the fold loop yields to the event loop.
-FOLD_BATCH = 2000
+#: Records folded per batch before the fold loop yields to the event loop (~5 ms of work:
+#: the standby's replication and acks must not wait behind a long catch-up fold).
+FOLD_BATCH = 500
 
 
 class BlocksWriter(Protocol):

@@ -293,3 +293,13 @@ def test_each_limit_refuses_exactly_above_its_figure(amount: Decimal, limit: Dec
     assert (decide(price_collar=str(collar)) == "price_collar") == (abs(price / mark_price - 1) > collar)
     assert (decide(max_open_orders=max_open) == "max_open_orders") == (open_now + 1 > max_open)
     assert (decide(max_position=str(limit)) == "max_position") == (Decimal("0.01") * open_now + amount > limit)
+
+
+def test_duplicate_ids_are_those_of_the_records_utc_day() -> None:
+    book = Book(parse_order=parse_journal_record)
+    yesterday = json.loads(order("old"))
+    yesterday["time"] = NOW - 86_400
+    book.apply(1, json.dumps(yesterday).encode(), NOW)  # folded today (a restart), written yesterday
+    book.apply(2, order("new-1"), NOW)
+    assert not book.is_duplicate("kraken", "old", NOW) and book.is_duplicate("kraken", "new-1", NOW)
+    assert not book.is_duplicate("kraken", "new-1", NOW + 86_400)  # forgotten at midnight
