@@ -204,7 +204,7 @@ def fold_parse(payload: bytes, parse_order: RecordParser | None) -> Any:
     if b'"record"' not in raw:
         return None
     try:
-        data = json.loads(raw)
+        data = json.loads(raw.decode("utf-8"))  # str: json skips its encoding detection
     except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict):

@@ -209,7 +209,8 @@ class GuardService:
 
     def _fold_from(self, journal: Any, start: int) -> None:
         now = self.clock()
-        for record in journal.read(start, FOLD_BATCH):
+        # At start (not yet ready) in bigger reads: the journal decodes a whole chunk per read.
+        for record in journal.read(start, FOLD_BATCH if self.ready else 10 * FOLD_BATCH):
             parsed = self._pending.pop(record.seq, _MISSING)
             if parsed is _MISSING:
                 self.book.apply(record.seq, record.payload, now)
