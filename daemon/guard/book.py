@@ -369,9 +369,9 @@ class Book:
         if parsed is None:
             return
         self.records += 1
-        self.changes += 1
         kind = type(parsed)
         if kind is Mark:
+            self.changes += 1  # the day's P&L moves with marks and fills only
             inst = self.instrument(parsed.venue, parsed.symbol)
             inst.mark, inst.mark_time = parsed.price, parsed.time if parsed.time is not None else now
         elif kind is GuardRecord:
@@ -412,6 +412,7 @@ class Book:
             else:
                 price = record.price if record.price is not None else inst.mark
             inst.fill(record.side, qty, price, _day(when))
+            self.changes += 1
         elif filled < before:
             self.inconsistent += 1
             filled = before
@@ -446,6 +447,7 @@ class Book:
             inst.open_sell -= rest
 
     def _snapshot(self, snapshot: SnapshotFacts, now: float) -> None:
+        self.changes += 1
         venue = snapshot.venue
         for key in [k for k in self.orders if k[0] == venue]:
             order = self.orders.pop(key)
