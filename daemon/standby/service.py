@@ -451,7 +451,11 @@ class StandbyService:
                 end = self.journal.last.seq if self.journal is not None else 0
                 gate.abandoned(ticket, end + len(payloads))
         if gate is not None and runs:
-            gate.written(ticket, runs[0][0], runs[-1][1])
+            try:
+                gate.written(ticket, runs[0][0], runs[-1][1])
+            except Exception as exc:  # noqa: BLE001 - the records are written: the reply must say so
+                log.error("journal.append_gate_failed", error=f"{type(exc).__name__}: {exc}",
+                          first_seq=runs[0][0], last_seq=runs[-1][1])
         out: list[dict[str, Any]] = []
         for first, last, epoch, status, durable_on, reason, _degraded in runs:
             count = last - first + 1
