@@ -30,7 +30,11 @@ from daemon.standby.service import StandbyService
 from daemon.supervisor import ServiceCrashed, Supervisor
 from daemon.system import SystemHealthService
 from daemon.uplinks.service import UplinkService
-from daemon.venues.orders import check_payload
+from daemon.venues.orders import check_payload, parse_for_append, parse_journal_record
+from daemon.guard.breaker_service import BlocksActions, BreakerService
+from daemon.guard.killswitch import BlocksWriter, KillSwitch
+from daemon.guard.service import GuardService
+from daemon.risk import verifier_for
 from hardware.watchdog import open_watchdog
 from recovery.audit import host_audit_factory
 from recovery.service import RecoveryService
@@ -55,31 +59,6 @@ def standby_seams(config: Config) -> dict[str, Any]:
             "audit_factory": audit_for(config)}
 
 
-def guard_check(check: Any, blocks: Any) -> Any:
-    """The venues' order-record check, then the kill switch's blocks: a ``new`` order record
-    on a killed scope is refused (the gate's service takes this seam over when merged)."""
-    import time
-
-    from daemon.venues.orders import parse_order_record
-
-    def checked(payload: bytes, /, *, epoch: int | None = None) -> str | None:
-        problem = check(payload, epoch=epoch)
-        if problem is not None:
-            return str(problem)
-        if not blocks.blocks().blocks:
-            return None
-        try:
-            record = parse_order_record(payload)
-        except ValueError:
-            return None
-        if record is None or record.state != "new":
-            return None
-        refusal = blocks.blocks().refusal(record.venue, record.symbol, time.time())
-        return None if refusal is None else refusal.message()
-
-    return checked
-
-
 def primary_hint(standby: Any) -> str:
     """Who is primary, as a standby knows it: the lease holder, or the peer of a fixed role."""
     leadership = getattr(standby, "leadership", None)
@@ -95,34 +74,31 @@ def primary_hint(standby: Any) -> str:
     return f"the primary is the peer at {peer}: run it there" if peer else "run it on the primary"
 
 
-def guard_seams(config: Config, standby: Any) -> dict[str, Any]:
-    """The kill switch's blocks writer: through the journal on the primary (a standby refuses,
-    naming the primary), in memory on a host without a journal."""
-    from daemon.core.control_client import ControlError as _ControlError
-    from daemon.core.errors import Unavailable
-    from daemon.guard.killswitch import MemoryBlocks
+def guard_seams(config: Config, standby: StandbyService | None) -> dict[str, Any]:
+    """The guard's: the journal (the standby), the venues' order-record parser (for the fold,
+    and with the configured-venue and lease-epoch checks for the append path), the limits'
+    signature check (recovery's keyring), the audit sink, and who is primary when this node
+    is not (for a refused kill or pause)."""
+    venues = list(config.venues)
 
-    if standby is None:
-        return {"blocks": MemoryBlocks()}
+    def check_order(payload: bytes, /) -> Any:
+        return parse_for_append(payload, venues, epoch=standby.epoch if standby is not None else None)
 
-    def may_write() -> bool:
-        leadership = standby.leadership
-        if leadership is not None:
-            return bool(leadership.may_trade()) and bool(standby.accepting)
-        return standby.role == "primary" and bool(standby.accepting)
-
-    async def persist(payload: bytes) -> None:
+    def promoting() -> bool:
+        """This node holds the lease but does not accept appends yet (a promotion under way)."""
+        leadership = standby.leadership if standby is not None else None
+        if leadership is None or standby is None or standby.accepting:
+            return False
         try:
-            result = await standby._append({"payloads": [payload.decode("utf-8")]})
-        except _ControlError as exc:
-            raise Unavailable(f"the journal refused the guard record: {exc}") from None
-        status = (result.get("results") or [{}])[0] if isinstance(result, dict) else {}
-        if status.get("status", "ok") != "ok":
-            raise Unavailable(f"the guard record was not acknowledged ({status.get('reason') or status.get('status')})")
+            holder = (leadership.details().get("lease") or {}).get("holder")
+        except Exception:  # noqa: BLE001 - a hint only
+            return False
+        return bool(holder == config.node.name)
 
-    return {"blocks": MemoryBlocks(may_write=may_write, persist=persist,
-                                   why_not=lambda: f"this node ({config.node.name}) is not primary; "
-                                   + primary_hint(standby))}
+    return {"standby": standby, "parse_order": parse_journal_record, "check_order": check_order,
+            "verifier": verifier_for(config), "audit_factory": audit_for(config),
+            "why_not": (lambda: f"this node ({config.node.name}) is not primary; " + primary_hint(standby)),
+            "promoting": promoting}
 
 
 def venue_seams(config: Config) -> dict[str, Any]:
@@ -130,32 +106,11 @@ def venue_seams(config: Config) -> dict[str, Any]:
     return {"audit_factory": audit_for(config)}
 
 
-class _Later:
-    """The standby, for seams built before it exists (the check on its own append path)."""
-
-    def __init__(self, daemon: "Daemon") -> None:
-        self._daemon = daemon
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._daemon.standby, name)
-
-
 def breaker_service(config: Config, bus: EventBus, *, system: SystemHealthService, standby: Any,
-                    venues: Any, writer: Any = None, killswitch: Any = None) -> Any:
+                    venues: Any, writer: BlocksWriter, killswitch: KillSwitch) -> BreakerService:
     """The circuit breakers (daemon/guard): fed by the journal, the venues' matrix and the
-    host's load; they act through guard records appended on the primary (until the gate's
-    GuardService is merged: a plain BlocksWriter on journal.append) and, for a kill
-    response, through the kill switch when one is given."""
-    from daemon.core.errors import Unavailable
-    from daemon.guard.breaker_service import BlocksActions, BreakerService, JournalBlocksWriter
-
-    async def append(payload: bytes) -> None:
-        if standby is None:
-            return  # no journal: the blocks live in memory only
-        try:
-            await standby._append({"payloads": [payload.decode()]})
-        except ControlError as exc:
-            raise Unavailable(str(exc)) from None
+    host's load; they act through guard records the guard writes through the journal on the
+    primary (``writer``) and, for a kill response, through the kill switch."""
 
     def load() -> float | None:
         # The larger of CPU busy and memory used, of those [system] judges: a threshold of 1.0
@@ -169,7 +124,7 @@ def breaker_service(config: Config, bus: EventBus, *, system: SystemHealthServic
     def paths() -> list[tuple[str, str, str]]:
         return [(p["venue"], p["uplink"], p["state"]) for p in venues.matrix()]
 
-    actions = BlocksActions(writer if writer is not None else JournalBlocksWriter(append), killswitch)
+    actions = BlocksActions(writer, killswitch)
     return BreakerService(config.guard.breakers, bus, actions=actions,
                           journal_holder=standby, paths=paths if venues is not None else None, load=load,
                           audit_factory=audit_for(config), node=config.node.name)
@@ -203,14 +158,16 @@ class Daemon:
             self.uplinks.register_control(self.control)
             services.append(self.uplinks)
         self.standby: StandbyService | None = None
-        self.guard_blocks: Any = None
         if config.standby is not None:
-            seams = standby_seams(config)
-            self.guard_blocks = guard_seams(config, _Later(self))["blocks"]
-            seams["check_payload"] = guard_check(seams["check_payload"], self.guard_blocks)
-            self.standby = StandbyService(config, self.bus, **seams)
+            self.standby = StandbyService(config, self.bus, **standby_seams(config))
             self.standby.register_control(self.control)
             services.append(self.standby)
+        # The guard (issue 19): the risk gate on the standby's append path, the blocks.
+        self.guard = GuardService(config, self.bus, **guard_seams(config, self.standby))
+        self.guard.register_control(self.control)
+        services.append(self.guard)
+        if self.standby is not None:
+            self.standby.append_gate = self.guard
         self.recovery: Any = None
         if config.recovery is not None:
             self.recovery = RecoveryService(config, self.bus, uplinks=self.uplinks, standby=self.standby)
@@ -233,18 +190,15 @@ class Daemon:
             self.venues = VenueService(config, self.bus, standby=self.standby, **venue_seams(config))
             self.venues.register_control(self.control)
             services.append(self.venues)
+            self.guard.gate.tickers = self.venues.ticker_price  # the collar's reference, besides marks
             if self.recovery is not None:
                 self.recovery.runner.venues = self.venues
-        from daemon.guard.killswitch import KillSwitch
-
-        if self.guard_blocks is None:
-            self.guard_blocks = guard_seams(config, None)["blocks"]
-        self.killswitch = KillSwitch(self.guard_blocks, self.venues, audit_factory=audit_for(config))
+        self.killswitch = KillSwitch(self.guard, self.venues, audit_factory=audit_for(config))
         self.killswitch.register_control(self.control)
         if self.recovery is not None:
             self.recovery.runner.guard = self.killswitch
         self.breakers = breaker_service(config, self.bus, system=self.system, standby=self.standby,
-                                        venues=self.venues, writer=self.guard_blocks, killswitch=self.killswitch)
+                                        venues=self.venues, writer=self.guard, killswitch=self.killswitch)
         services.append(self.breakers)
         self.metrics: MetricsServer | None = None
         if config.metrics.enabled:

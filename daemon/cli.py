@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 # lazy-imports: each command imports what it runs inside its handler, so that client commands
 # such as `lifeline status` start without trio, psutil, ccxt or cryptography (bench/cli_startup.py);
-# tests/unit/test_daemon_never_imports_lab.py accepts this file's function-local imports.
+# tests/unit/host/test_daemon_never_imports_lab.py accepts this file's function-local imports.
 
 EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus=78: a bad config is not restarted
 DEFAULT_SOCKET = Path("/run/lifeline/control.sock")
@@ -177,6 +177,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     add_kill_parsers(sub, _add_client_options)
 
+    from daemon.risk import add_parser as add_risk_parser  # argparse only: no trio, no cryptography
+
+    add_risk_parser(sub, _add_client_options)
+
     if needs("audit"):
         from recovery.audit import add_audit_parser  # here: it loads cryptography (~40 ms)
 
@@ -280,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reconcile": _capability("daemon.venues.cli", "cmd_reconcile", connect=_connect),
         "kill": _capability("daemon.guard.cli", "cmd_kill", connect=_connect),
         "unkill": _capability("daemon.guard.cli", "cmd_kill", connect=_connect),
+        "risk": cmd_risk,
     }[args.command]
     try:
         return handler(args)
@@ -401,6 +406,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     for problem in host.problems:
         logger.error("config.host_mismatch", problem=problem, exit_code=EX_CONFIG)
     if host.problems:
+        return EX_CONFIG
+    from daemon.risk import check_limits_at_start
+
+    refused = check_limits_at_start(config)  # a refused limits file, no last good one: do not start
+    if refused is not None:
+        logger.error("config.invalid", problem=refused, exit_code=EX_CONFIG)
         return EX_CONFIG
     log.setup(config.log.level)
     from daemon.app import run_daemon
@@ -615,7 +626,28 @@ def cmd_reload(args: argparse.Namespace) -> int:
     print(f"reload: {result.get('summary')}")
     if result.get("playbooks"):
         print(f"playbooks: {result['playbooks']['verified']} verified, {result['playbooks']['refused']} refused")
+    limits = result.get("limits")
+    if limits:
+        print(f"limits: version {limits['limits']['version']} in force" if limits.get("ok") and limits.get("limits")
+              else f"limits: REFUSED ({limits.get('error')}); the last good limits stay in force")
+        if not limits.get("ok"):
+            return 1
     return 0 if result.get("ok") else 1
+
+
+def cmd_risk(args: argparse.Namespace) -> int:
+    """`lifeline risk ...` (daemon/risk.py): sign / verify are local; the rest ask the daemon."""
+    from daemon import risk
+    from daemon.core.control_client import ControlError
+
+    if args.risk_command in ("sign", "verify"):
+        return risk.run(args, None)
+    with _connect(args) as client:
+        try:
+            return risk.run(args, client.call)
+        except ControlError as exc:
+            print(f"lifeline risk: {exc.message}", file=sys.stderr)
+            return 1 if exc.code != "unknown_method" else 2
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:

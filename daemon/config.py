@@ -46,7 +46,7 @@ from daemon.core.config import (  # noqa: F401 - re-exported: the loader and the
     to_dict,
 )
 from daemon.core.durations import Duration, format_duration  # noqa: F401
-from daemon.guard.breakers_config import GuardConfig  # noqa: F401
+from daemon.guard.config import GuardConfig  # noqa: F401
 from daemon.livedrills import parse_hours, zone
 from daemon.standby.config import JournalConfig, LeaseConfig, StandbyConfig  # noqa: F401
 from daemon.system_config import SystemConfig  # noqa: F401
@@ -230,7 +230,8 @@ class Config:
     venues: dict[str, VenueConfig] = option(
         factory=dict, doc="One [venues.NAME] table per trading venue, probed through every uplink.")
     drills: DrillsConfig = option(factory=DrillsConfig, doc="Live drills on this host (off by default).")
-    guard: GuardConfig = option(factory=GuardConfig, doc="The trading guard ([guard.breakers.NAME]: the circuit breakers).")
+    guard: GuardConfig = option(factory=GuardConfig, doc="The trading guard: the signed risk limits on "
+                                "journal.append, the circuit breakers ([guard.breakers.NAME]) (issue 19).")
 
     def validate(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []

@@ -347,6 +347,10 @@ async def reload_config(daemon: "Daemon", *, by: Any) -> dict[str, Any]:
         await trio.to_thread.run_sync(daemon.recovery._load_all)
         daemon.recovery._publish_refusals()
         playbooks = {"verified": len(daemon.recovery.playbooks), "refused": len(daemon.recovery.refused)}
+    limits = None
+    guard = getattr(daemon, "guard", None)
+    if guard is not None and result.ok and daemon.config.guard.limits is not None:
+        limits = await guard.reload_limits(by=str(by))  # a refused file keeps the last good limits
     if not result.ok:
         result.apply = {}  # nothing was applied: say so everywhere
     line = result.line()
@@ -357,7 +361,7 @@ async def reload_config(daemon: "Daemon", *, by: Any) -> dict[str, Any]:
     daemon.bus.publish(ConfigReloaded(source="operate", file=str(source), applied=sorted(result.apply),
                                       refused=[f"{k}: {why}" for k, why in result.refused], by=str(by)), log=False)
     return {"ok": result.ok, "applied": result.apply, "refused": [{"key": k, "why": why} for k, why in result.refused],
-            "playbooks": playbooks, "summary": line}
+            "playbooks": playbooks, "limits": limits, "summary": line}
 
 
 def _apply(daemon: "Daemon", new: Any, result: Any) -> None:

@@ -195,7 +195,7 @@ def sign_bytes(playbook_bytes: bytes, private_key: Ed25519PrivateKey, *, context
 
 
 def sign_playbook(playbook_path: str | os.PathLike[str], private_key: Ed25519PrivateKey, *,
-                  keyring: Keyring | None = None) -> SignatureLine:
+                  keyring: Keyring | None = None, context: bytes = CONTEXT) -> SignatureLine:
     """Append a signature by ``private_key`` over the playbook's bytes to ``NAME.toml.sig``.
 
     The other signatures are kept. Refused (``SigningError``) when the file already has a
@@ -206,7 +206,7 @@ def sign_playbook(playbook_path: str | os.PathLike[str], private_key: Ed25519Pri
     so two operators signing at once both land. Returns the line written."""
     path = Path(playbook_path)
     data = path.read_bytes()
-    line = sign_bytes(data, private_key)
+    line = sign_bytes(data, private_key, context=context)
     sig_path = signature_path(path)
     fd = os.open(sig_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
@@ -228,7 +228,7 @@ def sign_playbook(playbook_path: str | os.PathLike[str], private_key: Ed25519Pri
                 raise SigningError(f"{sig_path}: already signed by this key ({fingerprint(line.key_id)}, line "
                                    f"{other.line}); a key counts once, another operator must sign")
         if keyring is not None and lines:
-            report = verify_signatures(data, text, keyring)
+            report = verify_signatures(data, text, keyring, context=context)
             stale = [p for p in report.details if p.reason == "modified"]
             if stale:
                 raise SigningError(f"{path}: {stale[0].message}: the playbook changed since it was signed; review "

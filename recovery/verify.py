@@ -45,7 +45,7 @@ from typing import Any
 from daemon.core.files import replace_file
 from recovery.keys import Keyring, fingerprint
 from recovery.playbook import PlaybookError, parse_playbook
-from recovery.signing import SignatureReport, signature_path, verify_signatures
+from recovery.signing import CONTEXT, SignatureReport, signature_path, verify_signatures
 
 REASONS = frozenset({"modified", "unknown_key", "revoked_key", "duplicate_key", "threshold", "expired", "rollback",
                      "name_mismatch", "invalid", "no_signatures", "exec_not_allowed", "pinned"})
@@ -291,9 +291,12 @@ def _read(path: Path, what: str) -> bytes:
         raise VerificationError("invalid", f"{path}: cannot read the {what} ({reason})") from None
 
 
-def check_signatures(path: Path, data: bytes, sig_text: str, keyring: Keyring) -> SignatureReport:
-    """Step 1 of :func:`verify_playbook`: the report, or the VerificationError it implies."""
-    report = verify_signatures(data, sig_text, keyring)
+def check_signatures(path: Path, data: bytes, sig_text: str, keyring: Keyring, *, context: bytes = CONTEXT,
+                     sign_command: str = "lifeline playbook sign") -> SignatureReport:
+    """Step 1 of :func:`verify_playbook`: the report, or the VerificationError it implies.
+    ``context`` / ``sign_command``: another signed file kind (the guard's limits) with its
+    own signature context and signing command."""
+    report = verify_signatures(data, sig_text, keyring, context=context)
     sig_path = signature_path(path)
     fatal = report.fatal
     if fatal is not None:
@@ -313,7 +316,7 @@ def check_signatures(path: Path, data: bytes, sig_text: str, keyring: Keyring) -
             raise VerificationError("modified", f"{sig_path}: {fatal.message}; restore it or re-sign", report=report)
         raise VerificationError(fatal.reason, f"{sig_path}: {fatal.message}", report=report)
     if not report.lines:
-        raise VerificationError("no_signatures", f"{sig_path}: no signatures; sign with `lifeline playbook sign "
+        raise VerificationError("no_signatures", f"{sig_path}: no signatures; sign with `{sign_command} "
                                 f"{path} --key NAME.key`", report=report)
     if len(report.valid) < keyring.threshold:
         have = f"{len(report.valid)} valid signature(s), {keyring.threshold} needed"
@@ -324,7 +327,7 @@ def check_signatures(path: Path, data: bytes, sig_text: str, keyring: Keyring) -
                        else f"add the key to {keyring.source} (`lifeline keyring add`) or have a listed holder sign")
                 raise VerificationError(reason, f"{path}: {have}: {ignored[0].message}; {fix}", report=report)
         raise VerificationError("threshold", f"{path}: {have} (distinct signing keys of {keyring.source}); have "
-                                f"{keyring.threshold - len(report.valid)} more operator(s) run `lifeline playbook sign "
+                                f"{keyring.threshold - len(report.valid)} more operator(s) run `{sign_command} "
                                 f"{path} --key NAME.key`", report=report)
     return report
 

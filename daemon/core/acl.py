@@ -85,6 +85,11 @@ METHODS: dict[str, frozenset[str]] = {
     "guard.kill": ONLY_ADMIN,          # the kill switch (daemon/guard/killswitch.py)
     "guard.unkill": ONLY_ADMIN,
     "guard.status": READ,
+    "risk.status": READ,
+    "risk.pause": ONLY_ADMIN,
+    "risk.resume": ONLY_ADMIN,
+    "risk.throttle": ONLY_ADMIN,
+    "risk.unthrottle": ONLY_ADMIN,
 }
 #: Methods whose dry run an operator may ask for.
 DRY_RUN_OPERATOR = frozenset({"playbook.run", "venues.reconcile"})
@@ -92,7 +97,8 @@ DRY_RUN_OPERATOR = frozenset({"playbook.run", "venues.reconcile"})
 STATE_CHANGING = frozenset({"journal.append", "uplink.use", "uplink.auto", "playbook.reload", "playbook.run",
                             "venues.reconcile", "standby.promote", "config.reload", "standby.switchover",
                             "standby.pause", "standby.resume", "drill.switchover", "drill.uplink",
-                            "guard.kill", "guard.unkill"})
+                            "guard.kill", "guard.unkill",
+                            "risk.pause", "risk.resume", "risk.throttle", "risk.unthrottle"})
 
 DEFAULT_ROLES: dict[str, list[str]] = {
     ENGINE: [],

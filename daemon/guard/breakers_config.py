@@ -86,9 +86,3 @@ class BreakersConfig:
     def specs(self) -> dict[str, BreakerSpec]:
         return {name: getattr(self, name).spec(name) for name in BREAKERS}
 
-
-@dataclass(frozen=True)
-class GuardConfig:
-    """``[guard]``: until the gate's daemon/guard/config.py is merged, only its breakers."""
-
-    breakers: BreakersConfig = option(factory=BreakersConfig, doc="The four circuit breakers.")

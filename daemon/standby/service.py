@@ -114,6 +114,24 @@ class PayloadCheck(Protocol):
     def __call__(self, payload: bytes, /, *, epoch: int | None = None) -> str | None: ...
 
 
+class AppendGate(Protocol):
+    """The checks on the append path (the guard's risk gate with the venues' order-record
+    format check, composed by daemon/app.py): parse each payload once and decide the whole
+    batch before anything is written, then hear whether it was written.
+
+    ``check`` raises :class:`ControlError` to refuse the batch (nothing is written) and
+    returns a ticket; exactly one of ``written`` (the records are in the journal, ok or in
+    doubt, as ``first_seq..last_seq``) or ``abandoned`` follows (``unknown_end``: the append
+    was cancelled and may have written up to that seq). ``internal``: lifeline's own
+    records (guard records), not the control socket's."""
+
+    def check(self, payloads: list[bytes], internal: bool = False, /) -> Any: ...
+
+    def written(self, ticket: Any, first_seq: int, last_seq: int, /) -> None: ...
+
+    def abandoned(self, ticket: Any, unknown_end: int | None = None, /) -> None: ...
+
+
 class WatchdogOpener(Protocol):
     """Opens the hardware watchdog for leadership (:func:`hardware.watchdog.open_watchdog` is one)."""
 
@@ -134,7 +152,7 @@ class StandbyService:
     def __init__(self, config: StandbySettings, bus: EventBus, *, key: bytes | None = None,
                  lease_store: Any = None, watchdog: Any = None,
                  check_payload: PayloadCheck | None = None, open_watchdog: WatchdogOpener | None = None,
-                 audit_factory: AuditFactory | None = None) -> None:
+                 audit_factory: AuditFactory | None = None, append_gate: AppendGate | None = None) -> None:
         assert config.standby is not None
         self.config = config
         self.settings = config.standby
@@ -144,6 +162,8 @@ class StandbyService:
         self._lease_store = lease_store
         self._watchdog = watchdog
         self._check_payload = check_payload
+        #: Set after construction by daemon/app.py (the guard is built after the standby).
+        self.append_gate = append_gate
         self._open_watchdog = open_watchdog
         self._audit_factory = audit_factory
         self.journal: Any = None
@@ -396,19 +416,45 @@ class StandbyService:
             raise ControlError("halted", f"trading is halted ({self.halted}); a playbook's engine.resume or an "
                                          "operator lifts it (nothing was written)")
         payloads = payloads_from_params(params)
-        self._check_order_records(payloads)
+        return {"results": await self._append_payloads(payloads, False)}
+
+    async def append_records(self, payloads: list[bytes]) -> list[dict[str, Any]]:
+        """Lifeline's own records (the guard's): the same path and checks as journal.append,
+        with ``internal`` set; ControlError when this node does not accept appends."""
+        if not self.accepting or self.replication is None:
+            raise ControlError("not_primary", f"this host ({self.config.node.name}) is {self.role}, not an "
+                                              "accepting primary (nothing was written)")
+        return await self._append_payloads(payloads, True)
+
+    async def _append_payloads(self, payloads: list[bytes], internal: bool) -> list[dict[str, Any]]:
+        gate = self.append_gate
+        ticket = self._check_order_records(payloads, internal)
         replication = self.replication
         self._appends_in_flight += 1
+        written = False
         try:
             if hasattr(replication, "append_runs"):
                 runs = await replication.append_runs(payloads)
             else:
                 runs = [(r.seq, r.seq, r.epoch, r.status, r.durable_on, r.reason, r.degraded)
                         for r in await replication.append_many(payloads)]
+            written = True
         except StandbyError as exc:
             raise ControlError("refused", str(exc)) from None
         finally:
             self._appends_in_flight -= 1
+            if gate is not None and not written:
+                # Refused by the journal or cancelled: some records may be in it all the same
+                # (logged in doubt), or still be written by the journal's queue: the gate holds
+                # the batch until it has folded that far past the journal's end now.
+                end = self.journal.last.seq if self.journal is not None else 0
+                gate.abandoned(ticket, end + len(payloads))
+        if gate is not None and runs:
+            try:
+                gate.written(ticket, runs[0][0], runs[-1][1])
+            except Exception as exc:  # noqa: BLE001 - the records are written: the reply must say so
+                log.error("journal.append_gate_failed", error=f"{type(exc).__name__}: {exc}",
+                          first_seq=runs[0][0], last_seq=runs[-1][1])
         out: list[dict[str, Any]] = []
         for first, last, epoch, status, durable_on, reason, _degraded in runs:
             count = last - first + 1
@@ -417,18 +463,22 @@ class StandbyService:
                 self.in_doubt += count
             out += [{"seq": seq, "epoch": epoch, "status": status, "durable_on": durable_on, "reason": reason}
                     for seq in range(first, last + 1)]
-        return {"results": out}
+        return out
 
-    def _check_order_records(self, payloads: list[bytes]) -> None:
+    def _check_order_records(self, payloads: list[bytes], internal: bool = False) -> Any:
         """Order records must be valid and name a configured venue: reconciliation after a
-        failover trusts them (the check is the venues', injected by daemon/app.py). Other
-        payloads pass as they are."""
+        failover trusts them (the check is the venues', injected by daemon/app.py), and pass
+        the risk gate (the :class:`AppendGate`, which does the venues' check with its own
+        parse). Other payloads pass as they are. Returns the gate's ticket."""
+        if self.append_gate is not None:
+            return self.append_gate.check(payloads, internal)
         if self._check_payload is None:
-            return
+            return None
         for i, payload in enumerate(payloads):
             problem = self._check_payload(payload, epoch=self.epoch)
             if problem is not None:
                 raise ControlError("bad_record", f"payload {i}: order record: {problem} (nothing was written)")
+        return None
 
     async def _read(self, params: dict[str, Any]) -> Any:
         start = params.get("from", 1)

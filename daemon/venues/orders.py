@@ -52,7 +52,13 @@ the same):
 ``time``             number                       when the engine wrote the record, Unix seconds, >= 0
 ``adopted``          boolean                      ``true`` on records lifeline wrote when it adopted a
                                                   venue order nobody had recorded (policy ``adopt``)
+``average``          decimal                      the average price of the fills so far (cumulative, as
+                                                  ``filled``); the risk gate prices each fill from it
+                                                  (needed for a market order, whose ``price`` is null)
 ===================  ===========================  ==================================================
+
+*Fills* (the risk gate, :mod:`daemon.guard.book`): a fill is the increase of ``filled``
+between an order's records; it is priced from ``average`` when given, else ``price``.
 
 *Decimals* are written as JSON strings in plain decimal notation (``"0.5"``,
 ``"43000.1"``, ``"0.00000001"``); exponents (``"1e-8"``) are read too. A JSON number is
@@ -164,7 +170,7 @@ MAX_DECIMAL_DIGITS = 30
 MAX_FOUND = 40
 
 _REQUIRED: tuple[str, ...] = ("client_order_id", "venue", "symbol", "side", "amount", "price", "state")
-_OPTIONAL: tuple[str, ...] = ("venue_order_id", "type", "filled", "epoch", "time", "adopted")
+_OPTIONAL: tuple[str, ...] = ("venue_order_id", "type", "filled", "epoch", "time", "adopted", "average")
 _KEYS: tuple[str, ...] = ("record", "v") + _REQUIRED + _OPTIONAL
 
 #: What the engine must do, per field (the part of a message after the ";").
@@ -184,6 +190,7 @@ _FIX: dict[str, str] = {
     "epoch": "write the lease epoch the order was placed under, or leave the key out",
     "time": "write when the record was written in Unix seconds, or leave the key out",
     "adopted": "write true or false, or leave the key out (it means false)",
+    "average": 'write the average fill price so far such as "43000.1", or leave the key out',
 }
 
 
@@ -298,6 +305,7 @@ class OrderRecord:
     epoch: int | None = None
     time: float | None = None
     adopted: bool = False
+    average: Decimal | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -327,6 +335,8 @@ class OrderRecord:
             _integer("epoch", self.epoch, 0)
         if self.time is not None:
             put("time", _time(self.time))
+        if self.average is not None:
+            put("average", _decimal("average", self.average, example="43000.1", allow_zero=False))
         if not isinstance(self.adopted, bool):
             raise OrderRecordError("adopted", f"expected true or false, found {shown(self.adopted)}")
 
@@ -609,10 +619,12 @@ class OpenOrders:
         self._open.clear()
 
 
-def check_payload(payload: bytes, /, venues: Collection[str], *, epoch: int | None = None) -> str | None:
-    """The order-record check on the journal's append path (the standby calls it, injected by
-    daemon/app.py): None if ``payload`` may be written (not an order record, or a valid one
-    naming one of ``venues``, any venue when none are configured), else the problem, one line.
+def parse_for_append(payload: bytes, /, venues: Collection[str], *,
+                     epoch: int | None = None) -> OrderRecord | OpenOrdersSnapshot | None:
+    """The order-record check on the journal's append path, parsing once (the risk gate reads
+    what it returns): the order record or snapshot in ``payload``, None for any other
+    payload; :class:`OrderRecordError` for an invalid one or one naming a venue not in
+    ``venues`` (any venue when none are configured).
 
     ``epoch``: the lease epoch this primary holds. A ``new`` order record whose ``epoch`` is
     another one comes from an engine still following a deposed primary (or not yet the new
@@ -621,16 +633,23 @@ def check_payload(payload: bytes, /, venues: Collection[str], *, epoch: int | No
     keep the epoch it was placed under and pass too."""
     if not looks_like_record(payload):
         return None
-    try:
-        record = parse_journal_record(payload)
-    except OrderRecordError as exc:
-        return str(exc)
+    record = parse_journal_record(payload)
     if record is not None and venues and record.venue not in venues:
-        return (f"venue: {record.venue!r} is not a configured venue ({', '.join(venues)}); write the "
-                "[venues.NAME] name")
+        raise OrderRecordError("venue", f"{record.venue!r} is not a configured venue ({', '.join(venues)})",
+                               "write the [venues.NAME] name")
     if (isinstance(record, OrderRecord) and epoch is not None and record.state == "new"
             and record.epoch is not None and record.epoch != epoch):
-        return (f"epoch: a new order placed under lease epoch {record.epoch}, but this primary holds epoch "
-                f"{epoch}: the engine follows a stale role; do not send it, read role.watch again and "
-                "write the epoch it names")
+        raise OrderRecordError("epoch", f"a new order placed under lease epoch {record.epoch}, but this primary "
+                               f"holds epoch {epoch}: the engine follows a stale role",
+                               "do not send it, read role.watch again and write the epoch it names")
+    return record
+
+
+def check_payload(payload: bytes, /, venues: Collection[str], *, epoch: int | None = None) -> str | None:
+    """The order-record check on the journal's append path (:func:`parse_for_append`): None
+    if ``payload`` may be written, else the problem, one line."""
+    try:
+        parse_for_append(payload, venues, epoch=epoch)
+    except OrderRecordError as exc:
+        return str(exc)
     return None

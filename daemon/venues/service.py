@@ -240,6 +240,8 @@ class VenueService:
         self._role_changed = trio.Event()
         self._primary_term = 0            # counts promotions: one reconciliation per term and venue
         self.orders: Any = None           # daemon.venues.orders.OpenOrders, built from the journal
+        #: venue -> (symbol, last price, wall time) from the fetch_ticker probe (the risk gate's reference)
+        self.tickers: dict[str, tuple[str, float, float]] = {}
         self._index_advanced = trio.Event()
         self.index_error: str | None = None
         self.index_gap: str | None = None
@@ -401,8 +403,21 @@ class VenueService:
                                detail=f"no answer within {deadline:.1f}s")
         if result is False:
             return ProbeSample(ok=False, at=at, error_class="other", detail="the probe round failed (see the log)")
+        self._note_ticker(venue, result)
         return ProbeSample(ok=result.ok, at=at, latency=result.latency, error_class=result.error_class,
                            detail=result.detail)
+
+    def _note_ticker(self, venue: Venue, result: Any) -> None:
+        ticker = (getattr(result, "value", None) or {}).get("fetch_ticker")
+        last = ticker.get("last") if isinstance(ticker, dict) else None
+        if isinstance(last, (int, float)) and not isinstance(last, bool) and last > 0 and venue.config.ticker_symbol:
+            self.tickers[venue.name] = (venue.config.ticker_symbol, float(last), time.time())
+
+    def ticker_price(self, venue: str, symbol: str) -> tuple[float, float] | None:
+        """The last price of ``symbol`` at ``venue`` seen by the fetch_ticker probe, and when
+        (wall time); None if the probes do not read that symbol's ticker."""
+        entry = self.tickers.get(venue)
+        return (entry[1], entry[2]) if entry is not None and entry[0] == symbol else None
 
     def _observe(self, venue: Venue, path: VenuePath, sample: ProbeSample) -> None:
         before = venue.state()

@@ -68,7 +68,7 @@ def test_run_status_events_metrics_and_sigterm(daemon: DaemonProcess, tmp_path: 
     as_json = json.loads(cli("status", "--json", "--socket", str(sock)).stdout)
     assert as_json["ready"] is True and as_json["node"] == "edge-a"
     assert {s["name"]: s["lifecycle"] for s in as_json["services"]} == {
-        "control": "running", "system": "running", "breakers": "running", "metrics": "running"}
+        "control": "running", "system": "running", "guard": "running", "breakers": "running", "metrics": "running"}
 
     # status answers fast while the daemon runs (the 100 ms); here the daemon's
     # own answer time over a held connection, the median of 20.
@@ -84,10 +84,11 @@ def test_run_status_events_metrics_and_sigterm(daemon: DaemonProcess, tmp_path: 
     assert events.returncode == 0
     assert "DaemonReady" in events.stdout and "ServiceStarted" in events.stdout
     # --kind filters first, then --limit takes the last N of that kind (DaemonReady came after).
-    started = cli("events", "--kind", "ServiceStarted", "--limit", "2", "--socket", str(sock))
+    started = cli("events", "--kind", "ServiceStarted", "--limit", "3", "--socket", str(sock))
     assert started.returncode == 0, started.stderr
-    assert [line.split()[1] for line in started.stdout.splitlines()] == ["ServiceStarted", "ServiceStarted"]
-    assert "service=breakers" in started.stdout and "service=metrics" in started.stdout
+    assert [line.split()[1] for line in started.stdout.splitlines()] == ["ServiceStarted"] * 3
+    assert "service=guard" in started.stdout and "service=breakers" in started.stdout
+    assert "service=metrics" in started.stdout
     # Fields for people: took_ms rounded, no Python reprs.
     took = [f for f in started.stdout.split() if f.startswith("took_ms=")]
     assert took and all(len(f.split("=")[1].split(".")[-1]) <= 3 for f in took), took
@@ -96,7 +97,7 @@ def test_run_status_events_metrics_and_sigterm(daemon: DaemonProcess, tmp_path: 
     assert wrong.returncode == 2
     assert 'unknown event kind "ServiceStart"; did you mean "ServiceStarted"?' in wrong.stderr
 
-    address = {s["name"]: s for s in as_json["services"]}["metrics"]["details"]["address"]
+    address = next(s for s in as_json["services"] if s["name"] == "metrics")["details"]["address"]
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
         body = response.read().decode()
     assert 'lifeline_service_up{service="control"} 1.0' in body

@@ -162,8 +162,9 @@ def test_no_unannotated_function_local_import_of_lifeline() -> None:
                 else:
                     offenders.append(f"{path.relative_to(REPO)}:{line} imports {module} inside a function")
     assert offenders == [], "hoist these to module level, or say why with a `# lazy:` comment"
-    # 83 when this was written: the CLI modules' handlers (start-up), ccxt, matplotlib, etcd's httpx
-    assert lazy <= 90, f"{lazy} annotated local imports: more than the CLI and optional dependencies need"
+    # 83 when this was written: the CLI modules' handlers (start-up), ccxt, matplotlib, etcd's httpx;
+    # 94 with the guard's commands (`lifeline risk`, `kill`) and the kill switch's ccxt client
+    assert lazy <= 96, f"{lazy} annotated local imports: more than the CLI and optional dependencies need"
 
 
 def test_no_import_cycle_between_modules() -> None:

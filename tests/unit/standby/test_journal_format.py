@@ -1,6 +1,6 @@
 """The journal's on-disk format as a sans-IO module: a whole segment's bytes in, the scan's
 verdict out (where the valid prefix ends, why, torn tail or corruption). No files here:
-tests/integration/test_journal_files.py checks the same rules through Journal.open."""
+tests/integration/standby/test_journal_files.py checks the same rules through Journal.open."""
 
 from __future__ import annotations
 

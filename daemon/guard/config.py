@@ -1,0 +1,20 @@
+"""The guard's config section: ``[guard]``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.core.config import option
+from daemon.guard.breakers_config import BreakersConfig
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    limits: Path | None = option(None, doc="The signed risk limits file (LIMITS.toml with LIMITS.toml.sig beside it; "
+                                 "README \"Engine contract: the risk gate\"). Absent: no limits, only the kill / "
+                                 "pause / throttle blocks apply.")
+    keyring: Path | None = option(None, doc="The keyring whose m of n signatures a limits file needs (default: "
+                                  "[recovery] keyring, else /etc/lifeline/keyring.toml).")
+    breakers: BreakersConfig = option(factory=BreakersConfig, doc="The four circuit breakers "
+                                      "([guard.breakers.NAME]; README \"Circuit breakers\").")
