@@ -107,7 +107,7 @@ class Engine:
     def __init__(self, args: argparse.Namespace, role: Role) -> None:
         self.args, self.role = args, role
         self.venue, self.symbol = args.venue, args.symbol
-        self.control = ControlClient(args.socket, timeout=10.0).connect()
+        self.control: ControlClient | None = ControlClient(args.socket, timeout=10.0).connect()
         self.exchange = make_exchange(args.exchange, args.api_url, args.credentials)
         self.exchange.load_markets()
         self.mark: str | None = None
@@ -118,7 +118,15 @@ class Engine:
     def journal(self, *records: dict[str, Any]) -> list[dict[str, Any]]:
         """journal.append; raises ControlError on a refusal (then nothing was written)."""
         payloads = [json.dumps(r, separators=(",", ":")) for r in records]
-        return list(self.control.call("journal.append", {"payloads": payloads})["results"])
+        try:
+            if self.control is None:
+                self.control = ControlClient(self.args.socket, timeout=10.0).connect()
+            return list(self.control.call("journal.append", {"payloads": payloads})["results"])
+        except OSError as exc:  # no answer (a frozen daemon): the order is in doubt; a new connection next time
+            if self.control is not None:
+                self.control.close()
+            self.control = None
+            raise ConnectionError(f"journal.append: {exc!r}: in doubt, reconcile before resending") from None
 
     def record(self, coid: str, state: str, **changes: Any) -> dict[str, Any]:
         """The order's next record: a complete snapshot (README "The engine's order records")."""
@@ -148,6 +156,9 @@ class Engine:
             [result] = self.journal(new)
         except ControlError as exc:  # the gate (or a block, or not_primary): nothing written, never sent
             say(f"REFUSED {coid}: {exc.code}: {exc.message}")
+            return
+        except ConnectionError as exc:
+            say(f"NOT SENT {coid}: {exc}")
             return
         if result.get("status") != "ok":
             say(f"NOT SENT {coid}: journal answered {result.get('status')}: reconcile before resending")
@@ -195,8 +206,8 @@ class Engine:
         """Journal what the venue did; such records pass every limit and every block."""
         try:
             self.journal(record)
-        except ControlError as exc:
-            say(f"JOURNAL FAILED {record['client_order_id']} {record['state']}: {exc.code}: {exc.message}")
+        except (ControlError, ConnectionError) as exc:
+            say(f"JOURNAL FAILED {record['client_order_id']} {record['state']}: {exc}")
             return
         self.orders[record["client_order_id"]] = record
 
@@ -216,12 +227,13 @@ class Engine:
         ticker = self.exchange.fetch_ticker(self.symbol)
         if ticker.get("last"):
             self.mark = self.exchange.price_to_precision(self.symbol, ticker["last"])
+        if self.mark is not None and self.role.may_trade()[0]:  # marks go to the primary's journal
             mark = {"record": "mark", "v": 1, "venue": self.venue, "symbol": self.symbol, "price": self.mark,
                     "time": round(time.time(), 3)}
             try:
                 self.journal(mark)
-            except ControlError as exc:
-                say(f"MARK NOT JOURNALLED: {exc.code}: {exc.message}")
+            except (ControlError, ConnectionError) as exc:
+                say(f"MARK NOT JOURNALLED: {exc}")
         listed = {o["id"] for o in self.exchange.fetch_open_orders(self.symbol)}
         for coid, last in list(self.orders.items()):
             vid = last.get("venue_order_id")
@@ -274,10 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         commands.put(None)
     threading.Thread(target=read_stdin, daemon=True).start()
 
-    engine.sync()
     deadline = time.monotonic() + 10
     while not role.may_trade()[0] and time.monotonic() < deadline:
         time.sleep(0.05)
+    engine.sync()
     say(f"READY {args.venue} {args.symbol} role={role.role} epoch={role.epoch} mark={engine.mark}")
     next_sync = time.monotonic() + args.interval
     while True:
