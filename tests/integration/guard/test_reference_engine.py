@@ -4,15 +4,19 @@ as its own process: orders within the limits are journalled and rest in the emul
 an order over the size, the notional or the position limit is refused by journal.append and
 never reaches the emulator (its own book and its AddOrder count); after `lifeline kill` the
 engine's next order is refused and the emulator holds no open order; after `lifeline unkill`
-the engine trades again."""
+the engine trades again. And with a witness lease: the engine stamps the epoch role.watch
+names and sends nothing once the frozen primary's last valid_until has passed."""
 
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -217,3 +221,48 @@ def test_the_reference_engine_trades_within_limits_and_is_refused_outside_them(
         if engine is not None:
             engine.close()
         daemon.stop()
+
+
+def test_the_reference_engine_follows_role_watch_and_stops_at_valid_until(tmp_path: Path, emulator: Emulator) -> None:
+    """A witness pair: the engine on the primary stamps the epoch role.watch names; with the
+    primary's daemon frozen (SIGSTOP) it sends nothing once the last valid_until has passed —
+    its own clock check, journal.append cannot answer — and after the daemon is deposed it
+    sees the new role and still sends nothing."""
+    from tests.support.pair import LeasePair
+
+    emulator.control("orders", {"venue": "kraken", "orders": [], "replace": True})
+    credentials = secret_file(tmp_path, "kraken", KRAKEN_KEY, KRAKEN_SECRET)
+    pair = LeasePair(tmp_path, "witness")
+    engine: EngineProcess | None = None
+    stopped: int | None = None
+    try:
+        pair.start()
+        first = pair.wait_primary()
+        epoch = pair.role(first)["epoch"]
+        engine = EngineProcess(pair.nodes[first].socket, emulator, credentials)
+        assert f"role=primary epoch={epoch} " in engine.expect("READY")
+        assert engine.order("buy 0.01").startswith("SENT ref-000001")
+        new = [json.loads(r["payload"]) for r in pair.nodes[first].call("journal.read", {"from": 1, "limit": 100})[
+            "records"] if '"ref-000001"' in r["payload"]]
+        assert [r["state"] for r in new] == ["new", "open"] and {r["epoch"] for r in new} == {epoch}
+
+        stopped = pair.nodes[first].pid
+        os.kill(stopped, signal.SIGSTOP)
+        time.sleep(1.5)  # > ttl: the feed's last valid_until is behind us
+        refused = engine.order("buy 0.01")
+        assert refused.startswith("NOT SENT ref-000002: the lease deadline (valid_until) has passed"), refused
+        assert pair.wait_primary(among=(pair.other(first),), timeout=20) == pair.other(first)
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        engine.expect("ROLE fenced", "ROLE standby", "ROLE candidate")
+        refused = engine.order("buy 0.01")
+        assert refused.startswith("NOT SENT ref-000003: this node is "), refused
+        book = emulator.control("state")["venues"]["kraken"]
+        assert [o["client_order_id"] for o in book["orders"]] == ["ref-000001"]
+        assert book["requests"]["by_path"].get("/0/private/AddOrder") == 1
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        if engine is not None:
+            engine.close()
+        pair.close()
