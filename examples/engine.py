@@ -179,9 +179,9 @@ class Engine:
     def apply(self, coid: str, order: dict[str, Any]) -> None:
         """Journal the venue's view of an order when it moved the order's state."""
         status, filled = order.get("status"), order.get("filled")
-        filled_text = None if filled is None else format(Decimal(str(filled)), "f")
+        filled_text = None if filled is None else format(Decimal(str(filled)).normalize(), "f")
         average = order.get("average")
-        average_text = None if not average else format(Decimal(str(average)), "f")
+        average_text = None if not average else format(Decimal(str(average)).normalize(), "f")
         last = self.orders[coid]
         if status == "closed" or (filled_text and Decimal(filled_text) >= Decimal(last["amount"])):
             state = "filled"
