@@ -1,6 +1,6 @@
 """Kraken, emulated (sans-IO): the routes ccxt's sync client calls, the API-Key check,
-its open orders, CancelOrder/CancelOrderBatch/CancelAll and the dead-man switch
-(CancelAllOrdersAfter)."""
+its open orders, AddOrder (a limit order rests open until cancelled; a reference engine trades
+on it), CancelOrder/CancelOrderBatch/CancelAll and the dead-man switch (CancelAllOrdersAfter)."""
 
 from __future__ import annotations
 
@@ -106,6 +106,7 @@ class KrakenVenue(Venue):
             (priv, "/0/private/OpenOrders", self.open_orders, True),
             (priv, "/0/private/QueryOrders", self.query_orders, True),
             (priv, "/0/private/OpenPositions", self.open_positions, True),
+            (priv, "/0/private/AddOrder", self.add_order, True),
             (priv, "/0/private/CancelOrder", self.cancel_order, True),
             (priv, "/0/private/CancelOrderBatch", self.cancel_order_batch, True),
             (priv, "/0/private/CancelAll", self.cancel_all_orders, True),
@@ -262,6 +263,28 @@ class KrakenVenue(Venue):
             if cid is not None and (raw.get("cl_ord_id") == cid or str(raw.get("userref")) == cid):
                 return order_id
         return None
+
+    def add_order(self, request: Request, now: Now) -> Response:
+        """A new order: rests in the book, open, until cancelled (nothing fills here)."""
+        pair = request.param("pair") or ""
+        by_pair = {alt: sym for sym, (pid, alt) in KRAKEN_SYMBOLS.items()}
+        by_pair.update({pid: sym for sym, (pid, _alt) in KRAKEN_SYMBOLS.items()})
+        symbol = by_pair.get(pair)
+        if symbol is None:
+            return self.fail("EQuery:Unknown asset pair")
+        cid = request.param("cl_ord_id")
+        if cid is not None and any(o.get("cl_ord_id") == cid for o in self.orders.values()):
+            return self.fail("EOrder:Duplicate order")
+        spec = {"symbol": symbol, "side": request.param("type"), "amount": request.param("volume"),
+                "price": request.param("price"), "type": request.param("ordertype") or "limit",
+                "client_order_id": cid}
+        try:
+            order_id, raw = self.order_from_spec(spec, now.wall)
+        except ValueError as exc:
+            return self.fail(f"EGeneral:Invalid arguments:{exc}")
+        self.orders[order_id] = raw
+        log.debug("venue_emulator.order_added", venue=self.name, id=order_id, client_order_id=cid)
+        return self.ok({"descr": {"order": raw["descr"]["order"]}, "txid": [order_id]})
 
     def cancel_order(self, request: Request, now: Now) -> Response:
         order_id = self._find(request)

@@ -73,6 +73,34 @@ def test_kraken_dead_man_switch_sans_io() -> None:
     assert {c["at"] for c in kraken.cancelled} == {"2023-11-14T22:14:20Z"}
 
 
+def test_kraken_add_order_rests_in_the_book_until_cancelled() -> None:
+    """AddOrder (what ccxt's create_order sends): the order rests, open, under its cl_ord_id;
+    a second open order with the same cl_ord_id, an unknown pair or a bad volume is refused."""
+    kraken = KrakenVenue(load_recorded("kraken"), api_key=None)
+    kraken.orders = {}
+    now = Now(wall=1_700_000_000.0, mono=100.0)
+    form = [("Content-Type", "application/x-www-form-urlencoded")]
+
+    def add(body: bytes) -> dict:
+        return json.loads(kraken.route(request("POST", "/0/private/AddOrder", form, body), now).body)
+
+    answer = add(b"nonce=1&pair=XBTUSDT&type=buy&ordertype=limit&volume=0.02&price=73380.6&cl_ord_id=e-1")
+    [order_id] = answer["result"]["txid"]
+    assert answer["result"]["descr"] == {"order": "buy 0.02000000 XBTUSDT @ limit 73380.6"}
+    summary = kraken.summary(order_id, kraken.orders[order_id])
+    assert summary == {"id": order_id, "client_order_id": "e-1", "symbol": "BTC/USDT", "side": "buy",
+                       "type": "limit", "amount": "0.02000000", "price": "73380.6", "status": "open"}
+    assert add(b"nonce=2&pair=XBTUSDT&type=buy&ordertype=limit&volume=0.01&price=1&cl_ord_id=e-1")["error"] == [
+        "EOrder:Duplicate order"]
+    assert add(b"nonce=3&pair=NOPE&type=buy&ordertype=limit&volume=1&price=1")["error"] == [
+        "EQuery:Unknown asset pair"]
+    assert add(b"nonce=4&pair=XBTUSDT&type=buy&ordertype=limit&volume=-1&price=1")["error"][0].startswith(
+        "EGeneral:Invalid arguments:")
+    assert list(kraken.orders) == [order_id]
+    kraken.route(request("POST", "/0/private/CancelOrder", form, b"nonce=5&cl_ord_id=e-1"), now)
+    assert kraken.orders == {} and kraken.cancelled[0]["id"] == order_id
+
+
 # --- faults ------------------------------------------------------------------------------
 
 def test_fault_sources() -> None:
