@@ -173,12 +173,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sim.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
     add_hardware_parsers(sub)
     add_venue_parsers(sub, _add_client_options)
-    from daemon.guard.cli import add_kill_parsers
+    from daemon.guard.cli import add_kill_parsers, add_risk_parser  # argparse only: no trio, no cryptography
 
     add_kill_parsers(sub, _add_client_options)
-
-    from daemon.risk import add_parser as add_risk_parser  # argparse only: no trio, no cryptography
-
     add_risk_parser(sub, _add_client_options)
 
     if needs("audit"):

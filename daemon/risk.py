@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.durations import Duration
+from daemon.guard.cli import DEFAULT_KEYRING
 from daemon.guard.limits import LimitsError, load_limits
 from recovery.keys import KeyringError, fingerprint, load_keyring, load_private_key
 from recovery.signing import SigningError, sign_playbook, signature_path
@@ -28,7 +29,6 @@ from recovery.verify import RollbackState, VerificationError, _read, check_signa
 #: The limits' own signature context: a playbook signature never counts on a limits file.
 LIMITS_CONTEXT = b"lifeline-limits-signature-v1\0"
 SIGN_COMMAND = "lifeline risk sign"
-DEFAULT_KEYRING = Path("/etc/lifeline/keyring.toml")
 
 
 class KeyringLimitsVerifier:
@@ -116,37 +116,6 @@ def check_limits_at_start(config: Any) -> str | None:
 
 
 # --------------------------------------------------------------------------- the CLI
-
-
-def add_parser(sub: Any, client_options: Any) -> None:
-    risk = sub.add_parser("risk", help="the pre-trade risk gate: limits, positions, P&L, blocks (issue 19)")
-    rsub = risk.add_subparsers(dest="risk_command", metavar="ACTION")
-    status = rsub.add_parser("status", help="limits and their use (nearest first), positions, P&L, blocks")
-    for p in (risk, status):
-        p.add_argument("--json", action="store_true", help="the raw risk.status answer")
-    pause = rsub.add_parser("pause", help="refuse new orders on a scope (admin)")
-    resume = rsub.add_parser("resume", help="end the pauses inside a scope (admin)")
-    for p in (pause, resume):
-        p.add_argument("--venue")
-        p.add_argument("--symbol")
-    pause.add_argument("--for", dest="duration", help='end by itself after this long, e.g. "10m"')
-    throttle = rsub.add_parser("throttle", help="at most RATE new order records per second (admin)")
-    throttle.add_argument("--rate", type=float, required=True)
-    throttle.add_argument("--burst", type=float)
-    throttle.add_argument("--for", dest="duration")
-    unthrottle = rsub.add_parser("unthrottle", help="lift the throttle (admin)")
-    for p in (pause, resume, throttle, unthrottle):
-        p.add_argument("--reason", required=True, help="why (goes to the journal and the audit log)")
-    for p in (risk, status, pause, resume, throttle, unthrottle):
-        client_options(p)
-    sign = rsub.add_parser("sign", help="add your signature to LIMITS.toml.sig (each operator in turn)")
-    sign.add_argument("file", type=Path)
-    sign.add_argument("--key", required=True, type=Path, metavar="NAME.key")
-    sign.add_argument("--passphrase-env", metavar="VAR")
-    sign.add_argument("--keyring", type=Path, default=None)
-    verify = rsub.add_parser("verify", help="check LIMITS.toml as the daemon would (signatures, expiry, format)")
-    verify.add_argument("file", type=Path)
-    verify.add_argument("--keyring", type=Path, default=DEFAULT_KEYRING)
 
 
 def run(args: argparse.Namespace, call: Any) -> int:
