@@ -193,7 +193,8 @@ class Daemon:
             self.guard.gate.tickers = self.venues.ticker_price  # the collar's reference, besides marks
             if self.recovery is not None:
                 self.recovery.runner.venues = self.venues
-        self.killswitch = KillSwitch(self.guard, self.venues, audit_factory=audit_for(config))
+        self.killswitch = KillSwitch(self.guard, self.venues, audit_factory=audit_for(config),
+                                     deadline=float(config.guard.kill_deadline))
         self.killswitch.register_control(self.control)
         if self.recovery is not None:
             self.recovery.runner.guard = self.killswitch

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.core.config import option
+from daemon.core.durations import Duration
 from daemon.guard.breakers_config import BreakersConfig
 
 
@@ -16,5 +17,7 @@ class GuardConfig:
                                  "pause / throttle blocks apply.")
     keyring: Path | None = option(None, doc="The keyring whose m of n signatures a limits file needs (default: "
                                   "[recovery] keyring, else /etc/lifeline/keyring.toml).")
+    kill_deadline: Duration = option(Duration(5.0), doc="How long `lifeline kill` keeps cancelling and re-fetching "
+                                     "a venue's open orders before it reports what is left open.")
     breakers: BreakersConfig = option(factory=BreakersConfig, doc="The four circuit breakers "
                                       "([guard.breakers.NAME]; README \"Circuit breakers\").")
