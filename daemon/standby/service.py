@@ -433,11 +433,7 @@ class StandbyService:
         self._appends_in_flight += 1
         written = False
         try:
-            if hasattr(replication, "append_runs"):
-                runs = await replication.append_runs(payloads)
-            else:
-                runs = [(r.seq, r.seq, r.epoch, r.status, r.durable_on, r.reason, r.degraded)
-                        for r in await replication.append_many(payloads)]
+            runs = await replication.append_runs(payloads)
             written = True
         except StandbyError as exc:
             raise ControlError("refused", str(exc)) from None
@@ -451,18 +447,19 @@ class StandbyService:
                 gate.abandoned(ticket, end + len(payloads))
         if gate is not None and runs:
             try:
-                gate.written(ticket, runs[0][0], runs[-1][1])
+                gate.written(ticket, runs[0].first, runs[-1].last)
             except Exception as exc:  # noqa: BLE001 - the records are written: the reply must say so
                 log.error("journal.append_gate_failed", error=f"{type(exc).__name__}: {exc}",
-                          first_seq=runs[0][0], last_seq=runs[-1][1])
+                          first_seq=runs[0].first, last_seq=runs[-1].last)
         out: list[dict[str, Any]] = []
-        for first, last, epoch, status, durable_on, reason, _degraded in runs:
-            count = last - first + 1
+        for run in runs:
+            count = run.last - run.first + 1
             self.appends += count
-            if status != "ok":
+            if run.status != "ok":
                 self.in_doubt += count
+            epoch, status, durable_on, reason = run.epoch, run.status, run.durable_on, run.reason
             out += [{"seq": seq, "epoch": epoch, "status": status, "durable_on": durable_on, "reason": reason}
-                    for seq in range(first, last + 1)]
+                    for seq in range(run.first, run.last + 1)]
         return out
 
     def _check_order_records(self, payloads: list[bytes], internal: bool = False) -> Any:
