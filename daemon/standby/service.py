@@ -236,6 +236,8 @@ class StandbyService:
                 raise StandbyError(f'standby.lease.watchdog = "{lease.watchdog}" but no watchdog was given to the '
                                    "standby service (daemon/app.py injects it)")
             watchdog = self._open_watchdog(lease.watchdog, lease.watchdog_device)
+        # The hardware room's section is not part of StandbySettings (the rooms are independent):
+        # only a hint in the log reads it, from a root config that has one.
         hardware = getattr(self.config, "hardware", None)
         if (lease.watchdog == "off" and getattr(hardware, "watchdog", None) is None
                 and Path(lease.watchdog_device).exists()):
