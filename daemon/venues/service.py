@@ -49,7 +49,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import trio
 
@@ -66,6 +66,7 @@ from daemon.core.events import (
     VenueHealthChanged,
 )
 from daemon.core.files import create_new_file
+from daemon.core.journal import JournalHolder
 from daemon.core.log import get_logger
 from daemon.core.service import Health, MetricFamily, Sample, ServiceStatus, histogram
 from daemon.venues.config import VenueConfig, VenuesSettings
@@ -220,10 +221,51 @@ def _default_client_factory(venue: str, config: VenueConfig, *, uplink: str | No
     return client
 
 
+class LeadershipView(Protocol):
+    """The lease shell as the venues see it (:class:`daemon.standby.leadership.Leadership`)."""
+
+    def may_trade(self) -> bool: ...
+
+
+class LeaseSection(Protocol):
+    """``[standby]`` as the venues see it: whether roles move with a lease."""
+
+    @property
+    def lease(self) -> object | None: ...
+
+
+class StandbyConfigView(Protocol):
+    @property
+    def standby(self) -> LeaseSection | None: ...
+
+
+class StandbyView(JournalHolder, Protocol):
+    """What the venues read of the standby service (:class:`daemon.standby.service.StandbyService`),
+    injected by daemon/app.py: the role, the lease epoch, the journal for the order index, and
+    the control socket's append path for an adoption record (checked as the engine's are)."""
+
+    @property
+    def config(self) -> StandbyConfigView: ...
+
+    @property
+    def leadership(self) -> LeadershipView | None: ...
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def accepting(self) -> bool: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+    async def _append(self, params: dict[str, Any]) -> Any: ...
+
+
 class VenueService:
     name = "venues"
 
-    def __init__(self, config: VenuesSettings, bus: EventBus, *, standby: Any = None,
+    def __init__(self, config: VenuesSettings, bus: EventBus, *, standby: StandbyView | None = None,
                  client_factory: Callable[..., Any] | None = None,
                  audit_factory: AuditFactory | None = None,
                  clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
@@ -466,13 +508,13 @@ class VenueService:
         standby = self.standby
         if standby is None:
             return True
-        leadership = getattr(standby, "leadership", None)
+        leadership = standby.leadership
         if leadership is not None:
             return bool(leadership.may_trade())
-        return getattr(standby, "role", None) == "primary" and bool(getattr(standby, "accepting", False))
+        return standby.role == "primary" and standby.accepting
 
     def _epoch(self) -> int | None:
-        return getattr(self.standby, "epoch", None) if self.standby is not None else None
+        return self.standby.epoch if self.standby is not None else None
 
     async def _role_loop(self, sub: Any) -> None:
         """Wake the dead-man loops on every role change; reconcile on becoming primary."""
@@ -480,7 +522,8 @@ class VenueService:
         if self._primary_at_start:
             was_primary = True
             self._became_primary("start", new_term=False)
-        elif self.standby is not None and self.standby.config.standby.lease is None:
+        elif self.standby is not None and (section := self.standby.config.standby) is not None \
+                and section.lease is None:
             # A fixed primary never sees RoleChanged: wait until it accepts appends.
             with trio.move_on_after(60):
                 while not self.may_trade():
@@ -651,7 +694,8 @@ class VenueService:
 
     def _lease_deadline(self) -> tuple[bool, int | None]:
         """(roles move with a lease, its trading deadline on CLOCK_MONOTONIC ns or None)."""
-        leadership = getattr(self.standby, "leadership", None) if self.standby is not None else None
+        leadership = self.standby.leadership if self.standby is not None else None
+        # Leadership has it; the tests' leadership doubles have none (then: no deadline).
         deadline = getattr(leadership, "valid_until_ns", None)
         if deadline is None:
             return False, None  # no journal, or a fixed role: no deadline
@@ -715,9 +759,10 @@ class VenueService:
         time. The index remembers the epoch of the last record it applied: when the record
         at that seq has another epoch now (a divergent tail was cut and refilled), or the
         journal ends before it, the index is rebuilt from the start."""
-        while getattr(self.standby, "journal", None) is None:
+        standby = self.standby
+        assert standby is not None  # started only with one
+        while (journal := standby.journal) is None:
             await trio.sleep(0.05)
-        journal = self.standby.journal
         self.orders = OpenOrders()
         while True:
             if not self._index_consistent():
@@ -768,7 +813,7 @@ class VenueService:
         self.index_gap_end = 0
 
     def _index_consistent(self) -> bool:
-        journal = getattr(self.standby, "journal", None)
+        journal = self.standby.journal if self.standby is not None else None
         if journal is None or self.orders is None or self._index_tip is None:
             return True
         seq, epoch = self._index_tip
