@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Mapping, Protocol
 
 import trio
 
@@ -84,10 +84,65 @@ class GuardActions(Protocol):
         """Raises ValueError for a bad scope, Unavailable when this node may not kill."""
 
 
+class RoleName(Protocol):
+    @property
+    def value(self) -> str: ...
+
+
+class RoleMachineView(Protocol):
+    @property
+    def role(self) -> RoleName: ...
+
+
+class LeadershipControl(Protocol):
+    """The lease shell as a playbook moves it (:class:`daemon.standby.leadership.Leadership`)."""
+
+    @property
+    def machine(self) -> RoleMachineView | None: ...
+
+    def allow_primary(self) -> None: ...
+
+    def refuse_primary(self, reason: str) -> str | None: ...
+
+    def operator_promote(self, accept_loss: bool) -> dict[str, Any]: ...
+
+
+class StandbyControl(Protocol):
+    """What a playbook reads and sets of the standby service (:class:`daemon.standby.service.StandbyService`)."""
+
+    halted: str | None
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def leadership(self) -> LeadershipControl | None: ...
+
+
+class UplinkPolicyView(Protocol):
+    @property
+    def active(self) -> str | None: ...
+
+
+class UplinkControl(Protocol):
+    """The uplinks as a playbook pins them (:class:`daemon.uplinks.service.UplinkService`)."""
+
+    @property
+    def uplinks(self) -> Mapping[str, object]: ...
+
+    @property
+    def policy(self) -> UplinkPolicyView | None: ...
+
+    async def use(self, name: str) -> object: ...
+
+    async def auto(self) -> object: ...
+
+
 class DaemonActionRunner:
     """The built-in actions, carried out on this daemon's services."""
 
-    def __init__(self, bus: EventBus, *, uplinks: Any = None, standby: Any = None) -> None:
+    def __init__(self, bus: EventBus, *, uplinks: UplinkControl | None = None,
+                 standby: StandbyControl | None = None) -> None:
         self.bus = bus
         self.uplinks = uplinks
         self.standby = standby
@@ -110,13 +165,13 @@ class DaemonActionRunner:
 
     # ------------------------------------------------------------------ actions
 
-    def _need_uplinks(self) -> Any:
+    def _need_uplinks(self) -> UplinkControl:
         if self.uplinks is None:
             raise ActionFailed("this daemon has no [uplinks] configured")
         return self.uplinks
 
-    def _need_leadership(self) -> Any:
-        leadership = getattr(self.standby, "leadership", None)
+    def _need_leadership(self) -> LeadershipControl:
+        leadership = self.standby.leadership if self.standby is not None else None
         if leadership is None:
             raise ActionFailed("this daemon has no [standby.lease]: roles do not move")
         return leadership
@@ -143,9 +198,7 @@ class DaemonActionRunner:
         accept = bool(args.get("accept_loss", False))
         if dry_run:
             return f"would allow this node to take a free lease (accept_loss={accept})"
-        machine = leadership.machine
-        if machine is not None and machine.blocked is not None:
-            leadership._apply(machine.allow_primary(trio.current_time()))
+        leadership.allow_primary()
         if not accept:
             return "block lifted; this node takes the lease by the usual rules"
         result = leadership.operator_promote(True)
@@ -157,11 +210,10 @@ class DaemonActionRunner:
         leadership = self._need_leadership()
         if dry_run:
             return "would fence this node, give the lease back and stay standby until standby.promote"
-        machine = leadership.machine
-        if machine is None:
+        role = leadership.refuse_primary(f"demoted by playbook {self.playbook}")
+        if role is None:
             raise ActionFailed("the role machine has not started")
-        leadership._apply(machine.refuse_primary(f"demoted by playbook {self.playbook}", trio.current_time()))
-        return f"demoted: {machine.role.value}"
+        return f"demoted: {role}"
 
     async def _engine_halt(self, args: dict[str, Any], dry_run: bool) -> str:
         reason = args.get("reason") or f"playbook {self.playbook}"
@@ -245,8 +297,10 @@ class DaemonActionRunner:
 
     async def check(self, name: str, params: dict[str, Any]) -> tuple[bool, str]:
         if name == "role":
-            machine = getattr(getattr(self.standby, "leadership", None), "machine", None)
-            role = machine.role.value if machine is not None else (getattr(self.standby, "role", None) or "none")
+            leadership = self.standby.leadership if self.standby is not None else None
+            machine = leadership.machine if leadership is not None else None
+            role = machine.role.value if machine is not None else (
+                (self.standby.role if self.standby is not None else None) or "none")
             want = params.get("equals")
             return role == want, f"role is {role}, {'as' if role == want else 'not'} required ({want})"
         if name == "uplink_active":
@@ -269,7 +323,8 @@ class RecoveryService:
 
     name = "recovery"
 
-    def __init__(self, config: RecoverySettings, bus: EventBus, *, uplinks: Any = None, standby: Any = None) -> None:
+    def __init__(self, config: RecoverySettings, bus: EventBus, *, uplinks: UplinkControl | None = None,
+                 standby: StandbyControl | None = None) -> None:
         assert config.recovery is not None
         self.config = config
         self.settings = config.recovery

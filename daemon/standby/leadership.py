@@ -634,6 +634,21 @@ class Leadership:
     def async_allowed(self) -> bool:
         return self.may_trade() and self.machine is not None and self.machine.may_acknowledge_alone
 
+    def allow_primary(self) -> None:
+        """Lift a block set by :meth:`refuse_primary` (a playbook's standby.promote); no-op without one."""
+        machine = self.machine
+        if machine is not None and machine.blocked is not None:
+            self._apply(machine.allow_primary(trio.current_time()))
+
+    def refuse_primary(self, reason: str) -> str | None:
+        """Step down and stay standby until :meth:`allow_primary` (a playbook's standby.demote):
+        the role now; None (nothing done) before the role machine has started."""
+        machine = self.machine
+        if machine is None:
+            return None
+        self._apply(machine.refuse_primary(reason, trio.current_time()))
+        return machine.role.value
+
     def operator_promote(self, accept_loss: bool) -> dict[str, Any]:
         machine = self.machine
         if machine is None:
