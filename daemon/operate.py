@@ -214,13 +214,13 @@ async def read_store(daemon: "Daemon") -> dict[str, Any]:
     assert standby is not None and standby.settings.lease is not None
     lease = standby.settings.lease
     leadership = standby.leadership
-    name = getattr(leadership, "store_name", None) or lease.backend
+    name = (leadership.store_name if leadership is not None else None) or lease.backend
     out: dict[str, Any] = {"name": name}
     store = None
     started = time.monotonic()
     try:
         assert standby._key is not None  # loaded when the standby started
-        store = open_lease_store(lease, daemon.config.node.name, standby._key, standby.settings)
+        store = open_lease_store(lease, daemon.config.node.name, standby._key)
         with trio.fail_after(float(lease.retry_timeout) * 2):
             state = await store.read()
     except (LeaseError, trio.TooSlowError, OSError, ValueError) as exc:

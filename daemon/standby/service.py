@@ -229,7 +229,7 @@ class StandbyService:
         node = self.config.node.name
         if self._lease_store is None:
             assert self._key is not None  # loaded before leadership starts
-            self._lease_store = open_lease_store(lease, node, self._key, self.settings)
+            self._lease_store = open_lease_store(lease, node, self._key)
         watchdog = self._watchdog
         if watchdog is None and lease.watchdog != "off":
             if self._open_watchdog is None:
