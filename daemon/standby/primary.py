@@ -391,7 +391,8 @@ class ReplicationPrimary:
         key = (link.address.rsplit(":", 1)[0], reason)
         now = trio.current_time()
         if due_again(self._rejections_announced, key, now, REANNOUNCE_AFTER):
-            self.announce("ReplicationRejected", address=link.address, peer=hello.node_id, reason=reason)
+            self.announce(events.ReplicationRejected(source=self.name, address=link.address, peer=hello.node_id,
+                                                     reason=reason))
         else:
             log.debug("connection.rejected", address=link.address, peer=hello.node_id, reason=reason)
         await link.send(Reject(reason))
@@ -436,9 +437,9 @@ class ReplicationPrimary:
         session.catch_up_target = self.journal.last.seq
         self.counters["sessions"] += 1
         backlog = session.catch_up_target - common
-        self.announce("StandbyConnected", standby=session.node, address=session.address,
+        self.announce(events.StandbyConnected(source=self.name, standby=session.node, address=session.address,
                       standby_last_seq=session.hello.last.seq, standby_last_epoch=session.hello.last.epoch,
-                      common_seq=common, backlog=backlog)
+                      common_seq=common, backlog=backlog))
         self._compare_digests(session, session.hello.config_digest, None)
         if self._rule.session_started(common, session.catch_up_target):
             self._now_in_sync(session)
@@ -517,8 +518,8 @@ class ReplicationPrimary:
                 self.counters["standby_errors"] += 1
                 log.error("standby.write_error", standby=session.node, error=ack.error, durable_seq=ack.seq)
                 if self._should_announce(ack.error):
-                    self.announce("StandbyDiskFull" if ack.error.startswith("disk full") else "StandbyWriteError",
-                                  node=session.node, error=ack.error, durable_seq=ack.seq)
+                    failed = events.StandbyDiskFull if ack.error.startswith("disk full") else events.StandbyWriteError
+                    self.announce(failed(source=self.name, node=session.node, error=ack.error, durable_seq=ack.seq))
                 self._rule.standby_failed()
                 self._lose_sync(f"standby {session.node} stopped acknowledging: {ack.error}")
             return
@@ -552,7 +553,7 @@ class ReplicationPrimary:
         if drift != session.drift:
             session.drift = drift
             if drift:
-                self.announce("DriftDetected", peer=session.node, differences=list(drift))
+                self.announce(events.DriftDetected(source=self.name, peer=session.node, differences=list(drift)))
 
     # ------------------------------------------------------------------ sync state
 
@@ -573,9 +574,9 @@ class ReplicationPrimary:
         if self.sync_listener is not None and self.config.mode == "sync":
             self.sync_listener(session.node)
         if self.config.mode == "sync":  # async mode has nothing to recover from
-            self.announce("ReplicationRecovered", standby=session.node,
+            self.announce(events.ReplicationRecovered(source=self.name, standby=session.node,
                           degraded_for_s=round(trio.current_time() - since, 3) if since is not None else 0.0,
-                          acked_seq=session.acked_seq)
+                          acked_seq=session.acked_seq))
 
     def _lose_sync(self, reason: str) -> None:
         if self.sync_listener is not None:
@@ -584,8 +585,8 @@ class ReplicationPrimary:
             self._out_of_sync_since = trio.current_time()
             self._out_of_sync_reason = reason
             if self.config.mode == "sync":
-                self.announce("ReplicationDegraded", mode=self.config.mode,
-                              on_standby_loss=self.config.on_standby_loss, reason=reason)
+                self.announce(events.ReplicationDegraded(source=self.name, mode=self.config.mode,
+                              on_standby_loss=self.config.on_standby_loss, reason=reason))
         # Writers waiting for this standby will not get their acknowledgement.
         self._release_waiters(reason)
 
@@ -594,9 +595,9 @@ class ReplicationPrimary:
             return
         self._session = None
         self._rule.link_lost()
-        self.announce("StandbyLost", standby=session.node, address=session.address, reason=reason,
+        self.announce(events.StandbyLost(source=self.name, standby=session.node, address=session.address, reason=reason,
                       acked_seq=session.acked_seq,
-                      connected_for_s=round(trio.current_time() - session.connected_at, 3))
+                      connected_for_s=round(trio.current_time() - session.connected_at, 3)))
         self._lose_sync(f"standby {session.node} lost: {reason}")
 
     def in_sync(self) -> bool:
