@@ -107,7 +107,7 @@ class ActionRunner(Protocol):
 
 
 class Audit(Protocol):
-    def append(self, kind: str, **fields: Any) -> Any: ...
+    def append(self, kind: str, /, **fields: Any) -> Any: ...
 
 
 @dataclass(frozen=True)

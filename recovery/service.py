@@ -55,7 +55,7 @@ from recovery.config import RecoverySettings
 from recovery.executor import ActionFailed, BusyError, Executor, TriggerMatcher
 from recovery.keys import load_keyring
 from recovery.playbook import valid_name
-from recovery.verify import RefusalCoalescer, RollbackState, VerificationError, verify_playbook
+from recovery.verify import RefusalCoalescer, RollbackState, VerificationError, Verified, verify_playbook
 
 log = get_logger("recovery")
 
@@ -331,9 +331,9 @@ class RecoveryService:
         self.bus = bus
         self.runner = DaemonActionRunner(bus, uplinks=uplinks, standby=standby)
         self.state_dir = Path(config.node.state_dir) / "recovery"
-        self.audit: Any = None
-        self.executor: Any = None
-        self.matcher: Any = None
+        self.audit: AuditLog | None = None
+        self.executor: Executor | None = None
+        self.matcher: TriggerMatcher | None = None
         self.playbooks: dict[str, Any] = {}   # name -> parsed playbook (verified at load)
         self.refused: dict[str, str] = {}     # file -> reason (at load)
         self.runs = 0
@@ -343,7 +343,7 @@ class RecoveryService:
 
         #: Identical refusals by playbook.run: one audit line per window, with a count.
         self.refusals = RefusalCoalescer()
-        self._to_publish: list[tuple[str, str, str]] = []
+        self._to_publish: list[PlaybookRefused] = []
 
     # ------------------------------------------------------------------ service
 
@@ -374,11 +374,12 @@ class RecoveryService:
         files = sorted(directory.glob("*.toml")) if directory.is_dir() else []
         if not directory.is_dir():
             log.warning("recovery.no_playbooks", directory=str(directory), reason="not a directory")
-        published: list[tuple[str, str, str]] = []
+        published: list[PlaybookRefused] = []
         for path in files:
             verified, reason, message = self._check(path)
             if self._record(path, verified, reason, message, refused=refused, now=time.monotonic(), coalesce=False):
-                published.append((path.stem, reason, message))
+                published.append(PlaybookRefused(source=self.name, playbook=path.stem, reason=reason,
+                                                 message=message))
             if verified is not None:
                 playbooks[verified.playbook.name] = verified.playbook
         self.playbooks, self.refused = playbooks, refused
@@ -386,11 +387,11 @@ class RecoveryService:
         self._to_publish = published
 
     def _publish_refusals(self) -> None:
-        for name, reason, message in getattr(self, "_to_publish", ()):
-            self.bus.publish(PlaybookRefused(source=self.name, playbook=name, reason=reason, message=message))
+        for event in self._to_publish:
+            self.bus.publish(event)
         self._to_publish = []
 
-    def _check(self, path: Path) -> tuple[Any, str, str]:
+    def _check(self, path: Path) -> tuple[Verified | None, str, str]:
         """Full verification of ``path`` now: (verified, "", "") or (None, reason, message).
         Blocking: keyring read, Ed25519, TOML."""
         try:
@@ -405,15 +406,16 @@ class RecoveryService:
             return None, "invalid", str(exc)
         return verified, "", ""
 
-    def _record(self, path: Path, verified: Any, reason: str, message: str, *, refused: dict[str, str],
+    def _record(self, path: Path, verified: Verified | None, reason: str, message: str, *, refused: dict[str, str],
                 now: float, coalesce: bool = True) -> bool:
         """Audit the verification's result (blocking: an fsynced line). Identical refusals
         are coalesced: the first is written, repeats within the window are counted and the
         count is written with the next one after it; past the rate limit, refusals are
         only counted. True when a refusal was written (then publish its event)."""
+        assert self.audit is not None  # opened by run() before any playbook is loaded
         if verified is not None:
             self.audit.append("verify.ok", playbook=verified.playbook.name, version=verified.playbook.version,
-                              file=str(path), signers=list(getattr(verified, "signers", ())),
+                              file=str(path), signers=list(verified.signers),
                               sha256=verified.sha256)
             return False
         name = path.stem
@@ -469,9 +471,10 @@ class RecoveryService:
                                          trigger=trigger, dry_run=dry_run))
         self.runner.playbook = playbook.name
         started = time.monotonic()
+        assert self.executor is not None  # made by run() before the control methods answer
         try:
             report = await self.executor.run(playbook, dry_run=dry_run, trigger=trigger,
-                                             verified_by=tuple(getattr(verified, "signers", ())))
+                                             verified_by=verified.signers)
         except BusyError as exc:
             raise ControlError("busy", str(exc)) from None
         self.runs += 1
