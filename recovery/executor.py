@@ -61,6 +61,7 @@ import trio
 from daemon.core.acl import audit_by
 from daemon.core.durations import format_duration
 from daemon.core.log import get_logger
+from recovery.errors import RecoveryError
 from recovery.playbook import Playbook, Precondition, Step
 
 log = get_logger("recovery")
@@ -72,7 +73,7 @@ Outcome = Literal["succeeded", "failed", "aborted", "rolled_back", "refused", "d
 Status = Literal["ok", "failed", "timed_out", "skipped"]
 
 
-class ActionFailed(Exception):
+class ActionFailed(RecoveryError):
     """An action could not be carried out; ``message`` is one line for the operators."""
 
     def __init__(self, message: str) -> None:
@@ -80,7 +81,7 @@ class ActionFailed(Exception):
         self.message = message
 
 
-class BusyError(Exception):
+class BusyError(RecoveryError):
     """A playbook was asked to run while another one runs and ``on_busy="refuse"``."""
 
     def __init__(self, requested: str, running: str) -> None:

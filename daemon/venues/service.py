@@ -70,6 +70,7 @@ from daemon.core.journal import JournalHolder
 from daemon.core.log import get_logger
 from daemon.core.service import Health, MetricFamily, Sample, ServiceStatus, histogram
 from daemon.venues.config import VenueConfig, VenuesSettings
+from daemon.venues.errors import VenueError
 from daemon.venues.fencing import arm_decision
 from daemon.venues.health import (
     HealthChange,
@@ -103,7 +104,7 @@ KILL_TIMEOUT = 2.0
 DEFAULT_PATH = "default"
 
 
-class VenueUnavailable(Unavailable):
+class VenueUnavailable(VenueError, Unavailable):
     """A private call could not be made (no credentials, no usable path, the call failed)."""
 
     def __init__(self, message: str, error_class: str = "other") -> None:
