@@ -737,7 +737,7 @@ class VenueService:
                                                 detail=str(exc)[:300]))
             # Back off (1, 2, 4 ... s, at most the interval): an auth error will not fix itself
             # in a second, and every attempt holds the venue's private calls.
-            return min(float(vc.deadman_interval), DEADMAN_RETRY * 2 ** min(venue.deadman_failing - 1, 10))
+            return min(float(vc.deadman_interval), DEADMAN_RETRY * 2.0 ** min(venue.deadman_failing - 1, 10))
         if not self.may_trade():
             # Fenced while the arm was in flight: do not keep it alive any longer than this one.
             log.warning("venue.deadman_armed_after_fence", venue=venue.name)
