@@ -60,6 +60,7 @@ import trio
 
 from daemon.core.acl import audit_by
 from daemon.core.durations import format_duration
+from daemon.core.events import Event
 from daemon.core.log import get_logger
 from recovery.errors import RecoveryError
 from recovery.playbook import Playbook, Precondition, Step
@@ -397,8 +398,8 @@ class TriggerMatcher:
         names = {pb.name for pb in self.playbooks}
         self._started = {n: t for n, t in self._started.items() if n in names}
 
-    def match(self, event: Mapping[str, Any], now: float) -> list[Playbook]:
-        if not isinstance(event, Mapping) and hasattr(event, "to_dict"):
+    def match(self, event: Mapping[str, Any] | Event, now: float) -> list[Playbook]:
+        if isinstance(event, Event):
             event = event.to_dict()
         kind = event.get("kind")
         started: list[Playbook] = []

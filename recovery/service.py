@@ -538,4 +538,4 @@ class RecoveryService:
             yield MetricFamily.single("lifeline_audit_chain_ok", "gauge",
                                       "1 while the audit log's hash chain continues; 0 once its last entry is "
                                       "damaged or an append could not be undone (see `lifeline audit verify`).",
-                                      0.0 if getattr(self.audit, "broken", None) else 1.0)
+                                      0.0 if self.audit.broken else 1.0)
