@@ -149,10 +149,11 @@ async def gather(daemon: "Daemon", *, verify: bool = True) -> dict[str, Any]:
     facts["venues"] = daemon.venues.details() if daemon.venues is not None else None
     if daemon.hardware is not None:
         facts["hardware"] = daemon.hardware.details()
-        hw: Any = config.hardware
+        hw = config.hardware
+        assert hw is not None  # the hardware service runs only with [hardware]
         facts["thresholds"] = {
-            "ups_runtime_s": float(hw.ups.runtime_threshold) if getattr(hw, "ups", None) is not None else None,
-            "gnss_offset_s": float(hw.gnss.offset_threshold) if getattr(hw, "gnss", None) is not None else None}
+            "ups_runtime_s": float(hw.ups.runtime_threshold) if hw.ups is not None else None,
+            "gnss_offset_s": float(hw.gnss.offset_threshold) if hw.gnss is not None else None}
     if daemon.standby is not None:
         directory = journal_directory(config)
         usage = await trio.to_thread.run_sync(shutil.disk_usage, directory)
@@ -348,8 +349,8 @@ async def reload_config(daemon: "Daemon", *, by: Any) -> dict[str, Any]:
         daemon.recovery._publish_refusals()
         playbooks = {"verified": len(daemon.recovery.playbooks), "refused": len(daemon.recovery.refused)}
     limits = None
-    guard = getattr(daemon, "guard", None)
-    if guard is not None and result.ok and daemon.config.guard.limits is not None:
+    guard = daemon.guard
+    if result.ok and daemon.config.guard.limits is not None:
         limits = await guard.reload_limits(by=str(by))  # a refused file keeps the last good limits
     if not result.ok:
         result.apply = {}  # nothing was applied: say so everywhere
