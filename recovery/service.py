@@ -37,6 +37,7 @@ import trio
 
 from daemon.core.acl import audit_by
 from daemon.core.bus import EventBus
+from daemon.core.control import ControlRegistry
 from daemon.core.control_client import ControlError
 from daemon.core.errors import Unavailable
 from daemon.core.events import (
@@ -489,7 +490,7 @@ class RecoveryService:
 
     # ------------------------------------------------------------------ control
 
-    def register_control(self, control: Any) -> None:
+    def register_control(self, control: ControlRegistry) -> None:
         async def list_(params: dict[str, Any]) -> Any:
             return {"playbooks": [{"name": p.name, "version": p.version, "expires": p.expires.isoformat(),
                                    "triggers": [t.event for t in p.triggers], "description": p.description}

@@ -31,6 +31,7 @@ import trio
 from daemon.core.acl import audit_by
 from daemon.core.audit import AuditFactory
 from daemon.core.bus import EventBus
+from daemon.core.control import ControlRegistry
 from daemon.core.control_client import ControlError
 from daemon.core.errors import Unavailable
 from daemon.core.journal import JournalHolder, JournalReader
@@ -374,7 +375,7 @@ class GuardService:
 
     # ------------------------------------------------------------------ control
 
-    def register_control(self, control: Any) -> None:
+    def register_control(self, control: ControlRegistry) -> None:
         control.register("risk.status", self._status_method,
                          help="The risk gate: limits and their use (nearest first), positions, P&L, open orders, "
                               "blocks, the limits file; `lifeline risk`.")

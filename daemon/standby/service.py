@@ -36,6 +36,7 @@ import trio
 from daemon.core.acl import audit_by
 from daemon.core.audit import AuditFactory
 from daemon.core.bus import EventBus
+from daemon.core.control import ControlRegistry
 from daemon.core.control_client import ControlError
 from daemon.core.events import JournalTailTruncated
 from daemon.core.log import get_logger
@@ -390,7 +391,7 @@ class StandbyService:
 
     # ------------------------------------------------------------------ control
 
-    def register_control(self, control: Any) -> None:
+    def register_control(self, control: ControlRegistry) -> None:
         control.register("journal.append", self._append,
                          help='Append records: {"payloads": ["...", ...]}; one result per record '
                               '(status ok | in_doubt; see the writer contract in the README).')
@@ -505,7 +506,7 @@ class StandbyService:
     async def _stats(self, params: dict[str, Any]) -> Any:
         return self.details()
 
-    def _require_leadership(self) -> Any:
+    def _require_leadership(self) -> Leadership:
         if self.leadership is None:
             raise ControlError("no_lease", f"this host has a fixed role ({self.role}): roles move only with "
                                            "[standby.lease] configured")

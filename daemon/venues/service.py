@@ -56,7 +56,7 @@ import trio
 from daemon.core.acl import audit_by
 from daemon.core.audit import AuditFactory
 from daemon.core.bus import EventBus
-from daemon.core.control import ControlError, ReplyStream
+from daemon.core.control import ControlError, ControlRegistry, ReplyStream
 from daemon.core.errors import Unavailable
 from daemon.core.events import (
     ReconciliationFinished,
@@ -1174,7 +1174,7 @@ class VenueService:
 
     # ------------------------------------------------------------------ control
 
-    def register_control(self, control: Any) -> None:
+    def register_control(self, control: ControlRegistry) -> None:
         async def status(params: dict[str, Any]) -> Any:
             return self.details()
 
