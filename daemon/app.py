@@ -11,7 +11,7 @@ import gc
 import os
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import trio
 
@@ -26,6 +26,7 @@ from daemon.core.service import Service
 from daemon.health import HealthFacts
 from daemon.metrics import MetricsServer
 from daemon.notify import Notifier
+from daemon.standby.replication import ReplicationStandby
 from daemon.standby.service import StandbyService
 from daemon.supervisor import ServiceCrashed, Supervisor
 from daemon.system import SystemHealthService
@@ -38,6 +39,11 @@ from daemon.risk import verifier_for
 from hardware.watchdog import open_watchdog
 from recovery.audit import host_audit_factory
 from recovery.service import RecoveryService
+
+if TYPE_CHECKING:  # imported lazily below (only with [hardware] / [venues])
+    from daemon.core.service import MetricFamily
+    from daemon.venues.service import VenueService
+    from hardware.service import HardwareService
 
 log = get_logger("app")
 
@@ -59,9 +65,11 @@ def standby_seams(config: Config) -> dict[str, Any]:
             "audit_factory": audit_for(config)}
 
 
-def primary_hint(standby: Any) -> str:
+def primary_hint(standby: StandbyService | None) -> str:
     """Who is primary, as a standby knows it: the lease holder, or the peer of a fixed role."""
-    leadership = getattr(standby, "leadership", None)
+    if standby is None:
+        return "run it on the primary"
+    leadership = standby.leadership
     if leadership is not None:
         try:
             holder = (leadership.details().get("lease") or {}).get("holder")
@@ -70,7 +78,7 @@ def primary_hint(standby: Any) -> str:
         if holder:
             return f"the primary is {holder} (the lease holder): run it there"
         return "no node holds the lease now: run it on the primary once one does (lifeline role)"
-    peer = getattr(getattr(standby.config, "standby", None), "peer", None)
+    peer = standby.settings.peer
     return f"the primary is the peer at {peer}: run it there" if peer else "run it on the primary"
 
 
@@ -81,7 +89,7 @@ def guard_seams(config: Config, standby: StandbyService | None) -> dict[str, Any
     is not (for a refused kill or pause)."""
     venues = list(config.venues)
 
-    def check_order(payload: bytes, /) -> Any:
+    def check_order(payload: bytes, /) -> object:
         return parse_for_append(payload, venues, epoch=standby.epoch if standby is not None else None)
 
     def promoting() -> bool:
@@ -106,8 +114,8 @@ def venue_seams(config: Config) -> dict[str, Any]:
     return {"audit_factory": audit_for(config)}
 
 
-def breaker_service(config: Config, bus: EventBus, *, system: SystemHealthService, standby: Any,
-                    venues: Any, writer: BlocksWriter, killswitch: KillSwitch) -> BreakerService:
+def breaker_service(config: Config, bus: EventBus, *, system: SystemHealthService, standby: StandbyService | None,
+                    venues: VenueService | None, writer: BlocksWriter, killswitch: KillSwitch) -> BreakerService:
     """The circuit breakers (daemon/guard): fed by the journal, the venues' matrix and the
     host's load; they act through guard records the guard writes through the journal on the
     primary (``writer``) and, for a kill response, through the kill switch."""
@@ -122,6 +130,7 @@ def breaker_service(config: Config, bus: EventBus, *, system: SystemHealthServic
                    + [sample.memory_used_fraction] * (judged.memory_threshold < 1.0), default=0.0)
 
     def paths() -> list[tuple[str, str, str]]:
+        assert venues is not None  # given only with venues
         return [(p["venue"], p["uplink"], p["state"]) for p in venues.matrix()]
 
     actions = BlocksActions(writer, killswitch)
@@ -168,12 +177,12 @@ class Daemon:
         services.append(self.guard)
         if self.standby is not None:
             self.standby.append_gate = self.guard
-        self.recovery: Any = None
+        self.recovery: RecoveryService | None = None
         if config.recovery is not None:
             self.recovery = RecoveryService(config, self.bus, uplinks=self.uplinks, standby=self.standby)
             self.recovery.register_control(self.control)
             services.append(self.recovery)
-        self.hardware: Any = None
+        self.hardware: HardwareService | None = None
         if config.hardware is not None:
             # After recovery: its playbooks subscribe before the first hardware event.
             # lazy: the device drivers and pyserial (~40 ms) only with [hardware]
@@ -182,7 +191,7 @@ class Daemon:
             self.hardware = HardwareService(config, self.bus,
                                             clean_stop=lambda: self.supervisor.stop_reason is not None)
             services.append(self.hardware)
-        self.venues: Any = None
+        self.venues: VenueService | None = None
         if config.venues:
             # lazy: the venues extra (ccxt is loaded by its client) only with [venues] (~30 ms, 1.5 MB)
             from daemon.venues.service import VenueService
@@ -224,10 +233,10 @@ class Daemon:
 
         livedrills_run.register(self)  # drill.switchover, drill.uplink (live drills, admin)
 
-    def _collect_metrics(self) -> Any:
+    def _collect_metrics(self) -> Iterable[MetricFamily]:
         return self.supervisor.metrics()
 
-    def health_facts(self, path: str = "/health") -> Any:
+    def health_facts(self, path: str = "/health") -> HealthFacts:
         """What /primary, /standby and /health answer from (:mod:`daemon.health`). Only
         /health asks every service for its status (a load balancer polls the others)."""
         unhealthy: dict[str, str] = {}
@@ -239,12 +248,12 @@ class Daemon:
         if standby is None:
             return HealthFacts(self.config.node.name, "none", unhealthy=unhealthy)
         leadership = standby.leadership
-        machine = getattr(leadership, "machine", None)
+        machine = leadership.machine if leadership is not None else None
         role = machine.role.value if machine is not None else str(standby.role)
-        epoch = machine.epoch if machine is not None else int(getattr(standby, "epoch", 0) or 0)
+        epoch = machine.epoch if machine is not None else standby.epoch
         may_trade = leadership.may_trade() if leadership is not None else role == "primary"
         replication = standby.replication
-        connected = bool(role == "standby" and replication is not None and getattr(replication, "connected", False))
+        connected = role == "standby" and isinstance(replication, ReplicationStandby) and replication.connected
         return HealthFacts(self.config.node.name, role, epoch=epoch, accepting=bool(standby.accepting),
                            may_trade=may_trade, standby_connected=connected, unhealthy=unhealthy)
 

@@ -23,10 +23,13 @@ import pwd
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.standby.keys import load_replication_key
 from daemon.uplinks.config import check_uplinks_on_host
+
+if TYPE_CHECKING:
+    from daemon.config import Config
 
 EX_CONFIG = 78  # sysexits.h: the unit's RestartPreventExitStatus=78 stops restarts on it
 
@@ -147,7 +150,7 @@ def _writable_directory(report: HostReport, where: str, path: Path, user: Servic
         report.problems.append(f"{where}: {path}: {denied}{fix}")
 
 
-def check_host(config: Any, user: ServiceUser | None = None) -> HostReport:
+def check_host(config: Config, user: ServiceUser | None = None) -> HostReport:
     """What on this host keeps ``config`` from running (see the module docstring)."""
     report = HostReport()
     source = config.source
@@ -162,7 +165,7 @@ def check_host(config: Any, user: ServiceUser | None = None) -> HostReport:
     for path, key in directories.items():
         _writable_directory(report, f"{source}: {key}", path, user)
 
-    group = getattr(config.control, "group", "")
+    group = config.control.group
     if group:
         try:
             gid = grp.getgrnam(group).gr_gid
@@ -189,7 +192,7 @@ def check_host(config: Any, user: ServiceUser | None = None) -> HostReport:
                 if argv and not os.access(argv[0], os.X_OK):
                     report.warnings.append(f"{source}: standby.lease.{hook}: {argv[0]} is not an executable file")
 
-    venues = getattr(config, "venues", None) or {}
+    venues = config.venues
     for name, venue in venues.items():
         if venue.credentials is None:
             continue

@@ -12,7 +12,7 @@ import datetime as dt
 import ipaddress
 import json
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 #: The nftables table a live uplink drill installs (and daemon start removes if left over).
@@ -57,9 +57,22 @@ def in_trading_hours(now: dt.datetime, hours: str, timezone: str) -> bool:
     return start <= local.time().replace(tzinfo=None) < end
 
 
-def gate(settings: Any, now: dt.datetime, *, force: bool, drill: str) -> str | None:
+class DrillSettings(Protocol):
+    """``[drills]`` as the gate reads it (:class:`daemon.config.DrillsConfig`)."""
+
+    @property
+    def live(self) -> bool: ...
+
+    @property
+    def trading_hours(self) -> str: ...
+
+    @property
+    def timezone(self) -> str: ...
+
+
+def gate(settings: DrillSettings, now: dt.datetime, *, force: bool, drill: str) -> str | None:
     """Why a live drill may not start (None: it may): the config switch, then trading hours."""
-    if not getattr(settings, "live", False):
+    if not settings.live:
         return (f"live drills are off on this host: set [drills] live = true in the config and "
                 f"`lifeline reload` (or restart) to run `lifeline drill {drill} --live`")
     if in_trading_hours(now, settings.trading_hours, settings.timezone) and not force:

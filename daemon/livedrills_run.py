@@ -137,6 +137,7 @@ async def live_switchover(daemon: "Daemon", *, force: bool) -> dict[str, Any]:
         out["marker"] = {"seq": result["seq"], "epoch": result["epoch"], "status": result["status"]}
         checks.append(_check("marker acknowledged by the standby", result["status"] == "ok",
                              f"seq {result['seq']} {result['status']}"))
+        assert standby.leadership is not None  # _role_status above refused a host without a lease
         switched = await standby.leadership.switchover(None, by=_by())
         out["switchover"] = switched
         out["pause_ms"] = switched.get("seen_ms")

@@ -149,10 +149,11 @@ async def gather(daemon: "Daemon", *, verify: bool = True) -> dict[str, Any]:
     facts["venues"] = daemon.venues.details() if daemon.venues is not None else None
     if daemon.hardware is not None:
         facts["hardware"] = daemon.hardware.details()
-        hw: Any = config.hardware
+        hw = config.hardware
+        assert hw is not None  # the hardware service runs only with [hardware]
         facts["thresholds"] = {
-            "ups_runtime_s": float(hw.ups.runtime_threshold) if getattr(hw, "ups", None) is not None else None,
-            "gnss_offset_s": float(hw.gnss.offset_threshold) if getattr(hw, "gnss", None) is not None else None}
+            "ups_runtime_s": float(hw.ups.runtime_threshold) if hw.ups is not None else None,
+            "gnss_offset_s": float(hw.gnss.offset_threshold) if hw.gnss is not None else None}
     if daemon.standby is not None:
         directory = journal_directory(config)
         usage = await trio.to_thread.run_sync(shutil.disk_usage, directory)
@@ -214,13 +215,13 @@ async def read_store(daemon: "Daemon") -> dict[str, Any]:
     assert standby is not None and standby.settings.lease is not None
     lease = standby.settings.lease
     leadership = standby.leadership
-    name = getattr(leadership, "store_name", None) or lease.backend
+    name = (leadership.store_name if leadership is not None else None) or lease.backend
     out: dict[str, Any] = {"name": name}
     store = None
     started = time.monotonic()
     try:
         assert standby._key is not None  # loaded when the standby started
-        store = open_lease_store(lease, daemon.config.node.name, standby._key, standby.settings)
+        store = open_lease_store(lease, daemon.config.node.name, standby._key)
         with trio.fail_after(float(lease.retry_timeout) * 2):
             state = await store.read()
     except (LeaseError, trio.TooSlowError, OSError, ValueError) as exc:
@@ -348,8 +349,8 @@ async def reload_config(daemon: "Daemon", *, by: Any) -> dict[str, Any]:
         daemon.recovery._publish_refusals()
         playbooks = {"verified": len(daemon.recovery.playbooks), "refused": len(daemon.recovery.refused)}
     limits = None
-    guard = getattr(daemon, "guard", None)
-    if guard is not None and result.ok and daemon.config.guard.limits is not None:
+    guard = daemon.guard
+    if result.ok and daemon.config.guard.limits is not None:
         limits = await guard.reload_limits(by=str(by))  # a refused file keeps the last good limits
     if not result.ok:
         result.apply = {}  # nothing was applied: say so everywhere

@@ -27,6 +27,7 @@ import trio
 
 from daemon import __version__
 from daemon.core.bus import EventBus
+from daemon.core.errors import LifelineError
 from daemon.core.events import DaemonReady, DaemonStopping, ServiceFailed, ServiceStarted
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, Sample, Service, ServiceStatus, service_metrics
@@ -46,7 +47,7 @@ SHUTDOWN_DRAIN = 0.5
 STATUS_REFRESH = 5.0
 
 
-class ServiceCrashed(Exception):
+class ServiceCrashed(LifelineError):
     """A service raised or returned; the daemon must stop with a non-zero code."""
 
     def __init__(self, service: str, reason: str) -> None:

@@ -48,6 +48,8 @@ class Device:
 
 
 def _closer(driver: Any) -> Any:
+    # The driver families differ: the UPS and GNSS drivers close with ``aclose()`` (async) or
+    # ``close()`` (sync), the enclosure's with ``close()``; this one closer serves them all.
     async def close() -> None:
         closing = getattr(driver, "aclose", None) or getattr(driver, "close", None)
         if closing is not None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from daemon.core.errors import LifelineError
 
-class HardwareError(Exception):
+
+class HardwareError(LifelineError):
     """Base of the hardware errors."""
 
 

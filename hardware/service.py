@@ -32,7 +32,7 @@ from daemon.core.service import MetricFamily, Sample, ServiceStatus
 from hardware.config import HardwareSettings
 from hardware.devices import Device, build_devices
 from hardware.errors import DeviceGarbage, DeviceTimeout, HardwareError
-from hardware.watchdog import LinuxWatchdog
+from hardware.watchdog import LinuxWatchdog, Watchdog
 
 __all__ = ["Device", "HardwareService", "device_loop"]
 
@@ -56,7 +56,7 @@ class HardwareService:
     name = "hardware"
 
     def __init__(self, config: HardwareSettings, bus: EventBus, *, clean_stop: Callable[[], bool] = lambda: True,
-                 devices: list[Device] | None = None, watchdog: Any = None) -> None:
+                 devices: list[Device] | None = None, watchdog: Watchdog | None = None) -> None:
         assert config.hardware is not None
         self.config = config
         self.settings = config.hardware
@@ -64,38 +64,38 @@ class HardwareService:
         self.clean_stop = clean_stop
         self.devices: list[Device] = devices if devices is not None else []
         self._built = devices is not None
-        self.watchdog = watchdog
+        self.watchdog: Watchdog | None = watchdog
         self.feeds = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if not self._built:
             self.devices = build_devices(self.settings)
-        armed = False
+        armed: Watchdog | None = None  # the watchdog armed here, if any
         if self.settings.watchdog is not None:
             if self.watchdog is None:
                 self.watchdog = LinuxWatchdog(self.settings.watchdog.device, required=True)
             # Arming may fail (no device, another holder): that stops the daemon with
             # the watchdog's own message naming the device and the fix.
             self.watchdog.arm(int(self.settings.watchdog.timeout))
-            armed = True
+            armed = self.watchdog
             log.info("watchdog.armed", device=str(self.settings.watchdog.device),
                      timeout_s=int(self.settings.watchdog.timeout))
         try:
             async with trio.open_nursery() as nursery:
                 for device in self.devices:
                     nursery.start_soon(device_loop, device, self._publish)
-                if armed:
-                    nursery.start_soon(self._feed_loop)
+                if armed is not None:
+                    nursery.start_soon(self._feed_loop, armed)
                 log.info("hardware.started", devices=",".join(f"{d.kind}:{d.name}" for d in self.devices) or "-",
-                         watchdog=armed)
+                         watchdog=armed is not None)
                 task_status.started()
         finally:
-            if armed:
+            if armed is not None:
                 if self.clean_stop():
-                    self.watchdog.disarm()
+                    armed.disarm()
                     log.info("watchdog.disarmed", reason="clean stop")
                 else:
-                    self.watchdog.close_without_disarm()
+                    armed.close_without_disarm()
                     log.warning("watchdog.left_armed", reason="not a clean stop: the host reboots unless the "
                                                               "daemon is back in time")
             for device in self.devices:
@@ -103,11 +103,11 @@ class HardwareService:
                     with trio.move_on_after(1, shield=True):
                         await device.close()
 
-    async def _feed_loop(self) -> None:
+    async def _feed_loop(self, watchdog: Watchdog) -> None:
         assert self.settings.watchdog is not None
         period = float(self.settings.watchdog.timeout) / 3
         while True:
-            self.watchdog.keepalive()
+            watchdog.keepalive()
             self.feeds += 1
             await trio.sleep(period)
 
@@ -130,8 +130,7 @@ class HardwareService:
             out[f"{d.kind}:{d.name}"] = {"reading": d.reading, "age_s": age, "stale": d.stale, "error": d.error,
                                          "polls": d.polls, "failures": d.failures}
         if self.watchdog is not None:
-            out["watchdog"] = {"feeds": self.feeds, **(self.watchdog.details() if hasattr(self.watchdog, "details")
-                                                       else {})}
+            out["watchdog"] = {"feeds": self.feeds, **self.watchdog.details()}
         return out
 
     def status(self) -> ServiceStatus:

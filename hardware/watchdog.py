@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from daemon.core.log import get_logger
+from hardware.errors import HardwareError
 
 log = get_logger("watchdog")
 
@@ -65,7 +66,7 @@ _UNSUPPORTED = (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP)
 WatchdogMode = Literal["off", "optional", "required"]
 
 
-class WatchdogError(Exception):
+class WatchdogError(HardwareError):
     """The watchdog cannot protect this host; the message names the device and the fix."""
 
 

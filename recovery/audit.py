@@ -94,6 +94,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from daemon.core.config import ConfigError
 from daemon.core.files import fsync_directory, link_new_file, replace_file
 from daemon.core.log import format_value, get_logger
+from recovery.errors import RecoveryError
 
 log = get_logger("recovery")
 
@@ -125,7 +126,7 @@ _HEX = frozenset("0123456789abcdef")
 _CHUNK = 64 * 1024
 
 
-class AuditError(Exception):
+class AuditError(RecoveryError):
     """The audit log or a key file cannot be used; the message names the file and the fix
     in one line."""
 

@@ -60,7 +60,9 @@ import trio
 
 from daemon.core.acl import audit_by
 from daemon.core.durations import format_duration
+from daemon.core.events import Event
 from daemon.core.log import get_logger
+from recovery.errors import RecoveryError
 from recovery.playbook import Playbook, Precondition, Step
 
 log = get_logger("recovery")
@@ -72,7 +74,7 @@ Outcome = Literal["succeeded", "failed", "aborted", "rolled_back", "refused", "d
 Status = Literal["ok", "failed", "timed_out", "skipped"]
 
 
-class ActionFailed(Exception):
+class ActionFailed(RecoveryError):
     """An action could not be carried out; ``message`` is one line for the operators."""
 
     def __init__(self, message: str) -> None:
@@ -80,7 +82,7 @@ class ActionFailed(Exception):
         self.message = message
 
 
-class BusyError(Exception):
+class BusyError(RecoveryError):
     """A playbook was asked to run while another one runs and ``on_busy="refuse"``."""
 
     def __init__(self, requested: str, running: str) -> None:
@@ -107,7 +109,7 @@ class ActionRunner(Protocol):
 
 
 class Audit(Protocol):
-    def append(self, kind: str, **fields: Any) -> Any: ...
+    def append(self, kind: str, /, **fields: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -396,8 +398,8 @@ class TriggerMatcher:
         names = {pb.name for pb in self.playbooks}
         self._started = {n: t for n, t in self._started.items() if n in names}
 
-    def match(self, event: Mapping[str, Any], now: float) -> list[Playbook]:
-        if not isinstance(event, Mapping) and hasattr(event, "to_dict"):
+    def match(self, event: Mapping[str, Any] | Event, now: float) -> list[Playbook]:
+        if isinstance(event, Event):
             event = event.to_dict()
         kind = event.get("kind")
         started: list[Playbook] = []

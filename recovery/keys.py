@@ -57,6 +57,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from daemon.core.files import create_new_file, fsync_directory, link_new_file, replace_file
+from recovery.errors import RecoveryError
 
 KEY_ID_LABEL = b"lifeline-key-v1\0"
 KEY_ID_HEX = 32
@@ -71,11 +72,11 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}")
 _KEY_ID = re.compile(r"[0-9a-f]{32}")
 
 
-class KeyFileError(ValueError):
+class KeyFileError(RecoveryError, ValueError):
     """A key file or public key line cannot be used; the message names the file and the fix."""
 
 
-class KeyringError(ValueError):
+class KeyringError(RecoveryError, ValueError):
     """The keyring cannot be used or changed; the message names the file, the field and the fix."""
 
 

@@ -75,6 +75,7 @@ from daemon.core.config import describe_value
 
 from daemon.core.durations import Duration, format_duration
 from daemon.core.events import event_classes as known
+from recovery.errors import RecoveryError
 
 OnFailure = Literal["abort", "continue", "rollback"]
 ON_FAILURE: tuple[str, ...] = ("abort", "continue", "rollback")
@@ -96,7 +97,7 @@ _UPLINK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", re.ASCII)
 _EXAMPLE_EXPIRES = "2027-06-30T00:00:00Z"
 
 
-class PlaybookError(Exception):
+class PlaybookError(RecoveryError):
     """The playbook cannot be used. ``problems`` holds one line per problem, each naming
     the source, the dotted path and the fix; ``str()`` joins them with newlines."""
 

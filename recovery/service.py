@@ -31,12 +31,13 @@ from __future__ import annotations
 import datetime as dt
 import time
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Mapping, Protocol
 
 import trio
 
 from daemon.core.acl import audit_by
 from daemon.core.bus import EventBus
+from daemon.core.control import ControlRegistry
 from daemon.core.control_client import ControlError
 from daemon.core.errors import Unavailable
 from daemon.core.events import (
@@ -55,7 +56,7 @@ from recovery.config import RecoverySettings
 from recovery.executor import ActionFailed, BusyError, Executor, TriggerMatcher
 from recovery.keys import load_keyring
 from recovery.playbook import valid_name
-from recovery.verify import RefusalCoalescer, RollbackState, VerificationError, verify_playbook
+from recovery.verify import RefusalCoalescer, RollbackState, VerificationError, Verified, verify_playbook
 
 log = get_logger("recovery")
 
@@ -84,10 +85,65 @@ class GuardActions(Protocol):
         """Raises ValueError for a bad scope, Unavailable when this node may not kill."""
 
 
+class RoleName(Protocol):
+    @property
+    def value(self) -> str: ...
+
+
+class RoleMachineView(Protocol):
+    @property
+    def role(self) -> RoleName: ...
+
+
+class LeadershipControl(Protocol):
+    """The lease shell as a playbook moves it (:class:`daemon.standby.leadership.Leadership`)."""
+
+    @property
+    def machine(self) -> RoleMachineView | None: ...
+
+    def allow_primary(self) -> None: ...
+
+    def refuse_primary(self, reason: str) -> str | None: ...
+
+    def operator_promote(self, accept_loss: bool) -> dict[str, Any]: ...
+
+
+class StandbyControl(Protocol):
+    """What a playbook reads and sets of the standby service (:class:`daemon.standby.service.StandbyService`)."""
+
+    halted: str | None
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def leadership(self) -> LeadershipControl | None: ...
+
+
+class UplinkPolicyView(Protocol):
+    @property
+    def active(self) -> str | None: ...
+
+
+class UplinkControl(Protocol):
+    """The uplinks as a playbook pins them (:class:`daemon.uplinks.service.UplinkService`)."""
+
+    @property
+    def uplinks(self) -> Mapping[str, object]: ...
+
+    @property
+    def policy(self) -> UplinkPolicyView | None: ...
+
+    async def use(self, name: str) -> object: ...
+
+    async def auto(self) -> object: ...
+
+
 class DaemonActionRunner:
     """The built-in actions, carried out on this daemon's services."""
 
-    def __init__(self, bus: EventBus, *, uplinks: Any = None, standby: Any = None) -> None:
+    def __init__(self, bus: EventBus, *, uplinks: UplinkControl | None = None,
+                 standby: StandbyControl | None = None) -> None:
         self.bus = bus
         self.uplinks = uplinks
         self.standby = standby
@@ -110,13 +166,13 @@ class DaemonActionRunner:
 
     # ------------------------------------------------------------------ actions
 
-    def _need_uplinks(self) -> Any:
+    def _need_uplinks(self) -> UplinkControl:
         if self.uplinks is None:
             raise ActionFailed("this daemon has no [uplinks] configured")
         return self.uplinks
 
-    def _need_leadership(self) -> Any:
-        leadership = getattr(self.standby, "leadership", None)
+    def _need_leadership(self) -> LeadershipControl:
+        leadership = self.standby.leadership if self.standby is not None else None
         if leadership is None:
             raise ActionFailed("this daemon has no [standby.lease]: roles do not move")
         return leadership
@@ -143,9 +199,7 @@ class DaemonActionRunner:
         accept = bool(args.get("accept_loss", False))
         if dry_run:
             return f"would allow this node to take a free lease (accept_loss={accept})"
-        machine = leadership.machine
-        if machine is not None and machine.blocked is not None:
-            leadership._apply(machine.allow_primary(trio.current_time()))
+        leadership.allow_primary()
         if not accept:
             return "block lifted; this node takes the lease by the usual rules"
         result = leadership.operator_promote(True)
@@ -157,11 +211,10 @@ class DaemonActionRunner:
         leadership = self._need_leadership()
         if dry_run:
             return "would fence this node, give the lease back and stay standby until standby.promote"
-        machine = leadership.machine
-        if machine is None:
+        role = leadership.refuse_primary(f"demoted by playbook {self.playbook}")
+        if role is None:
             raise ActionFailed("the role machine has not started")
-        leadership._apply(machine.refuse_primary(f"demoted by playbook {self.playbook}", trio.current_time()))
-        return f"demoted: {machine.role.value}"
+        return f"demoted: {role}"
 
     async def _engine_halt(self, args: dict[str, Any], dry_run: bool) -> str:
         reason = args.get("reason") or f"playbook {self.playbook}"
@@ -245,8 +298,10 @@ class DaemonActionRunner:
 
     async def check(self, name: str, params: dict[str, Any]) -> tuple[bool, str]:
         if name == "role":
-            machine = getattr(getattr(self.standby, "leadership", None), "machine", None)
-            role = machine.role.value if machine is not None else (getattr(self.standby, "role", None) or "none")
+            leadership = self.standby.leadership if self.standby is not None else None
+            machine = leadership.machine if leadership is not None else None
+            role = machine.role.value if machine is not None else (
+                (self.standby.role if self.standby is not None else None) or "none")
             want = params.get("equals")
             return role == want, f"role is {role}, {'as' if role == want else 'not'} required ({want})"
         if name == "uplink_active":
@@ -269,16 +324,17 @@ class RecoveryService:
 
     name = "recovery"
 
-    def __init__(self, config: RecoverySettings, bus: EventBus, *, uplinks: Any = None, standby: Any = None) -> None:
+    def __init__(self, config: RecoverySettings, bus: EventBus, *, uplinks: UplinkControl | None = None,
+                 standby: StandbyControl | None = None) -> None:
         assert config.recovery is not None
         self.config = config
         self.settings = config.recovery
         self.bus = bus
         self.runner = DaemonActionRunner(bus, uplinks=uplinks, standby=standby)
         self.state_dir = Path(config.node.state_dir) / "recovery"
-        self.audit: Any = None
-        self.executor: Any = None
-        self.matcher: Any = None
+        self.audit: AuditLog | None = None
+        self.executor: Executor | None = None
+        self.matcher: TriggerMatcher | None = None
         self.playbooks: dict[str, Any] = {}   # name -> parsed playbook (verified at load)
         self.refused: dict[str, str] = {}     # file -> reason (at load)
         self.runs = 0
@@ -288,7 +344,7 @@ class RecoveryService:
 
         #: Identical refusals by playbook.run: one audit line per window, with a count.
         self.refusals = RefusalCoalescer()
-        self._to_publish: list[tuple[str, str, str]] = []
+        self._to_publish: list[PlaybookRefused] = []
 
     # ------------------------------------------------------------------ service
 
@@ -319,11 +375,12 @@ class RecoveryService:
         files = sorted(directory.glob("*.toml")) if directory.is_dir() else []
         if not directory.is_dir():
             log.warning("recovery.no_playbooks", directory=str(directory), reason="not a directory")
-        published: list[tuple[str, str, str]] = []
+        published: list[PlaybookRefused] = []
         for path in files:
             verified, reason, message = self._check(path)
             if self._record(path, verified, reason, message, refused=refused, now=time.monotonic(), coalesce=False):
-                published.append((path.stem, reason, message))
+                published.append(PlaybookRefused(source=self.name, playbook=path.stem, reason=reason,
+                                                 message=message))
             if verified is not None:
                 playbooks[verified.playbook.name] = verified.playbook
         self.playbooks, self.refused = playbooks, refused
@@ -331,11 +388,11 @@ class RecoveryService:
         self._to_publish = published
 
     def _publish_refusals(self) -> None:
-        for name, reason, message in getattr(self, "_to_publish", ()):
-            self.bus.publish(PlaybookRefused(source=self.name, playbook=name, reason=reason, message=message))
+        for event in self._to_publish:
+            self.bus.publish(event)
         self._to_publish = []
 
-    def _check(self, path: Path) -> tuple[Any, str, str]:
+    def _check(self, path: Path) -> tuple[Verified | None, str, str]:
         """Full verification of ``path`` now: (verified, "", "") or (None, reason, message).
         Blocking: keyring read, Ed25519, TOML."""
         try:
@@ -350,15 +407,16 @@ class RecoveryService:
             return None, "invalid", str(exc)
         return verified, "", ""
 
-    def _record(self, path: Path, verified: Any, reason: str, message: str, *, refused: dict[str, str],
+    def _record(self, path: Path, verified: Verified | None, reason: str, message: str, *, refused: dict[str, str],
                 now: float, coalesce: bool = True) -> bool:
         """Audit the verification's result (blocking: an fsynced line). Identical refusals
         are coalesced: the first is written, repeats within the window are counted and the
         count is written with the next one after it; past the rate limit, refusals are
         only counted. True when a refusal was written (then publish its event)."""
+        assert self.audit is not None  # opened by run() before any playbook is loaded
         if verified is not None:
             self.audit.append("verify.ok", playbook=verified.playbook.name, version=verified.playbook.version,
-                              file=str(path), signers=list(getattr(verified, "signers", ())),
+                              file=str(path), signers=list(verified.signers),
                               sha256=verified.sha256)
             return False
         name = path.stem
@@ -414,9 +472,10 @@ class RecoveryService:
                                          trigger=trigger, dry_run=dry_run))
         self.runner.playbook = playbook.name
         started = time.monotonic()
+        assert self.executor is not None  # made by run() before the control methods answer
         try:
             report = await self.executor.run(playbook, dry_run=dry_run, trigger=trigger,
-                                             verified_by=tuple(getattr(verified, "signers", ())))
+                                             verified_by=verified.signers)
         except BusyError as exc:
             raise ControlError("busy", str(exc)) from None
         self.runs += 1
@@ -431,7 +490,7 @@ class RecoveryService:
 
     # ------------------------------------------------------------------ control
 
-    def register_control(self, control: Any) -> None:
+    def register_control(self, control: ControlRegistry) -> None:
         async def list_(params: dict[str, Any]) -> Any:
             return {"playbooks": [{"name": p.name, "version": p.version, "expires": p.expires.isoformat(),
                                    "triggers": [t.event for t in p.triggers], "description": p.description}
@@ -480,4 +539,4 @@ class RecoveryService:
             yield MetricFamily.single("lifeline_audit_chain_ok", "gauge",
                                       "1 while the audit log's hash chain continues; 0 once its last entry is "
                                       "damaged or an append could not be undone (see `lifeline audit verify`).",
-                                      0.0 if getattr(self.audit, "broken", None) else 1.0)
+                                      0.0 if self.audit.broken else 1.0)

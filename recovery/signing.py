@@ -47,6 +47,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from recovery.errors import RecoveryError
 from recovery.keys import Keyring, b64decode_strict, fingerprint, key_id
 
 CONTEXT = b"lifeline-playbook-signature-v1\0"
@@ -59,7 +60,7 @@ _LINE = re.compile(r"lifeline-sig-v1 ([0-9a-f]{32}) ([A-Za-z0-9+/]{86}==)")
 FATAL_REASONS = ("modified", "duplicate_key")
 
 
-class SigningError(ValueError):
+class SigningError(RecoveryError, ValueError):
     """Signing refused (already signed by this key, a damaged signature file, ...)."""
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.files import replace_file
+from recovery.errors import RecoveryError
 from recovery.keys import Keyring, fingerprint
 from recovery.playbook import PlaybookError, parse_playbook
 from recovery.signing import CONTEXT, SignatureReport, signature_path, verify_signatures
@@ -51,7 +52,7 @@ REASONS = frozenset({"modified", "unknown_key", "revoked_key", "duplicate_key", 
                      "name_mismatch", "invalid", "no_signatures", "exec_not_allowed", "pinned"})
 
 
-class VerificationError(Exception):
+class VerificationError(RecoveryError):
     """The playbook is refused. ``reason``: one of :data:`REASONS`; ``message``: one line
     naming the file, what is wrong and what to do (also ``str(exc)``)."""
 

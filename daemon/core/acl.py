@@ -38,6 +38,8 @@ import pwd
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from daemon.core.errors import LifelineError
+
 ENGINE = "engine"
 OPERATOR = "operator"
 ADMIN = "admin"
@@ -136,7 +138,7 @@ def describe(need: frozenset[str]) -> str:
 # --------------------------------------------------------------------------- mapping
 
 
-class RoleSpecError(ValueError):
+class RoleSpecError(LifelineError, ValueError):
     pass
 
 

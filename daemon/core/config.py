@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.durations import Duration, format_duration
+from daemon.core.errors import LifelineError
 from daemon.core.listeners import Limits
 
 #: Longest path a unix socket can bind to (sun_path is 108 bytes, NUL included).
 UNIX_PATH_MAX = 107
 
 
-class ConfigError(Exception):
+class ConfigError(LifelineError):
     """The config cannot be used. ``problems`` holds one line per problem, each naming
     the file and the key path."""
 

@@ -4,11 +4,11 @@ and the stream a streaming method writes to."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from daemon.core.control_client import ControlError
 
-__all__ = ["ControlError", "ReplyStream"]
+__all__ = ["ControlError", "ControlRegistry", "Handler", "ReplyStream", "StreamHandler"]
 
 
 class ReplyStream(Protocol):
@@ -20,3 +20,17 @@ class ReplyStream(Protocol):
     async def start(self) -> None: ...
 
     async def send(self, obj: dict[str, Any]) -> None: ...
+
+
+#: A control method: its params in, its JSON-able answer out.
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+#: A streaming control method writes its lines through the :class:`ReplyStream`.
+StreamHandler = Callable[[dict[str, Any], ReplyStream], Awaitable[None]]
+
+
+class ControlRegistry(Protocol):
+    """Where a capability offers its control methods (:class:`daemon.control.ControlServer` is one)."""
+
+    def register(self, method: str, handler: Handler, *, help: str) -> None: ...
+
+    def register_stream(self, method: str, handler: StreamHandler, *, help: str) -> None: ...

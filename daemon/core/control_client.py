@@ -11,8 +11,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from daemon.core.errors import LifelineError
 
-class ControlError(Exception):
+
+class ControlError(LifelineError):
     """An error answered by the daemon: ``code`` for programs, ``message`` for people."""
 
     def __init__(self, code: str, message: str) -> None:

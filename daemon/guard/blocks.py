@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from daemon.guard.errors import GuardError
+
 __all__ = ["Block", "BlockKind", "GuardRecord", "GuardRecordError", "Refusal", "Scope", "Throttle",
            "TradingBlocks", "parse_guard_record", "GUARD_KIND"]
 
@@ -43,7 +45,7 @@ _SYMBOL = re.compile(r"\S{1,100}")
 _MAX_TEXT = 500
 
 
-class GuardRecordError(ValueError):
+class GuardRecordError(GuardError, ValueError):
     """A guard record or a scope that breaks a rule: names the field and the fix."""
 
     def __init__(self, field: str, problem: str, fix: str) -> None:

@@ -48,6 +48,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Protocol, Sequence
 
 from daemon.guard.blocks import GuardRecord, GuardRecordError, TradingBlocks, parse_guard_record
+from daemon.guard.errors import GuardError
 
 __all__ = ["Book", "Instrument", "Mark", "MarkError", "OrderFacts", "RecordParser", "SnapshotFacts", "classify",
            "parse_mark", "OPEN_STATES"]
@@ -88,7 +89,7 @@ class RecordParser(Protocol):
     def __call__(self, payload: bytes, /) -> Any: ...
 
 
-class MarkError(ValueError):
+class MarkError(GuardError, ValueError):
     def __init__(self, field: str, problem: str, fix: str) -> None:
         super().__init__(f"{field}: {problem}; {fix}")
         self.field = field

@@ -29,6 +29,7 @@ from daemon.core.audit import AuditFactory
 from daemon.core.bus import EventBus
 from daemon.core.errors import Unavailable
 from daemon.core.events import BreakerRecovered, BreakerTripped
+from daemon.core.journal import JournalHolder, JournalReader
 from daemon.core.log import get_logger
 from daemon.core.service import Health, MetricFamily, Sample, ServiceStatus
 from daemon.guard.blocks import GuardRecord, Scope, TradingBlocks
@@ -118,7 +119,7 @@ class BreakerService:
     name = "breakers"
 
     def __init__(self, config: BreakersConfig, bus: EventBus, *, actions: GuardActions | None = None,
-                 journal_holder: Any = None, paths: Paths | None = None,
+                 journal_holder: JournalHolder | None = None, paths: Paths | None = None,
                  load: Callable[[], float | None] | None = None, clock: Callable[[], float] = time.time,
                  audit_factory: AuditFactory | None = None, node: str = "") -> None:
         self.config = config
@@ -152,9 +153,10 @@ class BreakerService:
     # ------------------------------------------------------------------ inputs
 
     async def _journal_loop(self) -> None:
-        while getattr(self.journal_holder, "journal", None) is None:
+        holder = self.journal_holder
+        assert holder is not None  # started only with one
+        while (journal := holder.journal) is None:
             await trio.sleep(0.05)
-        journal = self.journal_holder.journal
         self.position = self._first_in_window(journal) - 1
         while True:
             last = journal.last.seq
@@ -180,7 +182,7 @@ class BreakerService:
                 except Exception:  # noqa: BLE001 - the journal closed: the daemon is stopping
                     return
 
-    def _first_in_window(self, journal: Any) -> int:
+    def _first_in_window(self, journal: JournalReader) -> int:
         """The first seq appended within the longest window (a binary search on the records'
         ``timestamp_ns``, which the primary's wall clock makes non-decreasing but for a
         clock step): at start, older records cannot count, and a long journal is not

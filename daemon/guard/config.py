@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from daemon.core.config import option
+from daemon.core.config import NodeConfig, option
 from daemon.core.durations import Duration
 from daemon.guard.breakers_config import BreakersConfig
 
@@ -21,3 +22,14 @@ class GuardConfig:
                                      "a venue's open orders before it reports what is left open.")
     breakers: BreakersConfig = option(factory=BreakersConfig, doc="The four circuit breakers "
                                       "([guard.breakers.NAME]; README \"Circuit breakers\").")
+
+
+class GuardSettings(Protocol):
+    """What the guard service reads of the root config (:class:`daemon.config.Config` is one):
+    this host and its section."""
+
+    @property
+    def node(self) -> NodeConfig: ...
+
+    @property
+    def guard(self) -> GuardConfig: ...

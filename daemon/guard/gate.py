@@ -49,6 +49,7 @@ from decimal import Decimal
 from typing import Any, Callable
 
 from daemon.guard.book import Book, Mark
+from daemon.guard.errors import GuardError
 from daemon.guard.limits import Limits
 
 __all__ = ["Gate", "Reservation", "RiskRefused"]
@@ -56,7 +57,7 @@ __all__ = ["Gate", "Reservation", "RiskRefused"]
 ZERO = Decimal(0)
 
 
-class RiskRefused(Exception):
+class RiskRefused(GuardError):
     """A ``new`` order record the gate refuses: nothing of its batch may be written."""
 
     def __init__(self, index: int, limit: str, field: str, figure: str, venue: str, symbol: str,

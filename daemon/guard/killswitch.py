@@ -35,7 +35,7 @@ import trio
 
 from daemon.core.acl import current_caller
 from daemon.core.audit import AuditFactory, AuditSink
-from daemon.core.control import ControlError
+from daemon.core.control import ControlError, ControlRegistry
 from daemon.core.errors import Unavailable
 from daemon.core.log import get_logger
 from daemon.guard.blocks import GuardRecord, GuardRecordError, Scope, TradingBlocks
@@ -324,7 +324,7 @@ class KillSwitch:
 
     # ---------------------------------------------------------------- control
 
-    def register_control(self, control: Any) -> None:
+    def register_control(self, control: ControlRegistry) -> None:
         def who() -> str:
             caller = current_caller()
             if caller is None:

@@ -44,6 +44,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from daemon.guard.errors import GuardError
+
 __all__ = ["LIMIT_NAMES", "Limits", "LimitSet", "LimitsError", "LimitsVerifier", "SignedLimits", "load_limits",
            "parse_limits"]
 
@@ -59,7 +61,7 @@ REASONS = frozenset({"no_signatures", "modified", "duplicate_key", "unknown_key"
                      "invalid", "expired", "rollback", "pinned", "missing"})
 
 
-class LimitsError(Exception):
+class LimitsError(GuardError):
     """The limits file is refused: ``reason`` (a stable word: :data:`REASONS`) and one line
     naming the file, what is wrong and the fix."""
 

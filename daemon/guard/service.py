@@ -31,12 +31,15 @@ import trio
 from daemon.core.acl import audit_by
 from daemon.core.audit import AuditFactory
 from daemon.core.bus import EventBus
+from daemon.core.control import ControlRegistry
 from daemon.core.control_client import ControlError
 from daemon.core.errors import Unavailable
+from daemon.core.journal import JournalHolder, JournalReader
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, Sample, ServiceStatus
 from daemon.guard.blocks import GuardRecord, GuardRecordError, Scope, TradingBlocks, parse_guard_record
 from daemon.guard.book import Book, Mark, MarkError, RecordParser, parse_mark
+from daemon.guard.config import GuardSettings
 from daemon.guard.gate import Gate, Reservation, RiskRefused
 from daemon.guard.limits import LimitsError, LimitsVerifier, SignedLimits, load_limits
 
@@ -59,11 +62,12 @@ class BlocksWriter(Protocol):
     def blocks(self) -> TradingBlocks: ...
 
 
-class JournalHost(Protocol):
-    """What the guard needs of the standby (:class:`daemon.standby.service.StandbyService`)."""
+class JournalHost(JournalHolder, Protocol):
+    """What the guard needs of the standby (:class:`daemon.standby.service.StandbyService`):
+    its journal once open, whether it accepts appends, and the append path."""
 
-    journal: Any
-    accepting: bool
+    @property
+    def accepting(self) -> bool: ...
 
     async def append_records(self, payloads: list[bytes], /) -> list[dict[str, Any]]: ...
 
@@ -78,7 +82,7 @@ def caller_name(by: dict[str, Any] | None) -> str:
 class GuardService:
     name = "guard"
 
-    def __init__(self, config: Any, bus: EventBus, *, standby: JournalHost | None = None,
+    def __init__(self, config: GuardSettings, bus: EventBus, *, standby: JournalHost | None = None,
                  parse_order: RecordParser | None = None, check_order: RecordParser | None = None,
                  verifier: LimitsVerifier | None = None,
                  audit_factory: AuditFactory | None = None, clock: Callable[[], float] = time.time,
@@ -177,9 +181,8 @@ class GuardService:
         """Fold the journal in order, on either role (as the venues' order index does)."""
         standby = self.standby
         assert standby is not None
-        while getattr(standby, "journal", None) is None:
+        while (journal := standby.journal) is None:
             await trio.sleep(0.05)
-        journal = standby.journal
         started = time.perf_counter()
         self._target = journal.last.seq
         announced = False
@@ -226,7 +229,7 @@ class GuardService:
         log.info("guard.folded", through_seq=self.book.position, seconds=round(self.fold_seconds, 3),
                  open_orders=len(self.book.orders), instruments=len(self.book.instruments))
 
-    def _fold_from(self, journal: Any, start: int) -> None:
+    def _fold_from(self, journal: JournalReader, start: int) -> None:
         now = self.clock()
         # At start (not yet ready) in bigger reads: the journal decodes a whole chunk per read.
         for record in journal.read(start, FOLD_BATCH if self.ready else 10 * FOLD_BATCH):
@@ -238,7 +241,7 @@ class GuardService:
             self._tip = (record.seq, record.epoch)
         self.gate.release_folded()
 
-    def _consistent(self, journal: Any) -> bool:
+    def _consistent(self, journal: JournalReader) -> bool:
         if self._tip is None:
             return True
         seq, epoch = self._tip
@@ -252,7 +255,7 @@ class GuardService:
 
     def _reset(self) -> None:
         """Fold again from the journal's start; the gate refuses new orders (not_ready) until then."""
-        journal = getattr(self.standby, "journal", None)
+        journal = self.standby.journal if self.standby is not None else None
         if journal is not None:
             self.ready = False
             self._target = journal.last.seq
@@ -324,7 +327,7 @@ class GuardService:
             while pending and book.position + 1 in pending:
                 seq = book.position + 1
                 book.apply_parsed(seq, pending.pop(seq), now)
-            journal = getattr(self.standby, "journal", None)
+            journal = self.standby.journal if self.standby is not None else None
             if journal is not None and book.position >= last_seq:
                 end = journal.last  # the divergence check's tip: the epoch of what was folded
                 if end.seq == book.position:
@@ -351,11 +354,11 @@ class GuardService:
         if self.standby is None:
             self.book.blocks.apply(record)
         else:
-            if not getattr(self.standby, "accepting", False):
+            if not self.standby.accepting:
                 with trio.move_on_after(PROMOTION_WAIT):
                     while self.promoting():
                         await trio.sleep(0.05)
-            if not getattr(self.standby, "accepting", False):
+            if not self.standby.accepting:
                 raise Unavailable(f"{self.why_not()} (guard records, here a {record.action}, are written on the "
                                   "primary)")
             try:
@@ -372,7 +375,7 @@ class GuardService:
 
     # ------------------------------------------------------------------ control
 
-    def register_control(self, control: Any) -> None:
+    def register_control(self, control: ControlRegistry) -> None:
         control.register("risk.status", self._status_method,
                          help="The risk gate: limits and their use (nearest first), positions, P&L, open orders, "
                               "blocks, the limits file; `lifeline risk`.")

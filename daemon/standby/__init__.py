@@ -19,6 +19,8 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
+from daemon.core.errors import LifelineError
+
 #: Largest payload of one record (the engine's unit of durable state).
 MAX_PAYLOAD = 1024 * 1024
 
@@ -48,7 +50,7 @@ class Record:
         return Position(self.epoch, self.seq)
 
 
-class StandbyError(Exception):
+class StandbyError(LifelineError):
     """Base of the standby package's errors."""
 
 

@@ -134,7 +134,7 @@ import httpx
 import trio
 
 from daemon.core.log import get_logger
-from daemon.standby import Position
+from daemon.standby import Position, StandbyError
 from daemon.standby.lease import MAX_PAUSE
 from daemon.standby.lease import (
     Grant,
@@ -255,7 +255,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class EtcdSetupError(ValueError):
+class EtcdSetupError(StandbyError, ValueError):
     """A TLS file or the password file cannot be used; the message names the file, what
     is wrong, and the fix (never the file's content)."""
 

@@ -183,8 +183,8 @@ class ReplicationStandby:
             if self.connected:
                 self.connected = False
                 primary = self.primary.node_id if self.primary else "?"
-                self.announce("PrimaryLost", primary=primary, address=address, reason=reason,
-                              durable_seq=self.journal.last.seq)
+                self.announce(events.PrimaryLost(source=self.name, primary=primary, address=address, reason=reason,
+                              durable_seq=self.journal.last.seq))
             self.last_disconnect = reason
         return welcomed
 
@@ -252,9 +252,9 @@ class ReplicationStandby:
                 self.counters["truncations"] += 1
                 log.warning("journal.truncated_to_primary", report=str(report), **{
                     k: v for k, v in entry.items() if k not in ("report", "wall_time")})
-                self.announce("StandbyTruncated", node=self.node_id,
+                self.announce(events.StandbyTruncated(source=self.name, node=self.node_id,
                               primary=self.primary.node_id if self.primary else "?", from_seq=before.seq,
-                              to_seq=to.seq, dropped_records=before.seq - to.seq, reason=truncate.reason)
+                              to_seq=to.seq, dropped_records=before.seq - to.seq, reason=truncate.reason))
             last = journal.last
             if last.seq != to.seq:
                 raise StandbyError(f"truncate_after({to.seq}) left the journal at seq {last.seq}")
@@ -287,8 +287,8 @@ class ReplicationStandby:
             out.flush()
             os.fsync(out.fileno())
         fsync_directory(self.divergent_dir)
-        self.announce("DivergentTailSaved", node=self.node_id, records=last.seq - after_seq,
-                      from_seq=after_seq + 1, to_seq=last.seq, file=str(path))
+        self.announce(events.DivergentTailSaved(source=self.name, node=self.node_id, records=last.seq - after_seq,
+                      from_seq=after_seq + 1, to_seq=last.seq, file=str(path)))
         return path
 
     async def _follow(self, link: Link, first: Event) -> None:
@@ -297,9 +297,9 @@ class ReplicationStandby:
         self.counters["sessions"] += 1
         self.write_error = None
         self._write_error_at = None
-        self.announce("PrimaryConnected", primary=self.primary.node_id, address=link.address,
+        self.announce(events.PrimaryConnected(source=self.name, primary=self.primary.node_id, address=link.address,
                       epoch=self.primary.epoch, primary_last_seq=self.primary.last.seq,
-                      local_last_seq=self.journal.last.seq)
+                      local_last_seq=self.journal.last.seq))
         send_channel, receive_channel = trio.open_memory_channel[list[Record]](APPLY_QUEUE)
         # Why the session ended (the receive side's error, or the writer's failed ACK).
         # When the link drops, the writer still writes the records already received:
@@ -404,8 +404,8 @@ class ReplicationStandby:
         self.write_error = error
         self._write_error_at = trio.current_time()
         self.counters["write_errors"] += 1
-        self.announce("StandbyDiskFull" if error.startswith("disk full") else "StandbyWriteError",
-                      node=self.node_id, error=error, durable_seq=self.journal.last.seq)
+        failed = events.StandbyDiskFull if error.startswith("disk full") else events.StandbyWriteError
+        self.announce(failed(source=self.name, node=self.node_id, error=error, durable_seq=self.journal.last.seq))
         if acknowledge:  # else the link is gone already
             await link.send(Ack(self.journal.last.seq, error))
 
@@ -438,7 +438,7 @@ class ReplicationStandby:
         if drift != self.drift:
             self.drift = drift
             if drift:
-                self.announce("DriftDetected", peer=peer, differences=list(drift))
+                self.announce(events.DriftDetected(source=self.name, peer=peer, differences=list(drift)))
 
     # ------------------------------------------------------------------ reporting
 

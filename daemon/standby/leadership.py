@@ -50,6 +50,7 @@ from daemon.core.events import LeaseStoreReachable, LeaseStoreUnreachable, Opera
 from daemon.core.log import get_logger
 from daemon.core.service import histogram
 from daemon.standby import Position
+from daemon.standby.hooks import HookRunner
 from daemon.standby.lease import LeaseConflict, LeaseError, LeaseLost, LeaseState, LeaseStore
 from daemon.standby.roles import Action, ActionKind, Role, RoleMachine, RoleTimings
 
@@ -80,7 +81,7 @@ class RoleHost(Protocol):
 
     def follow(self, node: str, epoch: int) -> None: ...
 
-    # Switchover (optional: a host without them cannot switch over).
+    # Switchover.
     def hold_appends(self, reason: str | None) -> None: ...
 
     async def drained(self, timeout: float) -> bool: ...
@@ -101,7 +102,7 @@ class Leadership:
 
     def __init__(self, node: str, timings: RoleTimings, store: LeaseStore, host: RoleHost, *,
                  bus: EventBus | None = None, watchdog: Watchdog | None = None,
-                 watchdog_required: bool = False, hooks: Any = None, store_name: str = "lease store",
+                 watchdog_required: bool = False, hooks: HookRunner | None = None, store_name: str = "lease store",
                  clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
         self.node = node
         self.timings = timings
@@ -564,11 +565,8 @@ class Leadership:
         if machine is None:
             return {"ok": False, "reason": "not started yet"}
         started, started_ns = trio.current_time(), self.clock_ns()
-        refusal = None if hasattr(self.host, "hold_appends") else "this host cannot hold its appends"
-        actions: list[Action] = []
-        if refusal is None:
-            actions = machine.switchover_prepare(target, started, store_ok=self.store_reachable is not False)
-            refusal = next((a.reason for a in actions if a.kind is ActionKind.REFUSE), None)
+        actions = machine.switchover_prepare(target, started, store_ok=self.store_reachable is not False)
+        refusal = next((a.reason for a in actions if a.kind is ActionKind.REFUSE), None)
         if refusal is not None:
             self._apply(actions)
             log.warning("role.switchover_refused", node=self.node, to=target or "", by=by, reason=refusal)
@@ -635,6 +633,21 @@ class Leadership:
 
     def async_allowed(self) -> bool:
         return self.may_trade() and self.machine is not None and self.machine.may_acknowledge_alone
+
+    def allow_primary(self) -> None:
+        """Lift a block set by :meth:`refuse_primary` (a playbook's standby.promote); no-op without one."""
+        machine = self.machine
+        if machine is not None and machine.blocked is not None:
+            self._apply(machine.allow_primary(trio.current_time()))
+
+    def refuse_primary(self, reason: str) -> str | None:
+        """Step down and stay standby until :meth:`allow_primary` (a playbook's standby.demote):
+        the role now; None (nothing done) before the role machine has started."""
+        machine = self.machine
+        if machine is None:
+            return None
+        self._apply(machine.refuse_primary(reason, trio.current_time()))
+        return machine.role.value
 
     def operator_promote(self, accept_loss: bool) -> dict[str, Any]:
         machine = self.machine
@@ -713,7 +726,7 @@ class Leadership:
         out["role_changes"] = self.role_changes
         out["renewals_published"] = self.renewals_published
         out["watchers"] = len(self._watchers)
-        if self.hooks is not None and hasattr(self.hooks, "details"):
+        if self.hooks is not None:
             out["hooks"] = self.hooks.details()
         return out
 

@@ -10,8 +10,7 @@ import collections
 import errno
 import hashlib
 import os
-import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -19,6 +18,7 @@ import trio
 
 import daemon
 from daemon.core import events
+from daemon.core.bus import EventBus
 from daemon.core.log import get_logger
 from daemon.standby import Position, Record, StandbyError
 from daemon.standby.channel import NeedData
@@ -57,14 +57,6 @@ def due_again(table: dict[Any, float], key: Any, now: float, interval: float,
         while len(table) > max_keys:
             del table[next(iter(table))]
     return True
-
-#: The events replication publishes (declared in daemon.core.events, one place for all events).
-EVENTS: dict[str, type[events.Event]] = {cls.__name__: cls for cls in (
-    events.StandbyConnected, events.StandbyLost, events.ReplicationDegraded, events.ReplicationRecovered,
-    events.ReplicationRejected, events.DriftDetected, events.StandbyDiskFull, events.StandbyWriteError,
-    events.StandbyTruncated, events.PrimaryConnected, events.PrimaryLost, events.DivergentTailSaved,
-)}
-
 
 class JournalLike(Protocol):
     """What replication needs of :class:`daemon.standby.journal.Journal`."""
@@ -236,22 +228,26 @@ def collapse_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group
 
 
+#: The fields every event has (what the announcer keeps of an event is the rest).
+_BASE_FIELDS = frozenset(f.name for f in fields(events.Event))
+
+
 class Announcer:
     """Publishes this module's events (the bus logs them), or logs them when there is no
     bus (tests), and keeps the last ones for status."""
 
-    def __init__(self, source: str, bus: Any) -> None:
+    def __init__(self, source: str, bus: EventBus | None) -> None:
         self.source = source
         self.bus = bus
         self.recent: collections.deque[tuple[float, str, dict[str, Any]]] = collections.deque(maxlen=200)
 
-    def __call__(self, kind: str, **fields: Any) -> None:
-        event = EVENTS[kind](source=self.source, **fields)
-        self.recent.append((time.time(), kind, fields))
+    def __call__(self, event: events.Event) -> None:
+        data = {f.name: getattr(event, f.name) for f in fields(event) if f.name not in _BASE_FIELDS}
+        self.recent.append((event.wall_time, event.kind, data))
         if self.bus is not None:
             self.bus.publish(event)
         else:
-            getattr(log, event.severity)("event." + kind, **fields)
+            getattr(log, event.severity)("event." + event.kind, **data)
 
     def kinds(self) -> list[str]:
         return [kind for _, kind, _ in self.recent]

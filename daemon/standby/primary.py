@@ -11,7 +11,7 @@ import heapq
 import itertools
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, NamedTuple, Sequence
 
 import trio
 
@@ -96,17 +96,24 @@ class AppendResult:
     degraded: bool = False
 
 
-#: Consecutive records with the same answer: (first seq, last seq, epoch, status,
-#: durable_on, reason, degraded). What :meth:`ReplicationPrimary.append_runs` returns, so
-#: a request of thousands of records costs a few tuples, not an object per record.
-AppendRun = tuple[int, int, int, Literal["ok", "in_doubt"], Literal["primary", "primary+standby"], str | None, bool]
+class AppendRun(NamedTuple):
+    """Consecutive records with the same answer. What :meth:`ReplicationPrimary.append_runs`
+    returns, so a request of thousands of records costs a few tuples, not an object per
+    record (a NamedTuple: a tuple's speed, with names)."""
+
+    first: int
+    last: int
+    epoch: int
+    status: Literal["ok", "in_doubt"]
+    durable_on: Literal["primary", "primary+standby"]
+    reason: str | None
+    degraded: bool
 
 
 def expand_runs(runs: Sequence[AppendRun]) -> list[AppendResult]:
     """One AppendResult per record, in seq order."""
-    return [AppendResult(seq, epoch, status, durable_on, reason, degraded)
-            for first, last, epoch, status, durable_on, reason, degraded in runs
-            for seq in range(first, last + 1)]
+    return [AppendResult(seq, run.epoch, run.status, run.durable_on, run.reason, run.degraded)
+            for run in runs for seq in range(run.first, run.last + 1)]
 
 
 
@@ -384,7 +391,8 @@ class ReplicationPrimary:
         key = (link.address.rsplit(":", 1)[0], reason)
         now = trio.current_time()
         if due_again(self._rejections_announced, key, now, REANNOUNCE_AFTER):
-            self.announce("ReplicationRejected", address=link.address, peer=hello.node_id, reason=reason)
+            self.announce(events.ReplicationRejected(source=self.name, address=link.address, peer=hello.node_id,
+                                                     reason=reason))
         else:
             log.debug("connection.rejected", address=link.address, peer=hello.node_id, reason=reason)
         await link.send(Reject(reason))
@@ -429,9 +437,9 @@ class ReplicationPrimary:
         session.catch_up_target = self.journal.last.seq
         self.counters["sessions"] += 1
         backlog = session.catch_up_target - common
-        self.announce("StandbyConnected", standby=session.node, address=session.address,
+        self.announce(events.StandbyConnected(source=self.name, standby=session.node, address=session.address,
                       standby_last_seq=session.hello.last.seq, standby_last_epoch=session.hello.last.epoch,
-                      common_seq=common, backlog=backlog)
+                      common_seq=common, backlog=backlog))
         self._compare_digests(session, session.hello.config_digest, None)
         if self._rule.session_started(common, session.catch_up_target):
             self._now_in_sync(session)
@@ -510,8 +518,8 @@ class ReplicationPrimary:
                 self.counters["standby_errors"] += 1
                 log.error("standby.write_error", standby=session.node, error=ack.error, durable_seq=ack.seq)
                 if self._should_announce(ack.error):
-                    self.announce("StandbyDiskFull" if ack.error.startswith("disk full") else "StandbyWriteError",
-                                  node=session.node, error=ack.error, durable_seq=ack.seq)
+                    failed = events.StandbyDiskFull if ack.error.startswith("disk full") else events.StandbyWriteError
+                    self.announce(failed(source=self.name, node=session.node, error=ack.error, durable_seq=ack.seq))
                 self._rule.standby_failed()
                 self._lose_sync(f"standby {session.node} stopped acknowledging: {ack.error}")
             return
@@ -545,7 +553,7 @@ class ReplicationPrimary:
         if drift != session.drift:
             session.drift = drift
             if drift:
-                self.announce("DriftDetected", peer=session.node, differences=list(drift))
+                self.announce(events.DriftDetected(source=self.name, peer=session.node, differences=list(drift)))
 
     # ------------------------------------------------------------------ sync state
 
@@ -566,9 +574,9 @@ class ReplicationPrimary:
         if self.sync_listener is not None and self.config.mode == "sync":
             self.sync_listener(session.node)
         if self.config.mode == "sync":  # async mode has nothing to recover from
-            self.announce("ReplicationRecovered", standby=session.node,
+            self.announce(events.ReplicationRecovered(source=self.name, standby=session.node,
                           degraded_for_s=round(trio.current_time() - since, 3) if since is not None else 0.0,
-                          acked_seq=session.acked_seq)
+                          acked_seq=session.acked_seq))
 
     def _lose_sync(self, reason: str) -> None:
         if self.sync_listener is not None:
@@ -577,8 +585,8 @@ class ReplicationPrimary:
             self._out_of_sync_since = trio.current_time()
             self._out_of_sync_reason = reason
             if self.config.mode == "sync":
-                self.announce("ReplicationDegraded", mode=self.config.mode,
-                              on_standby_loss=self.config.on_standby_loss, reason=reason)
+                self.announce(events.ReplicationDegraded(source=self.name, mode=self.config.mode,
+                              on_standby_loss=self.config.on_standby_loss, reason=reason))
         # Writers waiting for this standby will not get their acknowledgement.
         self._release_waiters(reason)
 
@@ -587,9 +595,9 @@ class ReplicationPrimary:
             return
         self._session = None
         self._rule.link_lost()
-        self.announce("StandbyLost", standby=session.node, address=session.address, reason=reason,
+        self.announce(events.StandbyLost(source=self.name, standby=session.node, address=session.address, reason=reason,
                       acked_seq=session.acked_seq,
-                      connected_for_s=round(trio.current_time() - session.connected_at, 3))
+                      connected_for_s=round(trio.current_time() - session.connected_at, 3)))
         self._lose_sync(f"standby {session.node} lost: {reason}")
 
     def in_sync(self) -> bool:
@@ -643,7 +651,7 @@ class ReplicationPrimary:
             self._append_times.append((first, last, trio.current_time()))
             self.counters["appends"] += last - first + 1
             if self.config.mode == "async":
-                runs: list[AppendRun] = [(first, last, epoch, "ok", "primary", None, False)]
+                runs = [AppendRun(first, last, epoch, "ok", "primary", None, False)]
             else:
                 runs = await self._wait_for_standby(first, last, epoch)
             self.append_to_ack.observe(trio.current_time() - started)
@@ -658,37 +666,8 @@ class ReplicationPrimary:
         """The records into the local journal, numbered together: (first seq, last seq,
         epoch). One queue entry for the whole request: seqs in request order, one
         group commit, and all or nothing (a failed batch wrote none of them)."""
-        journal = self.journal
-        if hasattr(journal, "append_many"):
-            records = await journal.append_many(payloads, epoch)
-        else:  # a JournalLike without groups: one append each, all in one group commit
-            records = await self._append_each(payloads, epoch)
+        records = await self.journal.append_many(payloads, epoch)
         return records[0].seq, records[-1].seq, records[-1].epoch
-
-    async def _append_each(self, payloads: Sequence[bytes], epoch: int) -> list[Record]:
-        # The journal numbers appends in call order (its call enqueues before it first
-        # yields). Tasks start in no particular order, so each takes the next payload
-        # when it runs, right before its call: payload i is still the i-th call.
-        records: list[Record | None] = [None] * len(payloads)
-        order = iter(range(len(payloads)))
-
-        async def one() -> None:
-            i = next(order)
-            records[i] = await self.journal.append(payloads[i], epoch)
-
-        try:
-            async with trio.open_nursery() as nursery:
-                for _ in payloads:
-                    nursery.start_soon(one)
-        except BaseExceptionGroup as group:
-            written = [r for r in records if r is not None]
-            error = collapse_group(group)
-            if written and not isinstance(error, trio.Cancelled):
-                for record in written:
-                    self._note_in_doubt(record.seq, record.seq, record.epoch,
-                                        f"written, but part of a request that failed: {error}")
-            raise error from None
-        return records  # type: ignore[return-value]
 
     async def _wait_for_standby(self, first: int, last: int, epoch: int) -> list[AppendRun]:
         """Records ``first..last`` are on the primary's disk; answer them in sync mode.
@@ -718,9 +697,9 @@ class ReplicationPrimary:
                     raise
             acked = self.standby_acked_seq
             if acked >= last:
-                return runs + [(first, last, epoch, "ok", "primary+standby", None, False)]
+                return runs + [AppendRun(first, last, epoch, "ok", "primary+standby", None, False)]
             if acked >= first:
-                runs.append((first, acked, epoch, "ok", "primary+standby", None, False))
+                runs.append(AppendRun(first, acked, epoch, "ok", "primary+standby", None, False))
                 first = acked + 1
             assert waiter is not None
             if waiter.lost is None:
@@ -740,7 +719,7 @@ class ReplicationPrimary:
         self.counters["degraded_appends"] += last - first + 1
         # Before the answer: the standby is not in sync again until it acknowledged these.
         self._rule.answered_alone(last)
-        return [(first, last, epoch, "ok", "primary", f"degraded to async: {reason}", True)]
+        return [AppendRun(first, last, epoch, "ok", "primary", f"degraded to async: {reason}", True)]
 
     def _note_in_doubt(self, first: int, last: int, epoch: int, reason: str) -> list[AppendRun]:
         if last < first:
@@ -751,7 +730,7 @@ class ReplicationPrimary:
         self.recent_in_doubt.extend(AppendResult(seq, epoch, "in_doubt", "primary", reason)
                                     for seq in range(max(first, last - IN_DOUBT_KEPT + 1), last + 1))
         log.warning("append.in_doubt", first_seq=first, last_seq=last, count=count, reason=reason)
-        return [(first, last, epoch, "in_doubt", "primary", reason, False)]
+        return [AppendRun(first, last, epoch, "in_doubt", "primary", reason, False)]
 
     def is_replicated(self, seq: int) -> bool:
         """Whether the standby has acknowledged ``seq`` (to settle an in-doubt record

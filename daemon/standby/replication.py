@@ -52,7 +52,6 @@ from __future__ import annotations
 from daemon.standby.follower import APPLY_BYTES, APPLY_QUEUE, APPLY_RECORDS, ReplicationStandby
 from daemon.standby.link import (
     CLOSE_TIMEOUT,
-    EVENTS,
     HANDSHAKE_CHUNK,
     HANDSHAKE_TIMEOUT,
     MAX_ANNOUNCED_REJECTIONS,
@@ -80,7 +79,7 @@ from daemon.standby.primary import (
 
 __all__ = [
     "APPEND_TIMES_KEPT", "APPLY_BYTES", "APPLY_QUEUE", "APPLY_RECORDS", "BATCH_BYTES", "BATCH_RECORDS",
-    "CLOSE_TIMEOUT", "EVENTS", "HANDSHAKE_CHUNK", "HANDSHAKE_TIMEOUT", "IN_DOUBT_KEPT", "MAX_ANNOUNCED_REJECTIONS",
+    "CLOSE_TIMEOUT", "HANDSHAKE_CHUNK", "HANDSHAKE_TIMEOUT", "IN_DOUBT_KEPT", "MAX_ANNOUNCED_REJECTIONS",
     "MAX_CATCHUP_ROUNDS", "RECEIVE_CHUNK", "REANNOUNCE_AFTER", "AppendResult", "AppendRun", "JournalLike", "LinkLost",
     "ReplicationPrimary", "ReplicationStandby", "config_digest", "describe_write_error", "due_again", "expand_runs",
     "software_digest", "software_version",

@@ -36,6 +36,7 @@ import trio
 from daemon.core.acl import audit_by
 from daemon.core.audit import AuditFactory
 from daemon.core.bus import EventBus
+from daemon.core.control import ControlRegistry
 from daemon.core.control_client import ControlError
 from daemon.core.events import JournalTailTruncated
 from daemon.core.log import get_logger
@@ -46,7 +47,7 @@ from daemon.standby.hooks import HookRunner
 from daemon.standby.journal import Journal
 from daemon.standby.keys import load_replication_key
 from daemon.standby.leadership import Leadership, Watchdog
-from daemon.standby.lease import check_pause_seconds
+from daemon.standby.lease import LeaseStore, check_pause_seconds
 from daemon.standby.replication import ReplicationPrimary, ReplicationStandby
 from daemon.standby.roles import Role
 from daemon.standby.stores import open_lease_store
@@ -150,7 +151,7 @@ class StandbyService:
     name = "standby"
 
     def __init__(self, config: StandbySettings, bus: EventBus, *, key: bytes | None = None,
-                 lease_store: Any = None, watchdog: Any = None,
+                 lease_store: LeaseStore | None = None, watchdog: Watchdog | None = None,
                  check_payload: PayloadCheck | None = None, open_watchdog: WatchdogOpener | None = None,
                  audit_factory: AuditFactory | None = None, append_gate: AppendGate | None = None) -> None:
         assert config.standby is not None
@@ -166,9 +167,9 @@ class StandbyService:
         self.append_gate = append_gate
         self._open_watchdog = open_watchdog
         self._audit_factory = audit_factory
-        self.journal: Any = None
-        self.replication: Any = None
-        self.leadership: Any = None
+        self.journal: Journal | None = None
+        self.replication: ReplicationPrimary | ReplicationStandby | None = None
+        self.leadership: Leadership | None = None
         #: Appends are accepted only while this is True (primary, replication serving).
         self.accepting = False
         #: Set by a playbook's engine.halt: appends are refused until engine.resume.
@@ -191,7 +192,7 @@ class StandbyService:
         # Opening scans and verifies every segment: blocking file I/O, off the loop.
         self.journal = await trio.to_thread.run_sync(Journal.open, directory, self.settings.journal)
         # The journal logged each repair as it made it; tell subscribers and status too.
-        for report in getattr(self.journal, "recoveries", ()):
+        for report in self.journal.recoveries:
             self.repairs.append(str(report))
             self.bus.publish(JournalTailTruncated(
                 source=self.name, file=str(report.file), records_dropped=report.records_dropped,
@@ -223,19 +224,21 @@ class StandbyService:
 
     # ------------------------------------------------------------------ roles
 
-    def _make_leadership(self) -> Any:
+    def _make_leadership(self) -> Leadership:
         lease = self.settings.lease
         assert lease is not None
         node = self.config.node.name
         if self._lease_store is None:
             assert self._key is not None  # loaded before leadership starts
-            self._lease_store = open_lease_store(lease, node, self._key, self.settings)
+            self._lease_store = open_lease_store(lease, node, self._key)
         watchdog = self._watchdog
         if watchdog is None and lease.watchdog != "off":
             if self._open_watchdog is None:
                 raise StandbyError(f'standby.lease.watchdog = "{lease.watchdog}" but no watchdog was given to the '
                                    "standby service (daemon/app.py injects it)")
             watchdog = self._open_watchdog(lease.watchdog, lease.watchdog_device)
+        # The hardware room's section is not part of StandbySettings (the rooms are independent):
+        # only a hint in the log reads it, from a root config that has one.
         hardware = getattr(self.config, "hardware", None)
         if (lease.watchdog == "off" and getattr(hardware, "watchdog", None) is None
                 and Path(lease.watchdog_device).exists()):
@@ -251,12 +254,13 @@ class StandbyService:
                           store_name=f"{lease.backend} {store_name}")
 
     def current_role(self) -> str:
-        machine = getattr(self.leadership, "machine", None)
+        machine = self.leadership.machine if self.leadership is not None else None
         if machine is not None:
             return f"{machine.role.value} (epoch {machine.epoch})" if machine.epoch else machine.role.value
         return self.role
 
     def journal_position(self) -> Position:
+        assert self.journal is not None  # opened before leadership starts
         return self.journal.last
 
     def become_primary(self, epoch: int) -> None:
@@ -288,7 +292,7 @@ class StandbyService:
         with trio.move_on_after(timeout):
             while True:
                 replication = self.replication
-                acked = getattr(replication, "standby_acked_seq", None)
+                acked = replication.standby_acked_seq if isinstance(replication, ReplicationPrimary) else None
                 if (self._appends_in_flight == 0 and self.journal is not None and acked is not None
                         and acked >= self.journal.last.seq):
                     return True
@@ -313,27 +317,31 @@ class StandbyService:
                 side, epoch, primary = wanted
                 scope = trio.CancelScope()
                 assert self._key is not None  # loaded before the runner starts
+                assert self.journal is not None  # opened before the runner starts
+                journal = self.journal
                 if side == "primary":
                     # A fixed-role primary stamps the journal's epoch (at least 1); a
                     # leased one, the lease's epoch.
                     provider = (lambda e=epoch: e) if self.leadership is not None else None
-                    replication: Any = ReplicationPrimary(self.journal, self.settings, node, self._key, bus=self.bus,
-                                                          epoch_provider=provider,
-                                                          limits=self.config.listeners.limits())
+                    primary_side = ReplicationPrimary(
+                        journal, self.settings, node, self._key, bus=self.bus,
+                        epoch_provider=provider, limits=self.config.listeners.limits())
                     if self.leadership is not None:
-                        replication.sync_listener = self.leadership.standby_sync_changed
-                        replication.async_gate = self.leadership.async_allowed
+                        primary_side.sync_listener = self.leadership.standby_sync_changed
+                        primary_side.async_gate = self.leadership.async_allowed
+                    replication: ReplicationPrimary | ReplicationStandby | None = primary_side
                 elif side == "standby":
-                    replication = ReplicationStandby(self.journal, self.settings, node, self._key, bus=self.bus)
-                    replication.min_epoch = epoch if self.leadership is not None else 0
-                    replication.divergent_dir = Path(self.config.node.state_dir) / "divergent"
+                    replication = standby_side = ReplicationStandby(journal, self.settings, node, self._key,
+                                                                    bus=self.bus)
+                    standby_side.min_epoch = epoch if self.leadership is not None else 0
+                    standby_side.divergent_dir = Path(self.config.node.state_dir) / "divergent"
                 else:
                     replication = None
                 done = trio.Event()
                 if replication is not None:
                     self.replication = replication
 
-                    async def side_task(r: Any = replication, s: trio.CancelScope = scope,
+                    async def side_task(r: ReplicationPrimary | ReplicationStandby = replication, s: trio.CancelScope = scope,
                                         d: trio.Event = done, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                                         ) -> None:
                         try:
@@ -348,7 +356,7 @@ class StandbyService:
                 if side == "primary" and self._wanted == wanted:
                     self.accepting = True
                     log.info("standby.serving", epoch=epoch, listen=self.settings.listen,
-                             last_seq=self.journal.last.seq)
+                             last_seq=journal.last.seq)
                 if not started:
                     started = True
                     task_status.started()
@@ -364,8 +372,11 @@ class StandbyService:
         received every record from the primary)."""
         while True:
             await trio.sleep(RETENTION_INTERVAL)
+            if self.journal is None:
+                continue
             if self.accepting:
-                through = int(getattr(self.replication, "standby_acked_seq", 0))
+                replication = self.replication
+                through = replication.standby_acked_seq if isinstance(replication, ReplicationPrimary) else 0
             else:
                 through = self.journal.last.seq
             if through <= 0:
@@ -380,7 +391,7 @@ class StandbyService:
 
     # ------------------------------------------------------------------ control
 
-    def register_control(self, control: Any) -> None:
+    def register_control(self, control: ControlRegistry) -> None:
         control.register("journal.append", self._append,
                          help='Append records: {"payloads": ["...", ...]}; one result per record '
                               '(status ok | in_doubt; see the writer contract in the README).')
@@ -430,14 +441,12 @@ class StandbyService:
         gate = self.append_gate
         ticket = self._check_order_records(payloads, internal)
         replication = self.replication
+        # The callers checked: accepting means a primary side is serving.
+        assert replication is not None and not isinstance(replication, ReplicationStandby)
         self._appends_in_flight += 1
         written = False
         try:
-            if hasattr(replication, "append_runs"):
-                runs = await replication.append_runs(payloads)
-            else:
-                runs = [(r.seq, r.seq, r.epoch, r.status, r.durable_on, r.reason, r.degraded)
-                        for r in await replication.append_many(payloads)]
+            runs = await replication.append_runs(payloads)
             written = True
         except StandbyError as exc:
             raise ControlError("refused", str(exc)) from None
@@ -451,18 +460,19 @@ class StandbyService:
                 gate.abandoned(ticket, end + len(payloads))
         if gate is not None and runs:
             try:
-                gate.written(ticket, runs[0][0], runs[-1][1])
+                gate.written(ticket, runs[0].first, runs[-1].last)
             except Exception as exc:  # noqa: BLE001 - the records are written: the reply must say so
                 log.error("journal.append_gate_failed", error=f"{type(exc).__name__}: {exc}",
-                          first_seq=runs[0][0], last_seq=runs[-1][1])
+                          first_seq=runs[0].first, last_seq=runs[-1].last)
         out: list[dict[str, Any]] = []
-        for first, last, epoch, status, durable_on, reason, _degraded in runs:
-            count = last - first + 1
+        for run in runs:
+            count = run.last - run.first + 1
             self.appends += count
-            if status != "ok":
+            if run.status != "ok":
                 self.in_doubt += count
+            epoch, status, durable_on, reason = run.epoch, run.status, run.durable_on, run.reason
             out += [{"seq": seq, "epoch": epoch, "status": status, "durable_on": durable_on, "reason": reason}
-                    for seq in range(first, last + 1)]
+                    for seq in range(run.first, run.last + 1)]
         return out
 
     def _check_order_records(self, payloads: list[bytes], internal: bool = False) -> Any:
@@ -496,7 +506,7 @@ class StandbyService:
     async def _stats(self, params: dict[str, Any]) -> Any:
         return self.details()
 
-    def _require_leadership(self) -> Any:
+    def _require_leadership(self) -> Leadership:
         if self.leadership is None:
             raise ControlError("no_lease", f"this host has a fixed role ({self.role}): roles move only with "
                                            "[standby.lease] configured")
@@ -610,8 +620,7 @@ class StandbyService:
 
     def status(self) -> ServiceStatus:
         status = self._status()
-        pause = self.leadership.pause_info() if self.leadership is not None and \
-            hasattr(self.leadership, "pause_info") else None
+        pause = self.leadership.pause_info() if self.leadership is not None else None
         if pause is None:
             return status
         left = int(pause["for_s"])
@@ -624,7 +633,7 @@ class StandbyService:
             return ServiceStatus("ok", "opening the journal")
         last = self.journal.last
         role = self.current_role()
-        machine = getattr(self.leadership, "machine", None)
+        machine = self.leadership.machine if self.leadership is not None else None
         if self.replication is None or (machine is not None and machine.role.value in ("waiting", "fenced")):
             # No replication side running (yet): the role and its reason say it all.
             reason = machine.reason if machine is not None else "starting"
@@ -647,11 +656,10 @@ class StandbyService:
                                       "Records appended through the control socket.", self.appends)
             yield MetricFamily.single("lifeline_journal_in_doubt_total", "counter",
                                       "Appends answered in-doubt.", self.in_doubt)
-            fsyncs = getattr(self.journal, "fsync_seconds", None)
-            if fsyncs is not None:
-                yield from fsyncs.collect()
-        machine = getattr(self.leadership, "machine", None)
-        if machine is not None:
+            yield from self.journal.fsync_seconds.collect()
+        leadership = self.leadership
+        machine = leadership.machine if leadership is not None else None
+        if leadership is not None and machine is not None:
             yield MetricFamily("lifeline_role", "gauge", "1 for this node's current role, else 0.",
                                [Sample({"role": r.value}, 1.0 if machine.role is r else 0.0) for r in Role])
             yield MetricFamily.single("lifeline_lease_epoch", "gauge",
@@ -660,10 +668,10 @@ class StandbyService:
                                       "The highest epoch this node has seen in the store or its journal.",
                                       machine.highest_epoch)
             yield MetricFamily.single("lifeline_role_changes_total", "counter", "Role changes since start.",
-                                      self.leadership.role_changes)
+                                      leadership.role_changes)
             yield MetricFamily.single("lifeline_lease_store_reachable", "gauge",
                                       "1 if the lease store answered the last request, else 0.",
-                                      1.0 if self.leadership.store_reachable else 0.0)
-            yield from self.leadership.promotion_seconds.collect()
-        if self.replication is not None and hasattr(self.replication, "metrics"):
+                                      1.0 if leadership.store_reachable else 0.0)
+            yield from leadership.promotion_seconds.collect()
+        if self.replication is not None:
             yield from self.replication.metrics()

@@ -3,8 +3,6 @@ etcd's (both behind :class:`~daemon.standby.lease.LeaseStore`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from daemon.core.log import get_logger
 from daemon.standby.config import LeaseConfig
 from daemon.standby.keys import load_replication_key
@@ -14,7 +12,7 @@ from daemon.standby.witness import WitnessLeaseStore
 log = get_logger("lease")
 
 
-def open_lease_store(lease: LeaseConfig, node: str, replication_key: bytes, standby: Any = None) -> LeaseStore:
+def open_lease_store(lease: LeaseConfig, node: str, replication_key: bytes) -> LeaseStore:
     """The backend ``[standby.lease]`` names, built from its config (a
     :class:`daemon.config.LeaseConfig`); ``replication_key`` authenticates to the
     witness unless ``witness_key_file`` names another key."""

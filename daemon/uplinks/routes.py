@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import trio
 
+from daemon.core.errors import LifelineError
 from daemon.core.log import get_logger
 from daemon.uplinks import UplinkRoute
 
@@ -72,7 +73,7 @@ _NO_PERMISSION = (errno.EPERM, errno.EACCES)
 # =========================================================================== sans-IO part
 
 
-class RouteError(Exception):
+class RouteError(LifelineError):
     """The kernel (or the host) refused a route operation.
 
     ``str(error)`` is one line for the log and status: ``"uplink fibre: replace default via

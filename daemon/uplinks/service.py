@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 import trio
 
 from daemon.core.bus import EventBus
+from daemon.core.control import ControlRegistry
 from daemon.core.control_client import ControlError
 from daemon.core.events import (
     ActiveUplinkChanged,
@@ -331,7 +332,7 @@ class UplinkService:
             await self._carry_out(decision, now)
         return decision
 
-    def register_control(self, control: Any) -> None:
+    def register_control(self, control: ControlRegistry) -> None:
         async def status(params: dict[str, Any]) -> Any:
             return self.details()
 

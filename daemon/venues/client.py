@@ -88,6 +88,8 @@ import requests
 import requests.adapters
 import urllib3.exceptions
 
+from daemon.venues.errors import VenueError
+
 __all__ = [
     "PROBE_CALLS",
     "CallResult",
@@ -118,7 +120,7 @@ MASK = "***"
 
 # --------------------------------------------------------------------------- credentials
 
-class CredentialsError(ValueError):
+class CredentialsError(VenueError, ValueError):
     """A credentials file or value is unusable. The message names the file and the field,
     never a value."""
 
@@ -514,7 +516,7 @@ def _classify(exc: BaseException, http_status: int | None) -> tuple[str, str]:
     return "other", f"{type(exc).__name__}: {_message(exc)}"
 
 
-class VenueCallError(Exception):
+class VenueCallError(VenueError):
     """A venue call failed. ``error_class`` is one of the health error classes; ``detail`` is
     one redacted line. Raised without the original exception attached."""
 

@@ -149,6 +149,8 @@ from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from daemon.venues.errors import VenueError
+
 FORMAT_VERSION = 1
 RECORD_KIND = "order"
 SNAPSHOT_KIND = "open_orders"
@@ -194,7 +196,7 @@ _FIX: dict[str, str] = {
 }
 
 
-class OrderRecordError(ValueError):
+class OrderRecordError(VenueError, ValueError):
     """An order record breaks the format. The message is ``"<field>: <problem>; <fix>"``;
     ``field`` names the offending key."""
 

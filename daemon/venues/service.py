@@ -49,14 +49,14 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import trio
 
 from daemon.core.acl import audit_by
 from daemon.core.audit import AuditFactory
 from daemon.core.bus import EventBus
-from daemon.core.control import ControlError, ReplyStream
+from daemon.core.control import ControlError, ControlRegistry, ReplyStream
 from daemon.core.errors import Unavailable
 from daemon.core.events import (
     ReconciliationFinished,
@@ -66,9 +66,11 @@ from daemon.core.events import (
     VenueHealthChanged,
 )
 from daemon.core.files import create_new_file
+from daemon.core.journal import JournalHolder
 from daemon.core.log import get_logger
 from daemon.core.service import Health, MetricFamily, Sample, ServiceStatus, histogram
 from daemon.venues.config import VenueConfig, VenuesSettings
+from daemon.venues.errors import VenueError
 from daemon.venues.fencing import arm_decision
 from daemon.venues.health import (
     HealthChange,
@@ -102,7 +104,7 @@ KILL_TIMEOUT = 2.0
 DEFAULT_PATH = "default"
 
 
-class VenueUnavailable(Unavailable):
+class VenueUnavailable(VenueError, Unavailable):
     """A private call could not be made (no credentials, no usable path, the call failed)."""
 
     def __init__(self, message: str, error_class: str = "other") -> None:
@@ -220,10 +222,51 @@ def _default_client_factory(venue: str, config: VenueConfig, *, uplink: str | No
     return client
 
 
+class LeadershipView(Protocol):
+    """The lease shell as the venues see it (:class:`daemon.standby.leadership.Leadership`)."""
+
+    def may_trade(self) -> bool: ...
+
+
+class LeaseSection(Protocol):
+    """``[standby]`` as the venues see it: whether roles move with a lease."""
+
+    @property
+    def lease(self) -> object | None: ...
+
+
+class StandbyConfigView(Protocol):
+    @property
+    def standby(self) -> LeaseSection | None: ...
+
+
+class StandbyView(JournalHolder, Protocol):
+    """What the venues read of the standby service (:class:`daemon.standby.service.StandbyService`),
+    injected by daemon/app.py: the role, the lease epoch, the journal for the order index, and
+    the control socket's append path for an adoption record (checked as the engine's are)."""
+
+    @property
+    def config(self) -> StandbyConfigView: ...
+
+    @property
+    def leadership(self) -> LeadershipView | None: ...
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def accepting(self) -> bool: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+    async def _append(self, params: dict[str, Any]) -> Any: ...
+
+
 class VenueService:
     name = "venues"
 
-    def __init__(self, config: VenuesSettings, bus: EventBus, *, standby: Any = None,
+    def __init__(self, config: VenuesSettings, bus: EventBus, *, standby: StandbyView | None = None,
                  client_factory: Callable[..., Any] | None = None,
                  audit_factory: AuditFactory | None = None,
                  clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
@@ -466,13 +509,13 @@ class VenueService:
         standby = self.standby
         if standby is None:
             return True
-        leadership = getattr(standby, "leadership", None)
+        leadership = standby.leadership
         if leadership is not None:
             return bool(leadership.may_trade())
-        return getattr(standby, "role", None) == "primary" and bool(getattr(standby, "accepting", False))
+        return standby.role == "primary" and standby.accepting
 
     def _epoch(self) -> int | None:
-        return getattr(self.standby, "epoch", None) if self.standby is not None else None
+        return self.standby.epoch if self.standby is not None else None
 
     async def _role_loop(self, sub: Any) -> None:
         """Wake the dead-man loops on every role change; reconcile on becoming primary."""
@@ -480,7 +523,8 @@ class VenueService:
         if self._primary_at_start:
             was_primary = True
             self._became_primary("start", new_term=False)
-        elif self.standby is not None and self.standby.config.standby.lease is None:
+        elif self.standby is not None and (section := self.standby.config.standby) is not None \
+                and section.lease is None:
             # A fixed primary never sees RoleChanged: wait until it accepts appends.
             with trio.move_on_after(60):
                 while not self.may_trade():
@@ -651,7 +695,8 @@ class VenueService:
 
     def _lease_deadline(self) -> tuple[bool, int | None]:
         """(roles move with a lease, its trading deadline on CLOCK_MONOTONIC ns or None)."""
-        leadership = getattr(self.standby, "leadership", None) if self.standby is not None else None
+        leadership = self.standby.leadership if self.standby is not None else None
+        # Leadership has it; the tests' leadership doubles have none (then: no deadline).
         deadline = getattr(leadership, "valid_until_ns", None)
         if deadline is None:
             return False, None  # no journal, or a fixed role: no deadline
@@ -692,7 +737,7 @@ class VenueService:
                                                 detail=str(exc)[:300]))
             # Back off (1, 2, 4 ... s, at most the interval): an auth error will not fix itself
             # in a second, and every attempt holds the venue's private calls.
-            return min(float(vc.deadman_interval), DEADMAN_RETRY * 2 ** min(venue.deadman_failing - 1, 10))
+            return min(float(vc.deadman_interval), DEADMAN_RETRY * 2.0 ** min(venue.deadman_failing - 1, 10))
         if not self.may_trade():
             # Fenced while the arm was in flight: do not keep it alive any longer than this one.
             log.warning("venue.deadman_armed_after_fence", venue=venue.name)
@@ -715,9 +760,10 @@ class VenueService:
         time. The index remembers the epoch of the last record it applied: when the record
         at that seq has another epoch now (a divergent tail was cut and refilled), or the
         journal ends before it, the index is rebuilt from the start."""
-        while getattr(self.standby, "journal", None) is None:
+        standby = self.standby
+        assert standby is not None  # started only with one
+        while (journal := standby.journal) is None:
             await trio.sleep(0.05)
-        journal = self.standby.journal
         self.orders = OpenOrders()
         while True:
             if not self._index_consistent():
@@ -768,7 +814,7 @@ class VenueService:
         self.index_gap_end = 0
 
     def _index_consistent(self) -> bool:
-        journal = getattr(self.standby, "journal", None)
+        journal = self.standby.journal if self.standby is not None else None
         if journal is None or self.orders is None or self._index_tip is None:
             return True
         seq, epoch = self._index_tip
@@ -1128,7 +1174,7 @@ class VenueService:
 
     # ------------------------------------------------------------------ control
 
-    def register_control(self, control: Any) -> None:
+    def register_control(self, control: ControlRegistry) -> None:
         async def status(params: dict[str, Any]) -> Any:
             return self.details()
 

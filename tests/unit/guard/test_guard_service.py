@@ -20,6 +20,7 @@ from daemon.guard.limits import Limits, LimitSet
 from daemon.guard.service import GuardService
 from daemon.standby import Position, StandbyError
 from daemon.standby.service import StandbyService
+from daemon.standby.replication import AppendRun
 from daemon.venues.orders import parse_for_append, parse_journal_record
 
 
@@ -39,14 +40,14 @@ class FakeReplication:
         self.release = trio.Event()
         self.fail = False
 
-    async def append_runs(self, payloads: list[bytes]) -> list[Any]:
+    async def append_runs(self, payloads: list[bytes]) -> list[AppendRun]:
         await self.release.wait()
         if self.fail:
             raise StandbyError("the journal refused it")
         first = self.journal.last.seq + 1
         last = first + len(payloads) - 1
         self.journal.last = Position(1, last)
-        return [(first, last, 1, "ok", "primary", None, False)]
+        return [AppendRun(first, last, 1, "ok", "primary", None, False)]
 
 
 def rig() -> tuple[StandbyService, GuardService, FakeReplication]:

@@ -95,6 +95,9 @@ class Watchdog:
     def close_without_disarm(self) -> None:
         self.calls.append("left armed")
 
+    def details(self) -> dict[str, Any]:
+        return {}
+
 
 @pytest.mark.parametrize("clean", [True, False])
 async def test_readings_events_stale_recovery_and_the_watchdog(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from daemon.standby.lease import (
     Member,
 )
 from daemon.standby.roles import Role, RoleTimings
+from recovery.service import DaemonActionRunner
 from tests.support.events import drain
 
 TIMINGS = RoleTimings()  # the defaults: ttl 1.5 s, renew 0.5 s, retry 0.5 s, margins 0.3 / 0.1 s
@@ -808,4 +810,25 @@ async def test_the_primary_shows_the_lease_it_holds_not_the_last_one_it_read(
         # The standby shows what it reads: a holding the same epoch.
         seen = b.leadership.details()["lease"]
         assert (seen["holder"], seen["epoch"]) == ("a", a.leadership.machine.epoch)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_playbooks_demote_blocks_the_primary_until_its_promote(autojump_clock: trio.testing.MockClock) -> None:
+    """recovery's standby.demote / standby.promote through Leadership.refuse_primary /
+    allow_primary (the seam daemon/app.py hands the playbook runner)."""
+    store, a = node_alone()
+    runner = DaemonActionRunner(a.bus, standby=SimpleNamespace(leadership=a.leadership, role="primary", halted=None))
+    runner.playbook = "drill"
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await wait_role(a, Role.PRIMARY)
+        said = await runner.run("standby.demote", {}, dry_run=False)
+        assert said.startswith("demoted: ") and a.role is not Role.PRIMARY
+        assert a.leadership.machine is not None and a.leadership.machine.blocked == "demoted by playbook drill"
+        await trio.sleep(10)
+        assert a.role is not Role.PRIMARY
+        assert await runner.run("standby.promote", {}, dry_run=False) == \
+            "block lifted; this node takes the lease by the usual rules"
+        assert a.leadership.machine.blocked is None
+        await wait_role(a, Role.PRIMARY)
         nursery.cancel_scope.cancel()
