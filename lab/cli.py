@@ -76,7 +76,7 @@ def add_arguments(command: str, parser: argparse.ArgumentParser,
 
 
 # --quick: every drill still runs and is judged, just fewer times and a shorter soak.
-QUICK = {"repeat": 2, "soak": "2m", "compress": 20.0, "promotion_repeat": 1, "venue_repeat": 1,
+QUICK = {"repeat": 2, "soak": "1m", "compress": 10.0, "promotion_repeat": 1, "venue_repeat": 1,
          "nemesis_duration": "1m"}
 
 
