@@ -93,6 +93,9 @@ class NotifyListener:
         # the other readers: the pump retook the lock in a tight loop, and a stop()
         # waiting to drain took 69 s once and hung the next time.)
         self._arrived = threading.Condition()
+        #: How many of ``messages`` poll() has handed out: poll returns the next one after
+        #: that, also when the pump received it before poll was called.
+        self._polled = 0
         self._pump: threading.Thread | None = None
         self._closed = False
 
@@ -135,11 +138,14 @@ class NotifyListener:
         if self._closed:
             return None
         if self._pump is None:
-            return self._receive(timeout)
+            note = self._receive(timeout)
+            self._polled = len(self.messages)
+            return note
         with self._arrived:
-            seen = len(self.messages)
-            if self._arrived.wait_for(lambda: len(self.messages) > seen or self._closed, timeout):
-                return self.messages[seen] if len(self.messages) > seen else None
+            if self._arrived.wait_for(lambda: len(self.messages) > self._polled or self._closed, timeout):
+                if len(self.messages) > self._polled:
+                    self._polled += 1
+                    return self.messages[self._polled - 1]
             return None
 
     def wait_for(self, key: str, value: str | None = None, timeout: float = 10.0) -> Notification | None:
