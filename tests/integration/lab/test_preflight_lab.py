@@ -7,7 +7,6 @@ cuts the fibre path) and preflight FAILs naming exactly that check."""
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from lab import netns
 from lab import venue_drills
 from lab import world as lab_world
 from lab.venue_drills import EMULATOR_PORT, EmulatorProcess, VenueDrillReport, VenueDrillSettings, _Drill
+from lab.procs import until
 from lab.world import LabWorld, netns_unavailable
 from tests.support.cli import cli
 
@@ -70,9 +70,7 @@ def test_preflight_fails_naming_the_cut_starlink_path(tmp_path: Path, monkeypatc
                   f"flush chain inet {lab_world.NFT_TABLE} forward\n"
                   f"add rule inet {lab_world.NFT_TABLE} forward ip daddr {COINBASE_HOST} tcp dport "
                   f'{EMULATOR_PORT} counter drop comment "preflight test: starlink to coinbase cut"\n')
-        deadline = time.monotonic() + 30
-        while drill.path_states().get("coinbase/starlink") != "down" and time.monotonic() < deadline:
-            time.sleep(0.2)
+        until(lambda: drill.path_states().get("coinbase/starlink") == "down", 30, every=0.2)
         assert drill.path_states().get("coinbase/starlink") == "down", drill.path_states()
 
         out = preflight(drill.socket)
