@@ -6,42 +6,15 @@ folded as a standby — asking nobody — and keeps refusing new orders on the p
 from __future__ import annotations
 
 import json
-import random
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.orders import order_stream
 from tests.support.waiting import wait_for
 from tests.support.pair import LeasePair
 
 from daemon.core.control_client import ControlError
-
-
-def stream(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    live: list[dict[str, Any]] = []
-    out: list[str] = []
-    for i in range(n):
-        if rng.random() < 0.1:
-            out.append(json.dumps({"record": "mark", "v": 1, "venue": "kraken", "symbol": "BTC/USDT",
-                                   "price": str(rng.randint(90, 110))}))
-            continue
-        if len(live) < 6 and (not live or rng.random() < 0.4):
-            order: dict[str, Any] = {"record": "order", "v": 1, "client_order_id": f"o{i}", "venue": "kraken",
-                                     "symbol": rng.choice(["BTC/USDT", "ETH/USDT"]),
-                                     "side": rng.choice(["buy", "sell"]), "amount": "2",
-                                     "price": str(rng.randint(95, 105)), "state": "new"}
-            live.append(order)
-        else:
-            order = rng.choice(live)
-            filled = Decimal(order.get("filled", "0")) + rng.choice([0, 1])
-            order["filled"] = str(filled)
-            order["state"] = "filled" if filled == 2 else rng.choice(["open", "partially_filled", "cancelled"])
-            if order["state"] in ("filled", "cancelled"):
-                live.remove(order)
-        out.append(json.dumps(order))
-    return out
 
 
 def book(status: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +31,7 @@ def test_the_promoted_standby_has_the_same_risk_book(tmp_path: Path) -> None:
         first = pair.wait_primary()
         second = pair.other(first)
         pair.wait_role(second, "standby")
-        payloads = stream(300, seed=9)
+        payloads = order_stream(300, seed=9, max_live=6)
         for i in range(0, len(payloads), 10):
             pair.nodes[first].call("journal.append", {"payloads": payloads[i:i + 10]})
         pair.nodes[first].call("risk.pause", {"venue": "kraken", "symbol": "ETH/USDT", "reason": "failover test"})

@@ -6,7 +6,6 @@ would have (a duplicate client order id, one open order over the limit)."""
 from __future__ import annotations
 
 import json
-import random
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -23,37 +22,13 @@ from daemon.core.control_client import ControlError
 from daemon.guard.limits import Limits, LimitSet
 from daemon.guard.service import GuardService
 from daemon.standby.service import StandbyService
+from tests.support.orders import order_stream
 from tests.integration.standby.test_standby_service import KEY, call, config
 
 
 def limits() -> Limits:
     return Limits(version=1, expires=datetime(2099, 1, 1, tzinfo=timezone.utc), no_reference="pass",
                   entries=(LimitSet(max_open_orders=12, max_order_amount=Decimal(3)),))
-
-
-def stream(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    live: list[dict[str, Any]] = []
-    out: list[str] = []
-    for i in range(n):
-        if rng.random() < 0.1:
-            out.append(json.dumps({"record": "mark", "v": 1, "venue": "kraken", "symbol": "BTC/USDT",
-                                   "price": str(rng.randint(90, 110))}))
-            continue
-        if len(live) < 8 and (not live or rng.random() < 0.4):
-            order = {"record": "order", "v": 1, "client_order_id": f"o{i}", "venue": "kraken",
-                     "symbol": rng.choice(["BTC/USDT", "ETH/USDT"]), "side": rng.choice(["buy", "sell"]),
-                     "amount": "2", "price": str(rng.randint(95, 105)), "state": "new"}
-            live.append(order)
-        else:
-            order = rng.choice(live)
-            filled = Decimal(order.get("filled", "0")) + rng.choice([0, 1])
-            order["filled"] = str(filled)
-            order["state"] = "filled" if filled == 2 else rng.choice(["open", "partially_filled", "cancelled"])
-            if order["state"] in ("filled", "cancelled"):
-                live.remove(order)
-        out.append(json.dumps(order))
-    return out
 
 
 async def start(nursery: trio.Nursery, cfg: Any, tmp: Path) -> tuple[StandbyService, GuardService, Path]:
@@ -91,7 +66,7 @@ async def test_the_standby_folds_the_same_book_and_decides_the_same_after_a_prom
             s_standby, s_guard, ssock = await start(nursery, config(tmp_path, "edge-b", "standby", port), tmp_path)
             while not p_standby.replication.in_sync():
                 await trio.sleep(0.02)
-            payloads = stream(400, seed=5)
+            payloads = order_stream(400, seed=5, max_live=8)
             for i in range(0, len(payloads), 7):
                 try:
                     await call(psock, "journal.append", {"payloads": payloads[i:i + 7]})
