@@ -33,7 +33,8 @@ from daemon.system import SystemHealthService
 from daemon.uplinks.service import UplinkService
 from daemon.venues.orders import check_payload, parse_for_append, parse_journal_record
 from daemon.guard.breaker_service import BlocksActions, BreakerService
-from daemon.guard.killswitch import BlocksWriter, KillSwitch
+from daemon.guard.blocks import BlocksWriter
+from daemon.guard.killswitch import KillSwitch
 from daemon.guard.service import GuardService
 from daemon.risk import verifier_for
 from hardware.watchdog import open_watchdog

@@ -26,11 +26,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from daemon.guard.errors import GuardError
 
-__all__ = ["Block", "BlockKind", "GuardRecord", "GuardRecordError", "Refusal", "Scope", "Throttle",
+__all__ = ["Block", "BlockKind", "BlocksWriter", "GuardRecord", "GuardRecordError", "Refusal", "Scope", "Throttle",
            "TradingBlocks", "parse_guard_record", "GUARD_KIND"]
 
 #: The journal record kind of a guard record (``{"record": "guard", ...}``).
@@ -306,3 +306,14 @@ class TradingBlocks:
     def snapshot(self, now: float) -> dict[str, Any]:
         return {"blocks": [b.to_dict(now) for b in self.blocks if b.until is None or now < b.until],
                 "throttle": self.throttle.to_dict(now) if self.throttle is not None else None}
+
+
+class BlocksWriter(Protocol):
+    """Who changes the blocks: :class:`daemon.guard.service.GuardService` (through the
+    journal on the primary); the kill switch and the breakers write through it."""
+
+    async def write(self, record: GuardRecord, /) -> None:
+        """Write the guard record through the journal (primary) and apply it to the blocks
+        in force; raise daemon.core.errors.Unavailable when this node cannot (not primary)."""
+
+    def blocks(self) -> TradingBlocks: ...

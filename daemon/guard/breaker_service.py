@@ -32,23 +32,13 @@ from daemon.core.events import BreakerRecovered, BreakerTripped
 from daemon.core.journal import JournalHolder, JournalReader
 from daemon.core.log import get_logger
 from daemon.core.service import Health, MetricFamily, Sample, ServiceStatus
-from daemon.guard.blocks import GuardRecord, Scope, TradingBlocks
+from daemon.guard.blocks import BlocksWriter, GuardRecord, Scope, TradingBlocks
 from daemon.guard.breakers import BREAKERS, Action, Breakers, Transition
 from daemon.guard.breakers_config import BreakersConfig
 
 log = get_logger("breakers")
 
-__all__ = ["BlocksActions", "BlocksWriter", "BreakerService", "GuardActions", "JournalBlocksWriter", "KillSwitch"]
-
-
-class BlocksWriter(Protocol):
-    """The gate's seam (GuardService implements it; see GUARD-common)."""
-
-    async def write(self, record: GuardRecord, /) -> None:
-        """Write the guard record through the journal (primary) and apply it to the blocks
-        in force; raise daemon.core.errors.Unavailable when this node cannot (not primary)."""
-
-    def blocks(self) -> TradingBlocks: ...
+__all__ = ["BlocksActions", "BlocksWriter", "BreakerService", "GuardActions", "KillSwitch"]
 
 
 class KillSwitch(Protocol):
@@ -92,22 +82,6 @@ class BlocksActions:
         log.warning("breaker.kill_without_killswitch", scope=scope.describe(), by=by,
                     detail="no kill switch injected: new orders are refused, open orders are not cancelled")
         await self.writer.write(GuardRecord("kill", scope, reason, by, self.clock()))
-
-
-class JournalBlocksWriter:
-    """A :class:`BlocksWriter` on a plain append function, for a daemon without the gate's
-    GuardService (it keeps its own blocks from what it wrote; the gate's folds the journal)."""
-
-    def __init__(self, append: Callable[[bytes], Awaitable[None]]) -> None:
-        self._append = append
-        self._blocks = TradingBlocks()
-
-    async def write(self, record: GuardRecord, /) -> None:
-        await self._append(record.to_payload())
-        self._blocks.apply(record)
-
-    def blocks(self) -> TradingBlocks:
-        return self._blocks
 
 
 Paths = Callable[[], Iterable[tuple[str, str, str]]]

@@ -38,7 +38,7 @@ from daemon.core.audit import AuditFactory, AuditSink
 from daemon.core.control import ControlError, ControlRegistry
 from daemon.core.errors import Unavailable
 from daemon.core.log import get_logger
-from daemon.guard.blocks import GuardRecord, GuardRecordError, Scope, TradingBlocks
+from daemon.guard.blocks import BlocksWriter, GuardRecord, GuardRecordError, Scope, TradingBlocks
 from daemon.guard.kill import (
     Cancel,
     CancelResult,
@@ -49,20 +49,12 @@ from daemon.guard.kill import (
     format_report,
 )
 
-__all__ = ["BlocksWriter", "KillSwitch", "MemoryBlocks", "VenueOrders", "DEFAULT_DEADLINE"]
+__all__ = ["KillSwitch", "MemoryBlocks", "VenueOrders", "DEFAULT_DEADLINE"]
 
 log = get_logger("guard")
 
 #: How long a kill waits for every venue to show no open order on the scope.
 DEFAULT_DEADLINE = 5.0
-
-
-class BlocksWriter(Protocol):
-    async def write(self, record: GuardRecord, /) -> None:
-        """Write the guard record through the journal (primary) and apply it to the blocks
-        in force; raise daemon.core.errors.Unavailable when this node cannot (not primary)."""
-
-    def blocks(self) -> TradingBlocks: ...
 
 
 class VenueOrders(Protocol):

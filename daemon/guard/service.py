@@ -37,7 +37,7 @@ from daemon.core.errors import Unavailable
 from daemon.core.journal import JournalHolder, JournalReader
 from daemon.core.log import get_logger
 from daemon.core.service import MetricFamily, Sample, ServiceStatus
-from daemon.guard.blocks import GuardRecord, GuardRecordError, Scope, TradingBlocks, parse_guard_record
+from daemon.guard.blocks import BlocksWriter, GuardRecord, GuardRecordError, Scope, TradingBlocks, parse_guard_record
 from daemon.guard.book import Book, Mark, MarkError, RecordParser, parse_mark
 from daemon.guard.config import GuardSettings
 from daemon.guard.gate import Gate, Reservation, RiskRefused
@@ -53,14 +53,6 @@ FOLD_BATCH = 500
 #: How long a guard record waits for a promotion under way on this node (it holds the lease,
 #: appends not accepted yet) before it is refused.
 PROMOTION_WAIT = 5.0
-
-class BlocksWriter(Protocol):
-    async def write(self, record: GuardRecord, /) -> None:
-        """Write the guard record through the journal (primary) and apply it to the blocks
-        in force; raise daemon.core.errors.Unavailable when this node cannot (not primary)."""
-
-    def blocks(self) -> TradingBlocks: ...
-
 
 class JournalHost(JournalHolder, Protocol):
     """What the guard needs of the standby (:class:`daemon.standby.service.StandbyService`):

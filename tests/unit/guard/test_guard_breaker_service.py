@@ -16,7 +16,8 @@ from daemon.core.bus import EventBus
 from daemon.core.errors import Unavailable
 from daemon.core.events import BreakerRecovered, BreakerTripped
 from daemon.guard.blocks import GuardRecord, Scope
-from daemon.guard.breaker_service import BlocksActions, BreakerService, JournalBlocksWriter
+from daemon.guard.breaker_service import BlocksActions, BreakerService
+from daemon.guard.killswitch import MemoryBlocks
 from daemon.guard.breakers_config import BreakersConfig
 
 T0 = 1_800_000_000.0
@@ -178,7 +179,7 @@ async def test_blocks_actions_write_guard_records_by_the_breaker() -> None:
     async def append(payload: bytes) -> None:
         written.append(payload)
 
-    writer = JournalBlocksWriter(append)
+    writer = MemoryBlocks(persist=append)
     actions = BlocksActions(writer, clock=lambda: T0)
     await actions.pause(Scope(symbol="BTC/USD"), "volatile", "breaker:market_volatility", T0 + 300)
     await actions.throttle(2.0, 5.0, "failures", "breaker:execution_failure_rate", T0 + 180)
